@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from hospital.tenancy import TenantQuerySet
+
+
+def _original_path(study: Study, filename: str) -> str:
+    # Storage names never contain anything the uploader chose.
+    return f"studies/{study.hospital.code}/{study.code}/original.{study.original_format or 'bin'}"
+
+
+def _display_path(study: Study, filename: str) -> str:
+    return f"studies/{study.hospital.code}/{study.code}/display.png"
+
+
+def _heatmap_path(prediction: Prediction, filename: str) -> str:
+    study = prediction.study
+    return f"studies/{study.hospital.code}/{study.code}/heatmap-{prediction.model_version.code}.png"
+
+
+class Label(models.TextChoices):
+    NORMAL = "normal", "Normal"
+    PNEUMONIA = "pneumonia", "Pneumonia"
+
+
+class StudyQuerySet(TenantQuerySet):
+    pass
+
+
+class Study(models.Model):
+    """One radiograph sent by a doctor or an EMR system, owned by one hospital."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        PROCESSING = "processing", "Processing"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+
+    class Source(models.TextChoices):
+        PORTAL = "portal", "Portal upload"
+        API = "api", "REST API"
+        DICOMWEB = "dicomweb", "DICOMweb STOW-RS"
+
+    class Format(models.TextChoices):
+        DICOM = "dcm", "DICOM"
+        PNG = "png", "PNG"
+        JPEG = "jpg", "JPEG"
+
+    hospital = models.ForeignKey("hospital.Hospital", on_delete=models.PROTECT, related_name="studies")
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+
+    # PHI: never logged, never in URLs, metrics or audit details.
+    patient_id = models.CharField("patient ID / MRN", max_length=64, blank=True)
+    patient_name = models.CharField(max_length=200, blank=True)
+    patient_birth_date = models.DateField(null=True, blank=True)
+    patient_sex = models.CharField(max_length=16, blank=True)
+
+    accession_number = models.CharField(max_length=64, blank=True, db_index=True)
+    study_instance_uid = models.CharField(max_length=64, blank=True)
+    series_instance_uid = models.CharField(max_length=64, blank=True)
+    sop_instance_uid = models.CharField(max_length=64, blank=True)
+    sop_class_uid = models.CharField(max_length=64, blank=True)
+    modality = models.CharField(max_length=16, blank=True)
+    body_part = models.CharField(max_length=64, blank=True)
+    view_position = models.CharField(max_length=16, blank=True)
+    study_date = models.DateField(null=True, blank=True)
+
+    source = models.CharField(max_length=10, choices=Source.choices)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    uploaded_by_key = models.ForeignKey(
+        "hospital.IntegrationKey", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    failure_reason = models.CharField(max_length=500, blank=True)
+    # Codes of reasons the image is outside the model's intended use (see services).
+    warnings = models.JSONField(default=list, blank=True)
+    # Times the pipeline has handed this study to a worker; bounded by the sweeper.
+    attempts = models.PositiveSmallIntegerField(default=0)
+
+    # The stored original and what was learned from it.
+    original_file = models.FileField(upload_to=_original_path, max_length=300)
+    original_format = models.CharField(max_length=4, choices=Format.choices)
+    original_sha256 = models.CharField(max_length=64)
+    original_size = models.PositiveBigIntegerField()
+    transfer_syntax_uid = models.CharField(max_length=64, blank=True)
+    photometric_interpretation = models.CharField(max_length=16, blank=True)
+    rows = models.PositiveIntegerField(null=True, blank=True)
+    columns = models.PositiveIntegerField(null=True, blank=True)
+    # sha256 of the decoded grayscale pixels: the same image sent twice (even as PNG
+    # once and DICOM once) gets the same prediction without recomputing it.
+    pixel_sha256 = models.CharField(max_length=64, blank=True, db_index=True)
+    display_image = models.FileField(upload_to=_display_path, max_length=300, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = StudyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "studies"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hospital", "sop_instance_uid"],
+                condition=~Q(sop_instance_uid=""),
+                name="one_study_per_sop_instance_per_hospital",
+            )
+        ]
+        indexes = [models.Index(fields=["hospital", "status"]), models.Index(fields=["hospital", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"Study {self.code}"
+
+
+class PredictionQuerySet(models.QuerySet):
+    def shown(self) -> PredictionQuerySet:
+        """Predictions doctors may see: never a shadow candidate's."""
+        return self.filter(is_shadow=False)
+
+
+class Prediction(models.Model):
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="predictions")
+    model_version = models.ForeignKey("mlcore.ModelVersion", on_delete=models.PROTECT, related_name="predictions")
+    probability = models.FloatField()
+    label = models.CharField(max_length=10, choices=Label.choices)
+    threshold = models.FloatField()
+    heatmap = models.FileField(upload_to=_heatmap_path, max_length=300, blank=True)
+    device = models.CharField(max_length=32)
+    latency_ms = models.FloatField()
+    batch_size = models.PositiveSmallIntegerField(default=1)
+    is_shadow = models.BooleanField(default=False)
+    reused_from = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = PredictionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "model_version"], name="one_prediction_per_study_and_model")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label} {self.probability:.3f} ({self.model_version})"
+
+
+class Review(models.Model):
+    """A radiologist's current verdict on a study; earlier versions are kept as revisions."""
+
+    class Verdict(models.TextChoices):
+        AGREE = "agree", "Agree with the model"
+        DISAGREE = "disagree", "Disagree with the model"
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="reviews")
+    radiologist = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reviews")
+    prediction = models.ForeignKey(Prediction, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    verdict = models.CharField(max_length=10, choices=Verdict.choices)
+    correct_label = models.CharField(max_length=10, choices=Label.choices)
+    note = models.TextField(blank=True, max_length=2000)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "radiologist"], name="one_current_review_per_radiologist")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_verdict_display()} ({self.correct_label})"
+
+
+class ReviewRevision(models.Model):
+    """History of a review: one row per save, never changed."""
+
+    review = models.ForeignKey(Review, on_delete=models.CASCADE, related_name="revisions")
+    verdict = models.CharField(max_length=10, choices=Review.Verdict.choices)
+    correct_label = models.CharField(max_length=10, choices=Label.choices)
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.verdict} ({self.correct_label}) at {self.created_at:%Y-%m-%d %H:%M}"

@@ -1,0 +1,128 @@
+"""The tenant gate for the REST API: authentication by integration key, a base view
+that resolves the hospital once and starts every queryset from it, role checks per
+HTTP method, and error bodies a human can read."""
+
+from __future__ import annotations
+
+from django.http import Http404
+from django.utils import timezone
+from rest_framework import exceptions, permissions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.response import Response
+from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from hospital.models import Hospital, IntegrationKey, Role, hash_api_key
+
+# Keys can do what an EMR integration needs: send studies and read results back.
+INTEGRATION_ROLE = "integration"
+READ_ROLES = frozenset({Role.DOCTOR, Role.RADIOLOGIST, Role.HOSPITAL_ADMIN, INTEGRATION_ROLE})
+UPLOAD_ROLES = frozenset({Role.DOCTOR, Role.RADIOLOGIST, INTEGRATION_ROLE})
+
+
+class IntegrationPrincipal:
+    """`request.user` for a call made with an integration key: a system, not a person."""
+
+    is_authenticated = True
+    is_anonymous = False
+    is_superuser = False
+    is_staff = False
+    pk = None
+
+    def __init__(self, key: IntegrationKey):
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"integration key {self.key.prefix}"
+
+
+class IntegrationKeyAuthentication(BaseAuthentication):
+    keyword = b"bearer"
+
+    def authenticate(self, request):
+        header = get_authorization_header(request).split()
+        if not header or header[0].lower() != self.keyword:
+            return None
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <key>' with a single key.")
+        raw_key = header[1].decode("latin-1")
+        key = IntegrationKey.objects.usable().select_related("hospital").filter(key_hash=hash_api_key(raw_key)).first()
+        if key is None:
+            raise exceptions.AuthenticationFailed("This integration key is not valid or has been revoked.")
+        IntegrationKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
+        return IntegrationPrincipal(key), key
+
+    def authenticate_header(self, request) -> str:
+        return 'Bearer realm="pleura"'
+
+
+class IntegrationKeyThrottle(SimpleRateThrottle):
+    """Per-key request rate; portal sessions are not throttled here."""
+
+    scope = "integration_key"
+
+    def get_cache_key(self, request, view):
+        if isinstance(request.auth, IntegrationKey):
+            return self.cache_format % {"scope": self.scope, "ident": request.auth.pk}
+        return None
+
+
+def resolve_api_tenant(request) -> tuple[Hospital | None, str | None]:
+    """(hospital, role) for an API caller: the key's hospital, or the session's active one."""
+    if isinstance(request.auth, IntegrationKey):
+        return request.auth.hospital, INTEGRATION_ROLE
+    membership = getattr(request._request, "membership", None)
+    if membership is None:
+        return None, None
+    return membership.hospital, membership.role
+
+
+class HasHospitalRole(permissions.BasePermission):
+    """Outsiders (no hospital) get 404; members whose role lacks the method get 403."""
+
+    def has_permission(self, request, view) -> bool:
+        hospital, role = resolve_api_tenant(request)
+        if hospital is None:
+            raise Http404
+        allowed = view.roles_for_method(request.method)
+        if role not in allowed:
+            raise exceptions.PermissionDenied("Your role does not allow this.")
+        return True
+
+
+class TenantAPIMixin:
+    """Base for every tenant-owned endpoint: `self.hospital` is set once, and
+    `get_queryset()` must start from `self.tenant_queryset(...)`."""
+
+    permission_classes = [permissions.IsAuthenticated, HasHospitalRole]
+    throttle_classes = [IntegrationKeyThrottle]
+    read_roles = READ_ROLES
+    write_roles = UPLOAD_ROLES
+
+    def roles_for_method(self, method: str) -> frozenset[str]:
+        return self.read_roles if method in permissions.SAFE_METHODS else self.write_roles
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        self.hospital, self.role = resolve_api_tenant(request)
+
+    def tenant_queryset(self, queryset):
+        return queryset.for_hospital(self.hospital)
+
+
+def exception_handler(exc, context):
+    """DRF's handler, with every error body reduced to {"detail": "<words>"}."""
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(response.data, dict) and set(response.data) == {"detail"}:
+        return response
+    return Response({"detail": _flatten(response.data)}, status=response.status_code, headers=response.headers)
+
+
+def _flatten(data) -> str:
+    if isinstance(data, dict):
+        return "; ".join(f"{field}: {_flatten(value)}" for field, value in data.items())
+    if isinstance(data, list):
+        return " ".join(_flatten(item) for item in data)
+    return str(data)

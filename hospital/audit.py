@@ -1,0 +1,98 @@
+"""The audit trail: one function that every app calls to record what happened.
+
+`detail` must never carry PHI (patient names, IDs, birth dates): callers pass public
+ids, counts, labels and reasons only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+
+from hospital.models import AuditEvent, Hospital, IntegrationKey
+
+Outcome = AuditEvent.Outcome
+
+
+class Action(models.TextChoices):
+    LOGIN = "auth.login", "Logged in"
+    LOGIN_FAILED = "auth.login_failed", "Failed login"
+    LOGOUT = "auth.logout", "Logged out"
+    PASSWORD_CHANGED = "auth.password_changed", "Password changed"
+    HOSPITAL_SWITCHED = "auth.hospital_switched", "Switched hospital"
+    USER_CREATED = "user.created", "User created"
+    USER_CHANGED = "user.changed", "User changed"
+    USER_DEACTIVATED = "user.deactivated", "User deactivated"
+    MEMBERSHIP_CREATED = "membership.created", "Membership created"
+    MEMBERSHIP_CHANGED = "membership.changed", "Membership changed"
+    MEMBERSHIP_DEACTIVATED = "membership.deactivated", "Membership deactivated"
+    KEY_CREATED = "key.created", "Integration key created"
+    KEY_CHANGED = "key.changed", "Integration key changed"
+    KEY_REVOKED = "key.revoked", "Integration key revoked"
+    HOSPITAL_CREATED = "hospital.created", "Hospital created"
+    HOSPITAL_CHANGED = "hospital.changed", "Hospital changed"
+    CONSENT_CHANGED = "hospital.consent_changed", "Training consent changed"
+    STUDY_UPLOADED = "study.uploaded", "Study uploaded"
+    STUDY_UPLOAD_REJECTED = "study.upload_rejected", "Upload rejected"
+    STUDY_VIEWED = "study.viewed", "Study viewed"
+    STUDY_LISTED = "study.listed", "Studies listed"
+    IMAGE_VIEWED = "study.image_viewed", "Image viewed"
+    PREDICTION_MADE = "prediction.made", "Prediction made"
+    PREDICTION_FAILED = "prediction.failed", "Prediction failed"
+    REVIEW_SAVED = "review.saved", "Review saved"
+    MODEL_REGISTERED = "model.registered", "Model registered"
+    MODEL_PROMOTED = "model.promoted", "Model promoted"
+    MODEL_PROMOTION_REFUSED = "model.promotion_refused", "Model promotion refused"
+    MODEL_ROLLED_BACK = "model.rolled_back", "Model rolled back"
+    TRAINING_EXPORTED = "training.exported", "Training set exported"
+    MODEL_RETRAINED = "model.retrained", "Model retrained"
+    AUDIT_VIEWED = "audit.viewed", "Audit log viewed"
+
+
+def client_ip(request) -> str | None:
+    """The caller's address. Behind the proxy, nginx sets X-Real-IP; it is trusted only there."""
+    if request is None:
+        return None
+    meta = getattr(request, "META", {})
+    return meta.get("HTTP_X_REAL_IP") or meta.get("REMOTE_ADDR") or None
+
+
+def record(
+    action: str,
+    *,
+    request=None,
+    actor=None,
+    key: IntegrationKey | None = None,
+    hospital: Hospital | None = None,
+    target: Any = None,
+    outcome: str = Outcome.SUCCESS,
+    **detail: Any,
+) -> AuditEvent:
+    """Append one event. Actor, key and hospital default to what the request carries."""
+    if request is not None:
+        if actor is None and getattr(getattr(request, "user", None), "is_authenticated", False):
+            actor = request.user if getattr(request.user, "pk", None) else None
+        if key is None and isinstance(getattr(request, "auth", None), IntegrationKey):
+            key = request.auth
+        if hospital is None:
+            hospital = getattr(request, "hospital", None)
+    if hospital is None and key is not None:
+        hospital = key.hospital
+    return AuditEvent.objects.create(
+        action=str(action),
+        actor_user=actor if getattr(actor, "pk", None) else None,
+        actor_key=key,
+        hospital=hospital,
+        target_type=_target_type(target),
+        target_id=str(getattr(target, "code", "") or "") if target is not None else "",
+        outcome=str(outcome),
+        client_ip=client_ip(request),
+        detail=detail,
+    )
+
+
+def _target_type(target: Any) -> str:
+    if target is None:
+        return ""
+    return target._meta.model_name if hasattr(target, "_meta") else type(target).__name__.lower()

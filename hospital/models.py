@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Hospital(models.Model):
+    """The tenant. Every tenant-owned row carries a non-null foreign key to one."""
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=60, unique=True)
+    is_active = models.BooleanField(default=True)
+    # Consent for this hospital's reviewed studies to train models served to all
+    # hospitals. Off unless a hospital admin turns it on (audited).
+    shares_reviews_for_training = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Role(models.TextChoices):
+    DOCTOR = "doctor", "Doctor"
+    RADIOLOGIST = "radiologist", "Radiologist"
+    HOSPITAL_ADMIN = "hospital_admin", "Hospital admin"
+
+
+class MembershipQuerySet(models.QuerySet):
+    def active(self) -> MembershipQuerySet:
+        return self.filter(is_active=True, hospital__is_active=True, user__is_active=True)
+
+
+class Membership(models.Model):
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    hospital = models.ForeignKey(Hospital, on_delete=models.PROTECT, related_name="memberships")
+    role = models.CharField(max_length=20, choices=Role.choices)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = MembershipQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["hospital__name", "user__email"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "hospital"], name="one_membership_per_user_and_hospital")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.hospital} ({self.get_role_display()})"
+
+
+KEY_PREFIX = "plr_"
+
+
+def hash_api_key(raw_key: str) -> str:
+    # Keys carry 256 bits of randomness, so a fast hash is enough: there is nothing
+    # to brute-force, and every API request pays for this lookup.
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+class IntegrationKeyQuerySet(models.QuerySet):
+    def usable(self) -> IntegrationKeyQuerySet:
+        return self.filter(revoked_at__isnull=True, hospital__is_active=True)
+
+
+class IntegrationKey(models.Model):
+    """An EMR system's credential for one hospital. Only its hash is stored."""
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    hospital = models.ForeignKey(Hospital, on_delete=models.PROTECT, related_name="integration_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, editable=False, db_index=True)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = IntegrationKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["hospital__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["hospital", "name"], name="unique_key_name_per_hospital")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @classmethod
+    def generate(cls, *, hospital: Hospital, name: str, created_by=None) -> tuple[IntegrationKey, str]:
+        """Create a key and return it with its raw value, which is never stored."""
+        raw_key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = cls.objects.create(
+            hospital=hospital,
+            name=name,
+            prefix=raw_key[: len(KEY_PREFIX) + 8],
+            key_hash=hash_api_key(raw_key),
+            created_by=created_by,
+        )
+        return key, raw_key
+
+    def revoke(self) -> None:
+        IntegrationKey.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.refresh_from_db(fields=["revoked_at"])
+
+
+class AppendOnlyError(Exception):
+    """Raised on any attempt to change or delete an audit event."""
+
+
+class AuditEventQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AppendOnlyError("Audit events cannot be changed.")
+
+    def delete(self):
+        raise AppendOnlyError("Audit events cannot be deleted.")
+
+    def for_hospital(self, hospital: Hospital) -> AuditEventQuerySet:
+        return self.filter(hospital=hospital)
+
+
+class AuditEvent(models.Model):
+    """Who did what, to which object, from where. Append-only; no PHI in `detail`."""
+
+    class Outcome(models.TextChoices):
+        SUCCESS = "success", "Success"
+        FAILURE = "failure", "Failure"
+        DENIED = "denied", "Denied"
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    actor_key = models.ForeignKey(IntegrationKey, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    hospital = models.ForeignKey(Hospital, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    action = models.CharField(max_length=64, db_index=True)
+    target_type = models.CharField(max_length=64, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.SUCCESS)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["hospital", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} {self.outcome}"
+
+    def save(self, *args, **kwargs) -> None:
+        if self.pk is not None:
+            raise AppendOnlyError("Audit events cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("Audit events cannot be deleted.")

@@ -1,0 +1,102 @@
+"""The tenant gate. Every view, endpoint, admin page and task resolves access here.
+
+- `TenantQuerySet.for_hospital()` / `.visible_to()` start every tenant-owned query.
+- `get_object_for_request()` is the one view helper: outsiders get 404, never 403.
+- `role_required()` guards views: a member without the role gets 403.
+The DRF counterparts live in `hospital.api`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import wraps
+
+from django.core.exceptions import PermissionDenied
+from django.db import models
+from django.http import Http404
+
+from hospital.models import Hospital, Membership, Role
+
+SESSION_KEY = "active_hospital"
+
+
+class TenantQuerySet(models.QuerySet):
+    """Base queryset for models with a non-null `hospital` foreign key."""
+
+    def for_hospital(self, hospital: Hospital | None) -> TenantQuerySet:
+        if hospital is None:
+            return self.none()
+        return self.filter(hospital=hospital)
+
+    def visible_to(self, user) -> TenantQuerySet:
+        """Rows of every hospital the user is an active member of; all rows for superusers."""
+        if not getattr(user, "is_authenticated", False):
+            return self.none()
+        if user.is_superuser:
+            return self.all()
+        return self.filter(hospital__in=hospitals_of(user))
+
+
+def active_memberships(user) -> models.QuerySet[Membership]:
+    if not getattr(user, "is_authenticated", False) or not getattr(user, "pk", None):
+        return Membership.objects.none()
+    return Membership.objects.active().filter(user=user).select_related("hospital")
+
+
+def hospitals_of(user, roles: Iterable[str] | None = None) -> models.QuerySet[Hospital]:
+    memberships = active_memberships(user)
+    if roles is not None:
+        memberships = memberships.filter(role__in=list(roles))
+    return Hospital.objects.filter(pk__in=memberships.values("hospital_id"))
+
+
+def resolve_membership(request) -> Membership | None:
+    """The membership for the hospital picked in this session (the first one by default)."""
+    memberships = list(active_memberships(request.user))
+    if not memberships:
+        return None
+    chosen = request.session.get(SESSION_KEY) if hasattr(request, "session") else None
+    for membership in memberships:
+        if str(membership.hospital.code) == chosen:
+            return membership
+    return memberships[0]
+
+
+def get_object_for_request(request, queryset: models.QuerySet, **lookup) -> models.Model:
+    """Fetch a tenant-owned object of the active hospital, or 404 for everyone else."""
+    hospital = getattr(request, "hospital", None)
+    obj = queryset.for_hospital(hospital).filter(**lookup).first() if hospital else None
+    if obj is None:
+        raise Http404("No such object.")
+    return obj
+
+
+def has_role(request, roles: Iterable[str]) -> bool:
+    membership = getattr(request, "membership", None)
+    return membership is not None and membership.role in set(roles)
+
+
+def role_required(*roles: str) -> Callable:
+    """View decorator: signed-in members of the active hospital with one of `roles`.
+
+    Someone with no membership at all gets 404 (they have no hospital to look into);
+    a member whose role is not allowed gets 403.
+    """
+    allowed = set(roles) or {role.value for role in Role}
+
+    def decorator(view: Callable) -> Callable:
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            from django.contrib.auth.views import redirect_to_login
+
+            if not request.user.is_authenticated:
+                return redirect_to_login(request.get_full_path())
+            if getattr(request, "membership", None) is None:
+                raise Http404("No hospital.")
+            if request.membership.role not in allowed:
+                raise PermissionDenied("Your role does not allow this.")
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator

@@ -1,0 +1,116 @@
+"""The fixed cast: two hospitals, a doctor, a radiologist and an admin in hospital A,
+an outsider (a doctor of hospital B), a radiologist who reads for both, and a platform
+superuser. Every test that checks access uses these people."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from hospital.models import Hospital, IntegrationKey, Membership, Role
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+PASSWORD = "correct-horse-battery-9"
+
+
+def require_service(url: str | None, name: str) -> str:
+    """Return a reachable service URL; without one, skip locally and fail in CI."""
+    in_ci = os.environ.get("CI", "").lower() == "true"
+    if not url:
+        if in_ci:
+            pytest.fail(f"{name} is required in CI but its URL is not set.")
+        pytest.skip(f"{name} URL not set")
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=2):
+            pass
+    except OSError as exc:
+        if in_ci:
+            pytest.fail(f"{name} at {parsed.hostname}:{parsed.port} is not reachable in CI: {exc}")
+        pytest.skip(f"{name} not reachable: {exc}")
+    return url
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return require_service(os.environ.get("REDIS_URL"), "Redis")
+
+
+@pytest.fixture
+def hospital_a(db) -> Hospital:
+    return Hospital.objects.create(name="St Mary's Hospital", slug="st-marys")
+
+
+@pytest.fixture
+def hospital_b(db) -> Hospital:
+    return Hospital.objects.create(name="Riverside Clinic", slug="riverside")
+
+
+def _member(django_user_model, email: str, hospital: Hospital, role: str, **extra):
+    user = django_user_model.objects.create_user(email=email, password=PASSWORD, **extra)
+    Membership.objects.create(user=user, hospital=hospital, role=role)
+    return user
+
+
+@pytest.fixture
+def doctor(django_user_model, hospital_a):
+    return _member(django_user_model, "doctor@stmarys.example", hospital_a, Role.DOCTOR)
+
+
+@pytest.fixture
+def radiologist(django_user_model, hospital_a):
+    return _member(django_user_model, "radiologist@stmarys.example", hospital_a, Role.RADIOLOGIST)
+
+
+@pytest.fixture
+def hospital_admin(django_user_model, hospital_a):
+    return _member(django_user_model, "admin@stmarys.example", hospital_a, Role.HOSPITAL_ADMIN, is_staff=True)
+
+
+@pytest.fixture
+def outsider(django_user_model, hospital_b):
+    return _member(django_user_model, "doctor@riverside.example", hospital_b, Role.DOCTOR)
+
+
+@pytest.fixture
+def outsider_admin(django_user_model, hospital_b):
+    return _member(django_user_model, "admin@riverside.example", hospital_b, Role.HOSPITAL_ADMIN, is_staff=True)
+
+
+@pytest.fixture
+def shared_radiologist(django_user_model, hospital_a, hospital_b):
+    user = _member(django_user_model, "reader@both.example", hospital_a, Role.RADIOLOGIST)
+    Membership.objects.create(user=user, hospital=hospital_b, role=Role.RADIOLOGIST)
+    return user
+
+
+@pytest.fixture
+def superuser(django_user_model):
+    return django_user_model.objects.create_superuser(email="ops@pleura.example", password=PASSWORD)
+
+
+@pytest.fixture
+def key_a(hospital_a) -> tuple[IntegrationKey, str]:
+    return IntegrationKey.generate(hospital=hospital_a, name="EMR St Mary's")
+
+
+@pytest.fixture
+def key_b(hospital_b) -> tuple[IntegrationKey, str]:
+    return IntegrationKey.generate(hospital=hospital_b, name="EMR Riverside")
+
+
+@pytest.fixture
+def client_for(client):
+    """Log a cast member into the test client: `client_for(doctor)`."""
+
+    def login(user):
+        client.force_login(user)
+        return client
+
+    return login
