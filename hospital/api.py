@@ -10,7 +10,6 @@ from rest_framework import exceptions, permissions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
-from rest_framework.views import exception_handler as drf_exception_handler
 
 from hospital.models import Hospital, IntegrationKey, Role, hash_api_key
 
@@ -112,6 +111,10 @@ class TenantAPIMixin:
 
 def exception_handler(exc, context):
     """DRF's handler, with every error body reduced to {"detail": "<words>"}."""
+    # Imported here: rest_framework.views loads the authentication classes of this
+    # module while it initializes, so a top-level import is circular.
+    from rest_framework.views import exception_handler as drf_exception_handler
+
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
