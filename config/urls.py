@@ -3,9 +3,17 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
+from diagnostics import health
+from diagnostics.metrics import metrics_view
+
 urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("accounts/", include("accounts.urls")),
+    path("hospital/", include("hospital.urls")),
     path("", include("diagnostics.urls")),
+    # Before django_prometheus's own /metrics: adds the queue depth, multiprocess-aware.
+    path("metrics", metrics_view, name="metrics"),
     path("", include("django_prometheus.urls")),
 ]

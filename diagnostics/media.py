@@ -1,15 +1,28 @@
 """Serving stored images (PHI) after the tenant gate has said yes.
 
-Views authorize first, then call `protected_file_response`. In production the bytes
-are streamed by nginx through an internal location (X-Accel-Redirect); in development
-Django streams them itself.
+Views authorize first, then call `protected_file_response`. Who moves the bytes:
+
+- `PROTECTED_MEDIA_ACCEL_PREFIX` unset (development, tests): Django streams the file
+  from whatever storage holds it.
+- set (production, behind nginx), filesystem storage: the response is empty with
+  `X-Accel-Redirect: <prefix>/media/<name>`; nginx serves the file from an `internal`
+  location, so a client can never ask for that path directly.
+- set, S3-compatible storage: `X-Accel-Redirect: <prefix>/s3/<scheme>/<host>/<key>?<signature>`
+  with a presigned URL valid for `PROTECTED_MEDIA_S3_URL_SECONDS`; nginx fetches it from
+  an `internal` location. The bucket stays private and the signed URL never reaches the
+  browser.
 """
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from django.conf import settings
 from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpResponse
+
+# A presigned URL only has to live as long as nginx takes to start fetching it.
+DEFAULT_S3_URL_SECONDS = 60
 
 
 def protected_file_response(fieldfile: FieldFile, *, content_type: str, download_name: str) -> HttpResponse:
@@ -18,7 +31,7 @@ def protected_file_response(fieldfile: FieldFile, *, content_type: str, download
     accel_prefix = getattr(settings, "PROTECTED_MEDIA_ACCEL_PREFIX", "")
     if accel_prefix:
         response = HttpResponse(content_type=content_type)
-        response["X-Accel-Redirect"] = f"{accel_prefix.rstrip('/')}/{fieldfile.name}"
+        response["X-Accel-Redirect"] = accel_redirect_target(fieldfile, accel_prefix)
     else:
         try:
             handle = fieldfile.open("rb")
@@ -30,3 +43,22 @@ def protected_file_response(fieldfile: FieldFile, *, content_type: str, download
     response["Cache-Control"] = "private, no-store"
     response["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+def accel_redirect_target(fieldfile: FieldFile, accel_prefix: str) -> str:
+    """The internal nginx URI that streams this file (see deploy/nginx/pleura.conf)."""
+    prefix = accel_prefix.rstrip("/")
+    if _is_s3(fieldfile.storage):
+        seconds = getattr(settings, "PROTECTED_MEDIA_S3_URL_SECONDS", DEFAULT_S3_URL_SECONDS)
+        signed = urlsplit(fieldfile.storage.url(fieldfile.name, expire=seconds))
+        query = f"?{signed.query}" if signed.query else ""
+        return f"{prefix}/s3/{signed.scheme}/{signed.netloc}{signed.path}{query}"
+    return f"{prefix}/media/{fieldfile.name}"
+
+
+def _is_s3(storage) -> bool:
+    try:
+        from storages.backends.s3 import S3Storage
+    except ImportError:  # django-storages is optional for filesystem-only installs
+        return False
+    return isinstance(storage, S3Storage)

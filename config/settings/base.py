@@ -36,6 +36,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "diagnostics.observability.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -170,6 +171,32 @@ CELERY_RESULT_BACKEND = None
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
 CELERY_TIMEZONE = TIME_ZONE
+CELERY_RESULT_SERIALIZER = "json"
+# Inference has its own queue so GPU machines consume only `inference`; housekeeping stays on `celery`.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_ROUTES = {"diagnostics.predict_studies": {"queue": "inference"}, "diagnostics.*": {"queue": "celery"}}
+# One message at a time per process, acknowledged after the work: a slow batch holds no
+# other message, and a message whose worker died is delivered again.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 120)
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 180)
+# Loading torch and the weights in a fresh pool process takes longer than Celery's 4 s default.
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = 60
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Publishing at upload time must fail fast when the broker is down (the sweeper re-queues).
+CELERY_BROKER_CONNECTION_TIMEOUT = env_int("CELERY_BROKER_CONNECTION_TIMEOUT", 2)
+# The pipeline: studies stuck in queued/processing longer than this are re-queued by the
+# sweeper (every PIPELINE_SWEEP_SECONDS), at most PIPELINE_MAX_ATTEMPTS times.
+PIPELINE_STUCK_SECONDS = env_int("PIPELINE_STUCK_SECONDS", 300)
+PIPELINE_MAX_ATTEMPTS = env_int("PIPELINE_MAX_ATTEMPTS", 3)
+PIPELINE_SWEEP_SECONDS = env_int("PIPELINE_SWEEP_SECONDS", 60)
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stuck-studies": {"task": "diagnostics.sweep_stuck_studies", "schedule": float(PIPELINE_SWEEP_SECONDS)}
+}
 
 CACHES = {
     "default": (
@@ -180,11 +207,19 @@ CACHES = {
 }
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+# "json" (one object per line, production default) or "plain"; both carry the request id.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "diagnostics.observability.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "diagnostics.observability.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

@@ -1,17 +1,73 @@
-"""Production: every secret comes from the environment, nothing insecure by default."""
+"""Production: every secret comes from the environment, nothing insecure by default.
+
+See deploy/README.md for the full list of variables. Passes `manage.py check --deploy`.
+"""
 
 from __future__ import annotations
 
 from config.settings.base import *  # noqa: F403
-from config.settings.env import env_bool, env_int, env_str
+from config.settings.base import LOGGING, STORAGES
+from config.settings.env import env_bool, env_int, env_list, env_str
 
 SECRET_KEY = env_str("SECRET_KEY")  # no default: refuse to start without one
 DEBUG = False
 
+# TLS ends at nginx (or the Ingress), which sets X-Forwarded-Proto.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+# Probes and scrapes come over plain HTTP from inside the cluster, not from browsers.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
+USE_X_FORWARDED_HOST = False
+
+# Behind nginx: Django authorizes, nginx streams the bytes (diagnostics/media.py).
+PROTECTED_MEDIA_ACCEL_PREFIX = env_str("PROTECTED_MEDIA_ACCEL_PREFIX", "/_protected")
+PROTECTED_MEDIA_S3_URL_SECONDS = env_int("PROTECTED_MEDIA_S3_URL_SECONDS", 60)
+
+# Media storage: the local filesystem (one server, or a shared volume) or a private
+# S3-compatible bucket (AWS, MinIO, Ceph...). Objects are never public: every read goes
+# through the tenant gate and a short-lived signed URL fetched by nginx.
+STORAGE_BACKEND = env_str("STORAGE_BACKEND", "filesystem")
+if STORAGE_BACKEND == "s3":
+    STORAGES = {
+        **STORAGES,
+        "default": {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {
+                "bucket_name": env_str("S3_BUCKET"),
+                "endpoint_url": env_str("S3_ENDPOINT_URL", "") or None,
+                "region_name": env_str("S3_REGION", "") or None,
+                "access_key": env_str("S3_ACCESS_KEY_ID", "") or None,
+                "secret_key": env_str("S3_SECRET_ACCESS_KEY", "") or None,
+                "default_acl": "private",
+                "querystring_auth": True,
+                "querystring_expire": PROTECTED_MEDIA_S3_URL_SECONDS,
+                "file_overwrite": False,
+                "object_parameters": {"ServerSideEncryption": env_str("S3_SERVER_SIDE_ENCRYPTION", "AES256")},
+                "addressing_style": env_str("S3_ADDRESSING_STYLE", "path"),
+                "signature_version": "s3v4",
+            },
+        },
+    }
+elif STORAGE_BACKEND != "filesystem":
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"STORAGE_BACKEND must be 'filesystem' or 's3', not {STORAGE_BACKEND!r}.")
+
+# Static files are collected into STATIC_ROOT at image build time and served by nginx;
+# the manifest gives them hashed names so they can be cached for a year.
+STORAGES = {
+    **STORAGES,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"},
+}
+
+# Required: the public host name(s), e.g. pleura.hospital.example.
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [])
+
+# JSON lines for the log shipper; "plain" is accepted for a quick look on a console.
+LOG_FORMAT = env_str("LOG_FORMAT", "json")
+LOGGING["handlers"]["console"]["formatter"] = LOG_FORMAT

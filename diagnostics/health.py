@@ -1,0 +1,122 @@
+"""Liveness and readiness probes for load balancers, Kubernetes and the smoke test.
+
+Both answer without authentication, so they say only "ok" or a short reason: never a
+hostname, a path, a version name or anything about patients.
+
+- `/healthz`: the process answers HTTP. Nothing else is touched, so a slow database
+  never gets a healthy pod killed.
+- `/readyz`: this process can do its job: the database answers, the Celery broker
+  accepts a connection, and the active model's weights file is present with the sha256
+  recorded in the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_safe
+
+from mlcore.models import ModelVersion
+
+logger = logging.getLogger(__name__)
+
+# Seconds the broker may take to accept a connection before the probe says no; kept
+# well under the Kubernetes probe timeout (5 s in deploy/k8s).
+BROKER_TIMEOUT_SECONDS = 2.0
+
+OK = "ok"
+
+# (path, mtime_ns, size) -> sha256: hashing ~50 MB of weights on every probe would cost
+# ~0.1 s of CPU each time, so a file is hashed again only when it changes.
+_hash_cache: dict[tuple[str, int, int], str] = {}
+_hash_lock = threading.Lock()
+
+
+@never_cache
+@require_safe
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": OK})
+
+
+@never_cache
+@require_safe
+def readyz(request: HttpRequest) -> JsonResponse:
+    checks = {"database": _check_database(), "broker": _check_broker(), "model": _check_model()}
+    ready = all(result == OK for result in checks.values())
+    return JsonResponse({"status": OK if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
+
+
+def _check_database() -> str:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception:
+        logger.warning("readyz: database unreachable", exc_info=True)
+        return "unreachable"
+    return OK
+
+
+def _check_broker() -> str:
+    from config.celery import app
+
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=BROKER_TIMEOUT_SECONDS)
+    except Exception:
+        logger.warning("readyz: broker unreachable", exc_info=True)
+        return "unreachable"
+    return OK
+
+
+def _check_model() -> str:
+    try:
+        version = ModelVersion.objects.active()
+    except Exception:
+        logger.warning("readyz: model registry unreadable", exc_info=True)
+        return "unreachable"
+    if version is None:
+        return "no active model"
+    path = weights_file(version)
+    try:
+        digest = file_sha256(path)
+    except OSError:
+        logger.warning("readyz: weights file of the active model cannot be read")
+        return "weights missing"
+    if digest != version.weights_sha256:
+        logger.error("readyz: weights file of the active model does not match its recorded sha256")
+        return "weights hash mismatch"
+    return OK
+
+
+def weights_file(version: ModelVersion) -> Path:
+    """The weights path of a registry row: absolute, or relative to MODEL_WEIGHTS_DIR."""
+    path = Path(version.weights_path)
+    return path if path.is_absolute() else Path(settings.MODEL_WEIGHTS_DIR) / path
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, computed again only when its mtime or size changes."""
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    with _hash_lock:
+        cached = _hash_cache.get(key)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
+            digest.update(chunk)
+    with _hash_lock:
+        # One entry per path: an updated file replaces its stale hash.
+        for stale in [k for k in _hash_cache if k[0] == key[0]]:
+            del _hash_cache[stale]
+        _hash_cache[key] = hexdigest = digest.hexdigest()
+    return hexdigest

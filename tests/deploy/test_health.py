@@ -1,0 +1,94 @@
+"""/healthz and /readyz: unauthenticated, small JSON, honest about what is not ready."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from config.celery import app as celery_app
+from diagnostics.health import file_sha256
+from mlcore.models import ModelVersion
+
+
+@pytest.fixture
+def weights(tmp_path):
+    path = tmp_path / "weights.pt"
+    path.write_bytes(b"pretend weights " * 1000)
+    return path
+
+
+def _activate(weights_path, sha256: str) -> ModelVersion:
+    return ModelVersion.objects.create(
+        name="pleura-test",
+        architecture="resnet18",
+        image_size=224,
+        weights_path=str(weights_path),
+        weights_sha256=sha256,
+        threshold=0.5,
+        status=ModelVersion.Status.ACTIVE,
+    )
+
+
+def test_healthz_answers_ok_without_login_or_database(client):
+    # No `db` fixture: any query would raise, so this also proves liveness needs no database.
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert response["Cache-Control"].startswith("max-age=0")
+
+
+def test_readyz_is_ready_with_database_broker_and_valid_active_model(client, db, weights):
+    _activate(weights, hashlib.sha256(weights.read_bytes()).hexdigest())
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok", "model": "ok"}}
+
+
+def test_readyz_is_unavailable_without_an_active_model(client, db):
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {"database": "ok", "broker": "ok", "model": "no active model"},
+    }
+
+
+def test_readyz_is_unavailable_when_weights_do_not_match_their_hash(client, db, weights):
+    _activate(weights, "0" * 64)
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["model"] == "weights hash mismatch"
+
+
+def test_readyz_is_unavailable_when_weights_file_is_missing(client, db, tmp_path):
+    _activate(tmp_path / "gone.pt", "0" * 64)
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["model"] == "weights missing"
+
+
+def test_readyz_is_unavailable_when_the_broker_refuses_connections(client, db, weights):
+    _activate(weights, hashlib.sha256(weights.read_bytes()).hexdigest())
+    original = celery_app.conf.broker_url
+    celery_app.conf.broker_url = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    try:
+        response = client.get("/readyz")
+    finally:
+        celery_app.conf.broker_url = original
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"database": "ok", "broker": "unreachable", "model": "ok"}
+
+
+def test_weights_hash_is_cached_until_the_file_changes(weights):
+    first = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert file_sha256(weights) == first
+    stat = weights.stat()
+    # Same size and same mtime: the probe trusts its cached hash and does not re-read.
+    weights.write_bytes(b"P" + weights.read_bytes()[1:])
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert file_sha256(weights) == first
+    # A new mtime (a replaced file) is hashed again.
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert file_sha256(weights) == hashlib.sha256(weights.read_bytes()).hexdigest() != first
