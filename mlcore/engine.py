@@ -1,0 +1,122 @@
+"""Inference: one loaded model version, batches of grayscale arrays in, dataclasses out.
+
+Create the engine after a worker process forks (never at import): CUDA contexts do
+not survive fork, and each process should hold its own copy of the weights.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlcore.calibration import calibrated_probability
+from mlcore.gradcam import cam_to_size, forward_with_cam, heatmap_rgba_png
+from mlcore.network import build_network, load_weights
+from mlcore.preprocessing import to_model_input
+
+HEATMAP_MAX_SIDE = 512
+PNEUMONIA = "pneumonia"
+NORMAL = "normal"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    architecture: str
+    image_size: int
+    weights_path: Path
+    weights_sha256: str
+    threshold: float
+    temperature: float = 1.0
+    logit_bias: float = 0.0
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    probability: float
+    label: str
+    threshold: float
+    model_version: str
+    device: str
+    latency_ms: float
+    batch_size: int
+    # float32 in [0, 1] with the input image's aspect ratio (long side at most
+    # HEATMAP_MAX_SIDE), and the same as a transparent RGBA PNG overlay: browsers
+    # stretch it over the radiograph, so a larger one would only cost encoding time.
+    heatmap: np.ndarray | None = None
+    heatmap_png: bytes | None = None
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class InferenceEngine:
+    def __init__(self, spec: ModelSpec, device: str | None = None):
+        self.spec = spec
+        self.device = pick_device(device)
+        network = load_weights(build_network(spec.architecture), spec.weights_path, spec.weights_sha256)
+        network.eval().requires_grad_(False)
+        if self.device.type == "cuda":
+            # Half precision and channels_last: the tensor cores' preferred diet.
+            network = network.half().to(self.device, memory_format=torch.channels_last)
+        self.network = network.to(self.device)
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+
+    def _batch(self, grays: list[np.ndarray]) -> torch.Tensor:
+        batch = torch.stack([to_model_input(gray, self.spec.image_size) for gray in grays])
+        batch = batch.to(self.device, self.dtype)
+        if self.device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def logits(self, grays: list[np.ndarray]) -> np.ndarray:
+        """Raw logits without heatmaps (evaluation)."""
+        with torch.inference_mode():
+            return self.network(self._batch(grays)).reshape(-1).float().cpu().numpy()
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return calibrated_probability(logits, self.spec.temperature, self.spec.logit_bias)
+
+    def predict(self, grays: list[np.ndarray], with_heatmap: bool = True) -> list[PredictionResult]:
+        if not grays:
+            return []
+        started = time.perf_counter()
+        if with_heatmap:
+            logits, cams = forward_with_cam(self.network, self._batch(grays))
+            logits, cams = logits.cpu().numpy(), cams.cpu()
+        else:
+            logits, cams = self.logits(grays), None
+        probabilities = self.probabilities(logits)
+        heatmaps = [
+            cam_to_size(cams[i], *_heatmap_shape(gray)) if cams is not None else None for i, gray in enumerate(grays)
+        ]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        return [
+            PredictionResult(
+                probability=float(probability),
+                label=PNEUMONIA if probability >= self.spec.threshold else NORMAL,
+                threshold=self.spec.threshold,
+                model_version=self.spec.name,
+                device=str(self.device),
+                latency_ms=latency_ms,
+                batch_size=len(grays),
+                heatmap=heatmap,
+                heatmap_png=heatmap_rgba_png(heatmap) if heatmap is not None else None,
+            )
+            for probability, heatmap in zip(probabilities, heatmaps, strict=True)
+        ]
+
+
+def _heatmap_shape(gray: np.ndarray) -> tuple[int, int]:
+    height, width = gray.shape
+    scale = min(1.0, HEATMAP_MAX_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))

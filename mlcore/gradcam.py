@@ -1,0 +1,66 @@
+"""Grad-CAM: where the network looked, from the same forward pass that made the prediction."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+
+def forward_with_cam(network: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N,) and Grad-CAM maps (N, h, w) in [0, 1] from one forward pass.
+
+    The maps are taken at the last residual stage (`layer4`). Each sample's logit
+    depends only on its own activations (batch norm is in eval mode), so one
+    backward pass of the summed logits gives every sample its own gradients.
+    """
+    captured: dict[str, torch.Tensor] = {}
+    hook = network.layer4.register_forward_hook(lambda _m, _i, output: captured.__setitem__("a", output))
+    try:
+        with torch.enable_grad():
+            inputs = batch.detach().requires_grad_(True)
+            logits = network(inputs).reshape(-1)
+            activations = captured["a"]
+            (gradients,) = torch.autograd.grad(logits.sum(), activations)
+    finally:
+        hook.remove()
+    weights = gradients.float().mean(dim=(2, 3), keepdim=True)
+    cams = torch.relu((weights * activations.float()).sum(dim=1))
+    peak = cams.flatten(1).max(dim=1).values.clamp_min(1e-8)
+    return logits.detach().float(), (cams / peak[:, None, None]).detach()
+
+
+def cam_to_size(cam: torch.Tensor | np.ndarray, height: int, width: int) -> np.ndarray:
+    tensor = torch.as_tensor(cam, dtype=torch.float32)[None, None]
+    resized = nn.functional.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)
+    return resized[0, 0].clamp(0, 1).numpy()
+
+
+def _colormap(values: np.ndarray) -> np.ndarray:
+    """A blue-green-yellow-red ramp (values 0..1 -> RGB uint8), no plotting library needed."""
+    anchors = np.array([0.0, 0.35, 0.6, 0.8, 1.0])
+    colours = np.array([[30, 60, 200], [0, 190, 200], [120, 220, 60], [250, 200, 0], [230, 30, 20]], dtype=np.float64)
+    channels = [np.interp(values, anchors, colours[:, c]) for c in range(3)]
+    return np.stack(channels, axis=-1).astype(np.uint8)
+
+
+def heatmap_rgba_png(cam: np.ndarray) -> bytes:
+    """A transparent overlay: colour where the network looked, clear elsewhere."""
+    rgb = _colormap(cam)
+    alpha = (np.clip((cam - 0.15) / 0.85, 0, 1) * 210).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def overlay_png(gray: np.ndarray, cam: np.ndarray, opacity: float = 0.45) -> bytes:
+    """The radiograph with the heatmap blended in, for reports and the CLI."""
+    base = np.repeat(gray[..., None], 3, axis=2).astype(np.float64)
+    weight = opacity * np.clip((cam - 0.15) / 0.85, 0, 1)[..., None]
+    blended = base * (1 - weight) + _colormap(cam).astype(np.float64) * weight
+    buffer = io.BytesIO()
+    Image.fromarray(blended.astype(np.uint8), mode="RGB").save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()

@@ -1,0 +1,57 @@
+"""Classification metrics on calibrated probabilities (1 = pneumonia)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+ECE_BINS = 15
+
+
+def threshold_for_sensitivity(targets: np.ndarray, probabilities: np.ndarray, min_sensitivity: float) -> float:
+    """The highest threshold whose sensitivity is at least `min_sensitivity`.
+
+    The highest such threshold gives the best specificity among the acceptable ones.
+    """
+    _, tpr, thresholds = roc_curve(targets, probabilities)
+    acceptable = thresholds[(tpr >= min_sensitivity) & np.isfinite(thresholds)]
+    if acceptable.size == 0:
+        return float(probabilities.min())
+    return float(acceptable.max())
+
+
+def expected_calibration_error(targets: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> float:
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(probabilities, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            error += in_bin.mean() * abs(probabilities[in_bin].mean() - targets[in_bin].mean())
+    return float(error)
+
+
+def classification_report(targets: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
+    targets = np.asarray(targets).astype(int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    predicted = (probabilities >= threshold).astype(int)
+    tp = int(((predicted == 1) & (targets == 1)).sum())
+    tn = int(((predicted == 0) & (targets == 0)).sum())
+    fp = int(((predicted == 1) & (targets == 0)).sum())
+    fn = int(((predicted == 0) & (targets == 1)).sum())
+    both_classes = len(set(targets.tolist())) == 2
+    sensitivity = tp / (tp + fn) if tp + fn else 0.0
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    return {
+        "images": len(targets),
+        "threshold": round(float(threshold), 6),
+        "accuracy": round((tp + tn) / len(targets), 4) if len(targets) else 0.0,
+        "sensitivity": round(sensitivity, 4),
+        "specificity": round(tn / (tn + fp), 4) if tn + fp else 0.0,
+        "precision": round(precision, 4),
+        "f1": round(2 * precision * sensitivity / (precision + sensitivity), 4) if precision + sensitivity else 0.0,
+        "roc_auc": round(float(roc_auc_score(targets, probabilities)), 4) if both_classes else None,
+        "pr_auc": round(float(average_precision_score(targets, probabilities)), 4) if both_classes else None,
+        "ece": round(expected_calibration_error(targets, probabilities), 4),
+        "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+    }

@@ -1,0 +1,60 @@
+"""The one path from pixels to the network's input, shared by training and serving.
+
+Every source (PNG/JPEG files, or the grayscale array that DICOM decoding produces)
+is first reduced to an 8-bit grayscale array (H x W, 0 = black), then `to_model_input`
+turns that array into the tensor the network sees. Training reads its images with
+`load_grayscale_file` and the same `to_model_input`; augmentation happens after it.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+# The training images are 224 x 224 squashed without keeping the aspect ratio, so
+# serving squashes too: the network must see anatomy with the proportions it learned.
+RESAMPLE = Image.Resampling.BILINEAR
+# Normalisation of [0, 1] grey values; chest radiographs average about this.
+PIXEL_MEAN = 0.5
+PIXEL_STD = 0.25
+
+
+def load_grayscale_file(source: str | Path | bytes) -> np.ndarray:
+    """Decode a PNG/JPEG (path or bytes) into an 8-bit grayscale array."""
+    handle = io.BytesIO(source) if isinstance(source, bytes) else source
+    with Image.open(handle) as image:
+        return pil_to_grayscale(image)
+
+
+def pil_to_grayscale(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale PNGs: scale the stored range to 8 bits rather than clip.
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+        return np.ascontiguousarray(np.round(scaled).astype(np.uint8))
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")
+    if image.mode == "RGB":
+        image = image.convert("L")
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+
+
+def to_model_input(gray: np.ndarray, image_size: int) -> torch.Tensor:
+    """8-bit grayscale H x W -> float tensor 1 x S x S, normalised."""
+    if gray.dtype != np.uint8 or gray.ndim != 2:
+        raise ValueError(f"expected a 2-D uint8 array, got {gray.dtype} with shape {gray.shape}")
+    resized = Image.fromarray(gray, mode="L").resize((image_size, image_size), RESAMPLE)
+    array = np.asarray(resized, dtype=np.float32) / 255.0
+    tensor = torch.from_numpy((array - PIXEL_MEAN) / PIXEL_STD)
+    return tensor.unsqueeze(0)
+
+
+def gray_to_png(gray: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(gray, mode="L").save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
