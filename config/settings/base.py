@@ -130,6 +130,7 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
 # Model weights shipped with the product (see mlcore/weights/README.md).
 MODEL_WEIGHTS_DIR = Path(env_str("MODEL_WEIGHTS_DIR", str(BASE_DIR / "mlcore" / "weights")))
+DEFAULT_MODEL_NAME = env_str("DEFAULT_MODEL_NAME", "pleura-resnet18-v1")
 TRAINING_DATA_DIR = Path(env_str("TRAINING_DATA_DIR", str(SHARED_DIR / "data" / "chest_xray" / "train")))
 
 REST_FRAMEWORK = {

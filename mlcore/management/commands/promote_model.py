@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from hospital import audit
+from mlcore import registry
+from mlcore.models import ModelVersion
+from mlcore.promotion import gate_failures
+
+
+class Command(BaseCommand):
+    help = (
+        "Make a model version the active one. A candidate must measure at least as well as the active "
+        "version (AUC and sensitivity); --rollback re-activates an earlier version."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("name", help="model version name")
+        parser.add_argument("--rollback", action="store_true", help="re-activate a retired (earlier) version")
+        parser.add_argument("--override", action="store_true", help="promote despite the gate (superusers only)")
+        parser.add_argument("--actor", default=None, help="email of the person promoting (required with --override)")
+        parser.add_argument("--reason", default="", help="why; recorded in the audit trail")
+
+    def handle(self, *args, **options):
+        version = ModelVersion.objects.filter(name=options["name"]).first()
+        if version is None:
+            raise CommandError(f"no model version named {options['name']!r}")
+        if version.status == ModelVersion.Status.ACTIVE:
+            raise CommandError(f"{version.name} is already the active version")
+        actor = self._actor(options)
+        try:
+            if options["rollback"]:
+                if version.status != ModelVersion.Status.RETIRED:
+                    raise CommandError(f"{version.name} was never active; promote it instead of rolling back")
+                version = registry.activate(
+                    version, actor=actor, action=audit.Action.MODEL_ROLLED_BACK, reason=options["reason"]
+                )
+                self.stdout.write(f"rolled back to {version.name}")
+                return
+            failures = gate_failures(version, ModelVersion.objects.active())
+            if failures and not options["override"]:
+                audit.record(
+                    audit.Action.MODEL_PROMOTION_REFUSED,
+                    actor=actor,
+                    target=version,
+                    outcome=audit.Outcome.DENIED,
+                    name=version.name,
+                    failures=failures,
+                )
+                raise CommandError(f"{version.name} was not promoted: " + "; ".join(failures))
+            version = registry.activate(
+                version,
+                actor=actor,
+                override=bool(failures and options["override"]),
+                gate_failures=failures,
+                reason=options["reason"],
+            )
+        except registry.RegistryError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"promoted {version.name}")
+
+    def _actor(self, options):
+        if not options["actor"]:
+            if options["override"]:
+                raise CommandError("--override needs --actor EMAIL of a superuser")
+            return None
+        user = get_user_model().objects.filter(email=options["actor"].lower(), is_active=True).first()
+        if user is None:
+            raise CommandError(f"no active user {options['actor']!r}")
+        if options["override"] and not user.is_superuser:
+            raise CommandError("only a superuser may override the promotion gate")
+        return user

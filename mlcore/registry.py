@@ -1,0 +1,152 @@
+"""The Django side of mlcore: registering, promoting and serving model versions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from hospital import audit
+from mlcore.engine import InferenceEngine, ModelSpec
+from mlcore.models import ModelVersion
+from mlcore.network import WeightsMismatchError, file_sha256
+
+log = logging.getLogger(__name__)
+
+MODEL_DESCRIPTION = "model.json"
+
+
+class RegistryError(Exception):
+    """A registry operation that cannot be done, with a message for the operator."""
+
+
+def resolve_weights_path(version: ModelVersion) -> Path:
+    path = Path(version.weights_path)
+    return path if path.is_absolute() else Path(settings.MODEL_WEIGHTS_DIR) / path
+
+
+def spec_for(version: ModelVersion) -> ModelSpec:
+    return ModelSpec(
+        name=version.name,
+        architecture=version.architecture,
+        image_size=version.image_size,
+        weights_path=resolve_weights_path(version),
+        weights_sha256=version.weights_sha256,
+        threshold=version.threshold,
+        temperature=version.temperature,
+        logit_bias=version.logit_bias,
+    )
+
+
+def _relative_to_weights_dir(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path(settings.MODEL_WEIGHTS_DIR).resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def register_from_dir(
+    model_dir: Path, *, name: str | None = None, parent: ModelVersion | None = None, actor=None
+) -> ModelVersion:
+    """Register the output of `train_model` as a candidate, checking the weights' hash."""
+    description_path = Path(model_dir) / MODEL_DESCRIPTION
+    if not description_path.is_file():
+        raise RegistryError(f"{description_path} not found: is {model_dir} the output of train_model?")
+    description = json.loads(description_path.read_text())
+    weights = Path(model_dir) / description["weights"]
+    if not weights.is_file():
+        raise RegistryError(f"weights file {weights} is missing")
+    if file_sha256(weights) != description["weights_sha256"]:
+        raise RegistryError(f"{weights} does not match the sha256 recorded in {description_path}")
+    card_path = Path(model_dir) / "model_card.json"
+    name = name or description["name"]
+    if ModelVersion.objects.filter(name=name).exists():
+        raise RegistryError(f"a model version named {name!r} already exists")
+    version = ModelVersion.objects.create(
+        name=name,
+        architecture=description["architecture"],
+        image_size=description["image_size"],
+        weights_path=_relative_to_weights_dir(weights),
+        weights_sha256=description["weights_sha256"],
+        threshold=description["threshold"],
+        temperature=description["temperature"],
+        logit_bias=description.get("logit_bias", 0.0),
+        metrics=description["validation_metrics"],
+        training_data=description["training_data"],
+        card=json.loads(card_path.read_text()) if card_path.is_file() else {},
+        parent=parent,
+    )
+    audit.record(audit.Action.MODEL_REGISTERED, actor=actor, target=version, name=version.name)
+    return version
+
+
+@transaction.atomic
+def activate(version: ModelVersion, *, actor=None, action: str = audit.Action.MODEL_PROMOTED, **detail) -> ModelVersion:
+    """Make `version` the one active model; the previous active one is retired.
+
+    The partial unique constraint guarantees a single active row even under races:
+    the loser of two concurrent promotions fails instead of leaving two active.
+    """
+    version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    if not resolve_weights_path(version).is_file():
+        raise RegistryError(f"weights for {version.name} are missing at {resolve_weights_path(version)}")
+    previous = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).exclude(pk=version.pk).first()
+    if previous is not None:
+        ModelVersion.objects.filter(pk=previous.pk, status=ModelVersion.Status.ACTIVE).update(
+            status=ModelVersion.Status.RETIRED, shadow=False
+        )
+    ModelVersion.objects.filter(pk=version.pk).update(
+        status=ModelVersion.Status.ACTIVE, promoted_at=timezone.now(), shadow=False
+    )
+    version.refresh_from_db()
+    audit.record(
+        action, actor=actor, target=version, name=version.name, previous=previous.name if previous else None, **detail
+    )
+    return version
+
+
+class _EngineCache:
+    """One engine per process, for the version that is active now; reloaded on promotion."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._engines: dict[tuple[int, str], InferenceEngine] = {}
+
+    def get(self, version: ModelVersion, device: str | None = None) -> InferenceEngine:
+        key = (version.pk, version.weights_sha256)
+        with self._lock:
+            engine = self._engines.get(key)
+            if engine is None:
+                try:
+                    engine = InferenceEngine(spec_for(version), device=device)
+                except WeightsMismatchError as exc:
+                    raise RegistryError(str(exc)) from exc
+                log.info("loaded model %s on %s", version.name, engine.device)
+                # Keep the engines of at most two versions (active + shadow candidate).
+                while len(self._engines) >= 2:
+                    self._engines.pop(next(iter(self._engines)))
+                self._engines[key] = engine
+            return engine
+
+    def clear(self) -> None:
+        with self._lock:
+            self._engines.clear()
+
+
+engines = _EngineCache()
+
+
+def get_active_engine(device: str | None = None) -> tuple[ModelVersion, InferenceEngine]:
+    version = ModelVersion.objects.active()
+    if version is None:
+        raise RegistryError("no active model version: run `manage.py ensure_default_model` or `promote_model`")
+    return version, engines.get(version, device)
+
+
+def get_engine(version: ModelVersion, device: str | None = None) -> InferenceEngine:
+    return engines.get(version, device)
