@@ -1,13 +1,40 @@
-"""The Celery application. Tasks live in each app's tasks.py and are found by autodiscovery."""
+"""The Celery application. Tasks live in each app's tasks.py and are found by autodiscovery.
+
+Settings come from Django (`CELERY_*` in config/settings/base.py): Redis in production
+(`REDIS_URL`), and by default a `filesystem://` broker under var/broker that needs no
+server and works across the processes of one machine (`make run`).
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from celery import Celery
+from celery.signals import worker_process_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
 app = Celery("pleura")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@app.on_after_configure.connect
+def _create_filesystem_broker_folders(sender: Celery, **kwargs) -> None:
+    # The filesystem transport fails on the first message if its folders do not exist.
+    if not str(sender.conf.broker_url or "").startswith("filesystem://"):
+        return
+    options = sender.conf.broker_transport_options or {}
+    for key in ("data_folder_in", "data_folder_out", "processed_folder"):
+        if options.get(key):
+            Path(options[key]).mkdir(parents=True, exist_ok=True)
+
+
+@worker_process_shutdown.connect
+def _forget_dead_process_metrics(pid: int | None = None, **kwargs) -> None:
+    # Prometheus multiprocess mode: live gauges of an exited pool process must not linger.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid or os.getpid())

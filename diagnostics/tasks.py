@@ -1,11 +1,41 @@
-"""Celery tasks: thin wrappers around services. (The pipeline issue fills this in.)"""
+"""Celery tasks: thin wrappers around diagnostics.pipeline. They take ids and are idempotent."""
 
 from __future__ import annotations
+
+from celery import shared_task
+from celery.signals import worker_process_init
+
+from diagnostics import metrics, pipeline
 
 
 def enqueue_prediction(study_id: int) -> None:
     """Hand a stored study to the inference queue. Called via transaction.on_commit.
 
-    Must never raise: if the broker is down the study stays `queued` and the sweeper
+    Never raises: if the broker is down the study stays `queued` and the sweeper
     queues it later.
     """
+    pipeline.enqueue_prediction(study_id)
+
+
+@shared_task(bind=True, name=pipeline.PREDICT_TASK, max_retries=pipeline.MAX_RETRIES)
+def predict_studies(self, study_ids: list[int]) -> int:
+    try:
+        return len(pipeline.predict_studies(study_ids))
+    except pipeline.TransientPipelineError as exc:
+        metrics.record_failure(metrics.REASON_TRANSIENT)
+        # Retry with the ids actually claimed: drained studies are not lost with the retry.
+        raise self.retry(
+            args=[exc.study_ids], exc=exc.__cause__ or exc, countdown=pipeline.retry_delay(self.request.retries)
+        ) from exc
+
+
+@shared_task(name="diagnostics.sweep_stuck_studies", soft_time_limit=50, time_limit=60)
+def sweep_stuck_studies() -> dict:
+    result = pipeline.sweep_stuck_studies()
+    return {"requeued": len(result.requeued), "gave_up": len(result.gave_up)}
+
+
+@worker_process_init.connect
+def _load_model_after_fork(**kwargs) -> None:
+    # CUDA contexts do not survive fork: each pool process loads its own model here.
+    pipeline.warm_up()

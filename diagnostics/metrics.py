@@ -1,0 +1,82 @@
+"""Prometheus metrics of the study pipeline.
+
+Web and worker processes write to the same metric files when PROMETHEUS_MULTIPROC_DIR is
+set (Prometheus multiprocess mode; scripts/run-local.sh and the deployment set it), and
+`/metrics` adds them up. Labels are small fixed sets: never a study id, never PHI.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import prometheus_client
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+
+from diagnostics.models import Study
+
+# Failure reason codes (the `reason` label); the text shown to doctors lives on the study.
+REASON_UNDECODABLE = "undecodable"
+REASON_MISSING_FILE = "missing_file"
+REASON_GAVE_UP = "gave_up"
+REASON_MODEL_UNAVAILABLE = "model_unavailable"
+REASON_INFERENCE_ERROR = "inference_error"
+REASON_TRANSIENT = "transient"
+FAILURE_REASONS = (
+    REASON_UNDECODABLE,
+    REASON_MISSING_FILE,
+    REASON_INFERENCE_ERROR,
+    REASON_GAVE_UP,
+    REASON_MODEL_UNAVAILABLE,
+    REASON_TRANSIENT,
+)
+
+STUDIES_RECEIVED = Counter("pleura_studies_received", "Studies stored and handed to the pipeline.", ["source"])
+QUEUE_WAIT = Histogram(
+    "pleura_queue_wait_seconds",
+    "Time from a study being queued to a worker starting on it.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+INFERENCE_LATENCY = Histogram(
+    "pleura_inference_latency_seconds",
+    "Model time for one batch (forward pass and heatmaps).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+BATCH_SIZE = Histogram(
+    "pleura_inference_batch_size", "Studies predicted together in one batch.", buckets=(1, 2, 4, 8, 16, 32, 64)
+)
+PREDICTIONS = Counter("pleura_predictions", "Predictions stored, by label and origin.", ["label", "origin"])
+FAILURES = Counter("pleura_prediction_failures", "Pipeline failures, by reason code.", ["reason"])
+
+
+class QueueDepthCollector:
+    """Studies waiting or in progress, read from the database at scrape time."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("pleura_queue_depth", "Studies queued or processing right now.", labels=["status"])
+        counts = dict.fromkeys((Study.Status.QUEUED.value, Study.Status.PROCESSING.value), 0)
+        rows = Study.objects.filter(status__in=list(counts)).values("status").annotate(n=Count("id")).order_by()
+        counts.update({row["status"]: row["n"] for row in rows})
+        for status, count in counts.items():
+            gauge.add_metric([status], count)
+        yield gauge
+
+
+def record_failure(reason: str) -> None:
+    FAILURES.labels(reason=reason if reason in FAILURE_REASONS else REASON_TRANSIENT).inc()
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """`/metrics`: every process's metrics in multiprocess mode, plus the queue depth."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = prometheus_client.REGISTRY
+    depth = CollectorRegistry()
+    depth.register(QueueDepthCollector())
+    body = prometheus_client.generate_latest(registry) + prometheus_client.generate_latest(depth)
+    return HttpResponse(body, content_type=prometheus_client.CONTENT_TYPE_LATEST)
