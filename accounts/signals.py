@@ -6,11 +6,18 @@ from django.contrib.auth.signals import user_logged_in, user_logged_out, user_lo
 from django.dispatch import receiver
 
 from hospital import audit
+from hospital.tenancy import active_memberships
+
+
+def _first_hospital(user):
+    # Filed under the hospital the new session opens on, so its admins see it.
+    membership = active_memberships(user).first() if user is not None else None
+    return membership.hospital if membership else None
 
 
 @receiver(user_logged_in)
 def _audit_login(sender, request, user, **kwargs) -> None:
-    audit.record(audit.Action.LOGIN, request=request, actor=user, target=user)
+    audit.record(audit.Action.LOGIN, request=request, actor=user, hospital=_first_hospital(user), target=user)
 
 
 @receiver(user_logged_out)
@@ -23,8 +30,17 @@ def _audit_logout(sender, request, user, **kwargs) -> None:
 def _audit_failed_login(sender, credentials, request=None, **kwargs) -> None:
     # Only an existing account is named (by its public id): free text typed into the
     # email box, which may be a mistyped password, never lands in the audit log.
+    from accounts.backends import is_locked
     from accounts.models import User
 
     email = str(credentials.get("username") or credentials.get("email") or "").strip().lower()
     target = User.objects.filter(email=email).first() if email else None
-    audit.record(audit.Action.LOGIN_FAILED, request=request, target=target, outcome=audit.Outcome.FAILURE)
+    locked = {"locked": True} if target is not None and is_locked(target) else {}
+    audit.record(
+        audit.Action.LOGIN_FAILED,
+        request=request,
+        hospital=_first_hospital(target),
+        target=target,
+        outcome=audit.Outcome.FAILURE,
+        **locked,
+    )

@@ -101,17 +101,19 @@ class IntegrationKey(models.Model):
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
 
+    def set_new_secret(self) -> str:
+        """Give this (unsaved) key a fresh secret and return its raw value, which is never stored."""
+        raw_key = KEY_PREFIX + secrets.token_urlsafe(32)
+        self.prefix = raw_key[: len(KEY_PREFIX) + 8]
+        self.key_hash = hash_api_key(raw_key)
+        return raw_key
+
     @classmethod
     def generate(cls, *, hospital: Hospital, name: str, created_by=None) -> tuple[IntegrationKey, str]:
-        """Create a key and return it with its raw value, which is never stored."""
-        raw_key = KEY_PREFIX + secrets.token_urlsafe(32)
-        key = cls.objects.create(
-            hospital=hospital,
-            name=name,
-            prefix=raw_key[: len(KEY_PREFIX) + 8],
-            key_hash=hash_api_key(raw_key),
-            created_by=created_by,
-        )
+        """Create a key and return it with its raw value (no audit: see hospital.services)."""
+        key = cls(hospital=hospital, name=name, created_by=created_by)
+        raw_key = key.set_new_secret()
+        key.save()
         return key, raw_key
 
     def revoke(self) -> None:

@@ -50,6 +50,18 @@ def hospitals_of(user, roles: Iterable[str] | None = None) -> models.QuerySet[Ho
     return Hospital.objects.filter(pk__in=memberships.values("hospital_id"))
 
 
+def admin_hospitals(user) -> models.QuerySet[Hospital]:
+    """Hospitals the user administers (active `hospital_admin` memberships)."""
+    return hospitals_of(user, roles=[Role.HOSPITAL_ADMIN])
+
+
+def for_hospitals(queryset: models.QuerySet, hospitals: Iterable[Hospital] | models.QuerySet, lookup: str = "hospital"):
+    """Rows of any of `hospitals`, for models reached through `lookup` (e.g. users via
+    `memberships__hospital`). A subquery on the primary key keeps rows unique."""
+    matching = queryset.model._default_manager.filter(**{f"{lookup}__in": hospitals}).values("pk")
+    return queryset.filter(pk__in=matching)
+
+
 def resolve_membership(request) -> Membership | None:
     """The membership for the hospital picked in this session (the first one by default)."""
     memberships = list(active_memberships(request.user))

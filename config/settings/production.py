@@ -23,6 +23,8 @@ SECURE_HSTS_PRELOAD = True
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 USE_X_FORWARDED_HOST = False
+# Demo accounts have published passwords: `seed_demo` refuses to run here.
+DEMO_SEED_ALLOWED = False
 
 # Behind nginx: Django authorizes, nginx streams the bytes (diagnostics/media.py).
 PROTECTED_MEDIA_ACCEL_PREFIX = env_str("PROTECTED_MEDIA_ACCEL_PREFIX", "/_protected")

@@ -1,0 +1,148 @@
+"""Users in the scoped admin.
+
+A hospital admin sees the members of their hospitals. They may create users (always
+with a membership in one of their hospitals), and change, deactivate or reset the
+password of a user who belongs to their hospitals only: a radiologist who also reads
+for another hospital, or a platform operator, is read-only to them, since a change
+would reach beyond their hospital. Staff and superuser flags are never theirs to set.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import BaseUserCreationForm, UserChangeForm
+
+from accounts import services
+from accounts.models import User
+from hospital.admin import HospitalScopedAdmin
+from hospital.models import Hospital, Role
+
+SUPERUSER_FIELDSETS = (
+    (None, {"fields": ("email", "password")}),
+    ("Personal info", {"fields": ("first_name", "last_name")}),
+    ("Access", {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")}),
+    ("Activity", {"fields": ("last_login", "date_joined", "locked_until", "failed_login_count", "code")}),
+)
+HOSPITAL_ADMIN_FIELDSETS = (
+    (None, {"fields": ("email", "password")}),
+    ("Personal info", {"fields": ("first_name", "last_name")}),
+    ("Access", {"fields": ("is_active", "is_staff")}),
+    ("Activity", {"fields": ("last_login", "date_joined", "locked_until", "code")}),
+)
+ACTIVITY_FIELDS = ("last_login", "date_joined", "locked_until", "failed_login_count", "code")
+
+
+class _EmailMixin:
+    def clean_email(self) -> str:
+        email = services.normalize_email(self.cleaned_data.get("email", ""))
+        others = User.objects.filter(email=email).exclude(pk=self.instance.pk)
+        if email and others.exists():
+            raise forms.ValidationError("A user with this email address already exists.")
+        return email
+
+
+class UserCreationAdminForm(_EmailMixin, BaseUserCreationForm):
+    """A new user always joins a hospital, so the hospital admin who made them can see them."""
+
+    hospital = forms.ModelChoiceField(queryset=Hospital.objects.none())
+    role = forms.ChoiceField(choices=Role.choices)
+
+    class Meta:
+        model = User
+        fields = ("email", "first_name", "last_name")
+
+
+class UserChangeAdminForm(_EmailMixin, UserChangeForm):
+    class Meta:
+        model = User
+        fields = "__all__"
+
+
+@admin.register(User)
+class UserAdmin(HospitalScopedAdmin, DjangoUserAdmin):
+    hospital_lookup = "memberships__hospital"
+    form = UserChangeAdminForm
+    add_form = UserCreationAdminForm
+    add_fieldsets = (
+        (None, {"classes": ("wide",), "fields": ("email", "first_name", "last_name", "password1", "password2")}),
+        ("First hospital", {"fields": ("hospital", "role")}),
+    )
+    list_display = ["email", "first_name", "last_name", "is_active", "is_staff", "last_login"]
+    list_filter = ["is_active", "is_staff"]
+    search_fields = ["email", "first_name", "last_name"]
+    ordering = ["email"]
+    actions = ["deactivate_selected", "unlock_selected"]
+
+    # -- scope: members are visible; only users entirely inside are changeable --
+    def allowed(self, request, permission: str, obj=None) -> bool:
+        if not super().allowed(request, permission, obj):
+            return False
+        if permission == "view" or obj is None or self.is_platform_admin(request):
+            return True
+        return self.fully_managed(request, obj)
+
+    def fully_managed(self, request, user: User) -> bool:
+        """True when every membership of `user` is in a hospital the admin administers."""
+        if self.is_platform_admin(request):
+            return True
+        if user.is_superuser:
+            return False
+        return not user.memberships.exclude(hospital__in=self.admin_hospitals(request)).exists()
+
+    # -- forms ---------------------------------------------------------------
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:
+            return self.add_fieldsets
+        return SUPERUSER_FIELDSETS if self.is_platform_admin(request) else HOSPITAL_ADMIN_FIELDSETS
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        if self.is_platform_admin(request):
+            return ACTIVITY_FIELDS
+        return ("is_staff", *ACTIVITY_FIELDS)
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        if obj is not None:
+            return form
+        hospitals = self.admin_hospitals(request) if not self.is_platform_admin(request) else Hospital.objects.all()
+
+        class ScopedCreationForm(form):
+            def __init__(self, *args, **inner):
+                super().__init__(*args, **inner)
+                self.fields["hospital"].queryset = hospitals.filter(is_active=True)
+
+        return ScopedCreationForm
+
+    # -- saving through the services (audited) -------------------------------
+    def save_model(self, request, obj, form, change):
+        if change:
+            services.update_user(obj, form.changed_data, actor=request.user, request=request)
+            return
+        hospital = form.cleaned_data["hospital"]
+        self.check_hospital(request, hospital)
+        services.create_user(
+            obj, hospital=hospital, role=form.cleaned_data["role"], actor=request.user, request=request
+        )
+
+    def user_change_password(self, request, id, form_url=""):
+        response = super().user_change_password(request, id, form_url)
+        if request.method == "POST" and response.status_code == 302 and response.url != request.get_full_path():
+            user = self.get_object(request, id)
+            services.record_password_set(user, actor=request.user, request=request)
+        return response
+
+    @admin.action(description="Deactivate selected users", permissions=["change"])
+    def deactivate_selected(self, request, queryset):
+        users = [user for user in queryset if self.fully_managed(request, user)]
+        count = sum(services.deactivate_user(user, actor=request.user, request=request) for user in users)
+        self.message_user(request, f"{count} user(s) deactivated.", messages.SUCCESS)
+
+    @admin.action(description="Unlock selected accounts", permissions=["change"])
+    def unlock_selected(self, request, queryset):
+        users = [user for user in queryset if self.fully_managed(request, user)]
+        count = sum(services.unlock_user(user, actor=request.user, request=request) for user in users)
+        self.message_user(request, f"{count} account(s) unlocked.", messages.SUCCESS)

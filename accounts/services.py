@@ -1,0 +1,126 @@
+"""Business operations on user accounts, shared by the admin and the commands.
+
+Each saves and audits in one transaction. The audit names the user by public id and
+lists changed field names only (never the new values: an email or a password typed
+into a form does not belong in the trail).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.contrib.auth.password_validation import validate_password
+from django.db import transaction
+
+from accounts.models import User
+from hospital import audit
+from hospital.audit import Action
+from hospital.models import Hospital, Membership
+from hospital.services import create_membership, sync_staff_flag
+from hospital.tenancy import admin_hospitals
+
+
+def normalize_email(email: str) -> str:
+    return User.objects.normalize_email((email or "").strip()).lower()
+
+
+def create_user(
+    user: User, *, hospital: Hospital, role: str, password: str | None = None, actor=None, request=None
+) -> User:
+    """Save a new user with their first membership.
+
+    `password`, when given, is checked by the password validators (ValidationError)
+    and set; the admin's creation form has already done both and passes None.
+    """
+    user.email = normalize_email(user.email)
+    if password is not None:
+        validate_password(password, user)
+        user.set_password(password)
+    with transaction.atomic():
+        user.save()
+        audit.record(Action.USER_CREATED, request=request, actor=actor, hospital=hospital, target=user)
+        create_membership(Membership(user=user, hospital=hospital, role=role), actor=actor, request=request)
+    return user
+
+
+def update_user(user: User, changed: Iterable[str], *, actor=None, request=None) -> User:
+    changed = sorted(set(changed))
+    if "email" in changed:
+        user.email = normalize_email(user.email)
+    with transaction.atomic():
+        user.save()
+        staff = sync_staff_flag(user) if {"is_superuser", "is_staff"} & set(changed) else None
+        deactivated = "is_active" in changed and not user.is_active
+        extra = {} if staff is None else {"staff": staff}
+        audit.record(
+            Action.USER_DEACTIVATED if deactivated else Action.USER_CHANGED,
+            request=request,
+            actor=actor,
+            hospital=home_hospital_for(user, actor),
+            target=user,
+            fields=changed,
+            **extra,
+        )
+    return user
+
+
+def deactivate_user(user: User, *, actor=None, request=None) -> bool:
+    """Deactivate once; the user's sessions stop working on their next request."""
+    with transaction.atomic():
+        if not User.objects.filter(pk=user.pk, is_active=True).update(is_active=False):
+            return False
+        user.is_active = False
+        audit.record(
+            Action.USER_DEACTIVATED, request=request, actor=actor, hospital=home_hospital_for(user, actor), target=user
+        )
+    return True
+
+
+def set_password(user: User, password: str, *, actor=None, request=None) -> User:
+    validate_password(password, user)
+    user.set_password(password)
+    with transaction.atomic():
+        user.save(update_fields=["password"])
+        record_password_set(user, actor=actor, request=request)
+    return user
+
+
+def record_password_set(user: User, *, actor=None, request=None) -> None:
+    audit.record(
+        Action.USER_CHANGED,
+        request=request,
+        actor=actor,
+        hospital=home_hospital_for(user, actor),
+        target=user,
+        fields=["password"],
+    )
+
+
+def unlock_user(user: User, *, actor=None, request=None) -> bool:
+    """Lift a login lockout early (an admin who has checked who is asking)."""
+    with transaction.atomic():
+        if not User.objects.filter(pk=user.pk, locked_until__isnull=False).update(
+            locked_until=None, failed_login_count=0
+        ):
+            return False
+        user.refresh_from_db(fields=["locked_until", "failed_login_count"])
+        audit.record(
+            Action.USER_CHANGED,
+            request=request,
+            actor=actor,
+            hospital=home_hospital_for(user, actor),
+            target=user,
+            fields=["locked_until"],
+        )
+    return True
+
+
+def home_hospital_for(user: User, actor=None) -> Hospital | None:
+    """The hospital an event about `user` is filed under: one the actor administers
+    and the user belongs to, else the user's first hospital (None for platform users)."""
+    hospitals = Hospital.objects.filter(memberships__user=user).order_by("name", "pk")
+    if actor is not None and getattr(actor, "pk", None) and not actor.is_superuser:
+        shared = hospitals.filter(pk__in=admin_hospitals(actor).values("pk")).first()
+        if shared is not None:
+            return shared
+    return hospitals.first()

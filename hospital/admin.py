@@ -1,0 +1,267 @@
+"""The Django admin, scoped per hospital.
+
+A hospital admin (an active `hospital_admin` membership; `is_staff` follows that role)
+sees and changes rows of the hospitals they administer, nothing else. Platform
+superusers see everything. Permissions come from the membership role, not from
+Django's model permissions, so no group or permission row can widen them.
+
+Other apps register their tenant-owned models with `HospitalScopedAdmin`.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.template.response import TemplateResponse
+
+from hospital import services
+from hospital.models import AuditEvent, Hospital, IntegrationKey, Membership
+from hospital.tenancy import admin_hospitals, for_hospitals
+
+VIEW, ADD, CHANGE, DELETE = "view", "add", "change", "delete"
+
+
+class HospitalScopedAdmin(admin.ModelAdmin):
+    """Base admin for tenant-owned models.
+
+    - `hospital_lookup`: the path from the model to its Hospital (`"hospital"`,
+      `"study__hospital"`, `"memberships__hospital"`, `"pk"` for Hospital itself).
+    - `hospital_admin_permissions` / `superuser_permissions`: what each may do.
+      Delete is off by default: deactivate or revoke instead, the audit trail
+      references these rows.
+    """
+
+    hospital_lookup = "hospital"
+    hospital_admin_permissions: frozenset[str] = frozenset({VIEW, ADD, CHANGE})
+    superuser_permissions: frozenset[str] = frozenset({VIEW, ADD, CHANGE})
+
+    # -- scope ---------------------------------------------------------------
+    def admin_hospitals(self, request):
+        """Hospitals the signed-in user administers (cached on the request)."""
+        if not hasattr(request, "_pleura_admin_hospital_ids"):
+            request._pleura_admin_hospital_ids = list(admin_hospitals(request.user).values_list("pk", flat=True))
+        return Hospital.objects.filter(pk__in=request._pleura_admin_hospital_ids)
+
+    def is_platform_admin(self, request) -> bool:
+        return bool(request.user.is_active and request.user.is_superuser)
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if self.is_platform_admin(request):
+            return queryset
+        return for_hospitals(queryset, self.admin_hospitals(request), self.hospital_lookup)
+
+    def in_scope(self, request, obj) -> bool:
+        return self.is_platform_admin(request) or self.get_queryset(request).filter(pk=obj.pk).exists()
+
+    def check_hospital(self, request, hospital: Hospital | None) -> None:
+        """Defence in depth on save: the form already limits the choices."""
+        if self.is_platform_admin(request):
+            return
+        if hospital is None or not self.admin_hospitals(request).filter(pk=hospital.pk).exists():
+            raise PermissionDenied("You can only manage your own hospital.")
+
+    # -- permissions ---------------------------------------------------------
+    def allowed(self, request, permission: str, obj=None) -> bool:
+        user = request.user
+        if not (user.is_active and user.is_staff):
+            return False
+        if user.is_superuser:
+            return permission in self.superuser_permissions
+        if permission not in self.hospital_admin_permissions:
+            return False
+        if not self.admin_hospitals(request).exists():
+            return False
+        return obj is None or self.in_scope(request, obj)
+
+    def has_module_permission(self, request) -> bool:
+        return self.allowed(request, VIEW)
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return self.allowed(request, VIEW, obj) or self.allowed(request, CHANGE, obj)
+
+    def has_add_permission(self, request) -> bool:
+        return self.allowed(request, ADD)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return self.allowed(request, CHANGE, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return self.allowed(request, DELETE, obj)
+
+    # -- forms and lists -----------------------------------------------------
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.related_model is Hospital and not self.is_platform_admin(request):
+            kwargs["queryset"] = self.admin_hospitals(request)
+        elif db_field.related_model is Hospital:
+            kwargs["queryset"] = Hospital.objects.filter(is_active=True)
+        elif db_field.related_model._meta.label == "accounts.User" and not self.is_platform_admin(request):
+            kwargs["queryset"] = self.scoped_users(request)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def scoped_users(self, request):
+        """Users a hospital admin may pick: members of their hospitals, never superusers."""
+        from accounts.models import User
+
+        return for_hospitals(
+            User.objects.filter(is_superuser=False), self.admin_hospitals(request), "memberships__hospital"
+        )
+
+    def get_list_filter(self, request):
+        # A hospital filter would list every hospital's name to a hospital admin.
+        filters = super().get_list_filter(request)
+        if self.is_platform_admin(request):
+            return filters
+        return [item for item in filters if item not in {self.hospital_lookup, "hospital"}]
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        # Outsiders get the same 404 as a row that does not exist: no hint either way.
+        raise Http404("No such object.")
+
+
+@admin.register(Hospital)
+class HospitalAdmin(HospitalScopedAdmin):
+    hospital_lookup = "pk"
+    hospital_admin_permissions = frozenset({VIEW, CHANGE})
+    list_display = ["name", "slug", "is_active", "shares_reviews_for_training", "created_at"]
+    search_fields = ["name", "slug"]
+    list_filter = ["is_active", "shares_reviews_for_training"]
+    prepopulated_fields = {"slug": ["name"]}
+
+    def get_fields(self, request, obj=None):
+        return ["name", "slug", "is_active", "shares_reviews_for_training", "code", "created_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if self.is_platform_admin(request):
+            return ["code", "created_at"]
+        # A hospital admin decides training consent for their hospital, nothing else.
+        return ["name", "slug", "is_active", "code", "created_at"]
+
+    def get_prepopulated_fields(self, request, obj=None):
+        return self.prepopulated_fields if self.is_platform_admin(request) else {}
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            self.check_hospital(request, obj)
+            services.update_hospital(obj, form.changed_data, actor=request.user, request=request)
+        else:
+            services.create_hospital(obj, actor=request.user, request=request)
+
+
+@admin.register(Membership)
+class MembershipAdmin(HospitalScopedAdmin):
+    list_display = ["user", "hospital", "role", "is_active", "created_at"]
+    list_filter = ["role", "is_active", "hospital"]
+    search_fields = ["user__email", "user__first_name", "user__last_name"]
+    list_select_related = ["user", "hospital"]
+    actions = ["deactivate_selected"]
+
+    def get_fields(self, request, obj=None):
+        return ["user", "hospital", "role", "is_active"] + (["code", "created_at"] if obj else [])
+
+    def get_readonly_fields(self, request, obj=None):
+        # A membership stays attached to its user and hospital; make a new one instead.
+        return ["user", "hospital", "code", "created_at"] if obj else []
+
+    def save_model(self, request, obj, form, change):
+        self.check_hospital(request, obj.hospital)
+        if not self.is_platform_admin(request) and obj.user.is_superuser:
+            raise PermissionDenied("Platform accounts are managed by platform operators.")
+        if change:
+            services.update_membership(obj, form.changed_data, actor=request.user, request=request)
+        else:
+            services.create_membership(obj, actor=request.user, request=request)
+
+    @admin.action(description="Deactivate selected memberships", permissions=[CHANGE])
+    def deactivate_selected(self, request, queryset):
+        count = sum(
+            services.deactivate_membership(m, actor=request.user, request=request)
+            for m in queryset.select_related("user", "hospital")
+        )
+        self.message_user(request, f"{count} membership(s) deactivated.", messages.SUCCESS)
+
+
+@admin.register(IntegrationKey)
+class IntegrationKeyAdmin(HospitalScopedAdmin):
+    list_display = ["name", "hospital", "prefix", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["hospital"]
+    search_fields = ["name", "prefix"]
+    list_select_related = ["hospital"]
+    actions = ["revoke_selected"]
+    key_created_template = "admin/hospital/integrationkey/key_created.html"
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["hospital", "name"]
+        return ["hospital", "name", "prefix", "created_by", "created_at", "last_used_at", "revoked_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return []
+        return ["hospital", "prefix", "created_by", "created_at", "last_used_at", "revoked_at"]
+
+    def save_model(self, request, obj, form, change):
+        self.check_hospital(request, obj.hospital)
+        if change:
+            services.update_integration_key(obj, form.changed_data, actor=request.user, request=request)
+        else:
+            obj._raw_key = services.issue_integration_key(obj, actor=request.user, request=request)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        """Show the raw key on this one page, never stored or sent again (no message,
+        no cookie, no session)."""
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Integration key created",
+            "key": obj,
+            "raw_key": obj._raw_key,
+        }
+        response = TemplateResponse(request, self.key_created_template, context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description="Revoke selected keys", permissions=[CHANGE])
+    def revoke_selected(self, request, queryset):
+        count = sum(
+            services.revoke_integration_key(key, actor=request.user, request=request)
+            for key in queryset.select_related("hospital")
+        )
+        self.message_user(request, f"{count} key(s) revoked.", messages.SUCCESS)
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(HospitalScopedAdmin):
+    """Read-only for everyone, superusers included: the trail is append-only."""
+
+    hospital_admin_permissions = frozenset({VIEW})
+    superuser_permissions = frozenset({VIEW})
+    list_display = [
+        "created_at",
+        "action",
+        "outcome",
+        "actor_user",
+        "actor_key",
+        "hospital",
+        "target_type",
+        "target_id",
+    ]
+    list_filter = ["action", "outcome", "hospital"]
+    search_fields = ["target_id", "actor_user__email"]
+    list_select_related = ["actor_user", "actor_key", "hospital"]
+    date_hierarchy = "created_at"
+    actions = None
+    fields = [
+        "created_at",
+        "action",
+        "outcome",
+        "actor_user",
+        "actor_key",
+        "hospital",
+        "target_type",
+        "target_id",
+        "client_ip",
+        "detail",
+    ]
+    readonly_fields = fields

@@ -1,0 +1,23 @@
+"""Shared by the operations commands: lookups that fail with a sentence, not a traceback."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import CommandError
+
+from hospital.models import Hospital
+
+
+def hospital_by_slug(slug: str) -> Hospital:
+    hospital = Hospital.objects.filter(slug=slug).first()
+    if hospital is None:
+        raise CommandError(f"No hospital with slug {slug!r}. Create it first with create_hospital.")
+    if not hospital.is_active:
+        raise CommandError(f"The hospital {slug!r} is deactivated.")
+    return hospital
+
+
+def validation_message(error: ValidationError) -> str:
+    if hasattr(error, "error_dict"):
+        return " ".join(f"{field}: {' '.join(messages)}" for field, messages in error.message_dict.items())
+    return " ".join(error.messages)

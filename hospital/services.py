@@ -1,0 +1,173 @@
+"""Business operations on hospitals, memberships and integration keys.
+
+The Django admin and the management commands both call these, so every change is
+saved and audited the same way whoever makes it. `actor` is the user doing it (None
+for an operator running a command on the server); `request` adds the client IP.
+Audit details hold field names, roles and public ids only, never values typed by users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.db import transaction
+from django.utils import timezone
+
+from hospital import audit
+from hospital.audit import Action
+from hospital.models import Hospital, IntegrationKey, Membership, Role
+
+CONSENT_FIELD = "shares_reviews_for_training"
+
+
+def create_hospital(hospital: Hospital, *, actor=None, request=None) -> Hospital:
+    with transaction.atomic():
+        hospital.save()
+        audit.record(
+            Action.HOSPITAL_CREATED,
+            request=request,
+            actor=actor,
+            hospital=hospital,
+            target=hospital,
+            slug=hospital.slug,
+        )
+    return hospital
+
+
+def update_hospital(hospital: Hospital, changed: Iterable[str], *, actor=None, request=None) -> Hospital:
+    """Save a changed hospital. Training consent gets its own audit action."""
+    changed = sorted(set(changed))
+    with transaction.atomic():
+        hospital.save()
+        if CONSENT_FIELD in changed:
+            audit.record(
+                Action.CONSENT_CHANGED,
+                request=request,
+                actor=actor,
+                hospital=hospital,
+                target=hospital,
+                shares_reviews_for_training=hospital.shares_reviews_for_training,
+            )
+        others = [name for name in changed if name != CONSENT_FIELD]
+        if others:
+            audit.record(
+                Action.HOSPITAL_CHANGED, request=request, actor=actor, hospital=hospital, target=hospital, fields=others
+            )
+    return hospital
+
+
+def sync_staff_flag(user) -> bool | None:
+    """`is_staff` follows the role: a user with an active hospital_admin membership may
+    open the admin, nobody else (platform superusers aside). Returns the new flag if it
+    changed, else None."""
+    should_be_staff = user.is_superuser or (
+        Membership.objects.filter(
+            user=user, role=Role.HOSPITAL_ADMIN, is_active=True, hospital__is_active=True
+        ).exists()
+    )
+    if user.is_staff == should_be_staff:
+        return None
+    type(user).objects.filter(pk=user.pk).update(is_staff=should_be_staff)
+    user.is_staff = should_be_staff
+    return should_be_staff
+
+
+def create_membership(membership: Membership, *, actor=None, request=None) -> Membership:
+    with transaction.atomic():
+        membership.save()
+        staff = sync_staff_flag(membership.user)
+        audit.record(
+            Action.MEMBERSHIP_CREATED,
+            request=request,
+            actor=actor,
+            hospital=membership.hospital,
+            target=membership,
+            user=str(membership.user.code),
+            role=membership.role,
+            **_staff_detail(staff),
+        )
+    return membership
+
+
+def update_membership(membership: Membership, changed: Iterable[str], *, actor=None, request=None) -> Membership:
+    changed = sorted(set(changed))
+    with transaction.atomic():
+        membership.save()
+        staff = sync_staff_flag(membership.user)
+        deactivated = "is_active" in changed and not membership.is_active
+        audit.record(
+            Action.MEMBERSHIP_DEACTIVATED if deactivated else Action.MEMBERSHIP_CHANGED,
+            request=request,
+            actor=actor,
+            hospital=membership.hospital,
+            target=membership,
+            user=str(membership.user.code),
+            role=membership.role,
+            fields=changed,
+            **_staff_detail(staff),
+        )
+    return membership
+
+
+def deactivate_membership(membership: Membership, *, actor=None, request=None) -> bool:
+    """Deactivate once: a second call (or a concurrent one) changes and records nothing."""
+    with transaction.atomic():
+        if not Membership.objects.filter(pk=membership.pk, is_active=True).update(is_active=False):
+            return False
+        membership.is_active = False
+        staff = sync_staff_flag(membership.user)
+        audit.record(
+            Action.MEMBERSHIP_DEACTIVATED,
+            request=request,
+            actor=actor,
+            hospital=membership.hospital,
+            target=membership,
+            user=str(membership.user.code),
+            role=membership.role,
+            **_staff_detail(staff),
+        )
+    return True
+
+
+def issue_integration_key(key: IntegrationKey, *, actor=None, request=None) -> str:
+    """Save a new key (hospital and name set) and return its raw value, shown once."""
+    raw_key = key.set_new_secret()
+    if getattr(actor, "pk", None):
+        key.created_by = actor
+    with transaction.atomic():
+        key.save()
+        audit.record(
+            Action.KEY_CREATED, request=request, actor=actor, hospital=key.hospital, target=key, prefix=key.prefix
+        )
+    return raw_key
+
+
+def update_integration_key(key: IntegrationKey, changed: Iterable[str], *, actor=None, request=None) -> IntegrationKey:
+    with transaction.atomic():
+        key.save()
+        audit.record(
+            Action.KEY_CHANGED,
+            request=request,
+            actor=actor,
+            hospital=key.hospital,
+            target=key,
+            fields=sorted(set(changed)),
+        )
+    return key
+
+
+def revoke_integration_key(key: IntegrationKey, *, actor=None, request=None) -> bool:
+    """Revoke once: revoking a revoked key (or losing a race to revoke it) records nothing."""
+    with transaction.atomic():
+        revoked = IntegrationKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        key.refresh_from_db(fields=["revoked_at"])
+        if not revoked:
+            return False
+        audit.record(
+            Action.KEY_REVOKED, request=request, actor=actor, hospital=key.hospital, target=key, prefix=key.prefix
+        )
+    return True
+
+
+def _staff_detail(staff: bool | None) -> dict:
+    return {} if staff is None else {"staff": staff}
