@@ -1,13 +1,286 @@
+"""The portal's pages: worklist, upload, study view, images and reviews.
+
+Every view starts from the active hospital (`hospital.tenancy`): outsiders get 404,
+members without the right role 403. HTMX requests get a partial of the same template.
+"""
+
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+import uuid
 
-from diagnostics.models import Study
-from hospital.tenancy import role_required
+from django.conf import settings
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db.models import Exists, OuterRef, QuerySet, Subquery
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import urlencode
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.vary import vary_on_headers
+
+from diagnostics.forms import ReviewForm, UploadForm, WorklistFilterForm
+from diagnostics.media import protected_file_response
+from diagnostics.models import Prediction, Review, Study
+from diagnostics.reviews import current_prediction, save_review
+from hospital import audit
+from hospital.models import Role
+from hospital.tenancy import get_object_for_request, role_required
+
+WORKLIST_PAGE_SIZE = 25
+# Studies a single worklist poll may ask about: one page's worth.
+MAX_POLLED_STUDIES = WORKLIST_PAGE_SIZE
+PENDING = (Study.Status.QUEUED, Study.Status.PROCESSING)
+
+# Intended-use warnings (codes stored on Study.warnings by ingestion) in words.
+WARNING_TEXT = {
+    "not_chest": "The image does not look like a chest radiograph.",
+    "body_part": "The DICOM body part is not the chest.",
+    "not_chest_body_part": "The DICOM body part is not the chest.",
+    "modality": "The modality is not CR or DX (plain radiography).",
+    "unsupported_modality": "The modality is not CR or DX (plain radiography).",
+    "not_cr_dx": "The modality is not CR or DX (plain radiography).",
+    "small_image": "The image is small; details may be lost.",
+    "low_resolution": "The image resolution is low; details may be lost.",
+    "pediatric_only": "The model was trained on paediatric radiographs.",
+}
 
 
+def warning_text(code: str) -> str:
+    return WARNING_TEXT.get(code, str(code).replace("_", " ").capitalize() + ".")
+
+
+def _worklist_queryset(hospital) -> QuerySet[Study]:
+    """The hospital's studies with their current result and review state, in one query."""
+    shown = Prediction.objects.shown().filter(study=OuterRef("pk")).order_by("-created_at", "-id")
+    reviews = Review.objects.filter(study=OuterRef("pk"))
+    return Study.objects.for_hospital(hospital).annotate(
+        current_label=Subquery(shown.values("label")[:1]),
+        current_probability=Subquery(shown.values("probability")[:1]),
+        current_threshold=Subquery(shown.values("threshold")[:1]),
+        is_reviewed=Exists(reviews),
+        is_disputed=Exists(reviews.filter(verdict=Review.Verdict.DISAGREE)),
+    )
+
+
+@never_cache
+@vary_on_headers("HX-Request")
+@require_http_methods(["GET", "POST"])
 @role_required()
 def worklist(request: HttpRequest) -> HttpResponse:
-    studies = Study.objects.for_hospital(request.hospital)[:50]
-    return render(request, "diagnostics/worklist.html", {"studies": studies})
+    # The search box may hold a patient ID, so it is read from POST bodies only (see
+    # WorklistFilterForm); GET serves the PHI-free filters and pagination links.
+    data = request.POST if request.method == "POST" else request.GET.copy()
+    if request.method == "GET":
+        data.pop("q", None)
+    form = WorklistFilterForm(data)
+    if not form.is_valid() and request.htmx:
+        return render(request, "diagnostics/worklist.html#results", {"form": form, "page": None}, status=400)
+    studies = form.apply(_worklist_queryset(request.hospital))
+    page = Paginator(studies, WORKLIST_PAGE_SIZE).get_page(form.cleaned_data.get("page") if form.is_valid() else 1)
+    audit.record(audit.Action.STUDY_LISTED, request=request, page=page.number, count=len(page.object_list))
+    context = {
+        "form": form,
+        "page": page,
+        "public_params": form.public_params(),
+        "public_query": urlencode(form.public_params()),
+        "pending_codes": [str(s.code) for s in page.object_list if s.status in PENDING],
+    }
+    template = "diagnostics/worklist.html"
+    if request.htmx and request.htmx.target == "worklist-results":
+        template += "#results"
+    return render(request, template, context)
+
+
+@never_cache
+@require_GET
+@role_required()
+def worklist_updates(request: HttpRequest) -> HttpResponse:
+    """Fresh rows for the worklist's still-pending studies (`?s=<code>` repeated).
+
+    The worklist polls this one URL for all its queued/processing rows; the response
+    swaps the rows out-of-band and carries a new poller for those still pending, or
+    none, which stops the polling.
+    """
+    try:
+        codes = {uuid.UUID(value) for value in request.GET.getlist("s")}
+    except ValueError as exc:
+        raise Http404("No such study.") from exc
+    if not codes or len(codes) > MAX_POLLED_STUDIES:
+        return HttpResponse(f"Ask for 1 to {MAX_POLLED_STUDIES} studies.", status=400, content_type="text/plain")
+    rows = list(_worklist_queryset(request.hospital).filter(code__in=codes))
+    # Any code outside the active hospital: 404, and nothing about the others either.
+    if len(rows) != len(codes):
+        raise Http404("No such study.")
+    pending = [str(s.code) for s in rows if s.status in PENDING]
+    return render(request, "diagnostics/worklist.html#updates", {"rows": rows, "pending_codes": pending})
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+@role_required()
+def upload(request: HttpRequest) -> HttpResponse:
+    """Portal upload. The page's script posts one file per request (for per-file
+    progress) and gets back that file's result; without JavaScript the form posts all
+    files at once and the whole page comes back with every result."""
+    form = UploadForm(request.POST or None)
+    results: list[dict] = []
+    if request.method == "POST":
+        files = request.FILES.getlist("files")
+        if not form.is_valid():
+            status = 400
+        elif not files:
+            form.add_error(None, "Choose at least one file to upload.")
+            status = 400
+        else:
+            results = [_ingest_one(request, f, form.cleaned_data) for f in files]
+            status = max(r["status"] for r in results) if len(results) == 1 else 200
+        if request.htmx:
+            if len(results) == 1:
+                return render(request, "diagnostics/upload.html#result", {"result": results[0]}, status=status)
+            return render(request, "diagnostics/upload.html#form-errors", {"form": form}, status=400)
+        return render(request, "diagnostics/upload.html", _upload_context(form, results), status=status)
+    return render(request, "diagnostics/upload.html", _upload_context(form, results))
+
+
+def _upload_context(form: UploadForm, results: list[dict]) -> dict:
+    return {"form": form, "results": results, "max_upload_mb": settings.MAX_UPLOAD_BYTES // (1024 * 1024)}
+
+
+def _ingest_one(request: HttpRequest, upload_file, identifiers: dict) -> dict:
+    from diagnostics.imaging import RejectedUpload
+    from diagnostics.services import ingest_upload
+
+    result = {"name": upload_file.name, "status": 200, "study": None, "created": False, "error": ""}
+    if upload_file.size > settings.MAX_UPLOAD_BYTES:
+        limit_mb = settings.MAX_UPLOAD_BYTES // (1024 * 1024)
+        return {**result, "status": 413, "error": f"The file is larger than the {limit_mb} MB limit."}
+    try:
+        study, created = ingest_upload(
+            hospital=request.hospital,
+            data=upload_file.read(),
+            source=Study.Source.PORTAL,
+            user=request.user,
+            patient_id=identifiers.get("patient_id", ""),
+            accession_number=identifiers.get("accession_number", ""),
+            request=request,
+        )
+    except RejectedUpload as exc:
+        return {**result, "status": exc.status_code, "error": str(exc.detail)}
+    return {**result, "status": 201 if created else 200, "study": study, "created": created}
+
+
+def _study_context(request: HttpRequest, study: Study, review_form: ReviewForm | None = None) -> dict:
+    prediction = current_prediction(study)
+    reviews = list(study.reviews.select_related("radiologist").prefetch_related("revisions"))
+    can_review = request.membership.role == Role.RADIOLOGIST
+    own = next((r for r in reviews if r.radiologist_id == request.user.pk), None)
+    if can_review and review_form is None:
+        initial = {"verdict": own.verdict, "correct_label": own.correct_label, "note": own.note} if own else {}
+        review_form = ReviewForm(initial=initial, model_label=prediction.label if prediction else None)
+    return {
+        "study": study,
+        "prediction": prediction,
+        "reviews": reviews,
+        "own_review": own,
+        "can_review": can_review,
+        "review_form": review_form,
+        "warnings": [warning_text(code) for code in study.warnings or []],
+        "probability_pct": f"{prediction.probability * 100:.1f}" if prediction else "",
+        "threshold_pct": f"{prediction.threshold * 100:.1f}" if prediction else "",
+        "timeline": _timeline(study, prediction, reviews),
+    }
+
+
+def _timeline(study: Study, prediction: Prediction | None, reviews: list[Review]) -> list[dict]:
+    uploader = study.uploaded_by or study.uploaded_by_key
+    events = [{"at": study.created_at, "what": "Uploaded", "who": str(uploader or study.get_source_display())}]
+    if study.queued_at:
+        events.append({"at": study.queued_at, "what": "Queued for analysis", "who": ""})
+    if study.started_at:
+        events.append({"at": study.started_at, "what": "Analysis started", "who": ""})
+    if prediction:
+        events.append({"at": prediction.created_at, "what": "Predicted", "who": str(prediction.model_version)})
+    if study.status == Study.Status.FAILED:
+        events.append({"at": study.completed_at or study.updated_at, "what": "Analysis failed", "who": ""})
+    events += [
+        {"at": r.updated_at, "what": f"Reviewed: {r.get_verdict_display().lower()}", "who": str(r.radiologist)}
+        for r in reviews
+    ]
+    return sorted(events, key=lambda e: e["at"])
+
+
+def _get_study(request: HttpRequest, code) -> Study:
+    return get_object_for_request(request, Study.objects.select_related("uploaded_by", "uploaded_by_key"), code=code)
+
+
+@never_cache
+@require_GET
+@role_required()
+def study_detail(request: HttpRequest, code) -> HttpResponse:
+    study = _get_study(request, code)
+    audit.record(audit.Action.STUDY_VIEWED, request=request, target=study)
+    return render(request, "diagnostics/study_detail.html", _study_context(request, study))
+
+
+@never_cache
+@require_GET
+@role_required()
+def study_status(request: HttpRequest, code) -> HttpResponse:
+    """The study view polls this while the study is pending; once it is done the
+    page reloads itself to show the result (HX-Refresh)."""
+    study = _get_study(request, code)
+    if not request.htmx:
+        return redirect("diagnostics:study_detail", code=study.code)
+    response = render(request, "diagnostics/study_detail.html#status", {"study": study})
+    if study.status not in PENDING:
+        response["HX-Refresh"] = "true"
+    return response
+
+
+@require_GET
+@role_required()
+def study_image(request: HttpRequest, code) -> HttpResponse:
+    study = _get_study(request, code)
+    audit.record(audit.Action.IMAGE_VIEWED, request=request, target=study, image="display")
+    return protected_file_response(study.display_image, content_type="image/png", download_name=f"{study.code}.png")
+
+
+@require_GET
+@role_required()
+def study_heatmap(request: HttpRequest, code) -> HttpResponse:
+    study = _get_study(request, code)
+    prediction = current_prediction(study)
+    if prediction is None:
+        raise Http404("This study has no heatmap.")
+    return protected_file_response(
+        prediction.heatmap, content_type="image/png", download_name=f"{study.code}-heatmap.png"
+    )
+
+
+@never_cache
+@require_POST
+@role_required(Role.RADIOLOGIST)
+def study_review(request: HttpRequest, code) -> HttpResponse:
+    study = _get_study(request, code)
+    prediction = current_prediction(study)
+    form = ReviewForm(request.POST, model_label=prediction.label if prediction else None)
+    if not form.is_valid():
+        context = _study_context(request, study, review_form=form)
+        template = "diagnostics/study_detail.html#reviews" if request.htmx else "diagnostics/study_detail.html"
+        return render(request, template, context, status=400)
+    _, created = save_review(
+        study=study,
+        radiologist=request.user,
+        verdict=form.cleaned_data["verdict"],
+        correct_label=form.cleaned_data["correct_label"],
+        note=form.cleaned_data["note"],
+        request=request,
+    )
+    if not request.htmx:
+        messages.success(request, "Your review has been saved.")
+        return redirect(reverse("diagnostics:study_detail", args=[study.code]) + "#reviews")
+    context = _study_context(request, study)
+    context["saved"] = "Review saved." if created else "Review updated."
+    return render(request, "diagnostics/study_detail.html#reviews", context)

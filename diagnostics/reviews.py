@@ -1,0 +1,54 @@
+"""Radiologists' reviews: one current review per radiologist and study, history kept."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from diagnostics.models import Prediction, Review, ReviewRevision, Study
+from hospital import audit
+
+
+def current_prediction(study: Study) -> Prediction | None:
+    """The newest prediction doctors may see (never a shadow model's)."""
+    return study.predictions.shown().select_related("model_version").order_by("-created_at", "-id").first()
+
+
+@transaction.atomic
+def save_review(
+    *,
+    study: Study,
+    radiologist,
+    verdict: str,
+    correct_label: str,
+    note: str = "",
+    request=None,
+) -> tuple[Review, bool]:
+    """Create or replace the radiologist's review and append a revision.
+
+    Returns (review, created). The unique constraint on (study, radiologist) makes a
+    double submit update the same row instead of creating a second one.
+    """
+    review, created = Review.objects.update_or_create(
+        study=study,
+        radiologist=radiologist,
+        defaults={
+            "prediction": current_prediction(study),
+            "verdict": verdict,
+            "correct_label": correct_label,
+            "note": note,
+        },
+    )
+    ReviewRevision.objects.create(review=review, verdict=verdict, correct_label=correct_label, note=note)
+    # The note is free text and may name the patient: it stays out of the audit trail.
+    audit.record(
+        audit.Action.REVIEW_SAVED,
+        request=request,
+        actor=radiologist,
+        hospital=study.hospital,
+        target=study,
+        review=str(review.code),
+        verdict=verdict,
+        correct_label=correct_label,
+        created=created,
+    )
+    return review, created
