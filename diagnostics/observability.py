@@ -18,6 +18,7 @@ import contextvars
 import datetime as dt
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -154,3 +155,22 @@ def _bind_task_request_id(task=None, **kwargs) -> None:
 @signals.task_postrun.connect
 def _unbind_task_request_id(**kwargs) -> None:
     request_id_var.set(None)
+
+
+@signals.worker_ready.connect
+def _serve_worker_metrics(**kwargs) -> None:
+    """Celery workers have no HTTP server: expose this machine's multiprocess metrics.
+
+    Started in the worker's main process, so the endpoint lives exactly as long as the
+    worker does and Prometheus' `up` for the worker job doubles as worker liveness.
+    Enabled by WORKER_METRICS_PORT (deploy/ sets it; unset in development and tests).
+    """
+    port = os.environ.get("WORKER_METRICS_PORT")
+    if not port or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    start_http_server(int(port), addr=os.environ.get("WORKER_METRICS_ADDR", "0.0.0.0"), registry=registry)  # noqa: S104
+    logging.getLogger(__name__).info("worker metrics served on port %s", port)

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One entry point for every Pleura process, in containers and on bare machines alike
+# (deploy/smoke.sh runs it natively). Usage: entrypoint.sh web|worker|worker-gpu|beat|migrate|manage ARGS...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-config.settings.production}"
+
+# Prometheus multiprocess mode: each process writes its metrics to files in this folder,
+# which must start empty (stale files from a previous run would add old counts).
+prepare_metrics_dir() {
+    if [[ -n "${PROMETHEUS_MULTIPROC_DIR:-}" ]]; then
+        mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+        find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -delete
+    fi
+}
+
+worker() {
+    # $1: queues. One task at a time per process (prefetch 1, acks late) so a slow
+    # prediction never holds messages another process could take.
+    prepare_metrics_dir
+    exec celery -A config worker \
+        --queues "$1" \
+        --concurrency "${CELERY_CONCURRENCY:-2}" \
+        --prefetch-multiplier 1 \
+        --hostname "${CELERY_HOSTNAME:-%h}-$1" \
+        --loglevel "${LOG_LEVEL:-INFO}" \
+        --without-mingle
+}
+
+command="${1:-web}"
+shift || true
+case "$command" in
+    web)
+        prepare_metrics_dir
+        exec gunicorn --config deploy/gunicorn.conf.py config.wsgi:application "$@"
+        ;;
+    worker)
+        worker "${CELERY_QUEUES:-celery,inference}"
+        ;;
+    worker-gpu)
+        # GPU machines take only inference; one process per GPU holds the model once.
+        CELERY_CONCURRENCY="${CELERY_CONCURRENCY:-1}" worker "${CELERY_QUEUES:-inference}"
+        ;;
+    beat)
+        # Exactly one beat per deployment (compose: one service; k8s: replicas 1, Recreate).
+        exec celery -A config beat --loglevel "${LOG_LEVEL:-INFO}" \
+            --schedule "${CELERY_BEAT_SCHEDULE_FILE:-/tmp/celerybeat-schedule}"
+        ;;
+    migrate)
+        python manage.py migrate --noinput
+        python manage.py check --deploy --fail-level WARNING
+        ;;
+    manage)
+        exec python manage.py "$@"
+        ;;
+    *)
+        echo "usage: $0 web|worker|worker-gpu|beat|migrate|manage ARGS..." >&2
+        exit 64
+        ;;
+esac
