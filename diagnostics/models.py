@@ -84,6 +84,9 @@ class Study(models.Model):
     warnings = models.JSONField(default=list, blank=True)
     # Times the pipeline has handed this study to a worker; bounded by the sweeper.
     attempts = models.PositiveSmallIntegerField(default=0)
+    # The Celery message (task id) holding the study while it is `processing`. Only a
+    # redelivery of that same message (its worker died) may take the study over.
+    claimed_by = models.CharField(max_length=64, blank=True)
 
     # The stored original and what was learned from it.
     original_file = models.FileField(upload_to=_original_path, max_length=300)

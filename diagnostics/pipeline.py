@@ -111,15 +111,17 @@ def publish(study_ids: list[int]) -> bool:
 # --- The batch ------------------------------------------------------------------------
 
 
-def predict_studies(study_ids: list[int]) -> list[int]:
+def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
     """Claim these studies (and others waiting, up to MAX_BATCH), predict, store.
 
+    `claim` identifies the message (the Celery task id): a redelivery of the same
+    message, after its worker died, takes over the studies that worker had claimed.
     Returns the ids completed by this call. Raises TransientPipelineError after putting
     its claimed studies back in the queue.
     """
     requested = list(dict.fromkeys(int(pk) for pk in study_ids))
     try:
-        claimed = _claim(requested)
+        claimed = _claim(requested, claim)
     except TRANSIENT_ERRORS as exc:
         raise TransientPipelineError(requested, exc) from exc
     if not claimed:
@@ -131,9 +133,13 @@ def predict_studies(study_ids: list[int]) -> list[int]:
         raise TransientPipelineError(claimed, exc) from exc
 
 
-def _claim(requested: list[int]) -> list[int]:
+def _claim(requested: list[int], claim: str) -> list[int]:
     now = timezone.now()
-    claimed = [pk for pk in requested if _claim_one(pk, now)]
+    claimed = [pk for pk in requested if _claim_one(pk, now, claim)]
+    if claim:
+        # Drained studies of a dead worker that held this same message.
+        orphans = Study.objects.filter(status=STATUS.PROCESSING, claimed_by=claim).exclude(pk__in=claimed)
+        claimed += list(orphans.values_list("pk", flat=True)[:MAX_BATCH])
     if len(claimed) >= MAX_BATCH:
         return claimed
     # Drain: studies waiting behind this message join the batch, oldest first. Their own
@@ -147,14 +153,17 @@ def _claim(requested: list[int]) -> list[int]:
     for pk in waiting:
         if len(claimed) >= MAX_BATCH:
             break
-        if _claim_one(pk, now):
+        if _claim_one(pk, now, claim):
             claimed.append(pk)
     return claimed
 
 
-def _claim_one(pk: int, now) -> bool:
-    updated = Study.objects.filter(pk=pk, status=STATUS.QUEUED).update(
-        status=STATUS.PROCESSING, started_at=now, updated_at=now
+def _claim_one(pk: int, now, claim: str) -> bool:
+    takeover = Q(status=STATUS.PROCESSING, claimed_by=claim) if claim else Q(pk__in=[])
+    updated = (
+        Study.objects.filter(pk=pk)
+        .filter(Q(status=STATUS.QUEUED) | takeover)
+        .update(status=STATUS.PROCESSING, claimed_by=claim, started_at=now, updated_at=now)
     )
     return updated == 1
 
@@ -163,7 +172,7 @@ def _release(study_ids: list[int]) -> None:
     """Put claimed studies back in the queue; if even that fails, the sweeper will."""
     try:
         Study.objects.filter(pk__in=study_ids, status=STATUS.PROCESSING).update(
-            status=STATUS.QUEUED, started_at=None, updated_at=timezone.now()
+            status=STATUS.QUEUED, claimed_by="", started_at=None, updated_at=timezone.now()
         )
     except DatabaseError:
         log.warning("could not release %d claimed studies; the sweeper will re-queue them", len(study_ids))
@@ -326,7 +335,7 @@ def _store(study: Study, prediction: Prediction, heatmap_png: bytes | None, *, o
     try:
         with transaction.atomic():
             completed = Study.objects.filter(pk=study.pk, status__in=[STATUS.PROCESSING, STATUS.QUEUED]).update(
-                status=STATUS.COMPLETED, completed_at=now, failure_reason="", updated_at=now
+                status=STATUS.COMPLETED, claimed_by="", completed_at=now, failure_reason="", updated_at=now
             )
             if completed != 1:
                 raise _AlreadyFinished
@@ -356,7 +365,7 @@ def _fail(study: Study, reason: str, message: str, *, from_status: str = STATUS.
     now = timezone.now()
     with transaction.atomic():
         failed = Study.objects.filter(pk=study.pk, status=from_status).update(
-            status=STATUS.FAILED, failure_reason=message, completed_at=now, updated_at=now
+            status=STATUS.FAILED, claimed_by="", failure_reason=message, completed_at=now, updated_at=now
         )
         if failed:
             audit.record(
@@ -451,7 +460,7 @@ def sweep_stuck_studies(now=None) -> SweepResult:
 
 def _requeue(study: Study, now) -> bool:
     updated = Study.objects.filter(pk=study.pk, status=study.status, attempts=study.attempts).update(
-        status=STATUS.QUEUED, attempts=F("attempts") + 1, queued_at=now, started_at=None, updated_at=now
+        status=STATUS.QUEUED, claimed_by="", attempts=F("attempts") + 1, queued_at=now, started_at=None, updated_at=now
     )
     return updated == 1
 

@@ -20,7 +20,7 @@ def enqueue_prediction(study_id: int) -> None:
 @shared_task(bind=True, name=pipeline.PREDICT_TASK, max_retries=pipeline.MAX_RETRIES)
 def predict_studies(self, study_ids: list[int]) -> int:
     try:
-        return len(pipeline.predict_studies(study_ids))
+        return len(pipeline.predict_studies(study_ids, claim=self.request.id or ""))
     except pipeline.TransientPipelineError as exc:
         metrics.record_failure(metrics.REASON_TRANSIENT)
         # Retry with the ids actually claimed: drained studies are not lost with the retry.

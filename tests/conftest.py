@@ -114,3 +114,17 @@ def client_for(client):
         return client
 
     return login
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -> None:
+    """On SQLite, keep the test database in a file (not in memory) so that a real Celery
+    worker process started by a test can open it; one private file per test session."""
+    import tempfile
+
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3"):
+        folder = Path(tempfile.mkdtemp(prefix="pleura-test-db-"))
+        database.setdefault("TEST", {})["NAME"] = str(folder / "test.sqlite3")
