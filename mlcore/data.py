@@ -78,7 +78,8 @@ def _patient_groups(samples: list[Sample]) -> dict[str, list[Sample]]:
 
 def split_by_patient(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """Stratified patient-level split: about `val_fraction` of each class's images go to validation."""
-    groups = _patient_groups(samples)
+    # Sorted first: the groups (and so the split) must not depend on the order of the input.
+    groups = _patient_groups(sorted(samples, key=lambda s: s.relative_name))
     train: list[Sample] = []
     val: list[Sample] = []
     rng = random.Random(seed)

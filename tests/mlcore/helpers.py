@@ -1,0 +1,66 @@
+"""A tiny real model, trained once per test session, for every test that needs one.
+
+Other test packages reuse it: `from tests.mlcore.helpers import tiny_model_dir`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+from django.core.management import call_command
+
+from tests.conftest import FIXTURES
+
+SMALL_DATA = FIXTURES / "chest_xray_small"
+TINY_IMAGE_SIZE = 64
+TINY_EPOCHS = 2
+TINY_NAME = "pleura-tiny"
+
+_cache: dict[str, Path] = {}
+
+
+def train_tiny_model(out_dir: Path, *, name: str = TINY_NAME, seed: int = 3) -> Path:
+    """A real `train_model` run on the 16 fixture radiographs (a few seconds on CPU)."""
+    call_command(
+        "train_model",
+        "--data",
+        str(SMALL_DATA),
+        "--out",
+        str(out_dir),
+        "--name",
+        name,
+        "--image-size",
+        str(TINY_IMAGE_SIZE),
+        "--epochs",
+        str(TINY_EPOCHS),
+        "--batch-size",
+        "4",
+        "--val-fraction",
+        "0.3",
+        "--seed",
+        str(seed),
+        "--no-progress",
+        stdout=io.StringIO(),
+    )
+    return out_dir
+
+
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The output folder of the session's tiny training (trained on first use)."""
+    if "dir" not in _cache or not (_cache["dir"] / "weights.pt").is_file():
+        _cache["dir"] = train_tiny_model(tmp_path_factory.mktemp("tiny-model") / TINY_NAME)
+    return _cache["dir"]
+
+
+def copy_model_dir(source: Path, destination: Path, *, name: str | None = None) -> Path:
+    """A copy of a trained model folder, optionally renamed in its model.json."""
+    shutil.copytree(source, destination)
+    if name is not None:
+        description_path = destination / "model.json"
+        description = json.loads(description_path.read_text())
+        description["name"] = name
+        description_path.write_text(json.dumps(description, indent=2))
+    return destination
