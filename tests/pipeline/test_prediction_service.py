@@ -1,0 +1,263 @@
+"""The pipeline's logic, called directly (no broker): claims, batching, reuse, failures, sweeper."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from PIL import Image
+
+from diagnostics import pipeline
+from diagnostics.models import Prediction, Study
+from hospital.models import AuditEvent
+from mlcore.models import ModelVersion
+from tests.pipeline.conftest import NORMAL_IMAGE, OTHER_IMAGES, PNEUMONIA_IMAGE, make_model_version, store_study
+
+pytestmark = pytest.mark.django_db
+
+QUEUED, PROCESSING, COMPLETED, FAILED = (s.value for s in Study.Status)
+
+
+@pytest.fixture(autouse=True)
+def _no_broker(monkeypatch):
+    # Publishing is the broker's business, tested with a real worker elsewhere; here the
+    # re-queue path is observed through what it would publish.
+    published: list[list[int]] = []
+    monkeypatch.setattr(pipeline, "publish", lambda ids: published.append(list(ids)) or True)
+    return published
+
+
+def test_queued_study_is_predicted_stored_and_audited(hospital_a, tiny_model):
+    study = store_study(hospital_a, PNEUMONIA_IMAGE)
+
+    assert pipeline.predict_studies([study.pk]) == [study.pk]
+
+    study.refresh_from_db()
+    assert study.status == COMPLETED
+    assert study.claimed_by == ""
+    assert study.started_at is not None and study.completed_at >= study.started_at
+    prediction = Prediction.objects.get(study=study)
+    assert prediction.model_version == tiny_model
+    assert 0.0 <= prediction.probability <= 1.0
+    assert prediction.label == ("pneumonia" if prediction.probability >= 0.5 else "normal")
+    assert prediction.threshold == 0.5
+    assert prediction.device == "cpu"
+    assert prediction.batch_size == 1
+    assert prediction.latency_ms > 0
+    assert prediction.is_shadow is False
+    assert prediction.reused_from is None
+    with prediction.heatmap.open("rb") as handle:
+        heatmap = Image.open(handle)
+        assert heatmap.mode == "RGBA"
+        assert heatmap.size == (study.columns, study.rows)
+    event = AuditEvent.objects.get(action="prediction.made")
+    assert event.hospital == hospital_a
+    assert event.target_id == str(study.code)
+    assert event.detail == {
+        "label": prediction.label,
+        "probability": round(prediction.probability, 4),
+        "model_version": "tiny-test",
+        "reused": False,
+    }
+
+
+def test_second_delivery_of_a_completed_study_does_nothing(hospital_a, tiny_model):
+    study = store_study(hospital_a, NORMAL_IMAGE)
+    pipeline.predict_studies([study.pk], claim="message-1")
+    study.refresh_from_db()
+
+    assert pipeline.predict_studies([study.pk], claim="message-1") == []
+    assert pipeline.predict_studies([study.pk], claim="message-2") == []
+
+    assert Prediction.objects.filter(study=study).count() == 1
+    assert AuditEvent.objects.filter(action="prediction.made").count() == 1
+    assert Study.objects.get(pk=study.pk).completed_at == study.completed_at
+
+
+def test_study_held_by_another_live_message_is_left_alone(hospital_a, tiny_model):
+    study = store_study(hospital_a, NORMAL_IMAGE)
+    Study.objects.filter(pk=study.pk).update(status=PROCESSING, claimed_by="message-1")
+
+    assert pipeline.predict_studies([study.pk], claim="message-2") == []
+
+    assert Study.objects.get(pk=study.pk).status == PROCESSING
+    assert Prediction.objects.count() == 0
+
+
+def test_redelivered_message_takes_over_the_studies_its_dead_worker_claimed(hospital_a, tiny_model):
+    first = store_study(hospital_a, NORMAL_IMAGE)
+    drained = store_study(hospital_a, PNEUMONIA_IMAGE)
+    # The dead worker had claimed its own study and drained another one.
+    Study.objects.filter(pk__in=[first.pk, drained.pk]).update(status=PROCESSING, claimed_by="message-1")
+
+    assert sorted(pipeline.predict_studies([first.pk], claim="message-1")) == sorted([first.pk, drained.pk])
+
+    assert list(Study.objects.order_by("pk").values_list("status", flat=True)) == [COMPLETED, COMPLETED]
+
+
+def test_one_message_drains_waiting_studies_into_one_batch_oldest_first(hospital_a, hospital_b, tiny_model):
+    images = [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES]
+    studies = [store_study(hospital_a if i % 2 else hospital_b, image) for i, image in enumerate(images)]
+    now = timezone.now()
+    for age, study in enumerate(reversed(studies)):
+        Study.objects.filter(pk=study.pk).update(queued_at=now - timedelta(seconds=10 * (age + 1)))
+
+    done = pipeline.predict_studies([studies[-1].pk])
+
+    assert done == [s.pk for s in studies]  # oldest first, all four in one call
+    assert list(Prediction.objects.values_list("batch_size", flat=True)) == [4, 4, 4, 4]
+
+
+def test_batch_never_exceeds_max_batch(hospital_a, tiny_model, monkeypatch):
+    monkeypatch.setattr(pipeline, "MAX_BATCH", 2)
+    studies = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES]]
+
+    assert len(pipeline.predict_studies([studies[0].pk])) == 2
+
+    assert Study.objects.filter(status=COMPLETED).count() == 2
+    assert Study.objects.filter(status=QUEUED).count() == 2
+
+
+def test_identical_pixels_in_the_same_hospital_reuse_the_earlier_prediction(hospital_a, tiny_model):
+    original = store_study(hospital_a, PNEUMONIA_IMAGE)
+    pipeline.predict_studies([original.pk])
+    again = store_study(hospital_a, PNEUMONIA_IMAGE, patient_id="MRN-other")
+
+    assert pipeline.predict_studies([again.pk]) == [again.pk]
+
+    first = Prediction.objects.get(study=original)
+    reused = Prediction.objects.get(study=again)
+    assert reused.reused_from == first
+    assert (reused.probability, reused.label, reused.threshold) == (first.probability, first.label, first.threshold)
+    assert reused.latency_ms == 0.0
+    with reused.heatmap.open("rb") as a, first.heatmap.open("rb") as b:
+        assert a.read() == b.read()
+    assert AuditEvent.objects.get(action="prediction.made", target_id=str(again.code)).detail["reused"] is True
+
+
+def test_identical_pixels_twice_in_one_batch_are_computed_once(hospital_a, tiny_model):
+    first = store_study(hospital_a, NORMAL_IMAGE)
+    second = store_study(hospital_a, NORMAL_IMAGE)
+
+    assert pipeline.predict_studies([first.pk, second.pk]) == [first.pk, second.pk]
+
+    assert Prediction.objects.get(study=second).reused_from == Prediction.objects.get(study=first)
+
+
+def test_no_reuse_across_hospitals_or_model_versions(hospital_a, hospital_b, tiny_model, tmp_path):
+    pipeline.predict_studies([store_study(hospital_a, NORMAL_IMAGE).pk])
+    other_hospital = store_study(hospital_b, NORMAL_IMAGE)
+    pipeline.predict_studies([other_hospital.pk])
+    assert Prediction.objects.get(study=other_hospital).reused_from is None
+
+    ModelVersion.objects.filter(pk=tiny_model.pk).update(status=ModelVersion.Status.RETIRED)
+    newer = make_model_version(tmp_path, name="tiny-newer", seed=1)
+    later = store_study(hospital_a, NORMAL_IMAGE)
+    pipeline.predict_studies([later.pk])
+    prediction = Prediction.objects.get(study=later)
+    assert (prediction.model_version, prediction.reused_from) == (newer, None)
+
+
+def test_undecodable_pixels_fail_the_study_alone_with_a_readable_reason(hospital_a, tiny_model):
+    broken = store_study(hospital_a, NORMAL_IMAGE)
+    with open(broken.original_file.path, "wb") as handle:
+        handle.write(b"\xff\xd8\xff\xe0 this is not a JPEG any more")
+    healthy = store_study(hospital_a, PNEUMONIA_IMAGE)
+
+    assert pipeline.predict_studies([broken.pk, healthy.pk]) == [healthy.pk]
+
+    broken.refresh_from_db()
+    assert broken.status == FAILED
+    assert broken.failure_reason == pipeline.UNDECODABLE_MESSAGE
+    assert Prediction.objects.filter(study=broken).count() == 0
+    event = AuditEvent.objects.get(action="prediction.failed")
+    assert (event.outcome, event.detail, event.target_id) == ("failure", {"reason": "undecodable"}, str(broken.code))
+    assert "MRN-4242" not in str(event.detail)
+
+
+def test_missing_original_file_fails_with_a_readable_reason(hospital_a, tiny_model):
+    study = store_study(hospital_a, NORMAL_IMAGE)
+    study.original_file.storage.delete(study.original_file.name)
+
+    assert pipeline.predict_studies([study.pk]) == []
+
+    study.refresh_from_db()
+    assert (study.status, study.failure_reason) == (FAILED, pipeline.MISSING_FILE_MESSAGE)
+
+
+def test_without_an_active_model_the_claims_are_released_for_a_retry(hospital_a, tiny_model):
+    ModelVersion.objects.filter(pk=tiny_model.pk).update(status=ModelVersion.Status.RETIRED)
+    study = store_study(hospital_a, NORMAL_IMAGE)
+
+    with pytest.raises(pipeline.TransientPipelineError) as raised:
+        pipeline.predict_studies([study.pk], claim="message-1")
+
+    assert raised.value.study_ids == [study.pk]
+    study.refresh_from_db()
+    assert (study.status, study.claimed_by, study.started_at) == (QUEUED, "", None)
+
+
+def test_shadow_candidate_predicts_silently_beside_the_active_model(hospital_a, tiny_model, tmp_path):
+    candidate = make_model_version(
+        tmp_path, name="tiny-candidate", seed=2, status=ModelVersion.Status.CANDIDATE, shadow=True
+    )
+    study = store_study(hospital_a, PNEUMONIA_IMAGE)
+
+    pipeline.predict_studies([study.pk])
+
+    assert Prediction.objects.filter(study=study).count() == 2
+    shadow = Prediction.objects.get(study=study, model_version=candidate)
+    assert shadow.is_shadow is True
+    assert list(Prediction.objects.shown().filter(study=study).values_list("model_version__name", flat=True)) == [
+        "tiny-test"
+    ]
+
+
+def test_sweeper_requeues_stuck_studies_and_gives_up_after_the_bound(hospital_a, _no_broker, settings):
+    settings.PIPELINE_STUCK_SECONDS = 300
+    settings.PIPELINE_MAX_ATTEMPTS = 3
+    long_ago = timezone.now() - timedelta(minutes=10)
+    lost = store_study(hospital_a, NORMAL_IMAGE)
+    crashed = store_study(hospital_a, PNEUMONIA_IMAGE)
+    hopeless = store_study(hospital_a, OTHER_IMAGES[0])
+    fresh = store_study(hospital_a, OTHER_IMAGES[1])
+    Study.objects.filter(pk=lost.pk).update(queued_at=long_ago)
+    Study.objects.filter(pk=crashed.pk).update(status=PROCESSING, started_at=long_ago, claimed_by="dead")
+    Study.objects.filter(pk=hopeless.pk).update(status=PROCESSING, started_at=long_ago, attempts=3)
+
+    result = pipeline.sweep_stuck_studies()
+
+    assert result == pipeline.SweepResult(requeued=[lost.pk, crashed.pk], gave_up=[hopeless.pk])
+    assert _no_broker == [[lost.pk, crashed.pk]]
+    rows = {s.pk: s for s in Study.objects.all()}
+    assert (rows[lost.pk].status, rows[lost.pk].attempts) == (QUEUED, 1)
+    assert (rows[crashed.pk].status, rows[crashed.pk].attempts, rows[crashed.pk].claimed_by) == (QUEUED, 1, "")
+    assert rows[hopeless.pk].status == FAILED
+    assert rows[hopeless.pk].failure_reason == (
+        "This study could not be processed after 3 attempts. Please upload it again; "
+        "if this keeps happening, contact your Pleura administrator."
+    )
+    assert (rows[fresh.pk].status, rows[fresh.pk].attempts) == (QUEUED, 0)
+    event = AuditEvent.objects.get(action="prediction.failed")
+    assert event.detail == {"reason": "gave_up", "attempts": 3}
+    # A second sweep right away finds nothing stuck.
+    assert pipeline.sweep_stuck_studies() == pipeline.SweepResult(requeued=[], gave_up=[])
+
+
+def test_enqueue_never_raises_when_the_broker_is_unreachable(hospital_a, monkeypatch, caplog):
+    from tests.pipeline.conftest import point_publisher_at
+
+    monkeypatch.undo()  # the real publish, against a closed port
+    from config.celery import app
+
+    previous = (app.conf.broker_url, dict(app.conf.broker_transport_options or {}))
+    point_publisher_at("redis://127.0.0.1:9/0", {})
+    try:
+        study = store_study(hospital_a, NORMAL_IMAGE)
+        assert pipeline.enqueue_prediction(study.pk) is False
+    finally:
+        point_publisher_at(*previous)
+    assert Study.objects.get(pk=study.pk).status == QUEUED
+    assert "broker unreachable, 1 studies stay queued for the sweeper" in caplog.text
+    assert "MRN-4242" not in caplog.text and "Doe" not in caplog.text
