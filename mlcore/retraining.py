@@ -1,0 +1,324 @@
+"""Fine-tuning the active model on the base data plus radiologists' reviews, and the
+like-for-like comparison the promotion gate reads.
+
+The locked validation set is the `val` part of the active model's split.json, read
+from the base training folder. It never enters a fine-tune (neither its files nor
+byte-identical copies of them), and the candidate's split.json carries the same `val`
+part forward, so every generation of models is measured on the same images.
+
+The first half is plain Python (paths, samples, engines); `retrain()` is the Django
+side: it registers the candidate with its lineage, stores the comparison and audits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from hospital import audit
+from mlcore import data, registry
+from mlcore.card import build_card, render_markdown
+from mlcore.engine import InferenceEngine, ModelSpec
+from mlcore.evaluation import folder_logits
+from mlcore.metrics import classification_report
+from mlcore.models import ModelVersion
+from mlcore.promotion import gate_failures
+from mlcore.training import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+SPLIT_FILE = "split.json"
+FINE_TUNE_SPLIT_FILE = "fine_tune_split.json"
+# Fine-tuning defaults: a few epochs at a lower learning rate than training from scratch
+# (2e-3), so the reviewed examples adjust the model instead of overwriting it.
+DEFAULT_EPOCHS = 3
+DEFAULT_LEARNING_RATE = 5e-4
+
+
+class RetrainingError(Exception):
+    """A retraining that cannot run, with a message for the operator."""
+
+
+# --- Plain Python: data and comparison ------------------------------------------------
+
+
+def locked_validation(split_path: Path, data_dir: Path) -> list[data.Sample]:
+    """The images of the locked validation set, from the base training folder."""
+    if not split_path.is_file():
+        raise RetrainingError(f"{split_path} is missing: the active model has no locked validation split")
+    wanted = set(json.loads(split_path.read_text())["val"]["files"])
+    samples = [s for s in data.scan_folder(data_dir) if s.relative_name in wanted]
+    missing = wanted - {s.relative_name for s in samples}
+    if missing:
+        raise RetrainingError(f"{len(missing)} locked validation images are missing from {data_dir}")
+    return samples
+
+
+def base_training_folder(data_dir: Path, locked: list[data.Sample], dest: Path) -> list[data.Sample]:
+    """Link every base image except the locked validation ones (and byte-identical copies) into dest."""
+    locked_names = {s.relative_name for s in locked}
+    locked_hashes = {s.sha256 for s in locked}
+    kept = [
+        s for s in data.scan_folder(data_dir) if s.relative_name not in locked_names and s.sha256 not in locked_hashes
+    ]
+    for class_name in data.CLASSES:
+        (dest / class_name).mkdir(parents=True, exist_ok=True)
+    for sample in kept:
+        (dest / sample.relative_name).symlink_to(sample.path.resolve())
+    return kept
+
+
+def evaluate_samples(engine: InferenceEngine, samples: list[data.Sample]) -> dict | None:
+    """The engine's metrics on these images at its own threshold (None without images)."""
+    if not samples:
+        return None
+    targets = [s.target for s in samples]
+    probabilities = engine.probabilities(folder_logits(engine, samples))
+    return classification_report(targets, probabilities, engine.spec.threshold)
+
+
+def compare(candidate: InferenceEngine, active: InferenceEngine, locked: list, holdout: list) -> dict:
+    """Both models on the same locked validation set, and on the held-back reviewed cases."""
+    return {
+        "candidate": evaluate_samples(candidate, locked),
+        "active": evaluate_samples(active, locked),
+        "reviewed_holdout": {
+            "images": len(holdout),
+            "candidate": evaluate_samples(candidate, holdout),
+            "active": evaluate_samples(active, holdout),
+        },
+        "locked_validation_images": len(locked),
+        "locked_validation_sha256": data.data_hash(locked),
+    }
+
+
+def spec_from_description(model_dir: Path, description: dict) -> ModelSpec:
+    return ModelSpec(
+        name=description["name"],
+        architecture=description["architecture"],
+        image_size=description["image_size"],
+        weights_path=model_dir / description["weights"],
+        weights_sha256=description["weights_sha256"],
+        threshold=description["threshold"],
+        temperature=description["temperature"],
+        logit_bias=description.get("logit_bias", 0.0),
+    )
+
+
+# --- The Django side ------------------------------------------------------------------
+
+
+@dataclass
+class RetrainOptions:
+    export_dir: Path  # the output of export_training_set (feedback.export_training_set)
+    name: str | None = None
+    epochs: int = DEFAULT_EPOCHS
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    batch_size: int = 32
+    seed: int = 42
+    device: str | None = None
+    workers: int | None = None
+    max_images: int | None = None  # per class, quick checks only
+    extra: dict = field(default_factory=dict)
+
+
+def default_candidate_name(active: ModelVersion) -> str:
+    return f"{active.name}-ft{timezone.now():%Y%m%d%H%M%S}"
+
+
+def retrain(options: RetrainOptions, *, actor=None) -> ModelVersion:
+    """Fine-tune the active model; register the result as a compared, audited candidate."""
+    active = ModelVersion.objects.active()
+    if active is None:
+        raise RetrainingError("no active model version to fine-tune from")
+    name = options.name or default_candidate_name(active)
+    if ModelVersion.objects.filter(name=name).exists():
+        raise RetrainingError(f"a model version named {name!r} already exists")
+    out_dir = Path(settings.MODEL_WEIGHTS_DIR) / name
+    if out_dir.exists():
+        raise RetrainingError(f"{out_dir} already exists")
+    export_manifest = _read_export_manifest(options.export_dir)
+    data_dir = Path(settings.TRAINING_DATA_DIR)
+    active_dir = registry.resolve_weights_path(active).parent
+    locked = locked_validation(active_dir / SPLIT_FILE, data_dir)
+    try:
+        with tempfile.TemporaryDirectory(prefix="pleura-retrain-") as scratch:
+            base_dir = Path(scratch) / "base"
+            kept = base_training_folder(data_dir, locked, base_dir)
+            description = _fine_tune(options, active, name, base_dir, out_dir)
+        reviews = _exported(options.export_dir)
+        holdout = _exported(options.export_dir / "holdout")
+        _write_split(out_dir, kept + reviews, locked, options.seed)
+        comparison = compare(
+            InferenceEngine(spec_from_description(out_dir, description), device=options.device),
+            registry.get_engine(active, device=options.device),
+            locked,
+            holdout,
+        )
+        lineage = _lineage(active, kept, reviews, holdout, export_manifest)
+        _write_card(out_dir, description, lineage, comparison)
+        return _register(out_dir, name, active, lineage, comparison, actor)
+    except BaseException:
+        # Nothing half-written stays behind under a name the next attempt will want.
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def _read_export_manifest(export_dir: Path) -> dict:
+    path = Path(export_dir) / "manifest.json"
+    if not path.is_file():
+        raise RetrainingError(f"{path} not found: run export_training_set first")
+    return json.loads(path.read_text())
+
+
+def _exported(folder: Path) -> list[data.Sample]:
+    has_images = any(p.is_file() for name in data.CLASSES for p in (folder / name).glob("*.png"))
+    return data.scan_folder(folder) if has_images else []
+
+
+def _fine_tune(options: RetrainOptions, active: ModelVersion, name: str, base_dir: Path, out_dir: Path) -> dict:
+    reviews = [options.export_dir] if _exported(options.export_dir) else []
+    config = TrainConfig(
+        data_dir=base_dir,
+        out_dir=out_dir,
+        name=name,
+        architecture=active.architecture,
+        image_size=active.image_size,
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        learning_rate=options.learning_rate,
+        seed=options.seed,
+        device=options.device,
+        workers=options.workers,
+        init_weights=registry.resolve_weights_path(active),
+        extra_data_dirs=reviews,
+        max_images=options.max_images,
+        progress=False,
+    )
+    log.info("fine-tuning %s from %s (%d review folders)", name, active.name, len(reviews))
+    return train(config)
+
+
+def _write_split(out_dir: Path, trained_on: list[data.Sample], locked: list[data.Sample], seed: int) -> None:
+    """Keep the fine-tune's own early-stopping split aside; split.json keeps the locked set."""
+    (out_dir / SPLIT_FILE).rename(out_dir / FINE_TUNE_SPLIT_FILE)
+    manifest = data.split_manifest(trained_on, locked, seed=seed, val_fraction=0.0)
+    manifest["locked"] = "val is the locked validation set inherited from the parent version"
+    (out_dir / SPLIT_FILE).write_text(json.dumps(manifest, indent=1))
+
+
+def _lineage(active: ModelVersion, kept: list, reviews: list, holdout: list, export_manifest: dict) -> dict:
+    return {
+        "parent": active.name,
+        "parent_weights_sha256": active.weights_sha256,
+        "base_examples": len(kept),
+        "review_examples": len(reviews),
+        "review_examples_normal": sum(1 for s in reviews if s.target == 0),
+        "review_examples_pneumonia": sum(1 for s in reviews if s.target == 1),
+        "reviewed_holdout_examples": len(holdout),
+        "review_hospitals": export_manifest.get("hospitals", {}),
+        "review_data_sha256": export_manifest.get("data_sha256", ""),
+        "base_data_sha256": data.data_hash(kept),
+        "label_rule": export_manifest.get("label_rule", ""),
+    }
+
+
+def _write_card(out_dir: Path, description: dict, lineage: dict, comparison: dict) -> None:
+    card = build_card(description)
+    card["lineage"] = lineage
+    card["comparison"] = comparison
+    (out_dir / "model_card.json").write_text(json.dumps(card, indent=2))
+    (out_dir / "model_card.md").write_text(render_markdown(card) + _markdown_lineage(lineage, comparison))
+
+
+def _markdown_lineage(lineage: dict, comparison: dict) -> str:
+    rows = []
+    for label, key in (("Locked validation", None), ("Reviewed hold-out", "reviewed_holdout")):
+        part = comparison[key] if key else comparison
+        for who in ("candidate", "active"):
+            m = part.get(who)
+            if m:
+                rows.append(
+                    f"| {label} | {who} | {m['images']} | {m['roc_auc']} | {m['sensitivity']} | {m['specificity']} |"
+                )
+    return "\n".join(
+        [
+            "## Lineage",
+            f"- Fine-tuned from `{lineage['parent']}` on {lineage['base_examples']} base images and "
+            f"{lineage['review_examples']} reviewed studies ({lineage['review_examples_normal']} normal, "
+            f"{lineage['review_examples_pneumonia']} pneumonia) from consenting hospitals.",
+            f"- Review labels: {lineage['label_rule']}",
+            f"- Review data sha256 `{lineage['review_data_sha256']}`; "
+            f"base data sha256 `{lineage['base_data_sha256']}`.",
+            "",
+            "## Comparison with the parent (same images, each at its own threshold)",
+            "| set | model | images | ROC AUC | sensitivity | specificity |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
+
+
+@transaction.atomic
+def _register(out_dir: Path, name: str, active: ModelVersion, lineage: dict, comparison: dict, actor):
+    version = registry.register_from_dir(out_dir, name=name, parent=active, actor=actor)
+    version.metrics = {**version.metrics, "comparison": comparison}
+    version.training_data = {**version.training_data, "lineage": lineage}
+    version.save(update_fields=["metrics", "training_data"])
+    failures = gate_failures(version, active)
+    audit.record(
+        audit.Action.MODEL_RETRAINED,
+        actor=actor,
+        target=version,
+        name=version.name,
+        parent=active.name,
+        review_examples=lineage["review_examples"],
+        reviewed_holdout_examples=lineage["reviewed_holdout_examples"],
+        review_data_sha256=lineage["review_data_sha256"],
+        gate_failures=failures,
+    )
+    return version
+
+
+# --- Shadow mode ----------------------------------------------------------------------
+# The pipeline (diagnostics.pipeline._run_shadow) predicts with the shadow candidate and
+# stores the result with Prediction.is_shadow=True; `Prediction.objects.shown()` keeps
+# those out of every page and endpoint doctors use. Promotion clears the flag.
+
+# Not (yet) one of hospital.audit.Action's choices; recorded under this code.
+SHADOW_CHANGED = "model.shadow_changed"
+
+
+class ShadowError(Exception):
+    """A shadow switch that cannot be made, with a message for the operator."""
+
+
+@transaction.atomic
+def set_shadow(version: ModelVersion, on: bool, *, actor=None) -> bool:
+    """Switch shadow mode; at most one candidate is in shadow at a time. Returns whether it changed."""
+    if on and version.status != ModelVersion.Status.CANDIDATE:
+        raise ShadowError(f"{version.name} is {version.status}: only a candidate can run in shadow mode")
+    if on:
+        others = list(
+            ModelVersion.objects.select_for_update()
+            .filter(shadow=True)
+            .exclude(pk=version.pk)
+            .values_list("name", flat=True)
+        )
+        ModelVersion.objects.filter(name__in=others).update(shadow=False)
+    else:
+        others = []
+    changed = ModelVersion.objects.filter(pk=version.pk, shadow=not on).update(shadow=on)
+    version.refresh_from_db(fields=["shadow"])
+    if changed:
+        audit.record(SHADOW_CHANGED, actor=actor, target=version, name=version.name, shadow=on, replaced=others)
+    return bool(changed)
