@@ -1,0 +1,40 @@
+"""Helpers for the admin tests: read a rendered admin form back into POST data."""
+
+from __future__ import annotations
+
+from django import forms
+from django.db.models import Model
+
+
+def admin_form_data(response, **overrides) -> dict:
+    """The POST body a browser would send for the admin form in `response`, changed by
+    `overrides` (None removes a field, as an unticked checkbox does)."""
+    form = response.context["adminform"].form
+    data: dict = {}
+    for name, field in form.fields.items():
+        if field.disabled:
+            continue
+        value = form.initial.get(name, field.initial)
+        value = value() if callable(value) else value
+        if isinstance(field, forms.BooleanField):
+            if value:
+                data[name] = "on"
+            continue
+        if value is None:
+            continue
+        if isinstance(value, list | tuple):
+            value = [item.pk if isinstance(item, Model) else item for item in value]
+        elif isinstance(value, Model):
+            value = value.pk
+        data[name] = value
+    data["_save"] = "Save"
+    for name, value in overrides.items():
+        if value is None:
+            data.pop(name, None)
+        else:
+            data[name] = value
+    return data
+
+
+def changelist_rows(response) -> list:
+    return list(response.context["cl"].result_list)

@@ -1,0 +1,304 @@
+"""Hospital admins manage their own hospital through the admin, every change is audited,
+and nothing they post can widen their rights or reach another hospital."""
+
+from __future__ import annotations
+
+import pytest
+
+from accounts.models import User
+from hospital.models import AuditEvent, IntegrationKey, Membership, Role, hash_api_key
+from tests.conftest import PASSWORD
+from tests.foundation.conftest import admin_form_data
+
+NEW_PASSWORD = "a-brand-new-passphrase-42"
+
+
+def _events(action: str) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(action=action).order_by("id"))
+
+
+# -- escalation: refused, and the database unchanged -----------------------------
+
+
+def test_hospital_admin_cannot_make_anyone_superuser_or_staff(client_for, hospital_admin, doctor):
+    client = client_for(hospital_admin)
+    for user in (hospital_admin, doctor):
+        url = f"/admin/accounts/user/{user.pk}/change/"
+        data = admin_form_data(client.get(url), is_superuser="on", is_staff="on", first_name="Renamed")
+        assert client.post(url, data).status_code == 302
+    doctor.refresh_from_db()
+    hospital_admin.refresh_from_db()
+    assert (doctor.first_name, doctor.is_staff, doctor.is_superuser) == ("Renamed", False, False)
+    assert (hospital_admin.is_staff, hospital_admin.is_superuser) == (True, False)
+    assert [e.detail["fields"] for e in _events("user.changed")] == [["first_name"], ["first_name"]]
+
+
+def test_hospital_admin_cannot_add_a_membership_in_another_hospital(client_for, hospital_admin, doctor, hospital_b):
+    client = client_for(hospital_admin)
+    before = set(Membership.objects.values_list("user_id", "hospital_id", "role"))
+    for user in (doctor, hospital_admin):  # including themselves
+        response = client.post(
+            "/admin/hospital/membership/add/",
+            {"user": user.pk, "hospital": hospital_b.pk, "role": Role.HOSPITAL_ADMIN, "is_active": "on"},
+        )
+        assert response.status_code == 200
+        assert "hospital" in response.context["adminform"].form.errors
+    assert set(Membership.objects.values_list("user_id", "hospital_id", "role")) == before
+    assert _events("membership.created") == []
+
+
+def test_hospital_admin_cannot_create_a_user_in_another_hospital(client_for, hospital_admin, hospital_b):
+    response = client_for(hospital_admin).post(
+        "/admin/accounts/user/add/",
+        {
+            "email": "intruder@riverside.example",
+            "password1": NEW_PASSWORD,
+            "password2": NEW_PASSWORD,
+            "hospital": hospital_b.pk,
+            "role": Role.HOSPITAL_ADMIN,
+        },
+    )
+    assert response.status_code == 200
+    assert "hospital" in response.context["adminform"].form.errors
+    assert not User.objects.filter(email="intruder@riverside.example").exists()
+
+
+def test_hospital_admin_cannot_pick_users_of_another_hospital_for_a_membership(
+    client_for, hospital_admin, outsider, hospital_a
+):
+    client = client_for(hospital_admin)
+    response = client.get("/admin/hospital/membership/add/")
+    assert outsider.pk not in {u.pk for u in response.context["adminform"].form.fields["user"].queryset}
+    response = client.post(
+        "/admin/hospital/membership/add/",
+        {"user": outsider.pk, "hospital": hospital_a.pk, "role": Role.DOCTOR, "is_active": "on"},
+    )
+    assert response.status_code == 200
+    assert "user" in response.context["adminform"].form.errors
+    assert list(outsider.memberships.values_list("hospital__slug", flat=True)) == ["riverside"]
+
+
+def test_hospital_admin_cannot_create_a_key_for_another_hospital(client_for, hospital_admin, hospital_b):
+    response = client_for(hospital_admin).post(
+        "/admin/hospital/integrationkey/add/", {"hospital": hospital_b.pk, "name": "Sneaky"}
+    )
+    assert response.status_code == 200
+    assert "hospital" in response.context["adminform"].form.errors
+    assert not IntegrationKey.objects.filter(name="Sneaky").exists()
+
+
+def test_hospital_admin_cannot_move_a_membership_to_another_hospital(client_for, hospital_admin, doctor, hospital_b):
+    membership = doctor.memberships.get()
+    url = f"/admin/hospital/membership/{membership.pk}/change/"
+    client = client_for(hospital_admin)
+    data = admin_form_data(client.get(url), hospital=hospital_b.pk, user=hospital_admin.pk)
+    assert client.post(url, data).status_code == 302
+    membership.refresh_from_db()
+    assert (membership.user_id, membership.hospital.slug) == (doctor.pk, "st-marys")
+
+
+def test_hospital_admin_can_change_only_the_training_consent_of_their_hospital(client_for, hospital_admin, hospital_a):
+    url = f"/admin/hospital/hospital/{hospital_a.pk}/change/"
+    client = client_for(hospital_admin)
+    data = admin_form_data(client.get(url), shares_reviews_for_training="on", name="Renamed", slug="renamed")
+    assert client.post(url, data).status_code == 302
+    hospital_a.refresh_from_db()
+    assert (hospital_a.name, hospital_a.slug, hospital_a.shares_reviews_for_training) == (
+        "St Mary's Hospital",
+        "st-marys",
+        True,
+    )
+    (event,) = _events("hospital.consent_changed")
+    assert (event.actor_user, event.hospital, event.detail) == (
+        hospital_admin,
+        hospital_a,
+        {"shares_reviews_for_training": True},
+    )
+    assert _events("hospital.changed") == []
+
+
+def test_hospital_admin_cannot_add_or_delete_hospitals(client_for, hospital_admin, hospital_a):
+    client = client_for(hospital_admin)
+    assert client.get("/admin/hospital/hospital/add/").status_code == 403
+    assert client.post(f"/admin/hospital/hospital/{hospital_a.pk}/delete/", {"post": "yes"}).status_code == 403
+
+
+# -- management, audited --------------------------------------------------------
+
+
+def test_hospital_admin_creates_a_user_with_a_membership_and_both_are_audited(client_for, hospital_admin, hospital_a):
+    response = client_for(hospital_admin).post(
+        "/admin/accounts/user/add/",
+        {
+            "email": "New.Doctor@StMarys.example",
+            "first_name": "New",
+            "password1": NEW_PASSWORD,
+            "password2": NEW_PASSWORD,
+            "hospital": hospital_a.pk,
+            "role": Role.DOCTOR,
+        },
+    )
+    assert response.status_code == 302
+    user = User.objects.get(email="new.doctor@stmarys.example")
+    assert user.check_password(NEW_PASSWORD)
+    assert (user.is_staff, user.is_superuser) == (False, False)
+    assert list(user.memberships.values_list("hospital__slug", "role")) == [("st-marys", "doctor")]
+    (created,) = _events("user.created")
+    (joined,) = _events("membership.created")
+    assert (created.actor_user, created.hospital, created.target_id) == (hospital_admin, hospital_a, str(user.code))
+    assert (joined.actor_user, joined.hospital, joined.detail) == (
+        hospital_admin,
+        hospital_a,
+        {"user": str(user.code), "role": "doctor"},
+    )
+
+
+def test_weak_password_is_refused_when_an_admin_creates_a_user(client_for, hospital_admin, hospital_a):
+    response = client_for(hospital_admin).post(
+        "/admin/accounts/user/add/",
+        {
+            "email": "weak@stmarys.example",
+            "password1": "password",
+            "password2": "password",
+            "hospital": hospital_a.pk,
+            "role": Role.DOCTOR,
+        },
+    )
+    assert response.status_code == 200
+    assert "password2" in response.context["adminform"].form.errors
+    assert not User.objects.filter(email="weak@stmarys.example").exists()
+    assert _events("user.created") == []
+
+
+def test_hospital_admin_deactivates_a_user_and_it_is_audited(client_for, hospital_admin, doctor, outsider):
+    client = client_for(hospital_admin)
+    response = client.post(
+        "/admin/accounts/user/",
+        {"action": "deactivate_selected", "_selected_action": [doctor.pk, outsider.pk]},
+    )
+    assert response.status_code == 302
+    doctor.refresh_from_db()
+    outsider.refresh_from_db()
+    assert (doctor.is_active, outsider.is_active) == (False, True)
+    (event,) = _events("user.deactivated")
+    assert (event.actor_user, event.target_id, event.hospital.slug) == (hospital_admin, str(doctor.code), "st-marys")
+    # The deactivated doctor's session stops working.
+    assert client_for(doctor).get("/").status_code == 302
+
+
+def test_hospital_admin_resets_a_password_and_it_is_audited(client_for, hospital_admin, doctor):
+    url = f"/admin/accounts/user/{doctor.pk}/password/"
+    response = client_for(hospital_admin).post(
+        url, {"password1": NEW_PASSWORD, "password2": NEW_PASSWORD, "usable_password": "true"}
+    )
+    assert response.status_code == 302
+    doctor.refresh_from_db()
+    assert doctor.check_password(NEW_PASSWORD)
+    (event,) = _events("user.changed")
+    assert (event.actor_user, event.target_id, event.detail) == (
+        hospital_admin,
+        str(doctor.code),
+        {"fields": ["password"]},
+    )
+    assert NEW_PASSWORD not in str(list(AuditEvent.objects.values_list("detail", flat=True)))
+
+
+def test_promoting_a_member_to_hospital_admin_grants_staff_and_demoting_removes_it(client_for, hospital_admin, doctor):
+    membership = doctor.memberships.get()
+    url = f"/admin/hospital/membership/{membership.pk}/change/"
+    client = client_for(hospital_admin)
+    assert client.post(url, admin_form_data(client.get(url), role=Role.HOSPITAL_ADMIN)).status_code == 302
+    doctor.refresh_from_db()
+    assert doctor.is_staff is True
+    assert client.post(url, admin_form_data(client.get(url), is_active=None)).status_code == 302
+    doctor.refresh_from_db()
+    assert doctor.is_staff is False
+    changed, deactivated = _events("membership.changed") + _events("membership.deactivated")
+    assert changed.detail == {"user": str(doctor.code), "role": "hospital_admin", "fields": ["role"], "staff": True}
+    assert deactivated.detail == {
+        "user": str(doctor.code),
+        "role": "hospital_admin",
+        "fields": ["is_active"],
+        "staff": False,
+    }
+
+
+def test_deactivating_memberships_in_bulk_touches_only_the_admins_hospital(
+    client_for, hospital_admin, radiologist, outsider
+):
+    theirs, other = radiologist.memberships.get(), outsider.memberships.get()
+    response = client_for(hospital_admin).post(
+        "/admin/hospital/membership/",
+        {"action": "deactivate_selected", "_selected_action": [theirs.pk, other.pk]},
+    )
+    assert response.status_code == 302
+    theirs.refresh_from_db()
+    other.refresh_from_db()
+    assert (theirs.is_active, other.is_active) == (False, True)
+    assert [e.target_id for e in _events("membership.deactivated")] == [str(theirs.code)]
+
+
+def test_created_key_is_shown_once_stored_hashed_and_audited(client_for, hospital_admin, hospital_a):
+    response = client_for(hospital_admin).post(
+        "/admin/hospital/integrationkey/add/", {"hospital": hospital_a.pk, "name": "EMR production"}
+    )
+    assert response.status_code == 200
+    assert "no-store" in response["Cache-Control"].split(", ")
+    raw_key = response.context["raw_key"]
+    assert raw_key.startswith("plr_")
+    assert raw_key in response.content.decode()
+    key = IntegrationKey.objects.get(name="EMR production")
+    assert (key.hospital, key.created_by, key.key_hash) == (hospital_a, hospital_admin, hash_api_key(raw_key))
+    # Never again: not on the key's own page, not in the audit trail.
+    page = client_for(hospital_admin).get(f"/admin/hospital/integrationkey/{key.pk}/change/")
+    assert raw_key not in page.content.decode()
+    (event,) = _events("key.created")
+    assert (event.actor_user, event.hospital, event.detail) == (hospital_admin, hospital_a, {"prefix": key.prefix})
+    assert raw_key not in str(list(AuditEvent.objects.values_list("detail", flat=True)))
+
+
+def test_hospital_admin_revokes_only_their_keys_once(client_for, hospital_admin, key_a, key_b):
+    client = client_for(hospital_admin)
+    for _ in range(2):
+        response = client.post(
+            "/admin/hospital/integrationkey/",
+            {"action": "revoke_selected", "_selected_action": [key_a[0].pk, key_b[0].pk]},
+        )
+        assert response.status_code == 302
+    assert IntegrationKey.objects.get(pk=key_a[0].pk).revoked_at is not None
+    assert IntegrationKey.objects.get(pk=key_b[0].pk).revoked_at is None
+    assert [e.target_id for e in _events("key.revoked")] == [str(key_a[0].code)]
+
+
+def test_nobody_deletes_users_memberships_or_keys_in_the_admin(client_for, superuser, hospital_admin, doctor, key_a):
+    membership = doctor.memberships.get()
+    for user in (hospital_admin, superuser):
+        client = client_for(user)
+        for url in [
+            f"/admin/accounts/user/{doctor.pk}/delete/",
+            f"/admin/hospital/membership/{membership.pk}/delete/",
+            f"/admin/hospital/integrationkey/{key_a[0].pk}/delete/",
+        ]:
+            assert client.post(url, {"post": "yes"}).status_code == 403, (user, url)
+    assert User.objects.filter(pk=doctor.pk).exists()
+    assert Membership.objects.filter(pk=membership.pk).exists()
+    assert IntegrationKey.objects.filter(pk=key_a[0].pk).exists()
+
+
+def test_superuser_can_grant_staff_and_attach_users_anywhere(client_for, superuser, doctor, hospital_b):
+    client = client_for(superuser)
+    response = client.post(
+        "/admin/hospital/membership/add/",
+        {"user": doctor.pk, "hospital": hospital_b.pk, "role": Role.RADIOLOGIST, "is_active": "on"},
+    )
+    assert response.status_code == 302
+    assert sorted(doctor.memberships.values_list("hospital__slug", flat=True)) == ["riverside", "st-marys"]
+    (event,) = _events("membership.created")
+    assert (event.actor_user, event.hospital) == (superuser, hospital_b)
+
+
+@pytest.mark.parametrize("password", [PASSWORD])
+def test_admin_login_page_accepts_a_hospital_admin(client, hospital_admin, password):
+    response = client.post("/admin/login/?next=/admin/", {"username": hospital_admin.email, "password": password})
+    assert response.status_code == 302
+    assert client.get("/admin/").status_code == 200
