@@ -3,15 +3,18 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
-from diagnostics import health
+from diagnostics import health, performance
 from diagnostics.metrics import metrics_view
+from hospital import consent
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("accounts/", include("accounts.urls")),
+    path("hospital/consent/", consent.training_consent, name="training_consent"),
     path("hospital/", include("hospital.urls")),
+    path("models/performance/", performance.performance, name="model_performance"),
     path("", include("diagnostics.urls")),
     # Before django_prometheus's own /metrics: adds the queue depth, multiprocess-aware.
     path("metrics", metrics_view, name="metrics"),

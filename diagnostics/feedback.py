@@ -32,7 +32,6 @@ from diagnostics.models import Label, Review, Study
 from hospital import audit
 from hospital.models import Hospital
 from mlcore import data
-from mlcore.preprocessing import gray_to_png
 
 LABEL_RULE = (
     "Each radiologist's current review counts once; the label of a strict majority of the study's "
@@ -195,6 +194,7 @@ def _prepare(out_dir: Path) -> None:
 
 def _write_example(out_dir: Path, item: LabelledStudy, held_out: bool) -> str | None:
     from diagnostics import imaging  # pydicom and its plugins: load them where used
+    from mlcore.preprocessing import gray_to_png  # torch: not at the web server's import time
 
     try:
         gray = imaging.load_grayscale(item.study)
