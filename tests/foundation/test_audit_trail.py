@@ -1,0 +1,86 @@
+"""The audit trail is append-only: not through the ORM, not through the admin (for
+anyone), and on PostgreSQL not even through raw SQL."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from django.db import DatabaseError, connection, transaction
+
+from hospital import audit
+from hospital.models import AppendOnlyError, AuditEvent
+
+
+@pytest.fixture
+def event(doctor, hospital_a):
+    return audit.record(audit.Action.STUDY_VIEWED, actor=doctor, hospital=hospital_a, target=hospital_a, count=1)
+
+
+def test_orm_refuses_to_change_or_delete_an_event(event):
+    event.action = "auth.login"
+    with pytest.raises(AppendOnlyError):
+        event.save()
+    with pytest.raises(AppendOnlyError):
+        event.delete()
+    with pytest.raises(AppendOnlyError):
+        AuditEvent.objects.filter(pk=event.pk).update(action="auth.login")
+    with pytest.raises(AppendOnlyError):
+        AuditEvent.objects.filter(pk=event.pk).delete()
+    stored = AuditEvent.objects.get()
+    assert (stored.action, stored.detail) == ("study.viewed", {"count": 1})
+
+
+@pytest.mark.parametrize("user_fixture", ["hospital_admin", "superuser"])
+def test_admin_refuses_to_add_change_or_delete_an_event_even_for_superusers(request, client_for, event, user_fixture):
+    client = client_for(request.getfixturevalue(user_fixture))
+    change_url = f"/admin/hospital/auditevent/{event.pk}/change/"
+    assert client.get(change_url).status_code == 200  # read-only view
+    assert client.post(change_url, {"action": "auth.login", "outcome": "failure"}).status_code == 403
+    assert client.post(f"/admin/hospital/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert client.get("/admin/hospital/auditevent/add/").status_code == 403
+    response = client.post("/admin/hospital/auditevent/", {"action": "delete_selected", "_selected_action": [event.pk]})
+    assert response.status_code in {200, 302}
+    # (force_login itself added an auth.login event)
+    assert list(AuditEvent.objects.values_list("pk", "action", "outcome").exclude(action="auth.login")) == [
+        (event.pk, "study.viewed", "success")
+    ]
+
+
+def _require_postgresql() -> None:
+    if connection.vendor != "postgresql":
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI must run this test on PostgreSQL (DATABASE_URL).")
+        pytest.skip("the append-only trigger exists on PostgreSQL only")
+
+
+@pytest.mark.services
+def test_postgresql_refuses_raw_sql_update_and_delete_of_events(event):
+    _require_postgresql()
+    table = AuditEvent._meta.db_table
+    for statement in (f"UPDATE {table} SET action = 'auth.login' WHERE id = %s", f"DELETE FROM {table} WHERE id = %s"):
+        with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(statement, [event.pk])
+    stored = AuditEvent.objects.get()
+    assert (stored.pk, stored.action) == (event.pk, "study.viewed")
+
+
+@pytest.mark.services
+def test_postgresql_still_accepts_new_events(event, hospital_a):
+    _require_postgresql()
+    audit.record(audit.Action.STUDY_LISTED, hospital=hospital_a)
+    assert AuditEvent.objects.count() == 2
+
+
+def test_events_name_targets_by_public_id_and_carry_the_client_ip(client, doctor, hospital_a):
+    client.post(
+        "/accounts/login/", {"username": doctor.email, "password": "correct-horse-battery-9"}, REMOTE_ADDR="10.1.2.3"
+    )
+    event = AuditEvent.objects.get(action="auth.login")
+    assert (event.actor_user, event.hospital, event.target_type, event.target_id, event.client_ip) == (
+        doctor,
+        hospital_a,
+        "user",
+        str(doctor.code),
+        "10.1.2.3",
+    )

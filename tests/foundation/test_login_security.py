@@ -1,0 +1,161 @@
+"""Logins: lockout after repeated failures (even the right password is refused while
+locked), every attempt audited without what was typed, idle sessions expire, and the
+production settings pass Django's deployment checks."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.contrib.sessions.models import Session
+from django.utils import timezone
+
+from accounts.models import User
+from hospital.models import AuditEvent
+from tests.conftest import PASSWORD, REPO_ROOT
+
+LOGIN_URL = "/accounts/login/"
+WRONG = "not-the-password-at-all"
+
+
+def _login(client, email: str, password: str):
+    return client.post(LOGIN_URL, {"username": email, "password": password})
+
+
+def _failures() -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(action="auth.login_failed").order_by("id"))
+
+
+@pytest.fixture
+def threshold(settings) -> int:
+    settings.LOGIN_LOCKOUT_THRESHOLD = 3
+    settings.LOGIN_LOCKOUT_SECONDS = 600
+    return 3
+
+
+def test_account_locks_after_the_threshold_and_refuses_the_right_password(client, doctor, threshold):
+    for _ in range(threshold - 1):
+        assert _login(client, doctor.email, WRONG).status_code == 200
+    doctor.refresh_from_db()
+    assert (doctor.failed_login_count, doctor.locked_until) == (threshold - 1, None)
+
+    assert _login(client, doctor.email, WRONG).status_code == 200
+    doctor.refresh_from_db()
+    assert doctor.locked_until is not None
+    assert 590 <= (doctor.locked_until - timezone.now()).total_seconds() <= 600
+
+    response = _login(client, doctor.email, PASSWORD)
+    assert response.status_code == 200
+    assert "_auth_user_id" not in client.session
+    assert not AuditEvent.objects.filter(action="auth.login").exists()
+    assert [e.detail for e in _failures()] == [{}, {}, {"locked": True}, {"locked": True}]
+    assert {(e.target_id, e.outcome, e.hospital.slug) for e in _failures()} == {
+        (str(doctor.code), "failure", "st-marys")
+    }
+
+
+def test_lock_expires_and_a_successful_login_resets_the_counter(client, doctor, threshold):
+    for _ in range(threshold):
+        _login(client, doctor.email, WRONG)
+    User.objects.filter(pk=doctor.pk).update(locked_until=timezone.now() - timedelta(seconds=1))
+    response = _login(client, doctor.email, PASSWORD)
+    assert response.status_code == 302
+    doctor.refresh_from_db()
+    assert (doctor.failed_login_count, doctor.locked_until) == (0, None)
+    assert AuditEvent.objects.filter(action="auth.login", actor_user=doctor).count() == 1
+
+
+def test_failed_login_for_an_unknown_email_is_audited_without_what_was_typed(client, doctor):
+    typed = "maybe-my-password@nowhere.example"
+    assert _login(client, typed, WRONG).status_code == 200
+    (event,) = _failures()
+    assert (event.target_type, event.target_id, event.actor_user, event.hospital, event.detail) == (
+        "",
+        "",
+        None,
+        None,
+        {},
+    )
+    assert typed not in str(AuditEvent.objects.values_list("detail", "target_id"))
+
+
+def test_logout_is_audited(client, doctor):
+    _login(client, doctor.email, PASSWORD)
+    assert client.post("/accounts/logout/").status_code == 302
+    (event,) = AuditEvent.objects.filter(action="auth.logout")
+    assert (event.actor_user, event.target_id) == (doctor, str(doctor.code))
+
+
+def test_inactive_user_cannot_log_in(client, doctor):
+    User.objects.filter(pk=doctor.pk).update(is_active=False)
+    assert _login(client, doctor.email, PASSWORD).status_code == 200
+    assert "_auth_user_id" not in client.session
+
+
+def test_session_expires_after_the_idle_time_and_each_request_extends_it(client, doctor):
+    assert (settings.SESSION_COOKIE_AGE, settings.SESSION_SAVE_EVERY_REQUEST) == (30 * 60, True)
+    _login(client, doctor.email, PASSWORD)
+    session = Session.objects.get(session_key=client.session.session_key)
+    remaining = (session.expire_date - timezone.now()).total_seconds()
+    assert 30 * 60 - 10 <= remaining <= 30 * 60
+
+    # Idle past the limit: the session is gone, the next page asks to sign in again.
+    Session.objects.filter(pk=session.pk).update(expire_date=timezone.now() - timedelta(seconds=1))
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/login/?next=/"
+
+
+def _production_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG"}}
+    env.update(DJANGO_SETTINGS_MODULE="config.settings.production", ALLOWED_HOSTS="pleura.example", **extra)
+    return env
+
+
+def test_production_settings_pass_check_deploy_without_warnings():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy"],
+        cwd=REPO_ROOT,
+        env=_production_env(SECRET_KEY=secrets.token_urlsafe(50)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "System check identified no issues (0 silenced)."
+    assert "WARNING" not in result.stderr
+
+
+def test_production_refuses_to_start_without_a_secret_key():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=REPO_ROOT,
+        env=_production_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "The environment variable SECRET_KEY is required." in result.stderr
+
+
+def test_production_cookies_are_secure():
+    code = (
+        "from django.conf import settings as s; "
+        "print(s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SESSION_COOKIE_HTTPONLY, s.DEBUG)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {code}"],
+        cwd=REPO_ROOT,
+        env=_production_env(SECRET_KEY=secrets.token_urlsafe(50)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True", "True", "False"]
