@@ -10,6 +10,7 @@ import uuid
 
 from django.conf import settings
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Exists, OuterRef, QuerySet, Subquery
 from django.http import Http404, HttpRequest, HttpResponse
@@ -261,9 +262,13 @@ def study_heatmap(request: HttpRequest, code) -> HttpResponse:
 
 @never_cache
 @require_POST
-@role_required(Role.RADIOLOGIST)
+@role_required()
 def study_review(request: HttpRequest, code) -> HttpResponse:
+    # The study is resolved before the role is checked: an outsider learns nothing
+    # (404) even when their role could never review, a doctor of the hospital gets 403.
     study = _get_study(request, code)
+    if request.membership.role != Role.RADIOLOGIST:
+        raise PermissionDenied("Only radiologists can review studies.")
     prediction = current_prediction(study)
     form = ReviewForm(request.POST, model_label=prediction.label if prediction else None)
     if not form.is_valid():

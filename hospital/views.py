@@ -76,8 +76,10 @@ def audit_log(request: HttpRequest) -> HttpResponse:
         events = form.apply(events)
     else:
         events, status = events.none(), 400
+    # Recorded before the page is counted, so the count and the rows agree (the
+    # viewing itself is the newest event of the log it shows).
+    audit.record(audit.Action.AUDIT_VIEWED, request=request, filters=sorted(form.public_params()))
     page = Paginator(events, AUDIT_PAGE_SIZE).get_page(form.cleaned_data.get("page") if form.is_valid() else 1)
-    audit.record(audit.Action.AUDIT_VIEWED, request=request, page=page.number, filters=sorted(form.public_params()))
     context = {
         "form": form,
         "page": page,

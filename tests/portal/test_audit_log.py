@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from hospital import audit
+from hospital.audit import Action
+from hospital.models import AuditEvent
+
+AUDIT = reverse("hospital:audit_log")
+HX = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "audit-results"}
+
+
+def action_cells(html: str) -> list[str]:
+    return re.findall(r'<span class="muted mono small">([a-z_.]+)</span>', html)
+
+
+@pytest.fixture
+def events(hospital_a, hospital_b, doctor, radiologist, outsider):
+    old = timezone.now() - timedelta(days=40)
+    audit.record(Action.STUDY_UPLOADED, actor=doctor, hospital=hospital_a)
+    audit.record(Action.REVIEW_SAVED, actor=radiologist, hospital=hospital_a)
+    AuditEvent.objects.create(action=Action.LOGIN, actor_user=doctor, hospital=hospital_a, created_at=old)
+    audit.record(Action.STUDY_VIEWED, actor=outsider, hospital=hospital_b)
+
+
+def test_hospital_admin_sees_only_their_hospitals_events(client_for, hospital_admin, events):
+    response = client_for(hospital_admin).get(AUDIT)
+    html = response.content.decode()
+    assert response.status_code == 200
+    # Newest first; the admin's own sign-in and viewing of the log are in it too.
+    assert action_cells(html) == ["audit.viewed", "auth.login", "review.saved", "study.uploaded", "auth.login"]
+    assert "doctor@riverside.example" not in html
+    assert f'href="{reverse("admin:index")}"' in html  # the scoped Django admin is linked
+    assert "<title>Audit log · Pleura</title>" in html
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"action": "review.saved"}, ["review.saved"]),
+        ({"user": "doctor"}, ["study.uploaded", "auth.login"]),
+        ({"date_to": "OLD"}, ["auth.login"]),
+        ({"date_from": "TODAY", "action": "study.uploaded"}, ["study.uploaded"]),
+    ],
+)
+def test_filters_by_user_action_and_date(client_for, hospital_admin, doctor, events, params, expected):
+    today = timezone.now().date()
+    values = {"doctor": str(doctor.code), "OLD": (today - timedelta(days=40)).isoformat(), "TODAY": today.isoformat()}
+    params = {key: values.get(value, value) for key, value in params.items()}
+    html = client_for(hospital_admin).get(AUDIT, params, **HX).content.decode()
+    assert html.lstrip().startswith('<section id="audit-results"')
+    assert action_cells(html) == expected
+
+
+def test_a_user_of_another_hospital_is_not_a_valid_filter(client_for, hospital_admin, outsider, events):
+    response = client_for(hospital_admin).get(AUDIT, {"user": str(outsider.code)}, **HX)
+    assert response.status_code == 400
+    assert "Select a valid choice" in response.content.decode()
+    assert action_cells(response.content.decode()) == []
+
+
+def test_viewing_the_log_is_audited(client_for, hospital_admin, events):
+    client_for(hospital_admin).get(AUDIT, {"action": "review.saved"})
+    event = AuditEvent.objects.filter(action=Action.AUDIT_VIEWED).get()
+    assert (event.actor_user, event.hospital_id) == (hospital_admin, hospital_admin.memberships.get().hospital_id)
+    assert event.detail == {"filters": ["action"]}
+
+
+@pytest.mark.parametrize("hx", [False, True])
+def test_doctors_and_radiologists_get_403(client_for, doctor, radiologist, events, hx, client):
+    for user in (doctor, radiologist):
+        client.logout()
+        assert client_for(user).get(AUDIT, **(HX if hx else {})).status_code == 403
+    assert not AuditEvent.objects.filter(action=Action.AUDIT_VIEWED).exists()
+
+
+def test_the_other_hospitals_admin_sees_only_theirs(client_for, outsider_admin, events):
+    html = client_for(outsider_admin).get(AUDIT).content.decode()
+    assert action_cells(html) == ["audit.viewed", "auth.login", "study.viewed"]
+
+
+def test_nav_shows_audit_and_admin_links_only_to_hospital_admins(client_for, doctor, hospital_admin, client):
+    doctor_html = client_for(doctor).get(reverse("diagnostics:worklist")).content.decode()
+    assert AUDIT not in doctor_html and "Administration" not in doctor_html
+    client.logout()
+    admin_html = client_for(hospital_admin).get(reverse("diagnostics:worklist")).content.decode()
+    assert f'href="{AUDIT}"' in admin_html and f'href="{reverse("admin:index")}"' in admin_html
+
+
+def test_audit_query_count_is_constant(client_for, hospital_admin, doctor, hospital_a):
+    client = client_for(hospital_admin)
+    audit.record(Action.STUDY_UPLOADED, actor=doctor, hospital=hospital_a)
+    with CaptureQueriesContext(connection) as few:
+        client.get(AUDIT)
+    for _ in range(30):
+        audit.record(Action.STUDY_VIEWED, actor=doctor, hospital=hospital_a)
+    with CaptureQueriesContext(connection) as many:
+        html = client.get(AUDIT).content.decode()
+    assert len(action_cells(html)) == 34  # + the admin's sign-in and two views of the log
+    assert len(few.captured_queries) == len(many.captured_queries)
