@@ -1,0 +1,239 @@
+"""register_model, promote_model (gate, override, rollback), the audit trail and the one-active rule."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import IntegrityError, transaction
+
+from hospital.audit import Action
+from hospital.models import AuditEvent
+from mlcore import registry
+from mlcore.engine import InferenceEngine
+from mlcore.models import ModelVersion
+from mlcore.network import WeightsMismatchError
+from tests.mlcore.helpers import TINY_NAME, copy_model_dir
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def make_model(weights_dir, tiny_model):
+    """A trained model folder under MODEL_WEIGHTS_DIR, with the validation metrics given."""
+
+    def make(name: str, **metrics) -> str:
+        folder = copy_model_dir(tiny_model, weights_dir / name, name=name)
+        description = json.loads((folder / "model.json").read_text())
+        description["validation_metrics"].update(metrics)
+        (folder / "model.json").write_text(json.dumps(description))
+        return str(folder)
+
+    return make
+
+
+def _run(*args) -> str:
+    out = io.StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+def _events(action, name: str | None = None) -> list[AuditEvent]:
+    """Events of one kind, optionally only those about the version `name`."""
+    events = AuditEvent.objects.filter(action=action).order_by("id")
+    if name is not None:
+        events = events.filter(target_id=str(ModelVersion.objects.get(name=name).code))
+    return list(events)
+
+
+def test_register_model_records_a_candidate_with_its_hash_and_metrics(weights_dir, tiny_model):
+    output = _run("register_model", str(weights_dir / TINY_NAME))
+    description = json.loads((tiny_model / "model.json").read_text())
+
+    version = ModelVersion.objects.get()
+    assert output == f"registered {TINY_NAME} (candidate), sha256 {description['weights_sha256']}\n"
+    assert version.status == ModelVersion.Status.CANDIDATE
+    assert version.weights_path == f"{TINY_NAME}/weights.pt"
+    assert version.weights_sha256 == description["weights_sha256"]
+    assert version.threshold == description["threshold"]
+    assert version.temperature == description["temperature"]
+    assert version.metrics == description["validation_metrics"]
+    assert version.training_data == description["training_data"]
+    assert version.card["name"] == TINY_NAME
+    [event] = _events(Action.MODEL_REGISTERED)
+    assert (event.target_type, event.target_id, event.detail) == (
+        "modelversion",
+        str(version.code),
+        {"name": TINY_NAME},
+    )
+
+
+def test_register_model_with_activate_and_a_parent(make_model):
+    _run("register_model", make_model("v1"))
+    _run("register_model", make_model("v2"), "--parent", "v1", "--activate")
+    v2 = ModelVersion.objects.get(name="v2")
+    assert v2.status == ModelVersion.Status.ACTIVE
+    assert v2.parent.name == "v1"
+    assert ModelVersion.objects.active() == v2
+
+
+def test_register_model_refuses_a_folder_that_is_not_a_training_output(tmp_path, weights_dir):
+    with pytest.raises(CommandError, match=r"model\.json not found"):
+        call_command("register_model", str(tmp_path / "nowhere"))
+    assert ModelVersion.objects.count() == 0
+    assert AuditEvent.objects.count() == 0
+
+
+def test_register_model_refuses_weights_whose_hash_does_not_match(weights_dir):
+    with open(weights_dir / TINY_NAME / "weights.pt", "ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(CommandError, match="does not match the sha256 recorded"):
+        call_command("register_model", str(weights_dir / TINY_NAME))
+    assert ModelVersion.objects.count() == 0
+
+
+def test_register_model_refuses_a_name_twice_and_an_unknown_parent(make_model):
+    folder = make_model("v1")
+    _run("register_model", folder)
+    with pytest.raises(CommandError, match="a model version named 'v1' already exists"):
+        call_command("register_model", folder)
+    with pytest.raises(CommandError, match="no model version named 'ghost'"):
+        call_command("register_model", folder, "--name", "v9", "--parent", "ghost")
+    assert list(ModelVersion.objects.values_list("name", flat=True)) == ["v1"]
+
+
+def test_first_promotion_activates_and_is_audited(make_model):
+    _run("register_model", make_model("v1", roc_auc=0.9, sensitivity=0.95))
+    assert _run("promote_model", "v1", "--reason", "first model") == "promoted v1\n"
+
+    version = ModelVersion.objects.get()
+    assert version.status == ModelVersion.Status.ACTIVE
+    assert version.promoted_at is not None
+    [event] = _events(Action.MODEL_PROMOTED)
+    assert event.detail == {
+        "name": "v1",
+        "previous": None,
+        "override": False,
+        "gate_failures": [],
+        "reason": "first model",
+    }
+    assert (event.outcome, event.actor_user) == ("success", None)
+
+
+@pytest.fixture
+def active_v1(make_model):
+    _run("register_model", make_model("v1", roc_auc=0.9, sensitivity=0.95), "--activate")
+    return ModelVersion.objects.get(name="v1")
+
+
+def test_gate_refuses_a_worse_candidate_and_audits_the_refusal(active_v1, make_model):
+    _run("register_model", make_model("v2", roc_auc=0.85, sensitivity=0.97))
+    with pytest.raises(CommandError, match=r"v2 was not promoted: roc_auc 0.8500 is worse than .* 0.9000"):
+        call_command("promote_model", "v2")
+
+    assert ModelVersion.objects.active().name == "v1"
+    assert ModelVersion.objects.get(name="v2").status == ModelVersion.Status.CANDIDATE
+    [event] = _events(Action.MODEL_PROMOTION_REFUSED)
+    assert event.outcome == "denied"
+    assert event.detail == {
+        "name": "v2",
+        "failures": ["roc_auc 0.8500 is worse than the active version's 0.9000"],
+    }
+    assert _events(Action.MODEL_PROMOTED, "v2") == []
+
+
+def test_gate_accepts_a_better_candidate_and_retires_the_active_one(active_v1, make_model):
+    _run("register_model", make_model("v2", roc_auc=0.93, sensitivity=0.95))
+    assert _run("promote_model", "v2") == "promoted v2\n"
+
+    assert dict(ModelVersion.objects.values_list("name", "status")) == {"v1": "retired", "v2": "active"}
+    [event] = _events(Action.MODEL_PROMOTED, "v2")
+    assert event.detail == {"name": "v2", "previous": "v1", "override": False, "gate_failures": [], "reason": ""}
+    assert event.target_id == str(ModelVersion.objects.get(name="v2").code)
+
+
+def test_override_needs_a_superuser_actor(active_v1, make_model, doctor, superuser):
+    _run("register_model", make_model("v2", roc_auc=0.80, sensitivity=0.90))
+    with pytest.raises(CommandError, match="--override needs --actor EMAIL of a superuser"):
+        call_command("promote_model", "v2", "--override")
+    with pytest.raises(CommandError, match="only a superuser may override the promotion gate"):
+        call_command("promote_model", "v2", "--override", "--actor", doctor.email)
+    assert ModelVersion.objects.active().name == "v1"
+    assert _events(Action.MODEL_PROMOTED, "v2") == []
+
+    _run("promote_model", "v2", "--override", "--actor", superuser.email.upper(), "--reason", "urgent fix")
+    assert ModelVersion.objects.active().name == "v2"
+    [event] = _events(Action.MODEL_PROMOTED, "v2")
+    assert event.actor_user == superuser
+    assert event.detail == {
+        "name": "v2",
+        "previous": "v1",
+        "override": True,
+        "gate_failures": [
+            "roc_auc 0.8000 is worse than the active version's 0.9000",
+            "sensitivity 0.9000 is worse than the active version's 0.9500",
+        ],
+        "reason": "urgent fix",
+    }
+
+
+def test_rollback_reactivates_a_retired_version_and_is_audited(active_v1, make_model, superuser):
+    _run("register_model", make_model("v2", roc_auc=0.95, sensitivity=0.96))
+    _run("promote_model", "v2")
+    assert _run("promote_model", "v1", "--rollback", "--actor", superuser.email, "--reason", "drift") == (
+        "rolled back to v1\n"
+    )
+
+    assert dict(ModelVersion.objects.values_list("name", "status")) == {"v1": "active", "v2": "retired"}
+    [event] = _events(Action.MODEL_ROLLED_BACK)
+    assert event.actor_user == superuser
+    assert event.detail == {"name": "v1", "previous": "v2", "reason": "drift"}
+
+
+def test_rollback_refuses_a_version_that_was_never_active(active_v1, make_model):
+    _run("register_model", make_model("v2"))
+    with pytest.raises(CommandError, match="v2 was never active; promote it instead"):
+        call_command("promote_model", "v2", "--rollback")
+    with pytest.raises(CommandError, match="v1 is already the active version"):
+        call_command("promote_model", "v1")
+    with pytest.raises(CommandError, match="no model version named 'v7'"):
+        call_command("promote_model", "v7")
+    assert ModelVersion.objects.active().name == "v1"
+    assert _events(Action.MODEL_ROLLED_BACK) == []
+
+
+def test_database_allows_only_one_active_version(active_v1):
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ModelVersion.objects.create(
+            name="rogue",
+            architecture="resnet18",
+            image_size=64,
+            weights_path="rogue/weights.pt",
+            weights_sha256="0" * 64,
+            threshold=0.5,
+            status=ModelVersion.Status.ACTIVE,
+        )
+    assert list(ModelVersion.objects.filter(status="active").values_list("name", flat=True)) == ["v1"]
+
+
+def test_engine_refuses_weights_that_do_not_match_the_registered_hash(active_v1, weights_dir):
+    spec = registry.spec_for(active_v1)
+    assert InferenceEngine(spec, device="cpu").spec.name == "v1"
+    with open(spec.weights_path, "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(WeightsMismatchError, match="does not match registered"):
+        InferenceEngine(spec, device="cpu")
+    registry.engines.clear()
+    with pytest.raises(registry.RegistryError, match="does not match registered"):
+        registry.get_active_engine("cpu")
+
+
+def test_active_engine_is_loaded_once_per_process(active_v1):
+    registry.engines.clear()
+    version, engine = registry.get_active_engine("cpu")
+    again_version, again = registry.get_active_engine("cpu")
+    assert version == again_version == active_v1
+    assert engine is again
+    registry.engines.clear()

@@ -1,0 +1,118 @@
+"""A short real training on real radiographs, through the management command."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from django.core.management import CommandError, call_command
+
+from mlcore.calibration import calibrated_probability
+from mlcore.metrics import classification_report
+from mlcore.network import file_sha256
+from tests.mlcore.helpers import SMALL_DATA, TINY_EPOCHS, TINY_IMAGE_SIZE, TINY_NAME
+
+
+def test_train_model_writes_every_artefact(tiny_model):
+    assert sorted(p.name for p in tiny_model.iterdir()) == [
+        "model.json",
+        "model_card.json",
+        "model_card.md",
+        "split.json",
+        "val_predictions.npz",
+        "weights.pt",
+    ]
+    description = json.loads((tiny_model / "model.json").read_text())
+    assert description["name"] == TINY_NAME
+    assert description["architecture"] == "resnet18"
+    assert description["image_size"] == TINY_IMAGE_SIZE
+    assert description["weights"] == "weights.pt"
+    assert description["weights_sha256"] == file_sha256(tiny_model / "weights.pt")
+    assert description["min_sensitivity"] == 0.95
+    assert len(description["history"]) == TINY_EPOCHS
+    assert description["best_epoch"] in (1, 2)
+    assert description["temperature"] > 0
+    training_data = description["training_data"]
+    assert training_data["train_images"] + training_data["val_images"] == 16
+    assert training_data["train_normal"] + training_data["val_normal"] == 8
+    assert training_data["train_pneumonia"] + training_data["val_pneumonia"] == 8
+
+
+def test_split_manifest_is_kept_with_the_model_and_disjoint_by_patient(tiny_model):
+    manifest = json.loads((tiny_model / "split.json").read_text())
+    assert manifest["unit"] == "patient"
+    assert manifest["seed"] == 3
+    train, val = set(manifest["train"]["files"]), set(manifest["val"]["files"])
+    assert train.isdisjoint(val)
+    on_disk = {f"{p.parent.name}/{p.name}" for p in SMALL_DATA.glob("*/*.jpeg")}
+    assert train | val == on_disk
+    assert manifest["val"]["normal"] >= 1
+    assert manifest["val"]["pneumonia"] >= 1
+
+
+def test_stored_threshold_meets_the_minimum_sensitivity_on_validation(tiny_model):
+    description = json.loads((tiny_model / "model.json").read_text())
+    stored = np.load(tiny_model / "val_predictions.npz")
+    probabilities = calibrated_probability(stored["logits"], description["temperature"], description["logit_bias"])
+    targets = stored["targets"]
+    predicted = probabilities >= description["threshold"]
+    sensitivity = predicted[targets == 1].mean()
+
+    assert len(targets) == description["training_data"]["val_images"]
+    assert sensitivity >= description["min_sensitivity"]
+    # The metrics stored with the model are those of its own validation predictions.
+    assert classification_report(targets, probabilities, description["threshold"]) == description["validation_metrics"]
+
+
+def test_model_card_states_use_limits_data_and_metrics(tiny_model):
+    card = json.loads((tiny_model / "model_card.json").read_text())
+    description = json.loads((tiny_model / "model.json").read_text())
+    assert card["validation_metrics"] == description["validation_metrics"]
+    assert card["operating_point"] == {
+        "threshold": description["threshold"],
+        "chosen_for": "sensitivity >= 0.95 on validation",
+    }
+    assert card["weights_sha256"] == description["weights_sha256"]
+    assert "pediatric" in " ".join(card["limitations"]).lower()
+    markdown = (tiny_model / "model_card.md").read_text()
+    assert markdown.startswith(f"# Model card: {TINY_NAME}\n")
+    assert "## Intended use" in markdown
+    assert f"| roc_auc | {description['validation_metrics']['roc_auc']} |" in markdown
+
+
+def test_training_is_reproducible_with_a_seed(tmp_path):
+    def run(out):
+        call_command(
+            "train_model",
+            *("--data", str(SMALL_DATA), "--out", str(out), "--image-size", "32", "--epochs", "1"),
+            *("--batch-size", "4", "--max-images", "4", "--val-fraction", "0.5", "--seed", "9", "--no-progress"),
+            stdout=io.StringIO(),
+        )
+        return json.loads((out / "model.json").read_text())
+
+    first, second = run(tmp_path / "a"), run(tmp_path / "b")
+    assert first["weights_sha256"] == second["weights_sha256"]
+    assert first["threshold"] == second["threshold"]
+    assert (tmp_path / "a" / "split.json").read_text() == (tmp_path / "b" / "split.json").read_text()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--image-size", "16"], "--image-size at least 32"),
+        (["--min-sensitivity", "1.5"], "--min-sensitivity must be in (0, 1]"),
+    ],
+)
+def test_train_model_refuses_bad_arguments(tmp_path, arguments, message):
+    with pytest.raises(CommandError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        call_command("train_model", "--data", str(SMALL_DATA), "--out", str(tmp_path / "out"), *arguments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_model_refuses_a_folder_without_the_class_folders(tmp_path):
+    (tmp_path / "NORMAL").mkdir()
+    with pytest.raises(CommandError, match="PNEUMONIA is missing"):
+        call_command("train_model", "--data", str(tmp_path), "--out", str(tmp_path / "out"), "--no-progress")
