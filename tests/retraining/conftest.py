@@ -1,0 +1,77 @@
+"""Learning-loop fixtures: a real tiny active model whose locked validation split lives in
+the fixture radiographs, and studies ingested through the real upload service."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from diagnostics.models import Study
+from diagnostics.reviews import save_review
+from mlcore import registry
+from mlcore.models import ModelVersion
+from tests.conftest import SHARED_DATA
+from tests.mlcore.helpers import SMALL_DATA, TINY_NAME, copy_model_dir, tiny_model_dir
+
+# What the uploaded DICOM says about its patient: none of it may leave in an export.
+PATIENT_NAME = "Quixote^Dulcinea"
+PATIENT_ID = "MRN-93817265"
+BIRTH_DATE = "19710423"
+ACCESSION = "ACC-55190733"
+DICOM_SOURCE = SHARED_DATA / "dicom" / "CR-MONO1-10-chest.dcm"
+
+
+@pytest.fixture
+def loop_settings(settings, tmp_path) -> Path:
+    """Weights in a private folder; the base training data is the 16 fixture radiographs."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    settings.MODEL_WEIGHTS_DIR = weights
+    settings.TRAINING_DATA_DIR = SMALL_DATA
+    registry.engines.clear()
+    yield weights
+    registry.engines.clear()
+
+
+@pytest.fixture
+def active_model(db, loop_settings, tmp_path_factory) -> ModelVersion:
+    """The session's tiny model (really trained on SMALL_DATA), registered and active."""
+    folder = copy_model_dir(tiny_model_dir(tmp_path_factory), loop_settings / TINY_NAME)
+    return registry.activate(registry.register_from_dir(folder))
+
+
+def dicom_with_phi(*, patient_id: str = PATIENT_ID, name: str = PATIENT_NAME, accession: str = ACCESSION) -> bytes:
+    """A real CR chest radiograph carrying identifiers, as a hospital's PACS would send it."""
+    dataset = pydicom.dcmread(DICOM_SOURCE, force=True)
+    dataset.PatientName = name
+    dataset.PatientID = patient_id
+    dataset.PatientBirthDate = BIRTH_DATE
+    dataset.AccessionNumber = accession
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=False)
+    return buffer.getvalue()
+
+
+def ingest(hospital, data: bytes, user, **identifiers) -> Study:
+    from diagnostics.services import ingest_upload
+
+    study, _ = ingest_upload(
+        hospital=hospital,
+        data=data,
+        source=Study.Source.PORTAL,
+        user=user,
+        patient_id=identifiers.get("patient_id", ""),
+        accession_number=identifiers.get("accession_number", ""),
+    )
+    return study
+
+
+def review(study: Study, radiologist, label: str, verdict: str = "disagree"):
+    return save_review(study=study, radiologist=radiologist, verdict=verdict, correct_label=label)[0]
+
+
+def fixture_image(class_name: str, index: int) -> bytes:
+    return sorted((SMALL_DATA / class_name).iterdir())[index].read_bytes()

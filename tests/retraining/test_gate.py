@@ -1,0 +1,118 @@
+"""The promotion gate on a real like-for-like comparison, the superuser override, and rollback."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from django.core.management import CommandError, call_command
+
+from hospital.audit import Action
+from hospital.models import AuditEvent
+from mlcore import registry, retraining
+from mlcore.models import ModelVersion
+from mlcore.network import build_network, save_weights
+from tests.mlcore.helpers import TINY_IMAGE_SIZE
+
+pytestmark = pytest.mark.slow
+
+
+def constant_model(weights_dir, active: ModelVersion) -> ModelVersion:
+    """A real network that says 0.5 for every image and calls all of them normal (threshold 0.9):
+    ROC AUC 0.5 and sensitivity 0 on any set. It keeps the active model's locked split."""
+    network = build_network("resnet18")
+    with torch.no_grad():
+        network.fc.weight.zero_()
+        network.fc.bias.zero_()
+    folder = weights_dir / "constant"
+    folder.mkdir()
+    sha256 = save_weights(network, folder / "weights.pt")
+    shutil.copy(registry.resolve_weights_path(active).parent / retraining.SPLIT_FILE, folder)
+    return ModelVersion.objects.create(
+        name="pleura-constant",
+        architecture="resnet18",
+        image_size=TINY_IMAGE_SIZE,
+        weights_path="constant/weights.pt",
+        weights_sha256=sha256,
+        threshold=0.9,
+    )
+
+
+def compare_for_gate(candidate: ModelVersion, active: ModelVersion) -> dict:
+    """What retraining stores: both on the locked validation set of the active model."""
+    from django.conf import settings
+
+    locked = retraining.locked_validation(
+        registry.resolve_weights_path(active).parent / retraining.SPLIT_FILE, settings.TRAINING_DATA_DIR
+    )
+    comparison = retraining.compare(registry.get_engine(candidate), registry.get_engine(active), locked, [])
+    candidate.metrics = {**candidate.metrics, "comparison": comparison}
+    candidate.save(update_fields=["metrics"])
+    return comparison
+
+
+def test_gate_refuses_a_candidate_worse_on_the_locked_validation_set(active_model, loop_settings):
+    worse = constant_model(loop_settings, active_model)
+    comparison = compare_for_gate(worse, active_model)
+    assert comparison["candidate"]["roc_auc"] == 0.5
+    assert comparison["candidate"]["sensitivity"] == 0.0
+    assert comparison["active"]["sensitivity"] >= 0.95  # its threshold was chosen on this very set
+
+    with pytest.raises(CommandError, match="was not promoted: .*sensitivity 0.0000 is worse"):
+        call_command("promote_model", worse.name)
+
+    assert ModelVersion.objects.active() == active_model
+    assert ModelVersion.objects.get(pk=worse.pk).status == ModelVersion.Status.CANDIDATE
+    event = AuditEvent.objects.get(action=Action.MODEL_PROMOTION_REFUSED)
+    assert (event.target_id, event.outcome) == (str(worse.code), "denied")
+    assert event.detail["name"] == worse.name
+    assert any(f.startswith("sensitivity 0.0000 is worse") for f in event.detail["failures"])
+
+
+def test_gate_accepts_a_better_candidate_and_rollback_restores_the_previous(active_model, loop_settings):
+    constant = constant_model(loop_settings, active_model)
+    registry.activate(constant)  # the weak model is now active; the trained one is a candidate again
+    trained = ModelVersion.objects.get(pk=active_model.pk)
+    ModelVersion.objects.filter(pk=trained.pk).update(status=ModelVersion.Status.CANDIDATE)
+    trained.refresh_from_db()
+    comparison = compare_for_gate(trained, constant)
+    assert comparison["candidate"]["roc_auc"] >= comparison["active"]["roc_auc"] == 0.5
+    assert comparison["candidate"]["sensitivity"] >= 0.95 > comparison["active"]["sensitivity"]
+
+    call_command("promote_model", trained.name)
+    assert ModelVersion.objects.active() == trained
+    assert ModelVersion.objects.get(pk=constant.pk).status == ModelVersion.Status.RETIRED
+    promoted = AuditEvent.objects.filter(action=Action.MODEL_PROMOTED).order_by("-id").first()
+    assert promoted.detail == {
+        "name": trained.name,
+        "previous": constant.name,
+        "override": False,
+        "gate_failures": [],
+        "reason": "",
+    }
+
+    call_command("promote_model", constant.name, "--rollback", "--reason", "regression reported")
+    assert ModelVersion.objects.active() == constant
+    assert ModelVersion.objects.get(pk=trained.pk).status == ModelVersion.Status.RETIRED
+    rolled_back = AuditEvent.objects.get(action=Action.MODEL_ROLLED_BACK)
+    assert rolled_back.detail == {"name": constant.name, "previous": trained.name, "reason": "regression reported"}
+
+
+def test_only_a_superuser_may_override_the_gate_and_the_override_is_audited(
+    active_model, loop_settings, superuser, hospital_admin
+):
+    worse = constant_model(loop_settings, active_model)
+    compare_for_gate(worse, active_model)
+
+    with pytest.raises(CommandError, match="only a superuser may override"):
+        call_command("promote_model", worse.name, "--override", "--actor", hospital_admin.email)
+    assert ModelVersion.objects.active() == active_model
+
+    call_command("promote_model", worse.name, "--override", "--actor", superuser.email, "--reason", "drill")
+    assert ModelVersion.objects.active() == worse
+    event = AuditEvent.objects.filter(action=Action.MODEL_PROMOTED).order_by("-id").first()
+    assert event.actor_user == superuser
+    assert event.detail["override"] is True
+    assert event.detail["reason"] == "drill"
+    assert len(event.detail["gate_failures"]) == 2  # AUC and sensitivity both worse
