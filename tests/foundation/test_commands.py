@@ -1,0 +1,218 @@
+"""Operations commands: they work, they are audited, and bad input gets a sentence and a
+non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from accounts.models import User
+from hospital.management.commands.seed_demo import DEMO_PASSWORD
+from hospital.models import AuditEvent, Hospital, IntegrationKey, Membership, hash_api_key
+from tests.conftest import PASSWORD, REPO_ROOT
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+def _actions() -> list[str]:
+    return list(AuditEvent.objects.order_by("id").values_list("action", flat=True))
+
+
+# -- create_hospital ----------------------------------------------------------
+
+
+def test_create_hospital_creates_and_audits(db):
+    out = run("create_hospital", "--name", "North Clinic", "--slug", "north")
+    hospital = Hospital.objects.get(slug="north")
+    assert (hospital.name, hospital.is_active, hospital.shares_reviews_for_training) == ("North Clinic", True, False)
+    assert out == "Created hospital North Clinic (slug north).\n"
+    event = AuditEvent.objects.get()
+    assert (event.action, event.hospital, event.target_id, event.actor_user) == (
+        "hospital.created",
+        hospital,
+        str(hospital.code),
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("slug", "message"),
+    [
+        ("st-marys", "slug: Hospital with this Slug already exists."),
+        ("not a slug", "slug: Enter a valid “slug”"),
+    ],
+)
+def test_create_hospital_refuses_bad_input(hospital_a, slug, message):
+    with pytest.raises(CommandError, match=message):
+        run("create_hospital", "--name", "Other", "--slug", slug)
+    assert Hospital.objects.count() == 1
+    assert AuditEvent.objects.count() == 0
+
+
+# -- create_user --------------------------------------------------------------
+
+
+def test_create_user_creates_a_member_with_role_and_audits(hospital_a):
+    out = run(
+        "create_user", "--hospital", "st-marys", "--role", "hospital_admin", "--email", "Boss@StMarys.example",
+        "--password", PASSWORD,
+    )  # fmt: skip
+    user = User.objects.get(email="boss@stmarys.example")
+    assert user.check_password(PASSWORD)
+    assert (user.is_staff, user.is_superuser) == (True, False)  # staff follows the hospital_admin role
+    assert list(user.memberships.values_list("hospital__slug", "role", "is_active")) == [
+        ("st-marys", "hospital_admin", True)
+    ]
+    assert out == "Created boss@stmarys.example as Hospital admin at St Mary's Hospital.\n"
+    assert _actions() == ["user.created", "membership.created"]
+    assert AuditEvent.objects.get(action="membership.created").detail == {
+        "user": str(user.code),
+        "role": "hospital_admin",
+        "staff": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("hospital", "role", "email", "password", "message"),
+    [
+        ("nowhere", "doctor", "a@b.example", PASSWORD, "No hospital with slug 'nowhere'"),
+        ("st-marys", "nurse", "a@b.example", PASSWORD, "Unknown role 'nurse'"),
+        ("st-marys", "doctor", "not-an-email", PASSWORD, "'not-an-email' is not a valid email address."),
+        ("st-marys", "doctor", "a@b.example", "short", "This password is too short"),
+        ("st-marys", "doctor", "a@b.example", "password1234", "This password is too common."),
+        ("st-marys", "doctor", "a@b.example", "839210384756", "This password is entirely numeric."),
+        ("st-marys", "doctor", "doctor@stmarys.example", PASSWORD, "already exists"),
+    ],
+)
+def test_create_user_refuses_bad_input(doctor, hospital, role, email, password, message):
+    with pytest.raises(CommandError, match=message):
+        run("create_user", "--hospital", hospital, "--role", role, "--email", email, "--password", password)
+    assert list(User.objects.values_list("email", flat=True)) == ["doctor@stmarys.example"]
+    assert Membership.objects.count() == 1
+    assert AuditEvent.objects.count() == 0
+
+
+def test_create_user_refuses_a_deactivated_hospital(hospital_a):
+    Hospital.objects.filter(pk=hospital_a.pk).update(is_active=False)
+    with pytest.raises(CommandError, match=re.escape("The hospital 'st-marys' is deactivated.")):
+        run(
+            "create_user",
+            "--hospital",
+            "st-marys",
+            "--role",
+            "doctor",
+            "--email",
+            "a@b.example",
+            "--password",
+            PASSWORD,
+        )
+    assert User.objects.count() == 0
+
+
+def test_a_command_error_exits_non_zero_with_the_message_on_stderr():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "create_user", "--hospital", "x", "--role", "nurse", "--email", "a@b.example",
+         "--password", PASSWORD],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip() == "CommandError: Unknown role 'nurse'. Use one of: doctor, radiologist, hospital_admin."
+    )
+    assert "Traceback" not in result.stderr
+
+
+# -- create_api_key -----------------------------------------------------------
+
+
+def test_create_api_key_prints_the_key_alone_on_the_last_line(hospital_a):
+    out = run("create_api_key", "--hospital", "st-marys", "--name", "EMR production")
+    raw_key = out.splitlines()[-1]
+    key = IntegrationKey.objects.get()
+    assert (key.hospital, key.name, key.key_hash, key.revoked_at) == (
+        hospital_a,
+        "EMR production",
+        hash_api_key(raw_key),
+        None,
+    )
+    assert raw_key.startswith(key.prefix)
+    assert len(raw_key) == len("plr_") + 43
+    event = AuditEvent.objects.get()
+    assert (event.action, event.hospital, event.detail) == ("key.created", hospital_a, {"prefix": key.prefix})
+
+
+@pytest.mark.parametrize(
+    ("hospital", "name", "message"),
+    [
+        ("nowhere", "EMR", "No hospital with slug 'nowhere'"),
+        ("st-marys", "   ", "The key needs a name"),
+        ("st-marys", "x" * 101, "too long"),
+        ("st-marys", "EMR St Mary's", "already has a key named"),
+    ],
+)
+def test_create_api_key_refuses_bad_input(key_a, hospital, name, message):
+    with pytest.raises(CommandError, match=message):
+        run("create_api_key", "--hospital", hospital, "--name", name)
+    assert IntegrationKey.objects.count() == 1
+    assert AuditEvent.objects.count() == 0
+
+
+# -- seed_demo ----------------------------------------------------------------
+
+
+def test_seed_demo_creates_two_hospitals_with_three_roles_and_is_idempotent(client, db):
+    first = run("seed_demo")
+    events_after_first = AuditEvent.objects.count()
+    second = run("seed_demo")
+
+    assert sorted(Hospital.objects.values_list("slug", flat=True)) == ["demo-childrens", "demo-general"]
+    assert sorted(Membership.objects.values_list("hospital__slug", "role")) == [
+        (slug, role)
+        for slug in ("demo-childrens", "demo-general")
+        for role in ("doctor", "hospital_admin", "radiologist")
+    ]
+    assert User.objects.count() == 6
+    assert sorted(User.objects.filter(is_staff=True).values_list("email", flat=True)) == [
+        "hospital-admin@demo-childrens.example",
+        "hospital-admin@demo-general.example",
+    ]
+    assert AuditEvent.objects.count() == events_after_first == 2 + 6 * 2
+    assert first.splitlines()[0] == "Demo data ready (8 object(s) created or repaired)."
+    assert second.splitlines()[0] == "Demo data ready (0 object(s) created or repaired)."
+    for email in User.objects.values_list("email", flat=True):
+        assert email in second
+        assert client.login(username=email, password=DEMO_PASSWORD)
+
+
+def test_seed_demo_repairs_a_changed_demo_password(db):
+    run("seed_demo")
+    user = User.objects.get(email="doctor@demo-general.example")
+    user.set_password("someone-changed-it-123")
+    user.save()
+    out = run("seed_demo")
+    user.refresh_from_db()
+    assert user.check_password(DEMO_PASSWORD)
+    assert out.splitlines()[0] == "Demo data ready (1 object(s) created or repaired)."
+
+
+def test_seed_demo_is_refused_where_demo_accounts_are_not_allowed(db, settings):
+    settings.DEMO_SEED_ALLOWED = False
+    with pytest.raises(CommandError, match="seed_demo is disabled in this environment"):
+        run("seed_demo")
+    assert User.objects.count() == Hospital.objects.count() == 0
+
+
+def test_seed_demo_logins_only_prints_and_changes_nothing(db):
+    out = run("seed_demo", "--logins")
+    assert out.splitlines()[0] == f"Demo logins (password for all: {DEMO_PASSWORD}):"
+    assert len(out.splitlines()) == 7
+    assert User.objects.count() == Hospital.objects.count() == 0
