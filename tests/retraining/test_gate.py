@@ -59,7 +59,7 @@ def test_gate_refuses_a_candidate_worse_on_the_locked_validation_set(active_mode
     assert comparison["candidate"]["sensitivity"] == 0.0
     assert comparison["active"]["sensitivity"] >= 0.95  # its threshold was chosen on this very set
 
-    with pytest.raises(CommandError, match="was not promoted: .*sensitivity 0.0000 is worse"):
+    with pytest.raises(CommandError, match=r"was not promoted: .*sensitivity 0\.0000 is worse"):
         call_command("promote_model", worse.name)
 
     assert ModelVersion.objects.active() == active_model
