@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from django.urls import reverse
+
+from hospital.audit import Action
+from hospital.models import AuditEvent
+from tests.conftest import PASSWORD
+
+LOGIN = reverse("accounts:login")
+
+
+def test_login_page_has_labelled_fields_and_no_nav(client):
+    html = client.get(LOGIN).content.decode()
+    assert '<label for="id_username">Email address</label>' in html
+    assert '<label for="id_password">Password</label>' in html
+    assert f'action="{LOGIN}"' in html
+    assert 'class="mainnav"' not in html
+    assert "<title>Sign in · Pleura</title>" in html
+
+
+def test_doctor_signs_in_and_lands_on_the_worklist(client, doctor):
+    response = client.post(LOGIN, {"username": doctor.email, "password": PASSWORD})
+    assert (response.status_code, response["Location"]) == (302, reverse("diagnostics:worklist"))
+    html = client.get(response["Location"]).content.decode()
+    assert 'class="hospital-chip"' in html and "St Mary&#x27;s Hospital" in html
+    assert "doctor@stmarys.example" in html
+
+
+def test_wrong_password_shows_a_clear_error(client, doctor):
+    response = client.post(LOGIN, {"username": doctor.email, "password": "wrong-password-123"})
+    assert response.status_code == 200
+    assert "Please enter a correct email address and password." in response.content.decode()
+
+
+def test_logout_is_a_post_form_and_ends_the_session(client_for, doctor):
+    client = client_for(doctor)
+    html = client.get(reverse("diagnostics:worklist")).content.decode()
+    assert f'<form method="post" action="{reverse("accounts:logout")}"' in html
+    response = client.post(reverse("accounts:logout"))
+    assert (response.status_code, response["Location"]) == (302, LOGIN)
+    assert client.get(reverse("diagnostics:worklist")).status_code == 302
+
+
+def test_password_change_page_and_change(client_for, doctor):
+    client = client_for(doctor)
+    page = client.get(reverse("accounts:password_change"))
+    assert page.status_code == 200
+    assert '<label for="id_old_password">Old password</label>' in page.content.decode()
+    new = "a-much-longer-passphrase-42"
+    response = client.post(
+        reverse("accounts:password_change"),
+        {"old_password": PASSWORD, "new_password1": new, "new_password2": new},
+    )
+    assert response.status_code == 302
+    doctor.refresh_from_db()
+    assert doctor.check_password(new)
+    assert "Your password has been changed." in client.get(response["Location"]).content.decode()
+    assert AuditEvent.objects.filter(action=Action.PASSWORD_CHANGED, actor_user=doctor).count() == 1
+
+
+def test_password_change_errors_are_shown_next_to_the_field(client_for, doctor):
+    response = client_for(doctor).post(
+        reverse("accounts:password_change"),
+        {"old_password": PASSWORD, "new_password1": "short", "new_password2": "short"},
+    )
+    assert response.status_code == 200
+    assert '<p class="field-error">This password is too short. It must contain at least 12 characters.</p>' in (
+        response.content.decode()
+    )
+
+
+def test_switcher_lists_only_the_users_hospitals(client_for, shared_radiologist, hospital_a, hospital_b):
+    html = client_for(shared_radiologist).get(reverse("diagnostics:worklist")).content.decode()
+    switcher = html[html.index('<select id="hospital-switch"') : html.index("</select>", html.index("hospital-switch"))]
+    assert switcher.count("<option ") == 2
+    assert f'<option value="{hospital_a.code}"' in switcher and f'<option value="{hospital_b.code}"' in switcher
+
+
+def test_switching_to_a_hospital_one_does_not_belong_to_is_404(client_for, doctor, hospital_b):
+    client = client_for(doctor)
+    response = client.post(reverse("accounts:switch_hospital"), {"hospital": str(hospital_b.code)})
+    assert response.status_code == 404
+    assert "Riverside Clinic" not in client.get(reverse("diagnostics:worklist")).content.decode()
