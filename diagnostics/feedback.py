@@ -192,12 +192,23 @@ def _prepare(out_dir: Path) -> None:
             (folder / class_name).mkdir(parents=True, exist_ok=True)
 
 
+def _load_gray(study: Study):
+    """The stored original's grey pixels, decoded the way prediction decodes them."""
+    from mlcore.preprocessing import load_grayscale_file  # torch: not at the web server's import time
+
+    if study.original_format == Study.Format.DICOM:
+        from diagnostics import imaging  # pydicom and its plugins: load them where used
+
+        return imaging.load_grayscale(study)
+    with study.original_file.open("rb") as handle:
+        return load_grayscale_file(handle.read())
+
+
 def _write_example(out_dir: Path, item: LabelledStudy, held_out: bool) -> str | None:
-    from diagnostics import imaging  # pydicom and its plugins: load them where used
-    from mlcore.preprocessing import gray_to_png  # torch: not at the web server's import time
+    from mlcore.preprocessing import gray_to_png
 
     try:
-        gray = imaging.load_grayscale(item.study)
+        gray = _load_gray(item.study)
     except Exception:  # a stored file that no longer decodes is left out, not fatal
         return None
     relative = Path(HOLDOUT_FOLDER if held_out else "") / FOLDER_FOR_LABEL[item.label] / export_name(item.study)

@@ -75,3 +75,37 @@ def review(study: Study, radiologist, label: str, verdict: str = "disagree"):
 
 def fixture_image(class_name: str, index: int) -> bytes:
     return sorted((SMALL_DATA / class_name).iterdir())[index].read_bytes()
+
+
+TRAIN = SHARED_DATA / "chest_xray" / "train"
+# Real radiographs that are not among the base fixture images (so never in the locked set).
+REVIEW_IMAGES = {
+    "normal": [TRAIN / "NORMAL" / "IM-0115-0001.jpeg", TRAIN / "NORMAL" / "IM-0117-0001.jpeg"],
+    "pneumonia": [TRAIN / "PNEUMONIA" / "person1000_bacteria_2931.jpeg", TRAIN / "PNEUMONIA" / "person1001_bacteria_2932.jpeg"],
+}
+
+
+def stored_study(hospital, image: Path, *, patient_id: str = PATIENT_ID, **fields) -> Study:
+    """A completed study of a real JPEG radiograph, as ingestion and the pipeline leave it."""
+    import hashlib
+    from datetime import date
+
+    from django.core.files.base import ContentFile
+
+    data = image.read_bytes()
+    study = Study(
+        hospital=hospital,
+        patient_id=patient_id,
+        patient_name=fields.pop("patient_name", PATIENT_NAME.replace("^", " ")),
+        patient_birth_date=date(1971, 4, 23),
+        accession_number=fields.pop("accession_number", ACCESSION),
+        source=Study.Source.PORTAL,
+        original_format=Study.Format.JPEG,
+        original_sha256=hashlib.sha256(data).hexdigest(),
+        original_size=len(data),
+        status=Study.Status.COMPLETED,
+        **fields,
+    )
+    study.original_file.save("original.jpg", ContentFile(data), save=False)
+    study.save()
+    return study

@@ -1,0 +1,181 @@
+"""The training export: consent respected, labels by the documented rule, de-identified."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from diagnostics import feedback
+from hospital.audit import Action
+from hospital.models import AuditEvent
+from mlcore.preprocessing import gray_to_png, load_grayscale_file
+from tests.retraining.conftest import (
+    ACCESSION,
+    BIRTH_DATE,
+    PATIENT_ID,
+    PATIENT_NAME,
+    REVIEW_IMAGES,
+    dicom_with_phi,
+    ingest,
+    review,
+    stored_study,
+)
+
+
+@pytest.fixture
+def consenting(hospital_a):
+    hospital_a.shares_reviews_for_training = True
+    hospital_a.save()
+    return hospital_a
+
+
+def _png(path) -> bytes:
+    return gray_to_png(load_grayscale_file(path.read_bytes()))
+
+
+def _files(out_dir) -> list:
+    return sorted(p for p in out_dir.rglob("*") if p.is_file())
+
+
+def test_label_rule_majority_wins_and_ties_are_left_out():
+    assert feedback.label_from_reviews(["pneumonia"]) == "pneumonia"
+    assert feedback.label_from_reviews(["normal", "pneumonia", "normal"]) == "normal"
+    assert feedback.label_from_reviews(["normal", "pneumonia"]) is None
+    assert feedback.label_from_reviews([]) is None
+
+
+def test_export_holds_only_consenting_hospitals_reviews(
+    tmp_path, consenting, hospital_b, radiologist, shared_radiologist
+):
+    a_pneumonia = stored_study(consenting, REVIEW_IMAGES["pneumonia"][0])
+    a_normal = stored_study(consenting, REVIEW_IMAGES["normal"][0], patient_id="MRN-2")
+    review(a_pneumonia, radiologist, "pneumonia", verdict="agree")
+    review(a_normal, radiologist, "normal")
+    for image in (REVIEW_IMAGES["pneumonia"][1], REVIEW_IMAGES["normal"][1]):
+        review(stored_study(hospital_b, image, patient_id="B-1"), shared_radiologist, "pneumonia")
+    stored_study(consenting, REVIEW_IMAGES["normal"][1], patient_id="MRN-3")  # not reviewed: no label
+
+    out = tmp_path / "export"
+    result = feedback.export_training_set(out, holdout_fraction=0)
+
+    assert (result.train, result.per_hospital) == (
+        {"pneumonia": 1, "normal": 1},
+        {"st-marys": {"train": 1 + 1, "holdout": 0}},
+    )
+    assert [p.read_bytes() for p in _files(out / "PNEUMONIA")] == [_png(REVIEW_IMAGES["pneumonia"][0])]
+    assert [p.read_bytes() for p in _files(out / "NORMAL")] == [_png(REVIEW_IMAGES["normal"][0])]
+    assert len(_files(out)) == 3  # two images and the manifest: nothing of Riverside's
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["hospitals"] == {"st-marys": {"train": 2, "holdout": 0}}
+    assert manifest["label_rule"] == feedback.LABEL_RULE
+    assert manifest["data_sha256"] == result.data_sha256
+    event = AuditEvent.objects.get(action=Action.TRAINING_EXPORTED)
+    assert (event.actor_user, event.hospital, event.outcome) == (None, None, "success")
+    assert event.detail == {
+        "examples": 2,
+        "holdout": 0,
+        "hospitals": {"st-marys": {"train": 2, "holdout": 0}},
+        "conflicts_left_out": 0,
+        "undecodable_left_out": 0,
+        "data_sha256": result.data_sha256,
+    }
+
+
+def test_withdrawn_consent_empties_the_next_export(tmp_path, consenting, radiologist):
+    review(stored_study(consenting, REVIEW_IMAGES["normal"][0]), radiologist, "normal")
+    out = tmp_path / "export"
+    assert feedback.export_training_set(out, holdout_fraction=0).train_examples == 1
+    consenting.shares_reviews_for_training = False
+    consenting.save()
+    result = feedback.export_training_set(out, holdout_fraction=0)
+    assert (result.train_examples, result.per_hospital) == (0, {})
+    assert [p.name for p in _files(out)] == ["manifest.json"]
+
+
+def test_command_refuses_a_named_hospital_without_consent(tmp_path, consenting, hospital_b):
+    with pytest.raises(CommandError, match="riverside has not consented"):
+        call_command("export_training_set", "--out", str(tmp_path / "x"), "--hospital", "riverside")
+    assert not AuditEvent.objects.filter(action=Action.TRAINING_EXPORTED).exists()
+    out = io.StringIO()
+    call_command("export_training_set", "--out", str(tmp_path / "y"), "--hospital", "st-marys", stdout=out)
+    assert "exported 0 training and 0 hold-out examples from 0 consenting hospital(s)" in out.getvalue()
+
+
+def test_command_will_not_overwrite_a_folder_that_is_not_an_export(tmp_path, consenting):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(CommandError, match="is not empty"):
+        call_command("export_training_set", "--out", str(tmp_path))
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_tied_reviews_are_left_out(tmp_path, consenting, radiologist, shared_radiologist):
+    study = stored_study(consenting, REVIEW_IMAGES["pneumonia"][0])
+    review(study, radiologist, "pneumonia")
+    review(study, shared_radiologist, "normal")
+    result = feedback.export_training_set(tmp_path / "export", holdout_fraction=0)
+    assert (result.train_examples, result.conflicts_left_out) == (0, 1)
+
+
+def test_holdout_keeps_each_patient_on_one_side_and_is_stable(tmp_path, consenting, radiologist):
+    studies = []
+    for n in range(6):
+        image = REVIEW_IMAGES["pneumonia" if n % 2 else "normal"][n % 4 // 2]
+        studies.append(stored_study(consenting, image, patient_id=f"P-{n // 2}"))  # 3 patients, 2 studies each
+    for study in studies:
+        review(study, radiologist, "pneumonia")
+    first = feedback.export_training_set(tmp_path / "one", holdout_fraction=0.5)
+    second = feedback.export_training_set(tmp_path / "two", holdout_fraction=0.5)
+    assert first.manifest["holdout"]["files"] == second.manifest["holdout"]["files"]
+    assert first.train_examples + first.holdout_examples == 6
+    assert first.holdout_examples % 2 == 0  # both studies of a patient, or neither
+    held = {feedback.export_name(s) for s in studies if feedback.is_held_out(s, 0.5)}
+    assert {p.split("/")[-1] for p in first.manifest["holdout"]["files"]} == held
+    assert {p.name for p in _files(tmp_path / "one" / "holdout")} == held
+
+
+def _assert_no_identifiers(out, study) -> None:
+    needles = [
+        PATIENT_ID,
+        PATIENT_NAME,
+        PATIENT_NAME.replace("^", " "),
+        "Quixote",
+        "Dulcinea",
+        BIRTH_DATE,
+        "1971-04-23",
+        ACCESSION,
+        str(study.code),
+        str(study.code).replace("-", ""),
+    ]
+    files = _files(out)
+    assert files
+    for path in files:
+        content = path.read_bytes()
+        for needle in needles:
+            assert needle.encode() not in content, f"{needle!r} found in {path.name}"
+            assert needle.lower().encode() not in content.lower()
+            assert needle not in str(path.relative_to(out))
+    for path in files:
+        if path.suffix == ".png":
+            assert re.fullmatch(r"rv-[0-9a-f]{32}\.png", path.name)
+
+
+def test_export_of_a_stored_jpeg_carries_no_identifier(tmp_path, consenting, radiologist):
+    study = stored_study(consenting, REVIEW_IMAGES["pneumonia"][0])
+    review(study, radiologist, "pneumonia")
+    feedback.export_training_set(tmp_path / "export", holdout_fraction=0)
+    _assert_no_identifiers(tmp_path / "export", study)
+
+
+def test_export_of_an_uploaded_dicom_carries_no_identifier_from_its_header(tmp_path, consenting, doctor, radiologist):
+    pytest.importorskip("diagnostics.services", reason="the ingestion service is not in this checkout yet")
+    study = ingest(consenting, dicom_with_phi(), doctor)
+    study.refresh_from_db()
+    assert study.patient_id == PATIENT_ID  # the header really carried it into Pleura
+    review(study, radiologist, "normal")
+    result = feedback.export_training_set(tmp_path / "export", holdout_fraction=0)
+    assert result.train == {"normal": 1}
+    _assert_no_identifiers(tmp_path / "export", study)
