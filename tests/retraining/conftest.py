@@ -81,7 +81,10 @@ TRAIN = SHARED_DATA / "chest_xray" / "train"
 # Real radiographs that are not among the base fixture images (so never in the locked set).
 REVIEW_IMAGES = {
     "normal": [TRAIN / "NORMAL" / "IM-0115-0001.jpeg", TRAIN / "NORMAL" / "IM-0117-0001.jpeg"],
-    "pneumonia": [TRAIN / "PNEUMONIA" / "person1000_bacteria_2931.jpeg", TRAIN / "PNEUMONIA" / "person1001_bacteria_2932.jpeg"],
+    "pneumonia": [
+        TRAIN / "PNEUMONIA" / "person1000_bacteria_2931.jpeg",
+        TRAIN / "PNEUMONIA" / "person1001_bacteria_2932.jpeg",
+    ],
 }
 
 
