@@ -5,13 +5,22 @@ sees and changes rows of the hospitals they administer, nothing else. Platform
 superusers see everything. Permissions come from the membership role, not from
 Django's model permissions, so no group or permission row can widen them.
 
-Other apps register their tenant-owned models with `HospitalScopedAdmin`.
+Other apps register their tenant-owned models with `HospitalScopedAdmin`:
+
+    @admin.register(Study)
+    class StudyAdmin(HospitalScopedAdmin):
+        hospital_admin_permissions = frozenset({"view"})
+        list_display = [...]
+
+Foreign-key choices are scoped by `formfield_for_foreignkey`; do not add
+`raw_id_fields` or `autocomplete_fields` to tenant-owned relations, whose lookup
+pages are not scoped.
 """
 
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied
 from django.http import Http404
 from django.template.response import TemplateResponse
 
@@ -98,6 +107,10 @@ class HospitalScopedAdmin(admin.ModelAdmin):
             kwargs["queryset"] = Hospital.objects.filter(is_active=True)
         elif db_field.related_model._meta.label == "accounts.User" and not self.is_platform_admin(request):
             kwargs["queryset"] = self.scoped_users(request)
+        elif _is_tenant_owned(db_field.related_model) and not self.is_platform_admin(request):
+            # e.g. a study's integration key: only rows of the admin's hospitals.
+            related = db_field.related_model._default_manager
+            kwargs["queryset"] = related.filter(hospital__in=self.admin_hospitals(request))
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def scoped_users(self, request):
@@ -115,9 +128,22 @@ class HospitalScopedAdmin(admin.ModelAdmin):
             return filters
         return [item for item in filters if item not in {self.hospital_lookup, "hospital"}]
 
+    def save_model(self, request, obj, form, change):
+        if self.hospital_lookup == "hospital":
+            self.check_hospital(request, obj.hospital)
+        super().save_model(request, obj, form, change)
+
     def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
         # Outsiders get the same 404 as a row that does not exist: no hint either way.
         raise Http404("No such object.")
+
+
+def _is_tenant_owned(model) -> bool:
+    try:
+        field = model._meta.get_field("hospital")
+    except FieldDoesNotExist:
+        return False
+    return getattr(field, "related_model", None) is Hospital
 
 
 @admin.register(Hospital)
