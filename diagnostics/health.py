@@ -17,7 +17,6 @@ import logging
 import threading
 from pathlib import Path
 
-from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
@@ -77,6 +76,9 @@ def _check_broker() -> str:
 
 
 def _check_model() -> str:
+    # Imported here: the registry pulls in torch, which a liveness probe must not wait for.
+    from mlcore.registry import resolve_weights_path
+
     try:
         version = ModelVersion.objects.active()
     except Exception:
@@ -84,9 +86,8 @@ def _check_model() -> str:
         return "unreachable"
     if version is None:
         return "no active model"
-    path = weights_file(version)
     try:
-        digest = file_sha256(path)
+        digest = file_sha256(resolve_weights_path(version))
     except OSError:
         logger.warning("readyz: weights file of the active model cannot be read")
         return "weights missing"
@@ -94,12 +95,6 @@ def _check_model() -> str:
         logger.error("readyz: weights file of the active model does not match its recorded sha256")
         return "weights hash mismatch"
     return OK
-
-
-def weights_file(version: ModelVersion) -> Path:
-    """The weights path of a registry row: absolute, or relative to MODEL_WEIGHTS_DIR."""
-    path = Path(version.weights_path)
-    return path if path.is_absolute() else Path(settings.MODEL_WEIGHTS_DIR) / path
 
 
 def file_sha256(path: Path) -> str:
