@@ -176,3 +176,30 @@ def test_hospital_admin_index_lists_the_foundation_models_but_not_groups(client_
         ("hospital", "AuditEvent"),
     } <= models
     assert ("auth", "Group") not in models
+
+
+def test_every_foundation_admin_page_renders_for_hospital_admins_and_superusers(
+    client_for, hospital_admin, superuser, doctor, key_a, hospital_a
+):
+    event = AuditEvent.objects.create(action="study.viewed", hospital=hospital_a)
+    membership = doctor.memberships.get()
+    pages = [
+        "/admin/",
+        "/admin/accounts/user/",
+        "/admin/accounts/user/add/",
+        f"/admin/accounts/user/{doctor.pk}/change/",
+        f"/admin/accounts/user/{doctor.pk}/password/",
+        "/admin/hospital/membership/",
+        "/admin/hospital/membership/add/",
+        f"/admin/hospital/membership/{membership.pk}/change/",
+        "/admin/hospital/integrationkey/",
+        "/admin/hospital/integrationkey/add/",
+        f"/admin/hospital/integrationkey/{key_a[0].pk}/change/",
+        "/admin/hospital/auditevent/",
+        f"/admin/hospital/auditevent/{event.pk}/change/",
+        "/admin/hospital/hospital/",
+        f"/admin/hospital/hospital/{hospital_a.pk}/change/",
+    ]
+    for user in (hospital_admin, superuser):
+        client = client_for(user)
+        assert {url: client.get(url).status_code for url in pages} == dict.fromkeys(pages, 200)
