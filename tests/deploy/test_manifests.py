@@ -1,0 +1,193 @@
+"""deploy/ is validated in CI: every YAML parses, kustomize resources exist and make
+sense, compose wires the services the issue asks for, the Grafana dashboard is valid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+K8S_BASE = DEPLOY / "k8s" / "base"
+YAML_FILES = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")])
+
+
+def _docs(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def _k8s_objects() -> dict[tuple[str, str], dict]:
+    kustomization = yaml.safe_load((K8S_BASE / "kustomization.yaml").read_text())
+    objects = {}
+    for resource in kustomization["resources"]:
+        for doc in _docs(K8S_BASE / resource):
+            objects[(doc["kind"], doc["metadata"]["name"])] = doc
+    return objects
+
+
+def _containers(deployment: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+
+
+def test_deploy_holds_the_expected_yaml_files():
+    names = {str(p.relative_to(DEPLOY)) for p in YAML_FILES}
+    assert {
+        "docker-compose.yml",
+        "prometheus/prometheus.yml",
+        "prometheus/alerts.yml",
+        "k8s/base/kustomization.yaml",
+        "k8s/overlays/example/kustomization.yaml",
+        "grafana/provisioning/datasources/prometheus.yml",
+        "grafana/provisioning/dashboards/pleura.yml",
+    } <= names
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_every_yaml_file_parses(path):
+    assert _docs(path), f"{path} is empty"
+
+
+@pytest.mark.parametrize("kustomization", sorted(DEPLOY.glob("k8s/**/kustomization.yaml")), ids=str)
+def test_kustomization_resources_and_generated_files_exist(kustomization):
+    spec = yaml.safe_load(kustomization.read_text())
+    folder = kustomization.parent
+    for resource in spec["resources"]:
+        assert (folder / resource).exists(), f"{resource} listed in {kustomization} does not exist"
+    for generator in spec.get("configMapGenerator", []):
+        for file in generator["files"]:
+            assert (folder / file).is_file()
+
+
+def test_every_kubernetes_object_is_complete_and_deployments_select_their_pods():
+    objects = _k8s_objects()
+    assert len(objects) == 14
+    for (kind, name), obj in objects.items():
+        assert obj["apiVersion"] and obj["metadata"]["name"] == name, kind
+        if kind == "Deployment":
+            template_labels = obj["spec"]["template"]["metadata"]["labels"]
+            assert obj["spec"]["selector"]["matchLabels"].items() <= template_labels.items(), name
+            assert obj["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True, name
+
+
+def test_web_probes_use_healthz_and_readyz_and_is_autoscaled_and_protected_from_drains():
+    objects = _k8s_objects()
+    web = _containers(objects[("Deployment", "pleura-web")])["web"]
+    assert web["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert web["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert objects[("HorizontalPodAutoscaler", "pleura-web")]["spec"]["scaleTargetRef"]["name"] == "pleura-web"
+    assert objects[("PodDisruptionBudget", "pleura-web")]["spec"]["minAvailable"] == 1
+    service = objects[("Service", "pleura-web")]
+    ingress = objects[("Ingress", "pleura")]
+    assert ingress["spec"]["tls"][0]["secretName"] == "pleura-tls"
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend["name"] == service["metadata"]["name"]
+
+
+def test_gpu_worker_requests_a_gpu_and_consumes_only_the_inference_queue():
+    worker = _containers(_k8s_objects()[("Deployment", "pleura-worker-gpu")])["worker"]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert worker["args"] == ["worker-gpu"]
+    assert {"name": "CELERY_QUEUES", "value": "inference"} in worker["env"]
+
+
+def test_beat_is_single_and_migrations_are_a_job():
+    objects = _k8s_objects()
+    beat = objects[("Deployment", "pleura-beat")]
+    assert beat["spec"]["replicas"] == 1
+    assert beat["spec"]["strategy"]["type"] == "Recreate"
+    assert _containers(objects[("Job", "pleura-migrate")])["migrate"]["args"] == ["migrate"]
+
+
+def test_example_overlay_ships_an_example_secret_and_configmap_in_base():
+    overlay = DEPLOY / "k8s" / "overlays" / "example"
+    secret = _docs(overlay / "secret.example.yaml")[0]
+    assert secret["kind"] == "Secret"
+    assert set(secret["stringData"]) == {"secret-key", "database-url", "s3-access-key-id", "s3-secret-access-key"}
+    assert _k8s_objects()[("ConfigMap", "pleura")]["data"]["DJANGO_SETTINGS_MODULE"] == "config.settings.production"
+
+
+def test_compose_runs_every_service_and_the_gpu_worker_under_a_profile():
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {
+        "web",
+        "worker",
+        "worker-gpu",
+        "beat",
+        "migrate",
+        "postgres",
+        "redis",
+        "nginx",
+        "prometheus",
+        "grafana",
+    } <= set(services)
+    gpu = services["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    assert gpu["environment"]["CELERY_QUEUES"] == "inference"
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    for name in ("web", "worker", "worker-gpu", "beat", "migrate"):
+        assert services[name]["command"][0] in {"web", "worker", "worker-gpu", "beat", "migrate"}
+        assert services[name]["environment"]["DJANGO_SETTINGS_MODULE"] == "config.settings.production"
+    for volume in services["prometheus"]["volumes"] + services["grafana"]["volumes"]:
+        assert (DEPLOY / volume.split(":")[0]).exists(), volume
+
+
+def test_grafana_dashboard_is_valid_and_covers_the_pipeline():
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "pleura.json").read_text())
+    assert dashboard["uid"] == "pleura-overview"
+    assert isinstance(dashboard["schemaVersion"], int)
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in panels:
+        assert set(panel["gridPos"]) == {"x", "y", "w", "h"}
+        assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        assert panel["datasource"]["uid"] == "pleura-prometheus"
+        assert panel["targets"] and all(t["expr"] and t["refId"] for t in panel["targets"])
+    queries = " ".join(t["expr"] for p in panels for t in p["targets"])
+    for metric in (
+        "django_http_requests_latency_seconds_by_view_method",
+        "django_http_responses_total_by_status_total",
+        "pleura_queue_depth",
+        "pleura_queue_wait_seconds",
+        "pleura_inference_latency_seconds",
+        "pleura_inference_batch_size",
+        "pleura_predictions_total",
+        "pleura_prediction_failures_total",
+        'up{job=~"pleura-worker.*"}',
+        "DCGM_FI_DEV_GPU_UTIL",
+    ):
+        assert metric in queries, metric
+    datasource = _docs(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml")[0]
+    assert datasource["datasources"][0]["uid"] == "pleura-prometheus"
+
+
+def test_dashboard_and_alerts_use_only_metrics_the_code_defines():
+    from diagnostics import metrics
+
+    defined = {
+        metrics.STUDIES_RECEIVED._name,
+        metrics.QUEUE_WAIT._name,
+        metrics.INFERENCE_LATENCY._name,
+        metrics.BATCH_SIZE._name,
+        metrics.PREDICTIONS._name,
+        metrics.FAILURES._name,
+    }
+    assert defined == {
+        "pleura_studies_received",
+        "pleura_queue_wait_seconds",
+        "pleura_inference_latency_seconds",
+        "pleura_inference_batch_size",
+        "pleura_predictions",
+        "pleura_prediction_failures",
+    }
+    alerts = _docs(DEPLOY / "prometheus" / "alerts.yml")[0]
+    names = {rule["alert"] for group in alerts["groups"] for rule in group["rules"]}
+    assert {
+        "PleuraQueueBackingUp",
+        "PleuraPredictionFailureRate",
+        "PleuraNoWorker",
+        "PleuraHighRequestLatency",
+    } <= names
