@@ -1,0 +1,155 @@
+"""evaluate_model's report and plots, Grad-CAM heatmaps, and ensure_default_model."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from django.core.management import CommandError, call_command
+from PIL import Image
+
+from mlcore import registry
+from mlcore.engine import HEATMAP_MAX_SIDE
+from mlcore.models import ModelVersion
+from mlcore.preprocessing import load_grayscale_file
+from tests.mlcore.helpers import SMALL_DATA, TINY_NAME
+
+pytestmark = pytest.mark.django_db
+
+REPORT_KEYS = {
+    "images",
+    "threshold",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "f1",
+    "roc_auc",
+    "pr_auc",
+    "ece",
+    "confusion_matrix",
+    "model_version",
+}
+
+
+@pytest.fixture
+def active_tiny(weights_dir):
+    call_command("ensure_default_model", stdout=io.StringIO())
+    registry.engines.clear()
+    yield ModelVersion.objects.get(name=TINY_NAME)
+    registry.engines.clear()
+
+
+def _evaluate(*args) -> dict:
+    out = io.StringIO()
+    call_command("evaluate_model", *args, "--device", "cpu", stdout=out)
+    return json.loads(out.getvalue())
+
+
+def test_evaluate_model_reports_every_metric_and_writes_three_plots(active_tiny, tmp_path):
+    report = _evaluate(str(SMALL_DATA), "--out", str(tmp_path / "plots"))
+
+    assert set(report) == REPORT_KEYS
+    assert report["images"] == 16
+    assert report["model_version"] == TINY_NAME
+    assert report["threshold"] == round(active_tiny.threshold, 6)
+    cm = report["confusion_matrix"]
+    assert (cm["tp"] + cm["fn"], cm["tn"] + cm["fp"]) == (8, 8)
+    assert report["accuracy"] == round((cm["tp"] + cm["tn"]) / 16, 4)
+    assert report["sensitivity"] == round(cm["tp"] / 8, 4)
+    assert report["specificity"] == round(cm["tn"] / 8, 4)
+    assert 0 <= report["roc_auc"] <= 1 and 0 <= report["pr_auc"] <= 1 and 0 <= report["ece"] <= 1
+    sizes = {"roc.png": (600, 600), "confusion_matrix.png": (540, 480), "calibration.png": (600, 600)}
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(sizes)
+    for name, size in sizes.items():
+        with Image.open(tmp_path / "plots" / name) as image:
+            assert (image.format, image.size) == ("PNG", size)
+
+
+def test_evaluating_the_validation_patients_reproduces_the_stored_auc(active_tiny, tiny_model, tmp_path):
+    """Serving (decode, preprocess, forward, calibrate) ranks the images exactly as training measured."""
+    manifest = json.loads((tiny_model / "split.json").read_text())
+    for relative in manifest["val"]["files"]:
+        (tmp_path / "val" / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SMALL_DATA / relative, tmp_path / "val" / relative)
+
+    report = _evaluate(str(tmp_path / "val"), "--model", TINY_NAME)
+
+    assert report["images"] == manifest["val"]["images"]
+    assert report["roc_auc"] == active_tiny.metrics["roc_auc"]
+    assert report["confusion_matrix"] == active_tiny.metrics["confusion_matrix"]
+
+
+def test_evaluate_model_refuses_a_folder_without_class_folders_and_unknown_models(active_tiny, tmp_path):
+    with pytest.raises(CommandError, match="must contain NORMAL/ and PNEUMONIA/ folders"):
+        call_command("evaluate_model", str(tmp_path))
+    with pytest.raises(CommandError, match="no model version named 'nope'"):
+        call_command("evaluate_model", str(SMALL_DATA), "--model", "nope")
+
+
+def test_gradcam_heatmaps_match_each_image(active_tiny):
+    _, engine = registry.get_active_engine("cpu")
+    square = load_grayscale_file(sorted((SMALL_DATA / "PNEUMONIA").iterdir())[0])
+    wide = np.ascontiguousarray(np.tile(square, (1, 2)))  # 224 x 448
+    tall = np.ascontiguousarray(np.tile(square, (4, 1)))  # 896 x 224: bigger than the heatmap limit
+
+    results = engine.predict([square, wide, tall])
+
+    expected = [(224, 224), (224, 448), (HEATMAP_MAX_SIDE, 128)]
+    assert [r.heatmap.shape for r in results] == expected
+    for result, (height, width) in zip(results, expected, strict=True):
+        assert result.heatmap.dtype == np.float32
+        assert result.heatmap.min() >= 0.0
+        assert result.heatmap.max() <= 1.0
+        assert result.heatmap.max() in (0.0, pytest.approx(1.0, abs=0.02))
+        with Image.open(io.BytesIO(result.heatmap_png)) as overlay:
+            assert (overlay.format, overlay.mode, overlay.size) == ("PNG", "RGBA", (width, height))
+        assert result.batch_size == 3
+        assert result.model_version == TINY_NAME
+        assert result.device == "cpu"
+        assert result.label == ("pneumonia" if result.probability >= result.threshold else "normal")
+
+
+def test_heatmap_does_not_change_the_prediction(active_tiny):
+    _, engine = registry.get_active_engine("cpu")
+    grays = [load_grayscale_file(path) for path in sorted(SMALL_DATA.glob("*/*.jpeg"))[:4]]
+    with_cam = engine.predict(grays)
+    without = engine.predict(grays, with_heatmap=False)
+    assert [r.probability for r in with_cam] == pytest.approx([r.probability for r in without], abs=1e-6)
+    assert all(r.heatmap is None and r.heatmap_png is None for r in without)
+    assert engine.predict([]) == []
+
+
+def test_ensure_default_model_registers_and_activates_once(weights_dir):
+    first, second = io.StringIO(), io.StringIO()
+    call_command("ensure_default_model", stdout=first)
+    call_command("ensure_default_model", stdout=second)
+
+    version = ModelVersion.objects.get()
+    threshold = f"{version.threshold:.4f}"
+    assert first.getvalue() == (
+        f"registered {TINY_NAME}\nactivated {TINY_NAME}\nactive model: {TINY_NAME} (threshold {threshold})\n"
+    )
+    assert second.getvalue() == f"active model: {TINY_NAME} (threshold {threshold})\n"
+    assert version.status == ModelVersion.Status.ACTIVE
+
+
+def test_ensure_default_model_leaves_another_active_version_alone(weights_dir):
+    call_command("register_model", str(weights_dir / TINY_NAME), "--name", "chosen", "--activate", stdout=io.StringIO())
+    out = io.StringIO()
+    call_command("ensure_default_model", stdout=out)
+    assert out.getvalue().endswith(
+        "active model: chosen (threshold " + f"{ModelVersion.objects.active().threshold:.4f})\n"
+    )
+    assert dict(ModelVersion.objects.values_list("name", "status")) == {"chosen": "active", TINY_NAME: "candidate"}
+
+
+def test_ensure_default_model_explains_missing_weights(settings, tmp_path):
+    settings.MODEL_WEIGHTS_DIR = tmp_path
+    settings.DEFAULT_MODEL_NAME = "absent"
+    with pytest.raises(CommandError, match=r"model\.json not found"):
+        call_command("ensure_default_model")
+    assert ModelVersion.objects.count() == 0
