@@ -12,7 +12,7 @@
 #
 #   deploy/smoke.sh            (needs nginx, openssl, promtool, psql, redis-cli, curl)
 # Environment: SMOKE_PG (server URL, default postgres://postgres@127.0.0.1:5432),
-# SMOKE_REDIS_URL (default redis://127.0.0.1:6379/13), SMOKE_PORT_BASE (default 18000).
+# SMOKE_REDIS_URL (default redis://127.0.0.1:6379/5), SMOKE_PORT_BASE (default 18000).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -23,7 +23,7 @@ export PATH="$VENV_BIN:$PATH"
 PG_SERVER="${SMOKE_PG:-postgres://postgres@127.0.0.1:5432}"
 export PGOPTIONS="-c client_min_messages=warning"
 DB_NAME="${SMOKE_DB:-pleura_smoke}"
-REDIS="${SMOKE_REDIS_URL:-redis://127.0.0.1:6379/13}"
+REDIS="${SMOKE_REDIS_URL:-redis://127.0.0.1:6379/5}"
 PORT_BASE="${SMOKE_PORT_BASE:-18000}"
 WEB_PORT=$PORT_BASE
 HTTP_PORT=$((PORT_BASE + 80))
