@@ -1,0 +1,351 @@
+"""DICOM: reading real-world files safely and turning them into the model's grayscale.
+
+Pure functions over bytes, pydicom datasets and numpy arrays; no ORM. Every refusal is
+a `RejectedUpload` whose message never quotes a value from the file (values may be PHI).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+import zlib
+from datetime import date
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from PIL import Image
+from pydicom import config as pydicom_config
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from diagnostics.imaging import RejectedUpload
+
+# pydicom's own log lines can quote element values (patient names included): keep them out
+# of the logs, and do not let its validation warn about values we never store unchecked.
+logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+
+# Modalities the model was validated on: computed and digital radiography.
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX"})
+CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG"})
+# SOP classes that carry pixel data but are not pictures a radiologist reads.
+NON_IMAGE_PIXEL_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.481.2",  # RT Dose Storage
+        "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
+    }
+)
+UID_MAX_LENGTH = 64
+_ALLOWED_BITS_ALLOCATED = frozenset({1, 8, 16, 32})
+
+
+def read_dataset(data: bytes) -> Dataset:
+    """Parse a DICOM file (with or without preamble and file meta); pixel data stays encoded."""
+    _guard_deflate_bomb(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = dcmread(io.BytesIO(data), force=True)
+            # pydicom parses lazily in places: touch every element so a broken file fails here.
+            for _element in ds.iterall():
+                pass
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError, zlib.error) as exc:
+        raise RejectedUpload(422, "The DICOM file is truncated or corrupt and could not be read.") from exc
+    except Exception as exc:  # pydicom raises many types on hostile input; all mean "unreadable".
+        raise RejectedUpload(422, "The DICOM file is truncated or corrupt and could not be read.") from exc
+    if len(ds) == 0:
+        raise RejectedUpload(422, "The DICOM file holds no data elements.")
+    if not ds.file_meta.get("TransferSyntaxUID") and getattr(ds, "original_encoding", None):
+        # Old ACR-NEMA style files have no file meta: record how the parser read them,
+        # which is what the pixel decoders need to know.
+        ds.file_meta.TransferSyntaxUID = transfer_syntax(ds)
+    return ds
+
+
+def _guard_deflate_bomb(data: bytes) -> None:
+    """A deflated dataset is inflated whole by pydicom: bound it before pydicom sees it."""
+    if DeflatedExplicitVRLittleEndian.encode() not in data[:4096]:
+        return
+    stream = io.BytesIO(data)
+    try:
+        read_preamble(stream, True)
+        meta = _read_file_meta_info(stream)
+    except Exception as exc:
+        raise RejectedUpload(422, "The DICOM file meta information is corrupt.") from exc
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return
+    limit = settings.MAX_UPLOAD_BYTES
+    try:
+        inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[stream.tell() :], limit + 1)
+    except zlib.error as exc:
+        raise RejectedUpload(422, "The deflated DICOM data set is corrupt and could not be inflated.") from exc
+    if len(inflated) > limit:
+        raise RejectedUpload(
+            413, f"The deflated DICOM data set inflates to more than the {_mb(limit)} limit (a decompression bomb?)."
+        )
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):g} MB"
+
+
+def sop_class_name(ds: Dataset) -> str:
+    """What the object is, in words: the SOP class name (e.g. "Basic Text SR Storage")."""
+    uid = str(ds.get("SOPClassUID", "") or "")
+    if uid:
+        name = UID(uid).name
+        return name if name != uid else f"SOP class {uid[:64]}"
+    modality = str(ds.get("Modality", "") or "")
+    return f"modality {modality}" if modality.isalnum() and len(modality) <= 16 else "unknown SOP class"
+
+
+def check_image_attributes(ds: Dataset) -> None:
+    """Refuse non-images and oversized images before a single pixel is decoded."""
+    if "PixelData" not in ds:
+        other = "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+        what = sop_class_name(ds)
+        raise RejectedUpload(
+            422,
+            f"This DICOM file ({what}) "
+            + ("holds floating-point data, not a radiograph." if other else "has no pixel data: it is not an image."),
+        )
+    if str(ds.get("SOPClassUID", "")) in NON_IMAGE_PIXEL_CLASSES:
+        raise RejectedUpload(422, f"This DICOM file ({sop_class_name(ds)}) is not a radiograph.")
+    missing = [name for name in ("Rows", "Columns", "BitsAllocated") if ds.get(name) in (None, "")]
+    if missing:
+        raise RejectedUpload(422, f"The DICOM image lacks required attributes: {', '.join(missing)}.")
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        bits_allocated = int(ds.BitsAllocated)
+        bits_stored = int(ds.get("BitsStored") or bits_allocated)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+    except (TypeError, ValueError) as exc:
+        raise RejectedUpload(422, "The DICOM image attributes (Rows, Columns, Bits) are not valid numbers.") from exc
+    if rows < 1 or columns < 1 or frames < 1:
+        raise RejectedUpload(422, "The DICOM image has zero rows, columns or frames.")
+    if bits_allocated not in _ALLOWED_BITS_ALLOCATED or not 1 <= bits_stored <= bits_allocated:
+        raise RejectedUpload(422, "The DICOM image has an invalid Bits Allocated / Bits Stored combination.")
+    if samples not in (1, 3):
+        raise RejectedUpload(422, "The DICOM image must have 1 or 3 samples per pixel.")
+    limit = settings.MAX_IMAGE_PIXELS
+    if rows * columns * frames > limit:
+        raise RejectedUpload(
+            413,
+            f"The DICOM image is {columns}x{rows} pixels x {frames} frame(s), more than the limit of {limit:,} pixels.",
+        )
+
+
+def check_uids(ds: Dataset) -> None:
+    for name in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = str(ds.get(name, "") or "")
+        if len(value) > UID_MAX_LENGTH:
+            raise RejectedUpload(422, f"The DICOM {name} is longer than {UID_MAX_LENGTH} characters.")
+
+
+def to_grayscale(ds: Dataset) -> np.ndarray:
+    """The first frame as the 8-bit grayscale the model reads (and the portal displays)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = pixel_array(ds, index=0)
+    except Exception as exc:  # decoders raise anything from ValueError to RuntimeError
+        syntax = transfer_syntax(ds)
+        raise RejectedUpload(
+            422, f"The DICOM pixel data could not be decoded ({UID(syntax).name if syntax else 'unknown encoding'})."
+        ) from exc
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").upper()
+    if arr.ndim == 3:
+        return _colour_to_gray(arr, ds, photometric)
+    if arr.ndim != 2:
+        raise RejectedUpload(422, "The DICOM pixel data does not have the shape its attributes describe.")
+    if photometric == "PALETTE COLOR":
+        return _colour_to_gray(_apply_palette(arr, ds), ds, "RGB")
+    arr = _mask_bits_stored(arr, ds)
+    gray = _apply_voi(arr, ds)
+    inverse = photometric == "MONOCHROME1"
+    if str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE":
+        inverse = not inverse
+    return 255 - gray if inverse else gray
+
+
+def _mask_bits_stored(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Ignore bits above Bits Stored (overlays, garbage); sign-extend signed data."""
+    bits_stored = int(ds.get("BitsStored") or ds.BitsAllocated)
+    if bits_stored >= arr.dtype.itemsize * 8 or arr.dtype.kind not in "iu":
+        return arr
+    values = arr.astype(np.int64)
+    mask = (1 << bits_stored) - 1
+    values &= mask
+    if int(ds.get("PixelRepresentation") or 0) == 1:
+        sign = 1 << (bits_stored - 1)
+        values = (values ^ sign) - sign
+    return values
+
+
+def _apply_voi(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    values = apply_modality_lut(arr, ds).astype(np.float64)
+    if ds.get("VOILUTSequence"):
+        from_lut = _voi_lut(arr, ds)
+        if from_lut is not None:
+            return from_lut
+    window = _first_window(ds)
+    if window is not None:
+        center, width = window
+        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+        return _window(values, center, width, function)
+    if arr.dtype == np.uint8 and not _has_rescale(ds):
+        # Already 8-bit display values: keep them, so a PNG saved from this image and the
+        # DICOM itself give the model exactly the same pixels.
+        return arr.astype(np.uint8)
+    return _scale(values, float(values.min()), float(values.max()))
+
+
+def _voi_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    """The first VOI LUT, scaled from its output range to 0..255; None if it is unusable."""
+    try:
+        modality = apply_modality_lut(arr, ds)
+        if modality.dtype.kind == "f" and np.all(np.mod(modality, 1) == 0):
+            modality = modality.astype(np.int64)
+        lut_out = apply_voi_lut(modality, ds, index=0, prefer_lut=True)
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        # A broken LUT falls back to the window or the image's own range.
+        return None
+    return _scale(lut_out.astype(np.float64), 0.0, float((1 << bits) - 1))
+
+
+def _has_rescale(ds: Dataset) -> bool:
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return slope != 1 or intercept != 0 or "ModalityLUTSequence" in ds
+
+
+def _first_window(ds: Dataset) -> tuple[float, float] | None:
+    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if center in (None, "") or width in (None, ""):
+        return None
+    try:
+        center = float(center[0] if _is_multi(center) else center)
+        width = float(width[0] if _is_multi(width) else width)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (center, width) if width >= 1 else None
+
+
+def _is_multi(value: Any) -> bool:
+    return isinstance(value, list | tuple) or type(value).__name__ == "MultiValue"
+
+
+def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """PS3.3 C.11.2.1.2: the window mapped onto 0..255."""
+    if function == "SIGMOID":
+        out = 255.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    elif function == "LINEAR_EXACT":
+        out = ((values - center) / width + 0.5) * 255.0
+    else:
+        if width == 1:
+            return np.where(values <= center - 0.5, 0, 255).astype(np.uint8)
+        out = ((values - (center - 0.5)) / (width - 1) + 0.5) * 255.0
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    out = (values - low) * (255.0 / (high - low))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _apply_palette(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        return apply_color_lut(arr, ds)
+    except Exception as exc:
+        raise RejectedUpload(422, "The DICOM palette colour lookup table is missing or invalid.") from exc
+
+
+def _colour_to_gray(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise RejectedUpload(422, "The DICOM colour pixel data does not have three samples per pixel.")
+    if arr.dtype == np.uint8:
+        # Pillow's ITU-R 601-2 luma, the same conversion a colour PNG or JPEG upload gets.
+        return np.asarray(Image.fromarray(np.ascontiguousarray(arr), mode="RGB").convert("L"))
+    rgb = arr.astype(np.float64)
+    luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    return _scale(luma, float(luma.min()), float(luma.max()))
+
+
+def transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
+    if syntax:
+        return syntax
+    # Files without file meta: report what the parser found.
+    if getattr(ds, "original_encoding", None):
+        implicit, little = ds.original_encoding
+        if implicit and little:
+            return ImplicitVRLittleEndian
+        if little:
+            return ExplicitVRLittleEndian
+        return "1.2.840.10008.1.2.2"
+    return ""
+
+
+def metadata(ds: Dataset) -> dict[str, Any]:
+    """Study field values read from the header (PHI included: callers must not log them)."""
+    return {
+        "patient_id": _text(ds, "PatientID", 64),
+        "patient_name": _text(ds, "PatientName", 200),
+        "patient_birth_date": _date(ds.get("PatientBirthDate")),
+        "patient_sex": _text(ds, "PatientSex", 16),
+        "accession_number": _text(ds, "AccessionNumber", 64),
+        "study_instance_uid": _text(ds, "StudyInstanceUID", 64),
+        "series_instance_uid": _text(ds, "SeriesInstanceUID", 64),
+        "sop_instance_uid": _text(ds, "SOPInstanceUID", 64),
+        "sop_class_uid": _text(ds, "SOPClassUID", 64),
+        "modality": _text(ds, "Modality", 16).upper(),
+        "body_part": _text(ds, "BodyPartExamined", 64).upper(),
+        "view_position": _text(ds, "ViewPosition", 16).upper(),
+        "study_date": _date(ds.get("StudyDate")),
+        "transfer_syntax_uid": transfer_syntax(ds)[:64],
+        "photometric_interpretation": _text(ds, "PhotometricInterpretation", 16).upper(),
+        "rows": int(ds.Rows),
+        "columns": int(ds.Columns),
+    }
+
+
+def _text(ds: Dataset, keyword: str, max_length: int) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if _is_multi(value):
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip().replace("\x00", "")[:max_length]
+
+
+def _date(value: Any) -> date | None:
+    text = str(value or "").strip().replace(".", "")
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        return None
+
+
+def intended_use_warnings(meta: dict[str, Any]) -> list[str]:
+    """Codes for a radiograph outside what the model was validated on (see imaging.WARNINGS)."""
+    codes = []
+    if meta["body_part"] and meta["body_part"] not in CHEST_BODY_PARTS:
+        codes.append("not_chest")
+    if meta["modality"] and meta["modality"] not in RADIOGRAPH_MODALITIES:
+        codes.append("not_radiograph")
+    return codes

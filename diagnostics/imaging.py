@@ -1,0 +1,263 @@
+"""From uploaded bytes to the grayscale image the model reads.
+
+One decoder serves both the upload path and the worker (`load_grayscale`), so a study is
+predicted on exactly the pixels that were checked, hashed and displayed at upload.
+
+Refusals raise `RejectedUpload(status_code, detail)`:
+- 400: the upload is empty;
+- 413: more bytes than MAX_UPLOAD_BYTES, or more pixels than MAX_IMAGE_PIXELS (checked
+  from the header, before decoding: decompression bombs, huge Rows x Columns);
+- 415: the content is not PNG, JPEG or DICOM (sniffed from magic bytes; names and
+  Content-Type headers are ignored), or is a polyglot of several formats;
+- 422: the type is right but the file is truncated, corrupt, not an image (DICOM SR,
+  RT Plan, ...) or its pixels cannot be decoded.
+Messages never quote values read from the file: those may be PHI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+DICOM_MAGIC = b"DICM"
+DISPLAY_MAX_SIDE = 1024
+
+# Reasons a radiograph is outside the model's intended use. Studies store the codes.
+WARNINGS = {
+    "not_chest": "The body part examined is not the chest: the model is validated on chest radiographs only.",
+    "not_radiograph": "The modality is not CR or DX: the model is validated on plain radiographs only.",
+}
+
+# Formats we can name when refusing them (first bytes -> what it is).
+_FOREIGN_MAGIC = [
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive (or Office document)"),
+    (b"GIF8", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"BM", "a BMP image"),
+    (b"RIFF", "a RIFF container (WebP, AVI or WAV)"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"7z\xbc\xaf", "a 7-Zip archive"),
+    (b"\x7fELF", "an executable program"),
+    (b"MZ", "a Windows executable"),
+    (b"#!", "a script"),
+    (PNG_MAGIC, "a PNG image"),
+    (JPEG_MAGIC, "a JPEG image"),
+]
+
+
+class RejectedUpload(Exception):
+    """An upload refused with an HTTP status and a message a human can act on."""
+
+    def __init__(self, status_code: int, detail: str):
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+
+
+@dataclass
+class DecodedImage:
+    format: str  # Study.Format value: "dcm", "png" or "jpg"
+    gray: np.ndarray  # uint8, H x W
+    metadata: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def pixel_sha256(self) -> str:
+        return pixel_sha256(self.gray)
+
+
+def pixel_sha256(gray: np.ndarray) -> str:
+    """Hash of the decoded pixels and their shape: equal for the same image in any format."""
+    rows, columns = gray.shape
+    digest = hashlib.sha256(f"{rows}x{columns}:".encode())
+    digest.update(np.ascontiguousarray(gray, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
+
+
+def describe_warnings(codes: list[str]) -> list[dict[str, str]]:
+    return [{"code": code, "message": WARNINGS.get(code, code)} for code in codes]
+
+
+def sniff(data: bytes) -> str:
+    """The format of `data` from its content alone: "dcm", "png" or "jpg"."""
+    if not data:
+        raise RejectedUpload(400, "The file is empty.")
+    if len(data) >= 132 and data[128:132] == DICOM_MAGIC:
+        _refuse_polyglot_preamble(data[:128])
+        return "dcm"
+    if data.startswith(PNG_MAGIC):
+        return "png"
+    if data.startswith(JPEG_MAGIC):
+        return "jpg"
+    if data.startswith(DICOM_MAGIC) or _looks_like_bare_dicom(data):
+        return "dcm"
+    raise RejectedUpload(415, f"This file is {_describe_foreign(data)}; send a PNG, JPEG or DICOM radiograph.")
+
+
+def _refuse_polyglot_preamble(preamble: bytes) -> None:
+    # The 128-byte preamble may legally hold anything, which is how polyglot files hide a
+    # second format; a radiograph has no reason to carry one.
+    for magic, what in _FOREIGN_MAGIC:
+        if magic != b"II*\x00" and magic != b"MM\x00*" and preamble.startswith(magic):
+            raise RejectedUpload(415, f"This file is both DICOM and {what} (a polyglot file); it is refused.")
+
+
+def _looks_like_bare_dicom(data: bytes) -> bool:
+    """Old ACR-NEMA style files start straight with a group 0008 (or 0002) element."""
+    if len(data) < 8:
+        return False
+    group_le, element_le = struct.unpack("<HH", data[:4])
+    group_be, element_be = struct.unpack(">HH", data[:4])
+    return (group_le in (0x0002, 0x0008) and element_le < 0x0100) or (group_be == 0x0008 and element_be < 0x0100)
+
+
+def _describe_foreign(data: bytes) -> str:
+    for magic, what in _FOREIGN_MAGIC:
+        if data.startswith(magic):
+            return what
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        return "an HTML page"
+    if head.startswith(b"<?xml") or head.startswith(b"<svg"):
+        return "an XML or SVG document"
+    if head.startswith((b"{", b"[")):
+        return "JSON or another text format"
+    try:
+        data[:4096].decode("utf-8")
+    except UnicodeDecodeError:
+        return "of an unknown type"
+    return "plain text"
+
+
+def check_size(data: bytes) -> None:
+    limit = settings.MAX_UPLOAD_BYTES
+    if len(data) > limit:
+        raise RejectedUpload(413, f"The file is {_mb(len(data))}, more than the {_mb(limit)} limit.")
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MB"
+
+
+def decode_upload(data: bytes) -> DecodedImage:
+    """Sniff, check limits, decode. The one entry point for bytes from outside."""
+    check_size(data)
+    kind = sniff(data)
+    if kind == "dcm":
+        return _decode_dicom(data)
+    return _decode_raster(data, kind)
+
+
+def _decode_dicom(data: bytes) -> DecodedImage:
+    # Imported here: diagnostics.dicom imports RejectedUpload from this module.
+    from diagnostics import dicom
+
+    ds = dicom.read_dataset(data)
+    dicom.check_image_attributes(ds)
+    dicom.check_uids(ds)
+    gray = dicom.to_grayscale(ds)
+    meta = dicom.metadata(ds)
+    meta["rows"], meta["columns"] = gray.shape
+    return DecodedImage("dcm", gray, meta, dicom.intended_use_warnings(meta))
+
+
+def _decode_raster(data: bytes, kind: str) -> DecodedImage:
+    pillow_format = "PNG" if kind == "png" else "JPEG"
+    name = "PNG" if kind == "png" else "JPEG"
+    if kind == "png":
+        _check_png_structure(data)
+    elif not data.rstrip(b"\x00\r\n").endswith(b"\xff\xd9"):
+        raise RejectedUpload(422, "The JPEG is truncated or has extra data after the image (polyglot?).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[pillow_format])
+            _check_pixels(*image.size)
+            image.load()
+    except RejectedUpload:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise RejectedUpload(413, f"The {name} declares more pixels than allowed (a decompression bomb?).") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error) as exc:
+        raise RejectedUpload(422, f"The {name} file is truncated or corrupt and could not be decoded.") from exc
+    gray = _raster_to_gray(ImageOps.exif_transpose(image) if kind == "jpg" else image)
+    meta = {"rows": gray.shape[0], "columns": gray.shape[1], "photometric_interpretation": ""}
+    return DecodedImage(kind, gray, meta, [])
+
+
+def _check_pixels(width: int, height: int) -> None:
+    limit = settings.MAX_IMAGE_PIXELS
+    if width < 1 or height < 1:
+        raise RejectedUpload(422, "The image has no pixels.")
+    if width * height > limit:
+        raise RejectedUpload(413, f"The image is {width}x{height} pixels, more than the limit of {limit:,} pixels.")
+
+
+def _check_png_structure(data: bytes) -> None:
+    """Walk the chunks: dimensions are checked before decoding, and nothing may follow IEND."""
+    offset = len(PNG_MAGIC)
+    first = True
+    while True:
+        if offset + 8 > len(data):
+            raise RejectedUpload(422, "The PNG file is truncated: it ends before its last chunk.")
+        length, chunk = struct.unpack(">I4s", data[offset : offset + 8])
+        if first:
+            if chunk != b"IHDR" or length != 13 or offset + 16 > len(data):
+                raise RejectedUpload(422, "The PNG file is corrupt: it does not start with an image header.")
+            width, height = struct.unpack(">II", data[offset + 8 : offset + 16])
+            _check_pixels(width, height)
+            first = False
+        offset += 12 + length
+        if chunk == b"IEND":
+            break
+    if offset > len(data):
+        raise RejectedUpload(422, "The PNG file is truncated.")
+    if data[offset:].strip(b"\x00"):
+        raise RejectedUpload(422, "The PNG file has extra data after the image ends (a polyglot file?).")
+
+
+def _raster_to_gray(image: Image.Image) -> np.ndarray:
+    if image.mode == "L":
+        return np.asarray(image, dtype=np.uint8).copy()
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit (or wider) grayscale has no window: stretch its range, as for DICOM.
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        if high <= low:
+            return np.zeros(values.shape, dtype=np.uint8)
+        return np.clip(np.rint((values - low) * (255.0 / (high - low))), 0, 255).astype(np.uint8)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels are shown on black, as in a viewer's dark background.
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image)
+    return np.asarray(image.convert("RGB").convert("L"), dtype=np.uint8).copy()
+
+
+def display_png(gray: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> bytes:
+    """The portal's picture: the same windowed pixels, at most `max_side` on the long side."""
+    image = Image.fromarray(gray, mode="L")
+    if max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def load_grayscale(study) -> np.ndarray:
+    """Decode a stored study's original again, exactly as at upload (for the worker)."""
+    with study.original_file.open("rb") as handle:
+        data = handle.read()
+    return decode_upload(data).gray
