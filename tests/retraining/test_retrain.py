@@ -1,0 +1,144 @@
+"""A short real retraining: fine-tuned from the active model on base data plus consented
+reviews, compared with it on the locked validation set, registered with lineage, audited."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+
+from hospital.audit import Action
+from hospital.models import AuditEvent
+from mlcore import registry, retraining
+from mlcore.models import ModelVersion
+from tests.retraining.conftest import REVIEW_IMAGES, review, stored_study
+
+pytestmark = pytest.mark.slow
+
+
+def _split(version: ModelVersion, name: str = retraining.SPLIT_FILE) -> dict:
+    return json.loads((registry.resolve_weights_path(version).parent / name).read_text())
+
+
+def test_retraining_produces_a_compared_candidate_with_lineage(
+    tmp_path, active_model, hospital_a, hospital_b, radiologist, shared_radiologist, superuser
+):
+    hospital_a.shares_reviews_for_training = True
+    hospital_a.save()
+    review(stored_study(hospital_a, REVIEW_IMAGES["pneumonia"][0]), radiologist, "pneumonia", verdict="agree")
+    review(stored_study(hospital_a, REVIEW_IMAGES["normal"][0], patient_id="MRN-2"), radiologist, "normal")
+    review(stored_study(hospital_b, REVIEW_IMAGES["normal"][1], patient_id="B-1"), shared_radiologist, "normal")
+
+    before = AuditEvent.objects.order_by("-id").first().pk  # the fixture's registration and promotion
+    out = io.StringIO()
+    call_command(
+        "retrain_model",
+        "--name",
+        "pleura-tiny-ft1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--holdout-fraction",
+        "0",
+        "--export-dir",
+        str(tmp_path / "export"),
+        "--actor",
+        superuser.email,
+        stdout=out,
+    )
+    assert "registered candidate pleura-tiny-ft1 (parent pleura-tiny)" in out.getvalue()
+
+    candidate = ModelVersion.objects.get(name="pleura-tiny-ft1")
+    assert (candidate.status, candidate.parent, candidate.shadow) == ("candidate", active_model, False)
+    assert ModelVersion.objects.active() == active_model
+
+    # The locked validation set: inherited unchanged, never trained on.
+    locked_files = _split(active_model)["val"]["files"]
+    assert _split(candidate)["val"]["files"] == locked_files
+    fine_tune = _split(candidate, retraining.FINE_TUNE_SPLIT_FILE)
+    trained_on = set(fine_tune["train"]["files"]) | set(fine_tune["val"]["files"])
+    assert trained_on.isdisjoint(locked_files)
+    assert len(trained_on) == 16 - len(locked_files) + 2  # base images left + Hospital A's two reviews
+
+    lineage = candidate.training_data["lineage"]
+    assert lineage["parent"] == "pleura-tiny"
+    assert (lineage["base_examples"], lineage["review_examples"]) == (16 - len(locked_files), 2)
+    assert (lineage["review_examples_normal"], lineage["review_examples_pneumonia"]) == (1, 1)
+    assert lineage["review_hospitals"] == {"st-marys": {"train": 2, "holdout": 0}}  # never Riverside
+    manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
+    assert lineage["review_data_sha256"] == manifest["data_sha256"]
+
+    # The comparison the gate reads is a real evaluation of both on the same images.
+    comparison = candidate.metrics["comparison"]
+    locked = retraining.locked_validation(
+        registry.resolve_weights_path(active_model).parent / retraining.SPLIT_FILE, settings.TRAINING_DATA_DIR
+    )
+    assert comparison["locked_validation_images"] == len(locked) == len(locked_files)
+    assert comparison["candidate"] == retraining.evaluate_samples(registry.get_engine(candidate), locked)
+    assert comparison["active"] == retraining.evaluate_samples(registry.get_engine(active_model), locked)
+    assert comparison["reviewed_holdout"] == {"images": 0, "candidate": None, "active": None}
+    assert (
+        candidate.threshold
+        == json.loads((registry.resolve_weights_path(candidate).parent / "model.json").read_text())["threshold"]
+    )
+
+    card_dir = registry.resolve_weights_path(candidate).parent
+    assert json.loads((card_dir / "model_card.json").read_text())["lineage"] == lineage
+    assert "## Lineage" in (card_dir / "model_card.md").read_text()
+    assert candidate.card["lineage"] == lineage
+
+    events = AuditEvent.objects.filter(pk__gt=before).order_by("id")
+    assert [(e.action, e.actor_user) for e in events] == [
+        (Action.TRAINING_EXPORTED, superuser),
+        (Action.MODEL_REGISTERED, superuser),
+        (Action.MODEL_RETRAINED, superuser),
+    ]
+    retrained = events.last()
+    assert retrained.target_id == str(candidate.code)
+    assert retrained.detail == {
+        "name": "pleura-tiny-ft1",
+        "parent": "pleura-tiny",
+        "review_examples": 2,
+        "reviewed_holdout_examples": 0,
+        "review_data_sha256": manifest["data_sha256"],
+        "gate_failures": retrained.detail["gate_failures"],
+    }
+    from mlcore.promotion import gate_failures
+
+    assert retrained.detail["gate_failures"] == gate_failures(candidate, active_model)
+
+
+def test_retraining_without_consent_trains_on_no_review(tmp_path, active_model, hospital_a, radiologist):
+    review(stored_study(hospital_a, REVIEW_IMAGES["pneumonia"][0]), radiologist, "pneumonia")
+    from diagnostics import feedback
+
+    version = feedback.retrain_from_reviews(
+        name="pleura-tiny-ft2", export_dir=tmp_path / "export", holdout_fraction=0, epochs=1, batch_size=4
+    )
+    assert version.training_data["lineage"]["review_examples"] == 0
+    assert version.training_data["lineage"]["review_hospitals"] == {}
+    trained = _split(version, retraining.FINE_TUNE_SPLIT_FILE)
+    assert not any(
+        name.split("/")[-1].startswith("rv-") for part in ("train", "val") for name in trained[part]["files"]
+    )
+
+
+def test_retraining_refuses_an_existing_name_and_leaves_nothing_behind(active_model, loop_settings):
+    with pytest.raises(CommandError, match="already exists"):
+        call_command("retrain_model", "--name", "pleura-tiny", "--epochs", "1")
+    assert ModelVersion.objects.count() == 1
+    assert not AuditEvent.objects.filter(action=Action.MODEL_RETRAINED).exists()
+
+
+def test_retrain_task_is_routed_to_the_inference_queue_and_is_idempotent(active_model):
+    from mlcore import tasks
+
+    assert tasks.retrain_model.queue == "inference"
+    assert tasks.retrain_model.soft_time_limit == tasks.RETRAIN_SOFT_TIME_LIMIT
+    # A redelivered message for a candidate that already exists does nothing.
+    assert tasks.retrain_model.run("pleura-tiny") is None
+    assert not AuditEvent.objects.filter(action=Action.TRAINING_EXPORTED).exists()
