@@ -48,6 +48,21 @@ WARNING_TEXT = {
 }
 
 
+def person_name(value: str) -> str:
+    """A DICOM person name (Family^Given^Middle^Prefix^Suffix) as people write it."""
+    parts = [part.strip() for part in (value or "").split("^")]
+    family, given = [*parts, "", ""][:2]
+    rest = " ".join(p for p in [given, *parts[2:3]] if p)
+    return f"{family}, {rest}" if family and rest else (family or rest)
+
+
+def _name_rows(studies) -> list[Study]:
+    studies = list(studies)
+    for study in studies:
+        study.patient_display = person_name(study.patient_name)
+    return studies
+
+
 def warning_text(code: str) -> str:
     return WARNING_TEXT.get(code, str(code).replace("_", " ").capitalize() + ".")
 
@@ -86,6 +101,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
         "page": page,
         "public_params": form.public_params(),
         "public_query": urlencode(form.public_params()),
+        "rows": _name_rows(page.object_list),
         "pending_codes": [str(s.code) for s in page.object_list if s.status in PENDING],
     }
     template = "diagnostics/worklist.html"
@@ -110,7 +126,7 @@ def worklist_updates(request: HttpRequest) -> HttpResponse:
         raise Http404("No such study.") from exc
     if not codes or len(codes) > MAX_POLLED_STUDIES:
         return HttpResponse(f"Ask for 1 to {MAX_POLLED_STUDIES} studies.", status=400, content_type="text/plain")
-    rows = list(_worklist_queryset(request.hospital).filter(code__in=codes))
+    rows = _name_rows(_worklist_queryset(request.hospital).filter(code__in=codes))
     # Any code outside the active hospital: 404, and nothing about the others either.
     if len(rows) != len(codes):
         raise Http404("No such study.")
@@ -182,6 +198,7 @@ def _study_context(request: HttpRequest, study: Study, review_form: ReviewForm |
         review_form = ReviewForm(initial=initial, model_label=prediction.label if prediction else None)
     return {
         "study": study,
+        "patient_display": person_name(study.patient_name),
         "prediction": prediction,
         "reviews": reviews,
         "own_review": own,
@@ -205,11 +222,12 @@ def _timeline(study: Study, prediction: Prediction | None, reviews: list[Review]
         events.append({"at": prediction.created_at, "what": "Predicted", "who": str(prediction.model_version)})
     if study.status == Study.Status.FAILED:
         events.append({"at": study.completed_at or study.updated_at, "what": "Analysis failed", "who": ""})
-    events += [
+    # Pipeline steps in the order they happen; reviews after them, oldest first.
+    reviewed = [
         {"at": r.updated_at, "what": f"Reviewed: {r.get_verdict_display().lower()}", "who": str(r.radiologist)}
         for r in reviews
     ]
-    return sorted(events, key=lambda e: e["at"])
+    return events + sorted(reviewed, key=lambda e: e["at"])
 
 
 def _get_study(request: HttpRequest, code) -> Study:

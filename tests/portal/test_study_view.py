@@ -175,3 +175,10 @@ def test_radiologist_sees_the_review_form(client_for, radiologist, study):
     assert f'hx-post="{url("study_review", study)}"' in html
     assert f'action="{url("study_review", study)}"' in html
     assert "Do you agree with the model's finding (pneumonia)?" in html
+
+
+def test_dicom_person_names_read_naturally(client_for, doctor, study):
+    html = client_for(doctor).get(url("study_detail", study)).content.decode()
+    assert "<h1>Doe, Jane</h1>" in html
+    worklist = client_for(doctor).get(reverse("diagnostics:worklist")).content.decode()
+    assert '<div class="muted small">Doe, Jane</div>' in worklist

@@ -1,0 +1,63 @@
+"""A real headless Chromium (Debian's package, driven by Python playwright) against a
+live server, with the pipeline's real broker and Celery worker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.pipeline.conftest import broker, make_model_version, start_worker  # noqa: F401  (fixtures)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = REPO_ROOT / "test-artifacts" / "screenshots"
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    if not CHROMIUM.exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("/usr/bin/chromium is required in CI (.ci/run installs it).")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the test
+    # makes between browser steps are still plain synchronous code.
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def screenshot():
+    """`screenshot(page, "01-login")` saves test-artifacts/screenshots/01-login.png."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    def take(page, name: str) -> Path:
+        path = SCREENSHOTS / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    return take
+
+
+@pytest.fixture
+def e2e_model(db, tmp_path):
+    """The active model: the real ResNet-18 architecture, small input, fixed seed."""
+    from mlcore import registry
+
+    registry.engines.clear()
+    yield make_model_version(tmp_path, name="pleura-resnet18-e2e", seed=3, image_size=64)
+    registry.engines.clear()
