@@ -1,0 +1,247 @@
+"""Inference benchmark: throughput per batch size, single-image latency, peak memory.
+
+Plain Python, no database: the model comes from a `train_model` output folder
+(its model.json). Run from the repository root:
+
+    .venv/bin/python -m bench.inference --model-dir mlcore/weights/pleura-resnet18-v1 --write
+
+`--write` replaces this benchmark's section of docs/benchmarks.md (one section per
+device type, between `<!-- bench:inference:DEVICE -->` markers). bench/pipeline.py
+calls `load_engine` and `measure_throughput` to put raw batched throughput beside
+its end-to-end figures in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlcore.engine import InferenceEngine, ModelSpec
+from mlcore.preprocessing import load_grayscale_file
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_DIR = ROOT / "mlcore" / "weights" / "pleura-resnet18-v1"
+# Real radiographs (224 x 224, as uploads of this data set arrive); cycled to fill batches.
+DEFAULT_IMAGES = ROOT / "tests" / "fixtures" / "chest_xray_small"
+DEFAULT_DOC = ROOT / "docs" / "benchmarks.md"
+BATCH_SIZES = (1, 8, 32)
+# Enough repetitions to steady the figure, few enough to finish in about a minute on 2 CPU cores.
+REPEATS = 3
+LATENCY_RUNS = 20
+
+
+def load_engine(model_dir: str | Path, device: str | None = None) -> InferenceEngine:
+    """An engine for a `train_model` output folder, checked against the sha256 in its model.json."""
+    model_dir = Path(model_dir)
+    description = json.loads((model_dir / "model.json").read_text())
+    spec = ModelSpec(
+        name=description["name"],
+        architecture=description["architecture"],
+        image_size=description["image_size"],
+        weights_path=model_dir / description["weights"],
+        weights_sha256=description["weights_sha256"],
+        threshold=description["threshold"],
+        temperature=description["temperature"],
+        logit_bias=description.get("logit_bias", 0.0),
+    )
+    return InferenceEngine(spec, device=device)
+
+
+def load_images(folder: str | Path = DEFAULT_IMAGES) -> list[np.ndarray]:
+    """Decoded 8-bit grayscale radiographs from a folder (searched recursively)."""
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in {".jpeg", ".jpg", ".png"})
+    if not paths:
+        raise FileNotFoundError(f"no PNG/JPEG images under {folder}")
+    return [load_grayscale_file(path) for path in paths]
+
+
+def _synchronize(engine: InferenceEngine) -> None:
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize(engine.device)
+
+
+def _run_batch(engine: InferenceEngine, batch: list[np.ndarray], with_heatmap: bool) -> None:
+    if with_heatmap:
+        engine.predict(batch)
+    else:
+        engine.logits(batch)
+    _synchronize(engine)
+
+
+def measure_throughput(
+    engine: InferenceEngine,
+    images: list[np.ndarray],
+    batch_size: int,
+    *,
+    with_heatmap: bool = False,
+    repeats: int = REPEATS,
+) -> dict:
+    """Images per second for batches of `batch_size` (preprocessing included), after one warm-up batch.
+
+    with_heatmap=False times `engine.logits` (forward only); True times `engine.predict`,
+    Grad-CAM and the overlay PNGs included, which is what the prediction pipeline runs.
+    """
+    batch = [images[i % len(images)] for i in range(batch_size)]
+    _run_batch(engine, batch, with_heatmap)
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        _run_batch(engine, batch, with_heatmap)
+        seconds.append(time.perf_counter() - started)
+    best = min(seconds)
+    return {
+        "batch_size": batch_size,
+        "with_heatmap": with_heatmap,
+        "images_per_second": round(batch_size / best, 2),
+        "median_batch_ms": round(statistics.median(seconds) * 1000, 1),
+        "repeats": repeats,
+    }
+
+
+def measure_latency(
+    engine: InferenceEngine, images: list[np.ndarray], *, runs: int = LATENCY_RUNS, with_heatmap: bool = True
+) -> dict:
+    """Single-image latency percentiles (one image per call, as an interactive upload is served)."""
+    _run_batch(engine, [images[0]], with_heatmap)
+    timings = []
+    for i in range(runs):
+        started = time.perf_counter()
+        _run_batch(engine, [images[i % len(images)]], with_heatmap)
+        timings.append((time.perf_counter() - started) * 1000)
+    p50, p95 = np.percentile(timings, [50, 95])
+    return {"runs": runs, "with_heatmap": with_heatmap, "p50_ms": round(float(p50), 1), "p95_ms": round(float(p95), 1)}
+
+
+def peak_memory(engine: InferenceEngine) -> dict:
+    # ru_maxrss is in KiB on Linux (bytes on macOS).
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_mib = rss_kib / 1024 / (1024 if sys.platform == "darwin" else 1)
+    memory = {"peak_rss_mib": round(rss_mib, 1)}
+    if engine.device.type == "cuda":
+        memory["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(engine.device) / 2**20, 1)
+    return memory
+
+
+def describe_device(engine: InferenceEngine) -> str:
+    if engine.device.type == "cuda":
+        return f"{torch.cuda.get_device_name(engine.device)} (CUDA, float16, channels_last)"
+    return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, float32"
+
+
+def run_benchmark(
+    model_dir: str | Path = DEFAULT_MODEL_DIR,
+    *,
+    device: str | None = None,
+    images_dir: str | Path = DEFAULT_IMAGES,
+    batch_sizes: tuple[int, ...] = BATCH_SIZES,
+    repeats: int = REPEATS,
+    latency_runs: int = LATENCY_RUNS,
+) -> dict:
+    engine = load_engine(model_dir, device)
+    if engine.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(engine.device)
+    images = load_images(images_dir)
+    return {
+        "model_version": engine.spec.name,
+        "architecture": engine.spec.architecture,
+        "image_size": engine.spec.image_size,
+        "device": str(engine.device),
+        "device_description": describe_device(engine),
+        "torch": torch.__version__,
+        "measured_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "forward_only": [measure_throughput(engine, images, size, repeats=repeats) for size in batch_sizes],
+        "with_gradcam": [
+            measure_throughput(engine, images, size, with_heatmap=True, repeats=repeats) for size in batch_sizes
+        ],
+        "latency_single_image": measure_latency(engine, images, runs=latency_runs),
+        "latency_single_image_forward_only": measure_latency(engine, images, runs=latency_runs, with_heatmap=False),
+        "memory": peak_memory(engine),
+    }
+
+
+def render_section(result: dict, command: str) -> str:
+    rows = zip(result["forward_only"], result["with_gradcam"], strict=True)
+    latency, forward = result["latency_single_image"], result["latency_single_image_forward_only"]
+    memory = ", ".join(f"{key} {value}" for key, value in result["memory"].items())
+    lines = [
+        f"### Inference on {result['device']}: {result['model_version']}",
+        "",
+        f"- Model: {result['architecture']}, input {result['image_size']} px; torch {result['torch']}.",
+        f"- Device: {result['device_description']}.",
+        f"- Measured {result['measured_at']} with:",
+        "",
+        "  ```",
+        f"  {command}",
+        "  ```",
+        "",
+        "| batch size | forward only (images/s) | with Grad-CAM + overlay PNG (images/s) |",
+        "|---:|---:|---:|",
+        *[f"| {f['batch_size']} | {f['images_per_second']} | {g['images_per_second']} |" for f, g in rows],
+        "",
+        f"- Single image, with Grad-CAM (what the pipeline runs): p50 {latency['p50_ms']} ms, "
+        f"p95 {latency['p95_ms']} ms over {latency['runs']} runs.",
+        f"- Single image, forward only: p50 {forward['p50_ms']} ms, p95 {forward['p95_ms']} ms.",
+        f"- Peak memory: {memory}.",
+        "- Throughput is the best of the repeats after a warm-up batch; preprocessing (resize, "
+        "normalise) is included, decoding is not.",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(doc: Path, key: str, body: str) -> None:
+    """Replace (or append) the section between this key's markers; the rest of the file is untouched."""
+    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+    block = f"{start}\n{body}\n{end}"
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1]
+        text = before + block + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="a train_model output folder")
+    parser.add_argument("--device", default=None, help="cpu, cuda (default: CUDA when present)")
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of PNG/JPEG radiographs")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
+    parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument("--latency-runs", type=int, default=LATENCY_RUNS)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--write", nargs="?", const=DEFAULT_DOC, type=Path, default=None, help="update the doc")
+    options = parser.parse_args(argv)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    result = run_benchmark(
+        options.model_dir,
+        device=options.device,
+        images_dir=options.images,
+        batch_sizes=tuple(options.batch_sizes),
+        repeats=options.repeats,
+        latency_runs=options.latency_runs,
+    )
+    print(json.dumps(result, indent=2))
+    if options.write is not None:
+        command = "python -m bench.inference " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_section(
+            options.write, f"inference:{torch.device(result['device']).type}", render_section(result, command)
+        )
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The inference benchmark runs without a database and owns only its section of the doc."""
+
+from __future__ import annotations
+
+import json
+
+from bench import inference
+from tests.mlcore.helpers import SMALL_DATA, TINY_NAME
+
+
+def test_benchmark_measures_throughput_latency_and_memory(tiny_model):
+    result = inference.run_benchmark(tiny_model, device="cpu", batch_sizes=(1, 4), repeats=1, latency_runs=3)
+
+    assert result["model_version"] == TINY_NAME
+    assert (result["device"], result["image_size"]) == ("cpu", 64)
+    assert [r["batch_size"] for r in result["forward_only"]] == [1, 4]
+    assert [r["with_heatmap"] for r in result["with_gradcam"]] == [True, True]
+    assert all(r["images_per_second"] > 0 for r in result["forward_only"] + result["with_gradcam"])
+    latency = result["latency_single_image"]
+    assert latency["runs"] == 3
+    assert 0 < latency["p50_ms"] <= latency["p95_ms"]
+    assert result["memory"]["peak_rss_mib"] > 50
+    assert "cuda_max_allocated_mib" not in result["memory"]
+    json.dumps(result)  # printable as JSON
+
+
+def test_measure_throughput_is_callable_on_its_own(tiny_model):
+    engine = inference.load_engine(tiny_model, "cpu")
+    figure = inference.measure_throughput(engine, inference.load_images(SMALL_DATA), 2, repeats=2)
+    assert set(figure) == {"batch_size", "with_heatmap", "images_per_second", "median_batch_ms", "repeats"}
+    assert (figure["batch_size"], figure["with_heatmap"], figure["repeats"]) == (2, False, 2)
+
+
+def test_writing_replaces_only_its_own_section(tiny_model, tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nintro\n\n<!-- bench:pipeline -->\npipeline figures\n<!-- /bench:pipeline -->\n")
+
+    inference.main([
+        "--model-dir", str(tiny_model), "--device", "cpu", "--batch-sizes", "1", "2",
+        "--repeats", "1", "--latency-runs", "2", "--write", str(doc),
+    ])  # fmt: skip
+    first = doc.read_text()
+    inference.main([
+        "--model-dir", str(tiny_model), "--device", "cpu", "--batch-sizes", "1",
+        "--repeats", "1", "--latency-runs", "2", "--write", str(doc),
+    ])  # fmt: skip
+    second = doc.read_text()
+
+    assert first.count("<!-- bench:inference:cpu -->") == second.count("<!-- bench:inference:cpu -->") == 1
+    assert second.startswith(
+        "# Benchmarks\n\nintro\n\n<!-- bench:pipeline -->\npipeline figures\n<!-- /bench:pipeline -->"
+    )
+    assert "| 2 |" in first and "| 2 |" not in second
+    assert f"python -m bench.inference --model-dir {tiny_model} --device cpu --batch-sizes 1 --repeats 1" in second
+    assert second.endswith("<!-- /bench:inference:cpu -->\n")
