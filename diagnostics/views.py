@@ -22,9 +22,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django.views.decorators.vary import vary_on_headers
 
 from diagnostics.forms import ReviewForm, UploadForm, WorklistFilterForm
+from diagnostics.imaging import WARNINGS, RejectedUpload
 from diagnostics.media import protected_file_response
 from diagnostics.models import Prediction, Review, Study
 from diagnostics.reviews import current_prediction, save_review
+from diagnostics.services import ingest_upload
 from hospital import audit
 from hospital.models import Role
 from hospital.tenancy import get_object_for_request, role_required
@@ -33,19 +35,6 @@ WORKLIST_PAGE_SIZE = 25
 # Studies a single worklist poll may ask about: one page's worth.
 MAX_POLLED_STUDIES = WORKLIST_PAGE_SIZE
 PENDING = (Study.Status.QUEUED, Study.Status.PROCESSING)
-
-# Intended-use warnings (codes stored on Study.warnings by ingestion) in words.
-WARNING_TEXT = {
-    "not_chest": "The image does not look like a chest radiograph.",
-    "body_part": "The DICOM body part is not the chest.",
-    "not_chest_body_part": "The DICOM body part is not the chest.",
-    "modality": "The modality is not CR or DX (plain radiography).",
-    "unsupported_modality": "The modality is not CR or DX (plain radiography).",
-    "not_cr_dx": "The modality is not CR or DX (plain radiography).",
-    "small_image": "The image is small; details may be lost.",
-    "low_resolution": "The image resolution is low; details may be lost.",
-    "pediatric_only": "The model was trained on paediatric radiographs.",
-}
 
 
 def person_name(value: str) -> str:
@@ -64,7 +53,8 @@ def _name_rows(studies) -> list[Study]:
 
 
 def warning_text(code: str) -> str:
-    return WARNING_TEXT.get(code, str(code).replace("_", " ").capitalize() + ".")
+    """An intended-use warning code (Study.warnings, set by ingestion) in words."""
+    return WARNINGS.get(code, str(code).replace("_", " ").capitalize() + ".")
 
 
 def _worklist_queryset(hospital) -> QuerySet[Study]:
@@ -141,7 +131,7 @@ def upload(request: HttpRequest) -> HttpResponse:
     """Portal upload. The page's script posts one file per request (for per-file
     progress) and gets back that file's result; without JavaScript the form posts all
     files at once and the whole page comes back with every result."""
-    form = UploadForm(request.POST or None)
+    form = UploadForm(request.POST if request.method == "POST" else None)
     results: list[dict] = []
     if request.method == "POST":
         files = request.FILES.getlist("files")
@@ -166,9 +156,6 @@ def _upload_context(form: UploadForm, results: list[dict]) -> dict:
 
 
 def _ingest_one(request: HttpRequest, upload_file, identifiers: dict) -> dict:
-    from diagnostics.imaging import RejectedUpload
-    from diagnostics.services import ingest_upload
-
     result = {"name": upload_file.name, "status": 200, "study": None, "created": False, "error": ""}
     if upload_file.size > settings.MAX_UPLOAD_BYTES:
         limit_mb = settings.MAX_UPLOAD_BYTES // (1024 * 1024)

@@ -42,7 +42,7 @@ def test_study_view_shows_the_result_in_words_against_the_threshold(client_for, 
     ) in html
     assert 'style="width: 87.3%"' in html and 'style="left: 42.0%"' in html
     assert "pleura-resnet18-test" in html
-    assert "The image does not look like a chest radiograph." in html
+    assert "The body part examined is not the chest: the model is validated on chest radiographs only." in html
     assert f'src="{url("study_image", study)}"' in html
     assert f'src="{url("study_heatmap", study)}"' in html
     assert 'id="heatmap-toggle"' in html and "data-heatmap-opacity" in html
