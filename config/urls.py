@@ -11,6 +11,8 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
+    path("api/v1/", include("diagnostics.api.urls")),
+    path("dicomweb/", include("diagnostics.api.dicomweb_urls")),
     path("accounts/", include("accounts.urls")),
     path("hospital/consent/", consent.training_consent, name="training_consent"),
     path("hospital/", include("hospital.urls")),

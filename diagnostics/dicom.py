@@ -24,7 +24,7 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from diagnostics.imaging import RejectedUpload
+from diagnostics.imaging import NotAnImage, RejectedUpload
 
 # pydicom's own log lines can quote element values (patient names included): keep them out
 # of the logs, and do not let its validation warn about values we never store unchecked.
@@ -110,13 +110,12 @@ def check_image_attributes(ds: Dataset) -> None:
     if "PixelData" not in ds:
         other = "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
         what = sop_class_name(ds)
-        raise RejectedUpload(
-            422,
+        raise NotAnImage(
             f"This DICOM file ({what}) "
             + ("holds floating-point data, not a radiograph." if other else "has no pixel data: it is not an image."),
         )
     if str(ds.get("SOPClassUID", "")) in NON_IMAGE_PIXEL_CLASSES:
-        raise RejectedUpload(422, f"This DICOM file ({sop_class_name(ds)}) is not a radiograph.")
+        raise NotAnImage(f"This DICOM file ({sop_class_name(ds)}) is not a radiograph.")
     missing = [name for name in ("Rows", "Columns", "BitsAllocated") if ds.get(name) in (None, "")]
     if missing:
         raise RejectedUpload(422, f"The DICOM image lacks required attributes: {', '.join(missing)}.")

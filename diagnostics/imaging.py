@@ -66,6 +66,13 @@ class RejectedUpload(Exception):
         self.detail = detail
 
 
+class NotAnImage(RejectedUpload):
+    """A well-formed DICOM object that is not a picture (SR, RT Plan, ...): 422."""
+
+    def __init__(self, detail: str):
+        super().__init__(422, detail)
+
+
 @dataclass
 class DecodedImage:
     format: str  # Study.Format value: "dcm", "png" or "jpg"

@@ -26,6 +26,7 @@ INSTALLED_APPS = [
     "django_prometheus",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_htmx",
     "template_partials",
     "accounts",
@@ -150,6 +151,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Chest X-ray pneumonia detection: ingestion of studies and their results.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI served from our own static files: the docs work without internet.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {"LabelEnum": "diagnostics.models.Label"},
 }
 
 # Celery. The database is the source of truth for study status, so no result backend.
@@ -176,6 +182,7 @@ CELERY_RESULT_SERIALIZER = "json"
 # Inference has its own queue so GPU machines consume only `inference`; housekeeping stays on `celery`.
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_ROUTES = {"diagnostics.predict_studies": {"queue": "inference"}, "diagnostics.*": {"queue": "celery"}}
+CELERY_TASK_ROUTES["mlcore.retrain_model"] = {"queue": "inference"}  # fine-tuning wants the GPU workers
 # One message at a time per process, acknowledged after the work: a slow batch holds no
 # other message, and a message whose worker died is delivered again.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

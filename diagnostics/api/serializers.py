@@ -1,0 +1,89 @@
+"""The study resource as EMR systems see it: status, the shown prediction, reviews, warnings.
+
+Patient identifiers are never echoed back: the caller already has them, and responses
+end up in integration logs.
+"""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from diagnostics import imaging
+from diagnostics.models import Label, Prediction, Review, Study
+
+
+class PredictionSerializer(serializers.ModelSerializer):
+    label = serializers.ChoiceField(choices=Label.choices)
+    model_version = serializers.CharField(source="model_version.name")
+    completed_at = serializers.DateTimeField(source="created_at")
+
+    class Meta:
+        model = Prediction
+        fields = ["label", "probability", "threshold", "model_version", "completed_at"]
+
+
+class ReviewSerializer(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="code")
+    radiologist = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Review
+        fields = ["id", "radiologist", "verdict", "correct_label", "note", "created_at", "updated_at"]
+
+    def get_radiologist(self, review: Review) -> str:
+        return review.radiologist.get_full_name() or review.radiologist.email
+
+
+class WarningSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class StudySerializer(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="code", read_only=True)
+    prediction = serializers.SerializerMethodField()
+    reviews = ReviewSerializer(many=True, read_only=True)
+    warnings = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Study
+        fields = [
+            "id",
+            "status",
+            "failure_reason",
+            "accession_number",
+            "created_at",
+            "prediction",
+            "reviews",
+            "warnings",
+        ]
+
+    @extend_schema_field(PredictionSerializer(allow_null=True))
+    def get_prediction(self, study: Study) -> dict | None:
+        prediction = shown_prediction(study)
+        return PredictionSerializer(prediction).data if prediction else None
+
+    @extend_schema_field(WarningSerializer(many=True))
+    def get_warnings(self, study: Study) -> list[dict]:
+        return imaging.describe_warnings(study.warnings)
+
+
+def shown_prediction(study: Study) -> Prediction | None:
+    """The newest non-shadow prediction; uses the list view's prefetch when present."""
+    prefetched = getattr(study, "shown_predictions", None)
+    if prefetched is not None:
+        return prefetched[0] if prefetched else None
+    return study.predictions.shown().select_related("model_version").order_by("-created_at", "-id").first()
+
+
+class StudyUploadSerializer(serializers.Serializer):
+    """The multipart form of an upload (documentation and field validation only)."""
+
+    file = serializers.FileField(help_text="The radiograph: PNG, JPEG or DICOM (type is detected from content).")
+    patient_id = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    accession_number = serializers.CharField(required=False, allow_blank=True, max_length=64)
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()

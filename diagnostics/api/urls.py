@@ -1,0 +1,22 @@
+"""`/api/v1/`: studies, their images, and the OpenAPI schema with its interactive docs."""
+
+from __future__ import annotations
+
+from django.urls import path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from diagnostics.api import schema, views
+
+app_name = "api"
+
+# Registers the integration-key security scheme with drf-spectacular.
+_ = schema.IntegrationKeyScheme
+
+urlpatterns = [
+    path("studies/", views.StudyListCreateView.as_view(), name="study-list"),
+    path("studies/<str:code>/", views.StudyDetailView.as_view(), name="study-detail"),
+    re_path(r"^studies/(?P<code>[^/]+)/image/?$", views.StudyImageView.as_view(), name="study-image"),
+    re_path(r"^studies/(?P<code>[^/]+)/heatmap/?$", views.StudyHeatmapView.as_view(), name="study-heatmap"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+]

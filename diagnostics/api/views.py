@@ -1,0 +1,402 @@
+"""REST API for studies (`/api/v1/`) and DICOMweb STOW-RS (`/dicomweb/`).
+
+Thin views: the tenant gate is `hospital.api.TenantAPIMixin`, the work is done by
+`diagnostics.services` and `diagnostics.dicomweb`. Every error body is {"detail": ...}.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, time
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.db.models import Prefetch
+from django.http import Http404
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import exceptions, generics, status
+from rest_framework.parsers import BaseParser, MultiPartParser
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from diagnostics import dicomweb, services
+from diagnostics.api.serializers import ErrorSerializer, StudySerializer, StudyUploadSerializer, shown_prediction
+from diagnostics.imaging import RejectedUpload
+from diagnostics.media import protected_file_response
+from diagnostics.models import Prediction, Review, Study
+from hospital import audit
+from hospital.api import IntegrationPrincipal, TenantAPIMixin
+from hospital.audit import Action
+
+# Room for multipart headers and form fields around a file of MAX_UPLOAD_BYTES.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The request body is too large."
+    default_code = "payload_too_large"
+
+
+def _limit_text() -> str:
+    return f"{settings.MAX_UPLOAD_BYTES / (1024 * 1024):g} MB"
+
+
+def _read_limited(stream, limit: int) -> bytes:
+    if stream is None:
+        return b""
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"The request body is larger than the {_limit_text()} limit.")
+    return data
+
+
+class DicomParser(BaseParser):
+    """A raw DICOM file as the body (`Content-Type: application/dicom`)."""
+
+    media_type = "application/dicom"
+
+    def parse(self, stream, media_type=None, parser_context=None) -> bytes:
+        return _read_limited(stream, settings.MAX_UPLOAD_BYTES)
+
+
+class MultipartRelatedParser(BaseParser):
+    """A STOW-RS body: the raw bytes, split later with the boundary of the Content-Type."""
+
+    media_type = "multipart/related"
+
+    def parse(self, stream, media_type=None, parser_context=None) -> bytes:
+        return _read_limited(stream, settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES)
+
+
+class DicomJSONRenderer(JSONRenderer):
+    media_type = dicomweb.DICOM_JSON_MEDIA_TYPE
+    format = "dicom+json"
+
+
+def _check_content_length(request, limit: int) -> None:
+    """Refuse an oversized body from its declared length, before reading any of it."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError as exc:
+        raise exceptions.ParseError("The Content-Length header is not a number.") from exc
+    if length > limit:
+        raise PayloadTooLarge(f"The request body is larger than the {_limit_text()} limit.")
+
+
+def _request_data(request):
+    """request.data, with Django's own upload refusals turned into JSON errors."""
+    try:
+        return request.data
+    except RequestDataTooBig as exc:
+        raise PayloadTooLarge("The form fields of this request are too large.") from exc
+    except (TooManyFieldsSent, TooManyFilesSent) as exc:
+        raise exceptions.ParseError("The request has too many form fields or files.") from exc
+
+
+def _caller(request) -> dict:
+    if isinstance(request.user, IntegrationPrincipal):
+        return {"user": None, "key": request.auth}
+    return {"user": request.user, "key": None}
+
+
+ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="Malformed request (empty body, no `file` field, bad filter)."),
+    401: OpenApiResponse(ErrorSerializer, description="No credentials, or the integration key is revoked."),
+    403: OpenApiResponse(ErrorSerializer, description="Your role does not allow this."),
+    404: OpenApiResponse(ErrorSerializer, description="No such study in your hospital."),
+    413: OpenApiResponse(ErrorSerializer, description="Larger than MAX_UPLOAD_BYTES or MAX_IMAGE_PIXELS."),
+    415: OpenApiResponse(ErrorSerializer, description="Not PNG, JPEG or DICOM (judged by content)."),
+    422: OpenApiResponse(ErrorSerializer, description="Truncated, corrupt, or a DICOM object that is not an image."),
+    429: OpenApiResponse(ErrorSerializer, description="Too many requests for this integration key."),
+}
+STUDY_EXAMPLE = OpenApiExample(
+    "A completed study",
+    value={
+        "id": "4f7c1b9e-2f55-4b0f-9b7e-0c1d2e3f4a5b",
+        "status": "completed",
+        "failure_reason": "",
+        "accession_number": "ACC-2025-000123",
+        "created_at": "2025-11-03T09:14:07.512Z",
+        "prediction": {
+            "label": "pneumonia",
+            "probability": 0.912,
+            "threshold": 0.5,
+            "model_version": "densenet121-2025-10",
+            "completed_at": "2025-11-03T09:14:08.204Z",
+        },
+        "reviews": [],
+        "warnings": [],
+    },
+    response_only=True,
+)
+QUEUED_EXAMPLE = OpenApiExample(
+    "Just uploaded: queued, outside the intended use",
+    value={
+        "id": "9a0b1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d",
+        "status": "queued",
+        "failure_reason": "",
+        "accession_number": "ACC-2025-000124",
+        "created_at": "2025-11-03T09:20:00Z",
+        "prediction": None,
+        "reviews": [],
+        "warnings": [
+            {
+                "code": "not_chest",
+                "message": "The body part examined is not the chest: the model is validated on chest radiographs only.",
+            }
+        ],
+    },
+    response_only=True,
+)
+ERROR_EXAMPLE = OpenApiExample(
+    "A DICOM object without pixels",
+    value={"detail": "This DICOM file (Basic Text SR Storage) has no pixel data: it is not an image."},
+    response_only=True,
+    status_codes=["422"],
+)
+
+
+class StudyQueryMixin(TenantAPIMixin):
+    def base_queryset(self):
+        return self.tenant_queryset(Study.objects.all()).prefetch_related(
+            Prefetch(
+                "predictions",
+                queryset=Prediction.objects.shown().select_related("model_version").order_by("-created_at", "-id"),
+                to_attr="shown_predictions",
+            ),
+            Prefetch("reviews", queryset=Review.objects.select_related("radiologist")),
+        )
+
+    def get_study(self, code: str) -> Study:
+        try:
+            code = uuid.UUID(str(code))
+        except ValueError as exc:
+            raise Http404("No such study.") from exc
+        study = self.base_queryset().filter(code=code).first()
+        if study is None:
+            raise Http404("No such study.")
+        return study
+
+
+class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
+    serializer_class = StudySerializer
+    parser_classes = [MultiPartParser, DicomParser]
+
+    def get_queryset(self):
+        queryset = self.base_queryset().order_by("-created_at", "-id")
+        params = self.request.query_params
+        if params.get("status"):
+            if params["status"] not in Study.Status.values:
+                choices = ", ".join(Study.Status.values)
+                raise exceptions.ValidationError(f"status must be one of: {choices}.")
+            queryset = queryset.filter(status=params["status"])
+        if params.get("accession_number"):
+            queryset = queryset.filter(accession_number=params["accession_number"])
+        if params.get("updated_since"):
+            queryset = queryset.filter(updated_at__gte=_parse_since(params["updated_since"]))
+        return queryset
+
+    @extend_schema(
+        summary="List the hospital's studies, newest first",
+        parameters=[
+            OpenApiParameter("status", str, enum=Study.Status.values, description="Only studies in this status."),
+            OpenApiParameter("accession_number", str, description="Only studies with this accession number."),
+            OpenApiParameter(
+                "updated_since", OpenApiTypes.DATETIME, description="ISO 8601; studies changed at or after this time."
+            ),
+        ],
+        responses={200: StudySerializer(many=True), 400: ERRORS[400], 401: ERRORS[401], 404: ERRORS[404]},
+        examples=[STUDY_EXAMPLE],
+    )
+    def get(self, request, *args, **kwargs):
+        page = self.paginate_queryset(self.get_queryset())
+        audit.record(Action.STUDY_LISTED, request=request, hospital=self.hospital, count=len(page))
+        return self.get_paginated_response(StudySerializer(page, many=True).data)
+
+    @extend_schema(
+        summary="Upload a radiograph (PNG, JPEG or DICOM)",
+        description=(
+            "Send `multipart/form-data` with a `file` field (and optional `patient_id`, "
+            "`accession_number`), or the DICOM file itself as the body with "
+            "`Content-Type: application/dicom`. The type is detected from the content. "
+            "Answers 202 with the queued study, or 200 with the existing study when this "
+            "SOP Instance UID was already sent to your hospital."
+        ),
+        request={"multipart/form-data": StudyUploadSerializer, "application/dicom": OpenApiTypes.BINARY},
+        responses={
+            202: OpenApiResponse(StudySerializer, description="Stored and queued for prediction."),
+            200: OpenApiResponse(StudySerializer, description="Already stored (same SOP Instance UID)."),
+            **{code: ERRORS[code] for code in (400, 401, 403, 413, 415, 422, 429)},
+        },
+        examples=[QUEUED_EXAMPLE, ERROR_EXAMPLE],
+    )
+    def post(self, request, *args, **kwargs):
+        _check_content_length(request, settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES)
+        data = _request_data(request)
+        if isinstance(data, bytes | bytearray):
+            payload, identifiers = bytes(data), {}
+        else:
+            payload, identifiers = _multipart_payload(data)
+        try:
+            study, created = services.ingest_upload(
+                hospital=self.hospital, data=payload, source=Study.Source.API, request=request,
+                **_caller(request), **identifiers,
+            )  # fmt: skip
+        except RejectedUpload as exc:
+            return Response({"detail": exc.detail}, status=exc.status_code)
+        study = self.get_study(study.code)
+        headers = {"Location": request.build_absolute_uri(f"{request.path.rstrip('/')}/{study.code}/")}
+        code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
+        return Response(StudySerializer(study).data, status=code, headers=headers)
+
+
+def _multipart_payload(data) -> tuple[bytes, dict]:
+    upload = data.get("file")
+    if upload is None or isinstance(upload, str):
+        raise exceptions.ParseError("Send the radiograph in a multipart field named 'file'.")
+    if upload.size > settings.MAX_UPLOAD_BYTES:
+        raise PayloadTooLarge(f"The file is larger than the {_limit_text()} limit.")
+    identifiers = {name: data.get(name, "") for name in ("patient_id", "accession_number")}
+    return upload.read(), identifiers
+
+
+def _parse_since(value: str) -> datetime:
+    parsed = None
+    try:
+        parsed = parse_datetime(value)
+        if parsed is None and parse_date(value) is not None:
+            parsed = datetime.combine(parse_date(value), time.min)
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise exceptions.ValidationError("updated_since must be an ISO 8601 date or date-time.")
+    if timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed, timezone.get_default_timezone())
+    return parsed
+
+
+class StudyDetailView(StudyQueryMixin, APIView):
+    @extend_schema(
+        summary="One study: status, prediction, reviews, warnings",
+        responses={200: StudySerializer, 401: ERRORS[401], 404: ERRORS[404]},
+        examples=[STUDY_EXAMPLE, QUEUED_EXAMPLE],
+    )
+    def get(self, request, code: str):
+        study = self.get_study(code)
+        audit.record(Action.STUDY_VIEWED, request=request, hospital=self.hospital, target=study, via="api")
+        return Response(StudySerializer(study).data)
+
+
+class _PNGView(StudyQueryMixin, APIView):
+    kind = ""
+
+    def perform_content_negotiation(self, request, force=False):
+        # Clients asking for image/png must not get 406: errors are still rendered as JSON.
+        return super().perform_content_negotiation(request, force=True)
+
+    def file_of(self, study: Study):
+        raise NotImplementedError
+
+    def get(self, request, code: str):
+        study = self.get_study(code)
+        fieldfile = self.file_of(study)
+        response = protected_file_response(fieldfile, content_type="image/png", download_name=f"{self.kind}.png")
+        audit.record(Action.IMAGE_VIEWED, request=request, hospital=self.hospital, target=study, kind=self.kind)
+        return response
+
+
+@extend_schema(
+    summary="The radiograph as an 8-bit PNG (windowed, at most 1024 px on the long side)",
+    responses={(200, "image/png"): OpenApiTypes.BINARY, 401: ERRORS[401], 404: ERRORS[404]},
+)
+class StudyImageView(_PNGView):
+    kind = "image"
+
+    def file_of(self, study: Study):
+        return study.display_image
+
+
+@extend_schema(
+    summary="The Grad-CAM heatmap of the shown prediction (transparent PNG overlay)",
+    responses={(200, "image/png"): OpenApiTypes.BINARY, 401: ERRORS[401], 404: ERRORS[404]},
+)
+class StudyHeatmapView(_PNGView):
+    kind = "heatmap"
+
+    def file_of(self, study: Study):
+        prediction = shown_prediction(study)
+        if prediction is None or not prediction.heatmap:
+            raise Http404("This study has no heatmap yet.")
+        return prediction.heatmap
+
+
+class StowView(TenantAPIMixin, APIView):
+    """DICOMweb STOW-RS: POST /dicomweb/studies with multipart/related; type="application/dicom"."""
+
+    parser_classes = [MultipartRelatedParser]
+    renderer_classes = [DicomJSONRenderer, JSONRenderer]
+
+    def perform_content_negotiation(self, request, force=False):
+        return super().perform_content_negotiation(request, force=True)
+
+    @extend_schema(
+        summary="DICOMweb STOW-RS: store DICOM instances",
+        description=(
+            'Body: `multipart/related; type="application/dicom"; boundary=...`, one DICOM '
+            "instance per part. Answers the PS3.18 DICOM JSON response: 200 when every "
+            "instance was stored, 202 when some failed, 409 when none was stored; "
+            "Failed SOP Sequence items carry a Failure Reason (0xA700 out of resources, "
+            "0xC000 cannot understand, 0x0122 SOP class not supported)."
+        ),
+        request={"multipart/related": OpenApiTypes.BINARY},
+        responses={
+            (200, dicomweb.DICOM_JSON_MEDIA_TYPE): OpenApiTypes.OBJECT,
+            (202, dicomweb.DICOM_JSON_MEDIA_TYPE): OpenApiTypes.OBJECT,
+            (409, dicomweb.DICOM_JSON_MEDIA_TYPE): OpenApiTypes.OBJECT,
+            **{code: ERRORS[code] for code in (400, 401, 403, 413, 415, 429)},
+        },
+        examples=[
+            OpenApiExample(
+                "One stored, one refused",
+                value={
+                    "00081199": {
+                        "vr": "SQ",
+                        "Value": [
+                            {
+                                "00081150": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.1"]},
+                                "00081155": {"vr": "UI", "Value": ["1.2.392.200036.9125.0.19950720112207"]},
+                            }
+                        ],
+                    },
+                    "00081198": {
+                        "vr": "SQ",
+                        "Value": [
+                            {
+                                "00081150": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.88.11"]},
+                                "00081155": {"vr": "UI", "Value": ["1.2.276.0.7230010.3.1.4.1"]},
+                                "00081197": {"vr": "US", "Value": [290]},
+                            }
+                        ],
+                    },
+                },
+                response_only=True,
+                status_codes=["202"],
+            )
+        ],
+    )
+    def post(self, request, *args, **kwargs):
+        _check_content_length(request, settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES)
+        body = _request_data(request)
+        if not isinstance(body, bytes | bytearray) or not body:
+            raise exceptions.ParseError("The request body is empty.")
+        try:
+            parts = dicomweb.split_multipart_related(bytes(body), request.META.get("CONTENT_TYPE", ""))
+        except dicomweb.StowError as exc:
+            return Response({"detail": exc.detail}, status=exc.status_code)
+        result = dicomweb.store_instances(hospital=self.hospital, parts=parts, request=request, **_caller(request))
+        return Response(result.body, status=result.status_code, content_type=dicomweb.DICOM_JSON_MEDIA_TYPE)

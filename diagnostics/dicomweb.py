@@ -1,0 +1,163 @@
+"""DICOMweb STOW-RS (PS3.18 10.5): store several DICOM instances from one request.
+
+`split_multipart_related` cuts a `multipart/related; type="application/dicom"` body into
+parts; `store_instances` runs each part through the same ingestion service as every
+other upload and builds the DICOM JSON response (Referenced / Failed SOP Sequences).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from diagnostics import services
+from diagnostics.imaging import NotAnImage, RejectedUpload
+from diagnostics.models import Study
+
+DICOM_MEDIA_TYPE = "application/dicom"
+DICOM_JSON_MEDIA_TYPE = "application/dicom+json"
+MAX_INSTANCES = 100
+
+# Failure Reason (0008,1197) values, PS3.18 Table 10.5.3-1 / PS3.4 Annex GG.
+FAILURE_OUT_OF_RESOURCES = 0xA700
+FAILURE_CANNOT_UNDERSTAND = 0xC000
+FAILURE_SOP_CLASS_NOT_SUPPORTED = 0x0122
+FAILURE_PROCESSING = 0x0110
+
+_BOUNDARY_RE = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+_TYPE_RE = re.compile(r'(?:^|;)\s*type="?([^";]+)"?', re.IGNORECASE)
+
+
+class StowError(Exception):
+    """The request as a whole is refused (bad payload, wrong media type)."""
+
+    def __init__(self, status_code: int, detail: str):
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+
+
+@dataclass
+class Part:
+    content_type: str
+    data: bytes
+
+
+@dataclass
+class StowResult:
+    status_code: int
+    body: dict[str, Any]
+    stored: list[Study] = field(default_factory=list)
+
+
+def split_multipart_related(body: bytes, content_type: str) -> list[Part]:
+    """The body parts of a multipart/related request whose root type is application/dicom."""
+    root_type = (_TYPE_RE.search(content_type) or [None, ""])[1].strip().lower()
+    if root_type and root_type != DICOM_MEDIA_TYPE:
+        raise StowError(415, f'Only type="{DICOM_MEDIA_TYPE}" is supported in multipart/related requests.')
+    match = _BOUNDARY_RE.search(content_type)
+    if not match:
+        raise StowError(400, "The multipart/related Content-Type has no boundary parameter.")
+    delimiter = b"--" + match[1].strip().encode("latin-1")
+    chunks = body.split(delimiter)
+    if len(chunks) < 3 or not chunks[-1].startswith(b"--"):
+        raise StowError(400, "The multipart/related body is malformed: its closing boundary is missing.")
+    parts = [_parse_part(chunk) for chunk in chunks[1:-1]]
+    if not parts:
+        raise StowError(400, "The request holds no DICOM instances.")
+    if len(parts) > MAX_INSTANCES:
+        raise StowError(413, f"At most {MAX_INSTANCES} instances may be sent in one request.")
+    return parts
+
+
+def _parse_part(chunk: bytes) -> Part:
+    chunk = chunk.removeprefix(b"\r\n")
+    head, separator, data = chunk.partition(b"\r\n\r\n")
+    if not separator:
+        if chunk.startswith(b"\r\n"):  # a part with no headers at all
+            head, data = b"", chunk[2:]
+        else:
+            raise StowError(400, "A multipart body part has no blank line between its headers and content.")
+    headers = {}
+    for line in head.decode("latin-1").split("\r\n"):
+        name, _, value = line.partition(":")
+        if name.strip():
+            headers[name.strip().lower()] = value.strip()
+    part_type = headers.get("content-type", DICOM_MEDIA_TYPE).split(";")[0].strip().lower()
+    return Part(content_type=part_type, data=data.removesuffix(b"\r\n"))
+
+
+def store_instances(*, hospital, parts: list[Part], user=None, key=None, request=None) -> StowResult:
+    """Store each part; 200 if all were stored, 202 if some failed, 409 if none was stored."""
+    referenced, failed, stored = [], [], []
+    for part in parts:
+        if part.content_type != DICOM_MEDIA_TYPE:
+            failed.append(_failed_item(None, FAILURE_CANNOT_UNDERSTAND))
+            continue
+        try:
+            study, _created = services.ingest_upload(
+                hospital=hospital,
+                data=part.data,
+                source=Study.Source.DICOMWEB,
+                user=user,
+                key=key,
+                request=request,
+                dicom_only=True,
+            )
+        except RejectedUpload as exc:
+            failed.append(_failed_item(_uids_of(part.data), _failure_reason(exc)))
+            continue
+        stored.append(study)
+        referenced.append(_referenced_item(study))
+    body: dict[str, Any] = {}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if not referenced:
+        status = 409
+    elif failed:
+        status = 202
+    else:
+        status = 200
+    return StowResult(status_code=status, body=body, stored=stored)
+
+
+def _failure_reason(exc: RejectedUpload) -> int:
+    if exc.status_code == 413:
+        return FAILURE_OUT_OF_RESOURCES
+    if isinstance(exc, NotAnImage):
+        return FAILURE_SOP_CLASS_NOT_SUPPORTED
+    return FAILURE_CANNOT_UNDERSTAND
+
+
+def _uids_of(data: bytes) -> tuple[str, str] | None:
+    """(SOP class, SOP instance) of a refused part, when its header can be read at all."""
+    from diagnostics import dicom
+
+    try:
+        ds = dicom.read_dataset(data)
+    except RejectedUpload:
+        return None
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    sop_instance = str(ds.get("SOPInstanceUID", "") or "")
+    if not sop_instance or len(sop_instance) > 64 or len(sop_class) > 64:
+        return None
+    return sop_class, sop_instance
+
+
+def _referenced_item(study: Study) -> dict[str, Any]:
+    return {
+        "00081150": {"vr": "UI", "Value": [study.sop_class_uid]},
+        "00081155": {"vr": "UI", "Value": [study.sop_instance_uid]},
+    }
+
+
+def _failed_item(uids: tuple[str, str] | None, reason: int) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    if uids:
+        item["00081150"] = {"vr": "UI", "Value": [uids[0]]}
+        item["00081155"] = {"vr": "UI", "Value": [uids[1]]}
+    item["00081197"] = {"vr": "US", "Value": [reason]}
+    return item

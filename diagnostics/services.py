@@ -1,0 +1,177 @@
+"""Business operations on studies. Views and API endpoints call these; nothing here
+knows about HTTP beyond the optional `request` passed through to the audit trail."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from functools import partial
+
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from diagnostics import imaging, tasks
+from diagnostics.imaging import DecodedImage, RejectedUpload
+from diagnostics.models import Study
+from hospital import audit
+from hospital.audit import Action, Outcome
+from hospital.models import Hospital, IntegrationKey
+
+logger = logging.getLogger(__name__)
+
+IDENTIFIER_MAX_LENGTH = 64
+# Patient IDs and accession numbers: printable, no control characters (they end up in
+# DICOM headers, HL7 messages and CSV exports).
+_IDENTIFIER_RE = re.compile(r"^[\x20-\x7e]*$")
+
+
+def ingest_upload(
+    *,
+    hospital: Hospital,
+    data: bytes,
+    source: str,
+    user=None,
+    key: IntegrationKey | None = None,
+    patient_id: str = "",
+    accession_number: str = "",
+    request=None,
+    dicom_only: bool = False,
+) -> tuple[Study, bool]:
+    """Validate, decode and store one uploaded file as a queued study of `hospital`.
+
+    Returns (study, created). Posting the same SOP Instance UID to the same hospital
+    again returns the existing study with created=False. Every refusal raises
+    `RejectedUpload` after being audited; nothing already stored is touched by it.
+    `dicom_only` refuses PNG and JPEG (DICOMweb takes DICOM instances only).
+    """
+    audit_context = {"request": request, "actor": user, "key": key, "hospital": hospital}
+    try:
+        patient_id = _clean_identifier(patient_id, "patient_id")
+        accession_number = _clean_identifier(accession_number, "accession_number")
+        if dicom_only and imaging.sniff(data) != Study.Format.DICOM:
+            raise RejectedUpload(415, "Only DICOM instances are accepted here, not PNG or JPEG images.")
+        decoded = imaging.decode_upload(data)
+    except RejectedUpload as exc:
+        audit.record(
+            Action.STUDY_UPLOAD_REJECTED,
+            **audit_context,
+            outcome=Outcome.FAILURE,
+            source=source,
+            status_code=exc.status_code,
+            reason=exc.detail,
+            size=len(data),
+        )
+        raise
+    sop_uid = decoded.metadata.get("sop_instance_uid", "")
+    existing = _existing(hospital, sop_uid)
+    if existing is not None:
+        _audit_uploaded(existing, audit_context, source=source, created=False)
+        return existing, False
+    study = _build_study(
+        hospital, decoded, data, source=source, user=user, key=key, patient_id=patient_id, accession=accession_number
+    )
+    try:
+        study = _store(study, data, decoded)
+    except _DuplicateInstance:
+        existing = _existing(hospital, sop_uid)
+        _audit_uploaded(existing, audit_context, source=source, created=False)
+        return existing, False
+    _audit_uploaded(study, audit_context, source=source, created=True)
+    transaction.on_commit(partial(tasks.enqueue_prediction, study.pk))
+    return study, True
+
+
+def _clean_identifier(value, name: str) -> str:
+    value = "" if value is None else str(value).strip()
+    if len(value) > IDENTIFIER_MAX_LENGTH:
+        raise RejectedUpload(400, f"{name} must be at most {IDENTIFIER_MAX_LENGTH} characters.")
+    if not _IDENTIFIER_RE.match(value):
+        raise RejectedUpload(400, f"{name} may contain printable ASCII characters only.")
+    return value
+
+
+def _existing(hospital: Hospital, sop_uid: str) -> Study | None:
+    if not sop_uid:
+        return None
+    return Study.objects.for_hospital(hospital).filter(sop_instance_uid=sop_uid).first()
+
+
+def _build_study(
+    hospital: Hospital,
+    decoded: DecodedImage,
+    data: bytes,
+    *,
+    source: str,
+    user,
+    key: IntegrationKey | None,
+    patient_id: str,
+    accession: str,
+) -> Study:
+    fields = dict(decoded.metadata)
+    # Values the caller typed win over the file's header (an EMR knows its own accession).
+    if patient_id:
+        fields["patient_id"] = patient_id
+    if accession:
+        fields["accession_number"] = accession
+    return Study(
+        hospital=hospital,
+        source=source,
+        uploaded_by=user if getattr(user, "pk", None) else None,
+        uploaded_by_key=key,
+        status=Study.Status.QUEUED,
+        warnings=list(decoded.warnings),
+        original_format=decoded.format,
+        original_sha256=hashlib.sha256(data).hexdigest(),
+        original_size=len(data),
+        pixel_sha256=decoded.pixel_sha256,
+        queued_at=timezone.now(),
+        **fields,
+    )
+
+
+class _DuplicateInstance(Exception):
+    """Another request stored the same SOP Instance UID first."""
+
+
+def _store(study: Study, data: bytes, decoded: DecodedImage) -> Study:
+    """Write the files, then the row; if anything fails, remove the files written."""
+    written = []
+    try:
+        study.original_file.save("original", ContentFile(data), save=False)
+        written.append(study.original_file.name)
+        study.display_image.save("display.png", ContentFile(imaging.display_png(decoded.gray)), save=False)
+        written.append(study.display_image.name)
+        with transaction.atomic():
+            study.save()
+    except IntegrityError as exc:
+        _delete_files(study, written)
+        if study.sop_instance_uid:
+            raise _DuplicateInstance from exc
+        raise
+    except BaseException:
+        _delete_files(study, written)
+        raise
+    return study
+
+
+def _delete_files(study: Study, names: list[str]) -> None:
+    storage = study.original_file.storage
+    for name in names:
+        try:
+            storage.delete(name)
+        except OSError:
+            logger.warning("Could not remove a file left by a failed upload of study %s", study.code)
+
+
+def _audit_uploaded(study: Study, context: dict, *, source: str, created: bool) -> None:
+    audit.record(
+        Action.STUDY_UPLOADED,
+        **context,
+        target=study,
+        source=source,
+        created=created,
+        format=study.original_format,
+        warnings=list(study.warnings),
+    )
