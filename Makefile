@@ -16,7 +16,7 @@ $(BIN)/.installed: requirements.txt
 install: $(BIN)/.installed
 
 migrate: install
-	mkdir -p var/broker/out var/broker/processed var/media
+	mkdir -p var/broker/out var/broker/processed var/broker/control var/media
 	$(BIN)/python manage.py migrate --noinput
 
 ## make run: web server, Celery worker and beat with embedded defaults (SQLite, filesystem broker).
