@@ -21,7 +21,6 @@ RETRAIN_TIME_LIMIT = RETRAIN_SOFT_TIME_LIMIT + 300
 
 @shared_task(
     name=RETRAIN_TASK,
-    queue="inference",
     soft_time_limit=RETRAIN_SOFT_TIME_LIMIT,
     time_limit=RETRAIN_TIME_LIMIT,
     # A redelivered message after a lost worker starts again; a finished one does nothing.
