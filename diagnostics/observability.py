@@ -25,6 +25,8 @@ import uuid
 from collections.abc import Callable
 
 from celery import signals
+from django.core.signals import request_finished
+from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -68,15 +70,19 @@ class RequestIdMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request_id = _incoming_request_id(request)
         request.request_id = request_id
-        token = request_id_var.set(request_id)
+        # Unbound by `_unbind_request_id` when the response is closed, not here: Django
+        # logs 4xx/5xx responses (django.request) after the middleware chain returns.
+        request_id_var.set(request_id)
         started = time.perf_counter()
-        try:
-            response = self.get_response(request)
-            response[REQUEST_ID_HEADER] = request_id
-            _log_request(request, response.status_code, started)
-            return response
-        finally:
-            request_id_var.reset(token)
+        response = self.get_response(request)
+        response[REQUEST_ID_HEADER] = request_id
+        _log_request(request, response.status_code, started)
+        return response
+
+
+@receiver(request_finished)
+def _unbind_request_id(**kwargs) -> None:
+    request_id_var.set(None)
 
 
 def _log_request(request: HttpRequest, status: int, started: float) -> None:

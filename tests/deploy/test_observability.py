@@ -81,3 +81,27 @@ def test_json_formatter_redacts_extra_fields_that_name_a_patient():
     assert json.loads(line)["PatientID"] == "[redacted]"
     assert "DOE" not in line
     assert "MRN-12345" not in line
+
+
+class _IdCapture(logging.Handler):
+    """Records as a real handler sees them: with the id bound at the moment of logging."""
+
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.addFilter(RequestIdFilter())
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_djangos_own_error_lines_carry_the_request_id(client, db):
+    capture = _IdCapture()
+    logging.getLogger().addHandler(capture)
+    try:
+        client.get("/no-such-page/", HTTP_X_REQUEST_ID="req-notfound-42")
+    finally:
+        logging.getLogger().removeHandler(capture)
+    not_found = [r for r in capture.records if r.name == "django.request"]
+    assert [(r.getMessage(), r.request_id) for r in not_found] == [("Not Found: /no-such-page/", "req-notfound-42")]
+    assert request_id_var.get() is None

@@ -1,0 +1,116 @@
+"""Patient identifiers never reach the logs: every log record of a whole study's life
+(upload, prediction, viewing, search, review, and the error paths around them) is
+captured at DEBUG and searched for the patient's name, IDs and birth date."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import uuid
+
+import pydicom
+import pytest
+import torch
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from diagnostics import pipeline
+from diagnostics.models import Study
+from diagnostics.observability import JsonFormatter, RequestIdFilter
+from mlcore import registry
+from mlcore.models import ModelVersion
+from mlcore.network import build_network, save_weights
+from tests.conftest import SHARED_DATA
+
+CHEST_DICOM = SHARED_DATA / "dicom" / "nih-chestxray14-dx-no-finding.dcm"
+FAMILY, GIVEN = "Quillfeather", "Zebedee"
+DICOM_PATIENT_ID = "PHI-LOG-99317"
+TYPED_PATIENT_ID = "MRN-TYPED-55120"
+BIRTH_DATE = "19410307"
+# The portal's form always sends its two text fields, empty when not typed.
+NO_IDS = {"patient_id": "", "accession_number": ""}
+PHI = (FAMILY, GIVEN, DICOM_PATIENT_ID, TYPED_PATIENT_ID, BIRTH_DATE, "1941-03-07")
+
+
+def _dicom_with_phi() -> bytes:
+    dataset = pydicom.dcmread(CHEST_DICOM)
+    dataset.PatientName = f"{FAMILY}^{GIVEN}"
+    dataset.PatientID = DICOM_PATIENT_ID
+    dataset.PatientBirthDate = BIRTH_DATE
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def active_model(db, tmp_path) -> ModelVersion:
+    """A randomly initialised network of the real architecture: enough to run the pipeline."""
+    torch.manual_seed(0)
+    path = tmp_path / "phi-test.pt"
+    sha256 = save_weights(build_network("resnet18"), path)
+    registry.engines.clear()
+    yield ModelVersion.objects.create(
+        name="phi-test",
+        architecture="resnet18",
+        image_size=64,
+        weights_path=str(path),
+        weights_sha256=sha256,
+        threshold=0.5,
+        status=ModelVersion.Status.ACTIVE,
+    )
+    registry.engines.clear()
+
+
+def _every_rendering(record: logging.LogRecord) -> str:
+    """The record as every handler could write it: message, args, extras, JSON, traceback."""
+    RequestIdFilter().filter(record)
+    parts = [record.getMessage(), repr(record.args), repr(vars(record)), JsonFormatter().format(record)]
+    if record.exc_info:
+        parts.append(logging.Formatter().formatException(record.exc_info))
+    return "\n".join(parts)
+
+
+def test_patient_identifiers_never_reach_the_logs(client, doctor, radiologist, active_model, caplog):
+    caplog.set_level(logging.DEBUG)
+    dicom = _dicom_with_phi()
+
+    # Upload by a doctor, with a patient ID typed into the form as well.
+    client.force_login(doctor)
+    upload = SimpleUploadedFile("chest.dcm", dicom, content_type="application/dicom")
+    response = client.post("/upload/", {"files": upload, "patient_id": TYPED_PATIENT_ID, "accession_number": "A-1"})
+    assert response.status_code == 201
+    study = Study.objects.get()
+    assert (study.patient_name, study.patient_id) == (f"{FAMILY}^{GIVEN}", TYPED_PATIENT_ID)
+    assert study.patient_birth_date.isoformat() == "1941-03-07"
+    # The same file again (idempotent repeat), and a truncated copy that must be refused.
+    repeat = client.post("/upload/", {"files": SimpleUploadedFile("again.dcm", dicom, "application/dicom"), **NO_IDS})
+    assert repeat.status_code == 200
+    broken = client.post("/upload/", {"files": SimpleUploadedFile("cut.dcm", dicom[: len(dicom) // 2]), **NO_IDS})
+    assert broken.status_code in (400, 415, 422)
+
+    # Prediction, as the worker runs it.
+    assert pipeline.predict_studies([study.id]) == [study.id]
+    study.refresh_from_db()
+    assert study.status == Study.Status.COMPLETED
+
+    # Viewing: worklist, a search by patient ID, the study page, its image and heatmap.
+    code = study.code
+    for url in ("/", f"/studies/{code}/", f"/studies/{code}/image/", f"/studies/{code}/heatmap/"):
+        assert client.get(url).status_code == 200, url
+    assert client.post("/", {"q": TYPED_PATIENT_ID}).status_code == 200
+    assert client.get(f"/studies/{uuid.uuid4()}/").status_code == 404
+
+    # Review by a radiologist, then a refused one (a doctor may not review).
+    client.force_login(radiologist)
+    other_label = "normal" if study.predictions.get().label == "pneumonia" else "pneumonia"
+    review = client.post(f"/studies/{code}/review/", {"verdict": "disagree", "correct_label": other_label})
+    assert review.status_code == 302
+    client.force_login(doctor)
+    assert client.post(f"/studies/{code}/review/", {"verdict": "agree"}).status_code == 403
+
+    request_lines = [r for r in caplog.records if r.name == "pleura.request"]
+    assert len(request_lines) == 11  # every request above was logged, so capture really worked
+    rendered = "\n".join(_every_rendering(record) for record in caplog.records)
+    for identifier in PHI:
+        assert identifier.lower() not in rendered.lower(), f"{identifier} reached the logs"
+    assert all(json.loads(JsonFormatter().format(r))["logger"] == r.name for r in caplog.records)
