@@ -1,0 +1,283 @@
+"""Decoding real files into the model's 8-bit grayscale: DICOM (every transfer syntax
+pydicom ships an example of), PNG and JPEG. The oracles are the DICOM standard's
+formulas applied to pydicom's raw pixel values, and lossless/lossy encodings of the
+same picture compared with each other."""
+
+from __future__ import annotations
+
+import io
+from datetime import date
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from diagnostics import imaging
+from diagnostics.imaging import decode_upload, pixel_sha256
+from tests.ingestion.conftest import (
+    CR_CHEST,
+    DX_CHEST,
+    NORMAL_JPEG,
+    PNEUMONIA_JPEG,
+    PNEUMONIA_PNG,
+    TIBIA,
+    decode_png,
+    make_dicom,
+    png_of,
+    pydicom_file,
+)
+
+
+def gray_of(path) -> np.ndarray:
+    return decode_upload(path.read_bytes()).gray
+
+
+def window_8bit(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1, linear function, output 0..255."""
+    out = ((values - (center - 0.5)) / (width - 1) + 0.5) * 255.0
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def test_cr_chest_without_preamble_is_windowed_and_inverted_from_monochrome1():
+    decoded = decode_upload(CR_CHEST.read_bytes())
+    raw = pydicom.dcmread(CR_CHEST, force=True)
+    raw.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    expected = 255 - window_8bit(raw.pixel_array.astype(np.float64), 550, 1024)
+    assert decoded.format == "dcm"
+    assert decoded.gray.dtype == np.uint8
+    assert decoded.gray.shape == (440, 440)
+    np.testing.assert_array_equal(decoded.gray, expected)
+    assert decoded.warnings == []
+
+
+def test_cr_chest_metadata_is_read_from_the_header():
+    meta = decode_upload(CR_CHEST.read_bytes()).metadata
+    assert meta["modality"] == "CR"
+    assert meta["body_part"] == "CHEST"
+    assert meta["photometric_interpretation"] == "MONOCHROME1"
+    assert meta["transfer_syntax_uid"] == "1.2.840.10008.1.2"
+    assert meta["sop_class_uid"] == "1.2.840.10008.5.1.4.1.1.1"
+    assert meta["rows"] == 440
+    assert meta["columns"] == 440
+    ds = pydicom.dcmread(CR_CHEST, force=True)
+    assert meta["sop_instance_uid"] == ds.SOPInstanceUID
+    assert meta["study_instance_uid"] == ds.StudyInstanceUID
+    assert meta["series_instance_uid"] == ds.SeriesInstanceUID
+    assert meta["patient_id"] == str(ds.get("PatientID", ""))
+    assert meta["patient_name"] == str(ds.get("PatientName", ""))
+    assert meta["study_date"] is None  # this old file has none
+
+
+def test_every_identifier_and_acquisition_field_is_extracted():
+    data = make_dicom(
+        np.zeros((4, 6), dtype=np.uint8),
+        PatientID="MRN-7731",
+        PatientName="Doe^Jane",
+        PatientBirthDate="19800229",
+        PatientSex="F",
+        AccessionNumber="ACC-42",
+        BodyPartExamined="chest",
+        ViewPosition="PA",
+        StudyDate="20240131",
+        Modality="CR",
+    )
+    meta = decode_upload(data).metadata
+    assert meta["patient_id"] == "MRN-7731"
+    assert meta["patient_name"] == "Doe^Jane"
+    assert meta["patient_birth_date"] == date(1980, 2, 29)
+    assert meta["patient_sex"] == "F"
+    assert meta["accession_number"] == "ACC-42"
+    assert meta["body_part"] == "CHEST"
+    assert meta["view_position"] == "PA"
+    assert meta["study_date"] == date(2024, 1, 31)
+    assert meta["modality"] == "CR"
+    assert meta["rows"] == 4
+    assert meta["columns"] == 6
+    assert meta["transfer_syntax_uid"] == "1.2.840.10008.1.2.1"
+    assert decode_upload(data).warnings == []
+
+
+def test_dx_chest_8_bit_without_window_keeps_its_display_values():
+    decoded = decode_upload(DX_CHEST.read_bytes())
+    raw = pydicom.dcmread(DX_CHEST).pixel_array
+    np.testing.assert_array_equal(decoded.gray, raw)
+    assert decoded.metadata["modality"] == "DX"
+    assert decoded.metadata["body_part"] == ""
+    assert decoded.warnings == []
+
+
+def test_tibia_in_jpeg_2000_is_decoded_and_flagged_as_not_a_chest():
+    decoded = decode_upload(TIBIA.read_bytes())
+    raw = pydicom.dcmread(TIBIA)
+    expected = 255 - window_8bit(raw.pixel_array.astype(np.float64), 550, 1024)
+    np.testing.assert_array_equal(decoded.gray, expected)
+    assert decoded.metadata["transfer_syntax_uid"] == "1.2.840.10008.1.2.4.90"
+    assert decoded.metadata["body_part"] == "EXTREMITY"
+    assert decoded.warnings == ["not_chest"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_expb.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_padded.dcm",
+    ],
+)
+def test_lossless_transfer_syntaxes_give_identical_pixels(name):
+    reference = gray_of(pydicom_file("MR_small.dcm"))
+    raw = pydicom.dcmread(pydicom_file("MR_small.dcm")).pixel_array.astype(np.float64)
+    np.testing.assert_array_equal(reference, window_8bit(raw, 600, 1600))
+    np.testing.assert_array_equal(gray_of(pydicom_file(name)), reference)
+
+
+def test_rescale_slope_and_intercept_are_applied_before_min_max():
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    hounsfield = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    low, high = hounsfield.min(), hounsfield.max()
+    expected = np.clip(np.rint((hounsfield - low) * 255.0 / (high - low)), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(gray_of(pydicom_file("CT_small.dcm")), expected)
+
+
+def test_rescale_then_window_in_jpeg_2000_ct():
+    ds = pydicom.dcmread(pydicom_file("693_J2KI.dcm"))
+    hounsfield = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    np.testing.assert_array_equal(gray_of(pydicom_file("693_J2KI.dcm")), window_8bit(hounsfield, 40, 100))
+
+
+def test_bits_above_bits_stored_are_ignored():
+    values = np.array([[0, 1000], [2000, 4095]], dtype=np.uint16)
+    garbage = values | np.uint16(0xF000)  # an overlay in the unused high bits
+    clean = decode_upload(make_dicom(values, BitsStored=12, HighBit=11)).gray
+    dirty = decode_upload(make_dicom(garbage, BitsStored=12, HighBit=11)).gray
+    np.testing.assert_array_equal(clean, dirty)
+    np.testing.assert_array_equal(clean, np.array([[0, 62], [125, 255]], dtype=np.uint8))
+
+
+def test_monochrome1_is_inverted_and_inverse_presentation_lut_flips_back():
+    values = np.array([[0, 255]], dtype=np.uint8)
+    mono1 = decode_upload(make_dicom(values, PhotometricInterpretation="MONOCHROME1")).gray
+    both = decode_upload(
+        make_dicom(values, PhotometricInterpretation="MONOCHROME1", PresentationLUTShape="INVERSE")
+    ).gray
+    np.testing.assert_array_equal(mono1, [[255, 0]])
+    np.testing.assert_array_equal(both, [[0, 255]])
+
+
+def test_multi_frame_takes_the_first_frame():
+    frames = pydicom.dcmread(pydicom_file("SC_rgb_rle_2frame.dcm")).pixel_array
+    first = gray_of(pydicom_file("SC_rgb_rle_2frame.dcm"))
+    np.testing.assert_array_equal(first, gray_of(pydicom_file("SC_rgb_rle.dcm")))
+    second_as_gray = np.asarray(Image.fromarray(frames[1], mode="RGB").convert("L"))
+    assert not np.array_equal(first, second_as_gray)
+
+
+@pytest.mark.parametrize(
+    "name", ["SC_rgb_gdcm_KY.dcm", "SC_rgb_jpeg_gdcm.dcm", "SC_rgb_rle_16bit.dcm", "SC_rgb_rle_32bit.dcm"]
+)
+def test_colour_encodings_of_one_picture_give_the_same_gray(name):
+    np.testing.assert_array_equal(gray_of(pydicom_file(name)), gray_of(pydicom_file("SC_rgb_rle.dcm")))
+
+
+@pytest.mark.parametrize(
+    "name", ["SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_dcmtk_+eb+cr.dcm", "SC_ybr_full_422_uncompressed.dcm"]
+)
+def test_lossy_jpeg_baseline_colour_is_close_to_the_lossless_original(name):
+    lossy = gray_of(pydicom_file(name)).astype(int)
+    lossless = gray_of(pydicom_file("SC_rgb_rle.dcm")).astype(int)
+    assert np.abs(lossy - lossless).max() <= 2
+
+
+def test_colour_dicom_uses_the_same_luma_as_a_colour_png():
+    rgb = pydicom.dcmread(pydicom_file("SC_rgb_rle.dcm")).pixel_array
+    png = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(png, format="PNG")
+    np.testing.assert_array_equal(decode_upload(png.getvalue()).gray, gray_of(pydicom_file("SC_rgb_rle.dcm")))
+
+
+def test_jpeg_extended_12_bit_and_deflated_and_palette_decode():
+    extended = decode_upload(pydicom_file("JPGExtended.dcm").read_bytes())
+    deflated = decode_upload(pydicom_file("image_dfl.dcm").read_bytes())
+    palette = decode_upload(pydicom_file("examples_palette.dcm").read_bytes())
+    assert extended.gray.shape == (1024, 256)
+    assert extended.metadata["transfer_syntax_uid"] == "1.2.840.10008.1.2.4.51"
+    assert deflated.gray.shape == (512, 512)
+    assert deflated.metadata["transfer_syntax_uid"] == "1.2.840.10008.1.2.1.99"
+    np.testing.assert_array_equal(deflated.gray, pydicom.dcmread(pydicom_file("image_dfl.dcm")).pixel_array)
+    assert palette.gray.shape == (350, 800)
+    assert palette.metadata["photometric_interpretation"] == "PALETTE COLOR"
+
+
+def test_jpeg_ls_near_lossless_is_within_its_error_bound():
+    ds = pydicom.dcmread(pydicom_file("JPEGLSNearLossless_08.dcm"))
+    gray = gray_of(pydicom_file("JPEGLSNearLossless_08.dcm"))
+    raw = ds.pixel_array.astype(np.float64)
+    expected = np.clip(np.rint((raw - raw.min()) * 255.0 / (raw.max() - raw.min())), 0, 255)
+    np.testing.assert_array_equal(gray, expected.astype(np.uint8))
+
+
+def test_non_chest_modalities_are_flagged_not_refused():
+    decoded = decode_upload(pydicom_file("MR_small.dcm").read_bytes())
+    assert decoded.metadata["modality"] == "MR"
+    assert decoded.warnings == ["not_radiograph"]
+    assert imaging.describe_warnings(decoded.warnings) == [
+        {"code": "not_radiograph", "message": imaging.WARNINGS["not_radiograph"]}
+    ]
+
+
+def test_jpeg_chest_decodes_like_pillow_luma():
+    decoded = decode_upload(NORMAL_JPEG.read_bytes())
+    with Image.open(NORMAL_JPEG) as image:
+        expected = np.asarray(image.convert("L"))
+    assert decoded.format == "jpg"
+    np.testing.assert_array_equal(decoded.gray, expected)
+    assert decoded.metadata == {"rows": 224, "columns": 224, "photometric_interpretation": ""}
+
+
+def test_png_and_jpeg_of_one_radiograph_hash_alike_only_when_pixels_match():
+    png = decode_upload(PNEUMONIA_PNG.read_bytes())
+    jpeg = decode_upload(PNEUMONIA_JPEG.read_bytes())
+    np.testing.assert_array_equal(png.gray, jpeg.gray)
+    assert png.pixel_sha256 == jpeg.pixel_sha256
+    other = decode_upload(NORMAL_JPEG.read_bytes())
+    assert other.pixel_sha256 != png.pixel_sha256
+
+
+def test_pixel_hash_includes_the_shape():
+    flat = np.zeros((4, 9), dtype=np.uint8)
+    assert pixel_sha256(flat) != pixel_sha256(flat.reshape(6, 6))
+
+
+def test_16_bit_png_is_stretched_to_8_bits():
+    values = np.array([[1000, 2000], [3000, 5000]], dtype=np.uint16)
+    image = Image.fromarray(values)
+    assert image.mode == "I;16"
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    gray = decode_upload(buffer.getvalue()).gray
+    np.testing.assert_array_equal(gray, [[0, 64], [128, 255]])
+
+
+def test_transparent_png_is_shown_on_black():
+    rgba = np.zeros((2, 2, 4), dtype=np.uint8)
+    rgba[..., :3] = 200
+    rgba[0, 0, 3] = 255  # one opaque pixel; the rest transparent
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(buffer, format="PNG")
+    np.testing.assert_array_equal(decode_upload(buffer.getvalue()).gray, [[200, 0], [0, 0]])
+
+
+def test_display_png_is_the_model_gray_downscaled_to_1024():
+    decoded = decode_upload(TIBIA.read_bytes())
+    display = decode_png(imaging.display_png(decoded.gray))
+    assert display.shape == (1024, 1024)
+    small = decode_upload(CR_CHEST.read_bytes())
+    np.testing.assert_array_equal(decode_png(imaging.display_png(small.gray)), small.gray)
+    np.testing.assert_array_equal(decode_png(png_of(small.gray)), small.gray)
