@@ -106,7 +106,7 @@ def stored_study(hospital, image: Path, *, patient_id: str = PATIENT_ID, **field
         original_format=Study.Format.JPEG,
         original_sha256=hashlib.sha256(data).hexdigest(),
         original_size=len(data),
-        status=Study.Status.COMPLETED,
+        status=fields.pop("status", Study.Status.COMPLETED),
         **fields,
     )
     study.original_file.save("original.jpg", ContentFile(data), save=False)

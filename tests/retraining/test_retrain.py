@@ -135,9 +135,8 @@ def test_retraining_refuses_an_existing_name_and_leaves_nothing_behind(active_mo
 
 
 def test_retrain_task_is_routed_to_the_inference_queue_and_is_idempotent(active_model):
-    from mlcore import tasks
-
     from config.celery import app
+    from mlcore import tasks
 
     assert app.amqp.router.route({}, tasks.RETRAIN_TASK)["queue"].name == "inference"
     assert tasks.retrain_model.soft_time_limit == tasks.RETRAIN_SOFT_TIME_LIMIT
