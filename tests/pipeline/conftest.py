@@ -108,8 +108,7 @@ class Broker:
 
 def point_publisher_at(url: str, options: dict) -> None:
     """Make this process's Celery app publish to `url` (its connection pools are rebuilt)."""
-    if celery_app._pool is not None:
-        celery_app._pool.force_close_all()
+    # Pools are shared per broker URL by kombu: drop our references, never close them.
     celery_app._pool = None
     celery_app.amqp._producer_pool = None
     celery_app.conf.broker_url = url
@@ -209,7 +208,7 @@ class Worker:
             return
         os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            self.process.wait(20)
+            self.process.wait(3)
         except subprocess.TimeoutExpired:
             self.kill()
 

@@ -1,0 +1,224 @@
+"""The pipeline through a real `celery worker` process and the real broker (Redis when
+REDIS_URL is set, as in CI; else the filesystem broker), sharing the test database."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import psycopg
+import pytest
+from django.db import connection
+
+from config.celery import app as celery_app
+from diagnostics import pipeline, tasks
+from diagnostics.models import Prediction, Study
+from hospital.models import AuditEvent
+from tests.pipeline.conftest import (
+    NORMAL_IMAGE,
+    OTHER_IMAGES,
+    PNEUMONIA_IMAGE,
+    TRAIN,
+    database_url,
+    point_publisher_at,
+    store_study,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+COMPLETED, FAILED, PROCESSING, QUEUED = "completed", "failed", "processing", "queued"
+# The sweeper of these workers treats anything older than a second as stuck.
+FAST_SWEEP = {"PIPELINE_STUCK_SECONDS": "1"}
+
+
+def status_of(study: Study) -> str:
+    return Study.objects.values_list("status", flat=True).get(pk=study.pk)
+
+
+def settled(study: Study) -> bool:
+    return status_of(study) in (COMPLETED, FAILED)
+
+
+def upload(hospital, image, **kwargs) -> Study:
+    """Store a study and hand it over exactly as the ingestion service does."""
+    study = store_study(hospital, image, **kwargs)
+    tasks.enqueue_prediction(study.pk)
+    return study
+
+
+def test_stored_study_is_predicted_by_the_worker_and_a_redelivery_changes_nothing(
+    hospital_a, tiny_model, start_worker
+):
+    start_worker()
+    study = upload(hospital_a, PNEUMONIA_IMAGE)
+
+    wait_for(lambda: settled(study), 60, what="prediction")
+
+    study.refresh_from_db()
+    assert (study.status, study.failure_reason) == (COMPLETED, "")
+    prediction = Prediction.objects.get(study=study)
+    assert prediction.model_version == tiny_model
+    assert prediction.label == ("pneumonia" if prediction.probability >= prediction.threshold else "normal")
+    assert (prediction.device, prediction.batch_size, prediction.is_shadow) == ("cpu", 1, False)
+    assert prediction.heatmap.storage.exists(prediction.heatmap.name)
+    # The same message again (a broker redelivering it), then a fresh study behind it.
+    pipeline.publish([study.pk])
+    later = upload(hospital_a, NORMAL_IMAGE)
+    wait_for(lambda: settled(later), 60, what="the study queued behind the redelivery")
+    assert Prediction.objects.filter(study=study).count() == 1
+    assert Study.objects.get(pk=study.pk).completed_at == study.completed_at
+    assert AuditEvent.objects.filter(action="prediction.made", target_id=str(study.code)).count() == 1
+
+
+def test_identical_pixels_reuse_the_earlier_prediction_through_the_worker(hospital_a, tiny_model, start_worker):
+    start_worker()
+    first = upload(hospital_a, NORMAL_IMAGE)
+    wait_for(lambda: settled(first), 60, what="first prediction")
+    second = upload(hospital_a, NORMAL_IMAGE, patient_id="MRN-0002")
+    wait_for(lambda: settled(second), 60, what="second prediction")
+
+    original = Prediction.objects.get(study=first)
+    reused = Prediction.objects.get(study=second)
+    assert reused.reused_from == original
+    assert (reused.probability, reused.label) == (original.probability, original.label)
+
+
+def test_undecodable_pixels_mark_the_study_failed_without_retrying(hospital_a, tiny_model, start_worker):
+    worker = start_worker()
+    study = store_study(hospital_a, NORMAL_IMAGE)
+    with open(study.original_file.path, "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n truncated")
+    tasks.enqueue_prediction(study.pk)
+
+    wait_for(lambda: settled(study), 60, what="failure")
+
+    study.refresh_from_db()
+    assert (study.status, study.failure_reason) == (FAILED, pipeline.UNDECODABLE_MESSAGE)
+    assert Prediction.objects.filter(study=study).count() == 0
+    assert "Retry in" not in worker.log()
+
+
+def test_transient_database_error_is_retried_with_backoff(hospital_a, tiny_model, start_worker):
+    # The worker waits at most 1 s for a lock, then gets an OperationalError.
+    if connection.vendor == "sqlite":
+        worker = start_worker(DATABASE_URL=f"{database_url()}?timeout=1")
+    else:
+        worker = start_worker(DATABASE_URL=f"{database_url()}?options=-c%20lock_timeout%3D1000")
+    study = store_study(hospital_a, PNEUMONIA_IMAGE)
+
+    with _database_locked():
+        pipeline.publish([study.pk])
+        wait_for(lambda: "Retry in" in worker.log(), 30, what="a retry")
+        time.sleep(1)
+    wait_for(lambda: settled(study), 60, what="prediction after the lock is released")
+
+    assert status_of(study) == COMPLETED
+    assert Prediction.objects.filter(study=study).count() == 1
+    assert "OperationalError" in worker.log()
+
+
+class _database_locked:
+    """Another client holds an exclusive lock on the studies (SQLite: the whole file)."""
+
+    def __enter__(self):
+        settings = connection.settings_dict
+        if connection.vendor == "sqlite":
+            self.conn = sqlite3.connect(settings["NAME"], isolation_level=None)
+            self.conn.execute("BEGIN EXCLUSIVE")
+        else:
+            self.conn = psycopg.connect(database_url())
+            self.conn.execute("LOCK TABLE diagnostics_study IN ACCESS EXCLUSIVE MODE")
+        return self
+
+    def __exit__(self, *exc):
+        self.conn.rollback()
+        self.conn.close()
+
+
+def test_upload_succeeds_with_the_broker_down_and_the_sweeper_queues_it_later(
+    hospital_a, tiny_model, start_worker, broker
+):
+    point_publisher_at("redis://127.0.0.1:9/0", {})  # nothing listens on port 9
+    try:
+        started = time.monotonic()
+        study = upload(hospital_a, NORMAL_IMAGE)
+        assert time.monotonic() - started < 5
+    finally:
+        point_publisher_at(broker.url, broker.options)
+    assert status_of(study) == QUEUED
+
+    start_worker(**FAST_SWEEP)
+    time.sleep(1.2)
+    celery_app.send_task("diagnostics.sweep_stuck_studies")
+    wait_for(lambda: settled(study), 60, what="the sweeper's re-queue")
+
+    study.refresh_from_db()
+    assert (study.status, study.attempts) == (COMPLETED, 1)
+
+
+@pytest.fixture
+def slow_model(db, tmp_path):
+    """A large input size, so a batch takes seconds on CPU: time to kill a worker in it."""
+    from mlcore import registry
+    from tests.pipeline.conftest import make_model_version
+
+    registry.engines.clear()
+    return make_model_version(tmp_path, name="slow-test", seed=3, image_size=640)
+
+
+def _upload_batch(hospital, count: int) -> list[Study]:
+    images = sorted((TRAIN / "PNEUMONIA").glob("person1*_bacteria_*.jpeg"))[:count]
+    return [store_study(hospital, image) for image in images]
+
+
+def test_pool_process_killed_mid_prediction_the_message_is_redelivered_and_completes(
+    hospital_a, slow_model, start_worker
+):
+    worker = start_worker()
+    studies = _upload_batch(hospital_a, 6)
+    pipeline.publish([studies[0].pk])
+    wait_for(lambda: status_of(studies[0]) == PROCESSING, 30, interval=0.02, what="processing")
+    [victim] = worker.pool_pids()
+
+    import os
+    import signal
+
+    os.kill(victim, signal.SIGKILL)
+    assert all(status_of(s) == PROCESSING for s in studies)  # it died holding all six
+
+    wait_for(lambda: all(settled(s) for s in studies), 120, what="completion after the redelivery")
+    assert [status_of(s) for s in studies] == [COMPLETED] * 6
+    assert Prediction.objects.filter(study__in=studies).count() == 6
+    assert victim not in worker.pool_pids()
+    assert "signal 9" in worker.log()
+
+
+def test_whole_worker_killed_mid_prediction_a_new_worker_and_the_sweeper_complete_it(
+    hospital_a, slow_model, start_worker
+):
+    first = start_worker()
+    studies = _upload_batch(hospital_a, 6)
+    pipeline.publish([studies[0].pk])
+    wait_for(lambda: status_of(studies[0]) == PROCESSING, 30, interval=0.02, what="processing")
+
+    first.kill()
+    assert all(status_of(s) == PROCESSING for s in studies)
+
+    start_worker(**FAST_SWEEP)
+    time.sleep(1.2)
+    celery_app.send_task("diagnostics.sweep_stuck_studies")
+    wait_for(lambda: all(settled(s) for s in studies), 120, what="completion after the sweep")
+    assert [status_of(s) for s in studies] == [COMPLETED] * 6
+    assert Prediction.objects.filter(study__in=studies).count() == 6
+    assert sorted(Study.objects.filter(pk__in=[s.pk for s in studies]).values_list("attempts", flat=True)) == [1] * 6
+
+
+def test_waiting_studies_are_predicted_in_one_batch(hospital_a, tiny_model, start_worker):
+    studies = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES]]
+    for study in studies:
+        pipeline.publish([study.pk])
+    start_worker()  # finds four messages waiting: the first drains the other three
+
+    wait_for(lambda: all(settled(s) for s in studies), 60, what="the batch")
+    assert list(Prediction.objects.values_list("batch_size", flat=True)) == [4, 4, 4, 4]
