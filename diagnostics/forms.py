@@ -7,7 +7,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from diagnostics.models import Label, Review, Study
 
-REVIEWED_CHOICES = [("", "Any review state"), ("yes", "Reviewed"), ("no", "Not reviewed")]
+REVIEWED_CHOICES = [("", "Any"), ("yes", "Reviewed"), ("no", "Not reviewed")]
 
 
 class WorklistFilterForm(forms.Form):

@@ -182,3 +182,11 @@ def test_dicom_person_names_read_naturally(client_for, doctor, study):
     assert "<h1>Doe, Jane</h1>" in html
     worklist = client_for(doctor).get(reverse("diagnostics:worklist")).content.decode()
     assert '<div class="muted small">Doe, Jane</div>' in worklist
+
+
+@pytest.mark.parametrize("role", ["doctor", "radiologist", "hospital_admin"])
+def test_every_role_of_the_hospital_can_read_every_page(client_for, request, study, role):
+    client = client_for(request.getfixturevalue(role))
+    for path in (reverse("diagnostics:worklist"), reverse("diagnostics:upload"), url("study_detail", study)):
+        assert client.get(path).status_code == 200
+    assert client.get(url("study_image", study)).status_code == 200
