@@ -75,7 +75,8 @@ def ingest_upload(
     try:
         study = _store(study, data, decoded)
     except _DuplicateInstance:
-        existing = _existing(hospital, sop_uid)
+        # Another request stored this instance between our check and our insert.
+        existing = Study.objects.for_hospital(hospital).get(sop_instance_uid=sop_uid)
         _audit_uploaded(existing, audit_context, source=source, created=False)
         return existing, False
     _audit_uploaded(study, audit_context, source=source, created=True)
