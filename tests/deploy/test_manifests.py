@@ -4,6 +4,7 @@ sense, compose wires the services the issue asks for, the Grafana dashboard is v
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,34 @@ def test_dashboard_and_alerts_use_only_metrics_the_code_defines():
         "PleuraNoWorker",
         "PleuraHighRequestLatency",
     } <= names
+
+
+def test_compose_references_resolve_to_defined_services_secrets_and_volumes():
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    services, secrets, volumes = compose["services"], set(compose["secrets"]), set(compose["volumes"])
+    for name, service in services.items():
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+        for secret in service.get("secrets", []):
+            assert secret in secrets, f"{name} uses unknown secret {secret}"
+        for mount in service.get("volumes", []):
+            source = mount.split(":")[0]
+            if not source.startswith((".", "/", "$")):
+                assert source in volumes, f"{name} mounts unknown volume {source}"
+    assert services["nginx"]["environment"]["PLEURA_UPSTREAM"] == "web:8000"
+    template_vars = set(re.findall(r"\$\{(PLEURA_[A-Z_]+)\}", (DEPLOY / "nginx" / "pleura.conf.template").read_text()))
+    assert template_vars <= set(services["nginx"]["environment"])
+
+
+def test_example_overlay_only_touches_objects_of_the_base():
+    overlay = yaml.safe_load((DEPLOY / "k8s" / "overlays" / "example" / "kustomization.yaml").read_text())
+    objects = _k8s_objects()
+    for replica in overlay["replicas"]:
+        assert ("Deployment", replica["name"]) in objects
+    for patch in overlay["patches"]:
+        assert (patch["target"]["kind"], patch["target"]["name"]) in objects
+    images = {
+        c["image"] for (kind, _), o in objects.items() if kind in ("Deployment", "Job") for c in _containers(o).values()
+    }
+    assert {"pleura", "pleura-gpu"} <= images
+    assert {image["name"] for image in overlay["images"]} == {"pleura", "pleura-gpu"}
