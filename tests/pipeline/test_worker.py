@@ -47,9 +47,7 @@ def upload(hospital, image, **kwargs) -> Study:
     return study
 
 
-def test_stored_study_is_predicted_by_the_worker_and_a_redelivery_changes_nothing(
-    hospital_a, tiny_model, start_worker
-):
+def test_stored_study_is_predicted_by_the_worker_and_a_redelivery_changes_nothing(hospital_a, tiny_model, start_worker):
     start_worker()
     study = upload(hospital_a, PNEUMONIA_IMAGE)
 
@@ -178,14 +176,14 @@ def test_pool_process_killed_mid_prediction_the_message_is_redelivered_and_compl
     worker = start_worker()
     studies = _upload_batch(hospital_a, 6)
     pipeline.publish([studies[0].pk])
-    wait_for(lambda: status_of(studies[0]) == PROCESSING, 30, interval=0.02, what="processing")
+    wait_for(lambda: all(status_of(s) == PROCESSING for s in studies), 30, interval=0.02, what="all claimed")
     [victim] = worker.pool_pids()
 
     import os
     import signal
 
     os.kill(victim, signal.SIGKILL)
-    assert all(status_of(s) == PROCESSING for s in studies)  # it died holding all six
+    assert [status_of(s) for s in studies] == [PROCESSING] * 6  # it died holding all six
 
     wait_for(lambda: all(settled(s) for s in studies), 120, what="completion after the redelivery")
     assert [status_of(s) for s in studies] == [COMPLETED] * 6
@@ -200,10 +198,10 @@ def test_whole_worker_killed_mid_prediction_a_new_worker_and_the_sweeper_complet
     first = start_worker()
     studies = _upload_batch(hospital_a, 6)
     pipeline.publish([studies[0].pk])
-    wait_for(lambda: status_of(studies[0]) == PROCESSING, 30, interval=0.02, what="processing")
+    wait_for(lambda: all(status_of(s) == PROCESSING for s in studies), 30, interval=0.02, what="all claimed")
 
     first.kill()
-    assert all(status_of(s) == PROCESSING for s in studies)
+    assert [status_of(s) for s in studies] == [PROCESSING] * 6
 
     start_worker(**FAST_SWEEP)
     time.sleep(1.2)
