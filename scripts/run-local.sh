@@ -16,6 +16,12 @@ BROKER_DIR="${BROKER_DIR:-$PWD/var/broker}"
 export BROKER_DIR
 mkdir -p "$BROKER_DIR/out" "$BROKER_DIR/processed" var/media var/celery
 
+# Prometheus multiprocess mode: web and worker processes write metric files here and
+# /metrics adds them up; files of an earlier run are stale.
+export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-$PWD/var/prometheus}"
+mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+rm -f "$PROMETHEUS_MULTIPROC_DIR"/*.db
+
 pids=()
 stop_all() {
     trap - EXIT INT TERM
