@@ -23,11 +23,11 @@ from django.db import connection
 from django.utils import timezone
 
 from config.celery import app as celery_app
+from diagnostics import imaging
 from diagnostics.models import Study
 from mlcore import registry
 from mlcore.models import ModelVersion
 from mlcore.network import build_network, save_weights
-from mlcore.preprocessing import load_grayscale_file
 from tests.conftest import REPO_ROOT, SHARED_DATA, require_service
 
 TRAIN = SHARED_DATA / "chest_xray" / "train"
@@ -76,8 +76,8 @@ def tiny_model(db, tmp_path) -> ModelVersion:
 def store_study(hospital, image: Path, *, source: str = Study.Source.API, patient_id: str = "MRN-4242") -> Study:
     """A stored, queued study made from a real radiograph, as the ingestion service leaves it."""
     data = image.read_bytes()
-    gray = load_grayscale_file(data)
-    pixel_sha256 = hashlib.sha256(f"{gray.shape}".encode() + gray.tobytes()).hexdigest()
+    decoded = imaging.decode_upload(data)
+    gray = decoded.gray
     study = Study(
         hospital=hospital,
         patient_id=patient_id,
@@ -88,7 +88,7 @@ def store_study(hospital, image: Path, *, source: str = Study.Source.API, patien
         original_size=len(data),
         rows=gray.shape[0],
         columns=gray.shape[1],
-        pixel_sha256=pixel_sha256,
+        pixel_sha256=decoded.pixel_sha256,
         queued_at=timezone.now(),
     )
     study.original_file.save("original.jpg", ContentFile(data), save=False)
