@@ -15,12 +15,8 @@
   }
   window.pleuraNotice = notice;
 
-  document.addEventListener("DOMContentLoaded", function () {
-    // The hospital switcher submits as soon as another hospital is picked.
-    document.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
-      select.addEventListener("change", function () { select.form.submit(); });
-    });
-  });
+  // The hospital switcher keeps its explicit "Switch" button: submitting on `change`
+  // would switch hospitals on the first arrow key a keyboard user presses.
 
   // htmx answers that are not swapped (403, 404, 5xx, network) still tell the user.
   document.addEventListener("htmx:responseError", function (event) {
