@@ -16,14 +16,14 @@ prepare_metrics_dir() {
 }
 
 worker() {
-    # $1: queues. One task at a time per process (prefetch 1, acks late) so a slow
-    # prediction never holds messages another process could take.
+    # $1: queues, $2: node name suffix. One task at a time per process (prefetch 1, acks
+    # late) so a slow prediction never holds messages another process could take.
     prepare_metrics_dir
     exec celery -A config worker \
         --queues "$1" \
         --concurrency "${CELERY_CONCURRENCY:-2}" \
         --prefetch-multiplier 1 \
-        --hostname "${CELERY_HOSTNAME:-%h}-$1" \
+        --hostname "$2@${CELERY_HOSTNAME:-%h}" \
         --loglevel "${LOG_LEVEL:-INFO}" \
         --without-mingle
 }
@@ -36,11 +36,11 @@ case "$command" in
         exec gunicorn --config deploy/gunicorn.conf.py config.wsgi:application "$@"
         ;;
     worker)
-        worker "${CELERY_QUEUES:-celery,inference}"
+        worker "${CELERY_QUEUES:-celery,inference}" cpu
         ;;
     worker-gpu)
         # GPU machines take only inference; one process per GPU holds the model once.
-        CELERY_CONCURRENCY="${CELERY_CONCURRENCY:-1}" worker "${CELERY_QUEUES:-inference}"
+        CELERY_CONCURRENCY="${CELERY_CONCURRENCY:-1}" worker "${CELERY_QUEUES:-inference}" gpu
         ;;
     beat)
         # Exactly one beat per deployment (compose: one service; k8s: replicas 1, Recreate).
