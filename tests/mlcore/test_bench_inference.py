@@ -33,23 +33,20 @@ def test_measure_throughput_is_callable_on_its_own(tiny_model):
 
 def test_writing_replaces_only_its_own_section(tiny_model, tmp_path):
     doc = tmp_path / "benchmarks.md"
-    doc.write_text("# Benchmarks\n\nintro\n\n<!-- bench:pipeline -->\npipeline figures\n<!-- /bench:pipeline -->\n")
+    pipeline = "<!-- bench:pipeline -->\npipeline figures\n<!-- /bench:pipeline -->"
+    doc.write_text(f"# Benchmarks\n\nintro\n\n{pipeline}\n")
 
     inference.main([
         "--model-dir", str(tiny_model), "--device", "cpu", "--batch-sizes", "1", "2",
-        "--repeats", "1", "--latency-runs", "2", "--write", str(doc),
+        "--repeats", "1", "--latency-runs", "1", "--write", str(doc),
     ])  # fmt: skip
     first = doc.read_text()
-    inference.main([
-        "--model-dir", str(tiny_model), "--device", "cpu", "--batch-sizes", "1",
-        "--repeats", "1", "--latency-runs", "2", "--write", str(doc),
-    ])  # fmt: skip
+    inference.write_section(doc, "inference:cpu", "new figures")
     second = doc.read_text()
 
-    assert first.count("<!-- bench:inference:cpu -->") == second.count("<!-- bench:inference:cpu -->") == 1
-    assert second.startswith(
-        "# Benchmarks\n\nintro\n\n<!-- bench:pipeline -->\npipeline figures\n<!-- /bench:pipeline -->"
-    )
-    assert "| 2 |" in first and "| 2 |" not in second
-    assert f"python -m bench.inference --model-dir {tiny_model} --device cpu --batch-sizes 1 --repeats 1" in second
-    assert second.endswith("<!-- /bench:inference:cpu -->\n")
+    assert first.startswith(f"# Benchmarks\n\nintro\n\n{pipeline}\n\n<!-- bench:inference:cpu -->\n")
+    assert first.endswith("<!-- /bench:inference:cpu -->\n")
+    assert "| 2 |" in first
+    assert f"python -m bench.inference --model-dir {tiny_model} --device cpu --batch-sizes 1 2 --repeats 1" in first
+    section = "<!-- bench:inference:cpu -->\nnew figures\n<!-- /bench:inference:cpu -->\n"
+    assert second == f"# Benchmarks\n\nintro\n\n{pipeline}\n\n{section}"

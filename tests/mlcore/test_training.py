@@ -82,6 +82,7 @@ def test_model_card_states_use_limits_data_and_metrics(tiny_model):
     assert f"| roc_auc | {description['validation_metrics']['roc_auc']} |" in markdown
 
 
+@pytest.mark.slow
 def test_training_is_reproducible_with_a_seed(tmp_path):
     def run(out):
         call_command(
