@@ -22,7 +22,9 @@ accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 control_socket_disable = True
-worker_tmp_dir = os.environ.get("GUNICORN_WORKER_TMP_DIR", "/dev/shm") if os.path.isdir("/dev/shm") else None
+# Heartbeat files: on a memory filesystem so a slow disk never looks like a hung worker
+# (/tmp is a tmpfs in deploy/docker-compose.yml; None = the system's temporary folder).
+worker_tmp_dir = os.environ.get("GUNICORN_WORKER_TMP_DIR") or None
 
 
 def child_exit(server, worker) -> None:
