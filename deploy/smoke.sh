@@ -35,8 +35,10 @@ DICOM="${SMOKE_DICOM:-$ROOT/../shared/data/dicom/nih-chestxray14-dx-no-finding.d
 PHI_NAME="SMOKEPHI^ZEBEDEE"
 PHI_ID="SMK-7731-PHI"
 
+# nginx workers (user nobody when started as root) read static files and media below $WORK.
+umask 022
 WORK="$(mktemp -d /tmp/pleura-smoke.XXXXXX)"
-chmod 755 "$WORK"  # nginx workers (user nobody) read static and media below it
+chmod 755 "$WORK"
 PIDS=()
 NGINX_STARTED=0
 OK=0
