@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import warnings
 import zlib
 from datetime import date
@@ -43,6 +44,7 @@ NON_IMAGE_PIXEL_CLASSES = frozenset(
 )
 UID_MAX_LENGTH = 64
 _ALLOWED_BITS_ALLOCATED = frozenset({1, 8, 16, 32})
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 def read_dataset(data: bytes) -> Dataset:
@@ -98,9 +100,9 @@ def _mb(n: int) -> str:
 def sop_class_name(ds: Dataset) -> str:
     """What the object is, in words: the SOP class name (e.g. "Basic Text SR Storage")."""
     uid = str(ds.get("SOPClassUID", "") or "")
-    if uid:
+    if _UID_RE.match(uid):
         name = UID(uid).name
-        return name if name != uid else f"SOP class {uid[:64]}"
+        return name if name != uid else f"SOP class {uid}"
     modality = str(ds.get("Modality", "") or "")
     return f"modality {modality}" if modality.isalnum() and len(modality) <= 16 else "unknown SOP class"
 

@@ -236,12 +236,15 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
         examples=[QUEUED_EXAMPLE, ERROR_EXAMPLE],
     )
     def post(self, request, *args, **kwargs):
-        _check_content_length(request, settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES)
-        data = _request_data(request)
-        if isinstance(data, bytes | bytearray):
-            payload, identifiers = bytes(data), {}
-        else:
-            payload, identifiers = _multipart_payload(data)
+        try:
+            payload, identifiers = _upload_payload(request)
+        except exceptions.APIException as exc:
+            # Refused before the service saw it (media type, size, form): audited all the same.
+            audit.record(
+                Action.STUDY_UPLOAD_REJECTED, request=request, hospital=self.hospital, outcome=audit.Outcome.FAILURE,
+                source=Study.Source.API, status_code=exc.status_code, reason=str(exc.detail),
+            )  # fmt: skip
+            raise
         try:
             study, created = services.ingest_upload(
                 hospital=self.hospital, data=payload, source=Study.Source.API, request=request,
@@ -253,6 +256,15 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
         headers = {"Location": request.build_absolute_uri(f"{request.path.rstrip('/')}/{study.code}/")}
         code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
         return Response(StudySerializer(study).data, status=code, headers=headers)
+
+
+def _upload_payload(request) -> tuple[bytes, dict]:
+    _check_content_length(request, settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES)
+    data = _request_data(request)
+    if request.content_type.split(";")[0].strip().lower() == DicomParser.media_type:
+        # An empty body parses to {}: the service then says "The file is empty."
+        return (bytes(data) if isinstance(data, bytes | bytearray) else b""), {}
+    return _multipart_payload(data)
 
 
 def _multipart_payload(data) -> tuple[bytes, dict]:

@@ -182,7 +182,8 @@ def test_real_png_and_jpeg_chest_xrays_upload(path, fmt, key_a, key_client):
 
 
 @pytest.mark.parametrize(
-    ("path", "fmt"), [(CR_CHEST, "dcm"), (DX_CHEST, "dcm"), (TIBIA, "dcm"), (NORMAL_JPEG, "jpg"), (PNEUMONIA_PNG, "png")]
+    ("path", "fmt"),
+    [(CR_CHEST, "dcm"), (DX_CHEST, "dcm"), (TIBIA, "dcm"), (NORMAL_JPEG, "jpg"), (PNEUMONIA_PNG, "png")],
 )
 def test_portal_upload_service_stores_and_queues(path, fmt, hospital_a, doctor, django_capture_on_commit_callbacks):
     data = path.read_bytes()
@@ -204,7 +205,9 @@ def test_portal_upload_service_stores_and_queues(path, fmt, hospital_a, doctor, 
 
 def test_dicom_identifiers_are_kept_when_the_form_leaves_them_blank(hospital_a):
     data = make_dicom(np.zeros((8, 8), dtype=np.uint8), PatientID="MRN-5", AccessionNumber="ACC-5")
-    study, _ = ingest_upload(hospital=hospital_a, data=data, source=Study.Source.API, patient_id="", accession_number="")
+    study, _ = ingest_upload(
+        hospital=hospital_a, data=data, source=Study.Source.API, patient_id="", accession_number=""
+    )
     assert (study.patient_id, study.accession_number, study.patient_name) == ("MRN-5", "ACC-5", "Doe^Jane")
 
 

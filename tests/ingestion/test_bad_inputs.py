@@ -1,0 +1,312 @@
+"""A corpus of bad inputs posted through the API: each gets its documented 4xx with a
+message in words, the database and the storage stay as they were, and the refusal is
+audited (without PHI). Files are built here from real radiographs and pydicom's own
+malformed test files."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from pydicom.uid import generate_uid
+
+from hospital.models import AuditEvent
+from tests.ingestion.conftest import (
+    CR_CHEST,
+    NORMAL_JPEG,
+    PNEUMONIA_PNG,
+    STUDIES_URL,
+    make_dicom,
+    post_dicom_body,
+    post_file,
+    pydicom_file,
+)
+
+LIMIT_PIXELS = "60,000,000"
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def png_with_size(width: int, height: int) -> bytes:
+    """A PNG that declares `width` x `height` but holds a few bytes (a decompression bomb)."""
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + png_chunk(b"IEND", b"")
+
+
+def png_text_bomb() -> bytes:
+    """A valid PNG whose zTXt chunk inflates to 64 MB."""
+    data = PNEUMONIA_PNG.read_bytes()
+    bomb = png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"\x00" * (64 * 1024 * 1024), 9))
+    return data[:33] + bomb + data[33:]
+
+
+def jpeg_with_size(width: int, height: int) -> bytes:
+    data = bytearray(NORMAL_JPEG.read_bytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def corrupt_middle(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes(b ^ 0x5A for b in data[middle : middle + 400]) + data[middle + 400 :]
+
+
+def dicom_8bit(**attributes) -> bytes:
+    return make_dicom(np.zeros((16, 16), dtype=np.uint8), **attributes)
+
+
+def dicom_without(*keywords: str) -> bytes:
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_8bit()))
+    for keyword in keywords:
+        delattr(ds, keyword)
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+def dicom_with_preamble(preamble: bytes) -> bytes:
+    data = dicom_8bit()
+    return preamble.ljust(128, b"\x00") + data[128:]
+
+
+def _before_sop_class() -> bytes:
+    data = dicom_8bit()
+    return data[: data.index(b"\x08\x00\x16\x00")]
+
+
+def truncated_element() -> bytes:
+    """The SOP Class UID element claims 65520 bytes; the file ends three bytes later."""
+    return _before_sop_class() + b"\x08\x00\x16\x00UI" + struct.pack("<H", 0xFFF0) + b"1.2"
+
+
+def sequence_as_uid() -> bytes:
+    return _before_sop_class() + b"\x08\x00\x16\x00SQ\x00\x00" + struct.pack("<I", 0x7FFFFFFF) + b"\xfe\xff\x00\xe0"
+
+
+def deflated_bomb() -> bytes:
+    """A deflated data set of 4 MB of zero pixels: a few KB on the wire."""
+    return make_dicom(np.zeros((2048, 1024), dtype=np.uint16), transfer_syntax="1.2.840.10008.1.2.1.99")
+
+
+@dataclass(frozen=True)
+class Bad:
+    name: str
+    build: Callable[[], bytes]
+    status: int
+    detail: str
+    raw: bool = False  # posted as the application/dicom body instead of multipart
+
+
+NOT_DECODED_PNG = "The PNG file is truncated or corrupt and could not be decoded."
+NOT_DECODED_JPEG = "The JPEG file is truncated or corrupt and could not be decoded."
+JPEG_TAIL = "The JPEG is truncated or has extra data after the image (polyglot?)."
+
+CORPUS = [
+    Bad("zero bytes", lambda: b"", 400, "The file is empty."),
+    Bad("zero bytes raw", lambda: b"", 400, "The file is empty.", raw=True),
+    Bad("plain text", lambda: b"patient has a cough\n" * 20, 415,
+        "This file is plain text; send a PNG, JPEG or DICOM radiograph."),
+    Bad("html", lambda: b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>", 415,
+        "This file is an HTML page; send a PNG, JPEG or DICOM radiograph."),
+    Bad("pdf", lambda: b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n%%EOF", 415,
+        "This file is a PDF document; send a PNG, JPEG or DICOM radiograph."),
+    Bad("zip", lambda: b"PK\x03\x04" + b"\x00" * 200, 415,
+        "This file is a ZIP archive (or Office document); send a PNG, JPEG or DICOM radiograph."),
+    Bad("gif", lambda: b"GIF89a" + b"\x00" * 200, 415,
+        "This file is a GIF image; send a PNG, JPEG or DICOM radiograph."),
+    Bad("executable", lambda: b"\x7fELF\x02\x01\x01" + b"\x00" * 200, 415,
+        "This file is an executable program; send a PNG, JPEG or DICOM radiograph."),
+    Bad("svg", lambda: b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"></svg>', 415,
+        "This file is an XML or SVG document; send a PNG, JPEG or DICOM radiograph."),
+    Bad("json as a file", lambda: b'{"image": "base64..."}', 415,
+        "This file is JSON or another text format; send a PNG, JPEG or DICOM radiograph."),
+    Bad("random bytes", lambda: bytes(np.random.default_rng(7).integers(0, 256, 4096, dtype=np.uint8)), 415,
+        "This file is of an unknown type; send a PNG, JPEG or DICOM radiograph."),
+    Bad("png signature only", lambda: b"\x89PNG\r\n\x1a\n", 422,
+        "The PNG file is truncated: it ends before its last chunk."),
+    Bad("truncated png", lambda: PNEUMONIA_PNG.read_bytes()[:2000], 422,
+        "The PNG file is truncated: it ends before its last chunk."),
+    Bad("png corrupt pixels", lambda: corrupt_middle(PNEUMONIA_PNG.read_bytes()), 422, NOT_DECODED_PNG),
+    Bad("png without header chunk", lambda: b"\x89PNG\r\n\x1a\n" + png_chunk(b"IEND", b""), 422,
+        "The PNG file is corrupt: it does not start with an image header."),
+    Bad("png polyglot with html after IEND", lambda: PNEUMONIA_PNG.read_bytes() + b"<html><script>x</script></html>",
+        422, "The PNG file has extra data after the image ends (a polyglot file?)."),
+    Bad("png decompression bomb", lambda: png_with_size(100_000, 100_000), 413,
+        f"The image is 100000x100000 pixels, more than the limit of {LIMIT_PIXELS} pixels."),
+    Bad("png text chunk bomb", png_text_bomb, 422, NOT_DECODED_PNG),
+    Bad("png with zero width", lambda: png_with_size(0, 10), 422, "The image has no pixels."),
+    Bad("truncated jpeg", lambda: NORMAL_JPEG.read_bytes()[:3000], 422, JPEG_TAIL),
+    Bad("jpeg zip polyglot", lambda: NORMAL_JPEG.read_bytes() + b"PK\x03\x04" + b"\x00" * 100, 422, JPEG_TAIL),
+    Bad("jpeg over the pixel limit", lambda: jpeg_with_size(10_000, 7_000), 413,
+        f"The image is 10000x7000 pixels, more than the limit of {LIMIT_PIXELS} pixels."),
+    Bad("jpeg over pillow's bomb guard", lambda: jpeg_with_size(65_000, 65_000), 413,
+        "The JPEG declares more pixels than allowed (a decompression bomb?)."),
+    Bad("jpeg garbage body", lambda: b"\xff\xd8\xff\xe0" + b"\x13" * 500 + b"\xff\xd9", 422, NOT_DECODED_JPEG),
+    Bad("jpeg corrupt scan", lambda: corrupt_middle(NORMAL_JPEG.read_bytes()), 422, NOT_DECODED_JPEG),
+    Bad("truncated dicom", lambda: CR_CHEST.read_bytes()[:100_000], 422,
+        "The DICOM pixel data could not be decoded (Implicit VR Little Endian)."),
+    Bad("pydicom truncated MR", lambda: pydicom_file("MR_truncated.dcm").read_bytes(), 422,
+        "The DICOM pixel data could not be decoded (Explicit VR Little Endian)."),
+    Bad("truncated dicom header", lambda: pydicom_file("rtplan_truncated.dcm").read_bytes()[:700], 422,
+        "This DICOM file (RT Plan Storage) has no pixel data: it is not an image."),
+    Bad("dicom magic then garbage", lambda: b"\x00" * 128 + b"DICM" + b"\xff" * 300, 422,
+        "The DICOM file holds no data elements."),
+    Bad("dicom element longer than the file", truncated_element, 422,
+        "This DICOM file (SOP class 1.2) has no pixel data: it is not an image."),
+    Bad("dicom sequence where a uid belongs", sequence_as_uid, 422,
+        "The DICOM file is truncated or corrupt and could not be read."),
+    Bad("structured report", lambda: pydicom_file("test-SR.dcm").read_bytes(), 422,
+        "This DICOM file (Comprehensive SR Storage) has no pixel data: it is not an image."),
+    Bad("basic text report", lambda: pydicom_file("reportsi.dcm").read_bytes(), 422,
+        "This DICOM file (Basic Text SR Storage) has no pixel data: it is not an image.", raw=True),
+    Bad("radiotherapy plan", lambda: pydicom_file("rtplan.dcm").read_bytes(), 422,
+        "This DICOM file (RT Plan Storage) has no pixel data: it is not an image."),
+    Bad("structure set", lambda: pydicom_file("rtstruct.dcm").read_bytes(), 422,
+        "This DICOM file (RT Structure Set Storage) has no pixel data: it is not an image."),
+    Bad("ecg waveform", lambda: pydicom_file("waveform_ecg.dcm").read_bytes(), 422,
+        "This DICOM file (12-lead ECG Waveform Storage) has no pixel data: it is not an image."),
+    Bad("dose grid", lambda: pydicom_file("rtdose.dcm").read_bytes(), 422,
+        "This DICOM file (RT Dose Storage) is not a radiograph."),
+    Bad("segmentation", lambda: pydicom_file("liver_1frame.dcm").read_bytes(), 422,
+        "This DICOM file (Segmentation Storage) is not a radiograph."),
+    Bad("missing pixel data", lambda: dicom_without("PixelData"), 422,
+        "This DICOM file (Secondary Capture Image Storage) has no pixel data: it is not an image."),
+    Bad("missing rows", lambda: dicom_without("Rows"), 422, "The DICOM image lacks required attributes: Rows."),
+    Bad("missing bits allocated", lambda: dicom_without("BitsAllocated"), 422,
+        "The DICOM image lacks required attributes: BitsAllocated."),
+    Bad("pixel data shorter than rows x columns", lambda: dicom_8bit(Rows=64), 422,
+        "The DICOM pixel data could not be decoded (Explicit VR Little Endian)."),
+    Bad("huge rows and columns", lambda: dicom_8bit(Rows=65535, Columns=65535), 413,
+        f"The DICOM image is 65535x65535 pixels x 1 frame(s), more than the limit of {LIMIT_PIXELS} pixels."),
+    Bad("huge frame count", lambda: dicom_8bit(NumberOfFrames=300_000), 413,
+        f"The DICOM image is 16x16 pixels x 300000 frame(s), more than the limit of {LIMIT_PIXELS} pixels.",
+        raw=True),
+    Bad("invalid bits allocated", lambda: dicom_8bit(BitsAllocated=7, BitsStored=7), 422,
+        "The DICOM image has an invalid Bits Allocated / Bits Stored combination."),
+    Bad("four samples per pixel", lambda: dicom_8bit(SamplesPerPixel=4), 422,
+        "The DICOM image must have 1 or 3 samples per pixel."),
+    Bad("rows not a number", lambda: dicom_8bit(Rows=0), 422, "The DICOM image has zero rows, columns or frames."),
+    Bad("overlong sop instance uid", lambda: dicom_8bit(SOPInstanceUID="1." + "2" * 70), 422,
+        "The DICOM SOPInstanceUID is longer than 64 characters."),
+    Bad("undecodable jpeg extended", lambda: pydicom_file("JPEG-lossy.dcm").read_bytes(), 422,
+        "The DICOM pixel data could not be decoded (JPEG Extended (Process 2 and 4))."),
+    Bad("dicom pdf polyglot", lambda: dicom_with_preamble(b"%PDF-1.4\n"), 415,
+        "This file is both DICOM and a PDF document (a polyglot file); it is refused."),
+    Bad("dicom html polyglot", lambda: dicom_with_preamble(b"\x89PNG\r\n\x1a\n"), 415,
+        "This file is both DICOM and a PNG image (a polyglot file); it is refused.", raw=True),
+]  # fmt: skip
+
+
+def test_the_corpus_has_at_least_30_distinct_bad_inputs():
+    assert len({case.name for case in CORPUS}) == len(CORPUS)
+    assert len(CORPUS) >= 30
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[case.name for case in CORPUS])
+def test_bad_input_gets_its_status_and_a_message_and_changes_nothing(case, key_a, key_client, stored):
+    _, raw = key_a
+    client = key_client(raw)
+    ok = post_file(client, PNEUMONIA_PNG.read_bytes())  # something already stored must stay intact
+    assert ok.status_code == 202
+    before = stored()
+    data = case.build()
+    response = post_dicom_body(client, data) if case.raw else post_file(client, data, name="chest.png")
+    assert response.status_code == case.status
+    assert response.json() == {"detail": case.detail}
+    assert stored() == before
+    event = AuditEvent.objects.get(action="study.upload_rejected")
+    assert event.outcome == "failure"
+    assert event.detail == {"source": "api", "status_code": case.status, "reason": case.detail, "size": len(data)}
+
+
+def test_deflated_data_set_bomb_is_refused_before_inflating(settings, key_a, key_client, stored):
+    settings.MAX_UPLOAD_BYTES = 2 * 1024 * 1024
+    data = deflated_bomb()
+    assert len(data) < 100_000
+    before = stored()
+    response = post_dicom_body(key_client(key_a[1]), data)
+    assert response.status_code == 413
+    assert response.json() == {
+        "detail": "The deflated DICOM data set inflates to more than the 2 MB limit (a decompression bomb?)."
+    }
+    assert stored() == before
+
+
+def test_file_over_the_byte_limit_is_413_multipart_and_raw(settings, key_a, key_client, stored):
+    settings.MAX_UPLOAD_BYTES = 1024 * 1024
+    data = (CR_CHEST.read_bytes() * 3)[: 1024 * 1024 + 10]  # just over the limit
+    client = key_client(key_a[1])
+    before = stored()
+    multipart = post_file(client, data)
+    raw = post_dicom_body(client, data)
+    assert (multipart.status_code, raw.status_code) == (413, 413)
+    assert multipart.json() == {"detail": "The file is larger than the 1 MB limit."}
+    assert raw.json() == {"detail": "The request body is larger than the 1 MB limit."}
+    assert stored() == before
+
+
+def test_declared_content_length_over_the_limit_is_refused_unread(settings, key_a, key_client):
+    settings.MAX_UPLOAD_BYTES = 1024
+    response = key_client(key_a[1]).generic(
+        "POST", STUDIES_URL, b"x" * 10, content_type="application/dicom", CONTENT_LENGTH=str(10 * 1024 * 1024)
+    )
+    assert response.status_code == 413
+    assert response.json() == {"detail": "The request body is larger than the 0.000976562 MB limit."}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status", "detail"),
+    [
+        ("application/json", b'{"file": "x"}', 415, 'Unsupported media type "application/json" in request.'),
+        ("text/plain", b"hello", 415, 'Unsupported media type "text/plain" in request.'),
+        ("multipart/form-data; boundary=xyz", b"--xyz--\r\n", 400,
+         "Send the radiograph in a multipart field named 'file'."),
+        ("multipart/form-data", b"garbage", 400, "Multipart form parse error - Invalid boundary in multipart: None"),
+    ],
+)  # fmt: skip
+def test_wrong_request_shapes_are_refused_with_json(content_type, body, status, detail, key_a, key_client, stored):
+    before = stored()
+    response = key_client(key_a[1]).generic("POST", STUDIES_URL, body, content_type=content_type)
+    assert response.status_code == status
+    assert response.json() == {"detail": detail}
+    assert stored() == before
+    assert AuditEvent.objects.filter(action="study.upload_rejected", outcome="failure").count() == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "detail"),
+    [
+        ("patient_id", "M" * 65, "patient_id must be at most 64 characters."),
+        ("accession_number", "A" * 65, "accession_number must be at most 64 characters."),
+        ("patient_id", "MRN\x00-1", "patient_id may contain printable ASCII characters only."),
+        ("accession_number", "ACC\n1", "accession_number may contain printable ASCII characters only."),
+    ],
+)
+def test_bad_identifiers_are_400_and_never_echoed(field, value, detail, key_a, key_client, stored):
+    before = stored()
+    response = post_file(key_client(key_a[1]), PNEUMONIA_PNG.read_bytes(), **{field: value})
+    assert response.status_code == 400
+    assert response.json() == {"detail": detail}
+    assert stored() == before
+    event = AuditEvent.objects.get(action="study.upload_rejected")
+    assert value not in str(event.detail)
+
+
+def test_rejection_audit_never_holds_phi(key_a, key_client):
+    data = make_dicom(None, PatientName="Secret^Person", PatientID="MRN-SECRET", SOPInstanceUID=generate_uid())
+    response = post_dicom_body(key_client(key_a[1]), data)
+    assert response.status_code == 422
+    event = AuditEvent.objects.get(action="study.upload_rejected")
+    assert "Secret" not in str(event.detail)
+    assert "MRN-SECRET" not in str(event.detail)
+    assert "Secret" not in response.content.decode()
