@@ -1,0 +1,282 @@
+"""End-to-end pipeline benchmark: REST upload -> Celery worker -> stored prediction.
+
+Starts gunicorn and one Celery worker on loopback against PostgreSQL and Redis, posts
+real radiographs from the shared training folder through `POST /api/v1/studies/` with
+an integration key, and waits for every prediction. Reports:
+
+- idle: one study at a time, upload-to-prediction p50/p95 (target: p95 <= 1 s on CPU);
+- load: N studies posted at once, end-to-end images/s and p50/p95 latency;
+- the raw batched throughput of the same model on this machine, measured in the same
+  run by bench/inference.py, and the ratio (target >= 0.8).
+
+    .venv/bin/python -m bench.pipeline --n 64 --write
+
+Without a shipped model (mlcore/weights/<name>/model.json) it uses a randomly
+initialised network of the same architecture and input size: the same timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = ROOT.parent / "shared" / "data" / "chest_xray" / "train"
+DOC = ROOT / "docs" / "benchmarks.md"
+MARK_BEGIN, MARK_END = "<!-- bench:pipeline -->", "<!-- /bench:pipeline -->"
+
+
+def _ensure_database(url: str) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _configure_django(args, workdir: Path) -> dict:
+    _ensure_database(args.database_url)
+    env = {
+        "DJANGO_SETTINGS_MODULE": "config.settings.local",
+        "DEBUG": "false",
+        "DATABASE_URL": args.database_url,
+        "REDIS_URL": args.redis_url,
+        "CELERY_BROKER_URL": args.redis_url,
+        "MEDIA_ROOT": str(workdir / "media"),
+        "PROMETHEUS_MULTIPROC_DIR": str(workdir / "prometheus"),
+        "API_KEY_THROTTLE_RATE": "100000/min",
+        "LOG_LEVEL": "WARNING",
+    }
+    (workdir / "prometheus").mkdir()
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    return env
+
+
+def _prepare_database(model_dir: Path | None, workdir: Path):
+    """Fresh tables, a hospital with an integration key, the model version to serve."""
+    from django.core.management import call_command
+
+    from diagnostics.models import Study
+    from hospital.models import Hospital, IntegrationKey
+    from mlcore.models import ModelVersion
+    from mlcore.network import build_network, save_weights
+
+    call_command("migrate", verbosity=0)
+    Study.objects.all().delete()
+    hospital, _ = Hospital.objects.get_or_create(slug="bench", defaults={"name": "Benchmark Hospital"})
+    _, raw_key = IntegrationKey.generate(hospital=hospital, name=f"bench-{uuid.uuid4().hex[:6]}")
+    ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).update(status=ModelVersion.Status.RETIRED)
+    if model_dir is not None:
+        description = json.loads((model_dir / "model.json").read_text())
+        weights, sha256 = model_dir / description["weights"], description["weights_sha256"]
+        size, threshold, name = description["image_size"], description["threshold"], description["name"]
+    else:
+        weights, size, threshold, name = workdir / "random.pt", 224, 0.5, "random-resnet18-224"
+        sha256 = save_weights(build_network("resnet18"), weights)
+    ModelVersion.objects.filter(name=f"bench-{name}").delete()
+    version = ModelVersion.objects.create(
+        name=f"bench-{name}-{uuid.uuid4().hex[:6]}",
+        architecture="resnet18",
+        image_size=size,
+        weights_path=str(weights),
+        weights_sha256=sha256,
+        threshold=threshold,
+        status=ModelVersion.Status.ACTIVE,
+    )
+    return version, raw_key
+
+
+def _raw_throughput(version, images: list[Path]) -> dict:
+    """bench/inference.py on the same model, batch = the pipeline's MAX_BATCH, heatmaps included."""
+    from bench import inference
+    from diagnostics.pipeline import MAX_BATCH
+    from mlcore import registry
+    from mlcore.preprocessing import load_grayscale_file
+
+    engine = registry.get_engine(version)
+    grays = [load_grayscale_file(path) for path in images[:MAX_BATCH]]
+    result = inference.measure_throughput(engine, grays, MAX_BATCH, with_heatmap=True)
+    registry.engines.clear()
+    return result
+
+
+def _start_services(env: dict, port: int, workdir: Path) -> list[subprocess.Popen]:
+    full_env = {**os.environ, **env}
+    log = open(workdir / "services.log", "ab")  # noqa: SIM115 - lives as long as the services
+    bin_dir = Path(sys.executable).parent
+    web = [str(bin_dir / "gunicorn"), "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2", "--threads", "4"]
+    worker = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "celery,inference"]
+    worker += ["--concurrency", "1", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"]
+    return [subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=log) for cmd in (web, worker)]
+
+
+def _post(url: str, key: str, image: Path) -> str:
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{image.name}"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + image.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{url}/api/v1/studies/",
+        data=body,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())["id"]
+
+
+def _wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit("the web server did not start; see services.log")
+
+
+def _completed_at(codes: list[str], timeout: float) -> dict[str, float]:
+    from diagnostics.models import Study
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = Study.objects.filter(code__in=codes, status__in=["completed", "failed"])
+        if rows.count() == len(codes):
+            return {str(code): at.timestamp() for code, at in rows.values_list("code", "completed_at")}
+        time.sleep(0.05)
+    raise SystemExit(f"predictions did not arrive within {timeout:.0f} s")
+
+
+def _percentiles(values: list[float]) -> dict:
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {"p50_s": round(statistics.median(ordered), 3), "p95_s": round(p95, 3)}
+
+
+def _idle(url: str, key: str, images: list[Path], runs: int) -> dict:
+    latencies = []
+    for image in images[:runs]:
+        started = time.time()
+        code = _post(url, key, image)
+        latencies.append(_completed_at([code], 60)[code] - started)
+    return {"runs": runs, **_percentiles(latencies)}
+
+
+def _load(url: str, key: str, images: list[Path]) -> dict:
+    started: dict[str, float] = {}
+
+    def post(image: Path) -> None:
+        at = time.time()
+        started[_post(url, key, image)] = at
+
+    first = time.time()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(post, images))
+    done = _completed_at(list(started), 600)
+    latencies = [done[code] - at for code, at in started.items()]
+    seconds = max(done.values()) - first
+    return {
+        "images": len(images),
+        "seconds": round(seconds, 2),
+        "images_per_s": round(len(images) / seconds, 2),
+        **_percentiles(latencies),
+    }
+
+
+def run(args) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="pleura-bench-"))
+    env = _configure_django(args, workdir)
+    model_dir = Path(args.model_dir) if args.model_dir and (Path(args.model_dir) / "model.json").is_file() else None
+    version, key = _prepare_database(model_dir, workdir)
+    images = sorted((TRAIN / "PNEUMONIA").glob("*.jpeg"))[: args.n] + sorted((TRAIN / "NORMAL").glob("*.jpeg"))[:8]
+    raw = _raw_throughput(version, images)
+    services = _start_services(env, args.port, workdir)
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        _wait_ready(url)
+        idle = _idle(url, key, images[-8:], 8)
+        load = _load(url, key, images[: args.n])
+    finally:
+        for process in services:
+            process.terminate()
+        for process in services:
+            process.wait(30)
+    return {
+        "model": version.name if model_dir else "random-initialised resnet18, 224 px",
+        "raw_batched_images_per_s": raw["images_per_s"],
+        "raw_batch_size": raw["batch_size"],
+        "idle": idle,
+        "load": load,
+        "ratio_to_raw": round(load["images_per_s"] / raw["images_per_s"], 2),
+    }
+
+
+def render(result: dict, command: str) -> str:
+    idle, load = result["idle"], result["load"]
+    return "\n".join(
+        [
+            MARK_BEGIN,
+            "## Pipeline: upload to prediction (bench/pipeline.py)",
+            "",
+            f"Command: `{command}` (gunicorn 2x4 threads + 1 Celery worker, PostgreSQL, Redis, loopback).",
+            f"Model: {result['model']}.",
+            "",
+            "| measure | value |",
+            "|---|---|",
+            f"| idle, one study at a time: p50 / p95 upload-to-prediction | {idle['p50_s']} s / {idle['p95_s']} s |",
+            f"| load: {load['images']} studies posted at once | {load['images_per_s']} images/s |",
+            f"| load: p50 / p95 upload-to-prediction | {load['p50_s']} s / {load['p95_s']} s |",
+            f"| raw batched model throughput (batch {result['raw_batch_size']}, Grad-CAM) "
+            f"| {result['raw_batched_images_per_s']} images/s |",
+            f"| end-to-end / raw | {result['ratio_to_raw']} |",
+            MARK_END,
+        ]
+    )
+
+
+def write_section(section: str) -> None:
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if MARK_BEGIN in text:
+        before, rest = text.split(MARK_BEGIN, 1)
+        text = before + section + rest.split(MARK_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    DOC.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=64, help="studies posted at once in the load phase")
+    parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/pleura_bench")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/3")
+    parser.add_argument("--model-dir", default=str(ROOT / "mlcore" / "weights" / "pleura-resnet18-v1"))
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--write", action="store_true", help="replace this benchmark's section of docs/benchmarks.md")
+    args = parser.parse_args()
+    result = run(args)
+    print(json.dumps(result, indent=2))
+    if args.write:
+        write_section(render(result, "python -m bench.pipeline " + " ".join(sys.argv[1:])))
+
+
+if __name__ == "__main__":
+    main()
