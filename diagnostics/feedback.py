@@ -194,14 +194,9 @@ def _prepare(out_dir: Path) -> None:
 
 def _load_gray(study: Study):
     """The stored original's grey pixels, decoded the way prediction decodes them."""
-    from mlcore.preprocessing import load_grayscale_file  # torch: not at the web server's import time
+    from diagnostics import imaging  # pydicom and its plugins: load them where used
 
-    if study.original_format == Study.Format.DICOM:
-        from diagnostics import imaging  # pydicom and its plugins: load them where used
-
-        return imaging.load_grayscale(study)
-    with study.original_file.open("rb") as handle:
-        return load_grayscale_file(handle.read())
+    return imaging.load_grayscale(study)
 
 
 def _write_example(out_dir: Path, item: LabelledStudy, held_out: bool) -> str | None:

@@ -27,6 +27,8 @@ import numpy as np
 from django.conf import settings
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mlcore.preprocessing import pil_to_grayscale
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 DICOM_MAGIC = b"DICM"
@@ -236,21 +238,8 @@ def _check_png_structure(data: bytes) -> None:
 
 
 def _raster_to_gray(image: Image.Image) -> np.ndarray:
-    if image.mode == "L":
-        return np.asarray(image, dtype=np.uint8).copy()
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit (or wider) grayscale has no window: stretch its range, as for DICOM.
-        values = np.asarray(image, dtype=np.float64)
-        low, high = float(values.min()), float(values.max())
-        if high <= low:
-            return np.zeros(values.shape, dtype=np.uint8)
-        return np.clip(np.rint((values - low) * (255.0 / (high - low))), 0, 255).astype(np.uint8)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent pixels are shown on black, as in a viewer's dark background.
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, image)
-    return np.asarray(image.convert("RGB").convert("L"), dtype=np.uint8).copy()
+    # The converter training uses too: uploads and training files become the same pixels.
+    return pil_to_grayscale(image)
 
 
 def display_png(gray: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> bytes:

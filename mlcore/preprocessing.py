@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 # The training images are 224 x 224 squashed without keeping the aspect ratio, so
 # serving squashes too: the network must see anatomy with the proportions it learned.
@@ -31,21 +34,27 @@ def load_grayscale_file(source: str | Path | bytes) -> np.ndarray:
 
 
 def pil_to_grayscale(image: Image.Image) -> np.ndarray:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greyscale PNGs: scale the stored range to 8 bits rather than clip.
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
-        return np.ascontiguousarray(np.round(scaled).astype(np.uint8))
-    if image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")
-    if image.mode == "RGB":
-        image = image.convert("L")
-    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+    """Any Pillow image -> 8-bit grayscale, the same way for training files and uploads."""
+    if image.mode == "L":
+        return np.asarray(image, dtype=np.uint8).copy()
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit (or wider) grayscale has no window: stretch its range, as for DICOM.
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        if high <= low:
+            return np.zeros(values.shape, dtype=np.uint8)
+        return np.clip(np.rint((values - low) * (255.0 / (high - low))), 0, 255).astype(np.uint8)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels are shown on black, as in a viewer's dark background.
+        image = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", image.size, (0, 0, 0, 255)), image)
+    return np.asarray(image.convert("RGB").convert("L"), dtype=np.uint8).copy()
 
 
 def to_model_input(gray: np.ndarray, image_size: int) -> torch.Tensor:
     """8-bit grayscale H x W -> float tensor 1 x S x S, normalised."""
+    import torch  # here, so the web server can decode images without loading torch
+
     if gray.dtype != np.uint8 or gray.ndim != 2:
         raise ValueError(f"expected a 2-D uint8 array, got {gray.dtype} with shape {gray.shape}")
     resized = Image.fromarray(gray, mode="L").resize((image_size, image_size), RESAMPLE)
