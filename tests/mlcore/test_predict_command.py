@@ -9,7 +9,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from PIL import Image
 
-from diagnostics.imaging import decode_upload
+from diagnostics.imaging import WARNINGS, decode_upload
 from mlcore import registry
 from mlcore.preprocessing import load_grayscale_file
 from tests.conftest import SHARED_DATA
@@ -106,8 +106,13 @@ def test_a_dicom_outside_intended_use_is_predicted_with_its_warning(active_tiny)
     lines, _, error = _predict("--json", DICOM_TIBIA)
     [row] = [json.loads(line) for line in lines]
     assert error is None
-    assert row["warnings"] == decode_upload(DICOM_TIBIA.read_bytes()).warnings
-    assert row["warnings"] != []
+    codes = decode_upload(DICOM_TIBIA.read_bytes()).warnings
+    assert row["warnings"] == codes
+    assert "not_chest" in codes
+
+    lines, _, error = _predict(DICOM_TIBIA)
+    assert error is None
+    assert lines[1:] == [f"  warning: {WARNINGS[code]}" for code in codes]
 
 
 def test_heatmap_dir_gets_an_overlay_per_file(active_tiny, png, tmp_path):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from diagnostics.imaging import DecodedImage, RejectedUpload, decode_upload
+from diagnostics.imaging import DecodedImage, RejectedUpload, decode_upload, describe_warnings
 from mlcore import registry
 from mlcore.engine import InferenceEngine, PredictionResult
 from mlcore.gradcam import cam_to_size, overlay_png
@@ -89,8 +89,8 @@ class Command(BaseCommand):
             f"{path}: {result.label} (probability {result.probability:.3f}, threshold {result.threshold:.3f}, "
             f"model {result.model_version})"
         )
-        if image.warnings:
-            text += " warning: " + ", ".join(image.warnings)
+        for warning in describe_warnings(image.warnings):
+            text += f"\n  warning: {warning['message']}"
         self.stdout.write(text)
 
     def _report_error(self, path: Path, detail: str) -> None:
