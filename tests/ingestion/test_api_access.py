@@ -1,0 +1,362 @@
+"""The study API as callers see it: tenant isolation for every endpoint with session and
+key callers, the detail resource, list pagination and filters, images, throttling and
+the audit of every read."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.core.files.base import ContentFile
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from PIL import Image
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.test import APIClient
+
+from diagnostics.models import Prediction, Review, Study
+from diagnostics.services import ingest_upload
+from hospital.api import IntegrationKeyThrottle
+from hospital.models import AuditEvent
+from mlcore.models import ModelVersion
+from tests.ingestion.conftest import CR_CHEST, NORMAL_JPEG, PNEUMONIA_PNG, STUDIES_URL, TIBIA, decode_png, post_file
+
+
+def rgba_png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((height, width, 4), 128, dtype=np.uint8), mode="RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def model_version(name: str, **fields) -> ModelVersion:
+    return ModelVersion.objects.create(
+        name=name, architecture="resnet18", image_size=224, weights_path=f"{name}.pt", weights_sha256="0" * 64,
+        threshold=0.42, **fields,
+    )  # fmt: skip
+
+
+def add_prediction(study: Study, version: ModelVersion, *, probability: float, is_shadow: bool = False) -> Prediction:
+    prediction = Prediction(
+        study=study, model_version=version, probability=probability, threshold=version.threshold,
+        label="pneumonia" if probability >= version.threshold else "normal", device="cpu", latency_ms=12.5,
+        is_shadow=is_shadow,
+    )  # fmt: skip
+    prediction.heatmap.save("heatmap.png", ContentFile(rgba_png(study.columns, study.rows)), save=False)
+    prediction.save()
+    return prediction
+
+
+@pytest.fixture
+def study_a(hospital_a, doctor) -> Study:
+    study, _ = ingest_upload(
+        hospital=hospital_a, data=CR_CHEST.read_bytes(), source=Study.Source.PORTAL, user=doctor,
+        accession_number="ACC-A1", patient_id="MRN-A1",
+    )  # fmt: skip
+    return study
+
+
+@pytest.fixture
+def completed_a(study_a, radiologist) -> Study:
+    active = model_version("densenet-v2", status=ModelVersion.Status.ACTIVE)
+    shown = add_prediction(study_a, active, probability=0.9)
+    add_prediction(study_a, model_version("candidate-v3", shadow=True), probability=0.1, is_shadow=True)
+    Study.objects.filter(pk=study_a.pk).update(status=Study.Status.COMPLETED, completed_at=shown.created_at)
+    Review.objects.create(study=study_a, radiologist=radiologist, prediction=shown, verdict="agree",
+                          correct_label="pneumonia", note="Right lower lobe consolidation.")  # fmt: skip
+    study_a.refresh_from_db()
+    return study_a
+
+
+@pytest.fixture
+def caller(request, doctor, radiologist, hospital_admin, outsider, superuser, key_a, key_b, shared_radiologist):
+    """API clients by name, for parametrized access tests."""
+
+    def make(name: str) -> APIClient:
+        client = APIClient()
+        users = {"doctor": doctor, "radiologist": radiologist, "hospital_admin": hospital_admin,
+                 "outsider": outsider, "superuser": superuser}  # fmt: skip
+        if name in users:
+            client.force_login(users[name])
+        elif name == "key_a":
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {key_a[1]}")
+        elif name == "key_b":
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {key_b[1]}")
+        elif name == "revoked_key":
+            key_a[0].revoke()
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {key_a[1]}")
+        elif name == "bad_key":
+            client.credentials(HTTP_AUTHORIZATION="Bearer not-a-key")
+        return client
+
+    return make
+
+
+READERS = ["doctor", "radiologist", "hospital_admin", "key_a"]
+OUTSIDERS = ["outsider", "key_b", "superuser"]
+UNAUTHENTICATED = ["anonymous", "revoked_key", "bad_key"]
+READ_PATHS = ["", "image", "heatmap"]
+
+
+def url(study: Study, suffix: str = "") -> str:
+    return f"{STUDIES_URL}{study.code}/{suffix}"
+
+
+@pytest.mark.parametrize("who", READERS)
+@pytest.mark.parametrize("suffix", READ_PATHS)
+def test_members_and_the_hospital_key_read_every_endpoint(who, suffix, caller, completed_a):
+    response = caller(who).get(url(completed_a, suffix))
+    assert response.status_code == 200
+    if suffix == "image":
+        assert response["Content-Type"] == "image/png"
+        assert response["Cache-Control"] == "private, no-store"
+        with completed_a.display_image.open("rb") as handle:
+            assert b"".join(response.streaming_content) == handle.read()
+    elif suffix == "heatmap":
+        shown = completed_a.predictions.get(is_shadow=False)
+        with shown.heatmap.open("rb") as handle:
+            assert b"".join(response.streaming_content) == handle.read()
+    else:
+        assert response.json()["id"] == str(completed_a.code)
+
+
+@pytest.mark.parametrize("who", OUTSIDERS)
+@pytest.mark.parametrize("suffix", READ_PATHS)
+def test_outsiders_get_404_on_every_endpoint_and_nothing_is_logged_against_the_study(who, suffix, caller, completed_a):
+    events_before = AuditEvent.objects.filter(target_id=str(completed_a.code)).count()
+    response = caller(who).get(url(completed_a, suffix), HTTP_ACCEPT="image/png" if suffix else "application/json")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert "MRN-A1" not in response.content.decode()
+    assert AuditEvent.objects.filter(target_id=str(completed_a.code)).count() == events_before
+
+
+@pytest.mark.parametrize("who", UNAUTHENTICATED)
+@pytest.mark.parametrize("suffix", READ_PATHS)
+def test_unauthenticated_callers_get_401_on_every_endpoint(who, suffix, caller, completed_a):
+    response = caller(who).get(url(completed_a, suffix))
+    assert response.status_code == 401
+    assert set(response.json()) == {"detail"}
+
+
+@pytest.mark.parametrize("who", UNAUTHENTICATED)
+def test_unauthenticated_callers_cannot_list_or_upload(who, caller, completed_a, stored):
+    before = stored()
+    client = caller(who)
+    assert client.get(STUDIES_URL).status_code == 401
+    assert post_file(client, PNEUMONIA_PNG.read_bytes()).status_code == 401
+    assert stored() == before
+
+
+def test_revoked_key_message(caller, completed_a):
+    response = caller("revoked_key").get(url(completed_a))
+    assert response.json() == {"detail": "This integration key is not valid or has been revoked."}
+    assert response["WWW-Authenticate"] == 'Bearer realm="pleura"'
+
+
+@pytest.mark.parametrize(("who", "count"), [("doctor", 1), ("key_a", 1), ("outsider", 0), ("key_b", 0)])
+def test_list_holds_only_the_callers_hospital(who, count, caller, completed_a, hospital_b):
+    ingest_upload(hospital=hospital_b, data=TIBIA.read_bytes(), source=Study.Source.API)
+    response = caller(who).get(STUDIES_URL)
+    assert response.status_code == 200
+    ids = [item["id"] for item in response.json()["results"]]
+    expected_hospital = completed_a.hospital if who in ("doctor", "key_a") else hospital_b
+    assert ids == [str(s.code) for s in Study.objects.filter(hospital=expected_hospital)]
+    assert len(ids) == (count if expected_hospital == completed_a.hospital else 1)
+
+
+def test_superuser_without_membership_gets_404_on_the_list(caller, completed_a):
+    assert caller("superuser").get(STUDIES_URL).status_code == 404
+
+
+def test_hospital_admin_may_read_but_not_upload(caller, stored):
+    before = stored()
+    response = post_file(caller("hospital_admin"), PNEUMONIA_PNG.read_bytes())
+    assert response.status_code == 403
+    assert response.json() == {"detail": "Your role does not allow this."}
+    assert stored() == before
+
+
+@pytest.mark.parametrize("who", ["doctor", "radiologist", "key_a"])
+def test_uploaders_store_into_their_own_hospital(who, caller, hospital_a):
+    response = post_file(caller(who), NORMAL_JPEG.read_bytes())
+    assert response.status_code == 202
+    assert Study.objects.get(code=response.json()["id"]).hospital == hospital_a
+
+
+def test_outsider_upload_lands_in_the_outsiders_hospital(caller, hospital_b):
+    response = post_file(caller("outsider"), CR_CHEST.read_bytes())
+    assert response.status_code == 202
+    assert Study.objects.get(code=response.json()["id"]).hospital == hospital_b
+
+
+def test_detail_resource_shows_the_latest_non_shadow_prediction_reviews_and_warnings(caller, completed_a):
+    shown = completed_a.predictions.get(is_shadow=False)
+    review = completed_a.reviews.get()
+    body = caller("key_a").get(url(completed_a)).json()
+    assert body == {
+        "id": str(completed_a.code),
+        "status": "completed",
+        "failure_reason": "",
+        "accession_number": "ACC-A1",
+        "created_at": body["created_at"],
+        "prediction": {
+            "label": "pneumonia",
+            "probability": 0.9,
+            "threshold": 0.42,
+            "model_version": "densenet-v2",
+            "completed_at": shown.created_at.isoformat().replace("+00:00", "Z"),
+        },
+        "reviews": [
+            {
+                "id": str(review.code),
+                "radiologist": "radiologist@stmarys.example",
+                "verdict": "agree",
+                "correct_label": "pneumonia",
+                "note": "Right lower lobe consolidation.",
+                "created_at": review.created_at.isoformat().replace("+00:00", "Z"),
+                "updated_at": review.updated_at.isoformat().replace("+00:00", "Z"),
+            }
+        ],
+        "warnings": [],
+    }
+    assert completed_a.created_at.isoformat().replace("+00:00", "Z") == body["created_at"]
+    assert "MRN-A1" not in str(body)
+
+
+def test_failed_and_flagged_study_shows_reason_and_warnings(caller, hospital_a):
+    study, _ = ingest_upload(hospital=hospital_a, data=TIBIA.read_bytes(), source=Study.Source.API)
+    Study.objects.filter(pk=study.pk).update(status="failed", failure_reason="The pixel data could not be decoded.")
+    body = caller("doctor").get(url(study)).json()
+    assert body["status"] == "failed"
+    assert body["failure_reason"] == "The pixel data could not be decoded."
+    assert body["prediction"] is None
+    assert body["warnings"] == [
+        {
+            "code": "not_chest",
+            "message": "The body part examined is not the chest: the model is validated on chest radiographs only.",
+        }
+    ]
+
+
+def test_heatmap_is_404_until_a_shown_prediction_exists(caller, study_a):
+    add_prediction(study_a, model_version("shadow-only", shadow=True), probability=0.3, is_shadow=True)
+    response = caller("doctor").get(url(study_a, "heatmap"), HTTP_ACCEPT="image/png")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "This study has no heatmap yet."}
+
+
+def test_image_is_the_stored_display_png(caller, study_a):
+    response = caller("doctor").get(url(study_a, "image"))
+    image = decode_png(b"".join(response.streaming_content))
+    assert image.shape == (440, 440)
+
+
+def test_unknown_and_malformed_ids_are_json_404(caller, completed_a):
+    client = caller("doctor")
+    for path in (f"{STUDIES_URL}not-a-uuid/", f"{STUDIES_URL}00000000-0000-0000-0000-000000000000/image"):
+        response = client.get(path)
+        assert response.status_code == 404
+        assert set(response.json()) == {"detail"}
+
+
+def _studies(hospital, count: int) -> list[Study]:
+    created = []
+    for index in range(count):
+        data = PNEUMONIA_PNG.read_bytes() if index % 2 else NORMAL_JPEG.read_bytes()
+        study, _ = ingest_upload(hospital=hospital, data=data, source=Study.Source.API, accession_number=f"ACC-{index}")
+        created.append(study)
+    return created
+
+
+def test_list_is_newest_first_and_paginated(caller, hospital_a, monkeypatch):
+    monkeypatch.setattr(PageNumberPagination, "page_size", 2)
+    studies = _studies(hospital_a, 3)
+    client = caller("key_a")
+    first = client.get(STUDIES_URL).json()
+    assert [item["id"] for item in first["results"]] == [str(studies[2].code), str(studies[1].code)]
+    assert first["count"] == 3
+    assert first["next"] == f"http://testserver{STUDIES_URL}?page=2"
+    second = client.get(first["next"]).json()
+    assert [item["id"] for item in second["results"]] == [str(studies[0].code)]
+    assert second["next"] is None
+
+
+def test_list_filters_by_status_accession_and_updated_since(caller, hospital_a):
+    studies = _studies(hospital_a, 3)
+    Study.objects.filter(pk=studies[0].pk).update(status="completed")
+    Study.objects.filter(pk=studies[1].pk).update(updated_at=timezone.now() - timedelta(days=3))
+    Study.objects.filter(pk=studies[2].pk).update(updated_at=timezone.now() - timedelta(days=3))
+    client = caller("doctor")
+
+    def ids(query: str) -> list[str]:
+        response = client.get(STUDIES_URL + query)
+        assert response.status_code == 200
+        return [item["id"] for item in response.json()["results"]]
+
+    assert ids("?status=completed") == [str(studies[0].code)]
+    assert ids("?status=queued") == [str(studies[2].code), str(studies[1].code)]
+    assert ids("?accession_number=ACC-1") == [str(studies[1].code)]
+    since = (timezone.now() - timedelta(days=1)).isoformat()
+    assert ids("?updated_since=" + since.replace("+", "%2B")) == [str(studies[0].code)]
+    assert ids("?updated_since=" + (timezone.now() - timedelta(days=5)).date().isoformat()) == [
+        str(s.code) for s in reversed(studies)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        ("?status=done", "status must be one of: queued, processing, completed, failed."),
+        ("?updated_since=yesterday", "updated_since must be an ISO 8601 date or date-time."),
+        ("?updated_since=2025-13-45", "updated_since must be an ISO 8601 date or date-time."),
+    ],
+)
+def test_bad_filters_are_400_with_a_message(query, detail, caller):
+    response = caller("doctor").get(STUDIES_URL + query)
+    assert response.status_code == 400
+    assert response.json() == {"detail": detail}
+
+
+def test_list_query_count_does_not_grow_with_rows(caller, hospital_a, radiologist):
+    client = caller("key_a")
+    version = model_version("v1", status=ModelVersion.Status.ACTIVE)
+    studies = _studies(hospital_a, 2)
+    for study in studies:
+        add_prediction(study, version, probability=0.7)
+        Review.objects.create(study=study, radiologist=radiologist, verdict="agree", correct_label="pneumonia")
+    with CaptureQueriesContext(connection) as two:
+        assert client.get(STUDIES_URL).status_code == 200
+    for study in _studies(hospital_a, 4):
+        add_prediction(study, version, probability=0.2)
+        Review.objects.create(study=study, radiologist=radiologist, verdict="agree", correct_label="normal")
+    with CaptureQueriesContext(connection) as six:
+        response = client.get(STUDIES_URL)
+    assert len(response.json()["results"]) == 6
+    assert len(six.captured_queries) == len(two.captured_queries)
+
+
+def test_every_read_is_audited_with_the_caller(caller, completed_a, key_a, doctor):
+    caller("key_a").get(STUDIES_URL)
+    caller("key_a").get(url(completed_a))
+    caller("doctor").get(url(completed_a, "image"))
+    caller("doctor").get(url(completed_a, "heatmap"))
+    listed = AuditEvent.objects.get(action="study.listed")
+    assert (listed.actor_key, listed.hospital, listed.detail) == (key_a[0], completed_a.hospital, {"count": 1})
+    viewed = AuditEvent.objects.get(action="study.viewed")
+    assert (viewed.actor_key, viewed.target_id, viewed.detail) == (key_a[0], str(completed_a.code), {"via": "api"})
+    images = AuditEvent.objects.filter(action="study.image_viewed").order_by("id")
+    assert [(e.actor_user, e.detail) for e in images] == [(doctor, {"kind": "image"}), (doctor, {"kind": "heatmap"})]
+
+
+def test_integration_keys_are_throttled_per_key_and_sessions_are_not(caller, monkeypatch):
+    monkeypatch.setattr(IntegrationKeyThrottle, "rate", "3/min", raising=False)
+    key_client, other_key, doctor = caller("key_a"), caller("key_b"), caller("doctor")
+    assert [key_client.get(STUDIES_URL).status_code for _ in range(3)] == [200, 200, 200]
+    throttled = key_client.get(STUDIES_URL)
+    assert throttled.status_code == 429
+    assert throttled.json()["detail"].startswith("Request was throttled.")
+    assert other_key.get(STUDIES_URL).status_code == 200
+    assert [doctor.get(STUDIES_URL).status_code for _ in range(5)] == [200] * 5
