@@ -45,6 +45,7 @@ class Action(models.TextChoices):
     MODEL_PROMOTED = "model.promoted", "Model promoted"
     MODEL_PROMOTION_REFUSED = "model.promotion_refused", "Model promotion refused"
     MODEL_ROLLED_BACK = "model.rolled_back", "Model rolled back"
+    MODEL_SHADOW_CHANGED = "model.shadow_changed", "Shadow mode changed"
     TRAINING_EXPORTED = "training.exported", "Training set exported"
     MODEL_RETRAINED = "model.retrained", "Model retrained"
     AUDIT_VIEWED = "audit.viewed", "Audit log viewed"

@@ -294,8 +294,7 @@ def _register(out_dir: Path, name: str, active: ModelVersion, lineage: dict, com
 # stores the result with Prediction.is_shadow=True; `Prediction.objects.shown()` keeps
 # those out of every page and endpoint doctors use. Promotion clears the flag.
 
-# Not (yet) one of hospital.audit.Action's choices; recorded under this code.
-SHADOW_CHANGED = "model.shadow_changed"
+SHADOW_CHANGED = audit.Action.MODEL_SHADOW_CHANGED
 
 
 class ShadowError(Exception):
