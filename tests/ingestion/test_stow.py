@@ -1,0 +1,161 @@
+"""DICOMweb STOW-RS: several instances per multipart/related request, answered with the
+PS3.18 DICOM JSON response (Referenced and Failed SOP Sequences)."""
+
+from __future__ import annotations
+
+import pydicom
+import pytest
+from rest_framework.test import APIClient
+
+from diagnostics.models import Study
+from hospital.models import AuditEvent
+from tests.ingestion.conftest import CR_CHEST, DX_CHEST, PNEUMONIA_PNG, TIBIA, pydicom_file
+
+STOW_URL = "/dicomweb/studies"
+BOUNDARY = "pleura-test-boundary-7f3a"
+
+
+def related_body(*parts: tuple[str, bytes], boundary: str = BOUNDARY) -> bytes:
+    body = b""
+    for content_type, data in parts:
+        body += f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+def stow(client: APIClient, body: bytes, content_type: str | None = None):
+    content_type = content_type or f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+    return client.generic("POST", STOW_URL, body, content_type=content_type, HTTP_ACCEPT="application/dicom+json")
+
+
+def uids(path) -> tuple[str, str]:
+    ds = pydicom.dcmread(path, force=True)
+    return str(ds.SOPClassUID), str(ds.SOPInstanceUID)
+
+
+def referenced(path) -> dict:
+    sop_class, sop_instance = uids(path)
+    return {"00081150": {"vr": "UI", "Value": [sop_class]}, "00081155": {"vr": "UI", "Value": [sop_instance]}}
+
+
+def failed(reason: int, path=None) -> dict:
+    item = {}
+    if path is not None:
+        sop_class, sop_instance = uids(path)
+        item = {"00081150": {"vr": "UI", "Value": [sop_class]}, "00081155": {"vr": "UI", "Value": [sop_instance]}}
+    return {**item, "00081197": {"vr": "US", "Value": [reason]}}
+
+
+@pytest.fixture
+def emr(key_a, key_client) -> APIClient:
+    return key_client(key_a[1])
+
+
+def test_three_instances_are_stored_and_referenced(emr, hospital_a, key_a):
+    files = [CR_CHEST, DX_CHEST, TIBIA]
+    response = stow(emr, related_body(*[("application/dicom", f.read_bytes()) for f in files]))
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/dicom+json"
+    assert response.json() == {"00081199": {"vr": "SQ", "Value": [referenced(f) for f in files]}}
+    studies = Study.objects.filter(hospital=hospital_a).order_by("id")
+    assert [s.sop_instance_uid for s in studies] == [uids(f)[1] for f in files]
+    assert {s.source for s in studies} == {"dicomweb"}
+    assert {s.uploaded_by_key for s in studies} == {key_a[0]}
+    assert [s.warnings for s in studies] == [[], [], ["not_chest"]]
+
+
+def test_some_failed_is_202_with_failure_reasons(emr, hospital_a):
+    body = related_body(
+        ("application/dicom", CR_CHEST.read_bytes()),
+        ("application/dicom", pydicom_file("test-SR.dcm").read_bytes()),
+        ("application/dicom", PNEUMONIA_PNG.read_bytes()),
+        ("application/pdf", b"%PDF-1.4"),
+        ("application/dicom", pydicom_file("MR_truncated.dcm").read_bytes()),
+    )
+    response = stow(emr, body)
+    assert response.status_code == 202
+    assert response.json() == {
+        "00081199": {"vr": "SQ", "Value": [referenced(CR_CHEST)]},
+        "00081198": {
+            "vr": "SQ",
+            "Value": [
+                failed(0x0122, pydicom_file("test-SR.dcm")),
+                failed(0xC000),
+                failed(0xC000),
+                failed(0xC000, pydicom_file("MR_truncated.dcm")),
+            ],
+        },
+    }
+    assert Study.objects.count() == 1
+    assert AuditEvent.objects.filter(action="study.upload_rejected", outcome="failure").count() == 3
+
+
+def test_nothing_stored_is_409(emr, stored):
+    before = stored()
+    response = stow(emr, related_body(("application/dicom", pydicom_file("rtplan.dcm").read_bytes())))
+    assert response.status_code == 409
+    assert response.json() == {"00081198": {"vr": "SQ", "Value": [failed(0x0122, pydicom_file("rtplan.dcm"))]}}
+    assert stored() == before
+
+
+def test_too_many_pixels_is_out_of_resources(emr, settings):
+    settings.MAX_IMAGE_PIXELS = 1000
+    response = stow(emr, related_body(("application/dicom", CR_CHEST.read_bytes())))
+    assert response.status_code == 409
+    assert response.json() == {"00081198": {"vr": "SQ", "Value": [failed(0xA700, CR_CHEST)]}}
+
+
+def test_the_same_instance_twice_is_stored_once_and_referenced_twice(emr):
+    body = related_body(("application/dicom", CR_CHEST.read_bytes()), ("application/dicom", CR_CHEST.read_bytes()))
+    response = stow(emr, body)
+    assert response.status_code == 200
+    assert response.json() == {"00081199": {"vr": "SQ", "Value": [referenced(CR_CHEST), referenced(CR_CHEST)]}}
+    assert Study.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status", "detail"),
+    [
+        (f'multipart/related; type="application/dicom+xml"; boundary={BOUNDARY}', None, 415,
+         'Only type="application/dicom" is supported in multipart/related requests.'),
+        ('multipart/related; type="application/dicom"', None, 400,
+         "The multipart/related Content-Type has no boundary parameter."),
+        (None, b"--" + BOUNDARY.encode() + b"\r\nContent-Type: application/dicom\r\n\r\nDICM", 400,
+         "The multipart/related body is malformed: its closing boundary is missing."),
+        (None, b"--" + BOUNDARY.encode() + b"--\r\n", 400,
+         "The multipart/related body is malformed: its closing boundary is missing."),
+        (None, b"", 400, "The request body is empty."),
+        ("application/dicom", None, 415, 'Unsupported media type "application/dicom" in request.'),
+    ],
+)  # fmt: skip
+def test_malformed_requests_are_refused_as_a_whole(content_type, body, status, detail, emr, stored):
+    before = stored()
+    response = stow(emr, related_body(("application/dicom", CR_CHEST.read_bytes())) if body is None else body,
+                    content_type)  # fmt: skip
+    assert response.status_code == status
+    assert response.json() == {"detail": detail}
+    assert stored() == before
+
+
+def test_stow_access(key_b, key_client, caller_for_stow, hospital_b, stored):
+    body = related_body(("application/dicom", CR_CHEST.read_bytes()))
+    before = stored()
+    assert stow(caller_for_stow("anonymous"), body).status_code == 401
+    assert stow(caller_for_stow("revoked"), body).status_code == 401
+    assert stow(caller_for_stow("hospital_admin"), body).status_code == 403
+    assert stored() == before
+    assert stow(key_client(key_b[1]), body).status_code == 200
+    assert Study.objects.get().hospital == hospital_b
+
+
+@pytest.fixture
+def caller_for_stow(key_a, hospital_admin):
+    def make(name: str) -> APIClient:
+        client = APIClient()
+        if name == "revoked":
+            key_a[0].revoke()
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {key_a[1]}")
+        elif name == "hospital_admin":
+            client.force_login(hospital_admin)
+        return client
+
+    return make
