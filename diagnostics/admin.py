@@ -1,0 +1,59 @@
+"""Studies in the Django admin: read-only, each hospital admin sees their own hospital's.
+
+Studies change only through the ingestion service and the pipeline, never by hand; the
+admin is for operations (status, failures, warnings), so patient identifiers are left
+out of it: doctors see them in the portal.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin
+
+from diagnostics.models import Study
+from hospital.admin import VIEW, HospitalScopedAdmin
+
+OPERATIONAL_FIELDS = [
+    "code",
+    "hospital",
+    "status",
+    "failure_reason",
+    "warnings",
+    "attempts",
+    "source",
+    "uploaded_by",
+    "uploaded_by_key",
+    "accession_number",
+    "modality",
+    "body_part",
+    "view_position",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "sop_class_uid",
+    "original_format",
+    "original_size",
+    "original_sha256",
+    "pixel_sha256",
+    "transfer_syntax_uid",
+    "photometric_interpretation",
+    "rows",
+    "columns",
+    "created_at",
+    "queued_at",
+    "started_at",
+    "completed_at",
+    "updated_at",
+]
+
+
+@admin.register(Study)
+class StudyAdmin(HospitalScopedAdmin):
+    hospital_admin_permissions = frozenset({VIEW})
+    superuser_permissions = frozenset({VIEW})
+    list_display = ["code", "hospital", "status", "source", "modality", "original_format", "created_at"]
+    list_filter = ["status", "source", "original_format", "hospital"]
+    list_select_related = ["hospital"]
+    search_fields = ["=accession_number", "=code", "=sop_instance_uid"]
+    date_hierarchy = "created_at"
+    fields = OPERATIONAL_FIELDS
+    readonly_fields = OPERATIONAL_FIELDS
