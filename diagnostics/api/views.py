@@ -152,6 +152,7 @@ QUEUED_EXAMPLE = OpenApiExample(
         ],
     },
     response_only=True,
+    status_codes=["200", "202"],
 )
 ERROR_EXAMPLE = OpenApiExample(
     "A DICOM object without pixels",
