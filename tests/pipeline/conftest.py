@@ -105,6 +105,17 @@ class Broker:
     options: dict
     env: dict = field(default_factory=dict)
 
+    def purge(self) -> None:
+        """Drop every waiting or unacknowledged message (e.g. one restored by a worker an
+        earlier test stopped), so a test sees only its own."""
+        if self.url.startswith("filesystem://"):
+            for message in Path(self.options["data_folder_in"]).glob("*"):
+                message.unlink(missing_ok=True)
+            return
+        import redis
+
+        redis.Redis.from_url(self.url).delete("inference", "celery", "unacked", "unacked_index", "unacked_mutex")
+
 
 def point_publisher_at(url: str, options: dict) -> None:
     """Make this process's Celery app publish to `url` (its connection pools are rebuilt)."""
@@ -133,10 +144,6 @@ def broker(tmp_path_factory) -> Broker:
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:
         url = require_service(redis_url, "Redis")
-        import redis
-
-        # Leftovers of an earlier run (e.g. a killed worker's unacked message) must not leak in.
-        redis.Redis.from_url(url).delete("inference", "celery", "unacked", "unacked_index", "unacked_mutex")
         chosen = Broker(url, {"visibility_timeout": 600}, {"CELERY_BROKER_URL": url, "REDIS_URL": url})
     else:
         chosen = filesystem_broker(tmp_path_factory.mktemp("broker"))
@@ -217,6 +224,8 @@ class Worker:
 def start_worker(broker, tmp_path):
     """Start real workers for this test; all are stopped at the end."""
     workers: list[Worker] = []
+
+    broker.purge()
 
     def start(**env: str) -> Worker:
         worker = Worker(broker, tmp_path / "worker.log", **env).start()
