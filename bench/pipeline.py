@@ -222,11 +222,11 @@ def run(args) -> dict:
             process.wait(30)
     return {
         "model": version.name if model_dir else "random-initialised resnet18, 224 px",
-        "raw_batched_images_per_s": raw["images_per_s"],
+        "raw_batched_images_per_s": raw["images_per_second"],
         "raw_batch_size": raw["batch_size"],
         "idle": idle,
         "load": load,
-        "ratio_to_raw": round(load["images_per_s"] / raw["images_per_s"], 2),
+        "ratio_to_raw": round(load["images_per_s"] / raw["images_per_second"], 2),
     }
 
 

@@ -31,11 +31,12 @@ from mlcore.models import ModelVersion
 
 log = logging.getLogger(__name__)
 
-# Most studies one worker predicts in one forward pass. Measured on this machine's CPU
-# (2 cores, ResNet-18 at 224 px with Grad-CAM, bench/inference.py): 1 image 0.11 s,
-# 8 images 0.62 s (78 ms each), 16 images 1.2 s (75 ms each), 32 images 2.5 s: beyond
-# 8-16 a larger batch buys no throughput on CPU and only delays the first result.
-# On an H100 a batch of 16 takes about 20 ms, far below a single upload's own cost.
+# Most studies one worker predicts in one forward pass. Measured with bench/inference.py's
+# measure_throughput (ResNet-18, 224 px, Grad-CAM and PNGs included) on this 2-core CPU
+# while a training job shared it: batch 1: 1.9 s; 8: 2.9 s (357 ms each); 16: 3.3 s
+# (209 ms each); 32: 5.0 s (157 ms each). 16 takes most of the batching gain while a
+# full batch still finishes well inside the task's soft time limit; larger batches
+# mostly delay the first result. Remeasure on GPU machines (bench/pipeline.py).
 MAX_BATCH = 16
 PREDICT_TASK = "diagnostics.predict_studies"
 # Retries of one message on a transient error, with exponential backoff capped at 60 s.
