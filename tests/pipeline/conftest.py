@@ -131,9 +131,10 @@ def filesystem_broker(folder: Path) -> Broker:
         "data_folder_in": str(folder / "out"),
         "data_folder_out": str(folder / "out"),
         "processed_folder": str(folder / "processed"),
+        "control_folder": str(folder / "control"),
         "store_processed": False,
     }
-    for key in ("data_folder_in", "processed_folder"):
+    for key in ("data_folder_in", "processed_folder", "control_folder"):
         Path(options[key]).mkdir(parents=True, exist_ok=True)
     return Broker("filesystem://", options, {"CELERY_BROKER_URL": "filesystem://", "BROKER_DIR": str(folder)})
 
