@@ -1,0 +1,50 @@
+"""Two requests with the same SOP Instance UID at the same moment: the database
+constraint decides, both get the same study, and the loser leaves no files behind."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import connection, connections
+
+from diagnostics import services
+from diagnostics.models import Study
+from tests.ingestion.conftest import CR_CHEST
+
+
+@pytest.mark.django_db(transaction=True)
+def test_simultaneous_uploads_of_one_instance_make_one_study(hospital_a, stored, monkeypatch):
+    if connection.vendor == "sqlite":
+        pytest.skip("needs a database that serves concurrent connections (PostgreSQL in CI)")
+    both_checked = threading.Barrier(2, timeout=30)
+    real_existing = services._existing
+
+    def existing_then_wait(hospital, sop_uid):
+        found = real_existing(hospital, sop_uid)
+        both_checked.wait()  # both requests have seen "not stored yet"
+        return found
+
+    monkeypatch.setattr(services, "_existing", existing_then_wait)
+    data = CR_CHEST.read_bytes()
+    results, errors = [], []
+
+    def upload():
+        try:
+            results.append(services.ingest_upload(hospital=hospital_a, data=data, source=Study.Source.API))
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=upload) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert sorted(created for _, created in results) == [False, True]
+    assert results[0][0].pk == results[1][0].pk
+    assert Study.objects.count() == 1
+    study = Study.objects.get()
+    assert stored().files == {study.original_file.name, study.display_image.name}
