@@ -9,9 +9,12 @@ ECE_BINS = 15
 
 
 def threshold_for_sensitivity(targets: np.ndarray, probabilities: np.ndarray, min_sensitivity: float) -> float:
-    """The highest threshold whose sensitivity is at least `min_sensitivity`.
+    """The threshold with the best specificity among those whose sensitivity is at least `min_sensitivity`.
 
-    The highest such threshold gives the best specificity among the acceptable ones.
+    Candidates are the ROC curve's corner points (scikit-learn drops thresholds that
+    only add sensitivity at the same specificity), so among equally specific
+    thresholds the lowest, i.e. the most sensitive, one is taken: missing pneumonia
+    costs more than a false alarm.
     """
     _, tpr, thresholds = roc_curve(targets, probabilities)
     acceptable = thresholds[(tpr >= min_sensitivity) & np.isfinite(thresholds)]

@@ -112,7 +112,13 @@ def test_session_expires_after_the_idle_time_and_each_request_extends_it(client,
 
 
 def _production_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG"}}
+    # DJANGO_* variables of this test process (e.g. the browser tests' async switch) are
+    # not part of a production environment.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG"} and not k.startswith("DJANGO_")
+    }
     env.update(DJANGO_SETTINGS_MODULE="config.settings.production", ALLOWED_HOSTS="pleura.example", **extra)
     return env
 

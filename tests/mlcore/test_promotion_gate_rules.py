@@ -8,8 +8,14 @@ from mlcore.promotion import MIN_REVIEWED_HOLDOUT, gate_failures
 
 def _version(name: str, status: str, metrics: dict) -> ModelVersion:
     return ModelVersion.objects.create(
-        name=name, architecture="resnet18", image_size=64, weights_path=f"{name}.pt", weights_sha256="0" * 64,
-        threshold=0.5, status=status, metrics=metrics,
+        name=name,
+        architecture="resnet18",
+        image_size=64,
+        weights_path=f"{name}.pt",
+        weights_sha256="0" * 64,
+        threshold=0.5,
+        status=status,
+        metrics=metrics,
     )
 
 
