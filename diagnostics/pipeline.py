@@ -31,13 +31,12 @@ from mlcore.models import ModelVersion
 
 log = logging.getLogger(__name__)
 
-# Most studies one worker predicts in one forward pass. Measured with bench/inference.py's
-# measure_throughput (ResNet-18, 224 px, Grad-CAM and PNGs included) on this 2-core CPU
-# while a training job shared it: batch 1: 1.9 s; 8: 2.9 s (357 ms each); 16: 3.3 s
-# (209 ms each); 32: 5.0 s (157 ms each). 16 takes most of the batching gain while a
-# full batch still finishes well inside the task's soft time limit; larger batches
-# mostly delay the first result. Remeasure on GPU machines (bench/pipeline.py).
-MAX_BATCH = 16
+# Most studies one worker predicts in one forward pass. Measured on this 2-core CPU with
+# `python -m bench.inference --batch-sizes 1 4 8 16 32` (ResNet-18 at 128 px, Grad-CAM and
+# heatmap PNGs included, idle machine): 65 images/s at batch 1, 99 at 4, 109 at 8, 74 at
+# 16, 71 at 32. Past 8 the Grad-CAM activations fall out of cache and throughput drops,
+# so 8 is the CPU optimum; a GPU worker gains from more (PIPELINE_MAX_BATCH=32 or 64).
+MAX_BATCH = settings.PIPELINE_MAX_BATCH
 PREDICT_TASK = "diagnostics.predict_studies"
 # Retries of one message on a transient error, with exponential backoff capped at 60 s.
 MAX_RETRIES = 5

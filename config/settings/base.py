@@ -201,6 +201,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = env_int("CELERY_BROKER_CONNECTION_TIMEOUT", 2)
 # The pipeline: studies stuck in queued/processing longer than this are re-queued by the
 # sweeper (every PIPELINE_SWEEP_SECONDS), at most PIPELINE_MAX_ATTEMPTS times.
+# Studies one worker predicts in one batch (see diagnostics/pipeline.py for the measurements).
+PIPELINE_MAX_BATCH = env_int("PIPELINE_MAX_BATCH", 8)
 PIPELINE_STUCK_SECONDS = env_int("PIPELINE_STUCK_SECONDS", 300)
 PIPELINE_MAX_ATTEMPTS = env_int("PIPELINE_MAX_ATTEMPTS", 3)
 PIPELINE_SWEEP_SECONDS = env_int("PIPELINE_SWEEP_SECONDS", 60)
