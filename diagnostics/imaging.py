@@ -248,7 +248,9 @@ def display_png(gray: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> bytes:
     if max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    # zlib level 1: 1.7 ms instead of 6.9 ms for a 224 px radiograph, 16% larger; the
+    # upload request pays for it while the doctor waits.
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
