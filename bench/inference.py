@@ -46,16 +46,7 @@ def load_engine(model_dir: str | Path, device: str | None = None) -> InferenceEn
     """An engine for a `train_model` output folder, checked against the sha256 in its model.json."""
     model_dir = Path(model_dir)
     description = json.loads((model_dir / "model.json").read_text())
-    spec = ModelSpec(
-        name=description["name"],
-        architecture=description["architecture"],
-        image_size=description["image_size"],
-        weights_path=model_dir / description["weights"],
-        weights_sha256=description["weights_sha256"],
-        threshold=description["threshold"],
-        temperature=description["temperature"],
-        logit_bias=description.get("logit_bias", 0.0),
-    )
+    spec = ModelSpec.from_description(model_dir, description)
     return InferenceEngine(spec, device=device)
 
 

@@ -34,6 +34,20 @@ class ModelSpec:
     temperature: float = 1.0
     logit_bias: float = 0.0
 
+    @classmethod
+    def from_description(cls, model_dir: Path, description: dict) -> ModelSpec:
+        """The spec of a `train_model` output folder, from its model.json contents."""
+        return cls(
+            name=description["name"],
+            architecture=description["architecture"],
+            image_size=description["image_size"],
+            weights_path=Path(model_dir) / description["weights"],
+            weights_sha256=description["weights_sha256"],
+            threshold=description["threshold"],
+            temperature=description["temperature"],
+            logit_bias=description.get("logit_bias", 0.0),
+        )
+
 
 @dataclass(frozen=True)
 class PredictionResult:

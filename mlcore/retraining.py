@@ -100,19 +100,6 @@ def compare(candidate: InferenceEngine, active: InferenceEngine, locked: list, h
     }
 
 
-def spec_from_description(model_dir: Path, description: dict) -> ModelSpec:
-    return ModelSpec(
-        name=description["name"],
-        architecture=description["architecture"],
-        image_size=description["image_size"],
-        weights_path=model_dir / description["weights"],
-        weights_sha256=description["weights_sha256"],
-        threshold=description["threshold"],
-        temperature=description["temperature"],
-        logit_bias=description.get("logit_bias", 0.0),
-    )
-
-
 # --- The Django side ------------------------------------------------------------------
 
 
@@ -158,7 +145,7 @@ def retrain(options: RetrainOptions, *, actor=None) -> ModelVersion:
         holdout = _exported(options.export_dir / "holdout")
         _write_split(out_dir, kept + reviews, locked, options.seed)
         comparison = compare(
-            InferenceEngine(spec_from_description(out_dir, description), device=options.device),
+            InferenceEngine(ModelSpec.from_description(out_dir, description), device=options.device),
             registry.get_engine(active, device=options.device),
             locked,
             holdout,
