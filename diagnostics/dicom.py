@@ -342,11 +342,32 @@ def _date(value: Any) -> date | None:
         return None
 
 
-def intended_use_warnings(meta: dict[str, Any]) -> list[str]:
+# The model learned from radiographs of children aged 1 to 5 (see its model card).
+ADULT_AGE_YEARS = 18
+_AGE_UNITS = {"D": 365.25, "W": 365.25 / 7, "M": 12.0, "Y": 1.0}
+
+
+def patient_age_years(ds: Dataset) -> float | None:
+    """Age at the study, from Patient's Age (nnnD/W/M/Y, or bare years as some archives
+    write it) or else from the birth and study dates; None when the header cannot tell."""
+    age = str(ds.get("PatientAge") or "").strip().upper()
+    if age[:-1].isdigit() and age[-1:] in _AGE_UNITS:
+        return int(age[:-1]) / _AGE_UNITS[age[-1]]
+    if age.isdigit():
+        return float(age)
+    born, taken = _date(ds.get("PatientBirthDate")), _date(ds.get("StudyDate"))
+    if born and taken and taken >= born:
+        return (taken - born).days / 365.25
+    return None
+
+
+def intended_use_warnings(meta: dict[str, Any], age_years: float | None = None) -> list[str]:
     """Codes for a radiograph outside what the model was validated on (see imaging.WARNINGS)."""
     codes = []
     if meta["body_part"] and meta["body_part"] not in CHEST_BODY_PARTS:
         codes.append("not_chest")
     if meta["modality"] and meta["modality"] not in RADIOGRAPH_MODALITIES:
         codes.append("not_radiograph")
+    if age_years is not None and age_years >= ADULT_AGE_YEARS:
+        codes.append("adult")
     return codes

@@ -38,6 +38,7 @@ DISPLAY_MAX_SIDE = 1024
 WARNINGS = {
     "not_chest": "The body part examined is not the chest: the model is validated on chest radiographs only.",
     "not_radiograph": "The modality is not CR or DX: the model is validated on plain radiographs only.",
+    "adult": "The patient is an adult: the model learned from children's chest radiographs (aged 1 to 5) only.",
 }
 
 # Formats we can name when refusing them (first bytes -> what it is).
@@ -179,7 +180,7 @@ def _decode_dicom(data: bytes) -> DecodedImage:
     gray = dicom.to_grayscale(ds)
     meta = dicom.metadata(ds)
     meta["rows"], meta["columns"] = gray.shape
-    return DecodedImage("dcm", gray, meta, dicom.intended_use_warnings(meta))
+    return DecodedImage("dcm", gray, meta, dicom.intended_use_warnings(meta, dicom.patient_age_years(ds)))
 
 
 def _decode_raster(data: bytes, kind: str) -> DecodedImage:

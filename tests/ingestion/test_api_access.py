@@ -237,7 +237,13 @@ def test_failed_and_flagged_study_shows_reason_and_warnings(caller, hospital_a):
         {
             "code": "not_chest",
             "message": "The body part examined is not the chest: the model is validated on chest radiographs only.",
-        }
+        },
+        {
+            "code": "adult",
+            "message": (
+                "The patient is an adult: the model learned from children's chest radiographs (aged 1 to 5) only."
+            ),
+        },
     ]
 
 

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from diagnostics import imaging
+from diagnostics.dicom import intended_use_warnings, patient_age_years
 from diagnostics.imaging import decode_upload, pixel_sha256
 from tests.ingestion.conftest import (
     CR_CHEST,
@@ -95,7 +96,8 @@ def test_every_identifier_and_acquisition_field_is_extracted():
     assert meta["rows"] == 4
     assert meta["columns"] == 6
     assert meta["transfer_syntax_uid"] == "1.2.840.10008.1.2.1"
-    assert decode_upload(data).warnings == []
+    # Born 1980, examined 2024: an adult, outside the pediatric training data.
+    assert decode_upload(data).warnings == ["adult"]
 
 
 def test_dx_chest_8_bit_without_window_keeps_its_display_values():
@@ -104,7 +106,7 @@ def test_dx_chest_8_bit_without_window_keeps_its_display_values():
     np.testing.assert_array_equal(decoded.gray, raw)
     assert decoded.metadata["modality"] == "DX"
     assert decoded.metadata["body_part"] == ""
-    assert decoded.warnings == []
+    assert decoded.warnings == ["adult"]  # Patient's Age "81", written without a unit
 
 
 def test_tibia_in_jpeg_2000_is_decoded_and_flagged_as_not_a_chest():
@@ -114,7 +116,7 @@ def test_tibia_in_jpeg_2000_is_decoded_and_flagged_as_not_a_chest():
     np.testing.assert_array_equal(decoded.gray, expected)
     assert decoded.metadata["transfer_syntax_uid"] == "1.2.840.10008.1.2.4.90"
     assert decoded.metadata["body_part"] == "EXTREMITY"
-    assert decoded.warnings == ["not_chest"]
+    assert decoded.warnings == ["not_chest", "adult"]  # born 1979, examined 2004
 
 
 @pytest.mark.parametrize(
@@ -281,3 +283,31 @@ def test_display_png_is_the_model_gray_downscaled_to_1024():
     small = decode_upload(CR_CHEST.read_bytes())
     np.testing.assert_array_equal(decode_png(imaging.display_png(small.gray)), small.gray)
     np.testing.assert_array_equal(decode_png(png_of(small.gray)), small.gray)
+
+
+@pytest.mark.parametrize(
+    ("header", "years"),
+    [
+        ({"PatientAge": "045Y"}, 45.0),
+        ({"PatientAge": "018M"}, 1.5),
+        ({"PatientAge": "026W"}, 26 * 7 / 365.25),
+        ({"PatientAge": "081"}, 81.0),
+        ({"PatientBirthDate": "20200115", "StudyDate": "20240115"}, 1461 / 365.25),
+        ({"PatientBirthDate": "20200115"}, None),
+        ({"PatientAge": "old"}, None),
+        ({}, None),
+    ],
+)
+def test_patient_age_is_read_from_the_age_or_the_birth_and_study_dates(header, years):
+    ds = pydicom.Dataset()
+    for keyword, value in header.items():
+        setattr(ds, keyword, value)
+    assert patient_age_years(ds) == (pytest.approx(years) if years is not None else None)
+
+
+def test_a_child_is_not_flagged_and_an_adult_is():
+    child = {"body_part": "CHEST", "modality": "CR"}
+    assert intended_use_warnings(child, 4.0) == []
+    assert intended_use_warnings(child, 17.9) == []
+    assert intended_use_warnings(child, 18.0) == ["adult"]
+    assert intended_use_warnings(child, None) == []

@@ -60,7 +60,7 @@ def test_three_instances_are_stored_and_referenced(emr, hospital_a, key_a):
     assert [s.sop_instance_uid for s in studies] == [uids(f)[1] for f in files]
     assert {s.source for s in studies} == {"dicomweb"}
     assert {s.uploaded_by_key for s in studies} == {key_a[0]}
-    assert [s.warnings for s in studies] == [[], [], ["not_chest"]]
+    assert [s.warnings for s in studies] == [[], ["adult"], ["not_chest", "adult"]]
 
 
 def test_some_failed_is_202_with_failure_reasons(emr, hospital_a):

@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from diagnostics import tasks
+from diagnostics.dicom import patient_age_years
 from diagnostics.imaging import decode_upload
 from diagnostics.models import Study
 from diagnostics.services import ingest_upload
@@ -79,6 +80,9 @@ def expected_warnings(ds) -> list[str]:
         codes.append("not_chest")
     if modality and modality not in {"CR", "DX"}:
         codes.append("not_radiograph")
+    age = patient_age_years(ds)  # its own rules are tested in test_decoding.py
+    if age is not None and age >= 18:
+        codes.append("adult")
     return codes
 
 
