@@ -278,16 +278,5 @@ class AuditEventAdmin(HospitalScopedAdmin):
     list_select_related = ["actor_user", "actor_key", "hospital"]
     date_hierarchy = "created_at"
     actions = None
-    fields = [
-        "created_at",
-        "action",
-        "outcome",
-        "actor_user",
-        "actor_key",
-        "hospital",
-        "target_type",
-        "target_id",
-        "client_ip",
-        "detail",
-    ]
+    fields = [*list_display, "client_ip", "detail"]
     readonly_fields = fields

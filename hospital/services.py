@@ -75,17 +75,7 @@ def sync_staff_flag(user) -> bool | None:
 def create_membership(membership: Membership, *, actor=None, request=None) -> Membership:
     with transaction.atomic():
         membership.save()
-        staff = sync_staff_flag(membership.user)
-        audit.record(
-            Action.MEMBERSHIP_CREATED,
-            request=request,
-            actor=actor,
-            hospital=membership.hospital,
-            target=membership,
-            user=str(membership.user.code),
-            role=membership.role,
-            **_staff_detail(staff),
-        )
+        _record_membership(Action.MEMBERSHIP_CREATED, membership, actor=actor, request=request)
     return membership
 
 
@@ -93,19 +83,9 @@ def update_membership(membership: Membership, changed: Iterable[str], *, actor=N
     changed = sorted(set(changed))
     with transaction.atomic():
         membership.save()
-        staff = sync_staff_flag(membership.user)
         deactivated = "is_active" in changed and not membership.is_active
-        audit.record(
-            Action.MEMBERSHIP_DEACTIVATED if deactivated else Action.MEMBERSHIP_CHANGED,
-            request=request,
-            actor=actor,
-            hospital=membership.hospital,
-            target=membership,
-            user=str(membership.user.code),
-            role=membership.role,
-            fields=changed,
-            **_staff_detail(staff),
-        )
+        action = Action.MEMBERSHIP_DEACTIVATED if deactivated else Action.MEMBERSHIP_CHANGED
+        _record_membership(action, membership, actor=actor, request=request, fields=changed)
     return membership
 
 
@@ -115,18 +95,24 @@ def deactivate_membership(membership: Membership, *, actor=None, request=None) -
         if not Membership.objects.filter(pk=membership.pk, is_active=True).update(is_active=False):
             return False
         membership.is_active = False
-        staff = sync_staff_flag(membership.user)
-        audit.record(
-            Action.MEMBERSHIP_DEACTIVATED,
-            request=request,
-            actor=actor,
-            hospital=membership.hospital,
-            target=membership,
-            user=str(membership.user.code),
-            role=membership.role,
-            **_staff_detail(staff),
-        )
+        _record_membership(Action.MEMBERSHIP_DEACTIVATED, membership, actor=actor, request=request)
     return True
+
+
+def _record_membership(action: str, membership: Membership, *, actor, request, **detail) -> None:
+    """Re-derive the user's staff flag from their memberships, then audit the change."""
+    staff = sync_staff_flag(membership.user)
+    audit.record(
+        action,
+        request=request,
+        actor=actor,
+        hospital=membership.hospital,
+        target=membership,
+        user=str(membership.user.code),
+        role=membership.role,
+        **detail,
+        **_staff_detail(staff),
+    )
 
 
 def issue_integration_key(key: IntegrationKey, *, actor=None, request=None) -> str:
