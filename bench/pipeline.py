@@ -9,7 +9,14 @@ an integration key, and waits for every prediction. Reports:
 - the raw batched throughput of the same model on this machine, measured in the same
   run by bench/inference.py, and the ratio (target >= 0.8).
 
+Two layouts. By default web, worker, PostgreSQL and Redis share every core, so each
+upload's CPU is taken from the model. `--inference-cpus 1` gives the Celery worker
+those cores alone (the web server gets the rest), as deploy/ separates web and
+inference machines; the raw figure is then measured on the same cores with as many
+torch threads, so the ratio compares the pipeline with the model on the same hardware.
+
     .venv/bin/python -m bench.pipeline --n 64 --write
+    .venv/bin/python -m bench.pipeline --n 64 --inference-cpus 1 --write
 
 Without a shipped model (mlcore/weights/<name>/model.json) it uses a randomly
 initialised network of the same architecture and input size: the same timings.
@@ -28,13 +35,13 @@ import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT.parent / "shared" / "data" / "chest_xray" / "train"
 DOC = ROOT / "docs" / "benchmarks.md"
 IDLE_RUNS = 20
-MARK_BEGIN, MARK_END = "<!-- bench:pipeline -->", "<!-- /bench:pipeline -->"
 
 
 def _ensure_database(url: str) -> None:
@@ -101,28 +108,55 @@ def _prepare_database(model_dir: Path | None, workdir: Path):
     return version, raw_key
 
 
-def _raw_throughput(version, images: list[Path]) -> dict:
-    """bench/inference.py on the same model, batch = the pipeline's MAX_BATCH, heatmaps included."""
+def _raw_throughput(version, images: list[Path], cpus: set[int]) -> dict:
+    """bench/inference.py on the same model, batch = the pipeline's MAX_BATCH, heatmaps included,
+    on the cores the worker will have."""
+    import torch
+
     from bench import inference
     from diagnostics.pipeline import MAX_BATCH
     from mlcore import registry
     from mlcore.preprocessing import load_grayscale_file
 
-    engine = registry.get_engine(version)
-    grays = [load_grayscale_file(path) for path in images[:MAX_BATCH]]
-    result = inference.measure_throughput(engine, grays, MAX_BATCH, with_heatmap=True)
-    registry.engines.clear()
-    return result
+    everywhere, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    os.sched_setaffinity(0, cpus)
+    torch.set_num_threads(len(cpus))
+    try:
+        engine = registry.get_engine(version)
+        grays = [load_grayscale_file(path) for path in images[:MAX_BATCH]]
+        result = inference.measure_throughput(engine, grays, MAX_BATCH, with_heatmap=True)
+    finally:
+        registry.engines.clear()
+        os.sched_setaffinity(0, everywhere)
+        torch.set_num_threads(threads)
+    return {**result, "torch_threads": len(cpus)}
 
 
-def _start_services(env: dict, port: int, workdir: Path) -> list[subprocess.Popen]:
+def _start_services(env: dict, port: int, workdir: Path, layout: dict) -> list[subprocess.Popen]:
     full_env = {**os.environ, **env}
     log = open(workdir / "services.log", "ab")  # noqa: SIM115 - lives as long as the services
     bin_dir = Path(sys.executable).parent
     web = [str(bin_dir / "gunicorn"), "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2", "--threads", "4"]
     worker = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "celery,inference"]
     worker += ["--concurrency", "1", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"]
-    return [subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=log) for cmd in (web, worker)]
+    return [
+        subprocess.Popen(
+            command, cwd=ROOT, env=full_env, stdout=log, stderr=log, preexec_fn=partial(os.sched_setaffinity, 0, cpus)
+        )
+        for command, cpus in ((web, layout["web_cpus"]), (worker, layout["inference_cpus"]))
+    ]
+
+
+def _layout(inference_cpus: str | None) -> dict:
+    """Which cores the web server and the worker may use."""
+    everywhere = os.sched_getaffinity(0)
+    if not inference_cpus:
+        return {"name": "shared", "web_cpus": everywhere, "inference_cpus": everywhere}
+    chosen = {int(cpu) for cpu in inference_cpus.split(",")}
+    rest = everywhere - chosen
+    if not chosen <= everywhere or not rest:
+        raise SystemExit(f"--inference-cpus must leave at least one of the cores {sorted(everywhere)} for the web")
+    return {"name": "split", "web_cpus": rest, "inference_cpus": chosen}
 
 
 def _post(url: str, key: str, image: Path) -> str:
@@ -217,8 +251,9 @@ def run(args) -> dict:
     version, key = _prepare_database(model_dir, workdir)
     images = sorted((TRAIN / "PNEUMONIA").glob("*.jpeg"))[: args.n]
     images += sorted((TRAIN / "NORMAL").glob("*.jpeg"))[: IDLE_RUNS + 1]  # idle set: distinct pixels
-    raw = _raw_throughput(version, images)
-    services = _start_services(env, args.port, workdir)
+    layout = _layout(args.inference_cpus)
+    raw = _raw_throughput(version, images, layout["inference_cpus"])
+    services = _start_services(env, args.port, workdir, layout)
     url = f"http://127.0.0.1:{args.port}"
     try:
         _wait_ready(url)
@@ -231,6 +266,10 @@ def run(args) -> dict:
             process.wait(30)
     return {
         "model": version.name if model_dir else "random-initialised resnet18, 224 px",
+        "layout": layout["name"],
+        "web_cpus": sorted(layout["web_cpus"]),
+        "inference_cpus": sorted(layout["inference_cpus"]),
+        "raw_torch_threads": raw["torch_threads"],
         "raw_batched_images_per_s": raw["images_per_second"],
         "raw_batch_size": raw["batch_size"],
         "idle": idle,
@@ -239,14 +278,27 @@ def run(args) -> dict:
     }
 
 
+LAYOUTS = {
+    "shared": "web, worker, PostgreSQL and Redis share all cores",
+    "split": "the worker has its own cores, the web server the others",
+}
+
+
+def _markers(layout: str) -> tuple[str, str]:
+    return f"<!-- bench:pipeline:{layout} -->", f"<!-- /bench:pipeline:{layout} -->"
+
+
 def render(result: dict, command: str) -> str:
     idle, load = result["idle"], result["load"]
+    begin, end = _markers(result["layout"])
     return "\n".join(
         [
-            MARK_BEGIN,
-            "## Pipeline: upload to prediction (bench/pipeline.py)",
+            begin,
+            f"## Pipeline, {result['layout']} cores: upload to prediction (bench/pipeline.py)",
             "",
             f"Command: `{command}` (gunicorn 2x4 threads + 1 Celery worker, PostgreSQL, Redis, loopback).",
+            f"Layout: {LAYOUTS[result['layout']]}: web on CPUs {result['web_cpus']}, "
+            f"worker on CPUs {result['inference_cpus']}.",
             f"Model: {result['model']}.",
             "",
             "| measure | value |",
@@ -255,19 +307,20 @@ def render(result: dict, command: str) -> str:
             f"| load: {load['images']} studies posted at once | {load['images_per_s']} images/s |",
             f"| load: p50 / p95 upload-to-prediction | {load['p50_s']} s / {load['p95_s']} s |",
             f"| load: last upload answered after | {load['uploads_done_s']} s of {load['seconds']} s |",
-            f"| raw batched model throughput (batch {result['raw_batch_size']}, Grad-CAM) "
-            f"| {result['raw_batched_images_per_s']} images/s |",
+            f"| raw batched model throughput on the worker's CPUs (batch {result['raw_batch_size']}, "
+            f"Grad-CAM, {result['raw_torch_threads']} torch threads) | {result['raw_batched_images_per_s']} images/s |",
             f"| end-to-end / raw | {result['ratio_to_raw']} |",
-            MARK_END,
+            end,
         ]
     )
 
 
-def write_section(section: str) -> None:
+def write_section(section: str, layout: str) -> None:
+    begin, end = _markers(layout)
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if MARK_BEGIN in text:
-        before, rest = text.split(MARK_BEGIN, 1)
-        text = before + section + rest.split(MARK_END, 1)[1]
+    if begin in text:
+        before, rest = text.split(begin, 1)
+        text = before + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     DOC.write_text(text)
@@ -280,12 +333,15 @@ def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/3")
     parser.add_argument("--model-dir", default=str(ROOT / "mlcore" / "weights" / "pleura-resnet18-v1"))
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--inference-cpus", default=None, help="comma-separated cores for the worker alone (e.g. 1); default: shared"
+    )
     parser.add_argument("--write", action="store_true", help="replace this benchmark's section of docs/benchmarks.md")
     args = parser.parse_args()
     result = run(args)
     print(json.dumps(result, indent=2))
     if args.write:
-        write_section(render(result, "python -m bench.pipeline " + " ".join(sys.argv[1:])))
+        write_section(render(result, "python -m bench.pipeline " + " ".join(sys.argv[1:])), result["layout"])
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -89,12 +90,6 @@ def enqueue_prediction(study_id: int) -> bool:
     Called through `transaction.on_commit` by the ingestion service. If the broker is
     unreachable the study simply stays `queued` and the sweeper queues it later.
     """
-    try:
-        source = Study.objects.filter(pk=study_id).values_list("source", flat=True).first()
-    except DatabaseError:
-        source = None
-    if source:
-        metrics.STUDIES_RECEIVED.labels(source=source).inc()
     return publish([study_id])
 
 
@@ -134,38 +129,43 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
 
 
 def _claim(requested: list[int], claim: str) -> list[int]:
+    """One transaction: the requested studies, a dead worker's orphans, then the oldest waiting.
+
+    Each group moves by one conditional update (queued, or already this message's), and
+    what the update won is read back by owner; a study another worker took first is
+    simply not ours. One commit for the whole batch instead of one per study.
+    """
     now = timezone.now()
-    claimed = [pk for pk in requested if _claim_one(pk, now, claim)]
-    if claim:
-        # Drained studies of a dead worker that held this same message.
-        orphans = Study.objects.filter(status=STATUS.PROCESSING, claimed_by=claim).exclude(pk__in=claimed)
-        claimed += list(orphans.values_list("pk", flat=True)[:MAX_BATCH])
-    if len(claimed) >= MAX_BATCH:
-        return claimed
-    # Drain: studies waiting behind this message join the batch, oldest first. Their own
-    # messages find them taken and do nothing.
-    waiting = (
-        Study.objects.filter(status=STATUS.QUEUED)
-        .exclude(pk__in=requested)
-        .order_by(F("queued_at").asc(nulls_first=True), "pk")
-        .values_list("pk", flat=True)[: 2 * MAX_BATCH]
-    )
-    for pk in waiting:
+    # Direct calls get an owner of their own, so what they won can be told apart too.
+    owner = claim or f"direct-{uuid.uuid4().hex}"
+    with transaction.atomic():
+        candidates = list(requested)
+        if claim:
+            # Studies of a dead worker that held this same message.
+            orphans = Study.objects.filter(status=STATUS.PROCESSING, claimed_by=claim).exclude(pk__in=candidates)
+            candidates += list(orphans.values_list("pk", flat=True)[:MAX_BATCH])
+        claimed = _claim_rows(candidates, now, owner)
         if len(claimed) >= MAX_BATCH:
-            break
-        if _claim_one(pk, now, claim):
-            claimed.append(pk)
-    return claimed
+            return claimed
+        # Drain: studies waiting behind this message join the batch, oldest first. Their own
+        # messages find them taken and do nothing.
+        waiting = (
+            Study.objects.filter(status=STATUS.QUEUED)
+            .exclude(pk__in=candidates)
+            .order_by(F("queued_at").asc(nulls_first=True), "pk")
+            .values_list("pk", flat=True)[: MAX_BATCH - len(claimed)]
+        )
+        return claimed + _claim_rows(list(waiting), now, owner)
 
 
-def _claim_one(pk: int, now, claim: str) -> bool:
-    takeover = Q(status=STATUS.PROCESSING, claimed_by=claim) if claim else Q(pk__in=[])
-    updated = (
-        Study.objects.filter(pk=pk)
-        .filter(Q(status=STATUS.QUEUED) | takeover)
-        .update(status=STATUS.PROCESSING, claimed_by=claim, started_at=now, updated_at=now)
-    )
-    return updated == 1
+def _claim_rows(pks: list[int], now, owner: str) -> list[int]:
+    if not pks:
+        return []
+    Study.objects.filter(pk__in=pks).filter(
+        Q(status=STATUS.QUEUED) | Q(status=STATUS.PROCESSING, claimed_by=owner)
+    ).update(status=STATUS.PROCESSING, claimed_by=owner, started_at=now, updated_at=now)
+    won = set(Study.objects.filter(pk__in=pks, status=STATUS.PROCESSING, claimed_by=owner).values_list("pk", flat=True))
+    return [pk for pk in pks if pk in won]
 
 
 def _release(study_ids: list[int]) -> None:
@@ -188,34 +188,46 @@ def _predict_claimed(claimed: list[int]) -> list[int]:
         if study.queued_at and study.started_at:
             metrics.QUEUE_WAIT.observe(max(0.0, (study.started_at - study.queued_at).total_seconds()))
     version, engine = _active_engine()
-    done: list[int] = []
+    earlier = _reusable_predictions(studies, version)
+    results: list[_Result] = []
     to_compute: list[Study] = []
     duplicates: list[Study] = []
     seen: set[tuple[int, str]] = set()
     for study in studies:
-        source = _reusable_prediction(study, version)
-        if source is not None:
-            done += [study.pk] if _store_reused(study, source) else []
-        elif study.pixel_sha256 and (study.hospital_id, study.pixel_sha256) in seen:
+        key = (study.hospital_id, study.pixel_sha256)
+        if study.pixel_sha256 and key in earlier:
+            results.append(_reused(study, earlier[key]))
+        elif study.pixel_sha256 and key in seen:
             duplicates.append(study)  # same pixels earlier in this batch: computed once
         else:
-            seen.add((study.hospital_id, study.pixel_sha256))
+            seen.add(key)
             to_compute.append(study)
     ready, grays = _decode_all(to_compute)
     for study, result in zip(ready, _run_model(engine, grays), strict=True):
         if isinstance(result, Exception):
             _fail(study, metrics.REASON_INFERENCE_ERROR, INFERENCE_ERROR_MESSAGE)
-        elif _store_computed(study, version, result):
-            done.append(study.pk)
-    for study in duplicates:
-        source = _reusable_prediction(study, version)
-        if source is not None and _store_reused(study, source):
-            done.append(study.pk)
         else:
-            _release([study.pk])
-            publish([study.pk])
+            results.append(_computed(study, version, result))
+    done = _store_all(results)
+    done += _store_duplicates(duplicates, version)
     _run_shadow(ready, grays)
     return done
+
+
+def _store_duplicates(duplicates: list[Study], version: ModelVersion) -> list[int]:
+    """Studies whose pixels were computed in this same batch reuse that stored result."""
+    if not duplicates:
+        return []
+    earlier = _reusable_predictions(duplicates, version)
+    results = []
+    for study in duplicates:
+        source = earlier.get((study.hospital_id, study.pixel_sha256))
+        if source is not None:
+            results.append(_reused(study, source))
+        else:  # its twin failed or was taken by another worker: predict it on its own
+            _release([study.pk])
+            publish([study.pk])
+    return _store_all(results)
 
 
 def _active_engine():
@@ -276,7 +288,15 @@ def _run_model(engine, grays: list[np.ndarray]) -> list:
 # --- Storing results ------------------------------------------------------------------
 
 
-def _store_computed(study: Study, version: ModelVersion, result) -> bool:
+@dataclass(eq=False)  # compared by identity: two results are never the same one
+class _Result:
+    study: Study
+    prediction: Prediction
+    heatmap_png: bytes | None
+    origin: str  # "computed" or "reused", the label of the predictions metric
+
+
+def _computed(study: Study, version: ModelVersion, result) -> _Result:
     prediction = Prediction(
         study=study,
         model_version=version,
@@ -287,25 +307,31 @@ def _store_computed(study: Study, version: ModelVersion, result) -> bool:
         latency_ms=result.latency_ms,
         batch_size=result.batch_size,
     )
-    return _store(study, prediction, result.heatmap_png, origin="computed")
+    return _Result(study, prediction, result.heatmap_png, origin="computed")
 
 
-def _reusable_prediction(study: Study, version: ModelVersion) -> Prediction | None:
-    """An earlier prediction of identical pixels, same hospital, same model version."""
-    if not study.pixel_sha256:
-        return None
-    return (
+def _reusable_predictions(studies: list[Study], version: ModelVersion) -> dict[tuple[int, str], Prediction]:
+    """Earlier predictions of identical pixels, same hospital, same model version, by
+    (hospital id, pixel sha256): one query for the whole batch."""
+    hashes = {study.pixel_sha256 for study in studies if study.pixel_sha256}
+    if not hashes:
+        return {}
+    earlier = (
         Prediction.objects.shown()
-        .filter(model_version=version, reused_from__isnull=True, study__hospital_id=study.hospital_id)
-        .filter(study__pixel_sha256=study.pixel_sha256)
-        .exclude(study_id=study.pk)
-        .select_related("model_version")
+        .filter(model_version=version, reused_from__isnull=True)
+        .filter(study__hospital_id__in={study.hospital_id for study in studies}, study__pixel_sha256__in=hashes)
+        .exclude(study_id__in=[study.pk for study in studies])
+        .annotate(source_hospital_id=F("study__hospital_id"), source_pixel_sha256=F("study__pixel_sha256"))
         .order_by("created_at", "pk")
-        .first()
     )
+    found: dict[tuple[int, str], Prediction] = {}
+    for prediction in earlier:
+        prediction.model_version = version
+        found.setdefault((prediction.source_hospital_id, prediction.source_pixel_sha256), prediction)
+    return found
 
 
-def _store_reused(study: Study, source: Prediction) -> bool:
+def _reused(study: Study, source: Prediction) -> _Result:
     prediction = Prediction(
         study=study,
         model_version=source.model_version,
@@ -324,37 +350,81 @@ def _store_reused(study: Study, source: Prediction) -> bool:
                 heatmap_png = handle.read()
         except FileNotFoundError:
             heatmap_png = None
-    return _store(study, prediction, heatmap_png, origin="reused")
+    return _Result(study, prediction, heatmap_png, origin="reused")
 
 
-def _store(study: Study, prediction: Prediction, heatmap_png: bytes | None, *, origin: str) -> bool:
-    """Save the prediction and complete the study in one transaction; False if someone else did."""
-    if heatmap_png:
-        prediction.heatmap.save("heatmap.png", ContentFile(heatmap_png), save=False)
+def _store_all(results: list[_Result]) -> list[int]:
+    """Save the predictions and complete their studies in one transaction.
+
+    Returns the ids completed. A study someone else finished meanwhile is skipped by its
+    conditional update; if the batch trips a constraint, each is stored on its own.
+    """
+    if not results:
+        return []
+    for result in results:
+        if result.heatmap_png:
+            result.prediction.heatmap.save("heatmap.png", ContentFile(result.heatmap_png), save=False)
+    try:
+        stored = _commit(results)
+    except IntegrityError:
+        _delete_heatmaps(results)
+        return [result.study.pk for result in results if _store_one(result)]
+    _delete_heatmaps([result for result in results if result not in stored])
+    for result in stored:
+        metrics.PREDICTIONS.labels(label=result.prediction.label, origin=result.origin).inc()
+    return [result.study.pk for result in stored]
+
+
+def _commit(results: list[_Result]) -> list[_Result]:
     now = timezone.now()
+    with transaction.atomic():
+        stored = [result for result in results if _complete(result.study, now)]
+        Prediction.objects.bulk_create([result.prediction for result in stored])
+        for result in stored:
+            _audit_prediction(result)
+    return stored
+
+
+def _store_one(result: _Result) -> bool:
+    if result.heatmap_png:
+        result.prediction.heatmap.save("heatmap.png", ContentFile(result.heatmap_png), save=False)
     try:
         with transaction.atomic():
-            completed = Study.objects.filter(pk=study.pk, status__in=[STATUS.PROCESSING, STATUS.QUEUED]).update(
-                status=STATUS.COMPLETED, claimed_by="", completed_at=now, failure_reason="", updated_at=now
-            )
-            if completed != 1:
+            if not _complete(result.study, timezone.now()):
                 raise _AlreadyFinished
-            prediction.save()
-            audit.record(
-                audit.Action.PREDICTION_MADE,
-                hospital=study.hospital,
-                target=study,
-                label=prediction.label,
-                probability=round(prediction.probability, 4),
-                model_version=prediction.model_version.name,
-                reused=prediction.reused_from_id is not None,
-            )
+            result.prediction.save()
+            _audit_prediction(result)
     except (_AlreadyFinished, IntegrityError):
-        if prediction.heatmap:
-            prediction.heatmap.delete(save=False)
+        _delete_heatmaps([result])
         return False
-    metrics.PREDICTIONS.labels(label=prediction.label, origin=origin).inc()
+    metrics.PREDICTIONS.labels(label=result.prediction.label, origin=result.origin).inc()
     return True
+
+
+def _complete(study: Study, now) -> bool:
+    completed = Study.objects.filter(pk=study.pk, status__in=[STATUS.PROCESSING, STATUS.QUEUED]).update(
+        status=STATUS.COMPLETED, claimed_by="", completed_at=now, failure_reason="", updated_at=now
+    )
+    return completed == 1
+
+
+def _audit_prediction(result: _Result) -> None:
+    prediction = result.prediction
+    audit.record(
+        audit.Action.PREDICTION_MADE,
+        hospital=result.study.hospital,
+        target=result.study,
+        label=prediction.label,
+        probability=round(prediction.probability, 4),
+        model_version=prediction.model_version.name,
+        reused=prediction.reused_from_id is not None,
+    )
+
+
+def _delete_heatmaps(results: list[_Result]) -> None:
+    for result in results:
+        if result.prediction.heatmap:
+            result.prediction.heatmap.delete(save=False)
 
 
 class _AlreadyFinished(Exception):

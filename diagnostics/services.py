@@ -12,7 +12,7 @@ from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from diagnostics import imaging, tasks
+from diagnostics import imaging, metrics, tasks
 from diagnostics.imaging import DecodedImage, RejectedUpload
 from diagnostics.models import Study
 from hospital import audit
@@ -73,14 +73,13 @@ def ingest_upload(
         hospital, decoded, data, source=source, user=user, key=key, patient_id=patient_id, accession=accession_number
     )
     try:
-        study = _store(study, data, decoded)
+        study = _store(study, data, decoded, audit_context)
     except _DuplicateInstance:
         # Another request stored this instance between our check and our insert.
         existing = Study.objects.for_hospital(hospital).get(sop_instance_uid=sop_uid)
         _audit_uploaded(existing, audit_context, source=source, created=False)
         return existing, False
-    _audit_uploaded(study, audit_context, source=source, created=True)
-    transaction.on_commit(partial(tasks.enqueue_prediction, study.pk))
+    metrics.STUDIES_RECEIVED.labels(source=source).inc()
     return study, True
 
 
@@ -136,8 +135,9 @@ class _DuplicateInstance(Exception):
     """Another request stored the same SOP Instance UID first."""
 
 
-def _store(study: Study, data: bytes, decoded: DecodedImage) -> Study:
-    """Write the files, then the row; if anything fails, remove the files written."""
+def _store(study: Study, data: bytes, decoded: DecodedImage, audit_context: dict) -> Study:
+    """Write the files, then the row and its audit event in one transaction (queued for
+    prediction when it commits); if anything fails, remove the files written."""
     written = []
     try:
         study.original_file.save("original", ContentFile(data), save=False)
@@ -146,6 +146,8 @@ def _store(study: Study, data: bytes, decoded: DecodedImage) -> Study:
         written.append(study.display_image.name)
         with transaction.atomic():
             study.save()
+            _audit_uploaded(study, audit_context, source=study.source, created=True)
+            transaction.on_commit(partial(tasks.enqueue_prediction, study.pk))
     except IntegrityError as exc:
         _delete_files(study, written)
         if study.sop_instance_uid:

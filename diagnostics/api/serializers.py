@@ -43,7 +43,7 @@ class WarningSerializer(serializers.Serializer):
 class StudySerializer(serializers.ModelSerializer):
     id = serializers.UUIDField(source="code", read_only=True)
     prediction = serializers.SerializerMethodField()
-    reviews = ReviewSerializer(many=True, read_only=True)
+    reviews = serializers.SerializerMethodField()
     warnings = serializers.SerializerMethodField()
 
     class Meta:
@@ -63,6 +63,13 @@ class StudySerializer(serializers.ModelSerializer):
     def get_prediction(self, study: Study) -> dict | None:
         prediction = shown_prediction(study)
         return PredictionSerializer(prediction).data if prediction else None
+
+    @extend_schema_field(ReviewSerializer(many=True))
+    def get_reviews(self, study: Study) -> list[dict]:
+        reviews = getattr(study, "current_reviews", None)
+        if reviews is None:
+            reviews = study.reviews.select_related("radiologist")
+        return ReviewSerializer(reviews, many=True).data
 
     @extend_schema_field(WarningSerializer(many=True))
     def get_warnings(self, study: Study) -> list[dict]:

@@ -11,7 +11,7 @@ from datetime import datetime, time
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
-from django.db.models import Prefetch
+from django.db.models import Prefetch, prefetch_related_objects
 from django.http import Http404
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -162,16 +162,21 @@ ERROR_EXAMPLE = OpenApiExample(
 )
 
 
+def _result_prefetches() -> list[Prefetch]:
+    """What StudySerializer reads besides the study: its shown prediction and reviews."""
+    return [
+        Prefetch(
+            "predictions",
+            queryset=Prediction.objects.shown().select_related("model_version").order_by("-created_at", "-id"),
+            to_attr="shown_predictions",
+        ),
+        Prefetch("reviews", queryset=Review.objects.select_related("radiologist"), to_attr="current_reviews"),
+    ]
+
+
 class StudyQueryMixin(TenantAPIMixin):
     def base_queryset(self):
-        return self.tenant_queryset(Study.objects.all()).prefetch_related(
-            Prefetch(
-                "predictions",
-                queryset=Prediction.objects.shown().select_related("model_version").order_by("-created_at", "-id"),
-                to_attr="shown_predictions",
-            ),
-            Prefetch("reviews", queryset=Review.objects.select_related("radiologist")),
-        )
+        return self.tenant_queryset(Study.objects.all()).prefetch_related(*_result_prefetches())
 
     def get_study(self, code: str) -> Study:
         try:
@@ -253,7 +258,12 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
             )  # fmt: skip
         except RejectedUpload as exc:
             return Response({"detail": exc.detail}, status=exc.status_code)
-        study = self.get_study(study.code)
+        if created:
+            # Stored a moment ago: the 202 describes the study as stored, before any
+            # prediction or review (the caller polls for those).
+            study.shown_predictions, study.current_reviews = [], []
+        else:
+            prefetch_related_objects([study], *_result_prefetches())
         headers = {"Location": request.build_absolute_uri(f"{request.path.rstrip('/')}/{study.code}/")}
         code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
         return Response(StudySerializer(study).data, status=code, headers=headers)

@@ -20,7 +20,7 @@ from rest_framework.test import APIClient
 from diagnostics.models import Prediction, Review, Study
 from diagnostics.services import ingest_upload
 from hospital.api import IntegrationKeyThrottle
-from hospital.models import AuditEvent
+from hospital.models import AuditEvent, IntegrationKey
 from mlcore.models import ModelVersion
 from tests.ingestion.conftest import CR_CHEST, NORMAL_JPEG, PNEUMONIA_PNG, STUDIES_URL, TIBIA, decode_png, post_file
 
@@ -154,6 +154,22 @@ def test_revoked_key_message(caller, completed_a):
     response = caller("revoked_key").get(url(completed_a))
     assert response.json() == {"detail": "This integration key is not valid or has been revoked."}
     assert response["WWW-Authenticate"] == 'Bearer realm="pleura"'
+
+
+def test_key_last_use_is_written_at_most_once_a_minute(caller, key_a, completed_a):
+    key, _ = key_a
+    client = caller("key_a")
+    client.get(url(completed_a))
+    key.refresh_from_db()
+    first_use = key.last_used_at
+    assert first_use is not None
+    client.get(url(completed_a))
+    key.refresh_from_db()
+    assert key.last_used_at == first_use
+    IntegrationKey.objects.filter(pk=key.pk).update(last_used_at=first_use - timedelta(seconds=61))
+    client.get(url(completed_a))
+    key.refresh_from_db()
+    assert key.last_used_at > first_use
 
 
 @pytest.mark.parametrize(("who", "count"), [("doctor", 1), ("key_a", 1), ("outsider", 0), ("key_b", 0)])
@@ -333,6 +349,7 @@ def test_list_query_count_does_not_grow_with_rows(caller, hospital_a, radiologis
     for study in studies:
         add_prediction(study, version, probability=0.7)
         Review.objects.create(study=study, radiologist=radiologist, verdict="agree", correct_label="pneumonia")
+    client.get(STUDIES_URL)  # the key's first use of the minute also writes its last_used_at
     with CaptureQueriesContext(connection) as two:
         assert client.get(STUDIES_URL).status_code == 200
     for study in _studies(hospital_a, 4):
