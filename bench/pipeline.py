@@ -44,17 +44,20 @@ DOC = ROOT / "docs" / "benchmarks.md"
 IDLE_RUNS = 20
 
 
-def _ensure_database(url: str) -> None:
+def _fresh_database(url: str) -> None:
+    """Every run starts from an empty database: no dead rows or stale statistics left by the last."""
     import psycopg
 
     name = url.rsplit("/", 1)[1]
+    if not name.startswith("pleura_bench"):
+        raise SystemExit(f"refusing to recreate {name!r}: the benchmark database's name starts with pleura_bench")
     with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def _configure_django(args, workdir: Path) -> dict:
-    _ensure_database(args.database_url)
+    _fresh_database(args.database_url)
     env = {
         "DJANGO_SETTINGS_MODULE": "config.settings.local",
         "DEBUG": "false",
@@ -75,16 +78,14 @@ def _configure_django(args, workdir: Path) -> dict:
 
 
 def _prepare_database(model_dir: Path | None, workdir: Path):
-    """Fresh tables, a hospital with an integration key, the model version to serve."""
+    """Tables, a hospital with an integration key, the model version to serve."""
     from django.core.management import call_command
 
-    from diagnostics.models import Study
     from hospital.models import Hospital, IntegrationKey
     from mlcore.models import ModelVersion
     from mlcore.network import build_network, save_weights
 
     call_command("migrate", verbosity=0)
-    Study.objects.all().delete()
     hospital, _ = Hospital.objects.get_or_create(slug="bench", defaults={"name": "Benchmark Hospital"})
     _, raw_key = IntegrationKey.generate(hospital=hospital, name=f"bench-{uuid.uuid4().hex[:6]}")
     ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).update(status=ModelVersion.Status.RETIRED)
@@ -254,6 +255,8 @@ def run(args) -> dict:
     layout = _layout(args.inference_cpus)
     raw = _raw_throughput(version, images, layout["inference_cpus"])
     services = _start_services(env, args.port, workdir, layout)
+    # The load generator stands for the EMR: it must not take the worker's cores.
+    os.sched_setaffinity(0, layout["web_cpus"])
     url = f"http://127.0.0.1:{args.port}"
     try:
         _wait_ready(url)

@@ -99,7 +99,7 @@ class Study(models.Model):
     columns = models.PositiveIntegerField(null=True, blank=True)
     # sha256 of the decoded grayscale pixels: the same image sent twice (even as PNG
     # once and DICOM once) gets the same prediction without recomputing it.
-    pixel_sha256 = models.CharField(max_length=64, blank=True, db_index=True)
+    pixel_sha256 = models.CharField(max_length=64, blank=True)
     display_image = models.FileField(upload_to=_display_path, max_length=300, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -120,7 +120,12 @@ class Study(models.Model):
                 name="one_study_per_sop_instance_per_hospital",
             )
         ]
-        indexes = [models.Index(fields=["hospital", "status"]), models.Index(fields=["hospital", "-created_at"])]
+        indexes = [
+            models.Index(fields=["hospital", "status"]),
+            models.Index(fields=["hospital", "-created_at"]),
+            # The pipeline's reuse lookup: identical pixels within one hospital.
+            models.Index(fields=["hospital", "pixel_sha256"]),
+        ]
 
     def __str__(self) -> str:
         return f"Study {self.code}"

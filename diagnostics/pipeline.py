@@ -312,23 +312,28 @@ def _computed(study: Study, version: ModelVersion, result) -> _Result:
 
 def _reusable_predictions(studies: list[Study], version: ModelVersion) -> dict[tuple[int, str], Prediction]:
     """Earlier predictions of identical pixels, same hospital, same model version, by
-    (hospital id, pixel sha256): one query for the whole batch."""
+    (hospital id, pixel sha256): one query for the whole batch, a second only on a match."""
     hashes = {study.pixel_sha256 for study in studies if study.pixel_sha256}
     if not hashes:
         return {}
-    earlier = (
+    # Keys first (cheap, and almost always empty), whole rows only for what matches.
+    matches = (
         Prediction.objects.shown()
         .filter(model_version=version, reused_from__isnull=True)
         .filter(study__hospital_id__in={study.hospital_id for study in studies}, study__pixel_sha256__in=hashes)
         .exclude(study_id__in=[study.pk for study in studies])
-        .annotate(source_hospital_id=F("study__hospital_id"), source_pixel_sha256=F("study__pixel_sha256"))
         .order_by("created_at", "pk")
+        .values_list("study__hospital_id", "study__pixel_sha256", "pk")
     )
-    found: dict[tuple[int, str], Prediction] = {}
-    for prediction in earlier:
-        prediction.model_version = version
-        found.setdefault((prediction.source_hospital_id, prediction.source_pixel_sha256), prediction)
-    return found
+    first: dict[tuple[int, str], int] = {}
+    for hospital_id, pixel_sha256, pk in matches:
+        first.setdefault((hospital_id, pixel_sha256), pk)
+    if not first:
+        return {}
+    sources = Prediction.objects.in_bulk(first.values())
+    for source in sources.values():
+        source.model_version = version
+    return {key: sources[pk] for key, pk in first.items()}
 
 
 def _reused(study: Study, source: Prediction) -> _Result:
@@ -378,10 +383,10 @@ def _store_all(results: list[_Result]) -> list[int]:
 def _commit(results: list[_Result]) -> list[_Result]:
     now = timezone.now()
     with transaction.atomic():
-        stored = [result for result in results if _complete(result.study, now)]
+        completed = _complete([result.study.pk for result in results], now)
+        stored = [result for result in results if result.study.pk in completed]
         Prediction.objects.bulk_create([result.prediction for result in stored])
-        for result in stored:
-            _audit_prediction(result)
+        audit.record_all([_audit_event(result) for result in stored])
     return stored
 
 
@@ -390,10 +395,10 @@ def _store_one(result: _Result) -> bool:
         result.prediction.heatmap.save("heatmap.png", ContentFile(result.heatmap_png), save=False)
     try:
         with transaction.atomic():
-            if not _complete(result.study, timezone.now()):
+            if not _complete([result.study.pk], timezone.now()):
                 raise _AlreadyFinished
             result.prediction.save()
-            _audit_prediction(result)
+            audit.record_all([_audit_event(result)])
     except (_AlreadyFinished, IntegrityError):
         _delete_heatmaps([result])
         return False
@@ -401,16 +406,25 @@ def _store_one(result: _Result) -> bool:
     return True
 
 
-def _complete(study: Study, now) -> bool:
-    completed = Study.objects.filter(pk=study.pk, status__in=[STATUS.PROCESSING, STATUS.QUEUED]).update(
-        status=STATUS.COMPLETED, claimed_by="", completed_at=now, failure_reason="", updated_at=now
+def _complete(pks: list[int], now) -> set[int]:
+    """Complete the studies still open (one conditional update), and say which those were.
+
+    The rows this update moved carry a one-off token until the end of the caller's
+    transaction: a study someone else completed first is not among them.
+    """
+    token = f"completing-{uuid.uuid4().hex}"
+    Study.objects.filter(pk__in=pks, status__in=[STATUS.PROCESSING, STATUS.QUEUED]).update(
+        status=STATUS.COMPLETED, claimed_by=token, completed_at=now, failure_reason="", updated_at=now
     )
-    return completed == 1
+    completed = set(Study.objects.filter(pk__in=pks, claimed_by=token).values_list("pk", flat=True))
+    if completed:
+        Study.objects.filter(pk__in=completed).update(claimed_by="")
+    return completed
 
 
-def _audit_prediction(result: _Result) -> None:
+def _audit_event(result: _Result):
     prediction = result.prediction
-    audit.record(
+    return audit.build(
         audit.Action.PREDICTION_MADE,
         hospital=result.study.hospital,
         target=result.study,

@@ -71,6 +71,30 @@ def record(
     **detail: Any,
 ) -> AuditEvent:
     """Append one event. Actor, key and hospital default to what the request carries."""
+    event = build(
+        action, request=request, actor=actor, key=key, hospital=hospital, target=target, outcome=outcome, **detail
+    )
+    event.save()
+    return event
+
+
+def record_all(events: list[AuditEvent]) -> None:
+    """Append events made by `build` in one insert (a worker's batch of predictions)."""
+    AuditEvent.objects.bulk_create(events)
+
+
+def build(
+    action: str,
+    *,
+    request=None,
+    actor=None,
+    key: IntegrationKey | None = None,
+    hospital: Hospital | None = None,
+    target: Any = None,
+    outcome: str = Outcome.SUCCESS,
+    **detail: Any,
+) -> AuditEvent:
+    """The event `record` would append, not saved yet."""
     if request is not None:
         if actor is None and getattr(getattr(request, "user", None), "is_authenticated", False):
             actor = request.user if getattr(request.user, "pk", None) else None
@@ -80,7 +104,7 @@ def record(
             hospital = getattr(request, "hospital", None)
     if hospital is None and key is not None:
         hospital = key.hospital
-    return AuditEvent.objects.create(
+    return AuditEvent(
         action=str(action),
         actor_user=actor if getattr(actor, "pk", None) else None,
         actor_key=key,
