@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -107,22 +108,43 @@ def publish(study_ids: list[int]) -> bool:
 
 
 def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
-    """Claim these studies (and others waiting, up to MAX_BATCH), predict, store.
+    """Claim these studies (and others waiting, up to MAX_BATCH), predict, store; while
+    full batches keep coming, go on with the backlog for up to PIPELINE_DRAIN_SECONDS.
 
-    `claim` identifies the message (the Celery task id): a redelivery of the same
-    message, after its worker died, takes over the studies that worker had claimed.
-    Returns the ids completed by this call. Raises TransientPipelineError after putting
-    its claimed studies back in the queue.
+    Draining in the same task spares each batch a round trip through the broker, so a
+    busy worker goes from one batch straight to the next. `claim` identifies the message
+    (the Celery task id): a redelivery of the same message, after its worker died, takes
+    over the studies that worker had claimed. Returns the ids completed by this call.
+    Raises TransientPipelineError after putting its current batch back in the queue.
     """
     requested = list(dict.fromkeys(int(pk) for pk in study_ids))
+    deadline = time.monotonic() + settings.PIPELINE_DRAIN_SECONDS
+    done: list[int] = []
+    while True:
+        claimed = _predict_batch(requested, claim)
+        done += claimed.completed
+        # A batch that was not full emptied the queue; past the deadline, the next
+        # message (or another worker) takes over.
+        if claimed.size < MAX_BATCH or time.monotonic() >= deadline:
+            return done
+        requested = []
+
+
+@dataclass(frozen=True)
+class _BatchOutcome:
+    size: int
+    completed: list[int]
+
+
+def _predict_batch(requested: list[int], claim: str) -> _BatchOutcome:
     try:
         claimed = _claim(requested, claim)
     except TRANSIENT_ERRORS as exc:
         raise TransientPipelineError(requested, exc) from exc
     if not claimed:
-        return []
+        return _BatchOutcome(0, [])
     try:
-        return _predict_claimed(claimed)
+        return _BatchOutcome(len(claimed), _predict_claimed(claimed))
     except (*TRANSIENT_ERRORS, ModelUnavailable) as exc:
         _release(claimed)
         raise TransientPipelineError(claimed, exc) from exc

@@ -203,6 +203,9 @@ CELERY_BROKER_CONNECTION_TIMEOUT = env_int("CELERY_BROKER_CONNECTION_TIMEOUT", 2
 # sweeper (every PIPELINE_SWEEP_SECONDS), at most PIPELINE_MAX_ATTEMPTS times.
 # Studies one worker predicts in one batch (see diagnostics/pipeline.py for the measurements).
 PIPELINE_MAX_BATCH = env_int("PIPELINE_MAX_BATCH", 8)
+# How long one message may go on predicting full batches from a backlog (well under the
+# task's soft time limit); then the next message takes over.
+PIPELINE_DRAIN_SECONDS = env_int("PIPELINE_DRAIN_SECONDS", 30)
 PIPELINE_STUCK_SECONDS = env_int("PIPELINE_STUCK_SECONDS", 300)
 PIPELINE_MAX_ATTEMPTS = env_int("PIPELINE_MAX_ATTEMPTS", 3)
 PIPELINE_SWEEP_SECONDS = env_int("PIPELINE_SWEEP_SECONDS", 60)

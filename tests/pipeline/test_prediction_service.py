@@ -12,7 +12,14 @@ from diagnostics import pipeline
 from diagnostics.models import Prediction, Study
 from hospital.models import AuditEvent
 from mlcore.models import ModelVersion
-from tests.pipeline.conftest import NORMAL_IMAGE, OTHER_IMAGES, PNEUMONIA_IMAGE, make_model_version, store_study
+from tests.pipeline.conftest import (
+    NORMAL_IMAGE,
+    OTHER_IMAGES,
+    PNEUMONIA_IMAGE,
+    TRAIN,
+    make_model_version,
+    store_study,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -109,8 +116,22 @@ def test_one_message_drains_waiting_studies_into_one_batch_oldest_first(hospital
     assert list(Prediction.objects.values_list("batch_size", flat=True)) == [4, 4, 4, 4]
 
 
-def test_batch_never_exceeds_max_batch(hospital_a, tiny_model, monkeypatch):
+def test_one_message_drains_a_backlog_in_batches_of_at_most_max_batch(hospital_a, tiny_model, monkeypatch):
     monkeypatch.setattr(pipeline, "MAX_BATCH", 2)
+    images = [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES]
+    studies = [
+        store_study(hospital_a, image) for image in [*images, TRAIN / "PNEUMONIA" / "person1001_bacteria_2932.jpeg"]
+    ]
+
+    assert len(pipeline.predict_studies([studies[0].pk])) == 5
+
+    assert Study.objects.filter(status=COMPLETED).count() == 5
+    assert list(Prediction.objects.order_by("pk").values_list("batch_size", flat=True)) == [2, 2, 2, 2, 1]
+
+
+def test_a_message_stops_draining_at_its_deadline(hospital_a, tiny_model, monkeypatch, settings):
+    monkeypatch.setattr(pipeline, "MAX_BATCH", 2)
+    settings.PIPELINE_DRAIN_SECONDS = 0
     studies = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES]]
 
     assert len(pipeline.predict_studies([studies[0].pk])) == 2
