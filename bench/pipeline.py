@@ -287,16 +287,11 @@ LAYOUTS = {
 }
 
 
-def _markers(layout: str) -> tuple[str, str]:
-    return f"<!-- bench:pipeline:{layout} -->", f"<!-- /bench:pipeline:{layout} -->"
-
-
 def render(result: dict, command: str) -> str:
+    """The body of this layout's section of docs/benchmarks.md."""
     idle, load = result["idle"], result["load"]
-    begin, end = _markers(result["layout"])
     return "\n".join(
         [
-            begin,
             f"## Pipeline, {result['layout']} cores: upload to prediction (bench/pipeline.py)",
             "",
             f"Command: `{command}` (gunicorn 2x4 threads + 1 Celery worker, PostgreSQL, Redis, loopback).",
@@ -313,20 +308,8 @@ def render(result: dict, command: str) -> str:
             f"| raw batched model throughput on the worker's CPUs (batch {result['raw_batch_size']}, "
             f"Grad-CAM, {result['raw_torch_threads']} torch threads) | {result['raw_batched_images_per_s']} images/s |",
             f"| end-to-end / raw | {result['ratio_to_raw']} |",
-            end,
         ]
     )
-
-
-def write_section(section: str, layout: str) -> None:
-    begin, end = _markers(layout)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if begin in text:
-        before, rest = text.split(begin, 1)
-        text = before + section + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    DOC.write_text(text)
 
 
 def main() -> None:
@@ -344,7 +327,10 @@ def main() -> None:
     result = run(args)
     print(json.dumps(result, indent=2))
     if args.write:
-        write_section(render(result, "python -m bench.pipeline " + " ".join(sys.argv[1:])), result["layout"])
+        from bench.inference import write_section
+
+        command = "python -m bench.pipeline " + " ".join(sys.argv[1:])
+        write_section(DOC, f"pipeline:{result['layout']}", render(result, command))
 
 
 if __name__ == "__main__":

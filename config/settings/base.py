@@ -77,6 +77,11 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # `make run` puts web, worker and beat on one file. Transactions take the write lock
+    # when they begin and wait up to 20 s for it, instead of failing with "database is
+    # locked" when a read-then-write transaction meets another writer.
+    DATABASES["default"].setdefault("OPTIONS", {}).update({"transaction_mode": "IMMEDIATE", "timeout": 20})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
