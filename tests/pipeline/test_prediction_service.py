@@ -219,6 +219,30 @@ def test_without_an_active_model_the_claims_are_released_for_a_retry(hospital_a,
     assert (study.status, study.claimed_by, study.started_at) == (QUEUED, "", None)
 
 
+def test_a_study_that_trips_a_constraint_does_not_hold_back_the_rest_of_its_batch(hospital_a, tiny_model):
+    # A shadow prediction by the model now active (it was promoted from shadow) blocks a
+    # second prediction of that study by the same version: the batch insert fails.
+    blocked = store_study(hospital_a, NORMAL_IMAGE)
+    others = [store_study(hospital_a, image) for image in [PNEUMONIA_IMAGE, *OTHER_IMAGES]]
+    Prediction.objects.create(
+        study=blocked,
+        model_version=tiny_model,
+        probability=0.5,
+        label="normal",
+        threshold=0.5,
+        device="cpu",
+        latency_ms=1.0,
+        batch_size=1,
+        is_shadow=True,
+    )
+
+    done = pipeline.predict_studies([blocked.pk])
+
+    assert sorted(done) == sorted(study.pk for study in others)
+    assert Study.objects.get(pk=blocked.pk).status == PROCESSING
+    assert Prediction.objects.filter(study__in=others, is_shadow=False).count() == 3
+
+
 def test_shadow_candidate_predicts_silently_beside_the_active_model(hospital_a, tiny_model, tmp_path):
     candidate = make_model_version(
         tmp_path, name="tiny-candidate", seed=2, status=ModelVersion.Status.CANDIDATE, shadow=True
