@@ -19,6 +19,7 @@ pages are not scoped.
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied
 from django.http import Http404
@@ -175,6 +176,41 @@ class HospitalAdmin(HospitalScopedAdmin):
             services.create_hospital(obj, actor=request.user, request=request)
 
 
+class MembershipAddForm(forms.ModelForm):
+    """A new membership names its user by email, not from a list: a hospital admin can
+    bring in someone who already works for another hospital (a radiologist reading for
+    both) without ever seeing another hospital's staff."""
+
+    email = forms.EmailField(
+        label="User's email",
+        help_text="Someone who already has a Pleura account. To create an account, use Users, Add user.",
+    )
+
+    class Meta:
+        model = Membership
+        fields = ["hospital", "role", "is_active"]
+
+    def clean(self):
+        cleaned = super().clean()
+        if "email" in cleaned:
+            self._attach_user(cleaned["email"], cleaned.get("hospital"))
+        return cleaned
+
+    def _attach_user(self, email: str, hospital: Hospital | None) -> None:
+        from accounts.models import User
+        from accounts.services import normalize_email
+
+        user = User.objects.filter(email=normalize_email(email), is_active=True).first()
+        if user is None:
+            self.add_error("email", "No active account uses this email address. Create the user instead.")
+        elif user.is_superuser:
+            self.add_error("email", "Platform accounts are managed by platform operators.")
+        elif hospital is not None and Membership.objects.filter(user=user, hospital=hospital).exists():
+            self.add_error("email", f"This person is already a member of {hospital.name}.")
+        else:
+            self.instance.user = user
+
+
 @admin.register(Membership)
 class MembershipAdmin(HospitalScopedAdmin):
     list_display = ["user", "hospital", "role", "is_active", "created_at"]
@@ -182,9 +218,17 @@ class MembershipAdmin(HospitalScopedAdmin):
     search_fields = ["user__email", "user__first_name", "user__last_name"]
     list_select_related = ["user", "hospital"]
     actions = ["deactivate_selected"]
+    add_form = MembershipAddForm
 
     def get_fields(self, request, obj=None):
-        return ["user", "hospital", "role", "is_active"] + (["code", "created_at"] if obj else [])
+        if obj is None:
+            return ["email", "hospital", "role", "is_active"]
+        return ["user", "hospital", "role", "is_active", "code", "created_at"]
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = self.add_form
+        return super().get_form(request, obj, **kwargs)
 
     def get_readonly_fields(self, request, obj=None):
         # A membership stays attached to its user and hospital; make a new one instead.

@@ -39,7 +39,7 @@ def test_hospital_admin_cannot_add_a_membership_in_another_hospital(client_for, 
     for user in (doctor, hospital_admin):  # including themselves
         response = client.post(
             "/admin/hospital/membership/add/",
-            {"user": user.pk, "hospital": hospital_b.pk, "role": Role.HOSPITAL_ADMIN, "is_active": "on"},
+            {"email": user.email, "hospital": hospital_b.pk, "role": Role.HOSPITAL_ADMIN, "is_active": "on"},
         )
         assert response.status_code == 200
         assert "hospital" in response.context["adminform"].form.errors
@@ -63,19 +63,55 @@ def test_hospital_admin_cannot_create_a_user_in_another_hospital(client_for, hos
     assert not User.objects.filter(email="intruder@riverside.example").exists()
 
 
-def test_hospital_admin_cannot_pick_users_of_another_hospital_for_a_membership(
+def test_hospital_admin_adds_a_member_of_another_hospital_by_email_without_seeing_anyone_else(
     client_for, hospital_admin, outsider, hospital_a
 ):
     client = client_for(hospital_admin)
-    response = client.get("/admin/hospital/membership/add/")
-    assert outsider.pk not in {u.pk for u in response.context["adminform"].form.fields["user"].queryset}
+    form = client.get("/admin/hospital/membership/add/").context["adminform"].form
+    assert list(form.fields) == ["email", "hospital", "role", "is_active"]  # no list of users to pick from
     response = client.post(
         "/admin/hospital/membership/add/",
-        {"user": outsider.pk, "hospital": hospital_a.pk, "role": Role.DOCTOR, "is_active": "on"},
+        {"email": " Doctor@Riverside.Example ", "hospital": hospital_a.pk, "role": Role.RADIOLOGIST, "is_active": "on"},
+    )
+    assert response.status_code == 302
+    assert sorted(outsider.memberships.values_list("hospital__slug", "role")) == [
+        ("riverside", Role.DOCTOR),
+        ("st-marys", Role.RADIOLOGIST),
+    ]
+    (event,) = _events("membership.created")
+    assert (event.actor_user, event.hospital, event.target_id) == (
+        hospital_admin,
+        hospital_a,
+        str(outsider.memberships.get(hospital=hospital_a).code),
+    )
+    # Their account also belongs to the other hospital: still read-only to this admin.
+    assert client.get(f"/admin/accounts/user/{outsider.pk}/change/").context["has_change_permission"] is False
+
+
+@pytest.mark.parametrize(
+    ("who", "message"),
+    [
+        ("nobody@nowhere.example", "No active account uses this email address. Create the user instead."),
+        ("inactive", "No active account uses this email address. Create the user instead."),
+        ("superuser", "Platform accounts are managed by platform operators."),
+        ("doctor", "This person is already a member of St Mary's Hospital."),
+    ],
+)
+def test_membership_by_email_is_refused_with_a_reason(
+    who, message, client_for, hospital_admin, doctor, superuser, outsider, hospital_a
+):
+    outsider.is_active = False
+    outsider.save()
+    email = {"inactive": outsider.email, "superuser": superuser.email, "doctor": doctor.email}.get(who, who)
+    before = set(Membership.objects.values_list("user_id", "hospital_id", "role"))
+    response = client_for(hospital_admin).post(
+        "/admin/hospital/membership/add/",
+        {"email": email, "hospital": hospital_a.pk, "role": Role.RADIOLOGIST, "is_active": "on"},
     )
     assert response.status_code == 200
-    assert "user" in response.context["adminform"].form.errors
-    assert list(outsider.memberships.values_list("hospital__slug", flat=True)) == ["riverside"]
+    assert response.context["adminform"].form.errors == {"email": [message]}
+    assert set(Membership.objects.values_list("user_id", "hospital_id", "role")) == before
+    assert _events("membership.created") == []
 
 
 def test_hospital_admin_cannot_create_a_key_for_another_hospital(client_for, hospital_admin, hospital_b):
@@ -289,7 +325,7 @@ def test_superuser_can_grant_staff_and_attach_users_anywhere(client_for, superus
     client = client_for(superuser)
     response = client.post(
         "/admin/hospital/membership/add/",
-        {"user": doctor.pk, "hospital": hospital_b.pk, "role": Role.RADIOLOGIST, "is_active": "on"},
+        {"email": doctor.email, "hospital": hospital_b.pk, "role": Role.RADIOLOGIST, "is_active": "on"},
     )
     assert response.status_code == 302
     assert sorted(doctor.memberships.values_list("hospital__slug", flat=True)) == ["riverside", "st-marys"]
