@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from PIL import Image
 
@@ -127,6 +129,19 @@ def test_one_message_drains_a_backlog_in_batches_of_at_most_max_batch(hospital_a
 
     assert Study.objects.filter(status=COMPLETED).count() == 5
     assert list(Prediction.objects.order_by("pk").values_list("batch_size", flat=True)) == [2, 2, 2, 2, 1]
+
+
+def test_a_batch_costs_the_same_queries_whatever_its_size(hospital_a, tiny_model):
+    def queries_to_predict(images) -> int:
+        studies = [store_study(hospital_a, image) for image in images]
+        with CaptureQueriesContext(connection) as queries:
+            assert sorted(pipeline.predict_studies([studies[0].pk])) == sorted(s.pk for s in studies)
+        return len(queries.captured_queries)
+
+    queries_to_predict([NORMAL_IMAGE])  # the first batch also loads the model
+    more = [TRAIN / "PNEUMONIA" / name for name in ("person1001_bacteria_2932.jpeg", "person1002_bacteria_2933.jpeg")]
+    # Claim and store are one transaction each, whatever the number of studies.
+    assert queries_to_predict([PNEUMONIA_IMAGE, OTHER_IMAGES[0]]) == queries_to_predict([OTHER_IMAGES[1], *more])
 
 
 def test_a_message_stops_draining_at_its_deadline(hospital_a, tiny_model, monkeypatch, settings):
