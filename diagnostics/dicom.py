@@ -143,6 +143,11 @@ def check_image_attributes(ds: Dataset) -> None:
         )
 
 
+def is_uid(value: str) -> bool:
+    """A DICOM UID: digits and dots, at most 64 characters."""
+    return len(value) <= UID_MAX_LENGTH and bool(_UID_RE.match(value))
+
+
 def check_uids(ds: Dataset) -> None:
     for name in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
         value = str(ds.get(name, "") or "")

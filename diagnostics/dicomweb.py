@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diagnostics import services
-from diagnostics.imaging import NotAnImage, RejectedUpload
+from diagnostics.imaging import NotAnImage, OtherStudy, RejectedUpload
 from diagnostics.models import Study
 
 DICOM_MEDIA_TYPE = "application/dicom"
@@ -24,6 +24,9 @@ FAILURE_OUT_OF_RESOURCES = 0xA700
 FAILURE_CANNOT_UNDERSTAND = 0xC000
 FAILURE_SOP_CLASS_NOT_SUPPORTED = 0x0122
 FAILURE_PROCESSING = 0x0110
+# Implementation-specific (PS3.18 I.2.2 allows them; the A9xx range, as other servers use):
+# the instance's Study Instance UID is not the one in the request URL.
+FAILURE_OTHER_STUDY = 0xA901
 
 _BOUNDARY_RE = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 _TYPE_RE = re.compile(r'(?:^|;)\s*type="?([^";]+)"?', re.IGNORECASE)
@@ -88,8 +91,13 @@ def _parse_part(chunk: bytes) -> Part:
     return Part(content_type=part_type, data=data.removesuffix(b"\r\n"))
 
 
-def store_instances(*, hospital, parts: list[Part], user=None, key=None, request=None) -> StowResult:
-    """Store each part; 200 if all were stored, 202 if some failed, 409 if none was stored."""
+def store_instances(
+    *, hospital, parts: list[Part], user=None, key=None, request=None, study_instance_uid: str = ""
+) -> StowResult:
+    """Store each part; 200 if all were stored, 202 if some failed, 409 if none was stored.
+
+    With `study_instance_uid` (a request to /studies/{uid}), instances of other studies fail.
+    """
     referenced, failed, stored = [], [], []
     for part in parts:
         if part.content_type != DICOM_MEDIA_TYPE:
@@ -104,6 +112,7 @@ def store_instances(*, hospital, parts: list[Part], user=None, key=None, request
                 key=key,
                 request=request,
                 dicom_only=True,
+                study_instance_uid=study_instance_uid,
             )
         except RejectedUpload as exc:
             failed.append(_failed_item(_uids_of(part.data), _failure_reason(exc)))
@@ -125,6 +134,8 @@ def store_instances(*, hospital, parts: list[Part], user=None, key=None, request
 
 
 def _failure_reason(exc: RejectedUpload) -> int:
+    if isinstance(exc, OtherStudy):
+        return FAILURE_OTHER_STUDY
     if exc.status_code == 413:
         return FAILURE_OUT_OF_RESOURCES
     if isinstance(exc, NotAnImage):

@@ -76,6 +76,13 @@ class NotAnImage(RejectedUpload):
         super().__init__(422, detail)
 
 
+class OtherStudy(RejectedUpload):
+    """An instance sent to one study's URL that belongs to another study: 409."""
+
+    def __init__(self):
+        super().__init__(409, "This instance belongs to another study than the one named in the URL.")
+
+
 @dataclass
 class DecodedImage:
     format: str  # Study.Format value: "dcm", "png" or "jpg"

@@ -38,13 +38,15 @@ def ingest_upload(
     accession_number: str = "",
     request=None,
     dicom_only: bool = False,
+    study_instance_uid: str = "",
 ) -> tuple[Study, bool]:
     """Validate, decode and store one uploaded file as a queued study of `hospital`.
 
     Returns (study, created). Posting the same SOP Instance UID to the same hospital
     again returns the existing study with created=False. Every refusal raises
     `RejectedUpload` after being audited; nothing already stored is touched by it.
-    `dicom_only` refuses PNG and JPEG (DICOMweb takes DICOM instances only).
+    `dicom_only` refuses PNG and JPEG (DICOMweb takes DICOM instances only);
+    `study_instance_uid` refuses an instance of any other study (STOW-RS to one study).
     """
     audit_context = {"request": request, "actor": user, "key": key, "hospital": hospital}
     try:
@@ -53,6 +55,8 @@ def ingest_upload(
         if dicom_only and imaging.sniff(data) != Study.Format.DICOM:
             raise RejectedUpload(415, "Only DICOM instances are accepted here, not PNG or JPEG images.")
         decoded = imaging.decode_upload(data)
+        if study_instance_uid and decoded.metadata.get("study_instance_uid") != study_instance_uid:
+            raise imaging.OtherStudy
     except RejectedUpload as exc:
         audit.record(
             Action.STUDY_UPLOAD_REJECTED,

@@ -1,4 +1,4 @@
-"""`/dicomweb/`: DICOMweb STOW-RS."""
+"""`/dicomweb/`: DICOMweb STOW-RS, to all studies or to one study."""
 
 from __future__ import annotations
 
@@ -10,4 +10,5 @@ app_name = "dicomweb"
 
 urlpatterns = [
     re_path(r"^studies/?$", views.StowView.as_view(), name="stow"),
+    re_path(r"^studies/(?P<study_instance_uid>[^/]+)/?$", views.StowView.as_view(), name="stow-study"),
 ]

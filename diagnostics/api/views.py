@@ -15,6 +15,7 @@ from django.db.models import Prefetch, prefetch_related_objects
 from django.http import Http404
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, generics, status
@@ -358,11 +359,19 @@ class StudyHeatmapView(_PNGView):
         return prediction.heatmap
 
 
+class _StowSchema(AutoSchema):
+    def get_operation_id(self) -> str:
+        # One view serves both resources; each gets its own operation id.
+        return "dicomweb_store_study_instances" if "{study_instance_uid}" in self.path else "dicomweb_store_instances"
+
+
 class StowView(TenantAPIMixin, APIView):
-    """DICOMweb STOW-RS: POST /dicomweb/studies with multipart/related; type="application/dicom"."""
+    """DICOMweb STOW-RS: POST /dicomweb/studies[/{StudyInstanceUID}] with
+    multipart/related; type="application/dicom"."""
 
     parser_classes = [MultipartRelatedParser]
     renderer_classes = [DicomJSONRenderer, JSONRenderer]
+    schema = _StowSchema()
 
     def perform_content_negotiation(self, request, force=False):
         return super().perform_content_negotiation(request, force=True)
@@ -374,7 +383,8 @@ class StowView(TenantAPIMixin, APIView):
             "instance per part. Answers the PS3.18 DICOM JSON response: 200 when every "
             "instance was stored, 202 when some failed, 409 when none was stored; "
             "Failed SOP Sequence items carry a Failure Reason (0xA700 out of resources, "
-            "0xC000 cannot understand, 0x0122 SOP class not supported)."
+            "0xC000 cannot understand, 0x0122 SOP class not supported, and 0xA901 when "
+            "an instance sent to /dicomweb/studies/{StudyInstanceUID} belongs to another study)."
         ),
         request={"multipart/related": OpenApiTypes.BINARY},
         responses={
@@ -412,7 +422,13 @@ class StowView(TenantAPIMixin, APIView):
             )
         ],
     )
-    def post(self, request, *args, **kwargs):
+    def post(self, request, *args, study_instance_uid: str = "", **kwargs):
+        from diagnostics.dicom import is_uid  # pydicom and its plugins: loaded where used
+
+        if study_instance_uid and not is_uid(study_instance_uid):
+            raise exceptions.ParseError(
+                "The Study Instance UID in the URL is not a DICOM UID (digits and dots, at most 64 characters)."
+            )
         _check_content_length(request, settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES)
         body = _request_data(request)
         if not isinstance(body, bytes | bytearray) or not body:
@@ -421,5 +437,11 @@ class StowView(TenantAPIMixin, APIView):
             parts = dicomweb.split_multipart_related(bytes(body), request.META.get("CONTENT_TYPE", ""))
         except dicomweb.StowError as exc:
             return Response({"detail": exc.detail}, status=exc.status_code)
-        result = dicomweb.store_instances(hospital=self.hospital, parts=parts, request=request, **_caller(request))
+        result = dicomweb.store_instances(
+            hospital=self.hospital,
+            parts=parts,
+            request=request,
+            study_instance_uid=study_instance_uid,
+            **_caller(request),
+        )
         return Response(result.body, status=result.status_code, content_type=dicomweb.DICOM_JSON_MEDIA_TYPE)

@@ -16,7 +16,12 @@ def test_schema_documents_every_endpoint_with_examples_and_key_auth(db):
         "/api/v1/studies/{code}/image/",
         "/api/v1/studies/{code}/heatmap/",
         "/dicomweb/studies/",
+        "/dicomweb/studies/{study_instance_uid}/",
     }
+    assert [schema["paths"][path]["post"]["operationId"] for path in sorted(schema["paths"]) if "dicomweb" in path] == [
+        "dicomweb_store_instances",
+        "dicomweb_store_study_instances",
+    ]
     upload = schema["paths"]["/api/v1/studies/"]["post"]
     assert set(upload["requestBody"]["content"]) == {"multipart/form-data", "application/dicom"}
     assert {"200", "202", "400", "413", "415", "422"} <= set(upload["responses"])

@@ -22,9 +22,9 @@ def related_body(*parts: tuple[str, bytes], boundary: str = BOUNDARY) -> bytes:
     return body + f"--{boundary}--\r\n".encode()
 
 
-def stow(client: APIClient, body: bytes, content_type: str | None = None):
+def stow(client: APIClient, body: bytes, content_type: str | None = None, url: str = STOW_URL):
     content_type = content_type or f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
-    return client.generic("POST", STOW_URL, body, content_type=content_type, HTTP_ACCEPT="application/dicom+json")
+    return client.generic("POST", url, body, content_type=content_type, HTTP_ACCEPT="application/dicom+json")
 
 
 def uids(path) -> tuple[str, str]:
@@ -133,6 +133,35 @@ def test_malformed_requests_are_refused_as_a_whole(content_type, body, status, d
                     content_type)  # fmt: skip
     assert response.status_code == status
     assert response.json() == {"detail": detail}
+    assert stored() == before
+
+
+def test_to_one_study_stores_its_instances_and_fails_the_others(emr, hospital_a, stored):
+    study_uid = str(pydicom.dcmread(CR_CHEST, force=True).StudyInstanceUID)
+    body = related_body(("application/dicom", CR_CHEST.read_bytes()), ("application/dicom", TIBIA.read_bytes()))
+    response = stow(emr, body, url=f"{STOW_URL}/{study_uid}")
+    assert response.status_code == 202
+    assert response.json() == {
+        "00081199": {"vr": "SQ", "Value": [referenced(CR_CHEST)]},
+        "00081198": {"vr": "SQ", "Value": [failed(0xA901, TIBIA)]},
+    }
+    assert list(Study.objects.values_list("study_instance_uid", flat=True)) == [study_uid]
+    (refused,) = AuditEvent.objects.filter(action="study.upload_rejected")
+    assert (refused.hospital, refused.detail["status_code"], refused.detail["reason"]) == (
+        hospital_a,
+        409,
+        "This instance belongs to another study than the one named in the URL.",
+    )
+
+
+@pytest.mark.parametrize("study_uid", ["not-a-uid", "1.2.3a", "1." * 40 + "1"])
+def test_to_one_study_refuses_a_url_that_names_no_uid(study_uid, emr, stored):
+    before = stored()
+    response = stow(emr, related_body(("application/dicom", CR_CHEST.read_bytes())), url=f"{STOW_URL}/{study_uid}")
+    assert response.status_code == 400
+    assert response.json() == {
+        "detail": "The Study Instance UID in the URL is not a DICOM UID (digits and dots, at most 64 characters)."
+    }
     assert stored() == before
 
 
