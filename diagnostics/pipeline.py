@@ -394,8 +394,7 @@ def _store_all(results: list[_Result]) -> list[int]:
     try:
         stored = _commit(results)
     except IntegrityError:
-        _delete_heatmaps(results)
-        return [result.study.pk for result in results if _store_one(result)]
+        stored = [result for result in results if _commit_alone(result)]
     _delete_heatmaps([result for result in results if result not in stored])
     for result in stored:
         metrics.PREDICTIONS.labels(label=result.prediction.label, origin=result.origin).inc()
@@ -412,20 +411,12 @@ def _commit(results: list[_Result]) -> list[_Result]:
     return stored
 
 
-def _store_one(result: _Result) -> bool:
-    if result.heatmap_png:
-        result.prediction.heatmap.save("heatmap.png", ContentFile(result.heatmap_png), save=False)
+def _commit_alone(result: _Result) -> bool:
+    """One study in its own transaction, so the one that trips a constraint fails alone."""
     try:
-        with transaction.atomic():
-            if not _complete([result.study.pk], timezone.now()):
-                raise _AlreadyFinished
-            result.prediction.save()
-            audit.record_all([_audit_event(result)])
-    except (_AlreadyFinished, IntegrityError):
-        _delete_heatmaps([result])
+        return bool(_commit([result]))
+    except IntegrityError:
         return False
-    metrics.PREDICTIONS.labels(label=result.prediction.label, origin=result.origin).inc()
-    return True
 
 
 def _complete(pks: list[int], now) -> set[int]:
@@ -461,10 +452,6 @@ def _delete_heatmaps(results: list[_Result]) -> None:
     for result in results:
         if result.prediction.heatmap:
             result.prediction.heatmap.delete(save=False)
-
-
-class _AlreadyFinished(Exception):
-    pass
 
 
 def _fail(study: Study, reason: str, message: str, *, from_status: str = STATUS.PROCESSING, **detail) -> bool:

@@ -59,21 +59,10 @@ def client_ip(request) -> str | None:
     return meta.get("HTTP_X_REAL_IP") or meta.get("REMOTE_ADDR") or None
 
 
-def record(
-    action: str,
-    *,
-    request=None,
-    actor=None,
-    key: IntegrationKey | None = None,
-    hospital: Hospital | None = None,
-    target: Any = None,
-    outcome: str = Outcome.SUCCESS,
-    **detail: Any,
-) -> AuditEvent:
-    """Append one event. Actor, key and hospital default to what the request carries."""
-    event = build(
-        action, request=request, actor=actor, key=key, hospital=hospital, target=target, outcome=outcome, **detail
-    )
+def record(action: str, **fields: Any) -> AuditEvent:
+    """Append one event (`build`'s arguments). Actor, key and hospital default to what
+    the request carries."""
+    event = build(action, **fields)
     event.save()
     return event
 
@@ -94,7 +83,7 @@ def build(
     outcome: str = Outcome.SUCCESS,
     **detail: Any,
 ) -> AuditEvent:
-    """The event `record` would append, not saved yet."""
+    """The event `record` appends, not saved yet."""
     if request is not None:
         if actor is None and getattr(getattr(request, "user", None), "is_authenticated", False):
             actor = request.user if getattr(request.user, "pk", None) else None
