@@ -41,6 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT.parent / "shared" / "data" / "chest_xray" / "train"
 DOC = ROOT / "docs" / "benchmarks.md"
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/pleura_bench"
+DEFAULT_MODEL_DIR = ROOT / "mlcore" / "weights" / "pleura-resnet18-v1"
 IDLE_RUNS = 20
 # Best of this many batches: on a shared VM a best-of-5 swings by a quarter between runs.
 RAW_REPEATS = 20
@@ -111,7 +113,7 @@ def _prepare_database(model_dir: Path | None, workdir: Path):
     return version, raw_key
 
 
-def _raw_throughput(version, images: list[Path], cpus: set[int]) -> dict:
+def raw_throughput(version, images: list[Path], cpus: set[int]) -> dict:
     """bench/inference.py on the same model, batch = the pipeline's MAX_BATCH, heatmaps included,
     on the cores the worker will have."""
     import torch
@@ -255,7 +257,7 @@ def run(args) -> dict:
     images = sorted((TRAIN / "PNEUMONIA").glob("*.jpeg"))[: args.n]
     images += sorted((TRAIN / "NORMAL").glob("*.jpeg"))[: IDLE_RUNS + 1]  # idle set: distinct pixels
     layout = _layout(args.inference_cpus)
-    raw = _raw_throughput(version, images, layout["inference_cpus"])
+    raw = raw_throughput(version, images, layout["inference_cpus"])
     services = _start_services(env, args.port, workdir, layout)
     # The load generator stands for the EMR: it must not take the worker's cores.
     os.sched_setaffinity(0, layout["web_cpus"])
@@ -317,9 +319,9 @@ def render(result: dict, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=64, help="studies posted at once in the load phase")
-    parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/pleura_bench")
+    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/3")
-    parser.add_argument("--model-dir", default=str(ROOT / "mlcore" / "weights" / "pleura-resnet18-v1"))
+    parser.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument(
         "--inference-cpus", default=None, help="comma-separated cores for the worker alone (e.g. 1); default: shared"

@@ -120,15 +120,7 @@ def run(args) -> dict:
     images = sorted((end_to_end.TRAIN / "PNEUMONIA").glob("*.jpeg"))[: args.n + 1]
     uploads = measure_uploads(key, images)
     worker = measure_worker(uploads.pop("codes"))
-    from bench import inference
-    from diagnostics import pipeline
-    from mlcore import registry
-    from mlcore.preprocessing import load_grayscale_file
-
-    grays = [load_grayscale_file(path) for path in images[: pipeline.MAX_BATCH]]
-    raw = inference.measure_throughput(
-        registry.get_engine(version), grays, pipeline.MAX_BATCH, with_heatmap=True, repeats=end_to_end.RAW_REPEATS
-    )
+    raw = end_to_end.raw_throughput(version, images, os.sched_getaffinity(0))
     return {
         "model": version.name,
         "cpus": sorted(os.sched_getaffinity(0)),
@@ -136,6 +128,7 @@ def run(args) -> dict:
         "upload": uploads,
         "worker": worker,
         "raw_batched_images_per_s": raw["images_per_second"],
+        "raw_batch_size": raw["batch_size"],
         "worker_to_raw": round(worker["images_per_s"] / raw["images_per_second"], 2),
     }
 
@@ -157,7 +150,7 @@ def render(result: dict, command: str) -> str:
             f"| worker, per study: everything else (claim, decode, reuse lookup, store, audit) "
             f"| {worker['other_ms_per_study']} ms |",
             f"| worker draining {worker['studies']} queued studies | {worker['images_per_s']} images/s |",
-            f"| raw batched model throughput (batch 8, Grad-CAM), same process | "
+            f"| raw batched model throughput (batch {result['raw_batch_size']}, Grad-CAM), same process | "
             f"{result['raw_batched_images_per_s']} images/s |",
             f"| worker / raw | {result['worker_to_raw']} |",
         ]
@@ -168,9 +161,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=64, help="studies uploaded, then drained by the worker")
     parser.add_argument("--cpus", default=None, help="comma-separated cores to run on (default: all)")
-    parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/pleura_bench")
+    parser.add_argument("--database-url", default=end_to_end.DEFAULT_DATABASE_URL)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/4")
-    parser.add_argument("--model-dir", default=str(end_to_end.ROOT / "mlcore" / "weights" / "pleura-resnet18-v1"))
+    parser.add_argument("--model-dir", default=str(end_to_end.DEFAULT_MODEL_DIR))
     parser.add_argument("--write", action="store_true", help="replace this benchmark's section of docs/benchmarks.md")
     args = parser.parse_args()
     result = run(args)
