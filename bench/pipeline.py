@@ -130,20 +130,22 @@ def raw_throughput(version, images: list[Path], cpus: set[int]) -> dict:
         engine = registry.get_engine(version)
         grays = [load_grayscale_file(path) for path in images[:MAX_BATCH]]
         result = inference.measure_throughput(engine, grays, MAX_BATCH, with_heatmap=True, repeats=RAW_REPEATS)
+        device = {"device": engine.device.type, "device_description": inference.describe_device(engine)}
     finally:
         registry.engines.clear()
         os.sched_setaffinity(0, everywhere)
         torch.set_num_threads(threads)
-    return {**result, "torch_threads": len(cpus)}
+    return {**result, **device, "torch_threads": len(cpus)}
 
 
 def _start_services(env: dict, port: int, workdir: Path, layout: dict) -> list[subprocess.Popen]:
     full_env = {**os.environ, **env}
     log = open(workdir / "services.log", "ab")  # noqa: SIM115 - lives as long as the services
-    bin_dir = Path(sys.executable).parent
-    web = [str(bin_dir / "gunicorn"), "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2", "--threads", "4"]
+    web = [sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}"]
+    web += ["-w", str(layout["web_workers"]), "--threads", "4"]
     worker = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "celery,inference"]
-    worker += ["--concurrency", "1", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"]
+    worker += ["--concurrency", str(layout["worker_processes"]), "--loglevel", "WARNING"]
+    worker += ["--without-gossip", "--without-mingle"]
     return [
         subprocess.Popen(
             command, cwd=ROOT, env=full_env, stdout=log, stderr=log, preexec_fn=partial(os.sched_setaffinity, 0, cpus)
@@ -152,16 +154,17 @@ def _start_services(env: dict, port: int, workdir: Path, layout: dict) -> list[s
     ]
 
 
-def _layout(inference_cpus: str | None) -> dict:
-    """Which cores the web server and the worker may use."""
+def _layout(inference_cpus: str | None, web_workers: int, worker_processes: int) -> dict:
+    """Which cores the web server and the worker may use, and how many processes each runs."""
     everywhere = os.sched_getaffinity(0)
+    processes = {"web_workers": web_workers, "worker_processes": worker_processes}
     if not inference_cpus:
-        return {"name": "shared", "web_cpus": everywhere, "inference_cpus": everywhere}
+        return {"name": "shared", "web_cpus": everywhere, "inference_cpus": everywhere, **processes}
     chosen = {int(cpu) for cpu in inference_cpus.split(",")}
     rest = everywhere - chosen
     if not chosen <= everywhere or not rest:
         raise SystemExit(f"--inference-cpus must leave at least one of the cores {sorted(everywhere)} for the web")
-    return {"name": "split", "web_cpus": rest, "inference_cpus": chosen}
+    return {"name": "split", "web_cpus": rest, "inference_cpus": chosen, **processes}
 
 
 def _post(url: str, key: str, image: Path) -> str:
@@ -206,6 +209,26 @@ def _completed_at(codes: list[str], timeout: float) -> dict[str, float]:
     raise SystemExit(f"predictions did not arrive within {timeout:.0f} s")
 
 
+def _worker_model_time(codes: list[str], seconds: float) -> dict:
+    """How the worker spent the load phase: batch sizes, and time inside the model.
+
+    Each prediction records its batch's size and the engine's time for the whole batch
+    (Grad-CAM and heatmap PNGs included), so latency / batch size summed over the
+    predictions is the worker's time in the model.
+    """
+    from diagnostics.models import Prediction
+
+    rows = list(Prediction.objects.filter(study__code__in=codes).values_list("batch_size", "latency_ms"))
+    model_s = sum(latency_ms / size for size, latency_ms in rows) / 1000
+    batches = sum(1 / size for size, _ in rows)
+    return {
+        "batches": round(batches),
+        "mean_batch_size": round(len(rows) / batches, 2) if batches else 0,
+        "model_s": round(model_s, 2),
+        "model_share": round(model_s / seconds, 2),
+    }
+
+
 def _percentiles(values: list[float]) -> dict:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
@@ -225,7 +248,7 @@ def _idle(url: str, key: str, images: list[Path], runs: int) -> dict:
     return {"runs": runs, **_percentiles(latencies)}
 
 
-def _load(url: str, key: str, images: list[Path]) -> dict:
+def _load(url: str, key: str, images: list[Path], clients: int) -> dict:
     started: dict[str, float] = {}
 
     def post(image: Path) -> None:
@@ -233,13 +256,14 @@ def _load(url: str, key: str, images: list[Path]) -> dict:
         started[_post(url, key, image)] = at
 
     first = time.time()
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=clients) as pool:
         list(pool.map(post, images))
     uploads_done = time.time() - first
     done = _completed_at(list(started), 600)
     latencies = [done[code] - at for code, at in started.items()]
     seconds = max(done.values()) - first
     return {
+        **_worker_model_time(list(started), seconds),
         "images": len(images),
         "seconds": round(seconds, 2),
         "images_per_s": round(len(images) / seconds, 2),
@@ -256,7 +280,7 @@ def run(args) -> dict:
     version, key = _prepare_database(model_dir, workdir)
     images = sorted((TRAIN / "PNEUMONIA").glob("*.jpeg"))[: args.n]
     images += sorted((TRAIN / "NORMAL").glob("*.jpeg"))[: IDLE_RUNS + 1]  # idle set: distinct pixels
-    layout = _layout(args.inference_cpus)
+    layout = _layout(args.inference_cpus, args.web_workers, args.worker_processes)
     raw = raw_throughput(version, images, layout["inference_cpus"])
     services = _start_services(env, args.port, workdir, layout)
     # The load generator stands for the EMR: it must not take the worker's cores.
@@ -265,7 +289,8 @@ def run(args) -> dict:
     try:
         _wait_ready(url)
         idle = _idle(url, key, images[-IDLE_RUNS - 1 :], IDLE_RUNS)
-        load = _load(url, key, images[: args.n])
+        # Two connections per gunicorn process, as an EMR's interface engine would keep open.
+        load = _load(url, key, images[: args.n], clients=2 * args.web_workers)
     finally:
         for process in services:
             process.terminate()
@@ -275,7 +300,12 @@ def run(args) -> dict:
         "model": version.name if model_dir else "random-initialised resnet18, 224 px",
         "layout": layout["name"],
         "web_cpus": sorted(layout["web_cpus"]),
+        "web_workers": layout["web_workers"],
+        "worker_processes": layout["worker_processes"],
         "inference_cpus": sorted(layout["inference_cpus"]),
+        "machine_cpus": os.cpu_count(),
+        "worker_device": raw["device"],
+        "worker_device_description": raw["device_description"],
         "raw_torch_threads": raw["torch_threads"],
         "raw_batched_images_per_s": raw["images_per_second"],
         "raw_batch_size": raw["batch_size"],
@@ -291,16 +321,25 @@ LAYOUTS = {
 }
 
 
+def section_key(result: dict) -> str:
+    """One section per layout, worker device and machine size: a GPU run does not replace a CPU run."""
+    key = f"pipeline:{result['layout']}:{result['worker_device']}:{result['machine_cpus']}cpu"
+    return key if result["worker_processes"] == 1 else f"{key}:{result['worker_processes']}proc"
+
+
 def render(result: dict, command: str) -> str:
-    """The body of this layout's section of docs/benchmarks.md."""
+    """The body of this run's section of docs/benchmarks.md."""
     idle, load = result["idle"], result["load"]
     return "\n".join(
         [
-            f"## Pipeline, {result['layout']} cores: upload to prediction (bench/pipeline.py)",
+            f"## Pipeline, {result['layout']} cores, worker on {result['worker_device']}, "
+            f"{result['machine_cpus']}-core machine: upload to prediction (bench/pipeline.py)",
             "",
-            f"Command: `{command}` (gunicorn 2x4 threads + 1 Celery worker, PostgreSQL, Redis, loopback).",
+            f"Command: `{command}` (gunicorn {result['web_workers']}x4 threads, a Celery worker of "
+            f"{result['worker_processes']} process(es), PostgreSQL, Redis, loopback).",
             f"Layout: {LAYOUTS[result['layout']]}: web on CPUs {result['web_cpus']}, "
             f"worker on CPUs {result['inference_cpus']}.",
+            f"Worker device: {result['worker_device_description']}.",
             f"Model: {result['model']}.",
             "",
             "| measure | value |",
@@ -309,6 +348,9 @@ def render(result: dict, command: str) -> str:
             f"| load: {load['images']} studies posted at once | {load['images_per_s']} images/s |",
             f"| load: p50 / p95 upload-to-prediction | {load['p50_s']} s / {load['p95_s']} s |",
             f"| load: last upload answered after | {load['uploads_done_s']} s of {load['seconds']} s |",
+            f"| load: worker batches, mean size | {load['batches']}, {load['mean_batch_size']} |",
+            f"| load: worker time in the model (share of the load phase) "
+            f"| {load['model_s']} s ({load['model_share']}) |",
             f"| raw batched model throughput on the worker's CPUs (batch {result['raw_batch_size']}, "
             f"Grad-CAM, {result['raw_torch_threads']} torch threads) | {result['raw_batched_images_per_s']} images/s |",
             f"| end-to-end / raw | {result['ratio_to_raw']} |",
@@ -326,6 +368,10 @@ def main() -> None:
     parser.add_argument(
         "--inference-cpus", default=None, help="comma-separated cores for the worker alone (e.g. 1); default: shared"
     )
+    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn processes (load clients: twice as many)")
+    parser.add_argument(
+        "--worker-processes", type=int, default=1, help="Celery pool processes; they share the worker's cores"
+    )
     parser.add_argument("--write", action="store_true", help="replace this benchmark's section of docs/benchmarks.md")
     args = parser.parse_args()
     result = run(args)
@@ -334,7 +380,7 @@ def main() -> None:
         from bench.inference import write_section
 
         command = "python -m bench.pipeline " + " ".join(sys.argv[1:])
-        write_section(DOC, f"pipeline:{result['layout']}", render(result, command))
+        write_section(DOC, section_key(result), render(result, command))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Celery messages only say "look at these ids"; losing one costs a sweep, never a 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 import uuid
@@ -29,6 +30,7 @@ from diagnostics import metrics
 from diagnostics.models import Prediction, Study
 from hospital import audit
 from mlcore import registry
+from mlcore.engine import use_cpu_threads
 from mlcore.models import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -558,11 +560,26 @@ def _requeue(study: Study, now) -> bool:
     return updated == 1
 
 
-def warm_up() -> None:
-    """Load the active model now (after fork) so the first study does not wait for it."""
+def cpu_threads_per_process(pool_processes: int) -> int:
+    """Torch threads for one pool process: INFERENCE_THREADS, or an equal share of the cores.
+
+    Torch gives every process a thread per core, so a worker of N processes would run N
+    times as many busy threads as cores, and they would preempt each other mid-batch.
+    """
+    if settings.INFERENCE_THREADS > 0:
+        return settings.INFERENCE_THREADS
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, pool_processes))
+
+
+def warm_up(pool_processes: int = 1) -> None:
+    """In a fresh pool process: take this process's share of the cores, and load the active
+    model now (after fork) so the first study does not wait for it."""
+    threads = cpu_threads_per_process(pool_processes)
+    use_cpu_threads(threads)
     try:
         version, engine = registry.get_active_engine()
     except (registry.RegistryError, DatabaseError) as exc:
         log.warning("model not preloaded (%s); it will load with the first study", exc)
         return
-    log.info("inference worker ready: model %s on %s", version.name, engine.device)
+    log.info("inference worker ready: model %s on %s, %d CPU threads", version.name, engine.device, threads)

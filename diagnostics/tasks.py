@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import shared_task
-from celery.signals import worker_process_init
+from celery.signals import celeryd_after_setup, worker_process_init
 
 from diagnostics import metrics, pipeline
 
@@ -35,7 +35,17 @@ def sweep_stuck_studies() -> dict:
     return {"requeued": len(result.requeued), "gave_up": len(result.gave_up)}
 
 
+# Processes in this worker's pool (`--concurrency`), read in the parent before it forks.
+_pool_processes = 1
+
+
+@celeryd_after_setup.connect
+def _remember_pool_size(instance, **kwargs) -> None:
+    global _pool_processes  # set once in the parent, inherited by the forked pool
+    _pool_processes = int(instance.concurrency or 1)
+
+
 @worker_process_init.connect
 def _load_model_after_fork(**kwargs) -> None:
     # CUDA contexts do not survive fork: each pool process loads its own model here.
-    pipeline.warm_up()
+    pipeline.warm_up(_pool_processes)

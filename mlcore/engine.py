@@ -65,6 +65,11 @@ class PredictionResult:
     heatmap_png: bytes | None = None
 
 
+def use_cpu_threads(count: int) -> None:
+    """Torch's intra-op threads for this process (CPU inference, and the CPU side of a GPU worker)."""
+    torch.set_num_threads(max(1, count))
+
+
 def pick_device(requested: str | None = None) -> torch.device:
     if requested:
         return torch.device(requested)

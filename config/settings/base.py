@@ -214,6 +214,9 @@ PIPELINE_DRAIN_SECONDS = env_int("PIPELINE_DRAIN_SECONDS", 30)
 PIPELINE_STUCK_SECONDS = env_int("PIPELINE_STUCK_SECONDS", 300)
 PIPELINE_MAX_ATTEMPTS = env_int("PIPELINE_MAX_ATTEMPTS", 3)
 PIPELINE_SWEEP_SECONDS = env_int("PIPELINE_SWEEP_SECONDS", 60)
+# Torch CPU threads per worker pool process; 0 gives each of the pool's processes an
+# equal share of the cores the worker may use (see diagnostics.pipeline.cpu_threads_per_process).
+INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0)
 CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-studies": {"task": "diagnostics.sweep_stuck_studies", "schedule": float(PIPELINE_SWEEP_SECONDS)}
 }

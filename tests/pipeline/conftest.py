@@ -26,6 +26,7 @@ from config.celery import app as celery_app
 from diagnostics import imaging
 from diagnostics.models import Study
 from mlcore import registry
+from mlcore.engine import pick_device
 from mlcore.models import ModelVersion
 from mlcore.network import build_network, save_weights
 from tests.conftest import REPO_ROOT, SHARED_DATA, require_service
@@ -34,6 +35,8 @@ TRAIN = SHARED_DATA / "chest_xray" / "train"
 NORMAL_IMAGE = TRAIN / "NORMAL" / "IM-0115-0001.jpeg"
 PNEUMONIA_IMAGE = TRAIN / "PNEUMONIA" / "person1000_bacteria_2931.jpeg"
 OTHER_IMAGES = [TRAIN / "NORMAL" / "IM-0117-0001.jpeg", TRAIN / "NORMAL" / "IM-0119-0001.jpeg"]
+# Where predictions run on this machine: a GPU machine's suite sees "cuda" recorded.
+INFERENCE_DEVICE = str(pick_device())
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.1, what: str = "condition"):
@@ -171,8 +174,9 @@ def database_url() -> str:
 class Worker:
     """`celery -A config worker` in its own process group, logging to a file."""
 
-    def __init__(self, broker: Broker, log_path: Path, **env: str):
+    def __init__(self, broker: Broker, log_path: Path, concurrency: int = 1, **env: str):
         self.log_path = log_path
+        self.concurrency = concurrency
         self.env = {
             **os.environ,
             **broker.env,
@@ -188,7 +192,7 @@ class Worker:
     def start(self, timeout: float = 90.0) -> Worker:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         command = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "celery,inference"]
-        command += ["--concurrency", "1", "--pool", "prefork", "--loglevel", "INFO"]
+        command += ["--concurrency", str(self.concurrency), "--pool", "prefork", "--loglevel", "INFO"]
         command += ["-n", f"test-{uuid.uuid4().hex[:8]}@%h"]
         command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         with open(self.log_path, "ab") as log:
@@ -228,8 +232,8 @@ def start_worker(broker, tmp_path):
 
     broker.purge()
 
-    def start(**env: str) -> Worker:
-        worker = Worker(broker, tmp_path / "worker.log", **env).start()
+    def start(concurrency: int = 1, **env: str) -> Worker:
+        worker = Worker(broker, tmp_path / "worker.log", concurrency, **env).start()
         workers.append(worker)
         return worker
 

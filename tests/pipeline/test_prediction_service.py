@@ -15,6 +15,7 @@ from diagnostics.models import Prediction, Study
 from hospital.models import AuditEvent
 from mlcore.models import ModelVersion
 from tests.pipeline.conftest import (
+    INFERENCE_DEVICE,
     NORMAL_IMAGE,
     OTHER_IMAGES,
     PNEUMONIA_IMAGE,
@@ -51,7 +52,7 @@ def test_queued_study_is_predicted_stored_and_audited(hospital_a, tiny_model):
     assert 0.0 <= prediction.probability <= 1.0
     assert prediction.label == ("pneumonia" if prediction.probability >= 0.5 else "normal")
     assert prediction.threshold == 0.5
-    assert prediction.device == "cpu"
+    assert prediction.device == INFERENCE_DEVICE
     assert prediction.batch_size == 1
     assert prediction.latency_ms > 0
     assert prediction.is_shadow is False

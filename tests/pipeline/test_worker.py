@@ -3,6 +3,7 @@ REDIS_URL is set, as in CI; else the filesystem broker), sharing the test databa
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 
@@ -15,6 +16,7 @@ from diagnostics import pipeline, tasks
 from diagnostics.models import Prediction, Study
 from hospital.models import AuditEvent
 from tests.pipeline.conftest import (
+    INFERENCE_DEVICE,
     NORMAL_IMAGE,
     OTHER_IMAGES,
     PNEUMONIA_IMAGE,
@@ -58,7 +60,7 @@ def test_stored_study_is_predicted_by_the_worker_and_a_redelivery_changes_nothin
     prediction = Prediction.objects.get(study=study)
     assert prediction.model_version == tiny_model
     assert prediction.label == ("pneumonia" if prediction.probability >= prediction.threshold else "normal")
-    assert (prediction.device, prediction.batch_size, prediction.is_shadow) == ("cpu", 1, False)
+    assert (prediction.device, prediction.batch_size, prediction.is_shadow) == (INFERENCE_DEVICE, 1, False)
     assert prediction.heatmap.storage.exists(prediction.heatmap.name)
     # The same message again (a broker redelivering it), then a fresh study behind it.
     pipeline.publish([study.pk])
@@ -220,3 +222,26 @@ def test_waiting_studies_are_predicted_in_one_batch(hospital_a, tiny_model, star
 
     wait_for(lambda: all(settled(s) for s in studies), 60, what="the batch")
     assert list(Prediction.objects.values_list("batch_size", flat=True)) == [4, 4, 4, 4]
+
+
+def test_each_pool_process_takes_an_equal_share_of_the_cores(hospital_a, tiny_model, start_worker):
+    # Torch's default is a thread per core in every process: two pool processes would run
+    # twice as many busy threads as cores.
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    worker = start_worker(concurrency=2)
+
+    ready = f"inference worker ready: model {tiny_model.name} on {INFERENCE_DEVICE}, {share} CPU threads"
+    wait_for(lambda: worker.log().count(ready) == 2, 60, what="both pool processes")
+    study = upload(hospital_a, PNEUMONIA_IMAGE)
+    wait_for(lambda: settled(study), 60, what="prediction")
+    assert status_of(study) == COMPLETED
+
+
+def test_inference_threads_setting_overrides_the_share(settings):
+    settings.INFERENCE_THREADS = 0
+    cores = len(os.sched_getaffinity(0))
+    assert [pipeline.cpu_threads_per_process(n) for n in (1, cores, 4 * cores)] == [cores, 1, 1]
+
+    settings.INFERENCE_THREADS = 3
+    assert pipeline.cpu_threads_per_process(1) == 3
+    assert pipeline.cpu_threads_per_process(4 * cores) == 3
