@@ -39,7 +39,7 @@ def cam_to_size(cam: torch.Tensor | np.ndarray, height: int, width: int) -> np.n
     return resized[0, 0].clamp(0, 1).numpy()
 
 
-def _colormap(values: np.ndarray) -> np.ndarray:
+def colormap(values: np.ndarray) -> np.ndarray:
     """A blue-green-yellow-red ramp (values 0..1 -> RGB uint8), no plotting library needed."""
     anchors = np.array([0.0, 0.35, 0.6, 0.8, 1.0])
     colours = np.array([[30, 60, 200], [0, 190, 200], [120, 220, 60], [250, 200, 0], [230, 30, 20]], dtype=np.float64)
@@ -47,14 +47,30 @@ def _colormap(values: np.ndarray) -> np.ndarray:
     return np.stack(channels, axis=-1).astype(np.uint8)
 
 
+def overlay_alpha(values: np.ndarray) -> np.ndarray:
+    """Clear below 0.15, then more opaque where the network looked harder (at most 210 of 255)."""
+    return (np.clip((values - 0.15) / 0.85, 0, 1) * 210).astype(np.uint8)
+
+
+# The overlay's 256 levels, each with its colour and opacity: a palette PNG's entries.
+_LEVELS = np.linspace(0.0, 1.0, 256)
+_OVERLAY_PALETTE = np.column_stack([colormap(_LEVELS), overlay_alpha(_LEVELS)]).astype(np.uint8).tobytes()
+
+
 def heatmap_rgba_png(cam: np.ndarray) -> bytes:
-    """A transparent overlay: colour where the network looked, clear elsewhere."""
-    rgb = _colormap(cam)
-    alpha = (np.clip((cam - 0.15) / 0.85, 0, 1) * 210).astype(np.uint8)
+    """A transparent overlay: colour where the network looked, clear elsewhere.
+
+    Written as a 256-level palette PNG whose palette carries the opacity (a tRNS chunk),
+    which browsers draw exactly as an RGBA one. One byte a pixel instead of four: a 512 px
+    heatmap encodes several times faster and is a fraction of the size, and 256 levels
+    are finer than a smooth Grad-CAM map's colours can show.
+    """
+    levels = np.rint(np.clip(cam, 0.0, 1.0) * 255).astype(np.uint8)
+    image = Image.fromarray(levels)
+    image.putpalette(_OVERLAY_PALETTE, rawmode="RGBA")
     buffer = io.BytesIO()
-    # Fastest zlib level: a smooth heatmap takes 12 ms per 224 px image at the default
-    # level and 2.8 ms at 1, for a file 30% larger (about 55 KB).
-    Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA").save(buffer, format="PNG", compress_level=1)
+    # Fastest zlib level: smooth maps compress well at any level, and the worker pays for each.
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
@@ -62,7 +78,7 @@ def overlay_png(gray: np.ndarray, cam: np.ndarray, opacity: float = 0.45) -> byt
     """The radiograph with the heatmap blended in, for reports and the CLI."""
     base = np.repeat(gray[..., None], 3, axis=2).astype(np.float64)
     weight = opacity * np.clip((cam - 0.15) / 0.85, 0, 1)[..., None]
-    blended = base * (1 - weight) + _colormap(cam).astype(np.float64) * weight
+    blended = base * (1 - weight) + colormap(cam).astype(np.float64) * weight
     buffer = io.BytesIO()
     Image.fromarray(blended.astype(np.uint8), mode="RGB").save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()

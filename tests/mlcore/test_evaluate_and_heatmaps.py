@@ -13,6 +13,7 @@ from PIL import Image
 
 from mlcore import registry
 from mlcore.engine import HEATMAP_MAX_SIDE
+from mlcore.gradcam import colormap, heatmap_rgba_png, overlay_alpha
 from mlcore.models import ModelVersion
 from mlcore.preprocessing import load_grayscale_file
 from tests.mlcore.helpers import SMALL_DATA, TINY_NAME
@@ -106,11 +107,25 @@ def test_gradcam_heatmaps_match_each_image(active_tiny):
         assert result.heatmap.max() <= 1.0
         assert result.heatmap.max() in (0.0, pytest.approx(1.0, abs=0.02))
         with Image.open(io.BytesIO(result.heatmap_png)) as overlay:
-            assert (overlay.format, overlay.mode, overlay.size) == ("PNG", "RGBA", (width, height))
+            assert (overlay.format, overlay.mode, overlay.size) == ("PNG", "P", (width, height))
+            assert "transparency" in overlay.info
         assert result.batch_size == 3
         assert result.model_version == TINY_NAME
         assert result.device == "cpu"
         assert result.label == ("pneumonia" if result.probability >= result.threshold else "normal")
+
+
+def test_heatmap_overlay_draws_the_colour_ramp_and_is_clear_where_the_network_did_not_look():
+    cam = np.linspace(0.0, 1.0, 200 * 300, dtype=np.float32).reshape(200, 300)
+
+    with Image.open(io.BytesIO(heatmap_rgba_png(cam))) as overlay:
+        drawn = np.asarray(overlay.convert("RGBA")).astype(int)
+
+    exact = np.dstack([colormap(cam), overlay_alpha(cam)]).astype(int)
+    # 256 palette levels: at most 2 of 255 away from the exact ramp, in colour and opacity.
+    assert np.abs(drawn - exact).max() <= 2
+    assert drawn[cam < 0.14, 3].max() == 0
+    assert drawn[-1, -1].tolist() == [230, 30, 20, 210]
 
 
 def test_heatmap_does_not_change_the_prediction(active_tiny):
