@@ -245,7 +245,7 @@ def _idle(url: str, key: str, images: list[Path], runs: int) -> dict:
         started = time.time()
         code = _post(url, key, image)
         latencies.append(_completed_at([code], 60)[code] - started)
-    return {"runs": runs, **_percentiles(latencies)}
+    return {"runs": runs, **_percentiles(latencies), "latencies_s": [round(value, 3) for value in latencies]}
 
 
 def _load(url: str, key: str, images: list[Path], clients: int) -> dict:
