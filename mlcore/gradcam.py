@@ -47,9 +47,14 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return np.stack(channels, axis=-1).astype(np.uint8)
 
 
+def _visibility(values: np.ndarray) -> np.ndarray:
+    """0 below 0.15 (where the network hardly looked), rising to 1 where it looked hardest."""
+    return np.clip((values - 0.15) / 0.85, 0, 1)
+
+
 def overlay_alpha(values: np.ndarray) -> np.ndarray:
-    """Clear below 0.15, then more opaque where the network looked harder (at most 210 of 255)."""
-    return (np.clip((values - 0.15) / 0.85, 0, 1) * 210).astype(np.uint8)
+    """The overlay's opacity: clear where the network hardly looked, at most 210 of 255."""
+    return (_visibility(values) * 210).astype(np.uint8)
 
 
 # The overlay's 256 levels, each with its colour and opacity: a palette PNG's entries.
@@ -77,7 +82,7 @@ def heatmap_rgba_png(cam: np.ndarray) -> bytes:
 def overlay_png(gray: np.ndarray, cam: np.ndarray, opacity: float = 0.45) -> bytes:
     """The radiograph with the heatmap blended in, for reports and the CLI."""
     base = np.repeat(gray[..., None], 3, axis=2).astype(np.float64)
-    weight = opacity * np.clip((cam - 0.15) / 0.85, 0, 1)[..., None]
+    weight = opacity * _visibility(cam)[..., None]
     blended = base * (1 - weight) + colormap(cam).astype(np.float64) * weight
     buffer = io.BytesIO()
     Image.fromarray(blended.astype(np.uint8), mode="RGB").save(buffer, format="PNG", optimize=True)
