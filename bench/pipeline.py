@@ -240,12 +240,28 @@ def _idle(url: str, key: str, images: list[Path], runs: int) -> dict:
     # and the first queries, which no steady-state upload does.
     warm_up = _post(url, key, images[-1])
     _completed_at([warm_up], 60)
-    latencies = []
+    runs_seen = []
     for image in images[:runs]:
         started = time.time()
         code = _post(url, key, image)
-        latencies.append(_completed_at([code], 60)[code] - started)
-    return {"runs": runs, **_percentiles(latencies), "latencies_s": [round(value, 3) for value in latencies]}
+        answered = time.time()
+        runs_seen.append(_idle_run(code, started, answered, _completed_at([code], 60)[code]))
+    latencies = [run["total_s"] for run in runs_seen]
+    slowest = sorted(runs_seen, key=lambda run: run["total_s"], reverse=True)[:3]
+    return {"runs": runs, **_percentiles(latencies), "latencies_s": latencies, "slowest": slowest}
+
+
+def _idle_run(code: str, started: float, answered: float, completed: float) -> dict:
+    """Where one idle study's time went: the upload's answer, waiting for the worker, the worker."""
+    from diagnostics.models import Study
+
+    queued_at, started_at = Study.objects.values_list("queued_at", "started_at").get(code=code)
+    return {
+        "total_s": round(completed - started, 3),
+        "upload_answered_s": round(answered - started, 3),
+        "waiting_for_worker_s": round(started_at.timestamp() - queued_at.timestamp(), 3),
+        "in_worker_s": round(completed - started_at.timestamp(), 3),
+    }
 
 
 def _load(url: str, key: str, images: list[Path], clients: int) -> dict:
