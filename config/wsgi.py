@@ -3,14 +3,30 @@ from __future__ import annotations
 import os
 
 from django.core.wsgi import get_wsgi_application
-from django.urls import get_resolver
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
 
 application = get_wsgi_application()
 
-# Import the URLconf and every view while the server starts, not on the first request
-# each web process serves: that request would pay for some 150 lazy imports (0.19 s
-# against 0.05 s after, on the 2-core VM; about 1.4 s per gunicorn process on the lent
-# GPU machine, where the first idle upload to each process took 1.36 to 1.61 s to answer).
-get_resolver().url_patterns  # noqa: B018 - the property does the importing
+
+def _import_what_requests_use() -> None:
+    """Do the importing of a first request while the server process starts.
+
+    Each gunicorn process (and each one that replaces it after `max_requests`) would
+    otherwise import the views, the Redis client and Celery's publishing code during its
+    first request: 0.2 s on the 2-core VM, and 1.36 to 1.61 s to answer the first idle
+    upload each process served on the lent GPU machine. Nothing here connects to the
+    database, the cache or the broker: connections are still made when first used.
+    """
+    import redis  # noqa: F401 - Django's Redis cache imports it on first use
+    from django.urls import get_resolver
+
+    from config.celery import app as celery_app
+
+    get_resolver().url_patterns  # noqa: B018 - the property imports the URLconf and every view
+    celery_app.backend  # noqa: B018 - the property imports the (disabled) result backend
+    with celery_app.connection_for_write() as connection:
+        connection.transport  # noqa: B018 - resolving the transport imports it; nothing connects
+
+
+_import_what_requests_use()
