@@ -59,7 +59,7 @@ class PredictionResult:
     latency_ms: float
     batch_size: int
     # float32 in [0, 1] with the input image's aspect ratio (long side at most
-    # HEATMAP_MAX_SIDE), and the same as a transparent RGBA PNG overlay: browsers
+    # HEATMAP_MAX_SIDE), and the same as a transparent palette PNG overlay: browsers
     # stretch it over the radiograph, so a larger one would only cost encoding time.
     heatmap: np.ndarray | None = None
     heatmap_png: bytes | None = None
