@@ -30,7 +30,6 @@ from diagnostics import metrics
 from diagnostics.models import Prediction, Study
 from hospital import audit
 from mlcore import registry
-from mlcore.engine import use_cpu_threads
 from mlcore.models import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -575,6 +574,8 @@ def cpu_threads_per_process(pool_processes: int) -> int:
 def warm_up(pool_processes: int = 1) -> None:
     """In a fresh pool process: take this process's share of the cores, and load the active
     model now (after fork) so the first study does not wait for it."""
+    from mlcore.engine import use_cpu_threads  # torch: only the worker needs it
+
     threads = cpu_threads_per_process(pool_processes)
     use_cpu_threads(threads)
     try:

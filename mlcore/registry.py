@@ -6,15 +6,19 @@ import json
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from hospital import audit
-from mlcore.engine import InferenceEngine, ModelSpec
 from mlcore.models import ModelVersion
-from mlcore.network import WeightsMismatchError, file_sha256
+
+# torch is imported where an engine is built, not here: web processes use the registry
+# (admin, health, the API) and never run the network.
+if TYPE_CHECKING:
+    from mlcore.engine import InferenceEngine, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,8 @@ def resolve_weights_path(version: ModelVersion) -> Path:
 
 
 def spec_for(version: ModelVersion) -> ModelSpec:
+    from mlcore.engine import ModelSpec
+
     return ModelSpec(
         name=version.name,
         architecture=version.architecture,
@@ -61,6 +67,8 @@ def register_from_dir(
     weights = Path(model_dir) / description["weights"]
     if not weights.is_file():
         raise RegistryError(f"weights file {weights} is missing")
+    from mlcore.network import file_sha256
+
     if file_sha256(weights) != description["weights_sha256"]:
         raise RegistryError(f"{weights} does not match the sha256 recorded in {description_path}")
     card_path = Path(model_dir) / "model_card.json"
@@ -122,6 +130,9 @@ class _EngineCache:
         with self._lock:
             engine = self._engines.get(key)
             if engine is None:
+                from mlcore.engine import InferenceEngine
+                from mlcore.network import WeightsMismatchError
+
                 try:
                     engine = InferenceEngine(spec_for(version), device=device)
                 except WeightsMismatchError as exc:
