@@ -374,12 +374,28 @@ def render(result: dict, command: str) -> str:
     )
 
 
+def service_arguments(parser: argparse.ArgumentParser, *, n_help: str, redis_db: int) -> None:
+    """The options both pipeline benches take: study count, services, model, --write."""
+    parser.add_argument("--n", type=int, default=64, help=n_help)
+    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
+    parser.add_argument("--redis-url", default=f"redis://127.0.0.1:6379/{redis_db}")
+    parser.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    parser.add_argument("--write", action="store_true", help="replace this benchmark's section of docs/benchmarks.md")
+
+
+def report(result: dict, args, module: str, section: str, render_section) -> None:
+    """Print the result; with --write, replace its section of docs/benchmarks.md."""
+    print(json.dumps(result, indent=2))
+    if args.write:
+        from bench.inference import write_section
+
+        command = f"python -m {module} " + " ".join(sys.argv[1:])
+        write_section(DOC, section, render_section(result, command))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=64, help="studies posted at once in the load phase")
-    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/3")
-    parser.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    service_arguments(parser, n_help="studies posted at once in the load phase", redis_db=3)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument(
         "--inference-cpus", default=None, help="comma-separated cores for the worker alone (e.g. 1); default: shared"
@@ -388,15 +404,9 @@ def main() -> None:
     parser.add_argument(
         "--worker-processes", type=int, default=1, help="Celery pool processes; they share the worker's cores"
     )
-    parser.add_argument("--write", action="store_true", help="replace this benchmark's section of docs/benchmarks.md")
     args = parser.parse_args()
     result = run(args)
-    print(json.dumps(result, indent=2))
-    if args.write:
-        from bench.inference import write_section
-
-        command = "python -m bench.pipeline " + " ".join(sys.argv[1:])
-        write_section(DOC, section_key(result), render(result, command))
+    report(result, args, "bench.pipeline", section_key(result), render)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ bench/pipeline.py pins the worker.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -159,20 +157,10 @@ def render(result: dict, command: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=64, help="studies uploaded, then drained by the worker")
+    end_to_end.service_arguments(parser, n_help="studies uploaded, then drained by the worker", redis_db=4)
     parser.add_argument("--cpus", default=None, help="comma-separated cores to run on (default: all)")
-    parser.add_argument("--database-url", default=end_to_end.DEFAULT_DATABASE_URL)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/4")
-    parser.add_argument("--model-dir", default=str(end_to_end.DEFAULT_MODEL_DIR))
-    parser.add_argument("--write", action="store_true", help="replace this benchmark's section of docs/benchmarks.md")
     args = parser.parse_args()
-    result = run(args)
-    print(json.dumps(result, indent=2))
-    if args.write:
-        from bench.inference import write_section
-
-        command = "python -m bench.pipeline_costs " + " ".join(sys.argv[1:])
-        write_section(end_to_end.DOC, "pipeline:costs", render(result, command))
+    end_to_end.report(run(args), args, "bench.pipeline_costs", "pipeline:costs", render)
 
 
 if __name__ == "__main__":
