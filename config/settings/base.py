@@ -80,8 +80,13 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # `make run` puts web, worker and beat on one file. Transactions take the write lock
     # when they begin and wait up to 20 s for it, instead of failing with "database is
-    # locked" when a read-then-write transaction meets another writer.
-    DATABASES["default"].setdefault("OPTIONS", {}).update({"transaction_mode": "IMMEDIATE", "timeout": 20})
+    # locked" when a read-then-write transaction meets another writer. Options in
+    # DATABASE_URL (`?timeout=1`) still win.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        **DATABASES["default"].get("OPTIONS", {}),
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
