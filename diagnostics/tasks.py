@@ -40,9 +40,13 @@ _pool_processes = 1
 
 
 @celeryd_after_setup.connect
-def _remember_pool_size(instance, **kwargs) -> None:
+def _prepare_pool(instance, **kwargs) -> None:
+    """In the worker's parent, before it forks the pool: note the pool's size, and import
+    torch once, so that every pool process inherits it rather than importing it again
+    (seconds each) after fork. Web processes never get here and never load torch."""
     global _pool_processes  # set once in the parent, inherited by the forked pool
     _pool_processes = int(instance.concurrency or 1)
+    import mlcore.engine  # noqa: F401 - importing torch initialises no CUDA context
 
 
 @worker_process_init.connect
