@@ -21,7 +21,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import F, Q
+from django.db.models import Case, F, Q, When
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
@@ -152,43 +152,36 @@ def _predict_batch(requested: list[int], claim: str) -> _BatchOutcome:
 
 
 def _claim(requested: list[int], claim: str) -> list[int]:
-    """One transaction: the requested studies, a dead worker's orphans, then the oldest waiting.
+    """One transaction, two queries: lock up to MAX_BATCH studies, then mark them ours.
 
-    Each group moves by one conditional update (queued, or already this message's), and
-    what the update won is read back by owner; a study another worker took first is
-    simply not ours. One commit for the whole batch instead of one per study.
+    First the requested studies still waiting, then a dead worker's orphans (studies of
+    this same message, redelivered), then the oldest waiting: their own messages find
+    them taken and do nothing. SKIP LOCKED lets concurrent workers take disjoint batches
+    instead of queueing behind one another's locks and coming away with nothing; SQLite
+    runs one writing transaction at a time, so there the lock is the transaction itself.
     """
     now = timezone.now()
     # Direct calls get an owner of their own, so what they won can be told apart too.
     owner = claim or f"direct-{uuid.uuid4().hex}"
+    claimable = Q(status=STATUS.QUEUED)
+    if claim:
+        claimable |= Q(status=STATUS.PROCESSING, claimed_by=claim)
     with transaction.atomic():
-        candidates = list(requested)
-        if claim:
-            # Studies of a dead worker that held this same message.
-            orphans = Study.objects.filter(status=STATUS.PROCESSING, claimed_by=claim).exclude(pk__in=candidates)
-            candidates += list(orphans.values_list("pk", flat=True)[:MAX_BATCH])
-        claimed = _claim_rows(candidates, now, owner)
-        if len(claimed) >= MAX_BATCH:
-            return claimed
-        # Drain: studies waiting behind this message join the batch, oldest first. Their own
-        # messages find them taken and do nothing.
-        waiting = (
-            Study.objects.filter(status=STATUS.QUEUED)
-            .exclude(pk__in=candidates)
-            .order_by(F("queued_at").asc(nulls_first=True), "pk")
-            .values_list("pk", flat=True)[: MAX_BATCH - len(claimed)]
+        pks = list(
+            Study.objects.filter(claimable)
+            .select_for_update(skip_locked=True)
+            .order_by(
+                Case(When(pk__in=requested, then=0), When(status=STATUS.PROCESSING, then=1), default=2),
+                F("queued_at").asc(nulls_first=True),
+                "pk",
+            )
+            .values_list("pk", flat=True)[:MAX_BATCH]
         )
-        return claimed + _claim_rows(list(waiting), now, owner)
-
-
-def _claim_rows(pks: list[int], now, owner: str) -> list[int]:
-    if not pks:
-        return []
-    Study.objects.filter(pk__in=pks).filter(
-        Q(status=STATUS.QUEUED) | Q(status=STATUS.PROCESSING, claimed_by=owner)
-    ).update(status=STATUS.PROCESSING, claimed_by=owner, started_at=now, updated_at=now)
-    won = set(Study.objects.filter(pk__in=pks, status=STATUS.PROCESSING, claimed_by=owner).values_list("pk", flat=True))
-    return [pk for pk in pks if pk in won]
+        if pks:
+            Study.objects.filter(pk__in=pks).update(
+                status=STATUS.PROCESSING, claimed_by=owner, started_at=now, updated_at=now
+            )
+    return pks
 
 
 def _release(study_ids: list[int]) -> None:
@@ -421,18 +414,17 @@ def _commit_alone(result: _Result) -> bool:
 
 
 def _complete(pks: list[int], now) -> set[int]:
-    """Complete the studies still open (one conditional update), and say which those were.
+    """Complete the studies still open, and say which those were.
 
-    The rows this update moved carry a one-off token until the end of the caller's
-    transaction: a study someone else completed first is not among them.
+    Called inside the storing transaction: the row locks hold until it commits, so a
+    study someone else completes meanwhile is either already excluded here or waits.
     """
-    token = f"completing-{uuid.uuid4().hex}"
-    Study.objects.filter(pk__in=pks, status__in=[STATUS.PROCESSING, STATUS.QUEUED]).update(
-        status=STATUS.COMPLETED, claimed_by=token, completed_at=now, failure_reason="", updated_at=now
-    )
-    completed = set(Study.objects.filter(pk__in=pks, claimed_by=token).values_list("pk", flat=True))
+    open_studies = Study.objects.filter(pk__in=pks, status__in=[STATUS.PROCESSING, STATUS.QUEUED])
+    completed = set(open_studies.select_for_update().values_list("pk", flat=True))
     if completed:
-        Study.objects.filter(pk__in=completed).update(claimed_by="")
+        Study.objects.filter(pk__in=completed).update(
+            status=STATUS.COMPLETED, claimed_by="", completed_at=now, failure_reason="", updated_at=now
+        )
     return completed
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from PIL import Image
@@ -130,6 +132,38 @@ def test_one_message_drains_a_backlog_in_batches_of_at_most_max_batch(hospital_a
 
     assert Study.objects.filter(status=COMPLETED).count() == 5
     assert list(Prediction.objects.order_by("pk").values_list("batch_size", flat=True)) == [2, 2, 2, 2, 1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_claims_take_disjoint_batches_without_waiting_for_each_other(hospital_a, tiny_model, monkeypatch):
+    if connection.vendor != "postgresql":
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI runs the suite on PostgreSQL")
+        pytest.skip("SKIP LOCKED is PostgreSQL's; SQLite runs one writing transaction at a time")
+    monkeypatch.setattr(pipeline, "MAX_BATCH", 2)
+    studies = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES]]
+    holding, release = threading.Event(), threading.Event()
+    first: list[int] = []
+
+    def first_worker_claims_and_holds_its_transaction():
+        try:
+            with transaction.atomic():
+                first.extend(pipeline._claim([], "message-1"))
+                holding.set()
+                release.wait(10)  # without SKIP LOCKED the other claim would block until here
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=first_worker_claims_and_holds_its_transaction)
+    thread.start()
+    assert holding.wait(10)
+    second = pipeline._claim([], "message-2")
+    release.set()
+    thread.join()
+
+    assert (first, second) == ([studies[0].pk, studies[1].pk], [studies[2].pk, studies[3].pk])
+    owners = dict(Study.objects.values_list("pk", "claimed_by"))
+    assert [owners[s.pk] for s in studies] == ["message-1", "message-1", "message-2", "message-2"]
 
 
 def test_a_batch_costs_the_same_queries_whatever_its_size(hospital_a, tiny_model):
