@@ -218,15 +218,31 @@ def _worker_model_time(codes: list[str], seconds: float) -> dict:
     """
     from diagnostics.models import Prediction
 
-    rows = list(Prediction.objects.filter(study__code__in=codes).values_list("batch_size", "latency_ms"))
+    predictions = Prediction.objects.filter(study__code__in=codes)
+    rows = list(predictions.values_list("batch_size", "latency_ms"))
     model_s = sum(latency_ms / size for size, latency_ms in rows) / 1000
     batches = sum(1 / size for size, _ in rows)
+    busy_s = _covered_seconds(predictions.values_list("study__started_at", "study__completed_at"))
     return {
         "batches": round(batches),
         "mean_batch_size": round(len(rows) / batches, 2) if batches else 0,
         "model_s": round(model_s, 2),
         "model_share": round(model_s / seconds, 2),
+        # Share of the load phase in which some study was being predicted: well below 1,
+        # the worker waited for uploads; near 1, the worker was the bottleneck.
+        "worker_busy_share": round(busy_s / seconds, 2),
     }
+
+
+def _covered_seconds(intervals) -> float:
+    """Length of the union of (start, end) datetime intervals."""
+    covered, reach = 0.0, None
+    for start, end in sorted((s.timestamp(), e.timestamp()) for s, e in intervals if s and e):
+        if reach is None or start > reach:
+            covered, reach = covered + end - start, end
+        elif end > reach:
+            covered, reach = covered + end - reach, end
+    return covered
 
 
 def _percentiles(values: list[float]) -> dict:
@@ -367,6 +383,7 @@ def render(result: dict, command: str) -> str:
             f"| load: worker batches, mean size | {load['batches']}, {load['mean_batch_size']} |",
             f"| load: worker time in the model (share of the load phase) "
             f"| {load['model_s']} s ({load['model_share']}) |",
+            f"| load: share of the load phase with a batch in the worker | {load['worker_busy_share']} |",
             f"| raw batched model throughput on the worker's CPUs (batch {result['raw_batch_size']}, "
             f"Grad-CAM, {result['raw_torch_threads']} torch threads) | {result['raw_batched_images_per_s']} images/s |",
             f"| end-to-end / raw | {result['ratio_to_raw']} |",
