@@ -13,7 +13,6 @@ import os
 import random
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -113,116 +112,43 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
     """Claim these studies (and others waiting, up to MAX_BATCH), predict, store; while
     full batches keep coming, go on with the backlog for up to PIPELINE_DRAIN_SECONDS.
 
-    Draining in the same task spares each batch a round trip through the broker. With
-    PIPELINE_OVERLAP, while the model thread works on one batch this thread stores the
-    one before and claims and decodes the one after, so a GPU does not wait for the
-    database. `claim` identifies the message (the Celery task id): a
-    redelivery of the same message, after its worker died, takes over the studies that
-    worker had claimed. Returns the ids completed by this call. Raises
-    TransientPipelineError after putting every batch it holds back in the queue.
+    Draining in the same task spares each batch a round trip through the broker, so a
+    busy worker goes from one batch straight to the next. `claim` identifies the message
+    (the Celery task id): a redelivery of the same message, after its worker died, takes
+    over the studies that worker had claimed. Returns the ids completed by this call.
+    Raises TransientPipelineError after putting its current batch back in the queue.
     """
     requested = list(dict.fromkeys(int(pk) for pk in study_ids))
     deadline = time.monotonic() + settings.PIPELINE_DRAIN_SECONDS
     done: list[int] = []
-    held: list[int] = []  # claimed by this call and not stored yet
+    while True:
+        claimed = _predict_batch(requested, claim)
+        done += claimed.completed
+        # A batch that was not full emptied the queue; past the deadline, the next
+        # message (or another worker) takes over.
+        if claimed.size < MAX_BATCH or time.monotonic() >= deadline:
+            return done
+        requested = []
+
+
+@dataclass(frozen=True)
+class _BatchOutcome:
+    size: int
+    completed: list[int]
+
+
+def _predict_batch(requested: list[int], claim: str) -> _BatchOutcome:
     try:
-        batch = _start_batch(requested, claim, held)
-        while batch is not None:
-            # A batch that was not full emptied the queue; past the deadline, the next
-            # message (or another worker) takes over.
-            more = len(batch.claimed) >= MAX_BATCH and time.monotonic() < deadline
-            following = _start_batch([], claim, held) if more and batch.overlaps else None
-            done += _finish_batch(batch)
-            held = [pk for pk in held if pk not in batch.claimed]
-            if more and not batch.overlaps:
-                following = _start_batch([], claim, held)
-            batch = following
+        claimed = _claim(requested, claim)
+    except TRANSIENT_ERRORS as exc:
+        raise TransientPipelineError(requested, exc) from exc
+    if not claimed:
+        return _BatchOutcome(0, [])
+    try:
+        return _BatchOutcome(len(claimed), _predict_claimed(claimed))
     except (*TRANSIENT_ERRORS, ModelUnavailable) as exc:
-        _release(held)
-        raise TransientPipelineError(held or requested, exc) from exc
-    return done
-
-
-@dataclass(eq=False)
-class _Batch:
-    """Claimed studies on their way through the model: what is reused, computed, copied."""
-
-    claimed: list[int]
-    version: ModelVersion
-    reused: list[_Result]
-    ready: list[Study]  # decoded, in the model thread's hands
-    grays: list[np.ndarray]
-    duplicates: list[Study]  # the same pixels as a study earlier in this batch
-    model_outputs: Future
-    overlaps: bool  # the next batch may be prepared while the model works on this one
-
-
-def _start_batch(requested: list[int], claim: str, held: list[int]) -> _Batch | None:
-    """Claim a batch (noted in `held`), decode it, hand it to the model thread; None if
-    nothing waits."""
-    claimed = _claim(requested, claim)
-    held += claimed
-    return _prepare(claimed) if claimed else None
-
-
-def _prepare(claimed: list[int]) -> _Batch:
-    studies = list(
-        Study.objects.filter(pk__in=claimed, status=STATUS.PROCESSING)
-        .select_related("hospital")
-        .order_by(F("queued_at").asc(nulls_first=True), "pk")
-    )
-    for study in studies:
-        if study.queued_at and study.started_at:
-            metrics.QUEUE_WAIT.observe(max(0.0, (study.started_at - study.queued_at).total_seconds()))
-    version, engine = _active_engine()
-    earlier = _reusable_predictions(studies, version)
-    reused: list[_Result] = []
-    to_compute: list[Study] = []
-    duplicates: list[Study] = []
-    seen: set[tuple[int, str]] = set()
-    for study in studies:
-        key = (study.hospital_id, study.pixel_sha256)
-        if study.pixel_sha256 and key in earlier:
-            reused.append(_reused(study, earlier[key]))
-        elif study.pixel_sha256 and key in seen:
-            duplicates.append(study)  # same pixels earlier in this batch: computed once
-        else:
-            seen.add(key)
-            to_compute.append(study)
-    ready, grays = _decode_all(to_compute)
-    outputs = _model_thread().submit(_run_model, engine, grays)
-    return _Batch(claimed, version, reused, ready, grays, duplicates, outputs, overlaps=_overlaps(engine))
-
-
-def _overlaps(engine) -> bool:
-    if settings.PIPELINE_OVERLAP == "auto":
-        return engine.device.type == "cuda"
-    return settings.PIPELINE_OVERLAP == "on"
-
-
-def _finish_batch(batch: _Batch) -> list[int]:
-    """Wait for the model's outputs, then store the batch."""
-    results = list(batch.reused)
-    for study, output in zip(batch.ready, batch.model_outputs.result(), strict=True):
-        if isinstance(output, Exception):
-            _fail(study, metrics.REASON_INFERENCE_ERROR, INFERENCE_ERROR_MESSAGE)
-        else:
-            results.append(_computed(study, batch.version, output))
-    done = _store_all(results)
-    done += _store_duplicates(batch.duplicates, batch.version)
-    _run_shadow(batch.ready, batch.grays)
-    return done
-
-
-_model_executor: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def _model_thread() -> ThreadPoolExecutor:
-    """This process's one model thread, started on first use (after a worker forks)."""
-    global _model_executor  # one per process: a forked child must not reuse its parent's
-    if _model_executor is None or _model_executor[0] != os.getpid():
-        _model_executor = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="pleura-model"))
-    return _model_executor[1]
+        _release(claimed)
+        raise TransientPipelineError(claimed, exc) from exc
 
 
 def _claim(requested: list[int], claim: str) -> list[int]:
@@ -266,6 +192,42 @@ def _release(study_ids: list[int]) -> None:
         )
     except DatabaseError:
         log.warning("could not release %d claimed studies; the sweeper will re-queue them", len(study_ids))
+
+
+def _predict_claimed(claimed: list[int]) -> list[int]:
+    studies = list(
+        Study.objects.filter(pk__in=claimed, status=STATUS.PROCESSING)
+        .select_related("hospital")
+        .order_by(F("queued_at").asc(nulls_first=True), "pk")
+    )
+    for study in studies:
+        if study.queued_at and study.started_at:
+            metrics.QUEUE_WAIT.observe(max(0.0, (study.started_at - study.queued_at).total_seconds()))
+    version, engine = _active_engine()
+    earlier = _reusable_predictions(studies, version)
+    results: list[_Result] = []
+    to_compute: list[Study] = []
+    duplicates: list[Study] = []
+    seen: set[tuple[int, str]] = set()
+    for study in studies:
+        key = (study.hospital_id, study.pixel_sha256)
+        if study.pixel_sha256 and key in earlier:
+            results.append(_reused(study, earlier[key]))
+        elif study.pixel_sha256 and key in seen:
+            duplicates.append(study)  # same pixels earlier in this batch: computed once
+        else:
+            seen.add(key)
+            to_compute.append(study)
+    ready, grays = _decode_all(to_compute)
+    for study, result in zip(ready, _run_model(engine, grays), strict=True):
+        if isinstance(result, Exception):
+            _fail(study, metrics.REASON_INFERENCE_ERROR, INFERENCE_ERROR_MESSAGE)
+        else:
+            results.append(_computed(study, version, result))
+    done = _store_all(results)
+    done += _store_duplicates(duplicates, version)
+    _run_shadow(ready, grays)
+    return done
 
 
 def _store_duplicates(duplicates: list[Study], version: ModelVersion) -> list[int]:

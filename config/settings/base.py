@@ -216,10 +216,6 @@ PIPELINE_MAX_BATCH = env_int("PIPELINE_MAX_BATCH", 8)
 # How long one message may go on predicting full batches from a backlog (well under the
 # task's soft time limit); then the next message takes over.
 PIPELINE_DRAIN_SECONDS = env_int("PIPELINE_DRAIN_SECONDS", 30)
-# Whether a worker claims, decodes and stores batches while its model thread predicts
-# another: "auto" does on CUDA, where the model mostly waits for the GPU; on the CPU the
-# model's threads already use every core the worker has, and a busy neighbour slows them.
-PIPELINE_OVERLAP = env_str("PIPELINE_OVERLAP", "auto")
 PIPELINE_STUCK_SECONDS = env_int("PIPELINE_STUCK_SECONDS", 300)
 PIPELINE_MAX_ATTEMPTS = env_int("PIPELINE_MAX_ATTEMPTS", 3)
 PIPELINE_SWEEP_SECONDS = env_int("PIPELINE_SWEEP_SECONDS", 60)

@@ -15,7 +15,6 @@ from PIL import Image
 from diagnostics import pipeline
 from diagnostics.models import Prediction, Study
 from hospital.models import AuditEvent
-from mlcore import registry
 from mlcore.models import ModelVersion
 from tests.pipeline.conftest import (
     INFERENCE_DEVICE,
@@ -165,43 +164,6 @@ def test_concurrent_claims_take_disjoint_batches_without_waiting_for_each_other(
     assert (first, second) == ([studies[0].pk, studies[1].pk], [studies[2].pk, studies[3].pk])
     owners = dict(Study.objects.values_list("pk", "claimed_by"))
     assert [owners[s.pk] for s in studies] == ["message-1", "message-1", "message-2", "message-2"]
-
-
-@pytest.mark.parametrize(
-    ("overlap", "expected"), [("on", True), ("off", False), ("auto", INFERENCE_DEVICE.startswith("cuda"))]
-)
-def test_the_next_batch_is_claimed_while_the_model_works_on_this_one_where_overlap_is_on(
-    hospital_a, tiny_model, monkeypatch, settings, overlap, expected
-):
-    settings.PIPELINE_OVERLAP = overlap
-    monkeypatch.setattr(pipeline, "MAX_BATCH", 2)
-    studies = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES]]
-    claims: list[list[int]] = []
-    second_claim_made = threading.Event()
-    real_claim = pipeline._claim
-
-    def noted_claim(requested, claim):
-        claims.append(real_claim(requested, claim))
-        if len(claims) == 2:
-            second_claim_made.set()
-        return claims[-1]
-
-    engine = registry.get_active_engine()[1]
-    real_predict = engine.predict
-    overlapped: list[bool] = []
-
-    def predict_once_the_next_claim_is_made(grays, **kwargs):
-        if not overlapped:  # the first batch: without overlap the second claim comes after it
-            overlapped.append(second_claim_made.wait(10 if expected else 1))
-        return real_predict(grays, **kwargs)
-
-    monkeypatch.setattr(pipeline, "_claim", noted_claim)
-    monkeypatch.setattr(engine, "predict", predict_once_the_next_claim_is_made)
-
-    assert pipeline.predict_studies([studies[0].pk]) == [s.pk for s in studies]
-
-    assert overlapped == [expected]
-    assert claims == [[studies[0].pk, studies[1].pk], [studies[2].pk, studies[3].pk], []]
 
 
 def test_a_batch_costs_the_same_queries_whatever_its_size(hospital_a, tiny_model):
