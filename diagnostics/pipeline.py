@@ -328,28 +328,35 @@ def _computed(study: Study, version: ModelVersion, result) -> _Result:
 
 def _reusable_predictions(studies: list[Study], version: ModelVersion) -> dict[tuple[int, str], Prediction]:
     """Earlier predictions of identical pixels, same hospital, same model version, by
-    (hospital id, pixel sha256): one query for the whole batch, a second only on a match."""
+    (hospital id, pixel sha256).
+
+    Looked up from the studies' side, on their (hospital, pixel_sha256) index: one query
+    that almost always finds nothing, a second only on a match. Joining from predictions
+    instead let PostgreSQL, with statistics not yet gathered (a new database, a new
+    hospital), compare every prediction of the version with every study of the hospital.
+    """
     hashes = {study.pixel_sha256 for study in studies if study.pixel_sha256}
     if not hashes:
         return {}
-    # Keys first (cheap, and almost always empty), whole rows only for what matches.
-    matches = (
-        Prediction.objects.shown()
-        .filter(model_version=version, reused_from__isnull=True)
-        .filter(study__hospital_id__in={study.hospital_id for study in studies}, study__pixel_sha256__in=hashes)
-        .exclude(study_id__in=[study.pk for study in studies])
-        .order_by("created_at", "pk")
-        .values_list("study__hospital_id", "study__pixel_sha256", "pk")
-    )
-    first: dict[tuple[int, str], int] = {}
-    for hospital_id, pixel_sha256, pk in matches:
-        first.setdefault((hospital_id, pixel_sha256), pk)
-    if not first:
+    twins = {
+        pk: (hospital_id, pixel_sha256)
+        for pk, hospital_id, pixel_sha256 in Study.objects.filter(
+            hospital_id__in={study.hospital_id for study in studies}, pixel_sha256__in=hashes
+        )
+        .exclude(pk__in=[study.pk for study in studies])
+        .values_list("pk", "hospital_id", "pixel_sha256")
+    }
+    if not twins:
         return {}
-    sources = Prediction.objects.in_bulk(first.values())
-    for source in sources.values():
+    earliest: dict[tuple[int, str], Prediction] = {}
+    for source in (
+        Prediction.objects.shown()
+        .filter(model_version=version, reused_from__isnull=True, study_id__in=twins)
+        .order_by("created_at", "pk")
+    ):
         source.model_version = version
-    return {key: sources[pk] for key, pk in first.items()}
+        earliest.setdefault(twins[source.study_id], source)
+    return earliest
 
 
 def _reused(study: Study, source: Prediction) -> _Result:
