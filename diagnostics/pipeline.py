@@ -571,8 +571,10 @@ def cpu_threads_per_process(pool_processes: int) -> int:
 
 
 def warm_up(pool_processes: int = 1) -> None:
-    """In a fresh pool process: take this process's share of the cores, and load the active
-    model now (after fork) so the first study does not wait for it."""
+    """In a fresh pool process: take this process's share of the cores, load the active
+    model now (after fork) and run it once on a blank image, so the first study waits
+    for neither the weights nor the lazy set-up of the first forward and backward pass
+    (CUDA kernels, cuDNN plans, CPU kernel caches)."""
     from mlcore.engine import use_cpu_threads  # torch: only the worker needs it
 
     threads = cpu_threads_per_process(pool_processes)
@@ -582,4 +584,5 @@ def warm_up(pool_processes: int = 1) -> None:
     except (registry.RegistryError, DatabaseError) as exc:
         log.warning("model not preloaded (%s); it will load with the first study", exc)
         return
+    engine.predict([np.zeros((engine.spec.image_size, engine.spec.image_size), dtype=np.uint8)])
     log.info("inference worker ready: model %s on %s, %d CPU threads", version.name, engine.device, threads)
