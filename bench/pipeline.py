@@ -154,6 +154,20 @@ def _start_services(env: dict, port: int, workdir: Path, layout: dict) -> list[s
     ]
 
 
+def _stop(services: list[subprocess.Popen], grace: float = 30) -> None:
+    """Ask the services to stop; kill the ones still running after `grace` seconds, so a
+    worker slow to shut down never costs the figures already measured."""
+    for process in services:
+        process.terminate()
+    for process in services:
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            print(f"{process.args[2]} still running {grace:.0f} s after SIGTERM: killed", file=sys.stderr)
+            process.kill()
+            process.wait()
+
+
 def _layout(inference_cpus: str | None, web_workers: int, worker_processes: int) -> dict:
     """Which cores the web server and the worker may use, and how many processes each runs."""
     everywhere = os.sched_getaffinity(0)
@@ -324,10 +338,7 @@ def run(args) -> dict:
         # Two connections per gunicorn process, as an EMR's interface engine would keep open.
         load = _load(url, key, images[: args.n], clients=2 * args.web_workers)
     finally:
-        for process in services:
-            process.terminate()
-        for process in services:
-            process.wait(30)
+        _stop(services)
     return {
         "model": version.name if model_dir else "random-initialised resnet18, 224 px",
         "layout": layout["name"],
