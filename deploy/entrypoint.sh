@@ -39,8 +39,12 @@ case "$command" in
         worker "${CELERY_QUEUES:-celery,inference}" cpu
         ;;
     worker-gpu)
-        # GPU machines take only inference; one process per GPU holds the model once.
-        CELERY_CONCURRENCY="${CELERY_CONCURRENCY:-1}" worker "${CELERY_QUEUES:-inference}" gpu
+        # GPU machines take only inference. The worker's Python (claims, decoding, storing,
+        # kernel launches) is the bottleneck, not the GPU: four processes of one torch
+        # thread each, sharing one GPU, outran one process on the same four cores
+        # (docs/benchmarks.md). Give the container as many cores as processes.
+        CELERY_CONCURRENCY="${CELERY_CONCURRENCY:-4}" INFERENCE_THREADS="${INFERENCE_THREADS:-1}" \
+            worker "${CELERY_QUEUES:-inference}" gpu
         ;;
     beat)
         # Exactly one beat per deployment (compose: one service; k8s: replicas 1, Recreate).
