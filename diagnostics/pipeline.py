@@ -584,5 +584,8 @@ def warm_up(pool_processes: int = 1) -> None:
     except (registry.RegistryError, DatabaseError) as exc:
         log.warning("model not preloaded (%s); it will load with the first study", exc)
         return
-    engine.predict([np.zeros((engine.spec.image_size, engine.spec.image_size), dtype=np.uint8)])
+    try:
+        engine.predict([np.zeros((engine.spec.image_size, engine.spec.image_size), dtype=np.uint8)])
+    except Exception:  # a warm-up must never keep a worker from starting: the first study retries
+        log.exception("model %s loaded, but its warm-up pass failed", version.name)
     log.info("inference worker ready: model %s on %s, %d CPU threads", version.name, engine.device, threads)

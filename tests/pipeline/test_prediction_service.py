@@ -15,6 +15,7 @@ from PIL import Image
 from diagnostics import pipeline
 from diagnostics.models import Prediction, Study
 from hospital.models import AuditEvent
+from mlcore import registry
 from mlcore.models import ModelVersion
 from tests.pipeline.conftest import (
     INFERENCE_DEVICE,
@@ -356,3 +357,28 @@ def test_enqueue_never_raises_when_the_broker_is_unreachable(hospital_a, monkeyp
     assert Study.objects.get(pk=study.pk).status == QUEUED
     assert "broker unreachable, 1 studies stay queued for the sweeper" in caplog.text
     assert "MRN-4242" not in caplog.text and "Doe" not in caplog.text
+
+
+def test_warm_up_runs_the_model_once_on_a_blank_image_of_its_input_size(tiny_model, monkeypatch):
+    engine = registry.get_active_engine()[1]
+    real_predict, seen = engine.predict, []
+    monkeypatch.setattr(engine, "predict", lambda grays, **kw: seen.append(grays) or real_predict(grays, **kw))
+
+    pipeline.warm_up(pool_processes=1)
+
+    assert [[(gray.shape, gray.dtype.name, int(gray.max())) for gray in grays] for grays in seen] == [
+        [((64, 64), "uint8", 0)]
+    ]
+
+
+def test_a_failing_warm_up_pass_still_lets_the_worker_start(tiny_model, monkeypatch, caplog):
+    def out_of_memory(grays, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(registry.get_active_engine()[1], "predict", out_of_memory)
+    caplog.set_level("INFO", logger="diagnostics.pipeline")
+
+    pipeline.warm_up(pool_processes=1)
+
+    assert f"model {tiny_model.name} loaded, but its warm-up pass failed" in caplog.text
+    assert f"inference worker ready: model {tiny_model.name}" in caplog.text
