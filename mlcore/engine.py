@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from mlcore.calibration import calibrated_probability
-from mlcore.gradcam import cam_to_size, forward_with_cam, heatmap_rgba_png
+from mlcore.gradcam import cam_to_size, forward_with_cam, heatmap_overlay_png
 from mlcore.network import build_network, load_weights
 from mlcore.preprocessing import to_model_input
 
@@ -129,7 +129,7 @@ class InferenceEngine:
                 latency_ms=latency_ms,
                 batch_size=len(grays),
                 heatmap=heatmap,
-                heatmap_png=heatmap_rgba_png(heatmap) if heatmap is not None else None,
+                heatmap_png=heatmap_overlay_png(heatmap) if heatmap is not None else None,
             )
             for probability, heatmap in zip(probabilities, heatmaps, strict=True)
         ]

@@ -62,7 +62,7 @@ _LEVELS = np.linspace(0.0, 1.0, 256)
 _OVERLAY_PALETTE = np.column_stack([colormap(_LEVELS), overlay_alpha(_LEVELS)]).astype(np.uint8).tobytes()
 
 
-def heatmap_rgba_png(cam: np.ndarray) -> bytes:
+def heatmap_overlay_png(cam: np.ndarray) -> bytes:
     """A transparent overlay: colour where the network looked, clear elsewhere.
 
     Written as a 256-level palette PNG whose palette carries the opacity (a tRNS chunk),

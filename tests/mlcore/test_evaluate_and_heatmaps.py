@@ -13,7 +13,7 @@ from PIL import Image
 
 from mlcore import registry
 from mlcore.engine import HEATMAP_MAX_SIDE
-from mlcore.gradcam import colormap, heatmap_rgba_png, overlay_alpha
+from mlcore.gradcam import colormap, heatmap_overlay_png, overlay_alpha
 from mlcore.models import ModelVersion
 from mlcore.preprocessing import load_grayscale_file
 from tests.mlcore.helpers import SMALL_DATA, TINY_NAME
@@ -118,7 +118,7 @@ def test_gradcam_heatmaps_match_each_image(active_tiny):
 def test_heatmap_overlay_draws_the_colour_ramp_and_is_clear_where_the_network_did_not_look():
     cam = np.linspace(0.0, 1.0, 200 * 300, dtype=np.float32).reshape(200, 300)
 
-    with Image.open(io.BytesIO(heatmap_rgba_png(cam))) as overlay:
+    with Image.open(io.BytesIO(heatmap_overlay_png(cam))) as overlay:
         drawn = np.asarray(overlay.convert("RGBA")).astype(int)
 
     exact = np.dstack([colormap(cam), overlay_alpha(cam)]).astype(int)
