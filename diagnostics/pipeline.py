@@ -156,7 +156,7 @@ def _claim(requested: list[int], claim: str) -> list[int]:
 
     First the requested studies still waiting, then a dead worker's orphans (studies of
     this same message, redelivered), then the oldest waiting: their own messages find
-    them taken and do nothing. SKIP LOCKED lets concurrent workers take disjoint batches
+    them taken. SKIP LOCKED lets concurrent workers take disjoint batches
     instead of queueing behind one another's locks and coming away with nothing; SQLite
     runs one writing transaction at a time, so there the lock is the transaction itself.
     """
@@ -384,8 +384,8 @@ def _reused(study: Study, source: Prediction) -> _Result:
 def _store_all(results: list[_Result]) -> list[int]:
     """Save the predictions and complete their studies in one transaction.
 
-    Returns the ids completed. A study someone else finished meanwhile is skipped by its
-    conditional update; if the batch trips a constraint, each is stored on its own.
+    Returns the ids completed. A study someone else finished meanwhile is skipped (see
+    `_complete`); if the batch trips a constraint, each is stored on its own.
     """
     if not results:
         return []
@@ -427,7 +427,8 @@ def _complete(pks: list[int], now) -> set[int]:
     study someone else completes meanwhile is either already excluded here or waits.
     """
     open_studies = Study.objects.filter(pk__in=pks, status__in=[STATUS.PROCESSING, STATUS.QUEUED])
-    completed = set(open_studies.select_for_update().values_list("pk", flat=True))
+    # Locked in pk order, so two workers completing overlapping studies never deadlock.
+    completed = set(open_studies.select_for_update().order_by("pk").values_list("pk", flat=True))
     if completed:
         Study.objects.filter(pk__in=completed).update(
             status=STATUS.COMPLETED, claimed_by="", completed_at=now, failure_reason="", updated_at=now
