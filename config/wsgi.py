@@ -15,8 +15,9 @@ def _import_what_requests_use() -> None:
     Each gunicorn process (and each one that replaces it after `max_requests`) would
     otherwise import the views, the Redis client (when the cache is Redis) and Celery's
     publishing code during its first request: 0.2 s on the 2-core VM, and 1.36 to 1.61 s
-    to answer the first idle upload each process served on the lent GPU machine. Nothing here connects to the
-    database, the cache or the broker: connections are still made when first used.
+    to answer the first idle upload each process served on the lent GPU machine. Nothing
+    here connects to the database, the cache or the broker: connections are still made
+    when first used.
     """
     from django.conf import settings
     from django.urls import get_resolver
