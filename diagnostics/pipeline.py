@@ -20,8 +20,8 @@ import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import Case, F, Q, When
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
+from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, When
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
@@ -152,13 +152,13 @@ def _predict_batch(requested: list[int], claim: str) -> _BatchOutcome:
 
 
 def _claim(requested: list[int], claim: str) -> list[int]:
-    """One transaction, two queries: lock up to MAX_BATCH studies, then mark them ours.
+    """Take up to MAX_BATCH studies, mark them ours and return their pks: one statement.
 
     First the requested studies still waiting, then a dead worker's orphans (studies of
     this same message, redelivered), then the oldest waiting: their own messages find
-    them taken. SKIP LOCKED lets concurrent workers take disjoint batches
-    instead of queueing behind one another's locks and coming away with nothing; SQLite
-    runs one writing transaction at a time, so there the lock is the transaction itself.
+    them taken. SKIP LOCKED lets concurrent workers take disjoint batches instead of
+    queueing behind one another's locks and coming away with nothing; SQLite runs one
+    writing transaction at a time, so there the statement itself is the lock.
     """
     now = timezone.now()
     # Direct calls get an owner of their own, so what they won can be told apart too.
@@ -166,22 +166,38 @@ def _claim(requested: list[int], claim: str) -> list[int]:
     claimable = Q(status=STATUS.QUEUED)
     if claim:
         claimable |= Q(status=STATUS.PROCESSING, claimed_by=claim)
-    with transaction.atomic():
-        pks = list(
-            Study.objects.filter(claimable)
-            .select_for_update(skip_locked=True)
-            .order_by(
-                Case(When(pk__in=requested, then=0), When(status=STATUS.PROCESSING, then=1), default=2),
-                F("queued_at").asc(nulls_first=True),
-                "pk",
-            )
-            .values_list("pk", flat=True)[:MAX_BATCH]
+    batch = Study.objects.filter(claimable).order_by(
+        Case(When(pk__in=requested, then=0), When(status=STATUS.PROCESSING, then=1), default=2),
+        F("queued_at").asc(nulls_first=True),
+        "pk",
+    )[:MAX_BATCH]
+    return _update_returning_pks(
+        batch, "FOR UPDATE SKIP LOCKED", status=STATUS.PROCESSING, claimed_by=owner, started_at=now, updated_at=now
+    )
+
+
+def _update_returning_pks(rows: QuerySet, lock: str, **values) -> list[int]:
+    """UPDATE the studies `rows` selects, locking them with `lock` where the database
+    has row locks, and return their pks (sorted): one statement, one round trip.
+
+    The ORM would take a transaction and two queries (a locked select, then an update),
+    four round trips with BEGIN and COMMIT; the worker makes one such change per batch
+    on each side of the model, and on a loaded machine each round trip costs about a
+    millisecond. PostgreSQL and SQLite (3.35+) both return the rows an UPDATE touched.
+    """
+    selected, params = rows.values("pk").query.sql_with_params()
+    if connection.features.has_select_for_update:
+        selected = f"{selected} {lock}"
+    fields = [Study._meta.get_field(name) for name in values]
+    assignments = ", ".join(f"{connection.ops.quote_name(field.column)} = %s" for field in fields)
+    table, pk = connection.ops.quote_name(Study._meta.db_table), connection.ops.quote_name(Study._meta.pk.column)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            # Only quoted names and the ORM's own SQL are formatted in; every value is a parameter.
+            f"UPDATE {table} SET {assignments} WHERE {pk} IN ({selected}) RETURNING {pk}",  # noqa: S608
+            [field.get_db_prep_save(values[field.name], connection) for field in fields] + list(params),
         )
-        if pks:
-            Study.objects.filter(pk__in=pks).update(
-                status=STATUS.PROCESSING, claimed_by=owner, started_at=now, updated_at=now
-            )
-    return pks
+        return sorted(row[0] for row in cursor.fetchall())
 
 
 def _release(study_ids: list[int]) -> None:
@@ -195,16 +211,20 @@ def _release(study_ids: list[int]) -> None:
 
 
 def _predict_claimed(claimed: list[int]) -> list[int]:
+    # Whether each study has a twin (same hospital, same pixels) comes with it, so the
+    # reuse lookup runs only for the few that do.
+    twins = Study.objects.filter(hospital_id=OuterRef("hospital_id"), pixel_sha256=OuterRef("pixel_sha256"))
     studies = list(
         Study.objects.filter(pk__in=claimed, status=STATUS.PROCESSING)
         .select_related("hospital")
+        .annotate(has_twin=Exists(twins.exclude(pk=OuterRef("pk"))))
         .order_by(F("queued_at").asc(nulls_first=True), "pk")
     )
     for study in studies:
         if study.queued_at and study.started_at:
             metrics.QUEUE_WAIT.observe(max(0.0, (study.started_at - study.queued_at).total_seconds()))
-    version, engine = _active_engine()
-    earlier = _reusable_predictions(studies, version)
+    version, engine, shadow = _serving_engine()
+    earlier = _reusable_predictions([study for study in studies if study.has_twin], version)
     results: list[_Result] = []
     to_compute: list[Study] = []
     duplicates: list[Study] = []
@@ -226,7 +246,7 @@ def _predict_claimed(claimed: list[int]) -> list[int]:
             results.append(_computed(study, version, result))
     done = _store_all(results)
     done += _store_duplicates(duplicates, version)
-    _run_shadow(ready, grays)
+    _run_shadow(shadow, ready, grays)
     return done
 
 
@@ -246,9 +266,9 @@ def _store_duplicates(duplicates: list[Study], version: ModelVersion) -> list[in
     return _store_all(results)
 
 
-def _active_engine():
+def _serving_engine():
     try:
-        return registry.get_active_engine()
+        return registry.get_serving_engine()
     except registry.RegistryError as exc:
         metrics.record_failure(metrics.REASON_MODEL_UNAVAILABLE)
         log.error("no usable model: %s", exc)
@@ -330,8 +350,9 @@ def _reusable_predictions(studies: list[Study], version: ModelVersion) -> dict[t
     """Earlier predictions of identical pixels, same hospital, same model version, by
     (hospital id, pixel sha256).
 
-    Looked up from the studies' side, on their (hospital, pixel_sha256) index: one query
-    that almost always finds nothing, a second only on a match. Joining from predictions
+    Looked up from the studies' side, on their (hospital, pixel_sha256) index, for
+    studies known to have a twin: the batch's own query says which (`has_twin`), so
+    most batches skip this. Joining from predictions
     instead let PostgreSQL, with statistics not yet gathered (a new database, a new
     hospital), compare every prediction of the version with every study of the hospital.
     """
@@ -428,12 +449,17 @@ def _complete(pks: list[int], now) -> set[int]:
     """
     open_studies = Study.objects.filter(pk__in=pks, status__in=[STATUS.PROCESSING, STATUS.QUEUED])
     # Locked in pk order, so two workers completing overlapping studies never deadlock.
-    completed = set(open_studies.select_for_update().order_by("pk").values_list("pk", flat=True))
-    if completed:
-        Study.objects.filter(pk__in=completed).update(
-            status=STATUS.COMPLETED, claimed_by="", completed_at=now, failure_reason="", updated_at=now
+    return set(
+        _update_returning_pks(
+            open_studies.order_by("pk"),
+            "FOR UPDATE",
+            status=STATUS.COMPLETED,
+            claimed_by="",
+            completed_at=now,
+            failure_reason="",
+            updated_at=now,
         )
-    return completed
+    )
 
 
 def _audit_event(result: _Result):
@@ -478,14 +504,9 @@ def _fail(study: Study, reason: str, message: str, *, from_status: str = STATUS.
 # --- Shadow candidate -----------------------------------------------------------------
 
 
-def _run_shadow(studies: list[Study], grays: list[np.ndarray]) -> None:
+def _run_shadow(candidate: ModelVersion | None, studies: list[Study], grays: list[np.ndarray]) -> None:
     """Predict with the shadow candidate too; stored with is_shadow=True, never shown."""
-    if not studies:
-        return
-    candidate = (
-        ModelVersion.objects.filter(status=ModelVersion.Status.CANDIDATE, shadow=True).order_by("-created_at").first()
-    )
-    if candidate is None:
+    if candidate is None or not studies:
         return
     try:
         results = registry.get_engine(candidate).predict(grays, with_heatmap=False)

@@ -12,6 +12,21 @@ class ModelVersionQuerySet(models.QuerySet):
     def active(self) -> ModelVersion | None:
         return self.filter(status=ModelVersion.Status.ACTIVE).first()
 
+    def serving(self) -> tuple[ModelVersion | None, ModelVersion | None]:
+        """The active version and the newest shadow candidate, in one query: a worker
+        asks before every batch, and each round trip to the database is time the model
+        does not get."""
+        Status = ModelVersion.Status
+        active = shadow = None
+        for version in self.filter(Q(status=Status.ACTIVE) | Q(status=Status.CANDIDATE, shadow=True)).order_by(
+            "-created_at", "-pk"
+        ):
+            if version.status == Status.ACTIVE:
+                active = active or version
+            else:
+                shadow = shadow or version
+        return active, shadow
+
 
 class ModelVersion(models.Model):
     class Status(models.TextChoices):

@@ -152,11 +152,22 @@ class _EngineCache:
 engines = _EngineCache()
 
 
+NO_ACTIVE_VERSION = "no active model version: run `manage.py ensure_default_model` or `promote_model`"
+
+
 def get_active_engine(device: str | None = None) -> tuple[ModelVersion, InferenceEngine]:
     version = ModelVersion.objects.active()
     if version is None:
-        raise RegistryError("no active model version: run `manage.py ensure_default_model` or `promote_model`")
+        raise RegistryError(NO_ACTIVE_VERSION)
     return version, engines.get(version, device)
+
+
+def get_serving_engine(device: str | None = None) -> tuple[ModelVersion, InferenceEngine, ModelVersion | None]:
+    """The active version and its engine, and the shadow candidate (if any) to run beside it."""
+    version, shadow = ModelVersion.objects.serving()
+    if version is None:
+        raise RegistryError(NO_ACTIVE_VERSION)
+    return version, engines.get(version, device), shadow
 
 
 def get_engine(version: ModelVersion, device: str | None = None) -> InferenceEngine:

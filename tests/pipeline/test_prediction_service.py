@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 from datetime import timedelta
 
@@ -178,6 +179,33 @@ def test_a_batch_costs_the_same_queries_whatever_its_size(hospital_a, tiny_model
     more = [TRAIN / "PNEUMONIA" / name for name in ("person1001_bacteria_2932.jpeg", "person1002_bacteria_2933.jpeg")]
     # Claim and store are one transaction each, whatever the number of studies.
     assert queries_to_predict([PNEUMONIA_IMAGE, OTHER_IMAGES[0]]) == queries_to_predict([OTHER_IMAGES[1], *more])
+
+
+def test_a_batch_takes_one_statement_to_claim_and_one_transaction_of_three_to_store(hospital_a, tiny_model):
+    pipeline.predict_studies([store_study(hospital_a, NORMAL_IMAGE).pk])  # loads the model
+    studies = [store_study(hospital_a, image) for image in [PNEUMONIA_IMAGE, *OTHER_IMAGES]]
+
+    with CaptureQueriesContext(connection) as queries:
+        assert pipeline.predict_studies([studies[0].pk]) == [s.pk for s in studies]
+
+    # Claim; the claimed studies (with whether any has a twin); the active and shadow
+    # versions; then complete, predictions, audit events (a savepoint inside the test's
+    # transaction, BEGIN and COMMIT in a worker). No twin here, so no reuse lookup.
+    assert [_verb_and_table(query["sql"]) for query in queries.captured_queries] == [
+        ("UPDATE", "diagnostics_study"),
+        ("SELECT", "diagnostics_study"),
+        ("SELECT", "mlcore_modelversion"),
+        ("SAVEPOINT", None),
+        ("UPDATE", "diagnostics_study"),
+        ("INSERT", "diagnostics_prediction"),
+        ("INSERT", "hospital_auditevent"),
+        ("RELEASE", None),
+    ]
+
+
+def _verb_and_table(sql: str) -> tuple[str, str | None]:
+    table = re.search(r'(?:UPDATE|FROM|INTO) "(\w+)"', sql)
+    return sql.split()[0], table.group(1) if table else None
 
 
 def test_a_message_stops_draining_at_its_deadline(hospital_a, tiny_model, monkeypatch, settings):
