@@ -13,6 +13,7 @@ import os
 import random
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -108,6 +109,43 @@ def publish(study_ids: list[int]) -> bool:
 # --- The batch ------------------------------------------------------------------------
 
 
+class _RecentlyFinished:
+    """Ids of the studies this process completed in the last minute (at most `size`).
+
+    Every upload sends its own message, but a busy worker drains the queue in batches,
+    so most messages arrive after their study is done. Studies never leave `completed`,
+    so a message whose studies this process just completed has nothing left to do: it
+    is dropped without a round trip to the database. A redelivered message goes to a new
+    process, which has no record and claims as usual. The record forgets after a minute,
+    so even a database restored from a backup, which hands out old ids again, costs at
+    most that minute's redundant messages, never a study: the sweeper's re-queue comes
+    later than that.
+    """
+
+    def __init__(self, size: int = 4096, seconds: float = 60.0):
+        self._finished_at: OrderedDict[int, float] = OrderedDict()
+        self._size = size
+        self._seconds = seconds
+
+    def add(self, study_ids: list[int]) -> None:
+        now = time.monotonic()
+        for study_id in study_ids:
+            self._finished_at[study_id] = now
+            self._finished_at.move_to_end(study_id)
+        while len(self._finished_at) > self._size:
+            self._finished_at.popitem(last=False)
+
+    def include_all(self, study_ids: list[int]) -> bool:
+        since = time.monotonic() - self._seconds
+        return bool(study_ids) and all(self._finished_at.get(study_id, since) > since for study_id in study_ids)
+
+    def clear(self) -> None:
+        self._finished_at.clear()
+
+
+finished_here = _RecentlyFinished()
+
+
 def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
     """Claim these studies (and others waiting, up to MAX_BATCH), predict, store; while
     full batches keep coming, go on with the backlog for up to PIPELINE_DRAIN_SECONDS.
@@ -119,10 +157,13 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
     Raises TransientPipelineError after putting its current batch back in the queue.
     """
     requested = list(dict.fromkeys(int(pk) for pk in study_ids))
+    if finished_here.include_all(requested):
+        return []
     deadline = time.monotonic() + settings.PIPELINE_DRAIN_SECONDS
     done: list[int] = []
     while True:
         claimed = _predict_batch(requested, claim)
+        finished_here.add(claimed.completed)
         done += claimed.completed
         # A batch that was not full emptied the queue; past the deadline, the next
         # message (or another worker) takes over.

@@ -37,6 +37,15 @@ def require_service(url: str | None, name: str) -> str:
     return url
 
 
+@pytest.fixture(autouse=True)
+def _forget_studies_finished_in_earlier_tests():
+    """A test database hands out the ids of rolled-back rows again; this process's record
+    of finished studies must not outlive the test that finished them."""
+    from diagnostics import pipeline
+
+    pipeline.finished_here.clear()
+
+
 @pytest.fixture
 def redis_url() -> str:
     return require_service(os.environ.get("REDIS_URL"), "Redis")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -97,6 +98,30 @@ def test_study_held_by_another_live_message_is_left_alone(hospital_a, tiny_model
 
     assert Study.objects.get(pk=study.pk).status == PROCESSING
     assert Prediction.objects.count() == 0
+
+
+def test_a_message_whose_studies_this_process_just_completed_is_dropped_without_a_query(hospital_a, tiny_model):
+    studies = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE]]
+    assert pipeline.predict_studies([studies[0].pk]) == [s.pk for s in studies]  # drained both
+    waiting = store_study(hospital_a, OTHER_IMAGES[0])
+
+    with CaptureQueriesContext(connection) as queries:
+        assert pipeline.predict_studies([studies[1].pk]) == []  # its study was drained above
+    assert queries.captured_queries == []
+    assert Study.objects.get(pk=waiting.pk).status == QUEUED  # its own message predicts it
+
+    assert pipeline.predict_studies([waiting.pk, studies[0].pk]) == [waiting.pk]
+
+
+def test_a_message_for_a_study_finished_over_a_minute_ago_claims_as_usual(hospital_a, tiny_model, monkeypatch):
+    first, second = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE]]
+    assert pipeline.predict_studies([first.pk]) == [first.pk, second.pk]
+    later = time.monotonic() + 61
+    monkeypatch.setattr(pipeline.time, "monotonic", lambda: later)
+
+    with CaptureQueriesContext(connection) as queries:
+        assert pipeline.predict_studies([second.pk]) == []
+    assert [_verb_and_table(query["sql"]) for query in queries.captured_queries] == [("UPDATE", "diagnostics_study")]
 
 
 def test_redelivered_message_takes_over_the_studies_its_dead_worker_claimed(hospital_a, tiny_model):
