@@ -22,7 +22,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
-from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, When
+from django.db.models import Case, F, Q, QuerySet, When
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
@@ -252,20 +252,16 @@ def _release(study_ids: list[int]) -> None:
 
 
 def _predict_claimed(claimed: list[int]) -> list[int]:
-    # Whether each study has a twin (same hospital, same pixels) comes with it, so the
-    # reuse lookup runs only for the few that do.
-    twins = Study.objects.filter(hospital_id=OuterRef("hospital_id"), pixel_sha256=OuterRef("pixel_sha256"))
     studies = list(
         Study.objects.filter(pk__in=claimed, status=STATUS.PROCESSING)
         .select_related("hospital")
-        .annotate(has_twin=Exists(twins.exclude(pk=OuterRef("pk"))))
         .order_by(F("queued_at").asc(nulls_first=True), "pk")
     )
     for study in studies:
         if study.queued_at and study.started_at:
             metrics.QUEUE_WAIT.observe(max(0.0, (study.started_at - study.queued_at).total_seconds()))
     version, engine, shadow = _serving_engine()
-    earlier = _reusable_predictions([study for study in studies if study.has_twin], version)
+    earlier = _reusable_predictions(studies, version)
     results: list[_Result] = []
     to_compute: list[Study] = []
     duplicates: list[Study] = []
@@ -391,9 +387,11 @@ def _reusable_predictions(studies: list[Study], version: ModelVersion) -> dict[t
     """Earlier predictions of identical pixels, same hospital, same model version, by
     (hospital id, pixel sha256).
 
-    Looked up from the studies' side, on their (hospital, pixel_sha256) index, for
-    studies known to have a twin: the batch's own query says which (`has_twin`), so
-    most batches skip this. Joining from predictions
+    Looked up from the studies' side, on their (hospital, pixel_sha256) index: one query
+    for the batch that almost always finds nothing, a second only on a match. (A
+    correlated EXISTS in the batch's own query would spare a round trip, but a database
+    without statistics yet ran it on the hospital index, reading every study of the
+    hospital once per study instead of once per batch.) Joining from predictions
     instead let PostgreSQL, with statistics not yet gathered (a new database, a new
     hospital), compare every prediction of the version with every study of the hospital.
     """

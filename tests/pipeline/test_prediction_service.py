@@ -206,20 +206,21 @@ def test_a_batch_costs_the_same_queries_whatever_its_size(hospital_a, tiny_model
     assert queries_to_predict([PNEUMONIA_IMAGE, OTHER_IMAGES[0]]) == queries_to_predict([OTHER_IMAGES[1], *more])
 
 
-def test_a_batch_takes_one_statement_to_claim_and_one_transaction_of_three_to_store(hospital_a, tiny_model):
+def test_a_batch_claims_in_one_statement_reads_in_three_and_stores_in_one_transaction(hospital_a, tiny_model):
     pipeline.predict_studies([store_study(hospital_a, NORMAL_IMAGE).pk])  # loads the model
     studies = [store_study(hospital_a, image) for image in [PNEUMONIA_IMAGE, *OTHER_IMAGES]]
 
     with CaptureQueriesContext(connection) as queries:
         assert pipeline.predict_studies([studies[0].pk]) == [s.pk for s in studies]
 
-    # Claim; the claimed studies (with whether any has a twin); the active and shadow
-    # versions; then complete, predictions, audit events (a savepoint inside the test's
-    # transaction, BEGIN and COMMIT in a worker). No twin here, so no reuse lookup.
+    # Claim; the claimed studies; the active and shadow versions; twins of their pixels
+    # (none); then complete, predictions, audit events (a savepoint inside the test's
+    # transaction, BEGIN and COMMIT in a worker).
     assert [_verb_and_table(query["sql"]) for query in queries.captured_queries] == [
         ("UPDATE", "diagnostics_study"),
         ("SELECT", "diagnostics_study"),
         ("SELECT", "mlcore_modelversion"),
+        ("SELECT", "diagnostics_study"),
         ("SAVEPOINT", None),
         ("UPDATE", "diagnostics_study"),
         ("INSERT", "diagnostics_prediction"),
