@@ -14,9 +14,13 @@ upload's CPU is taken from the model. `--inference-cpus 1` gives the Celery work
 those cores alone (the web server gets the rest), as deploy/ separates web and
 inference machines; the raw figure is then measured on the same cores with as many
 torch threads, so the ratio compares the pipeline with the model on the same hardware.
+With `--pin-services` the local PostgreSQL and Redis servers are moved onto the web
+cores for the run (and put back after it): left floating, the scheduler runs them on
+the worker's core too, where every upload's inserts take turns with the model.
 
     .venv/bin/python -m bench.pipeline --n 64 --write
     .venv/bin/python -m bench.pipeline --n 64 --inference-cpus 1 --write
+    .venv/bin/python -m bench.pipeline --n 256 --inference-cpus 1 --pin-services --write
 
 Without a shipped model (mlcore/weights/<name>/model.json) it uses a randomly
 initialised network of the same architecture and input size: the same timings.
@@ -25,6 +29,7 @@ initialised network of the same architecture and input size: the same timings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -181,6 +186,68 @@ def _layout(inference_cpus: str | None, web_workers: int, worker_processes: int)
     return {"name": "split", "web_cpus": rest, "inference_cpus": chosen, **processes}
 
 
+def _service_processes(redis_url: str) -> dict[str, list[int]]:
+    """The processes of the PostgreSQL server (postmaster and its children) and of the
+    Redis server this run talks to, where they run on this machine and can be seen."""
+    import redis
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+    found = {}
+    postmaster = _parent_pid(backend)
+    if postmaster and _command_name(postmaster).startswith("postgres"):
+        found["postgresql"] = [postmaster, *_children(postmaster)]
+    redis_server = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
+    if _command_name(redis_server).startswith("redis"):
+        found["redis"] = [redis_server]
+    return found
+
+
+def _proc(pid: int, name: str) -> str:
+    try:
+        return (Path("/proc") / str(pid) / name).read_text()
+    except OSError:  # another machine, container or user: not ours to move
+        return ""
+
+
+def _command_name(pid: int) -> str:
+    return _proc(pid, "comm").strip()
+
+
+def _parent_pid(pid: int) -> int:
+    stat = _proc(pid, "stat")
+    return int(stat.rsplit(")", 1)[1].split()[1]) if stat else 0
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in _proc(pid, f"task/{pid}/children").split()]
+
+
+def _pin_services(redis_url: str, cpus: set[int]) -> tuple[dict[int, set[int]], list[str]]:
+    """Move PostgreSQL and Redis onto `cpus` (new backends inherit the postmaster's
+    cores); returns each moved process's former cores, and which services moved."""
+    former: dict[int, set[int]] = {}
+    moved = []
+    for service, pids in _service_processes(redis_url).items():
+        try:
+            for pid in pids:
+                former[pid] = os.sched_getaffinity(pid)
+                os.sched_setaffinity(pid, cpus)
+        except (PermissionError, ProcessLookupError) as exc:
+            print(f"could not move {service} onto CPUs {sorted(cpus)}: {exc}", file=sys.stderr)
+            continue
+        moved.append(service)
+    return former, moved
+
+
+def _unpin_services(former: dict[int, set[int]]) -> None:
+    for pid, cpus in former.items():
+        with contextlib.suppress(PermissionError, ProcessLookupError):  # a backend that has exited since
+            os.sched_setaffinity(pid, cpus)
+
+
 def _post(url: str, key: str, image: Path) -> str:
     boundary = uuid.uuid4().hex
     body = (
@@ -328,6 +395,7 @@ def run(args) -> dict:
     images += sorted((TRAIN / "NORMAL").glob("*.jpeg"))[: IDLE_RUNS + 1]  # idle set: distinct pixels
     layout = _layout(args.inference_cpus, args.web_workers, args.worker_processes)
     raw = raw_throughput(version, images, layout["inference_cpus"])
+    former, pinned = _pin_services(args.redis_url, layout["web_cpus"]) if args.pin_services else ({}, [])
     services = _start_services(env, args.port, workdir, layout)
     # The load generator stands for the EMR: it must not take the worker's cores.
     os.sched_setaffinity(0, layout["web_cpus"])
@@ -339,6 +407,7 @@ def run(args) -> dict:
         load = _load(url, key, images[: args.n], clients=2 * args.web_workers)
     finally:
         _stop(services)
+        _unpin_services(former)
     return {
         "model": version.name if model_dir else "random-initialised resnet18, 224 px",
         "layout": layout["name"],
@@ -346,6 +415,7 @@ def run(args) -> dict:
         "web_workers": layout["web_workers"],
         "worker_processes": layout["worker_processes"],
         "inference_cpus": sorted(layout["inference_cpus"]),
+        "services_on_web_cpus": pinned,
         "machine_cpus": os.cpu_count(),
         "worker_device": raw["device"],
         "worker_device_description": raw["device_description"],
@@ -365,9 +435,12 @@ LAYOUTS = {
 
 
 def section_key(result: dict) -> str:
-    """One section per layout, worker device and machine size: a GPU run does not replace a CPU run."""
+    """One section per layout, worker device and machine size: a GPU run does not replace a CPU run,
+    nor a run with the database moved off the worker's cores one without."""
     key = f"pipeline:{result['layout']}:{result['worker_device']}:{result['machine_cpus']}cpu"
-    return key if result["worker_processes"] == 1 else f"{key}:{result['worker_processes']}proc"
+    if result["worker_processes"] != 1:
+        key += f":{result['worker_processes']}proc"
+    return key + (":pinned" if result.get("services_on_web_cpus") else "")
 
 
 def render(result: dict, command: str) -> str:
@@ -381,7 +454,12 @@ def render(result: dict, command: str) -> str:
             f"Command: `{command}` (gunicorn {result['web_workers']}x4 threads, a Celery worker of "
             f"{result['worker_processes']} process(es), PostgreSQL, Redis, loopback).",
             f"Layout: {LAYOUTS[result['layout']]}: web on CPUs {result['web_cpus']}, "
-            f"worker on CPUs {result['inference_cpus']}.",
+            f"worker on CPUs {result['inference_cpus']}; "
+            + (
+                f"{' and '.join(result['services_on_web_cpus'])} moved onto the web CPUs for the run."
+                if result.get("services_on_web_cpus")
+                else "PostgreSQL and Redis left where the scheduler puts them."
+            ),
             f"Worker device: {result['worker_device_description']}.",
             f"Model: {result['model']}.",
             "",
@@ -431,6 +509,11 @@ def main() -> None:
     parser.add_argument("--web-workers", type=int, default=2, help="gunicorn processes (load clients: twice as many)")
     parser.add_argument(
         "--worker-processes", type=int, default=1, help="Celery pool processes; they share the worker's cores"
+    )
+    parser.add_argument(
+        "--pin-services",
+        action="store_true",
+        help="move the local PostgreSQL and Redis servers onto the web cores for the run (needs the right to)",
     )
     args = parser.parse_args()
     result = run(args)
