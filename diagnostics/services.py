@@ -10,6 +10,7 @@ from functools import partial
 
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
+from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 
 from diagnostics import imaging, metrics, tasks
@@ -140,14 +141,15 @@ class _DuplicateInstance(Exception):
 
 
 def _store(study: Study, data: bytes, decoded: DecodedImage, audit_context: dict) -> Study:
-    """Write the files, then the row and its audit event in one transaction (queued for
-    prediction when it commits); if anything fails, remove the files written."""
+    """Write the original, then the row and its audit event in one transaction (queued
+    for prediction when it commits); if anything fails, remove the file written.
+
+    The portal's picture is not drawn here but on first request (`display_image_of`).
+    """
     written = []
     try:
         study.original_file.save("original", ContentFile(data), save=False)
         written.append(study.original_file.name)
-        study.display_image.save("display.png", ContentFile(imaging.display_png(decoded.gray)), save=False)
-        written.append(study.display_image.name)
         with transaction.atomic():
             study.save()
             _audit_uploaded(study, audit_context, source=study.source, created=True)
@@ -161,6 +163,33 @@ def _store(study: Study, data: bytes, decoded: DecodedImage, audit_context: dict
         _delete_files(study, written)
         raise
     return study
+
+
+def display_image_of(study: Study) -> FieldFile:
+    """The portal's picture of `study` (windowed, at most 1024 px), drawn from the stored
+    original on the first request for it; empty if the original cannot be read.
+
+    Uploads used to draw it: 1.8 ms of an upload's 10 ms of CPU, paid while the EMR or
+    the doctor waits, for studies an EMR often sends without anyone opening them in the
+    portal. The first viewer now pays a few milliseconds instead. Two first requests at
+    once both draw it; the conditional update keeps one file and the other is removed.
+    """
+    if study.display_image or not study.original_file:
+        return study.display_image
+    try:
+        gray = imaging.load_grayscale(study)
+    except (OSError, RejectedUpload) as exc:
+        logger.warning(
+            "study %s: no picture drawn, the original could not be read (%s)", study.code, type(exc).__name__
+        )
+        return study.display_image
+    drawn = study.display_image
+    drawn.save("display.png", ContentFile(imaging.display_png(gray)), save=False)
+    if Study.objects.filter(pk=study.pk, display_image="").update(display_image=drawn.name):
+        return drawn
+    drawn.storage.delete(drawn.name)  # another request stored its picture first
+    study.refresh_from_db(fields=["display_image"])
+    return study.display_image
 
 
 def _delete_files(study: Study, names: list[str]) -> None:

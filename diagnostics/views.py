@@ -26,7 +26,7 @@ from diagnostics.imaging import WARNINGS, RejectedUpload
 from diagnostics.media import protected_file_response
 from diagnostics.models import Prediction, Review, Study
 from diagnostics.reviews import current_prediction, save_review
-from diagnostics.services import ingest_upload
+from diagnostics.services import display_image_of, ingest_upload
 from hospital import audit
 from hospital.models import Role
 from hospital.tenancy import get_object_for_request, role_required
@@ -250,7 +250,7 @@ def study_status(request: HttpRequest, code) -> HttpResponse:
 def study_image(request: HttpRequest, code) -> HttpResponse:
     study = _get_study(request, code)
     audit.record(audit.Action.IMAGE_VIEWED, request=request, target=study, image="display")
-    return protected_file_response(study.display_image, content_type="image/png", download_name=f"{study.code}.png")
+    return protected_file_response(display_image_of(study), content_type="image/png", download_name=f"{study.code}.png")
 
 
 @require_GET

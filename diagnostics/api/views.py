@@ -342,7 +342,7 @@ class StudyImageView(_PNGView):
     kind = "image"
 
     def file_of(self, study: Study):
-        return study.display_image
+        return services.display_image_of(study)
 
 
 @extend_schema(

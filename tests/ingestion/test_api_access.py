@@ -112,6 +112,7 @@ def test_members_and_the_hospital_key_read_every_endpoint(who, suffix, caller, c
     if suffix == "image":
         assert response["Content-Type"] == "image/png"
         assert response["Cache-Control"] == "private, no-store"
+        completed_a.refresh_from_db()  # the first request drew the picture and stored it
         with completed_a.display_image.open("rb") as handle:
             assert b"".join(response.streaming_content) == handle.read()
     elif suffix == "heatmap":

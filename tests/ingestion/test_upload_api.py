@@ -15,7 +15,7 @@ from diagnostics import tasks
 from diagnostics.dicom import patient_age_years
 from diagnostics.imaging import decode_upload
 from diagnostics.models import Study
-from diagnostics.services import ingest_upload
+from diagnostics.services import display_image_of, ingest_upload
 from hospital.models import AuditEvent
 from tests.ingestion.conftest import (
     CR_CHEST,
@@ -87,7 +87,8 @@ def expected_warnings(ds) -> list[str]:
 
 
 def assert_stored(study: Study, data: bytes, *, fmt: str) -> None:
-    """The row, the original and the display PNG say what the file says."""
+    """The row and the original say what the file says; the picture, drawn on first
+    request, shows the decoded pixels."""
     decoded = decode_upload(data)
     assert study.status == Study.Status.QUEUED
     assert study.queued_at is not None
@@ -99,6 +100,9 @@ def assert_stored(study: Study, data: bytes, *, fmt: str) -> None:
     with study.original_file.open("rb") as handle:
         assert handle.read() == data
     assert study.original_file.name == f"studies/{study.hospital.code}/{study.code}/original.{fmt}"
+    assert not study.display_image
+    assert display_image_of(study).name == f"studies/{study.hospital.code}/{study.code}/display.png"
+    study.refresh_from_db()
     with study.display_image.open("rb") as handle:
         display = decode_png(handle.read())
     if max(decoded.gray.shape) <= 1024:
@@ -254,15 +258,36 @@ def test_race_on_the_same_uid_returns_the_winner_and_removes_the_losers_files(ho
 
 
 def test_storage_failure_midway_leaves_no_files_and_no_row(hospital_a, stored, monkeypatch):
-    from diagnostics import imaging
-
     before = stored()
 
-    def broken_display(gray):
+    def broken_insert(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(imaging, "display_png", broken_display)
+    monkeypatch.setattr(Study, "save", broken_insert)  # after the original was written
     with pytest.raises(OSError, match="disk full"):
         ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source=Study.Source.API)
     after = stored()
     assert (after.studies, after.files) == (before.studies, before.files)
+
+
+def test_the_picture_is_drawn_once_when_two_first_requests_race(hospital_a, stored):
+    study, _ = ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source=Study.Source.API)
+    first_view, second_view = Study.objects.get(pk=study.pk), Study.objects.get(pk=study.pk)
+
+    kept = display_image_of(first_view).name
+    also = display_image_of(second_view).name  # saw no picture yet, drew one, lost the update
+
+    assert also == kept == f"studies/{hospital_a.code}/{study.code}/display.png"
+    assert stored().files == {study.original_file.name, kept}
+    assert Study.objects.get(pk=study.pk).display_image.name == kept
+
+
+def test_no_picture_is_drawn_from_an_unreadable_original(hospital_a, stored, caplog):
+    study, _ = ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source=Study.Source.API)
+    study.original_file.storage.delete(study.original_file.name)
+
+    assert not display_image_of(study)
+
+    assert not Study.objects.get(pk=study.pk).display_image
+    assert stored().files == frozenset()
+    assert f"study {study.code}: no picture drawn, the original could not be read (FileNotFoundError)" in caplog.text
