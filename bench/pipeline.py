@@ -198,10 +198,10 @@ def _service_processes(redis_url: str) -> dict[str, list[int]]:
     found = {}
     postmaster = _parent_pid(backend)
     if postmaster and _command_name(postmaster).startswith("postgres"):
-        found["postgresql"] = [postmaster, *_children(postmaster)]
+        found["PostgreSQL"] = [postmaster, *_children(postmaster)]
     redis_server = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
     if _command_name(redis_server).startswith("redis"):
-        found["redis"] = [redis_server]
+        found["Redis"] = [redis_server]
     return found
 
 
