@@ -84,8 +84,7 @@ def make_study(db, model_version):
         defaults.update(fields)
         study = Study(hospital=hospital, status=status, **defaults)
         study.original_file.save("original.jpg", ContentFile(raw), save=False)
-        study.display_image.save("display.png", ContentFile(png_bytes(gray)), save=False)
-        study.save()
+        study.save()  # the picture is drawn on the first request for it, as after an upload
         if label is not None:
             add_prediction(study, model_version, label=label, probability=probability)
         return study

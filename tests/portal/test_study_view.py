@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from django.urls import reverse
 from PIL import Image
 
+from diagnostics.imaging import load_grayscale
 from diagnostics.models import Review, Study
 from hospital.audit import Action
 from hospital.models import AuditEvent
@@ -121,6 +123,8 @@ def test_image_and_heatmap_are_served_privately_to_members(client_for, radiologi
     assert image["Cache-Control"] == "private, no-store"
     body = b"".join(image.streaming_content)
     assert Image.open(io.BytesIO(body)).size == (study.columns, study.rows)
+    # Drawn by this first request from the stored original, with the upload's decoder.
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(body))), load_grayscale(study))
     heatmap = client.get(url("study_heatmap", study))
     overlay = Image.open(io.BytesIO(b"".join(heatmap.streaming_content)))
     assert (overlay.mode, overlay.size) == ("RGBA", (study.columns, study.rows))
