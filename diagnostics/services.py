@@ -78,7 +78,7 @@ def ingest_upload(
         hospital, decoded, data, source=source, user=user, key=key, patient_id=patient_id, accession=accession_number
     )
     try:
-        study = _store(study, data, decoded, audit_context)
+        study = _store(study, data, audit_context)
     except _DuplicateInstance:
         # Another request stored this instance between our check and our insert.
         existing = Study.objects.for_hospital(hospital).get(sop_instance_uid=sop_uid)
@@ -140,7 +140,7 @@ class _DuplicateInstance(Exception):
     """Another request stored the same SOP Instance UID first."""
 
 
-def _store(study: Study, data: bytes, decoded: DecodedImage, audit_context: dict) -> Study:
+def _store(study: Study, data: bytes, audit_context: dict) -> Study:
     """Write the original, then the row and its audit event in one transaction (queued
     for prediction when it commits); if anything fails, remove the file written.
 
