@@ -237,3 +237,26 @@ def test_active_engine_is_loaded_once_per_process(active_v1):
     assert version == again_version == active_v1
     assert engine is again
     registry.engines.clear()
+
+
+def test_serving_versions_are_the_active_one_and_the_newest_shadow_candidate_in_one_query(
+    active_v1, django_assert_num_queries
+):
+    def version(name: str, **fields) -> ModelVersion:
+        fields.setdefault("status", ModelVersion.Status.CANDIDATE)
+        weights = {"weights_path": f"{name}.pt", "weights_sha256": "0" * 64, "threshold": 0.5}
+        return ModelVersion.objects.create(name=name, architecture="resnet18", image_size=64, **weights, **fields)
+
+    version("not-shadowed")
+    version("old-shadow", shadow=True)
+    newest_shadow = version("new-shadow", shadow=True)
+    version("retired", status=ModelVersion.Status.RETIRED, shadow=True)
+
+    with django_assert_num_queries(1):
+        assert ModelVersion.objects.serving() == (active_v1, newest_shadow)
+
+    ModelVersion.objects.filter(pk=active_v1.pk).update(status=ModelVersion.Status.RETIRED)
+    ModelVersion.objects.filter(shadow=True).update(shadow=False)
+    assert ModelVersion.objects.serving() == (None, None)
+    with pytest.raises(registry.RegistryError, match="no active model version"):
+        registry.get_serving_engine("cpu")
