@@ -122,13 +122,14 @@ class _RecentlyFinished:
     later than that.
     """
 
-    def __init__(self, size: int = 4096, seconds: float = 60.0):
+    def __init__(self, size: int = 4096, seconds: float = 60.0, clock=time.monotonic):
         self._finished_at: OrderedDict[int, float] = OrderedDict()
         self._size = size
         self._seconds = seconds
+        self.clock = clock
 
     def add(self, study_ids: list[int]) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for study_id in study_ids:
             self._finished_at[study_id] = now
             self._finished_at.move_to_end(study_id)
@@ -136,7 +137,7 @@ class _RecentlyFinished:
             self._finished_at.popitem(last=False)
 
     def include_all(self, study_ids: list[int]) -> bool:
-        since = time.monotonic() - self._seconds
+        since = self.clock() - self._seconds
         return bool(study_ids) and all(self._finished_at.get(study_id, since) > since for study_id in study_ids)
 
     def clear(self) -> None:

@@ -117,7 +117,7 @@ def test_a_message_for_a_study_finished_over_a_minute_ago_claims_as_usual(hospit
     first, second = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE]]
     assert pipeline.predict_studies([first.pk]) == [first.pk, second.pk]
     later = time.monotonic() + 61
-    monkeypatch.setattr(pipeline.time, "monotonic", lambda: later)
+    monkeypatch.setattr(pipeline.finished_here, "clock", lambda: later)
 
     with CaptureQueriesContext(connection) as queries:
         assert pipeline.predict_studies([second.pk]) == []
