@@ -7,7 +7,10 @@ an integration key, and waits for every prediction. Reports:
 - idle: one study at a time, upload-to-prediction p50/p95 (target: p95 <= 1 s on CPU);
 - load: N studies posted at once, end-to-end images/s and p50/p95 latency;
 - the raw batched throughput of the same model on this machine, measured in the same
-  run by bench/inference.py, and the ratio (target >= 0.8).
+  run by bench/inference.py, and the ratio (target >= 0.8). Raw is the sustained rate
+  (images over time, as the end-to-end figure is) of as many batches before the load
+  phase as after it, on the images the load posts; the best single batch is reported
+  beside it, with the ratio to it.
 
 Two layouts. By default web, worker, PostgreSQL and Redis share every core, so each
 upload's CPU is taken from the model. `--inference-cpus 1` gives the Celery worker
@@ -49,8 +52,9 @@ DOC = ROOT / "docs" / "benchmarks.md"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/pleura_bench"
 DEFAULT_MODEL_DIR = ROOT / "mlcore" / "weights" / "pleura-resnet18-v1"
 IDLE_RUNS = 20
-# Best of this many batches: on a shared VM a best-of-5 swings by a quarter between runs.
-RAW_REPEATS = 20
+# Batches of the raw measure, taken both before and after the load phase: about as long
+# as the load phase itself on this VM's CPU, so the two rates are averaged over like spans.
+RAW_BATCHES = 32
 
 
 def _fresh_database(url: str) -> None:
@@ -118,9 +122,9 @@ def _prepare_database(model_dir: Path | None, workdir: Path):
     return version, raw_key
 
 
-def raw_throughput(version, images: list[Path], cpus: set[int]) -> dict:
+def raw_throughput(version, images: list[Path], cpus: set[int], batches: int = RAW_BATCHES) -> dict:
     """bench/inference.py on the same model, batch = the pipeline's MAX_BATCH, heatmaps included,
-    on the cores the worker will have."""
+    on the cores the worker will have, over the images the load phase posts."""
     import torch
 
     from bench import inference
@@ -133,14 +137,31 @@ def raw_throughput(version, images: list[Path], cpus: set[int]) -> dict:
     torch.set_num_threads(len(cpus))
     try:
         engine = registry.get_engine(version)
-        grays = [load_grayscale_file(path) for path in images[:MAX_BATCH]]
-        result = inference.measure_throughput(engine, grays, MAX_BATCH, with_heatmap=True, repeats=RAW_REPEATS)
+        grays = [load_grayscale_file(path) for path in images[: MAX_BATCH * batches]]
+        result = inference.measure_throughput(engine, grays, MAX_BATCH, with_heatmap=True, repeats=batches)
         device = {"device": engine.device.type, "device_description": inference.describe_device(engine)}
     finally:
         registry.engines.clear()
         os.sched_setaffinity(0, everywhere)
         torch.set_num_threads(threads)
     return {**result, **device, "torch_threads": len(cpus)}
+
+
+def combined_raw(before: dict, after: dict) -> dict:
+    """The raw figures of the measures taken before and after the load phase, as one.
+
+    Sustained: all images over all the time of both, so a host that slowed down or sped
+    up while the load ran weighs in as it did around it. Best: the faster best batch.
+    """
+    images = before["batch_size"] * (before["repeats"] + after["repeats"])
+    seconds = sum(raw["batch_size"] * raw["repeats"] / raw["sustained_images_per_second"] for raw in (before, after))
+    return {
+        **before,
+        "images_per_second": max(before["images_per_second"], after["images_per_second"]),
+        "sustained_images_per_second": round(images / seconds, 2),
+        "repeats": before["repeats"] + after["repeats"],
+        "sustained_before_and_after": [before["sustained_images_per_second"], after["sustained_images_per_second"]],
+    }
 
 
 def _start_services(env: dict, port: int, workdir: Path, layout: dict) -> list[subprocess.Popen]:
@@ -394,7 +415,7 @@ def run(args) -> dict:
     images = sorted((TRAIN / "PNEUMONIA").glob("*.jpeg"))[: args.n]
     images += sorted((TRAIN / "NORMAL").glob("*.jpeg"))[: IDLE_RUNS + 1]  # idle set: distinct pixels
     layout = _layout(args.inference_cpus, args.web_workers, args.worker_processes)
-    raw = raw_throughput(version, images, layout["inference_cpus"])
+    before = raw_throughput(version, images[: args.n], layout["inference_cpus"])
     former, pinned = _pin_services(args.redis_url, layout["web_cpus"]) if args.pin_services else ({}, [])
     services = _start_services(env, args.port, workdir, layout)
     # The load generator stands for the EMR: it must not take the worker's cores.
@@ -408,6 +429,7 @@ def run(args) -> dict:
     finally:
         _stop(services)
         _unpin_services(former)
+    raw = combined_raw(before, raw_throughput(version, images[: args.n], layout["inference_cpus"]))
     return {
         "model": version.name if model_dir else "random-initialised resnet18, 224 px",
         "layout": layout["name"],
@@ -420,11 +442,15 @@ def run(args) -> dict:
         "worker_device": raw["device"],
         "worker_device_description": raw["device_description"],
         "raw_torch_threads": raw["torch_threads"],
-        "raw_batched_images_per_s": raw["images_per_second"],
         "raw_batch_size": raw["batch_size"],
+        "raw_batches": raw["repeats"],
+        "raw_sustained_images_per_s": raw["sustained_images_per_second"],
+        "raw_sustained_before_and_after": raw["sustained_before_and_after"],
+        "raw_best_batch_images_per_s": raw["images_per_second"],
         "idle": idle,
         "load": load,
-        "ratio_to_raw": round(load["images_per_s"] / raw["images_per_second"], 2),
+        "ratio_to_raw": round(load["images_per_s"] / raw["sustained_images_per_second"], 2),
+        "ratio_to_raw_best_batch": round(load["images_per_s"] / raw["images_per_second"], 2),
     }
 
 
@@ -474,8 +500,12 @@ def render(result: dict, command: str) -> str:
             f"| {load['model_s']} s ({load['model_share']}) |",
             f"| load: share of the load phase with a batch in the worker | {load['worker_busy_share']} |",
             f"| raw batched model throughput on the worker's CPUs (batch {result['raw_batch_size']}, "
-            f"Grad-CAM, {result['raw_torch_threads']} torch threads) | {result['raw_batched_images_per_s']} images/s |",
-            f"| end-to-end / raw | {result['ratio_to_raw']} |",
+            f"Grad-CAM, {result['raw_torch_threads']} torch threads), sustained over {result['raw_batches']} "
+            f"batches before and after the load (each) | {result['raw_sustained_images_per_s']} images/s "
+            f"({' and '.join(str(rate) for rate in result['raw_sustained_before_and_after'])}) |",
+            f"| raw, best single batch | {result['raw_best_batch_images_per_s']} images/s |",
+            f"| end-to-end / raw sustained (target >= 0.8) | {result['ratio_to_raw']} |",
+            f"| end-to-end / raw best batch | {result['ratio_to_raw_best_batch']} |",
         ]
     )
 

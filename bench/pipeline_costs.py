@@ -118,16 +118,17 @@ def run(args) -> dict:
     images = sorted((end_to_end.TRAIN / "PNEUMONIA").glob("*.jpeg"))[: args.n + 1]
     uploads = measure_uploads(key, images)
     worker = measure_worker(uploads.pop("codes"))
-    raw = end_to_end.raw_throughput(version, images, os.sched_getaffinity(0))
+    raw = end_to_end.raw_throughput(version, images[:-1], os.sched_getaffinity(0))
     return {
         "model": version.name,
         "cpus": sorted(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),
         "upload": uploads,
         "worker": worker,
-        "raw_batched_images_per_s": raw["images_per_second"],
+        "raw_sustained_images_per_s": raw["sustained_images_per_second"],
+        "raw_best_batch_images_per_s": raw["images_per_second"],
         "raw_batch_size": raw["batch_size"],
-        "worker_to_raw": round(worker["images_per_s"] / raw["images_per_second"], 2),
+        "worker_to_raw": round(worker["images_per_s"] / raw["sustained_images_per_second"], 2),
     }
 
 
@@ -148,9 +149,10 @@ def render(result: dict, command: str) -> str:
             f"| worker, per study: everything else (claim, decode, reuse lookup, store, audit) "
             f"| {worker['other_ms_per_study']} ms |",
             f"| worker draining {worker['studies']} queued studies | {worker['images_per_s']} images/s |",
-            f"| raw batched model throughput (batch {result['raw_batch_size']}, Grad-CAM), same process | "
-            f"{result['raw_batched_images_per_s']} images/s |",
-            f"| worker / raw | {result['worker_to_raw']} |",
+            f"| raw batched model throughput (batch {result['raw_batch_size']}, Grad-CAM), same process, "
+            f"sustained / best batch | {result['raw_sustained_images_per_s']} / "
+            f"{result['raw_best_batch_images_per_s']} images/s |",
+            f"| worker / raw sustained | {result['worker_to_raw']} |",
         ]
     )
 
