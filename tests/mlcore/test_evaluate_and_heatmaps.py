@@ -131,9 +131,10 @@ def _gradcam_tracked_from_the_input(network, batch):
     return logits.detach(), (cams / cams.flatten(1).max(dim=1).values.clamp_min(1e-8)[:, None, None]).detach()
 
 
-def test_gradcam_tracked_from_layer4_gives_the_logits_and_maps_of_gradcam_tracked_from_the_input():
+@pytest.mark.parametrize("architecture", ["resnet18", "resnet50"])
+def test_gradcam_from_the_head_weights_gives_the_logits_and_maps_of_gradcam_from_gradients(architecture):
     torch.manual_seed(0)
-    network = build_network("resnet18").eval().requires_grad_(False)
+    network = build_network(architecture).eval().requires_grad_(False)
     grays = [load_grayscale_file(path) for path in sorted(SMALL_DATA.glob("*/*.jpeg"))[:4]]
     batch = torch.stack([to_model_input(gray, 128) for gray in grays])
 
@@ -144,6 +145,15 @@ def test_gradcam_tracked_from_layer4_gives_the_logits_and_maps_of_gradcam_tracke
     assert torch.allclose(logits, expected_logits, atol=1e-5)
     assert torch.allclose(cams, expected_cams, atol=1e-5)
     assert cams.flatten(1).max(dim=1).values.tolist() == pytest.approx([1.0] * 4)
+    assert not cams.requires_grad and not logits.requires_grad
+
+
+def test_gradcam_refuses_a_network_whose_head_is_not_one_linear_unit():
+    network = build_network("resnet18").eval()
+    network.fc = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(512, 1))
+
+    with pytest.raises(TypeError, match="one linear unit after global average pooling"):
+        forward_with_cam(network, torch.zeros(1, 1, 64, 64))
 
 
 def test_heatmap_overlay_draws_the_colour_ramp_and_is_clear_where_the_network_did_not_look():
