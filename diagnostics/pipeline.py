@@ -634,7 +634,7 @@ def cpu_threads_per_process(pool_processes: int) -> int:
 def warm_up(pool_processes: int = 1) -> None:
     """In a fresh pool process: take this process's share of the cores, load the active
     model now (after fork) and run it once on a blank image, so the first study waits
-    for neither the weights nor the lazy set-up of the first forward and backward pass
+    for neither the weights nor the lazy set-up of the first forward pass
     (CUDA kernels, cuDNN plans, CPU kernel caches)."""
     from mlcore.engine import use_cpu_threads  # torch: only the worker needs it
 
