@@ -122,22 +122,28 @@ def _prepare_database(model_dir: Path | None, workdir: Path):
     return version, raw_key
 
 
-def raw_throughput(version, images: list[Path], cpus: set[int], batches: int = RAW_BATCHES) -> dict:
+def raw_images(images: list[Path]) -> list:
+    """The load's images, decoded once for the raw measures: as many as their batches take."""
+    from diagnostics.pipeline import MAX_BATCH
+    from mlcore.preprocessing import load_grayscale_file
+
+    return [load_grayscale_file(path) for path in images[: MAX_BATCH * RAW_BATCHES]]
+
+
+def raw_throughput(version, grays: list, cpus: set[int], batches: int = RAW_BATCHES) -> dict:
     """bench/inference.py on the same model, batch = the pipeline's MAX_BATCH, heatmaps included,
-    on the cores the worker will have, over the images the load phase posts."""
+    on the cores the worker will have, over the images the load phase posts (`raw_images`)."""
     import torch
 
     from bench import inference
     from diagnostics.pipeline import MAX_BATCH
     from mlcore import registry
-    from mlcore.preprocessing import load_grayscale_file
 
     everywhere, threads = os.sched_getaffinity(0), torch.get_num_threads()
     os.sched_setaffinity(0, cpus)
     torch.set_num_threads(len(cpus))
     try:
         engine = registry.get_engine(version)
-        grays = [load_grayscale_file(path) for path in images[: MAX_BATCH * batches]]
         result = inference.measure_throughput(engine, grays, MAX_BATCH, with_heatmap=True, repeats=batches)
         device = {"device": engine.device.type, "device_description": inference.describe_device(engine)}
     finally:
@@ -415,7 +421,8 @@ def run(args) -> dict:
     images = sorted((TRAIN / "PNEUMONIA").glob("*.jpeg"))[: args.n]
     images += sorted((TRAIN / "NORMAL").glob("*.jpeg"))[: IDLE_RUNS + 1]  # idle set: distinct pixels
     layout = _layout(args.inference_cpus, args.web_workers, args.worker_processes)
-    before = raw_throughput(version, images[: args.n], layout["inference_cpus"])
+    grays = raw_images(images[: args.n])
+    before = raw_throughput(version, grays, layout["inference_cpus"])
     former, pinned = _pin_services(args.redis_url, layout["web_cpus"]) if args.pin_services else ({}, [])
     services = _start_services(env, args.port, workdir, layout)
     # The load generator stands for the EMR: it must not take the worker's cores.
@@ -429,7 +436,7 @@ def run(args) -> dict:
     finally:
         _stop(services)
         _unpin_services(former)
-    raw = combined_raw(before, raw_throughput(version, images[: args.n], layout["inference_cpus"]))
+    raw = combined_raw(before, raw_throughput(version, grays, layout["inference_cpus"]))
     return {
         "model": version.name if model_dir else "random-initialised resnet18, 224 px",
         "layout": layout["name"],

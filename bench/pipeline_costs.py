@@ -118,7 +118,7 @@ def run(args) -> dict:
     images = sorted((end_to_end.TRAIN / "PNEUMONIA").glob("*.jpeg"))[: args.n + 1]
     uploads = measure_uploads(key, images)
     worker = measure_worker(uploads.pop("codes"))
-    raw = end_to_end.raw_throughput(version, images[:-1], os.sched_getaffinity(0))
+    raw = end_to_end.raw_throughput(version, end_to_end.raw_images(images[:-1]), os.sched_getaffinity(0))
     return {
         "model": version.name,
         "cpus": sorted(os.sched_getaffinity(0)),
