@@ -5,12 +5,19 @@ real radiographs from the shared training folder through `POST /api/v1/studies/`
 an integration key, and waits for every prediction. Reports:
 
 - idle: one study at a time, upload-to-prediction p50/p95 (target: p95 <= 1 s on CPU);
-- load: N studies posted at once, end-to-end images/s and p50/p95 latency;
+- load: N studies posted at once, end-to-end images/s and p50/p95 latency, in
+  `--rounds` rounds, each from its own hospital (so no round reuses another's results);
 - the raw batched throughput of the same model on this machine, measured in the same
   run by bench/inference.py, and the ratio (target >= 0.8). Raw is the sustained rate
-  (images over time, as the end-to-end figure is) of as many batches before the load
-  phase as after it, on the images the load posts; the best single batch is reported
-  beside it, with the ratio to it.
+  (images over time, as the end-to-end figure is) of the load's own images, measured
+  before the first round and after every round: raw, load, raw, load, ... raw. Each
+  round's ratio sets it beside the raw measures either side of it, and the run's ratio
+  is all rounds' images over all their time against all raw measures pooled the same
+  way. On a shared VM the host's speed drifts by a fifth from one minute to the next;
+  interleaving spreads that drift over both sides of the ratio instead of letting one
+  slow minute decide it. The raw measures run while the services are up and idle, after
+  the idle phase has warmed the worker. The best single raw batch is reported beside,
+  with the ratio.
 
 Two layouts. By default web, worker, PostgreSQL and Redis share every core, so each
 upload's CPU is taken from the model. `--inference-cpus 1` gives the Celery worker
@@ -23,7 +30,7 @@ the worker's core too, where every upload's inserts take turns with the model.
 
     .venv/bin/python -m bench.pipeline --n 64 --write
     .venv/bin/python -m bench.pipeline --n 64 --inference-cpus 1 --write
-    .venv/bin/python -m bench.pipeline --n 256 --inference-cpus 1 --pin-services --write
+    .venv/bin/python -m bench.pipeline --n 256 --inference-cpus 1 --pin-services --rounds 3 --write
 
 Without a shipped model (mlcore/weights/<name>/model.json) it uses a randomly
 initialised network of the same architecture and input size: the same timings.
@@ -52,9 +59,10 @@ DOC = ROOT / "docs" / "benchmarks.md"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/pleura_bench"
 DEFAULT_MODEL_DIR = ROOT / "mlcore" / "weights" / "pleura-resnet18-v1"
 IDLE_RUNS = 20
-# Batches of the raw measure, taken both before and after the load phase: about as long
-# as the load phase itself on this VM's CPU, so the two rates are averaged over like spans.
+# Batches of one raw measure in bench/pipeline_costs.py; bench/pipeline.py's raw measures
+# each take the load's images once, so they last about as long as a load round.
 RAW_BATCHES = 32
+DEFAULT_ROUNDS = 3
 
 
 def _fresh_database(url: str) -> None:
@@ -94,13 +102,11 @@ def _prepare_database(model_dir: Path | None, workdir: Path):
     """Tables, a hospital with an integration key, the model version to serve."""
     from django.core.management import call_command
 
-    from hospital.models import Hospital, IntegrationKey
     from mlcore.models import ModelVersion
     from mlcore.network import build_network, save_weights
 
     call_command("migrate", verbosity=0)
-    hospital, _ = Hospital.objects.get_or_create(slug="bench", defaults={"name": "Benchmark Hospital"})
-    _, raw_key = IntegrationKey.generate(hospital=hospital, name=f"bench-{uuid.uuid4().hex[:6]}")
+    raw_key = integration_key("bench")
     ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).update(status=ModelVersion.Status.RETIRED)
     if model_dir is not None:
         description = json.loads((model_dir / "model.json").read_text())
@@ -122,12 +128,31 @@ def _prepare_database(model_dir: Path | None, workdir: Path):
     return version, raw_key
 
 
+def integration_key(slug: str) -> str:
+    """A new integration key of the benchmark hospital `slug` (created if need be).
+
+    Each load round posts as a hospital of its own: results are reused only within a
+    hospital, so every round's studies are predicted afresh, like the first round's.
+    """
+    from hospital.models import Hospital, IntegrationKey
+
+    hospital, _ = Hospital.objects.get_or_create(slug=slug, defaults={"name": f"Benchmark Hospital {slug}"})
+    _, raw_key = IntegrationKey.generate(hospital=hospital, name=f"bench-{uuid.uuid4().hex[:6]}")
+    return raw_key
+
+
 def raw_images(images: list[Path]) -> list:
-    """The load's images, decoded once for the raw measures: as many as their batches take."""
-    from diagnostics.pipeline import MAX_BATCH
+    """The load's images, decoded once for all the raw measures."""
     from mlcore.preprocessing import load_grayscale_file
 
-    return [load_grayscale_file(path) for path in images[: MAX_BATCH * RAW_BATCHES]]
+    return [load_grayscale_file(path) for path in images]
+
+
+def raw_batches_for(images: int) -> int:
+    """Batches of MAX_BATCH that take each of the load's images once."""
+    from diagnostics.pipeline import MAX_BATCH
+
+    return max(1, -(-images // MAX_BATCH))
 
 
 def raw_throughput(version, grays: list, cpus: set[int], batches: int = RAW_BATCHES) -> dict:
@@ -153,20 +178,20 @@ def raw_throughput(version, grays: list, cpus: set[int], batches: int = RAW_BATC
     return {**result, **device, "torch_threads": len(cpus)}
 
 
-def combined_raw(before: dict, after: dict) -> dict:
-    """The raw figures of the measures taken before and after the load phase, as one.
+def combined_raw(measures: list[dict]) -> dict:
+    """Raw measures taken at several moments of a run, as one figure.
 
-    Sustained: all images over all the time of both, so a host that slowed down or sped
-    up while the load ran weighs in as it did around it. Best: the faster best batch.
+    Sustained: all images over all the time of every measure, so a host that slowed down
+    or sped up during the run weighs in as long as it did. Best: the fastest batch of any.
     """
-    images = before["batch_size"] * (before["repeats"] + after["repeats"])
-    seconds = sum(raw["batch_size"] * raw["repeats"] / raw["sustained_images_per_second"] for raw in (before, after))
+    images = sum(raw["batch_size"] * raw["repeats"] for raw in measures)
+    seconds = sum(raw["batch_size"] * raw["repeats"] / raw["sustained_images_per_second"] for raw in measures)
     return {
-        **before,
-        "images_per_second": max(before["images_per_second"], after["images_per_second"]),
+        **measures[0],
+        "images_per_second": max(raw["images_per_second"] for raw in measures),
         "sustained_images_per_second": round(images / seconds, 2),
-        "repeats": before["repeats"] + after["repeats"],
-        "sustained_before_and_after": [before["sustained_images_per_second"], after["sustained_images_per_second"]],
+        "repeats": sum(raw["repeats"] for raw in measures),
+        "sustained_each": [raw["sustained_images_per_second"] for raw in measures],
     }
 
 
@@ -332,6 +357,7 @@ def _worker_model_time(codes: list[str], seconds: float) -> dict:
     batches = sum(1 / size for size, _ in rows)
     busy_s = _covered_seconds(predictions.values_list("study__started_at", "study__completed_at"))
     return {
+        "busy_s": round(busy_s, 2),
         "batches": round(batches),
         "mean_batch_size": round(len(rows) / batches, 2) if batches else 0,
         "model_s": round(model_s, 2),
@@ -410,6 +436,37 @@ def _load(url: str, key: str, images: list[Path], clients: int) -> dict:
         # When the last upload was answered: web and worker share this machine's cores.
         "uploads_done_s": round(uploads_done, 2),
         **_percentiles(latencies),
+        "latencies_s": latencies,
+    }
+
+
+def _round(load: dict, raw: dict) -> dict:
+    """One load round beside the raw measures either side of it."""
+    return {
+        **{name: value for name, value in load.items() if name != "latencies_s"},
+        "raw_sustained_images_per_s": raw["sustained_images_per_second"],
+        "raw_sustained_before_and_after": raw["sustained_each"],
+        "ratio_to_raw": round(load["images_per_s"] / raw["sustained_images_per_second"], 2),
+    }
+
+
+def pooled_load(loads: list[dict]) -> dict:
+    """All rounds as one load phase: all images over all the time, latencies of all studies."""
+    images, seconds = sum(load["images"] for load in loads), sum(load["seconds"] for load in loads)
+    batches = sum(load["batches"] for load in loads)
+    model_s = sum(load["model_s"] for load in loads)
+    busy_s = sum(load["busy_s"] for load in loads)
+    return {
+        "rounds": len(loads),
+        "images": images,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(images / seconds, 2),
+        **_percentiles([latency for load in loads for latency in load["latencies_s"]]),
+        "batches": batches,
+        "mean_batch_size": round(images / batches, 2) if batches else 0,
+        "model_s": round(model_s, 2),
+        "model_share": round(model_s / seconds, 2),
+        "worker_busy_share": round(busy_s / seconds, 2),
     }
 
 
@@ -422,7 +479,10 @@ def run(args) -> dict:
     images += sorted((TRAIN / "NORMAL").glob("*.jpeg"))[: IDLE_RUNS + 1]  # idle set: distinct pixels
     layout = _layout(args.inference_cpus, args.web_workers, args.worker_processes)
     grays = raw_images(images[: args.n])
-    before = raw_throughput(version, grays, layout["inference_cpus"])
+
+    def raw() -> dict:
+        return raw_throughput(version, grays, layout["inference_cpus"], batches=raw_batches_for(args.n))
+
     former, pinned = _pin_services(args.redis_url, layout["web_cpus"]) if args.pin_services else ({}, [])
     services = _start_services(env, args.port, workdir, layout)
     # The load generator stands for the EMR: it must not take the worker's cores.
@@ -430,13 +490,20 @@ def run(args) -> dict:
     url = f"http://127.0.0.1:{args.port}"
     try:
         _wait_ready(url)
+        # The idle phase comes first: its warm-up study waits for the worker to load the
+        # model, so no raw measure shares the worker's cores with a starting worker.
         idle = _idle(url, key, images[-IDLE_RUNS - 1 :], IDLE_RUNS)
-        # Two connections per gunicorn process, as an EMR's interface engine would keep open.
-        load = _load(url, key, images[: args.n], clients=2 * args.web_workers)
+        raws, loads, rounds = [raw()], [], []
+        for number in range(1, args.rounds + 1):
+            # Two connections per gunicorn process, as an EMR's interface engine would keep open.
+            load = _load(url, integration_key(f"bench-round-{number}"), images[: args.n], clients=2 * args.web_workers)
+            raws.append(raw())
+            loads.append(load)
+            rounds.append(_round(load, combined_raw(raws[-2:])))
     finally:
         _stop(services)
         _unpin_services(former)
-    raw = combined_raw(before, raw_throughput(version, grays, layout["inference_cpus"]))
+    raw_pooled, load_pooled = combined_raw(raws), pooled_load(loads)
     return {
         "model": version.name if model_dir else "random-initialised resnet18, 224 px",
         "layout": layout["name"],
@@ -446,18 +513,21 @@ def run(args) -> dict:
         "inference_cpus": sorted(layout["inference_cpus"]),
         "services_on_web_cpus": pinned,
         "machine_cpus": os.cpu_count(),
-        "worker_device": raw["device"],
-        "worker_device_description": raw["device_description"],
-        "raw_torch_threads": raw["torch_threads"],
-        "raw_batch_size": raw["batch_size"],
-        "raw_batches": raw["repeats"],
-        "raw_sustained_images_per_s": raw["sustained_images_per_second"],
-        "raw_sustained_before_and_after": raw["sustained_before_and_after"],
-        "raw_best_batch_images_per_s": raw["images_per_second"],
+        "worker_device": raw_pooled["device"],
+        "worker_device_description": raw_pooled["device_description"],
+        "raw_torch_threads": raw_pooled["torch_threads"],
+        "raw_batch_size": raw_pooled["batch_size"],
+        "raw_measures": len(raws),
+        "raw_batches": raw_pooled["repeats"],
+        "raw_sustained_images_per_s": raw_pooled["sustained_images_per_second"],
+        "raw_sustained_each": raw_pooled["sustained_each"],
+        "raw_best_batch_images_per_s": raw_pooled["images_per_second"],
         "idle": idle,
-        "load": load,
-        "ratio_to_raw": round(load["images_per_s"] / raw["sustained_images_per_second"], 2),
-        "ratio_to_raw_best_batch": round(load["images_per_s"] / raw["images_per_second"], 2),
+        "load": load_pooled,
+        "rounds": rounds,
+        "ratio_to_raw": round(load_pooled["images_per_s"] / raw_pooled["sustained_images_per_second"], 2),
+        "round_ratios": [load_round["ratio_to_raw"] for load_round in rounds],
+        "ratio_to_raw_best_batch": round(load_pooled["images_per_s"] / raw_pooled["images_per_second"], 2),
     }
 
 
@@ -499,20 +569,33 @@ def render(result: dict, command: str) -> str:
             "| measure | value |",
             "|---|---|",
             f"| idle, one study at a time: p50 / p95 upload-to-prediction | {idle['p50_s']} s / {idle['p95_s']} s |",
-            f"| load: {load['images']} studies posted at once | {load['images_per_s']} images/s |",
+            f"| load: {load['rounds']} rounds of {load['images'] // load['rounds']} studies posted at once, "
+            f"all images over all their time | {load['images_per_s']} images/s |",
             f"| load: p50 / p95 upload-to-prediction | {load['p50_s']} s / {load['p95_s']} s |",
-            f"| load: last upload answered after | {load['uploads_done_s']} s of {load['seconds']} s |",
             f"| load: worker batches, mean size | {load['batches']}, {load['mean_batch_size']} |",
-            f"| load: worker time in the model (share of the load phase) "
+            f"| load: worker time in the model (share of the load phases) "
             f"| {load['model_s']} s ({load['model_share']}) |",
-            f"| load: share of the load phase with a batch in the worker | {load['worker_busy_share']} |",
+            f"| load: share of the load phases with a batch in the worker | {load['worker_busy_share']} |",
             f"| raw batched model throughput on the worker's CPUs (batch {result['raw_batch_size']}, "
-            f"Grad-CAM, {result['raw_torch_threads']} torch threads), sustained over {result['raw_batches']} "
-            f"batches, half before the load and half after it | {result['raw_sustained_images_per_s']} images/s "
-            f"({' and '.join(str(rate) for rate in result['raw_sustained_before_and_after'])}) |",
+            f"Grad-CAM, {result['raw_torch_threads']} torch threads), sustained: {result['raw_measures']} "
+            f"measures of {result['raw_batches'] // result['raw_measures']} batches, before the first round "
+            f"and after each | {result['raw_sustained_images_per_s']} images/s "
+            f"({', '.join(str(rate) for rate in result['raw_sustained_each'])}) |",
             f"| raw, best single batch | {result['raw_best_batch_images_per_s']} images/s |",
             f"| end-to-end / raw sustained (target >= 0.8) | {result['ratio_to_raw']} |",
             f"| end-to-end / raw best batch | {result['ratio_to_raw_best_batch']} |",
+            "",
+            "| round | images/s | p95 | last upload answered | model share | worker busy "
+            "| raw sustained before, after | round / raw |",
+            "|---|---|---|---|---|---|---|---|",
+            *(
+                f"| {number} | {load_round['images_per_s']} | {load_round['p95_s']} s "
+                f"| {load_round['uploads_done_s']} s of {load_round['seconds']} s | {load_round['model_share']} "
+                f"| {load_round['worker_busy_share']} "
+                f"| {', '.join(str(rate) for rate in load_round['raw_sustained_before_and_after'])} "
+                f"| {load_round['ratio_to_raw']} |"
+                for number, load_round in enumerate(result["rounds"], start=1)
+            ),
         ]
     )
 
@@ -540,6 +623,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     service_arguments(parser, n_help="studies posted at once in the load phase", redis_db=3)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="load rounds, each between two raw measures")
     parser.add_argument(
         "--inference-cpus", default=None, help="comma-separated cores for the worker alone (e.g. 1); default: shared"
     )
