@@ -35,11 +35,14 @@ from mlcore.models import ModelVersion
 
 log = logging.getLogger(__name__)
 
-# Most studies one worker predicts in one forward pass. Measured on this 2-core CPU with
-# `python -m bench.inference --batch-sizes 1 4 8 16 32` (ResNet-18 at 128 px, Grad-CAM and
-# heatmap PNGs included, idle machine): 65 images/s at batch 1, 99 at 4, 109 at 8, 74 at
-# 16, 71 at 32. Past 8 the Grad-CAM activations fall out of cache and throughput drops,
-# so 8 is the CPU optimum; a GPU worker gains from more (PIPELINE_MAX_BATCH=32 or 64).
+# Most studies one worker predicts in one forward pass. Grad-CAM no longer runs a backward
+# pass, so the activations it kept no longer push large batches out of cache: on this
+# 2-core VM (Intel Xeon host, ResNet-18 at 128 px, heatmap PNGs included, one thread),
+# `python -m bench.inference --threads 1 --batch-sizes 16 8 32 --repeats 32`, twice,
+# sustained 48.1 and 48.3 images/s at batch 8, 52.9 and 58.1 at 16, 53.7 and 53.5 at 32.
+# A batch of 16 also halves the per-batch database work for each study; 32 gains nothing
+# more and doubles the wait of a study that arrives just after a batch began. A GPU worker
+# gains from more (PIPELINE_MAX_BATCH=32 or 64).
 MAX_BATCH = settings.PIPELINE_MAX_BATCH
 PREDICT_TASK = "diagnostics.predict_studies"
 # Retries of one message on a transient error, with exponential backoff capped at 60 s.

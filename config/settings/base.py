@@ -212,7 +212,7 @@ CELERY_BROKER_CONNECTION_TIMEOUT = env_int("CELERY_BROKER_CONNECTION_TIMEOUT", 2
 # The pipeline: studies stuck in queued/processing longer than this are re-queued by the
 # sweeper (every PIPELINE_SWEEP_SECONDS), at most PIPELINE_MAX_ATTEMPTS times.
 # Studies one worker predicts in one batch (see diagnostics/pipeline.py for the measurements).
-PIPELINE_MAX_BATCH = env_int("PIPELINE_MAX_BATCH", 8)
+PIPELINE_MAX_BATCH = env_int("PIPELINE_MAX_BATCH", 16)
 # How long one message may go on predicting full batches from a backlog (well under the
 # task's soft time limit); then the next message takes over.
 PIPELINE_DRAIN_SECONDS = env_int("PIPELINE_DRAIN_SECONDS", 30)
