@@ -216,6 +216,9 @@ PIPELINE_MAX_BATCH = env_int("PIPELINE_MAX_BATCH", 16)
 # How long one message may go on predicting full batches from a backlog (well under the
 # task's soft time limit); then the next message takes over.
 PIPELINE_DRAIN_SECONDS = env_int("PIPELINE_DRAIN_SECONDS", 30)
+# One message waiting for a worker at a time, not one per upload (diagnostics/pipeline.py,
+# _WakeUps): needs a cache that the web and worker processes share, so on with Redis.
+PIPELINE_COALESCE_WAKE_UPS = env_bool("PIPELINE_COALESCE_WAKE_UPS", bool(REDIS_URL))
 PIPELINE_STUCK_SECONDS = env_int("PIPELINE_STUCK_SECONDS", 300)
 PIPELINE_MAX_ATTEMPTS = env_int("PIPELINE_MAX_ATTEMPTS", 3)
 PIPELINE_SWEEP_SECONDS = env_int("PIPELINE_SWEEP_SECONDS", 60)

@@ -100,7 +100,10 @@ def test_study_held_by_another_live_message_is_left_alone(hospital_a, tiny_model
     assert Prediction.objects.count() == 0
 
 
-def test_a_message_whose_studies_this_process_just_completed_is_dropped_without_a_query(hospital_a, tiny_model):
+def test_a_message_whose_studies_this_process_just_completed_is_dropped_without_a_query(
+    hospital_a, tiny_model, settings
+):
+    settings.PIPELINE_COALESCE_WAKE_UPS = False  # every study sends its own message
     studies = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE]]
     assert pipeline.predict_studies([studies[0].pk]) == [s.pk for s in studies]  # drained both
     waiting = store_study(hospital_a, OTHER_IMAGES[0])
@@ -113,7 +116,10 @@ def test_a_message_whose_studies_this_process_just_completed_is_dropped_without_
     assert pipeline.predict_studies([waiting.pk, studies[0].pk]) == [waiting.pk]
 
 
-def test_a_message_for_a_study_finished_over_a_minute_ago_claims_as_usual(hospital_a, tiny_model, monkeypatch):
+def test_a_message_for_a_study_finished_over_a_minute_ago_claims_as_usual(
+    hospital_a, tiny_model, monkeypatch, settings
+):
+    settings.PIPELINE_COALESCE_WAKE_UPS = False
     first, second = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE]]
     assert pipeline.predict_studies([first.pk]) == [first.pk, second.pk]
     later = time.monotonic() + 61
@@ -122,6 +128,74 @@ def test_a_message_for_a_study_finished_over_a_minute_ago_claims_as_usual(hospit
     with CaptureQueriesContext(connection) as queries:
         assert pipeline.predict_studies([second.pk]) == []
     assert [_verb_and_table(query["sql"]) for query in queries.captured_queries] == [("UPDATE", "diagnostics_study")]
+
+
+def test_while_a_wake_up_waits_new_studies_send_none_and_its_claim_takes_them_all(
+    hospital_a, tiny_model, settings, _no_broker
+):
+    settings.PIPELINE_COALESCE_WAKE_UPS = True
+    studies = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE, OTHER_IMAGES[0]]]
+
+    assert [pipeline.enqueue_prediction(study.pk) for study in studies] == [True, True, True]
+    assert _no_broker == [[studies[0].pk]]
+
+    # The worker takes that one message: every study stored before it is claimed.
+    assert pipeline.predict_studies([studies[0].pk]) == [study.pk for study in studies]
+    later = store_study(hospital_a, OTHER_IMAGES[1])
+    assert pipeline.enqueue_prediction(later.pk) is True
+    assert _no_broker == [[studies[0].pk], [later.pk]]
+
+
+def test_a_taken_wake_up_claims_even_when_its_own_study_was_done_here(hospital_a, tiny_model, settings, _no_broker):
+    settings.PIPELINE_COALESCE_WAKE_UPS = True
+    first, second = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE]]
+    pipeline.enqueue_prediction(first.pk)
+    assert pipeline.predict_studies([first.pk]) == [first.pk, second.pk]
+    # Stored while the next message waited, so it sent none: that message must claim it,
+    # though its own study was completed by this process a moment ago.
+    pipeline.enqueue_prediction(second.pk)
+    left = store_study(hospital_a, OTHER_IMAGES[0])
+    pipeline.enqueue_prediction(left.pk)
+    assert _no_broker == [[first.pk], [second.pk]]
+
+    assert pipeline.predict_studies([second.pk]) == [left.pk]
+
+
+def test_a_wake_up_that_could_not_be_sent_lets_the_next_study_try(hospital_a, settings, monkeypatch):
+    settings.PIPELINE_COALESCE_WAKE_UPS = True
+    attempts: list[list[int]] = []
+    monkeypatch.setattr(pipeline, "publish", lambda ids: attempts.append(list(ids)) and False)
+    first, second = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE]]
+
+    assert pipeline.enqueue_prediction(first.pk) is False
+    assert pipeline.enqueue_prediction(second.pk) is False
+    assert attempts == [[first.pk], [second.pk]]
+
+
+def test_without_a_shared_cache_every_study_sends_its_own_message(hospital_a, settings, _no_broker):
+    settings.PIPELINE_COALESCE_WAKE_UPS = False
+    studies = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE]]
+
+    for study in studies:
+        pipeline.enqueue_prediction(study.pk)
+
+    assert _no_broker == [[studies[0].pk], [studies[1].pk]]
+
+
+def test_a_drain_stopped_at_its_deadline_sends_a_wake_up_for_the_studies_left(
+    hospital_a, tiny_model, monkeypatch, settings, _no_broker
+):
+    settings.PIPELINE_COALESCE_WAKE_UPS = True
+    monkeypatch.setattr(pipeline, "MAX_BATCH", 2)
+    settings.PIPELINE_DRAIN_SECONDS = 0
+    studies = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES]]
+    pipeline.enqueue_prediction(studies[0].pk)
+    for study in studies[1:]:
+        pipeline.enqueue_prediction(study.pk)  # a wake-up is waiting: no message
+
+    assert pipeline.predict_studies([studies[0].pk]) == [studies[0].pk, studies[1].pk]
+    assert _no_broker == [[studies[0].pk], []]
+    assert pipeline.predict_studies([]) == [studies[2].pk, studies[3].pk]
 
 
 def test_redelivered_message_takes_over_the_studies_its_dead_worker_claimed(hospital_a, tiny_model):
