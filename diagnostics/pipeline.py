@@ -180,13 +180,12 @@ class _RecentlyFinished:
 
     Without a shared cache to coalesce wake-ups (`_WakeUps`), every upload sends its own
     message, but a busy worker drains the queue in batches, so most messages arrive
-    after their study is done. Studies never leave `completed`,
-    so a message whose studies this process just completed has nothing left to do: it
-    is dropped without a round trip to the database. A redelivered message goes to a new
-    process, which has no record and claims as usual. The record forgets after a minute,
-    so even a database restored from a backup, which hands out old ids again, costs at
-    most that minute's redundant messages, never a study: the sweeper's re-queue comes
-    later than that.
+    after their study is done. Studies never leave `completed`, so a message whose
+    studies this process just completed has nothing left to do: it is dropped without a
+    round trip to the database. A redelivered message goes to a new process, which has
+    no record and claims as usual. The record forgets after a minute, so even a database
+    restored from a backup, which hands out old ids again, costs at most that minute's
+    redundant messages, never a study: the sweeper's re-queue comes later than that.
     """
 
     def __init__(self, size: int = 4096, seconds: float = 60.0, clock=time.monotonic):
