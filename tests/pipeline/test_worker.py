@@ -224,6 +224,29 @@ def test_waiting_studies_are_predicted_in_one_batch(hospital_a, tiny_model, star
     assert list(Prediction.objects.values_list("batch_size", flat=True)) == [4, 4, 4, 4]
 
 
+def test_uploads_while_a_wake_up_waits_send_no_message_and_the_worker_predicts_them_all(
+    hospital_a, tiny_model, start_worker, broker, settings
+):
+    if not broker.url.startswith("redis://"):
+        pytest.skip("one waiting message needs the cache that web and workers share: Redis")
+    import redis
+
+    settings.PIPELINE_COALESCE_WAKE_UPS = True  # the worker has it from REDIS_URL
+    queue = redis.Redis.from_url(broker.url)
+    studies = [upload(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES]]
+    assert queue.llen("inference") == 1
+
+    start_worker()
+
+    wait_for(lambda: all(settled(s) for s in studies), 60, what="the batch")
+    assert [status_of(s) for s in studies] == [COMPLETED] * 4
+    assert list(Prediction.objects.values_list("batch_size", flat=True)) == [4, 4, 4, 4]
+    # The worker took the waiting message: the next upload sends one of its own.
+    later = upload(hospital_a, sorted((TRAIN / "PNEUMONIA").glob("*.jpeg"))[0])
+    wait_for(lambda: settled(later), 60, what="the study uploaded after the wake-up was taken")
+    assert status_of(later) == COMPLETED
+
+
 def test_each_pool_process_takes_an_equal_share_of_the_cores(hospital_a, tiny_model, start_worker):
     # Torch's default is a thread per core in every process: two pool processes would run
     # twice as many busy threads as cores.
