@@ -118,6 +118,10 @@ class _WakeUps:
     sends a message. The key expires after `seconds`, so a message lost with a broker
     restart holds back new messages for that long at most; its studies wait for the next
     message or, at worst, the sweeper, as they did before.
+
+    One waiting message wakes one worker. So that a burst still reaches every idle worker
+    and pool process (four share a GPU in deploy/), a drain whose first batch comes out
+    full makes sure a message waits for the next one.
     """
 
     key = "pipeline:wake-up-waiting"
@@ -233,6 +237,7 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
         return []
     deadline = time.monotonic() + settings.PIPELINE_DRAIN_SECONDS
     done: list[int] = []
+    first = True
     while True:
         claimed = _predict_batch(requested, claim)
         finished_here.add(claimed.completed)
@@ -240,6 +245,11 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
         # A batch that was not full emptied the queue.
         if claimed.size < MAX_BATCH:
             return done
+        if first and wake_ups.enabled:
+            # A backlog: make sure a message waits for another idle worker or pool process,
+            # which does the same on its first full batch, so a burst reaches them all.
+            wake_a_worker([])
+        first = False
         if time.monotonic() >= deadline:
             # The next message (or another worker) takes over. Studies stored during the
             # drain may have sent none (one was waiting, maybe taken since): make sure.

@@ -182,6 +182,21 @@ def test_without_a_shared_cache_every_study_sends_its_own_message(hospital_a, se
     assert _no_broker == [[studies[0].pk], [studies[1].pk]]
 
 
+def test_a_drain_that_finds_a_backlog_wakes_another_worker_once(
+    hospital_a, tiny_model, monkeypatch, settings, _no_broker
+):
+    settings.PIPELINE_COALESCE_WAKE_UPS = True
+    monkeypatch.setattr(pipeline, "MAX_BATCH", 2)
+    studies = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES]]
+    for study in studies:
+        pipeline.enqueue_prediction(study.pk)
+    assert _no_broker == [[studies[0].pk]]
+
+    # Two full batches: the first sends one wake-up; the second finds it waiting.
+    assert pipeline.predict_studies([studies[0].pk]) == [study.pk for study in studies]
+    assert _no_broker == [[studies[0].pk], []]
+
+
 def test_a_drain_stopped_at_its_deadline_sends_a_wake_up_for_the_studies_left(
     hospital_a, tiny_model, monkeypatch, settings, _no_broker
 ):
