@@ -656,6 +656,8 @@ def main() -> None:
         help="move the local PostgreSQL and Redis servers onto the web cores for the run (needs the right to)",
     )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     result = run(args)
     report(result, args, "bench.pipeline", section_key(result), render)
 
