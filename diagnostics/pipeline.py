@@ -121,7 +121,8 @@ class _WakeUps:
 
     One waiting message wakes one worker. So that a burst still reaches every idle worker
     and pool process (four share a GPU in deploy/), a drain whose first batch comes out
-    full makes sure a message waits for the next one.
+    full makes sure a message waits for the next one; that message also takes over what
+    a drain stopped at its deadline leaves.
     """
 
     key = "pipeline:wake-up-waiting"
@@ -248,13 +249,13 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
         if first and wake_ups.enabled:
             # A backlog: make sure a message waits for another idle worker or pool process,
             # which does the same on its first full batch, so a burst reaches them all.
+            # It also covers this drain's end at the deadline: every drain that gets
+            # there began with a full batch, so a message waits, or a worker that took
+            # it drains what is left.
             wake_a_worker([])
         first = False
+        # Past the deadline, the next message (or another worker) takes over.
         if time.monotonic() >= deadline:
-            # The next message (or another worker) takes over. Studies stored during the
-            # drain may have sent none (one was waiting, maybe taken since): make sure.
-            if wake_ups.enabled:
-                wake_a_worker([])
             return done
         requested = []
 

@@ -9,6 +9,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -197,19 +198,20 @@ def test_a_drain_that_finds_a_backlog_wakes_another_worker_once(
     assert _no_broker == [[studies[0].pk], []]
 
 
-def test_a_drain_stopped_at_its_deadline_sends_a_wake_up_for_the_studies_left(
+def test_a_drain_stopped_at_its_deadline_leaves_a_wake_up_waiting_for_the_studies_left(
     hospital_a, tiny_model, monkeypatch, settings, _no_broker
 ):
     settings.PIPELINE_COALESCE_WAKE_UPS = True
     monkeypatch.setattr(pipeline, "MAX_BATCH", 2)
     settings.PIPELINE_DRAIN_SECONDS = 0
     studies = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES]]
-    pipeline.enqueue_prediction(studies[0].pk)
-    for study in studies[1:]:
-        pipeline.enqueue_prediction(study.pk)  # a wake-up is waiting: no message
+    for study in studies:
+        pipeline.enqueue_prediction(study.pk)  # the first sends a message, the rest find it waiting
 
     assert pipeline.predict_studies([studies[0].pk]) == [studies[0].pk, studies[1].pk]
+
     assert _no_broker == [[studies[0].pk], []]
+    assert cache.get(pipeline.wake_ups.key) == 1  # so the next upload does not send another
     assert pipeline.predict_studies([]) == [studies[2].pk, studies[3].pk]
 
 
