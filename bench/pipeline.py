@@ -350,10 +350,14 @@ def _wait_worker_quiet(redis_url: str, timeout: float = 120) -> float:
     share the worker's cores with that.
     """
     import redis
+    from django.conf import settings
 
+    from diagnostics.pipeline import PREDICT_TASK
+
+    queue = settings.CELERY_TASK_ROUTES[PREDICT_TASK]["queue"]
     broker, started = redis.Redis.from_url(redis_url), time.monotonic()
     while time.monotonic() - started < timeout:
-        if not broker.llen("inference") and not broker.hlen("unacked"):
+        if not broker.llen(queue) and not broker.hlen("unacked"):
             return round(time.monotonic() - started, 2)
         time.sleep(0.05)
     raise SystemExit(f"the worker still had messages after {timeout:.0f} s")

@@ -118,21 +118,17 @@ class Broker:
         import redis
 
         redis.Redis.from_url(self.url).delete("inference", "celery", "unacked", "unacked_index", "unacked_mutex")
-        forget_wake_up()  # its message was just dropped
 
 
-def forget_wake_up() -> None:
-    """No wake-up message is recorded as waiting (an earlier test's may still be)."""
+@pytest.fixture(autouse=True)
+def _no_wake_up_waiting():
+    """No wake-up message is recorded as waiting: an earlier test's (or one whose message
+    `Broker.purge` drops at the start of a worker test) would keep uploads from sending."""
     from django.core.cache import cache
 
     from diagnostics.pipeline import wake_ups
 
     cache.delete(wake_ups.key)
-
-
-@pytest.fixture(autouse=True)
-def _no_wake_up_waiting():
-    forget_wake_up()
 
 
 def point_publisher_at(url: str, options: dict) -> None:
