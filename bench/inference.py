@@ -109,6 +109,101 @@ def measure_throughput(
     }
 
 
+def measure_throughput_in_processes(
+    spec: ModelSpec,
+    images: list[np.ndarray],
+    batch_size: int,
+    *,
+    processes: int,
+    cpus: set[int],
+    repeats: int = REPEATS,
+    device: str | None = None,
+) -> dict:
+    """`measure_throughput` with heatmaps, in `processes` processes at once, as a Celery
+    worker of that many pool processes runs the model: each process floats over `cpus`
+    with an equal share of them as torch threads, loads its own engine (a CUDA context
+    each, sharing the GPU) and takes every `processes`-th of the `repeats` batches.
+
+    One process with all the threads is not the same machine: the Python around the
+    model (preprocessing, the heatmaps' PNGs, kernel launches) runs in one thread per
+    process, so N processes can beat it by far, and a pipeline compared with it would
+    look better than the model can do.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # a forked CUDA context is unusable
+    threads = max(1, len(cpus) // processes)
+    batches = [
+        [images[(start + i) % len(images)] for i in range(batch_size)]
+        for start in range(0, repeats * batch_size, batch_size)
+    ]
+    ready, results = context.Barrier(processes), context.Queue()
+    workers = [
+        context.Process(
+            target=_throughput_share,
+            args=(spec, device, batches[number::processes], cpus, threads, ready, results),
+        )
+        for number in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    shares = [results.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    errors = [share["error"] for share in shares if "error" in share]
+    if errors:
+        raise RuntimeError(f"a measuring process failed: {errors[0]}")
+    return {**pool_process_shares(shares, batch_size), "processes": processes, "torch_threads": threads}
+
+
+def _throughput_share(spec, device, batches, cpus, threads, ready, results) -> None:
+    """One process's part of `measure_throughput_in_processes`: its batches, timed after
+    every process has loaded its model and run a warm-up batch."""
+    try:
+        os.sched_setaffinity(0, cpus)
+        torch.set_num_threads(threads)
+        engine = InferenceEngine(spec, device=device)
+        _run_batch(engine, batches[0], with_heatmap=True)
+        ready.wait()
+    except BaseException as exc:
+        ready.abort()  # the others stop waiting instead of hanging the benchmark
+        results.put({"error": f"{type(exc).__name__}: {exc}"})
+        raise
+    started = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the machine
+    seconds = []
+    for batch in batches:
+        batch_started = time.perf_counter()
+        _run_batch(engine, batch, with_heatmap=True)
+        seconds.append(time.perf_counter() - batch_started)
+    results.put(
+        {
+            "started": started,
+            "finished": time.monotonic(),
+            "batch_seconds": seconds,
+            "device": engine.device.type,
+            "device_description": describe_device(engine),
+        }
+    )
+
+
+def pool_process_shares(shares: list[dict], batch_size: int) -> dict:
+    """Processes measured at once, as one figure. Sustained: every image over the time
+    from the first process's start to the last one's finish. Best: each process at its
+    fastest batch, all at the same moment."""
+    batch_seconds = [seconds for share in shares for seconds in share["batch_seconds"]]
+    span = max(share["finished"] for share in shares) - min(share["started"] for share in shares)
+    return {
+        "batch_size": batch_size,
+        "with_heatmap": True,
+        "images_per_second": round(sum(batch_size / min(share["batch_seconds"]) for share in shares), 2),
+        "sustained_images_per_second": round(batch_size * len(batch_seconds) / span, 2),
+        "median_batch_ms": round(statistics.median(batch_seconds) * 1000, 1),
+        "repeats": len(batch_seconds),
+        "device": shares[0]["device"],
+        "device_description": shares[0]["device_description"],
+    }
+
+
 def measure_latency(
     engine: InferenceEngine, images: list[np.ndarray], *, runs: int = LATENCY_RUNS, with_heatmap: bool = True
 ) -> dict:

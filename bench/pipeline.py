@@ -24,6 +24,10 @@ upload's CPU is taken from the model. `--inference-cpus 1` gives the Celery work
 those cores alone (the web server gets the rest), as deploy/ separates web and
 inference machines; the raw figure is then measured on the same cores with as many
 torch threads, so the ratio compares the pipeline with the model on the same hardware.
+With `--worker-processes N` the raw figure is N processes measured at once, each with
+the share of threads a pool process takes: one process with every thread would be a
+slower machine than the worker's pool (its Python runs on one core), and the ratio
+would flatter the pipeline.
 With `--pin-services` the local PostgreSQL and Redis servers are moved onto the web
 cores for the run (and put back after it): left floating, the scheduler runs them on
 the worker's core too, where every upload's inserts take turns with the model.
@@ -148,22 +152,30 @@ def raw_images(images: list[Path]) -> list:
     return [load_grayscale_file(path) for path in images]
 
 
-def raw_batches_for(images: int) -> int:
-    """Batches of MAX_BATCH that take each of the load's images once."""
+def raw_batches_for(images: int, processes: int = 1) -> int:
+    """Batches of MAX_BATCH that take each of the load's images once, rounded up to as many
+    for every measuring process, so that none of them runs alone at the end."""
     from diagnostics.pipeline import MAX_BATCH
 
-    return max(1, -(-images // MAX_BATCH))
+    per_process = -(-images // (MAX_BATCH * processes))
+    return max(1, per_process) * processes
 
 
-def raw_throughput(version, grays: list, cpus: set[int], batches: int = RAW_BATCHES) -> dict:
+def raw_throughput(version, grays: list, cpus: set[int], batches: int = RAW_BATCHES, processes: int = 1) -> dict:
     """bench/inference.py on the same model, batch = the pipeline's MAX_BATCH, heatmaps included,
-    on the cores the worker will have, over the images the load phase posts (`raw_images`)."""
+    on the cores the worker will have, over the images the load phase posts (`raw_images`),
+    in as many processes as the worker's pool has."""
     import torch
 
     from bench import inference
     from diagnostics.pipeline import MAX_BATCH
     from mlcore import registry
 
+    if processes > 1:
+        spec = registry.spec_for(version)
+        return inference.measure_throughput_in_processes(
+            spec, grays, MAX_BATCH, processes=processes, cpus=cpus, repeats=batches
+        )
     everywhere, threads = os.sched_getaffinity(0), torch.get_num_threads()
     os.sched_setaffinity(0, cpus)
     torch.set_num_threads(len(cpus))
@@ -175,7 +187,7 @@ def raw_throughput(version, grays: list, cpus: set[int], batches: int = RAW_BATC
         registry.engines.clear()
         os.sched_setaffinity(0, everywhere)
         torch.set_num_threads(threads)
-    return {**result, **device, "torch_threads": len(cpus)}
+    return {**result, **device, "processes": 1, "torch_threads": len(cpus)}
 
 
 def combined_raw(measures: list[dict]) -> dict:
@@ -502,7 +514,13 @@ def run(args) -> dict:
     grays = raw_images(images[: args.n])
 
     def raw() -> dict:
-        return raw_throughput(version, grays, layout["inference_cpus"], batches=raw_batches_for(args.n))
+        return raw_throughput(
+            version,
+            grays,
+            layout["inference_cpus"],
+            raw_batches_for(args.n, layout["worker_processes"]),
+            layout["worker_processes"],
+        )
 
     former, pinned = _pin_services(args.redis_url, layout["web_cpus"]) if args.pin_services else ({}, [])
     services = _start_services(env, args.port, workdir, layout)
@@ -538,6 +556,7 @@ def run(args) -> dict:
         "machine_cpus": os.cpu_count(),
         "worker_device": raw_pooled["device"],
         "worker_device_description": raw_pooled["device_description"],
+        "raw_processes": raw_pooled["processes"],
         "raw_torch_threads": raw_pooled["torch_threads"],
         "raw_batch_size": raw_pooled["batch_size"],
         "raw_measures": len(raws),
@@ -600,7 +619,8 @@ def render(result: dict, command: str) -> str:
             f"| {load['model_s']} s ({load['model_share']}) |",
             f"| load: share of the load phases with a batch in the worker | {load['worker_busy_share']} |",
             f"| raw batched model throughput on the worker's CPUs (batch {result['raw_batch_size']}, "
-            f"Grad-CAM, {result['raw_torch_threads']} torch threads), sustained: {result['raw_measures']} "
+            f"Grad-CAM, {result['raw_processes']} process(es) of {result['raw_torch_threads']} torch threads "
+            f"at once), sustained: {result['raw_measures']} "
             f"measures of {result['raw_batches'] // result['raw_measures']} batches, before the first round "
             f"and after each | {result['raw_sustained_images_per_s']} images/s "
             f"({', '.join(str(rate) for rate in result['raw_sustained_each'])}) |",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from bench import inference
 from tests.mlcore.helpers import SMALL_DATA, TINY_NAME
@@ -59,3 +60,41 @@ def test_writing_replaces_only_its_own_section(tiny_model, tmp_path):
     assert f"python -m bench.inference --model-dir {tiny_model} --device cpu --batch-sizes 1 2 --repeats 1" in first
     section = "<!-- bench:inference:cpu -->\nnew figures\n<!-- /bench:inference:cpu -->\n"
     assert second == f"# Benchmarks\n\nintro\n\n{pipeline}\n\n{section}"
+
+
+def test_processes_measured_at_once_pool_over_the_time_from_first_start_to_last_finish():
+    # Two processes of batch 4: three batches from t=10.0 to 10.6, two from t=10.1 to 10.9.
+    shares = [
+        {
+            "started": 10.0,
+            "finished": 10.6,
+            "batch_seconds": [0.2, 0.2, 0.2],
+            "device": "cpu",
+            "device_description": "d",
+        },
+        {"started": 10.1, "finished": 10.9, "batch_seconds": [0.5, 0.3], "device": "cpu", "device_description": "d"},
+    ]
+
+    figure = inference.pool_process_shares(shares, batch_size=4)
+
+    # 20 images in 0.9 s, not the sum of each process's own rate (20.0 + 10.0).
+    assert figure["sustained_images_per_second"] == 22.22
+    # Each process at its fastest batch at the same moment: 4 / 0.2 + 4 / 0.3.
+    assert figure["images_per_second"] == 33.33
+    assert (figure["repeats"], figure["median_batch_ms"], figure["batch_size"]) == (5, 200.0, 4)
+    assert (figure["device"], figure["with_heatmap"]) == ("cpu", True)
+
+
+def test_throughput_in_processes_runs_every_batch_once_across_the_processes(tiny_model):
+    engine = inference.load_engine(tiny_model, "cpu")
+    cpus = os.sched_getaffinity(0)
+
+    figure = inference.measure_throughput_in_processes(
+        engine.spec, inference.load_images(SMALL_DATA), 2, processes=2, cpus=cpus, repeats=4, device="cpu"
+    )
+
+    assert (figure["processes"], figure["repeats"], figure["batch_size"]) == (2, 4, 2)
+    assert figure["torch_threads"] == max(1, len(cpus) // 2)
+    assert figure["device"] == "cpu"
+    assert figure["device_description"].startswith("CPU: ")
+    assert 0 < figure["sustained_images_per_second"] <= figure["images_per_second"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.pipeline import combined_raw, pooled_load
+from bench.pipeline import combined_raw, pooled_load, raw_batches_for
 
 
 def _raw(sustained: float, best: float) -> dict:
@@ -57,3 +57,12 @@ def test_rounds_pool_into_all_images_over_all_their_time_and_every_studys_latenc
     )
     assert (load["p50_s"], load["p95_s"]) == (0.15, 0.2)
     assert (load["model_s"], load["model_share"], load["worker_busy_share"]) == (1.6, 0.8, 0.9)
+
+
+def test_raw_measure_gives_every_measuring_process_the_same_number_of_batches():
+    from diagnostics.pipeline import MAX_BATCH
+
+    # One image more than four full batches: five batches for one process, two each for four.
+    assert raw_batches_for(4 * MAX_BATCH + 1) == 5
+    assert raw_batches_for(4 * MAX_BATCH + 1, processes=4) == 8
+    assert raw_batches_for(1, processes=4) == 4
