@@ -109,81 +109,103 @@ def measure_throughput(
     }
 
 
-def measure_throughput_in_processes(
-    spec: ModelSpec,
-    images: list[np.ndarray],
-    batch_size: int,
-    *,
-    processes: int,
-    cpus: set[int],
-    repeats: int = REPEATS,
-    device: str | None = None,
-) -> dict:
+class MeasuringProcesses:
     """`measure_throughput` with heatmaps, in `processes` processes at once, as a Celery
     worker of that many pool processes runs the model: each process floats over `cpus`
-    with an equal share of them as torch threads, loads its own engine (a CUDA context
-    each, sharing the GPU) and takes every `processes`-th of the `repeats` batches.
+    with an equal share of them as torch threads, holds its own engine (a CUDA context
+    each, sharing the GPU) and takes every `processes`-th batch of a measure.
 
     One process with all the threads is not the same machine: the Python around the
     model (preprocessing, the heatmaps' PNGs, kernel launches) runs in one thread per
     process, so N processes can beat it by far, and a pipeline compared with it would
     look better than the model can do.
+
+    The processes start once and serve every `measure`: starting them costs a torch
+    import and a CUDA context each, seconds that a run of several measures would pay
+    again and again.
     """
-    import multiprocessing
 
-    context = multiprocessing.get_context("spawn")  # a forked CUDA context is unusable
-    threads = max(1, len(cpus) // processes)
-    batches = [
-        [images[(start + i) % len(images)] for i in range(batch_size)]
-        for start in range(0, repeats * batch_size, batch_size)
-    ]
-    ready, results = context.Barrier(processes), context.Queue()
-    workers = [
-        context.Process(
-            target=_throughput_share,
-            args=(spec, device, batches[number::processes], cpus, threads, ready, results),
+    def __init__(self, spec: ModelSpec, *, processes: int, cpus: set[int], device: str | None = None):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # a forked CUDA context is unusable
+        self.processes, self.threads = processes, max(1, len(cpus) // processes)
+        self._ready, self._results = context.Barrier(processes), context.Queue()
+        self._tasks = [context.Queue() for _ in range(processes)]
+        self._workers = [
+            context.Process(
+                target=_measuring_process,
+                args=(spec, device, cpus, self.threads, tasks, self._ready, self._results),
+                daemon=True,
+            )
+            for tasks in self._tasks
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    def measure(self, images: list[np.ndarray], batch_size: int, repeats: int) -> dict:
+        batches = [
+            [images[(start + i) % len(images)] for i in range(batch_size)]
+            for start in range(0, repeats * batch_size, batch_size)
+        ]
+        for number, tasks in enumerate(self._tasks):
+            tasks.put(batches[number :: self.processes])
+        shares = [self._results.get(timeout=MEASURE_TIMEOUT_S) for _ in self._tasks]
+        errors = [share["error"] for share in shares if "error" in share]
+        if errors:
+            raise RuntimeError(f"a measuring process failed: {errors[0]}")
+        return {**pool_process_shares(shares, batch_size), "processes": self.processes, "torch_threads": self.threads}
+
+    def close(self) -> None:
+        for tasks in self._tasks:
+            tasks.put(None)
+        for worker in self._workers:
+            worker.join(timeout=30)
+            if worker.is_alive():
+                worker.kill()
+
+    def __enter__(self) -> MeasuringProcesses:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+# Loading a model and timing a few hundred images takes seconds; a process that has not
+# answered in this time is stuck, and the benchmark says so instead of hanging.
+MEASURE_TIMEOUT_S = 600
+
+
+def _measuring_process(spec, device, cpus, threads, tasks, ready, results) -> None:
+    """One process of `MeasuringProcesses`: load the model, then time each measure's
+    batches from the moment every process is ready (its warm-up batch done)."""
+    os.sched_setaffinity(0, cpus)
+    torch.set_num_threads(threads)
+    engine = None
+    while (batches := tasks.get()) is not None:
+        try:
+            engine = engine or InferenceEngine(spec, device=device)
+            _run_batch(engine, batches[0], with_heatmap=True)
+            ready.wait()
+        except BaseException as exc:
+            ready.abort()  # the others stop waiting instead of hanging the benchmark
+            results.put({"error": f"{type(exc).__name__}: {exc}"})
+            raise
+        started = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the machine
+        seconds = []
+        for batch in batches:
+            batch_started = time.perf_counter()
+            _run_batch(engine, batch, with_heatmap=True)
+            seconds.append(time.perf_counter() - batch_started)
+        results.put(
+            {
+                "started": started,
+                "finished": time.monotonic(),
+                "batch_seconds": seconds,
+                "device": engine.device.type,
+                "device_description": describe_device(engine),
+            }
         )
-        for number in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
-    shares = [results.get() for _ in workers]
-    for worker in workers:
-        worker.join()
-    errors = [share["error"] for share in shares if "error" in share]
-    if errors:
-        raise RuntimeError(f"a measuring process failed: {errors[0]}")
-    return {**pool_process_shares(shares, batch_size), "processes": processes, "torch_threads": threads}
-
-
-def _throughput_share(spec, device, batches, cpus, threads, ready, results) -> None:
-    """One process's part of `measure_throughput_in_processes`: its batches, timed after
-    every process has loaded its model and run a warm-up batch."""
-    try:
-        os.sched_setaffinity(0, cpus)
-        torch.set_num_threads(threads)
-        engine = InferenceEngine(spec, device=device)
-        _run_batch(engine, batches[0], with_heatmap=True)
-        ready.wait()
-    except BaseException as exc:
-        ready.abort()  # the others stop waiting instead of hanging the benchmark
-        results.put({"error": f"{type(exc).__name__}: {exc}"})
-        raise
-    started = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the machine
-    seconds = []
-    for batch in batches:
-        batch_started = time.perf_counter()
-        _run_batch(engine, batch, with_heatmap=True)
-        seconds.append(time.perf_counter() - batch_started)
-    results.put(
-        {
-            "started": started,
-            "finished": time.monotonic(),
-            "batch_seconds": seconds,
-            "device": engine.device.type,
-            "device_description": describe_device(engine),
-        }
-    )
 
 
 def pool_process_shares(shares: list[dict], batch_size: int) -> dict:

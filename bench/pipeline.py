@@ -161,21 +161,18 @@ def raw_batches_for(images: int, processes: int = 1) -> int:
     return max(1, per_process) * processes
 
 
-def raw_throughput(version, grays: list, cpus: set[int], batches: int = RAW_BATCHES, processes: int = 1) -> dict:
+def raw_throughput(version, grays: list, cpus: set[int], batches: int = RAW_BATCHES, measuring=None) -> dict:
     """bench/inference.py on the same model, batch = the pipeline's MAX_BATCH, heatmaps included,
-    on the cores the worker will have, over the images the load phase posts (`raw_images`),
-    in as many processes as the worker's pool has."""
+    on the cores the worker will have, over the images the load phase posts (`raw_images`);
+    in `measuring` (`inference.MeasuringProcesses`) when the worker's pool has several processes."""
     import torch
 
     from bench import inference
     from diagnostics.pipeline import MAX_BATCH
     from mlcore import registry
 
-    if processes > 1:
-        spec = registry.spec_for(version)
-        return inference.measure_throughput_in_processes(
-            spec, grays, MAX_BATCH, processes=processes, cpus=cpus, repeats=batches
-        )
+    if measuring is not None:
+        return measuring.measure(grays, MAX_BATCH, repeats=batches)
     everywhere, threads = os.sched_getaffinity(0), torch.get_num_threads()
     os.sched_setaffinity(0, cpus)
     torch.set_num_threads(len(cpus))
@@ -513,13 +510,17 @@ def run(args) -> dict:
     layout = _layout(args.inference_cpus, args.web_workers, args.worker_processes)
     grays = raw_images(images[: args.n])
 
+    processes = layout["worker_processes"]
+    measuring = None
+    if processes > 1:
+        from bench.inference import MeasuringProcesses
+        from mlcore.registry import spec_for
+
+        measuring = MeasuringProcesses(spec_for(version), processes=processes, cpus=layout["inference_cpus"])
+
     def raw() -> dict:
         return raw_throughput(
-            version,
-            grays,
-            layout["inference_cpus"],
-            raw_batches_for(args.n, layout["worker_processes"]),
-            layout["worker_processes"],
+            version, grays, layout["inference_cpus"], raw_batches_for(args.n, processes), measuring=measuring
         )
 
     former, pinned = _pin_services(args.redis_url, layout["web_cpus"]) if args.pin_services else ({}, [])
@@ -544,6 +545,8 @@ def run(args) -> dict:
     finally:
         _stop(services)
         _unpin_services(former)
+        if measuring is not None:
+            measuring.close()
     raw_pooled, load_pooled = combined_raw(raws), pooled_load(loads)
     return {
         "model": version.name if model_dir else "random-initialised resnet18, 224 px",

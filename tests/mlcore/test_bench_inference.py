@@ -85,16 +85,18 @@ def test_processes_measured_at_once_pool_over_the_time_from_first_start_to_last_
     assert (figure["device"], figure["with_heatmap"]) == ("cpu", True)
 
 
-def test_throughput_in_processes_runs_every_batch_once_across_the_processes(tiny_model):
+def test_measuring_processes_run_every_batch_once_across_the_processes_measure_after_measure(tiny_model):
     engine = inference.load_engine(tiny_model, "cpu")
     cpus = os.sched_getaffinity(0)
+    images = inference.load_images(SMALL_DATA)
 
-    figure = inference.measure_throughput_in_processes(
-        engine.spec, inference.load_images(SMALL_DATA), 2, processes=2, cpus=cpus, repeats=4, device="cpu"
-    )
+    with inference.MeasuringProcesses(engine.spec, processes=2, cpus=cpus, device="cpu") as measuring:
+        first = measuring.measure(images, 2, repeats=4)
+        second = measuring.measure(images, 3, repeats=2)
 
-    assert (figure["processes"], figure["repeats"], figure["batch_size"]) == (2, 4, 2)
-    assert figure["torch_threads"] == max(1, len(cpus) // 2)
-    assert figure["device"] == "cpu"
-    assert figure["device_description"].startswith("CPU: ")
-    assert 0 < figure["sustained_images_per_second"] <= figure["images_per_second"]
+    assert (first["processes"], first["repeats"], first["batch_size"]) == (2, 4, 2)
+    assert (second["processes"], second["repeats"], second["batch_size"]) == (2, 2, 3)
+    assert first["torch_threads"] == max(1, len(cpus) // 2)
+    assert first["device"] == "cpu"
+    assert first["device_description"].startswith("CPU: ")
+    assert 0 < first["sustained_images_per_second"] <= first["images_per_second"]
