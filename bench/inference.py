@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import queue
 import resource
 import statistics
 import sys
@@ -150,11 +151,24 @@ class MeasuringProcesses:
         ]
         for number, tasks in enumerate(self._tasks):
             tasks.put(batches[number :: self.processes])
-        shares = [self._results.get(timeout=MEASURE_TIMEOUT_S) for _ in self._tasks]
+        shares = [self._next_share() for _ in self._tasks]
         errors = [share["error"] for share in shares if "error" in share]
         if errors:
             raise RuntimeError(f"a measuring process failed: {errors[0]}")
         return {**pool_process_shares(shares, batch_size), "processes": self.processes, "torch_threads": self.threads}
+
+    def _next_share(self) -> dict:
+        deadline = time.monotonic() + MEASURE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                return self._results.get(timeout=1)
+            except queue.Empty:
+                # A process that died before answering (killed, crashed at start) never will.
+                dead = [worker.exitcode for worker in self._workers if worker.exitcode is not None]
+                if dead:
+                    self._ready.abort()  # release the others from the barrier, so that close() is quick
+                    raise RuntimeError(f"a measuring process exited with code {dead[0]} before answering") from None
+        raise RuntimeError(f"a measuring process did not answer within {MEASURE_TIMEOUT_S} s")
 
     def close(self) -> None:
         for tasks in self._tasks:
@@ -163,6 +177,11 @@ class MeasuringProcesses:
             worker.join(timeout=30)
             if worker.is_alive():
                 worker.kill()
+        for pipe in (*self._tasks, self._results):
+            # Batches sent to a process that died stay unread; without this, this process
+            # would wait at exit for its queue's thread to push them into a full pipe.
+            pipe.cancel_join_thread()
+            pipe.close()
 
     def __enter__(self) -> MeasuringProcesses:
         return self
@@ -184,28 +203,31 @@ def _measuring_process(spec, device, cpus, threads, tasks, ready, results) -> No
     engine = None
     while (batches := tasks.get()) is not None:
         try:
-            engine = engine or InferenceEngine(spec, device=device)
-            _run_batch(engine, batches[0], with_heatmap=True)
-            ready.wait()
+            if engine is None:
+                engine = InferenceEngine(spec, device=device)
+            results.put(_timed_share(engine, batches, ready))
         except BaseException as exc:
             ready.abort()  # the others stop waiting instead of hanging the benchmark
             results.put({"error": f"{type(exc).__name__}: {exc}"})
             raise
-        started = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the machine
-        seconds = []
-        for batch in batches:
-            batch_started = time.perf_counter()
-            _run_batch(engine, batch, with_heatmap=True)
-            seconds.append(time.perf_counter() - batch_started)
-        results.put(
-            {
-                "started": started,
-                "finished": time.monotonic(),
-                "batch_seconds": seconds,
-                "device": engine.device.type,
-                "device_description": describe_device(engine),
-            }
-        )
+
+
+def _timed_share(engine: InferenceEngine, batches: list, ready) -> dict:
+    _run_batch(engine, batches[0], with_heatmap=True)
+    ready.wait()
+    started = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the machine
+    seconds = []
+    for batch in batches:
+        batch_started = time.perf_counter()
+        _run_batch(engine, batch, with_heatmap=True)
+        seconds.append(time.perf_counter() - batch_started)
+    return {
+        "started": started,
+        "finished": time.monotonic(),
+        "batch_seconds": seconds,
+        "device": engine.device.type,
+        "device_description": describe_device(engine),
+    }
 
 
 def pool_process_shares(shares: list[dict], batch_size: int) -> dict:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+
+import pytest
 
 from bench import inference
 from tests.mlcore.helpers import SMALL_DATA, TINY_NAME
@@ -100,3 +103,28 @@ def test_measuring_processes_run_every_batch_once_across_the_processes_measure_a
     assert first["device"] == "cpu"
     assert first["device_description"].startswith("CPU: ")
     assert 0 < first["sustained_images_per_second"] <= first["images_per_second"]
+
+
+def test_a_measuring_process_that_cannot_load_the_model_fails_the_measure_with_its_reason(tiny_model, tmp_path):
+    spec = dataclasses.replace(inference.load_engine(tiny_model, "cpu").spec, weights_path=tmp_path / "gone.pt")
+
+    images = inference.load_images(SMALL_DATA)
+    measuring = inference.MeasuringProcesses(spec, processes=2, cpus=os.sched_getaffinity(0), device="cpu")
+    try:
+        with pytest.raises(RuntimeError, match=r"^a measuring process failed: \w+"):
+            measuring.measure(images, 2, repeats=2)
+    finally:
+        measuring.close()
+
+
+def test_a_measuring_process_that_died_fails_the_measure_instead_of_hanging_it(tiny_model):
+    spec = inference.load_engine(tiny_model, "cpu").spec
+    images = inference.load_images(SMALL_DATA)
+    measuring = inference.MeasuringProcesses(spec, processes=2, cpus=os.sched_getaffinity(0), device="cpu")
+    try:
+        measuring._workers[0].kill()
+        measuring._workers[0].join()
+        with pytest.raises(RuntimeError, match=r"^a measuring process exited with code -9 before answering$"):
+            measuring.measure(images, 2, repeats=2)
+    finally:
+        measuring.close()
