@@ -90,16 +90,9 @@ def measure_throughput(
     one to set beside a throughput measured over a run: on a shared VM the best batch
     runs a fifth faster than the average one.
     """
-    batches = [
-        [images[(start + i) % len(images)] for i in range(batch_size)]
-        for start in range(0, repeats * batch_size, batch_size)
-    ]
+    batches = _cycled_batches(images, batch_size, repeats)
     _run_batch(engine, batches[0], with_heatmap)
-    seconds = []
-    for batch in batches:
-        started = time.perf_counter()
-        _run_batch(engine, batch, with_heatmap)
-        seconds.append(time.perf_counter() - started)
+    seconds = _batch_seconds(engine, batches, with_heatmap)
     return {
         "batch_size": batch_size,
         "with_heatmap": with_heatmap,
@@ -108,6 +101,23 @@ def measure_throughput(
         "median_batch_ms": round(statistics.median(seconds) * 1000, 1),
         "repeats": repeats,
     }
+
+
+def _cycled_batches(images: list[np.ndarray], batch_size: int, repeats: int) -> list[list[np.ndarray]]:
+    """`repeats` batches, each of the next `batch_size` images (cycling)."""
+    return [
+        [images[(start + i) % len(images)] for i in range(batch_size)]
+        for start in range(0, repeats * batch_size, batch_size)
+    ]
+
+
+def _batch_seconds(engine: InferenceEngine, batches: list, with_heatmap: bool) -> list[float]:
+    seconds = []
+    for batch in batches:
+        started = time.perf_counter()
+        _run_batch(engine, batch, with_heatmap)
+        seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 class MeasuringProcesses:
@@ -145,10 +155,7 @@ class MeasuringProcesses:
             worker.start()
 
     def measure(self, images: list[np.ndarray], batch_size: int, repeats: int) -> dict:
-        batches = [
-            [images[(start + i) % len(images)] for i in range(batch_size)]
-            for start in range(0, repeats * batch_size, batch_size)
-        ]
+        batches = _cycled_batches(images, batch_size, repeats)
         for number, tasks in enumerate(self._tasks):
             tasks.put(batches[number :: self.processes])
         shares = [self._next_share() for _ in self._tasks]
@@ -216,11 +223,7 @@ def _timed_share(engine: InferenceEngine, batches: list, ready) -> dict:
     _run_batch(engine, batches[0], with_heatmap=True)
     ready.wait()
     started = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the machine
-    seconds = []
-    for batch in batches:
-        batch_started = time.perf_counter()
-        _run_batch(engine, batch, with_heatmap=True)
-        seconds.append(time.perf_counter() - batch_started)
+    seconds = _batch_seconds(engine, batches, with_heatmap=True)
     return {
         "started": started,
         "finished": time.monotonic(),

@@ -354,9 +354,9 @@ def _completed_at(codes: list[str], timeout: float) -> dict[str, float]:
 def _wait_worker_quiet(redis_url: str, timeout: float = 120) -> float:
     """Wait until the worker has taken and acknowledged every message; return the seconds waited.
 
-    Every upload sends a message, and a draining worker predicts most studies before their
-    own message reaches it; it goes through those afterwards. A raw measure must not
-    share the worker's cores with that.
+    Messages a draining worker has not taken yet (one per upload without coalesced
+    wake-ups, most of them for studies it has already predicted) are still work for its
+    cores: a raw measure must not share them with that.
     """
     import redis
     from django.conf import settings
