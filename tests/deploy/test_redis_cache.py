@@ -1,0 +1,50 @@
+"""The Redis cache backend the settings name: Django's, with one client per connection pool."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from config.cache import SharedClientRedisCache
+
+
+@pytest.fixture
+def redis_cache(redis_url):
+    cache = SharedClientRedisCache(redis_url, {"KEY_PREFIX": f"test-{uuid.uuid4().hex}"})
+    yield cache
+    cache.clear()
+
+
+def test_every_operation_goes_through_the_same_client(redis_cache):
+    first = redis_cache._cache.get_client(write=True)
+
+    redis_cache.set("throttle", [1.0, 2.0], 30)
+
+    assert redis_cache._cache.get_client() is first
+    assert redis_cache._cache.get_client(write=True) is first
+    assert redis_cache.get("throttle") == [1.0, 2.0]
+
+
+def test_threads_sharing_the_client_each_read_their_own_keys(redis_cache):
+    def write_then_read(number: int) -> int:
+        redis_cache.set(f"key-{number}", number, 30)
+        return redis_cache.get(f"key-{number}")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        read = list(pool.map(write_then_read, range(64)))
+
+    assert read == list(range(64))
+
+
+def test_add_keeps_the_first_value_as_djangos_backend_does(redis_cache):
+    assert redis_cache.add("wake-up", 1, 30) is True
+    assert redis_cache.add("wake-up", 2, 30) is False
+    assert redis_cache.get("wake-up") == 1
+
+
+def test_the_default_cache_is_it_when_redis_is_configured(redis_url):
+    from django.core.cache import caches
+
+    assert type(caches["default"]) is SharedClientRedisCache
