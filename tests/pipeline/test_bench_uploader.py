@@ -1,0 +1,54 @@
+"""The pipeline benchmark's load generator posts real radiographs over kept-open HTTP
+connections, as an EMR interface engine (or nginx in front of gunicorn) does."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from bench.pipeline import Uploader
+from diagnostics.models import Study
+from tests.pipeline.conftest import TRAIN
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+IMAGES = sorted((TRAIN / "NORMAL").glob("*.jpeg"))[:6]
+
+
+def test_uploads_from_several_threads_are_stored_for_the_keys_hospital(live_server, key_a, hospital_a):
+    uploader = Uploader(live_server.url, key_a[1])
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        codes = list(pool.map(uploader.post, IMAGES))
+    uploader.close()
+
+    stored = Study.objects.filter(hospital=hospital_a).values_list("code", "original_size")
+    assert sorted(codes) == sorted(str(code) for code, _ in stored)
+    assert sorted(size for _, size in stored) == sorted(image.stat().st_size for image in IMAGES)
+
+
+def test_one_thread_reuses_its_connection_from_one_upload_to_the_next(live_server, key_a):
+    uploader = Uploader(live_server.url, key_a[1])
+
+    uploader.post(IMAGES[0])
+    (connection,) = uploader._opened
+    socket = connection.sock
+    uploader.post(IMAGES[1])
+
+    assert uploader._opened == [connection]
+    assert connection.sock is socket
+    uploader.close()
+
+
+def test_a_connection_idle_past_the_limit_is_reopened_before_the_next_upload(live_server, key_a):
+    uploader = Uploader(live_server.url, key_a[1])
+    uploader.IDLE_REOPEN_S = 0.0
+
+    uploader.post(IMAGES[0])
+    first_socket = uploader._opened[0].sock
+    uploader.post(IMAGES[1])
+
+    assert uploader._opened[0].sock is not first_socket
+    assert Study.objects.count() == 2
+    uploader.close()
