@@ -278,7 +278,8 @@ def peak_memory(engine: InferenceEngine) -> dict:
 def describe_device(engine: InferenceEngine) -> str:
     if engine.device.type == "cuda":
         return f"{torch.cuda.get_device_name(engine.device)} (CUDA, float16, channels_last)"
-    return f"CPU: {_cpu_name()} ({os.cpu_count()} cores), {torch.get_num_threads()} torch threads, float32"
+    threads = torch.get_num_threads()
+    return f"CPU: {_cpu_name()} ({os.cpu_count()} cores), {threads} torch threads, float32, channels_last"
 
 
 def _cpu_name() -> str:

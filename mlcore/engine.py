@@ -83,17 +83,17 @@ class InferenceEngine:
         network = load_weights(build_network(spec.architecture), spec.weights_path, spec.weights_sha256)
         network.eval().requires_grad_(False)
         if self.device.type == "cuda":
-            # Half precision and channels_last: the tensor cores' preferred diet.
-            network = network.half().to(self.device, memory_format=torch.channels_last)
-        self.network = network.to(self.device)
+            network = network.half()  # the tensor cores' precision
+        # channels_last on both devices: the tensor cores, and on a CPU oneDNN's
+        # convolutions and PyTorch's pooling, are vectorised over channels in this layout;
+        # in NCHW the CPU reorders around every convolution and max-pools one value at a
+        # time. One EPYC core, batch 16 at 224 px: 6.8 ms an image against 8.9.
+        self.network = network.to(self.device, memory_format=torch.channels_last)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
 
     def _batch(self, grays: list[np.ndarray]) -> torch.Tensor:
         batch = torch.stack([to_model_input(gray, self.spec.image_size) for gray in grays])
-        batch = batch.to(self.device, self.dtype)
-        if self.device.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
+        return batch.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
 
     def logits(self, grays: list[np.ndarray]) -> np.ndarray:
         """Raw logits without heatmaps (evaluation)."""

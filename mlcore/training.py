@@ -126,9 +126,10 @@ def predict_logits(network: nn.Module, images: torch.Tensor, device: torch.devic
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size].to(device)
+            # channels_last, as the inference engine runs it, so the metrics recorded here
+            # are the serving path's own numbers (a threshold can sit on one image's score).
+            batch = images[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last)
             if device.type == "cuda":
-                batch = batch.contiguous(memory_format=torch.channels_last)
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     outputs.append(network(batch).float().reshape(-1).cpu())
             else:
@@ -161,9 +162,8 @@ def train(config: TrainConfig) -> dict:
     network = build_network(config.architecture)
     if config.init_weights:
         load_weights(network, config.init_weights)
-    network = network.to(device)
-    if device.type == "cuda":
-        network = network.to(memory_format=torch.channels_last)
+    # channels_last on both devices: faster on a CPU too (see InferenceEngine).
+    network = network.to(device, memory_format=torch.channels_last)
 
     # Class imbalance (about 1 normal : 2.9 pneumonia): weight positives so both classes
     # count equally in the loss. The calibration step undoes the resulting logit shift.
@@ -201,8 +201,7 @@ def train(config: TrainConfig) -> dict:
         )
         for images, targets in bar:
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            if device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss = criterion(network(images).reshape(-1).float(), targets)
