@@ -162,7 +162,9 @@ def train(config: TrainConfig) -> dict:
     network = build_network(config.architecture)
     if config.init_weights:
         load_weights(network, config.init_weights)
-    # channels_last on both devices: faster on a CPU too (see InferenceEngine).
+    # channels_last on both devices, as the engine serves it. On the 2-core VM it is
+    # faster on the CPU too: a step of 32 images at 128 px took 1.11 to 1.31 s, against
+    # 1.26 to 1.40 s in NCHW.
     network = network.to(device, memory_format=torch.channels_last)
 
     # Class imbalance (about 1 normal : 2.9 pneumonia): weight positives so both classes
