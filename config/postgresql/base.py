@@ -19,9 +19,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
         without it a web-only upload loop answered 2.6% more uploads a second (within
         that loop's spread). A server that restarts or ends the session (shutdown,
         pg_terminate_backend, idle timeouts) says so on the socket, with an error
-        message and then the close. So a connection outside
-        any transaction, with nothing to read, is as healthy as `SELECT 1` could show;
-        one with anything waiting on its socket gets Django's own check.
+        message and then the close. So a connection outside any transaction, with
+        nothing to read, is as healthy as `SELECT 1` could show; one with anything
+        waiting on its socket gets Django's own check.
         """
         due = self.connection is not None and self.health_check_enabled and not self.health_check_done
         if due and self._nothing_sent_since_last_query():
