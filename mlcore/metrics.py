@@ -15,12 +15,20 @@ def threshold_for_sensitivity(targets: np.ndarray, probabilities: np.ndarray, mi
     only add sensitivity at the same specificity), so among equally specific
     thresholds the lowest, i.e. the most sensitive, one is taken: missing pneumonia
     costs more than a false alarm.
+
+    A corner point is one validation image's own score. The threshold returned lies
+    halfway between it and the next lower score instead: it labels every validation
+    image as the corner does, but that image no longer sits on the boundary, where a
+    score computed again in another memory layout, precision or device (logits move by
+    3e-6 between NCHW and channels_last on a CPU) flips its label.
     """
     _, tpr, thresholds = roc_curve(targets, probabilities)
     acceptable = thresholds[(tpr >= min_sensitivity) & np.isfinite(thresholds)]
     if acceptable.size == 0:
         return float(probabilities.min())
-    return float(acceptable.max())
+    corner = float(acceptable.max())
+    below = probabilities[probabilities < corner]
+    return (corner + float(below.max())) / 2 if below.size else corner
 
 
 def expected_calibration_error(targets: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> float:

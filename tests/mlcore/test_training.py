@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from mlcore.calibration import calibrated_probability
-from mlcore.metrics import classification_report
+from mlcore.metrics import classification_report, threshold_for_sensitivity
 from mlcore.network import file_sha256
 from tests.mlcore.helpers import SMALL_DATA, TINY_EPOCHS, TINY_IMAGE_SIZE, TINY_NAME
 
@@ -117,3 +117,14 @@ def test_train_model_refuses_a_folder_without_the_class_folders(tmp_path):
     (tmp_path / "NORMAL").mkdir()
     with pytest.raises(CommandError, match="PNEUMONIA is missing"):
         call_command("train_model", "--data", str(tmp_path), "--out", str(tmp_path / "out"), "--no-progress")
+
+
+def test_the_threshold_lies_between_validation_scores_not_on_one():
+    targets = np.array([0, 0, 1, 0, 1, 1])
+    probabilities = np.array([0.10, 0.30, 0.50, 0.60, 0.70, 0.90])
+
+    threshold = threshold_for_sensitivity(targets, probabilities, min_sensitivity=1.0)
+
+    # The most specific corner with every pneumonia found is 0.50; the next lower score is 0.30.
+    assert threshold == pytest.approx(0.40)
+    assert list(probabilities >= threshold) == list(probabilities >= 0.50)
