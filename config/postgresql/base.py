@@ -21,7 +21,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
         pg_terminate_backend, idle timeouts) says so on the socket, with an error
         message and then the close. So a connection outside any transaction, with
         nothing to read, is as healthy as `SELECT 1` could show; one with anything
-        waiting on its socket gets Django's own check.
+        waiting on its socket gets Django's own check. A server that vanished without
+        closing goes unseen: the request's first query then fails once TCP gives up,
+        where `SELECT 1` would have waited as long and reconnected.
         """
         due = self.connection is not None and self.health_check_enabled and not self.health_check_done
         if due and self._nothing_sent_since_last_query():
