@@ -28,7 +28,13 @@ def threshold_for_sensitivity(targets: np.ndarray, probabilities: np.ndarray, mi
         return float(probabilities.min())
     corner = float(acceptable.max())
     below = probabilities[probabilities < corner]
-    return (corner + float(below.max())) / 2 if below.size else corner
+    if not below.size:
+        return corner
+    halfway = (corner + float(below.max())) / 2
+    # Compared in the scores' own precision (float32 rounds `halfway` when the two scores
+    # are adjacent floats): keep the corner unless halfway labels every image alike.
+    same_labels = np.array_equal(probabilities >= halfway, probabilities >= corner)
+    return halfway if same_labels else corner
 
 
 def expected_calibration_error(targets: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> float:

@@ -128,3 +128,15 @@ def test_the_threshold_lies_between_validation_scores_not_on_one():
     # The most specific corner with every pneumonia found is 0.50; the next lower score is 0.30.
     assert threshold == pytest.approx(0.40)
     assert list(probabilities >= threshold) == list(probabilities >= 0.50)
+
+
+def test_the_threshold_stays_on_the_corner_when_no_float_lies_between_the_scores():
+    # 0.7 and the float32 just under it: halfway between them rounds down to the lower one.
+    corner = np.float32(0.7)
+    below = np.nextafter(corner, np.float32(0))
+    probabilities = np.array([0.1, below, corner, 0.95], dtype=np.float32)
+    targets = np.array([0, 0, 1, 1])
+
+    threshold = threshold_for_sensitivity(targets, probabilities, min_sensitivity=1.0)
+
+    assert list(probabilities >= threshold) == [False, False, True, True]
