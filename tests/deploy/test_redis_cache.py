@@ -12,9 +12,15 @@ from config.cache import SharedClientRedisCache
 
 @pytest.fixture
 def redis_cache(redis_url):
-    cache = SharedClientRedisCache(redis_url, {"KEY_PREFIX": f"test-{uuid.uuid4().hex}"})
+    prefix = f"test-{uuid.uuid4().hex}"
+    cache = SharedClientRedisCache(redis_url, {"KEY_PREFIX": prefix})
     yield cache
-    cache.clear()
+    # Only this test's keys: the cache's clear() is FLUSHDB, which would also drop the
+    # broker's queues and the wake-up record kept in the same database.
+    client = cache._cache.get_client(write=True)
+    keys = list(client.scan_iter(match=f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
 
 
 def test_every_operation_goes_through_the_same_client(redis_cache):
