@@ -720,9 +720,9 @@ def cpu_threads_per_process(pool_processes: int) -> int:
 
 def warm_up(pool_processes: int = 1) -> None:
     """In a fresh pool process: take this process's share of the cores, load the active
-    model now (after fork) and run it once on a blank image, so the first study waits
-    for neither the weights nor the lazy set-up of the first forward pass
-    (CUDA kernels, cuDNN plans, CPU kernel caches)."""
+    model now (after fork) and run it on a blank image (on CUDA at every batch size up to
+    MAX_BATCH), so no study waits for the weights or the lazy set-up of a first forward
+    pass (CUDA kernels, cuDNN plans for each batch shape, CPU kernel caches)."""
     from mlcore.engine import use_cpu_threads  # torch: only the worker needs it
 
     threads = cpu_threads_per_process(pool_processes)
@@ -733,7 +733,7 @@ def warm_up(pool_processes: int = 1) -> None:
         log.warning("model not preloaded (%s); it will load with the first study", exc)
         return
     try:
-        engine.predict([np.zeros((engine.spec.image_size, engine.spec.image_size), dtype=np.uint8)])
+        engine.warm_up(MAX_BATCH)
     except Exception:  # a warm-up must never keep a worker from starting: the first study retries
         log.exception("model %s loaded, but its warm-up pass failed", version.name)
     log.info("inference worker ready: model %s on %s, %d CPU threads", version.name, engine.device, threads)

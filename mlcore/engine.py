@@ -103,6 +103,25 @@ class InferenceEngine:
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         return calibrated_probability(logits, self.spec.temperature, self.spec.logit_bias)
 
+    def warm_up(self, max_batch: int) -> int:
+        """Predict a blank image of the input size at every batch size a worker may send
+        (only batch 1 on a CPU), so no study waits for the set-up of a first pass.
+        Returns the batches run.
+
+        On CUDA the first batch of each new size is slow: cuDNN chooses and builds its
+        kernels for that shape. On an H100 (ResNet-18, 128 px, float16, Grad-CAM), batches
+        of 20, 21 and 23 took 111-142 ms the first time and 26-27 ms the next (see
+        docs/benchmarks.md, fourth H100 visit). A worker's batches come in every size up
+        to its maximum, so under load each pool process paid this again and again. On one
+        EPYC core the CPU showed no such cost for sizes 3 to 32, so a CPU warms with one
+        batch, which loads what lazy state it has.
+        """
+        blank = np.zeros((self.spec.image_size, self.spec.image_size), dtype=np.uint8)
+        sizes = range(1, max_batch + 1) if self.device.type == "cuda" else [1]
+        for size in sizes:
+            self.predict([blank] * size)
+        return len(sizes)
+
     def predict(self, grays: list[np.ndarray], with_heatmap: bool = True) -> list[PredictionResult]:
         if not grays:
             return []

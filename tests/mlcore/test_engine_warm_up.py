@@ -1,0 +1,55 @@
+"""A worker's warm-up runs every shape its batches will have where a first pass at a shape is slow."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from mlcore.engine import InferenceEngine, ModelSpec
+
+
+def _spec(model_dir) -> ModelSpec:
+    description = json.loads((model_dir / "model.json").read_text())
+    return ModelSpec(
+        name=description["name"],
+        architecture=description["architecture"],
+        image_size=description["image_size"],
+        weights_path=model_dir / "weights.pt",
+        weights_sha256=description["weights_sha256"],
+        threshold=description["threshold"],
+    )
+
+
+def _record_batches(engine: InferenceEngine, monkeypatch, *, run: bool) -> list[list[tuple]]:
+    seen, real_predict = [], engine.predict
+
+    def predict(grays, **kwargs):
+        seen.append([(gray.shape, gray.dtype.name, int(gray.max())) for gray in grays])
+        return real_predict(grays, **kwargs) if run else []
+
+    monkeypatch.setattr(engine, "predict", predict)
+    return seen
+
+
+def test_a_cpu_engine_warms_up_with_one_blank_image(tiny_model, monkeypatch):
+    engine = InferenceEngine(_spec(tiny_model), device="cpu")
+    seen = _record_batches(engine, monkeypatch, run=True)
+
+    assert engine.warm_up(max_batch=16) == 1
+
+    assert seen == [[((64, 64), "uint8", 0)]]
+
+
+def test_a_cuda_engine_warms_up_every_batch_size_up_to_the_maximum(tiny_model, monkeypatch):
+    if torch.cuda.is_available():
+        engine, run = InferenceEngine(_spec(tiny_model), device="cuda"), True
+    else:
+        # Without a GPU only the choice of batches can be checked: the network stays on the CPU.
+        engine, run = InferenceEngine(_spec(tiny_model), device="cpu"), False
+        monkeypatch.setattr(engine, "device", torch.device("cuda"))
+    seen = _record_batches(engine, monkeypatch, run=run)
+
+    assert engine.warm_up(max_batch=5) == 5
+
+    assert seen == [[((64, 64), "uint8", 0)] * size for size in (1, 2, 3, 4, 5)]
