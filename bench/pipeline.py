@@ -496,7 +496,32 @@ def _idle_run(code: str, started: float, answered: float, completed: float) -> d
     }
 
 
-def _load(url: str, key: str, images: list[Path], clients: int) -> dict:
+def cpu_jiffies(cpus: set[int]) -> tuple[int, int] | None:
+    """(busy, total) clock ticks of these cores since boot, from /proc/stat; None where
+    there is no /proc/stat. Busy is everything but idle and iowait."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    busy = total = 0
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            # user nice system idle iowait irq softirq steal: guest time is inside user already.
+            ticks = [int(value) for value in fields[:8]]
+            total += sum(ticks)
+            busy += sum(ticks) - ticks[3] - ticks[4]
+    return busy, total
+
+
+def busy_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Share of the cores' time they were busy between two `cpu_jiffies` readings."""
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 2)
+
+
+def _load(url: str, key: str, images: list[Path], clients: int, layout: dict) -> dict:
     started: dict[str, float] = {}
     uploader = Uploader(url, key)
 
@@ -504,12 +529,15 @@ def _load(url: str, key: str, images: list[Path], clients: int) -> dict:
         at = time.time()
         started[uploader.post(image)] = at
 
+    web_before, worker_before = cpu_jiffies(layout["web_cpus"]), cpu_jiffies(layout["inference_cpus"])
     first, client_cpu = time.time(), time.process_time()
     with ThreadPoolExecutor(max_workers=clients) as pool:
         list(pool.map(post, images))
     uploads_done, client_cpu = time.time() - first, time.process_time() - client_cpu
+    web_after = cpu_jiffies(layout["web_cpus"])
     uploader.close()
     done = _completed_at(list(started), 600)
+    worker_after = cpu_jiffies(layout["inference_cpus"])
     latencies = [done[code] - at for code, at in started.items()]
     seconds = max(done.values()) - first
     return {
@@ -521,6 +549,10 @@ def _load(url: str, key: str, images: list[Path], clients: int) -> dict:
         "uploads_done_s": round(uploads_done, 2),
         # The load generator stands for an EMR on another machine, yet runs on the web cores.
         "client_cpu_ms_per_upload": round(client_cpu * 1000 / len(images), 2),
+        # Which side sets the pace: web cores near 1 while uploads are in flight, or the
+        # worker's cores near 1 until the last prediction. Meaningful with split cores.
+        "web_cpus_busy_during_uploads": busy_share(web_before, web_after),
+        "worker_cpus_busy": busy_share(worker_before, worker_after),
         **_percentiles(latencies),
         "latencies_s": latencies,
     }
@@ -592,8 +624,9 @@ def run(args) -> dict:
         _wait_worker_quiet(args.redis_url)
         raws, loads, rounds = [raw()], [], []
         for number in range(1, args.rounds + 1):
-            # Two connections per gunicorn process, as an EMR's interface engine would keep open.
-            load = _load(url, integration_key(f"bench-round-{number}"), images[: args.n], clients=2 * args.web_workers)
+            # By default two connections per gunicorn process, as an EMR's interface engine would keep open.
+            key = integration_key(f"bench-round-{number}")
+            load = _load(url, key, images[: args.n], clients=args.clients or 2 * args.web_workers, layout=layout)
             load["worker_settle_s"] = _wait_worker_quiet(args.redis_url)
             raws.append(raw())
             loads.append(load)
@@ -609,6 +642,7 @@ def run(args) -> dict:
         "layout": layout["name"],
         "web_cpus": sorted(layout["web_cpus"]),
         "web_workers": layout["web_workers"],
+        "clients": args.clients or 2 * args.web_workers,
         "worker_processes": layout["worker_processes"],
         "inference_cpus": sorted(layout["inference_cpus"]),
         "services_on_web_cpus": pinned,
@@ -655,7 +689,8 @@ def render(result: dict, command: str) -> str:
             f"## Pipeline, {result['layout']} cores, worker on {result['worker_device']}, "
             f"{result['machine_cpus']}-core machine: upload to prediction (bench/pipeline.py)",
             "",
-            f"Command: `{command}` (gunicorn {result['web_workers']}x4 threads, a Celery worker of "
+            f"Command: `{command}` (gunicorn {result['web_workers']}x4 threads, "
+            f"{result.get('clients', 2 * result['web_workers'])} load connections, a Celery worker of "
             f"{result['worker_processes']} process(es), PostgreSQL, Redis, loopback).",
             f"Layout: {LAYOUTS[result['layout']]}: web on CPUs {result['web_cpus']}, "
             f"worker on CPUs {result['inference_cpus']}; "
@@ -687,13 +722,16 @@ def render(result: dict, command: str) -> str:
             f"| end-to-end / raw sustained (target >= 0.8) | {result['ratio_to_raw']} |",
             f"| end-to-end / raw best batch | {result['ratio_to_raw_best_batch']} |",
             "",
-            "| round | images/s | p95 | last upload answered | model share | worker busy "
-            "| worker busy with messages after the last prediction | raw sustained before, after | round / raw |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| round | images/s | p95 | last upload answered | web CPUs busy while uploading | model share "
+            "| worker busy | worker CPUs busy | worker busy with messages after the last prediction "
+            "| raw sustained before, after | round / raw |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
             *(
                 f"| {number} | {load_round['images_per_s']} | {load_round['p95_s']} s "
-                f"| {load_round['uploads_done_s']} s of {load_round['seconds']} s | {load_round['model_share']} "
-                f"| {load_round['worker_busy_share']} | {load_round['worker_settle_s']} s "
+                f"| {load_round['uploads_done_s']} s of {load_round['seconds']} s "
+                f"| {load_round.get('web_cpus_busy_during_uploads')} | {load_round['model_share']} "
+                f"| {load_round['worker_busy_share']} | {load_round.get('worker_cpus_busy')} "
+                f"| {load_round['worker_settle_s']} s "
                 f"| {', '.join(str(rate) for rate in load_round['raw_sustained_before_and_after'])} "
                 f"| {load_round['ratio_to_raw']} |"
                 for number, load_round in enumerate(result["rounds"], start=1)
@@ -729,7 +767,13 @@ def main() -> None:
     parser.add_argument(
         "--inference-cpus", default=None, help="comma-separated cores for the worker alone (e.g. 1); default: shared"
     )
-    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn processes (load clients: twice as many)")
+    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn processes")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=0,
+        help="connections posting at once in the load phase (default: 2 per gunicorn process)",
+    )
     parser.add_argument(
         "--worker-processes", type=int, default=1, help="Celery pool processes; they share the worker's cores"
     )
