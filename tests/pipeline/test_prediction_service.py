@@ -504,15 +504,18 @@ def test_enqueue_never_raises_when_the_broker_is_unreachable(hospital_a, monkeyp
     assert "MRN-4242" not in caplog.text and "Doe" not in caplog.text
 
 
-def test_warm_up_runs_the_model_once_on_a_blank_image_of_its_input_size(tiny_model, monkeypatch):
+def test_warm_up_runs_the_model_on_blank_images_of_its_input_size(tiny_model, monkeypatch):
     engine = registry.get_active_engine()[1]
     real_predict, seen = engine.predict, []
     monkeypatch.setattr(engine, "predict", lambda grays, **kw: seen.append(grays) or real_predict(grays, **kw))
 
     pipeline.warm_up(pool_processes=1)
 
+    # Every batch size the worker may send on CUDA, where a first pass at a shape is slow.
+    sizes = range(1, pipeline.MAX_BATCH + 1) if engine.device.type == "cuda" else [1]
+    blank = ((64, 64), "uint8", 0)
     assert [[(gray.shape, gray.dtype.name, int(gray.max())) for gray in grays] for grays in seen] == [
-        [((64, 64), "uint8", 0)]
+        [blank] * size for size in sizes
     ]
 
 
