@@ -521,7 +521,11 @@ def busy_share(before: tuple[int, int] | None, after: tuple[int, int] | None) ->
     return round((after[0] - before[0]) / (after[1] - before[1]), 2)
 
 
-def _load(url: str, key: str, images: list[Path], clients: int, layout: dict) -> dict:
+def post_all(url: str, key: str, images: list[Path], clients: int) -> tuple[dict[str, float], float]:
+    """Post every image over `clients` kept-open connections of this process.
+
+    Returns when each study was posted, by code, and this process's CPU seconds.
+    """
     started: dict[str, float] = {}
     uploader = Uploader(url, key)
 
@@ -529,13 +533,64 @@ def _load(url: str, key: str, images: list[Path], clients: int, layout: dict) ->
         at = time.time()
         started[uploader.post(image)] = at
 
+    cpu = time.process_time()
+    try:
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            list(pool.map(post, images))
+    finally:
+        uploader.close()
+    return started, time.process_time() - cpu
+
+
+def _generator_ready(seconds: float) -> int:
+    time.sleep(seconds)  # held, so that each of the first calls goes to a process of its own
+    return os.getpid()
+
+
+class GeneratorProcesses:
+    """The load generator in several processes (`--generator-processes`), spawned once per
+    run, each posting its share of a round's images over its share of the connections.
+
+    An EMR fleet is many programs, not one: a single Python process, its threads taking
+    turns under one GIL, can become the limit before the web server does. On the lent
+    H100 machine one process spent 0.56-0.79 ms of CPU per upload at 550-790 uploads a
+    second, and doubling its connections from 24 to 48 did not raise the rate. The
+    processes inherit this process's cores, the web cores.
+    """
+
+    def __init__(self, processes: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.processes = processes
+        self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+        # Started now, not inside the first round's timing.
+        pids = set(self._pool.map(_generator_ready, [0.5] * processes))
+        if len(pids) != processes:
+            raise SystemExit(f"only {len(pids)} of {processes} load generator processes started")
+
+    def post_all(self, url: str, key: str, images: list[Path], clients: int) -> tuple[dict[str, float], float]:
+        threads = max(1, clients // self.processes)
+        shares = [images[index :: self.processes] for index in range(self.processes)]
+        started, cpu = {}, 0.0
+        for share_started, share_cpu in self._pool.map(partial(post_all, url, key, clients=threads), shares):
+            started.update(share_started)
+            cpu += share_cpu
+        return started, cpu
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+
+def _load(url: str, key: str, images: list[Path], clients: int, layout: dict, generator=None) -> dict:
     web_before, worker_before = cpu_jiffies(layout["web_cpus"]), cpu_jiffies(layout["inference_cpus"])
-    first, client_cpu = time.time(), time.process_time()
-    with ThreadPoolExecutor(max_workers=clients) as pool:
-        list(pool.map(post, images))
-    uploads_done, client_cpu = time.time() - first, time.process_time() - client_cpu
+    first = time.time()
+    if generator is None:
+        started, client_cpu = post_all(url, key, images, clients)
+    else:
+        started, client_cpu = generator.post_all(url, key, images, clients)
+    uploads_done = time.time() - first
     web_after = cpu_jiffies(layout["web_cpus"])
-    uploader.close()
     done = _completed_at(list(started), 600)
     worker_after = cpu_jiffies(layout["inference_cpus"])
     latencies = [done[code] - at for code, at in started.items()]
@@ -616,7 +671,10 @@ def run(args) -> dict:
     # The load generator stands for the EMR: it must not take the worker's cores.
     os.sched_setaffinity(0, layout["web_cpus"])
     url = f"http://127.0.0.1:{args.port}"
+    generator = None
     try:
+        if args.generator_processes > 1:
+            generator = GeneratorProcesses(args.generator_processes)
         _wait_ready(url)
         # The idle phase comes first: its warm-up study waits for the worker to load the
         # model, so no raw measure shares the worker's cores with a starting worker.
@@ -626,7 +684,8 @@ def run(args) -> dict:
         for number in range(1, args.rounds + 1):
             # By default two connections per gunicorn process, as an EMR's interface engine would keep open.
             key = integration_key(f"bench-round-{number}")
-            load = _load(url, key, images[: args.n], clients=args.clients or 2 * args.web_workers, layout=layout)
+            clients = args.clients or 2 * args.web_workers
+            load = _load(url, key, images[: args.n], clients, layout, generator)
             load["worker_settle_s"] = _wait_worker_quiet(args.redis_url)
             raws.append(raw())
             loads.append(load)
@@ -634,6 +693,8 @@ def run(args) -> dict:
     finally:
         _stop(services)
         _unpin_services(former)
+        if generator is not None:
+            generator.close()
         if measuring is not None:
             measuring.close()
     raw_pooled, load_pooled = combined_raw(raws), pooled_load(loads)
@@ -643,6 +704,7 @@ def run(args) -> dict:
         "web_cpus": sorted(layout["web_cpus"]),
         "web_workers": layout["web_workers"],
         "clients": args.clients or 2 * args.web_workers,
+        "generator_processes": args.generator_processes,
         "worker_processes": layout["worker_processes"],
         "inference_cpus": sorted(layout["inference_cpus"]),
         "services_on_web_cpus": pinned,
@@ -690,7 +752,8 @@ def render(result: dict, command: str) -> str:
             f"{result['machine_cpus']}-core machine: upload to prediction (bench/pipeline.py)",
             "",
             f"Command: `{command}` (gunicorn {result['web_workers']}x4 threads, "
-            f"{result.get('clients', 2 * result['web_workers'])} load connections, a Celery worker of "
+            f"{result.get('clients', 2 * result['web_workers'])} load connections "
+            f"from {result.get('generator_processes', 1)} process(es), a Celery worker of "
             f"{result['worker_processes']} process(es), PostgreSQL, Redis, loopback).",
             f"Layout: {LAYOUTS[result['layout']]}: web on CPUs {result['web_cpus']}, "
             f"worker on CPUs {result['inference_cpus']}; "
@@ -773,6 +836,9 @@ def main() -> None:
         type=int,
         default=0,
         help="connections posting at once in the load phase (default: 2 per gunicorn process)",
+    )
+    parser.add_argument(
+        "--generator-processes", type=int, default=1, help="load generator processes sharing the connections"
     )
     parser.add_argument(
         "--worker-processes", type=int, default=1, help="Celery pool processes; they share the worker's cores"

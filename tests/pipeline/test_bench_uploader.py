@@ -3,11 +3,12 @@ connections, as an EMR interface engine (or nginx in front of gunicorn) does."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bench.pipeline import Uploader
+from bench.pipeline import GeneratorProcesses, Uploader
 from diagnostics.models import Study
 from tests.pipeline.conftest import TRAIN
 
@@ -52,3 +53,18 @@ def test_a_connection_idle_past_the_limit_is_reopened_before_the_next_upload(liv
     assert uploader._opened[0].sock is not first_socket
     assert Study.objects.count() == 2
     uploader.close()
+
+
+def test_load_generator_processes_post_every_image_once_and_report_when(live_server, key_a, hospital_a):
+    generator = GeneratorProcesses(2)
+    try:
+        before = time.time()
+        started, cpu_seconds = generator.post_all(live_server.url, key_a[1], IMAGES[:5], clients=4)
+    finally:
+        generator.close()
+
+    stored = dict(Study.objects.filter(hospital=hospital_a).values_list("code", "original_size"))
+    assert sorted(started) == sorted(str(code) for code in stored)
+    assert sorted(stored.values()) == sorted(image.stat().st_size for image in IMAGES[:5])
+    assert all(before <= at <= time.time() for at in started.values())
+    assert cpu_seconds > 0
