@@ -552,10 +552,11 @@ class GeneratorProcesses:
     run, each posting its share of a round's images over its share of the connections.
 
     An EMR fleet is many programs, not one: a single Python process, its threads taking
-    turns under one GIL, can become the limit before the web server does. On the lent
-    H100 machine one process spent 0.56-0.79 ms of CPU per upload at 550-790 uploads a
-    second, and doubling its connections from 24 to 48 did not raise the rate. The
-    processes inherit this process's cores, the web cores.
+    turns under one GIL, could become the limit before the web server does. On the lent
+    H100 machine it did not: one process spent 0.49-0.79 ms of CPU per upload, and
+    neither 48 connections instead of 24 nor four processes raised the upload rate
+    (docs/benchmarks.md, fourth visit). The processes inherit this process's cores, the
+    web cores.
     """
 
     def __init__(self, processes: int):
@@ -671,6 +672,8 @@ def run(args) -> dict:
     # The load generator stands for the EMR: it must not take the worker's cores.
     os.sched_setaffinity(0, layout["web_cpus"])
     url = f"http://127.0.0.1:{args.port}"
+    # By default two connections per gunicorn process, as an EMR's interface engine would keep open.
+    clients = args.clients or 2 * args.web_workers
     generator = None
     try:
         if args.generator_processes > 1:
@@ -682,9 +685,7 @@ def run(args) -> dict:
         _wait_worker_quiet(args.redis_url)
         raws, loads, rounds = [raw()], [], []
         for number in range(1, args.rounds + 1):
-            # By default two connections per gunicorn process, as an EMR's interface engine would keep open.
             key = integration_key(f"bench-round-{number}")
-            clients = args.clients or 2 * args.web_workers
             load = _load(url, key, images[: args.n], clients, layout, generator)
             load["worker_settle_s"] = _wait_worker_quiet(args.redis_url)
             raws.append(raw())
@@ -703,7 +704,7 @@ def run(args) -> dict:
         "layout": layout["name"],
         "web_cpus": sorted(layout["web_cpus"]),
         "web_workers": layout["web_workers"],
-        "clients": args.clients or 2 * args.web_workers,
+        "clients": clients,
         "generator_processes": args.generator_processes,
         "worker_processes": layout["worker_processes"],
         "inference_cpus": sorted(layout["inference_cpus"]),
