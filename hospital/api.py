@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.core.cache import caches
 from django.http import Http404
 from django.utils import timezone
 from rest_framework import exceptions, permissions
@@ -13,6 +14,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
+from config.cache import count_request
 from hospital.models import Hospital, IntegrationKey, Role, hash_api_key
 
 # Keys can do what an EMR integration needs: send studies and read results back.
@@ -67,14 +69,45 @@ def _note_use(key: IntegrationKey) -> None:
 
 
 class IntegrationKeyThrottle(SimpleRateThrottle):
-    """Per-key request rate; portal sessions are not throttled here."""
+    """Per-key request rate (API_KEY_THROTTLE_RATE); portal sessions are not throttled here.
+
+    Requests are counted in fixed windows of the rate's period (a minute for
+    "600/min"), one atomic increment each in the shared cache. DRF's own throttle reads
+    a key's list of request times and writes it back, so concurrent requests of one key
+    read the same list and overwrite each other: an EMR posting over many connections
+    was counted a fraction of its requests. A fixed window lets a caller send up to
+    twice the rate across a window's boundary, never more.
+    """
 
     scope = "integration_key"
+
+    @property
+    def cache(self):
+        # The backend itself: DRF's `cache` is Django's proxy, which `count_request`
+        # cannot tell from a local-memory cache.
+        return caches["default"]
 
     def get_cache_key(self, request, view):
         if isinstance(request.auth, IntegrationKey):
             return self.cache_format % {"scope": self.scope, "ident": request.auth.pk}
         return None
+
+    def allow_request(self, request, view) -> bool:
+        if self.rate is None:
+            return True
+        self.key = self.get_cache_key(request, view)
+        if self.key is None:
+            return True
+        self.now = self.timer()
+        window = int(self.now // self.duration)
+        self.window_ends_at = (window + 1) * self.duration
+        # The counter outlives its window by a second, so a slow request never restarts it.
+        count = count_request(self.cache, f"{self.key}:{window}", self.duration + 1)
+        return count <= self.num_requests
+
+    def wait(self) -> float:
+        """Seconds until the window ends (DRF puts it in the 429's Retry-After)."""
+        return max(0.0, self.window_ends_at - self.timer())
 
 
 def resolve_api_tenant(request) -> tuple[Hospital | None, str | None]:

@@ -1,4 +1,5 @@
-"""The Redis cache backend the settings name: Django's, with one client per connection pool."""
+"""The Redis cache backend the settings name: Django's, with one client per connection pool;
+and the request counter the API throttle keeps in it."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from django.core.cache.backends.locmem import LocMemCache
 
-from config.cache import SharedClientRedisCache
+from config.cache import SharedClientRedisCache, count_request
 
 
 @pytest.fixture
@@ -54,3 +56,18 @@ def test_the_default_cache_is_it_when_redis_is_configured(redis_url):
     from django.core.cache import caches
 
     assert type(caches["default"]) is SharedClientRedisCache
+
+
+def test_a_counter_starts_at_one_reads_back_as_a_number_and_expires(redis_cache):
+    counts = [count_request(redis_cache, "requests:window-1", 61) for _ in range(3)]
+
+    client = redis_cache._cache.get_client()
+    assert counts == [1, 2, 3]
+    assert redis_cache.get("requests:window-1") == 3
+    assert 59 <= client.ttl(redis_cache.make_key("requests:window-1")) <= 61
+
+
+def test_a_counter_on_a_local_memory_cache_counts_the_same():
+    cache = LocMemCache(f"test-{uuid.uuid4().hex}", {})
+
+    assert [count_request(cache, "requests:window-1", 61) for _ in range(3)] == [1, 2, 3]

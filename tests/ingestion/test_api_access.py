@@ -5,7 +5,10 @@ the audit of every read."""
 from __future__ import annotations
 
 import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -384,3 +387,22 @@ def test_integration_keys_are_throttled_per_key_and_sessions_are_not(caller, mon
     assert throttled.json()["detail"].startswith("Request was throttled.")
     assert other_key.get(STUDIES_URL).status_code == 200
     assert [doctor.get(STUDIES_URL).status_code for _ in range(5)] == [200] * 5
+
+
+def test_concurrent_requests_of_one_key_are_each_counted(monkeypatch):
+    monkeypatch.setattr(IntegrationKeyThrottle, "rate", "5/min", raising=False)
+    # Inside one window (1,000,020 to 1,000,080 s), whatever the clock says.
+    monkeypatch.setattr(IntegrationKeyThrottle, "timer", lambda self: 1_000_030.0)
+    request = SimpleNamespace(auth=IntegrationKey(pk=987_654))  # only its pk names the counter
+    start_together = threading.Barrier(12)
+
+    def ask(_) -> tuple[bool, float]:
+        throttle = IntegrationKeyThrottle()
+        start_together.wait()
+        return throttle.allow_request(request, view=None), throttle.wait()
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(ask, range(12)))
+
+    assert [allowed for allowed, _ in answers].count(True) == 5
+    assert {wait for _, wait in answers} == {50.0}
