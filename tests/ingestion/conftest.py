@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from django.core.cache import cache
+from django.core.cache import caches
+from django.core.cache.backends.redis import RedisCache
 from PIL import Image
 from pydicom.data import get_testdata_file
 from rest_framework.test import APIClient
 
 from diagnostics.models import Study
+from hospital.api import IntegrationKeyThrottle
 from hospital.models import AuditEvent
 from tests.conftest import FIXTURES, SHARED_DATA
 
@@ -47,9 +49,24 @@ def media_root(settings, tmp_path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _fresh_throttle_cache():
-    cache.clear()
+    """No request is counted against any integration key when a test starts or after it."""
+    _forget_throttle_history()
     yield
-    cache.clear()
+    _forget_throttle_history()
+
+
+def _forget_throttle_history() -> None:
+    cache = caches["default"]
+    if not isinstance(cache, RedisCache):
+        cache.clear()  # this process's own memory: nothing else is kept there
+        return
+    # On Redis, clear() is FLUSHDB, and in CI that database also holds the broker's
+    # queues and the pipeline's wake-up record: remove the throttle's keys only.
+    throttle_key = IntegrationKeyThrottle.cache_format % {"scope": IntegrationKeyThrottle.scope, "ident": "*"}
+    client = cache._cache.get_client(write=True)
+    keys = list(client.scan_iter(match=cache.make_key(throttle_key)))
+    if keys:
+        client.delete(*keys)
 
 
 @pytest.fixture
