@@ -39,7 +39,7 @@ local count = redis.call('INCR', KEYS[1])
 if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return count
 """
-_count_scripts = {}
+_count_script = None  # redis-py's Script: its digest, run through whichever client calls it
 
 
 def count_request(cache, key: str, seconds: int) -> int:
@@ -52,11 +52,11 @@ def count_request(cache, key: str, seconds: int) -> int:
     backends (LocMemCache for `make run`) use `add`, then `incr`.
     """
     if isinstance(cache, RedisCache):
+        global _count_script
         client = cache._cache.get_client(write=True)
-        script = _count_scripts.get(id(client))
-        if script is None:
-            script = _count_scripts.setdefault(id(client), client.register_script(_COUNT_SCRIPT))
-        return int(script(keys=[cache.make_and_validate_key(key)], args=[seconds]))
+        if _count_script is None:
+            _count_script = client.register_script(_COUNT_SCRIPT)  # no round trip
+        return int(_count_script(keys=[cache.make_and_validate_key(key)], args=[seconds], client=client))
     for _ in range(2):
         cache.add(key, 0, timeout=seconds)
         try:

@@ -110,7 +110,7 @@ class InferenceEngine:
 
         On CUDA the first batch of each new size is slow: cuDNN chooses and builds its
         kernels for that shape. On an H100 (ResNet-18, 128 px, float16, Grad-CAM), batches
-        of 20, 21 and 23 took 111-142 ms the first time and 26-27 ms the next (see
+        of 3 to 32 took 53-161 ms the first time and 7-50 ms the next (bench/batch_shapes.py,
         docs/benchmarks.md, fourth H100 visit). A worker's batches come in every size up
         to its maximum, so under load each pool process paid this again and again. On one
         EPYC core the CPU showed no such cost for sizes 3 to 32, so a CPU warms with one
