@@ -655,29 +655,34 @@ def run(args) -> dict:
     grays = raw_images(images[: args.n])
 
     processes = layout["worker_processes"]
-    measuring = None
-    if processes > 1:
-        from bench.inference import MeasuringProcesses
-        from mlcore.registry import spec_for
-
-        measuring = MeasuringProcesses(spec_for(version), processes=processes, cpus=layout["inference_cpus"])
-
-    def raw() -> dict:
-        return raw_throughput(
-            version, grays, layout["inference_cpus"], raw_batches_for(args.n, processes), measuring=measuring
-        )
-
-    former, pinned = _pin_services(args.redis_url, layout["web_cpus"]) if args.pin_services else ({}, [])
-    services = _start_services(env, args.port, workdir, layout)
-    # The load generator stands for the EMR: it must not take the worker's cores.
-    os.sched_setaffinity(0, layout["web_cpus"])
-    url = f"http://127.0.0.1:{args.port}"
     # By default two connections per gunicorn process, as an EMR's interface engine would keep open.
     clients = args.clients or 2 * args.web_workers
-    generator = None
-    try:
+    url = f"http://127.0.0.1:{args.port}"
+    # Whatever fails part way, what was started is stopped and what was moved is put back.
+    with contextlib.ExitStack() as cleanup:
+        measuring = None
+        if processes > 1:
+            from bench.inference import MeasuringProcesses
+            from mlcore.registry import spec_for
+
+            measuring = MeasuringProcesses(spec_for(version), processes=processes, cpus=layout["inference_cpus"])
+            cleanup.callback(measuring.close)
+
+        def raw() -> dict:
+            return raw_throughput(
+                version, grays, layout["inference_cpus"], raw_batches_for(args.n, processes), measuring=measuring
+            )
+
+        former, pinned = _pin_services(args.redis_url, layout["web_cpus"]) if args.pin_services else ({}, [])
+        cleanup.callback(_unpin_services, former)
+        services = _start_services(env, args.port, workdir, layout)
+        cleanup.callback(_stop, services)
+        # The load generator stands for the EMR: it must not take the worker's cores.
+        os.sched_setaffinity(0, layout["web_cpus"])
+        generator = None
         if args.generator_processes > 1:
             generator = GeneratorProcesses(args.generator_processes)
+            cleanup.callback(generator.close)
         _wait_ready(url)
         # The idle phase comes first: its warm-up study waits for the worker to load the
         # model, so no raw measure shares the worker's cores with a starting worker.
@@ -691,13 +696,6 @@ def run(args) -> dict:
             raws.append(raw())
             loads.append(load)
             rounds.append(_round(load, combined_raw(raws[-2:])))
-    finally:
-        _stop(services)
-        _unpin_services(former)
-        if generator is not None:
-            generator.close()
-        if measuring is not None:
-            measuring.close()
     raw_pooled, load_pooled = combined_raw(raws), pooled_load(loads)
     return {
         "model": version.name if model_dir else "random-initialised resnet18, 224 px",
