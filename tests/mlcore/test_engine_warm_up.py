@@ -10,15 +10,7 @@ from mlcore.engine import InferenceEngine, ModelSpec
 
 
 def _spec(model_dir) -> ModelSpec:
-    description = json.loads((model_dir / "model.json").read_text())
-    return ModelSpec(
-        name=description["name"],
-        architecture=description["architecture"],
-        image_size=description["image_size"],
-        weights_path=model_dir / "weights.pt",
-        weights_sha256=description["weights_sha256"],
-        threshold=description["threshold"],
-    )
+    return ModelSpec.from_description(model_dir, json.loads((model_dir / "model.json").read_text()))
 
 
 def _record_batches(engine: InferenceEngine, monkeypatch, *, run: bool) -> list[list[tuple]]:
