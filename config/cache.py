@@ -28,18 +28,26 @@ class _ClientPerPool(RedisCacheClient):
 
 
 class SharedClientRedisCache(RedisCache):
+    # One round trip, atomic: the first increment of a counter sets its lifetime.
+    _COUNT_SCRIPT = """
+    local count = redis.call('INCR', KEYS[1])
+    if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+    return count
+    """
+
     def __init__(self, server, params):
         super().__init__(server, params)
         self._class = _ClientPerPool
+        self._count_script = None  # redis-py's Script: its digest, run through any client
 
-
-# One round trip, atomic: the first increment of a counter sets its lifetime.
-_COUNT_SCRIPT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return count
-"""
-_count_script = None  # redis-py's Script: its digest, run through whichever client calls it
+    def count_request(self, key: str, seconds: int) -> int:
+        """`count_request` on Redis: one command, a script run by its digest (INCR, and
+        EXPIRE on the first count), cheaper than DRF's throttle's GET and SET of a
+        pickled list."""
+        client = self._cache.get_client(write=True)
+        if self._count_script is None:
+            self._count_script = client.register_script(self._COUNT_SCRIPT)  # no round trip
+        return int(self._count_script(keys=[self.make_and_validate_key(key)], args=[seconds], client=client))
 
 
 def count_request(cache, key: str, seconds: int) -> int:
@@ -47,16 +55,12 @@ def count_request(cache, key: str, seconds: int) -> int:
     exist starts at one and lives for `seconds`. Atomic on every backend: concurrent
     calls each get a different count.
 
-    On Redis it is one command, a script run by its digest (INCR, and EXPIRE on the
-    first count), cheaper than DRF's throttle's GET and SET of a pickled list. Other
-    backends (LocMemCache for `make run`) use `add`, then `incr`.
+    A backend with its own `count_request` (SharedClientRedisCache) does it in one round
+    trip; it is reached through Django's `cache` proxy too. Others (LocMemCache for
+    `make run`) use `add`, then `incr`.
     """
-    if isinstance(cache, RedisCache):
-        global _count_script
-        client = cache._cache.get_client(write=True)
-        if _count_script is None:
-            _count_script = client.register_script(_COUNT_SCRIPT)  # no round trip
-        return int(_count_script(keys=[cache.make_and_validate_key(key)], args=[seconds], client=client))
+    if hasattr(cache, "count_request"):
+        return cache.count_request(key, seconds)
     for _ in range(2):
         cache.add(key, 0, timeout=seconds)
         try:

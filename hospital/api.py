@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.core.cache import caches
 from django.http import Http404
 from django.utils import timezone
 from rest_framework import exceptions, permissions
@@ -80,12 +79,6 @@ class IntegrationKeyThrottle(SimpleRateThrottle):
     """
 
     scope = "integration_key"
-
-    @property
-    def cache(self):
-        # The backend itself: DRF's `cache` is Django's proxy, which `count_request`
-        # cannot tell from a local-memory cache.
-        return caches["default"]
 
     def get_cache_key(self, request, view):
         if isinstance(request.auth, IntegrationKey):
