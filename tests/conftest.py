@@ -37,6 +37,16 @@ def require_service(url: str | None, name: str) -> str:
     return url
 
 
+def delete_redis_cache_keys(cache, pattern: str) -> None:
+    """Delete the keys of a Redis `cache` whose full names match `pattern`. Never the
+    cache's clear(): that is FLUSHDB, and in CI the same database holds the broker's
+    queues and the pipeline's wake-up record."""
+    client = cache._cache.get_client(write=True)
+    keys = list(client.scan_iter(match=pattern))
+    if keys:
+        client.delete(*keys)
+
+
 @pytest.fixture(autouse=True)
 def _forget_studies_finished_in_earlier_tests():
     """A test database hands out the ids of rolled-back rows again; this process's record

@@ -10,6 +10,7 @@ import pytest
 from django.core.cache.backends.locmem import LocMemCache
 
 from config.cache import SharedClientRedisCache, count_request
+from tests.conftest import delete_redis_cache_keys
 
 
 @pytest.fixture
@@ -17,12 +18,7 @@ def redis_cache(redis_url):
     prefix = f"test-{uuid.uuid4().hex}"
     cache = SharedClientRedisCache(redis_url, {"KEY_PREFIX": prefix})
     yield cache
-    # Only this test's keys: the cache's clear() is FLUSHDB, which would also drop the
-    # broker's queues and the wake-up record kept in the same database.
-    client = cache._cache.get_client(write=True)
-    keys = list(client.scan_iter(match=f"{prefix}:*"))
-    if keys:
-        client.delete(*keys)
+    delete_redis_cache_keys(cache, f"{prefix}:*")  # only this test's keys
 
 
 def test_every_operation_goes_through_the_same_client(redis_cache):

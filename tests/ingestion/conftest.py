@@ -18,7 +18,7 @@ from rest_framework.test import APIClient
 from diagnostics.models import Study
 from hospital.api import IntegrationKeyThrottle
 from hospital.models import AuditEvent
-from tests.conftest import FIXTURES, SHARED_DATA
+from tests.conftest import FIXTURES, SHARED_DATA, delete_redis_cache_keys
 
 INGESTION_FIXTURES = FIXTURES / "ingestion"
 NORMAL_JPEG = INGESTION_FIXTURES / "chest-normal.jpeg"
@@ -60,13 +60,8 @@ def _forget_throttle_history() -> None:
     if not isinstance(cache, RedisCache):
         cache.clear()  # this process's own memory: nothing else is kept there
         return
-    # On Redis, clear() is FLUSHDB, and in CI that database also holds the broker's
-    # queues and the pipeline's wake-up record: remove the throttle's keys only.
     throttle_key = IntegrationKeyThrottle.cache_format % {"scope": IntegrationKeyThrottle.scope, "ident": "*"}
-    client = cache._cache.get_client(write=True)
-    keys = list(client.scan_iter(match=cache.make_key(throttle_key)))
-    if keys:
-        client.delete(*keys)
+    delete_redis_cache_keys(cache, cache.make_key(throttle_key))  # the throttle's keys only
 
 
 @pytest.fixture
