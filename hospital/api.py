@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
 from config.cache import count_request
-from hospital.models import Hospital, IntegrationKey, Role, hash_api_key
+from hospital.models import Hospital, IntegrationKey, Role
 
 # Keys can do what an EMR integration needs: send studies and read results back.
 INTEGRATION_ROLE = "integration"
@@ -49,7 +49,7 @@ class IntegrationKeyAuthentication(BaseAuthentication):
         if len(header) != 2:
             raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <key>' with a single key.")
         raw_key = header[1].decode("latin-1")
-        key = IntegrationKey.objects.usable().select_related("hospital").filter(key_hash=hash_api_key(raw_key)).first()
+        key = IntegrationKey.find_usable(raw_key)
         if key is None:
             raise exceptions.AuthenticationFailed("This integration key is not valid or has been revoked.")
         _note_use(key)
