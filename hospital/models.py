@@ -131,11 +131,12 @@ class _UsableKeyLookup:
     """`IntegrationKey.objects.usable().select_related("hospital").get(key_hash=...)`,
     built and compiled by the ORM once per database, then run on a cursor.
 
-    Every API request starts with this lookup. Building and compiling the query cost
-    570-700 us of CPU a request; the same SQL on a cursor, 110-170 us (one process on
-    PostgreSQL, blocks of 300 alternated, docs/benchmarks.md, eleventh stop). The rows
-    become models through `Model.from_db` after the database's converters, exactly as
-    the ORM would load them; a test compares every field with the ORM's on each backend.
+    Every API request starts with this lookup. Through the ORM it cost 670-890 us of CPU
+    a request, nearly all of it building and compiling the query; compiled once, 140-190
+    us. A whole upload went from 4.6-4.8 to 3.7-3.9 ms of CPU (one process on PostgreSQL,
+    alternated blocks; docs/benchmarks.md, eleventh stop). The rows become models
+    through `Model.from_db` after the database's converters, as the ORM loads them; a
+    test compares every field with the ORM's on each backend.
     """
 
     _HASH_PARAMETER = "key-hash-parameter"
