@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 import time
 import uuid
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -361,15 +363,17 @@ def _predict_claimed(claimed: list[int]) -> list[int]:
     to_compute: list[Study] = []
     duplicates: list[Study] = []
     seen: set[tuple[int, str]] = set()
+    reusing: list[tuple[Study, Prediction]] = []
     for study in studies:
         key = (study.hospital_id, study.pixel_sha256)
         if study.pixel_sha256 and key in earlier:
-            results.append(_reused(study, earlier[key]))
+            reusing.append((study, earlier[key]))
         elif study.pixel_sha256 and key in seen:
             duplicates.append(study)  # same pixels earlier in this batch: computed once
         else:
             seen.add(key)
             to_compute.append(study)
+    results += _reuse_all(reusing)
     ready, grays = _decode_all(to_compute)
     for study, result in zip(ready, _run_model(engine, grays), strict=True):
         if isinstance(result, Exception):
@@ -387,15 +391,15 @@ def _store_duplicates(duplicates: list[Study], version: ModelVersion) -> list[in
     if not duplicates:
         return []
     earlier = _reusable_predictions(duplicates, version)
-    results = []
+    reusing = []
     for study in duplicates:
         source = earlier.get((study.hospital_id, study.pixel_sha256))
         if source is not None:
-            results.append(_reused(study, source))
+            reusing.append((study, source))
         else:  # its twin failed or was taken by another worker: predict it on its own
             _release([study.pk])
             publish([study.pk])
-    return _store_all(results)
+    return _store_all(_reuse_all(reusing))
 
 
 def _serving_engine():
@@ -407,15 +411,58 @@ def _serving_engine():
         raise ModelUnavailable(str(exc)) from exc
 
 
+class _StorageIO:
+    """Runs one batch's file reads or writes several at once, and hands back each one's
+    result or exception, in order.
+
+    One at a time, a batch's originals and heatmaps cost a round trip each. On local disk
+    that is a fraction of a millisecond; from object storage (S3, as deploy/ runs GPU
+    workers) it is milliseconds, against 1.7 to 2.3 ms a study in the model for a GPU
+    worker process on the H100 (docs/benchmarks.md), so in turn they would set its pace. Threads suffice: the time is spent
+    waiting on the network, and Pillow releases the GIL while decoding. What runs in
+    them must not touch the database (Django gives each thread a connection of its own).
+    The pool is made by the process that uses it, so a forked pool process gets its own.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_key: tuple[int, int] | None = None
+
+    def map(self, function, items: list) -> list:
+        threads = settings.PIPELINE_STORAGE_THREADS
+        if len(items) < 2 or threads < 2:  # a study at idle waits for no thread
+            return [_outcome(function, item) for item in items]
+        return list(self._pool_of(threads).map(_outcome, [function] * len(items), items))
+
+    def _pool_of(self, threads: int) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool_key != (os.getpid(), threads):
+                self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pleura-storage")
+                self._pool_key = (os.getpid(), threads)
+            return self._pool
+
+
+def _outcome(function, item):
+    try:
+        return function(item)
+    except Exception as exc:  # handed back to the calling thread, which decides
+        return exc
+
+
+storage_io = _StorageIO()
+
+
 def _decode_all(studies: list[Study]) -> tuple[list[Study], list[np.ndarray]]:
     ready, grays = [], []
-    for study in studies:
-        try:
-            grays.append(_load_gray(study))
-        except PermanentStudyError as exc:
-            _fail(study, exc.reason, exc.message)
-            continue
-        ready.append(study)
+    for study, outcome in zip(studies, storage_io.map(_load_gray, studies), strict=True):
+        if isinstance(outcome, PermanentStudyError):
+            _fail(study, outcome.reason, outcome.message)
+        elif isinstance(outcome, Exception):
+            raise outcome
+        else:
+            ready.append(study)
+            grays.append(outcome)
     return ready, grays
 
 
@@ -513,6 +560,18 @@ def _reusable_predictions(studies: list[Study], version: ModelVersion) -> dict[t
     return earliest
 
 
+def _reuse_all(reusing: list[tuple[Study, Prediction]]) -> list[_Result]:
+    outcomes = storage_io.map(_reused_pair, reusing)
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise outcome
+    return outcomes
+
+
+def _reused_pair(pair: tuple[Study, Prediction]) -> _Result:
+    return _reused(*pair)
+
+
 def _reused(study: Study, source: Prediction) -> _Result:
     prediction = Prediction(
         study=study,
@@ -527,8 +586,10 @@ def _reused(study: Study, source: Prediction) -> _Result:
     )
     heatmap_png = None
     if source.heatmap:
+        # Through the storage, not `source.heatmap.open()`: studies of one batch may share a
+        # source, read in threads at once, and a FieldFile keeps the file it opened.
         try:
-            with source.heatmap.open("rb") as handle:
+            with source.heatmap.storage.open(source.heatmap.name, "rb") as handle:
                 heatmap_png = handle.read()
         except FileNotFoundError:
             heatmap_png = None
@@ -543,9 +604,7 @@ def _store_all(results: list[_Result]) -> list[int]:
     """
     if not results:
         return []
-    for result in results:
-        if result.heatmap_png:
-            result.prediction.heatmap.save("heatmap.png", ContentFile(result.heatmap_png), save=False)
+    _save_heatmaps([result for result in results if result.heatmap_png])
     try:
         stored = _commit(results)
     except IntegrityError:
@@ -554,6 +613,18 @@ def _store_all(results: list[_Result]) -> list[int]:
     for result in stored:
         metrics.PREDICTIONS.labels(label=result.prediction.label, origin=result.origin).inc()
     return [result.study.pk for result in stored]
+
+
+def _save_heatmaps(results: list[_Result]) -> None:
+    """Write the batch's heatmap files; if one cannot be written, remove the others and raise."""
+    failures = [outcome for outcome in storage_io.map(_save_heatmap, results) if isinstance(outcome, Exception)]
+    if failures:
+        _delete_heatmaps(results)
+        raise failures[0]
+
+
+def _save_heatmap(result: _Result) -> None:
+    result.prediction.heatmap.save("heatmap.png", ContentFile(result.heatmap_png), save=False)
 
 
 def _commit(results: list[_Result]) -> list[_Result]:

@@ -222,6 +222,9 @@ PIPELINE_DRAIN_SECONDS = env_int("PIPELINE_DRAIN_SECONDS", 30)
 # One message waiting for a worker at a time, not one per upload (diagnostics/pipeline.py,
 # _WakeUps): needs a cache that the web and worker processes share, so on with Redis.
 PIPELINE_COALESCE_WAKE_UPS = env_bool("PIPELINE_COALESCE_WAKE_UPS", bool(REDIS_URL))
+# Files of one batch read and written at once (originals, heatmaps): with object storage
+# each is a network round trip, which one at a time add up for every batch. 1: in turn.
+PIPELINE_STORAGE_THREADS = env_int("PIPELINE_STORAGE_THREADS", 8)
 PIPELINE_STUCK_SECONDS = env_int("PIPELINE_STUCK_SECONDS", 300)
 PIPELINE_MAX_ATTEMPTS = env_int("PIPELINE_MAX_ATTEMPTS", 3)
 PIPELINE_SWEEP_SECONDS = env_int("PIPELINE_SWEEP_SECONDS", 60)
