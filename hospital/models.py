@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connections, models, router
@@ -142,25 +143,27 @@ class _UsableKeyLookup:
     _HASH_PARAMETER = "key-hash-parameter"
 
     def __init__(self):
-        self._compiled: dict[tuple[str, str], tuple] = {}
+        self._compiled: dict[tuple[str, str], _CompiledKeyLookup] = {}
 
     def find(self, key_hash: str) -> IntegrationKey | None:
         alias = router.db_for_read(IntegrationKey)
         connection = connections[alias]
-        sql, params, columns = self._compiled_for(alias, connection)
+        compiled = self._compiled_for(alias, connection)
+        params = list(compiled.params)
+        params[compiled.hash_position] = key_hash
         with connection.cursor() as cursor:
-            cursor.execute(sql, [key_hash if value == self._HASH_PARAMETER else value for value in params])
+            cursor.execute(compiled.sql, params)
             row = cursor.fetchone()
         if row is None:
             return None
         # strict: a column more or less than the two models' fields is an error, not a shift.
-        values = [_converted(value, *column, connection) for value, column in zip(row, columns, strict=True)]
-        key_fields, hospital_fields = IntegrationKey._meta.concrete_fields, Hospital._meta.concrete_fields
-        key = IntegrationKey.from_db(alias, [field.attname for field in key_fields], values[: len(key_fields)])
-        key.hospital = Hospital.from_db(alias, [field.attname for field in hospital_fields], values[len(key_fields) :])
+        values = [_converted(value, *column, connection) for value, column in zip(row, compiled.columns, strict=True)]
+        split = len(compiled.key_names)
+        key = IntegrationKey.from_db(alias, compiled.key_names, values[:split])
+        key.hospital = Hospital.from_db(alias, compiled.hospital_names, values[split:])
         return key
 
-    def _compiled_for(self, alias: str, connection) -> tuple:
+    def _compiled_for(self, alias: str, connection) -> _CompiledKeyLookup:
         compiled = self._compiled.get((alias, connection.vendor))
         if compiled is None:
             query = (
@@ -174,10 +177,26 @@ class _UsableKeyLookup:
             if list(params).count(self._HASH_PARAMETER) != 1:
                 raise AssertionError(f"the integration key lookup has no single place for the hash: {sql}")
             # select_related selects the key's concrete fields, then its hospital's.
-            fields = [*IntegrationKey._meta.concrete_fields, *Hospital._meta.concrete_fields]
-            columns = [_column_and_converters(field, connection) for field in fields]
-            compiled = self._compiled[(alias, connection.vendor)] = (sql, tuple(params), columns)
+            key_fields, hospital_fields = IntegrationKey._meta.concrete_fields, Hospital._meta.concrete_fields
+            compiled = self._compiled[(alias, connection.vendor)] = _CompiledKeyLookup(
+                sql=sql,
+                params=tuple(params),
+                hash_position=list(params).index(self._HASH_PARAMETER),
+                columns=[_column_and_converters(field, connection) for field in (*key_fields, *hospital_fields)],
+                key_names=[field.attname for field in key_fields],
+                hospital_names=[field.attname for field in hospital_fields],
+            )
         return compiled
+
+
+@dataclass(frozen=True)
+class _CompiledKeyLookup:
+    sql: str
+    params: tuple
+    hash_position: int
+    columns: list[tuple]  # (column, its converters), in the order selected
+    key_names: list[str]
+    hospital_names: list[str]
 
 
 def _column_and_converters(field, connection) -> tuple:
