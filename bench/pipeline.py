@@ -751,8 +751,8 @@ def render(result: dict, command: str) -> str:
             f"{result['machine_cpus']}-core machine: upload to prediction (bench/pipeline.py)",
             "",
             f"Command: `{command}` (gunicorn {result['web_workers']}x4 threads, "
-            f"{result.get('clients', 2 * result['web_workers'])} load connections "
-            f"from {result.get('generator_processes', 1)} process(es), a Celery worker of "
+            f"{result['clients']} load connections "
+            f"from {result['generator_processes']} process(es), a Celery worker of "
             f"{result['worker_processes']} process(es), PostgreSQL, Redis, loopback).",
             f"Layout: {LAYOUTS[result['layout']]}: web on CPUs {result['web_cpus']}, "
             f"worker on CPUs {result['inference_cpus']}; "
@@ -791,8 +791,8 @@ def render(result: dict, command: str) -> str:
             *(
                 f"| {number} | {load_round['images_per_s']} | {load_round['p95_s']} s "
                 f"| {load_round['uploads_done_s']} s of {load_round['seconds']} s "
-                f"| {load_round.get('web_cpus_busy_during_uploads')} | {load_round['model_share']} "
-                f"| {load_round['worker_busy_share']} | {load_round.get('worker_cpus_busy')} "
+                f"| {load_round['web_cpus_busy_during_uploads']} | {load_round['model_share']} "
+                f"| {load_round['worker_busy_share']} | {load_round['worker_cpus_busy']} "
                 f"| {load_round['worker_settle_s']} s "
                 f"| {', '.join(str(rate) for rate in load_round['raw_sustained_before_and_after'])} "
                 f"| {load_round['ratio_to_raw']} |"

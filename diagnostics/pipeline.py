@@ -454,6 +454,10 @@ def _outcome(function, item):
         return exc
 
 
+def _first_error(outcomes: list) -> Exception | None:
+    return next((outcome for outcome in outcomes if isinstance(outcome, Exception)), None)
+
+
 storage_io = _StorageIO()
 
 
@@ -566,9 +570,8 @@ def _reusable_predictions(studies: list[Study], version: ModelVersion) -> dict[t
 
 def _reuse_all(reusing: list[tuple[Study, Prediction]]) -> list[_Result]:
     outcomes = storage_io.map(_reused_pair, reusing)
-    for outcome in outcomes:
-        if isinstance(outcome, Exception):
-            raise outcome
+    if (error := _first_error(outcomes)) is not None:
+        raise error
     return outcomes
 
 
@@ -621,10 +624,10 @@ def _store_all(results: list[_Result]) -> list[int]:
 
 def _save_heatmaps(results: list[_Result]) -> None:
     """Write the batch's heatmap files; if one cannot be written, remove the others and raise."""
-    failures = [outcome for outcome in storage_io.map(_save_heatmap, results) if isinstance(outcome, Exception)]
-    if failures:
+    error = _first_error(storage_io.map(_save_heatmap, results))
+    if error is not None:
         _delete_heatmaps(results)
-        raise failures[0]
+        raise error
 
 
 def _save_heatmap(result: _Result) -> None:
