@@ -15,9 +15,11 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Collection
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
@@ -222,13 +224,18 @@ finished_here = _RecentlyFinished()
 
 def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
     """Claim these studies (and others waiting, up to MAX_BATCH), predict, store; while
-    full batches keep coming, go on with the backlog for up to PIPELINE_DRAIN_SECONDS.
+    more keep coming, go on with them for up to PIPELINE_DRAIN_SECONDS.
 
     Draining in the same task spares each batch a round trip through the broker, so a
-    busy worker goes from one batch straight to the next. `claim` identifies the message
-    (the Celery task id): a redelivery of the same message, after its worker died, takes
-    over the studies that worker had claimed. Returns the ids completed by this call.
-    Raises TransientPipelineError after putting its current batch back in the queue.
+    busy worker goes from one batch straight to the next. The model runs in a thread of
+    its own (`model_runner`): while it predicts a batch, this thread claims, reads and
+    decodes the next one, then stores the batch's results while the next is predicted,
+    so the model does not wait for the database and the storage between batches.
+
+    `claim` identifies the message (the Celery task id): a redelivery of the same
+    message, after its worker died, takes over the studies that worker had claimed.
+    Returns the ids completed by this call. Raises TransientPipelineError after putting
+    the batches it held back in the queue.
     """
     requested = list(dict.fromkeys(int(pk) for pk in study_ids))
     if wake_ups.enabled:
@@ -240,63 +247,153 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
         return []
     deadline = time.monotonic() + settings.PIPELINE_DRAIN_SECONDS
     done: list[int] = []
-    first = True
-    while True:
-        claimed = _predict_batch(requested, claim)
-        finished_here.add(claimed.completed)
-        done += claimed.completed
-        # A batch that was not full emptied the queue.
-        if claimed.size < MAX_BATCH:
-            return done
-        if first and wake_ups.enabled:
-            # A backlog: make sure a message waits for another idle worker or pool process,
-            # which does the same on its first full batch, so a burst reaches them all.
-            # It also covers this drain's end at the deadline: every drain that gets
-            # there began with a full batch, so a message waits, or a worker that took
-            # it drains what is left.
-            wake_a_worker([])
-        first = False
-        # Past the deadline, the next message (or another worker) takes over.
-        if time.monotonic() >= deadline:
-            return done
-        requested = []
-
-
-@dataclass(frozen=True)
-class _BatchOutcome:
-    size: int
-    completed: list[int]
-
-
-def _predict_batch(requested: list[int], claim: str) -> _BatchOutcome:
+    held: list[_Batch] = []  # claimed and not yet stored: at most the one predicted and the next
     try:
-        claimed = _claim(requested, claim)
-    except TRANSIENT_ERRORS as exc:
-        raise TransientPipelineError(requested, exc) from exc
-    if not claimed:
-        return _BatchOutcome(0, [])
-    try:
-        return _BatchOutcome(len(claimed), _predict_claimed(claimed))
+        batch = _begin(requested, claim, held, in_model=set())
+        first = True
+        while batch is not None:
+            if first and len(batch.claimed) >= MAX_BATCH and wake_ups.enabled:
+                # A backlog: make sure a message waits for another idle worker or pool
+                # process, which does the same on its first full batch, so a burst reaches
+                # them all. A drain stopped at its deadline leaves no study uncovered: one
+                # stored after this drain began sent a message, and more than a batch
+                # waiting when it began made this first batch full.
+                wake_a_worker([])
+            # Past the deadline, the next message (or another worker) takes over.
+            ahead = _begin([], claim, held, in_model=batch.computing) if time.monotonic() < deadline else None
+            completed = _finish(batch)
+            held.remove(batch)
+            finished_here.add(completed)
+            done += completed
+            batch, first = ahead, False
     except (*TRANSIENT_ERRORS, ModelUnavailable) as exc:
-        _release(claimed)
-        raise TransientPipelineError(claimed, exc) from exc
+        postponed = [pk for batch in held for pk in batch.claimed]
+        _release(postponed)
+        raise TransientPipelineError(postponed or requested, exc) from exc
+    return done
 
 
-def _claim(requested: list[int], claim: str) -> list[int]:
+@dataclass(eq=False)
+class _Batch:
+    """One claimed batch, from its claim until its results are stored."""
+
+    claimed: list[int]
+    version: ModelVersion | None = None
+    reused: list[_Result] = field(default_factory=list)
+    duplicates: list[Study] = field(default_factory=list)  # their pixels are being computed
+    ready: list[Study] = field(default_factory=list)  # decoded, in the model
+    grays: list[np.ndarray] = field(default_factory=list)
+    predicted: Future | None = None
+    shadow: ModelVersion | None = None  # the candidate predicting beside the active version
+    shadowed: Future | None = None
+
+    @property
+    def computing(self) -> set[tuple[int, str]]:
+        """(hospital id, pixel sha256) of the studies this batch predicts."""
+        return {(study.hospital_id, study.pixel_sha256) for study in self.ready if study.pixel_sha256}
+
+
+class _ModelRunner:
+    """The thread that runs this process's models, one call after another.
+
+    The worker's own thread does the database and storage work of each batch. Done in
+    turn with the model, it kept the model waiting 1.33 to 1.44 ms a study on one core
+    of the 2-core VM, a sixth of the worker's time; overlapped, 0.2 ms remain and the
+    worker predicts 9% more studies a second (docs/benchmarks.md, twelfth stop). A GPU
+    spends only 1.7 to 2.3 ms a study in the model, so there the database work weighs
+    more. One thread, so that two passes never share an engine; nothing in it touches
+    the database. Made by the process that uses it, so each forked pool process gets its
+    own; warm_up runs in it too, since CUDA keeps its library handles per thread.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._thread: ThreadPoolExecutor | None = None
+        self._pid: int | None = None
+
+    def submit(self, function, *args) -> Future:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pleura-model")
+                self._pid = os.getpid()
+            return self._thread.submit(function, *args)
+
+
+model_runner = _ModelRunner()
+
+
+def _begin(requested: list[int], claim: str, held: list[_Batch], in_model: set) -> _Batch | None:
+    """Claim a batch, read and decode it, and hand it to the model; None if none waits.
+
+    `in_model` are the pixels of the batch in the model now: a study of the same pixels
+    waits for that result, as a twin in its own batch does, rather than being computed
+    again.
+    """
+    batch = _Batch(claimed=_claim(requested, claim, holding=[pk for other in held for pk in other.claimed]))
+    if not batch.claimed:
+        return None
+    held.append(batch)
+    studies = list(
+        Study.objects.filter(pk__in=batch.claimed, status=STATUS.PROCESSING)
+        .select_related("hospital")
+        .order_by(F("queued_at").asc(nulls_first=True), "pk")
+    )
+    for study in studies:
+        if study.queued_at and study.started_at:
+            metrics.QUEUE_WAIT.observe(max(0.0, (study.started_at - study.queued_at).total_seconds()))
+    batch.version, engine, shadow = _serving_engine()
+    earlier = _reusable_predictions(studies, batch.version)
+    to_compute: list[Study] = []
+    seen = set(in_model)
+    reusing: list[tuple[Study, Prediction]] = []
+    for study in studies:
+        key = (study.hospital_id, study.pixel_sha256)
+        if study.pixel_sha256 and key in earlier:
+            reusing.append((study, earlier[key]))
+        elif study.pixel_sha256 and key in seen:
+            batch.duplicates.append(study)  # same pixels already being computed: computed once
+        else:
+            seen.add(key)
+            to_compute.append(study)
+    batch.reused = _reuse_all(reusing)
+    batch.ready, batch.grays = _decode_all(to_compute)
+    if batch.grays:
+        batch.predicted = model_runner.submit(_run_model, engine, batch.grays)
+        batch.shadow, batch.shadowed = shadow, _submit_shadow(shadow, batch.grays)
+    return batch
+
+
+def _finish(batch: _Batch) -> list[int]:
+    """Wait for the batch's predictions, store them and its reused results; return the ids completed."""
+    results = list(batch.reused)
+    predicted = batch.predicted.result() if batch.predicted else []
+    for study, result in zip(batch.ready, predicted, strict=True):
+        if isinstance(result, Exception):
+            _fail(study, metrics.REASON_INFERENCE_ERROR, INFERENCE_ERROR_MESSAGE)
+        else:
+            results.append(_computed(study, batch.version, result))
+    done = _store_all(results)
+    done += _store_duplicates(batch.duplicates, batch.version)
+    _store_shadow(batch)
+    return done
+
+
+def _claim(requested: list[int], claim: str, holding: Collection[int] = ()) -> list[int]:
     """Take up to MAX_BATCH studies, mark them ours and return their pks: one statement.
 
     First the requested studies still waiting, then a dead worker's orphans (studies of
-    this same message, redelivered), then the oldest waiting: their own messages find
-    them taken. SKIP LOCKED lets concurrent workers take disjoint batches instead of
-    queueing behind one another's locks and coming away with nothing; SQLite runs one
-    writing transaction at a time, so there the statement itself is the lock.
+    this same message, redelivered, other than those this call's drain is `holding`),
+    then the oldest waiting: their own messages find them taken. SKIP LOCKED lets
+    concurrent workers take disjoint batches instead of queueing behind one another's
+    locks and coming away with nothing; SQLite runs one writing transaction at a time,
+    so there the statement itself is the lock.
     """
     now = timezone.now()
     # Direct calls get an owner of their own, so what they won can be told apart too.
     owner = claim or f"direct-{uuid.uuid4().hex}"
     claimable = Q(status=STATUS.QUEUED)
     if claim:
-        claimable |= Q(status=STATUS.PROCESSING, claimed_by=claim)
+        claimable |= Q(status=STATUS.PROCESSING, claimed_by=claim) & ~Q(pk__in=holding)
     batch = Study.objects.filter(claimable).order_by(
         Case(When(pk__in=requested, then=0), When(status=STATUS.PROCESSING, then=1), default=2),
         F("queued_at").asc(nulls_first=True),
@@ -348,46 +445,8 @@ def _release(study_ids: list[int]) -> None:
         log.warning("could not release %d claimed studies; the sweeper will re-queue them", len(study_ids))
 
 
-def _predict_claimed(claimed: list[int]) -> list[int]:
-    studies = list(
-        Study.objects.filter(pk__in=claimed, status=STATUS.PROCESSING)
-        .select_related("hospital")
-        .order_by(F("queued_at").asc(nulls_first=True), "pk")
-    )
-    for study in studies:
-        if study.queued_at and study.started_at:
-            metrics.QUEUE_WAIT.observe(max(0.0, (study.started_at - study.queued_at).total_seconds()))
-    version, engine, shadow = _serving_engine()
-    earlier = _reusable_predictions(studies, version)
-    results: list[_Result] = []
-    to_compute: list[Study] = []
-    duplicates: list[Study] = []
-    seen: set[tuple[int, str]] = set()
-    reusing: list[tuple[Study, Prediction]] = []
-    for study in studies:
-        key = (study.hospital_id, study.pixel_sha256)
-        if study.pixel_sha256 and key in earlier:
-            reusing.append((study, earlier[key]))
-        elif study.pixel_sha256 and key in seen:
-            duplicates.append(study)  # same pixels earlier in this batch: computed once
-        else:
-            seen.add(key)
-            to_compute.append(study)
-    results += _reuse_all(reusing)
-    ready, grays = _decode_all(to_compute)
-    for study, result in zip(ready, _run_model(engine, grays), strict=True):
-        if isinstance(result, Exception):
-            _fail(study, metrics.REASON_INFERENCE_ERROR, INFERENCE_ERROR_MESSAGE)
-        else:
-            results.append(_computed(study, version, result))
-    done = _store_all(results)
-    done += _store_duplicates(duplicates, version)
-    _run_shadow(shadow, ready, grays)
-    return done
-
-
 def _store_duplicates(duplicates: list[Study], version: ModelVersion) -> list[int]:
-    """Studies whose pixels were computed in this same batch reuse that stored result."""
+    """Studies whose pixels were computed in this batch or the one before reuse that stored result."""
     if not duplicates:
         return []
     earlier = _reusable_predictions(duplicates, version)
@@ -715,16 +774,30 @@ def _fail(study: Study, reason: str, message: str, *, from_status: str = STATUS.
 # --- Shadow candidate -----------------------------------------------------------------
 
 
-def _run_shadow(candidate: ModelVersion | None, studies: list[Study], grays: list[np.ndarray]) -> None:
-    """Predict with the shadow candidate too; stored with is_shadow=True, never shown."""
-    if candidate is None or not studies:
-        return
+def _submit_shadow(candidate: ModelVersion | None, grays: list[np.ndarray]) -> Future | None:
+    """Predict with the shadow candidate too, after the batch's own pass; stored with
+    is_shadow=True, never shown. A failing candidate must never affect doctors' results."""
+    if candidate is None:
+        return None
     try:
-        results = registry.get_engine(candidate).predict(grays, with_heatmap=False)
-        for study, result in zip(studies, results, strict=True):
+        engine = registry.get_engine(candidate)
+    except Exception:
+        log.exception("shadow model %s could not be loaded", candidate.name)
+        return None
+    return model_runner.submit(_outcome, partial(engine.predict, with_heatmap=False), grays)
+
+
+def _store_shadow(batch: _Batch) -> None:
+    if batch.shadowed is None:
+        return
+    results = batch.shadowed.result()
+    try:
+        if isinstance(results, Exception):
+            raise results  # logged below with its traceback, as a failure to store is
+        for study, result in zip(batch.ready, results, strict=True):
             Prediction.objects.get_or_create(
                 study=study,
-                model_version=candidate,
+                model_version=batch.shadow,
                 defaults={
                     "probability": result.probability,
                     "label": result.label,
@@ -738,7 +811,7 @@ def _run_shadow(candidate: ModelVersion | None, studies: list[Study], grays: lis
     except SoftTimeLimitExceeded:
         raise
     except Exception:  # a failing candidate must never affect doctors' results
-        log.exception("shadow model %s failed on a batch of %d", candidate.name, len(studies))
+        log.exception("shadow model %s failed on a batch of %d", batch.shadow.name, len(batch.ready))
 
 
 # --- The sweeper ----------------------------------------------------------------------
@@ -818,7 +891,7 @@ def warm_up(pool_processes: int = 1) -> None:
         log.warning("model not preloaded (%s); it will load with the first study", exc)
         return
     try:
-        engine.warm_up(MAX_BATCH)
+        model_runner.submit(engine.warm_up, MAX_BATCH).result()  # in the thread that will predict
     except Exception:  # a warm-up must never keep a worker from starting: the first study retries
         log.exception("model %s loaded, but its warm-up pass failed", version.name)
     log.info("inference worker ready: model %s on %s, %d CPU threads", version.name, engine.device, threads)

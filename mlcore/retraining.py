@@ -277,7 +277,7 @@ def _register(out_dir: Path, name: str, active: ModelVersion, lineage: dict, com
 
 
 # --- Shadow mode ----------------------------------------------------------------------
-# The pipeline (diagnostics.pipeline._run_shadow) predicts with the shadow candidate and
+# The pipeline (diagnostics.pipeline._submit_shadow) predicts with the shadow candidate and
 # stores the result with Prediction.is_shadow=True; `Prediction.objects.shown()` keeps
 # those out of every page and endpoint doctors use. Promotion clears the flag.
 

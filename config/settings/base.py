@@ -216,8 +216,8 @@ CELERY_BROKER_CONNECTION_TIMEOUT = env_int("CELERY_BROKER_CONNECTION_TIMEOUT", 2
 # sweeper (every PIPELINE_SWEEP_SECONDS), at most PIPELINE_MAX_ATTEMPTS times.
 # Studies one worker predicts in one batch (see diagnostics/pipeline.py for the measurements).
 PIPELINE_MAX_BATCH = env_int("PIPELINE_MAX_BATCH", 16)
-# How long one message may go on predicting full batches from a backlog (well under the
-# task's soft time limit); then the next message takes over.
+# How long one message may go on predicting batches while more studies keep arriving
+# (well under the task's soft time limit); then the next message takes over.
 PIPELINE_DRAIN_SECONDS = env_int("PIPELINE_DRAIN_SECONDS", 30)
 # One message waiting for a worker at a time, not one per upload (diagnostics/pipeline.py,
 # _WakeUps): needs a cache that the web and worker processes share, so on with Redis.

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from PIL import Image
@@ -252,6 +252,75 @@ def test_one_message_drains_a_backlog_in_batches_of_at_most_max_batch(hospital_a
     assert list(Prediction.objects.order_by("pk").values_list("batch_size", flat=True)) == [2, 2, 2, 2, 1]
 
 
+def test_the_next_batch_is_claimed_and_decoded_while_the_model_predicts_the_one_before(
+    hospital_a, tiny_model, monkeypatch
+):
+    monkeypatch.setattr(pipeline, "MAX_BATCH", 2)
+    studies = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES]]
+    engine = registry.get_active_engine()[1]
+    real_predict, real_claim = engine.predict, pipeline._claim
+    claims: list[list[int]] = []
+    second_claimed = threading.Event()
+    passes: list[tuple[str, int, bool]] = []
+
+    def claim(*args, **kwargs):
+        claims.append(real_claim(*args, **kwargs))
+        if len(claims) == 2:
+            second_claimed.set()
+        return claims[-1]
+
+    def predict(grays, **kwargs):
+        # Done in turn, the second claim would come only after this pass: it would time out.
+        passes.append((threading.current_thread().name, len(grays), second_claimed.wait(10)))
+        return real_predict(grays, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_claim", claim)
+    monkeypatch.setattr(engine, "predict", predict)
+
+    assert pipeline.predict_studies([studies[0].pk], claim="message-1") == [study.pk for study in studies]
+
+    # Each batch claimed once: the drain never takes back the batch it holds, though it
+    # is `processing` under the same message, as a dead worker's orphans are.
+    assert claims == [[studies[0].pk, studies[1].pk], [studies[2].pk, studies[3].pk], []]
+    assert [(name.startswith("pleura-model"), size, overlapped) for name, size, overlapped in passes] == [
+        (True, 2, True),
+        (True, 2, True),
+    ]
+
+
+def test_pixels_claimed_while_their_twin_is_in_the_model_reuse_its_result(hospital_a, tiny_model, monkeypatch):
+    monkeypatch.setattr(pipeline, "MAX_BATCH", 2)
+    first, other, twin, last = (
+        store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE, NORMAL_IMAGE, OTHER_IMAGES[0]]
+    )
+    engine = registry.get_active_engine()[1]
+    real_predict, computed = engine.predict, []
+    monkeypatch.setattr(engine, "predict", lambda grays, **kw: computed.append(len(grays)) or real_predict(grays, **kw))
+
+    assert pipeline.predict_studies([first.pk]) == [first.pk, other.pk, last.pk, twin.pk]
+
+    assert computed == [2, 1]
+    assert Prediction.objects.get(study=twin).reused_from == Prediction.objects.get(study=first)
+
+
+def test_a_failure_to_store_puts_back_both_batches_it_held(hospital_a, tiny_model, monkeypatch):
+    monkeypatch.setattr(pipeline, "MAX_BATCH", 2)
+    studies = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES]]
+
+    def database_gone(results):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(pipeline, "_store_all", database_gone)
+
+    with pytest.raises(pipeline.TransientPipelineError) as raised:
+        pipeline.predict_studies([studies[0].pk], claim="message-1")
+
+    # The first batch failed to store while the second was in the model: both go back.
+    assert raised.value.study_ids == [study.pk for study in studies]
+    assert list(Study.objects.order_by("pk").values_list("status", "claimed_by")) == [(QUEUED, "")] * 4
+    assert Prediction.objects.count() == 0
+
+
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_claims_take_disjoint_batches_without_waiting_for_each_other(hospital_a, tiny_model, monkeypatch):
     if connection.vendor != "postgresql":
@@ -326,13 +395,15 @@ def test_a_batch_claims_in_one_statement_reads_in_three_and_stores_in_one_transa
         assert pipeline.predict_studies([studies[0].pk]) == [s.pk for s in studies]
 
     # Claim; the claimed studies; the active and shadow versions; twins of their pixels
-    # (none); then complete, predictions, audit events (a savepoint inside the test's
-    # transaction, BEGIN and COMMIT in a worker).
+    # (none); while the model runs, a claim of the next batch (none waits); then
+    # complete, predictions, audit events (a savepoint inside the test's transaction,
+    # BEGIN and COMMIT in a worker).
     assert [_verb_and_table(query["sql"]) for query in queries.captured_queries] == [
         ("UPDATE", "diagnostics_study"),
         ("SELECT", "diagnostics_study"),
         ("SELECT", "mlcore_modelversion"),
         ("SELECT", "diagnostics_study"),
+        ("UPDATE", "diagnostics_study"),
         ("SAVEPOINT", None),
         ("UPDATE", "diagnostics_study"),
         ("INSERT", "diagnostics_prediction"),
@@ -530,10 +601,18 @@ def test_enqueue_never_raises_when_the_broker_is_unreachable(hospital_a, monkeyp
 
 def test_warm_up_runs_the_model_on_blank_images_of_its_input_size(tiny_model, monkeypatch):
     engine = registry.get_active_engine()[1]
-    real_predict, seen = engine.predict, []
-    monkeypatch.setattr(engine, "predict", lambda grays, **kw: seen.append(grays) or real_predict(grays, **kw))
+    real_predict, seen, threads = engine.predict, [], set()
+
+    def predict(grays, **kwargs):
+        seen.append(grays)
+        threads.add(threading.current_thread().name.split("_")[0])
+        return real_predict(grays, **kwargs)
+
+    monkeypatch.setattr(engine, "predict", predict)
 
     pipeline.warm_up(pool_processes=1)
+
+    assert threads == {"pleura-model"}  # where studies are predicted: CUDA keeps handles per thread
 
     # Every batch size the worker may send on CUDA, where a first pass at a shape is slow.
     sizes = range(1, pipeline.MAX_BATCH + 1) if engine.device.type == "cuda" else [1]
