@@ -299,11 +299,12 @@ class _ModelRunner:
     The worker's own thread does the database and storage work of each batch. Done in
     turn with the model, it kept the model waiting 1.33 to 1.44 ms a study on one core
     of the 2-core VM, a sixth of the worker's time; overlapped, 0.2 ms remain and the
-    worker predicts 9% more studies a second (docs/benchmarks.md, twelfth stop). A GPU
-    spends only 1.7 to 2.3 ms a study in the model, so there the database work weighs
-    more. One thread, so that two passes never share an engine; nothing in it touches
-    the database. Made by the process that uses it, so each forked pool process gets its
-    own; warm_up runs in it too, since CUDA keeps its library handles per thread.
+    worker predicts about 10% more studies a second (docs/benchmarks.md, twelfth
+    stop). A GPU spends only 1.7 to 2.3 ms a study in the model, so there the database
+    work weighs more. One thread, so that two passes never share an engine; nothing in
+    it touches the database. Made by the process that uses it, so each forked pool
+    process gets its own; warm_up runs in it too, since CUDA keeps its library handles
+    per thread.
     """
 
     def __init__(self):
