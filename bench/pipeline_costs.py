@@ -8,8 +8,9 @@ Redis as the broker, which nobody consumes here), in this process:
    decoding, display PNG, storage, inserts, audit, queueing), CPU and wall ms per upload;
 2. worker: one `predict_studies` call drains the N queued studies in batches, exactly
    as a Celery worker would; reports ms per study in the model (Grad-CAM and heatmap
-   PNGs included) and in everything else (claims, decoding, reuse lookup, storing,
-   audit), and the model's share of the worker's time.
+   PNGs included) and in the rest (claims, decoding, reuse lookup, storing, audit)
+   where the model was not running alongside it (the model has a thread of its own),
+   and the model's share of the worker's time.
 
     .venv/bin/python -m bench.pipeline_costs --n 64 --cpus 1 --write
 
@@ -146,7 +147,8 @@ def render(result: dict, command: str) -> str:
             f"| upload request (API, integration key), CPU / wall | {upload['cpu_ms_per_upload']} ms / "
             f"{upload['wall_ms_per_upload']} ms |",
             f"| worker, per study: model (Grad-CAM, heatmap PNG) | {worker['model_ms_per_study']} ms |",
-            f"| worker, per study: everything else (claim, decode, reuse lookup, store, audit) "
+            f"| worker, per study: the rest, where the model is not running alongside "
+            "(claim, decode, reuse lookup, store, audit) "
             f"| {worker['other_ms_per_study']} ms |",
             f"| worker draining {worker['studies']} queued studies | {worker['images_per_s']} images/s |",
             f"| raw batched model throughput (batch {result['raw_batch_size']}, Grad-CAM), same process, "
