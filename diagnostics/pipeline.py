@@ -267,7 +267,7 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
             done += completed
             batch, first = ahead, False
     except (*TRANSIENT_ERRORS, ModelUnavailable) as exc:
-        postponed = [pk for batch in held for pk in batch.claimed]
+        postponed = _claimed_by(held)
         _release(postponed)
         raise TransientPipelineError(postponed or requested, exc) from exc
     return done
@@ -293,6 +293,26 @@ class _Batch:
         return {(study.hospital_id, study.pixel_sha256) for study in self.ready if study.pixel_sha256}
 
 
+class _ThreadsOfThisProcess:
+    """A thread pool made by the process that uses it, so that a forked Celery pool
+    process, which inherits none of its parent's threads, makes its own."""
+
+    def __init__(self, name: str):
+        self._name = name
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._key: tuple[int, int] | None = None
+
+    def pool(self, threads: int) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._key != (os.getpid(), threads):
+                if self._pool is not None and self._key[0] == os.getpid():
+                    self._pool.shutdown(wait=False)  # the size changed (a test's settings)
+                self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=self._name)
+                self._key = (os.getpid(), threads)
+            return self._pool
+
+
 class _ModelRunner:
     """The thread that runs this process's models, one call after another.
 
@@ -308,19 +328,17 @@ class _ModelRunner:
     """
 
     def __init__(self):
-        self._lock = threading.Lock()
-        self._thread: ThreadPoolExecutor | None = None
-        self._pid: int | None = None
+        self._threads = _ThreadsOfThisProcess("pleura-model")
 
     def submit(self, function, *args) -> Future:
-        with self._lock:
-            if self._pid != os.getpid():
-                self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pleura-model")
-                self._pid = os.getpid()
-            return self._thread.submit(function, *args)
+        return self._threads.pool(1).submit(function, *args)
 
 
 model_runner = _ModelRunner()
+
+
+def _claimed_by(batches: list[_Batch]) -> list[int]:
+    return [pk for batch in batches for pk in batch.claimed]
 
 
 def _begin(requested: list[int], claim: str, held: list[_Batch], in_model: set) -> _Batch | None:
@@ -330,7 +348,7 @@ def _begin(requested: list[int], claim: str, held: list[_Batch], in_model: set) 
     waits for that result, as a twin in its own batch does, rather than being computed
     again.
     """
-    batch = _Batch(claimed=_claim(requested, claim, holding=[pk for other in held for pk in other.claimed]))
+    batch = _Batch(claimed=_claim(requested, claim, holding=_claimed_by(held)))
     if not batch.claimed:
         return None
     held.append(batch)
@@ -487,24 +505,13 @@ class _StorageIO:
     """
 
     def __init__(self):
-        self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_key: tuple[int, int] | None = None
+        self._threads = _ThreadsOfThisProcess("pleura-storage")
 
     def map(self, function, items: list) -> list:
         threads = settings.PIPELINE_STORAGE_THREADS
         if len(items) < 2 or threads < 2:  # a study at idle waits for no thread
             return [_outcome(function, item) for item in items]
-        return list(self._pool_of(threads).map(_outcome, [function] * len(items), items))
-
-    def _pool_of(self, threads: int) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool_key != (os.getpid(), threads):
-                if self._pool is not None and self._pool_key[0] == os.getpid():
-                    self._pool.shutdown(wait=False)  # the size changed (a test's settings)
-                self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pleura-storage")
-                self._pool_key = (os.getpid(), threads)
-            return self._pool
+        return list(self._threads.pool(threads).map(_outcome, [function] * len(items), items))
 
 
 def _outcome(function, item):
