@@ -215,6 +215,46 @@ def test_a_drain_stopped_at_its_deadline_leaves_a_wake_up_waiting_for_the_studie
     assert pipeline.predict_studies([]) == [studies[2].pk, studies[3].pk]
 
 
+def test_a_drain_that_keeps_up_with_a_stream_stops_at_its_deadline_and_a_wake_up_covers_the_rest(
+    hospital_a, tiny_model, monkeypatch, settings, _no_broker
+):
+    # A study arrives while each batch is being worked on, so every claim finds one and
+    # no batch is full: the drain would go on for ever but for its deadline.
+    settings.PIPELINE_COALESCE_WAKE_UPS = True
+    settings.PIPELINE_DRAIN_SECONDS = 0.5
+    monkeypatch.setattr(pipeline, "MAX_BATCH", 2)
+    images = [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES]
+    arrived: list[Study] = []
+    streaming = True
+    real_claim = pipeline._claim
+
+    def claim_while_a_study_arrives(*args, **kwargs):
+        claimed = real_claim(*args, **kwargs)
+        if streaming and len(arrived) < 500:  # were the deadline ignored, the test ends anyway
+            arrived.append(store_study(hospital_a, images[len(arrived) % len(images)]))
+            pipeline.enqueue_prediction(arrived[-1].pk)  # as the upload does on commit
+        return claimed
+
+    monkeypatch.setattr(pipeline, "_claim", claim_while_a_study_arrives)
+    first = store_study(hospital_a, NORMAL_IMAGE)
+    started = time.monotonic()
+
+    done = pipeline.predict_studies([first.pk])
+
+    assert time.monotonic() - started >= 0.5
+    assert done == [first.pk, *(study.pk for study in arrived[:-1])]
+    assert len(done) >= 3
+    left = arrived[-1]
+    assert list(Study.objects.filter(status=QUEUED).values_list("pk", flat=True)) == [left.pk]
+    # One message for the whole stream, sent by the first study stored after the drain
+    # began; the drain sent none (no batch was full). It is still waiting, for the rest.
+    assert _no_broker == [[arrived[0].pk]]
+    assert cache.get(pipeline.wake_ups.key) == 1
+    streaming = False
+    assert pipeline.predict_studies(_no_broker[0]) == [left.pk]
+    assert not Study.objects.exclude(status=COMPLETED).exists()
+
+
 def test_redelivered_message_takes_over_the_studies_its_dead_worker_claimed(hospital_a, tiny_model):
     first = store_study(hospital_a, NORMAL_IMAGE)
     drained = store_study(hospital_a, PNEUMONIA_IMAGE)
