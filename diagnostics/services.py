@@ -101,14 +101,14 @@ def _existing(hospital: Hospital, sop_uid: str) -> Study | None:
     """The hospital's study of this SOP Instance UID, if it was sent before.
 
     Almost every instance is new, so the question is asked as `exists()`, whose query
-    names no column: fetching the row, every column of it, cost a DICOM upload about 0.86 ms of
-    CPU against 0.50 ms (median of 8 blocks of 300 misses on PostgreSQL, one core of the
+    names no column: fetching the whole row cost a DICOM upload about 0.86 ms of CPU
+    against 0.50 ms (median of 8 blocks of 300 misses on PostgreSQL, one core of the
     2-core VM). The row is read only when there is one.
     """
     if not sop_uid:
         return None
     sent_before = Study.objects.for_hospital(hospital).filter(sop_instance_uid=sop_uid)
-    return sent_before.get() if sent_before.exists() else None
+    return sent_before.first() if sent_before.exists() else None
 
 
 def _build_study(
