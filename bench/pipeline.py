@@ -36,6 +36,12 @@ the worker's core too, where every upload's inserts take turns with the model.
     .venv/bin/python -m bench.pipeline --n 64 --inference-cpus 1 --write
     .venv/bin/python -m bench.pipeline --n 256 --inference-cpus 1 --pin-services --rounds 3 --write
 
+The training radiographs are 224x224 JPEGs of about 6 KB; an EMR sends DICOM instances
+of megabytes. `--dicom-size 2048` posts DICOM copies of the same images instead
+(bench/dicom_load.py: enlarged to 2048 pixels a side, 12 bits stored in 16, as raw
+`application/dicom` bodies), and writes a section of its own; raw is then measured on
+the copies as the worker decodes them.
+
 Without a shipped model (mlcore/weights/<name>/model.json) it uses a randomly
 initialised network of the same architecture and input size: the same timings.
 """
@@ -149,10 +155,11 @@ def integration_key(slug: str) -> str:
 
 
 def raw_images(images: list[Path]) -> list:
-    """The load's images, decoded once for all the raw measures."""
-    from mlcore.preprocessing import load_grayscale_file
+    """The load's images, decoded once for all the raw measures, as the worker decodes
+    them (a DICOM copy windowed to its 8-bit grayscale)."""
+    from diagnostics.imaging import decode_upload
 
-    return [load_grayscale_file(path) for path in images]
+    return [decode_upload(path.read_bytes()).gray for path in images]
 
 
 def raw_batches_for(images: int, processes: int = 1) -> int:
@@ -333,24 +340,13 @@ class Uploader:
         self._lock = threading.Lock()
 
     def post(self, image: Path) -> str:
-        boundary = uuid.uuid4().hex
-        body = (
-            (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{image.name}"\r\n'
-                "Content-Type: image/jpeg\r\n\r\n"
-            ).encode()
-            + image.read_bytes()
-            + f"\r\n--{boundary}--\r\n".encode()
-        )
+        body, content_type = self._body(image)
         connection = self._connection()
         connection.request(
             "POST",
             "/api/v1/studies/",
             body=body,
-            headers={
-                "Authorization": f"Bearer {self._key}",
-                "Content-Type": f"multipart/form-data; boundary={boundary}",
-            },
+            headers={"Authorization": f"Bearer {self._key}", "Content-Type": content_type},
         )
         response = connection.getresponse()
         payload = response.read()
@@ -360,6 +356,22 @@ class Uploader:
         if response.status not in (200, 202):
             raise RuntimeError(f"the upload was answered {response.status}: {payload[:200]!r}")
         return json.loads(payload)["id"]
+
+    @staticmethod
+    def _body(image: Path) -> tuple[bytes, str]:
+        """A DICOM file as the raw body, as an EMR sends an instance; a JPEG as a form's file."""
+        if image.suffix == ".dcm":
+            return image.read_bytes(), "application/dicom"
+        boundary = uuid.uuid4().hex
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{image.name}"\r\n'
+                "Content-Type: image/jpeg\r\n\r\n"
+            ).encode()
+            + image.read_bytes()
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        return body, f"multipart/form-data; boundary={boundary}"
 
     def _connection(self) -> http.client.HTTPConnection:
         connection = getattr(self._local, "connection", None)
@@ -651,6 +663,10 @@ def run(args) -> dict:
     version, key = _prepare_database(model_dir, workdir)
     images = sorted((TRAIN / "PNEUMONIA").glob("*.jpeg"))[: args.n]
     images += sorted((TRAIN / "NORMAL").glob("*.jpeg"))[: IDLE_RUNS + 1]  # idle set: distinct pixels
+    if args.dicom_size:
+        from bench.dicom_load import write_dicom_copies
+
+        images = write_dicom_copies(images, workdir / "dicom", args.dicom_size)
     layout = _layout(args.inference_cpus, args.web_workers, args.worker_processes)
     grays = raw_images(images[: args.n])
 
@@ -699,6 +715,8 @@ def run(args) -> dict:
     raw_pooled, load_pooled = combined_raw(raws), pooled_load(loads)
     return {
         "model": version.name if model_dir else "random-initialised resnet18, 224 px",
+        "uploads": upload_format(args.dicom_size),
+        "dicom_size": args.dicom_size,
         "layout": layout["name"],
         "web_cpus": sorted(layout["web_cpus"]),
         "web_workers": layout["web_workers"],
@@ -739,7 +757,17 @@ def section_key(result: dict) -> str:
     key = f"pipeline:{result['layout']}:{result['worker_device']}:{result['machine_cpus']}cpu"
     if result["worker_processes"] != 1:
         key += f":{result['worker_processes']}proc"
-    return key + (":pinned" if result.get("services_on_web_cpus") else "")
+    key += ":pinned" if result.get("services_on_web_cpus") else ""
+    return key + (f":dicom{result['dicom_size']}" if result.get("dicom_size") else "")
+
+
+def upload_format(dicom_size: int) -> str:
+    if dicom_size:
+        return (
+            f"DICOM DX instances of {dicom_size}x{dicom_size} pixels, 12 bits stored in 16 "
+            f"({dicom_size * dicom_size * 2 / 1e6:.1f} MB each), enlarged from the training radiographs"
+        )
+    return "the training radiographs as posted files: 224x224 JPEGs of about 6 KB"
 
 
 def render(result: dict, command: str) -> str:
@@ -763,6 +791,7 @@ def render(result: dict, command: str) -> str:
             ),
             f"Worker device: {result['worker_device_description']}.",
             f"Model: {result['model']}.",
+            f"Uploads: {result.get('uploads', upload_format(0))}.",
             "",
             "| measure | value |",
             "|---|---|",
@@ -841,6 +870,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--worker-processes", type=int, default=1, help="Celery pool processes; they share the worker's cores"
+    )
+    parser.add_argument(
+        "--dicom-size",
+        type=int,
+        default=0,
+        help="post DICOM copies of the images, enlarged to this many pixels a side (e.g. 2048), instead of the JPEGs",
     )
     parser.add_argument(
         "--pin-services",

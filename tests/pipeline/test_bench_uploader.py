@@ -6,10 +6,14 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from bench.pipeline import GeneratorProcesses, Uploader
+from bench.dicom_load import write_dicom_copies
+from bench.pipeline import GeneratorProcesses, Uploader, raw_images
 from diagnostics.models import Study
+from mlcore.preprocessing import load_grayscale_file
 from tests.pipeline.conftest import TRAIN
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -68,3 +72,24 @@ def test_load_generator_processes_post_every_image_once_and_report_when(live_ser
     assert sorted(stored.values()) == sorted(image.stat().st_size for image in IMAGES[:5])
     assert all(before <= at <= time.time() for at in started.values())
     assert cpu_seconds > 0
+
+
+def test_dicom_copies_are_posted_as_instances_of_their_own_carrying_the_enlarged_radiograph(
+    live_server, key_a, hospital_a, tmp_path
+):
+    copies = write_dicom_copies(IMAGES[:3], tmp_path, 512)
+    uploader = Uploader(live_server.url, key_a[1])
+
+    codes = [uploader.post(copy) for copy in copies]
+    uploader.close()
+
+    studies = list(Study.objects.filter(hospital=hospital_a, code__in=codes))
+    assert [(s.original_format, s.rows, s.columns, s.modality, s.body_part, s.warnings) for s in studies] == [
+        ("dcm", 512, 512, "DX", "CHEST", [])
+    ] * 3
+    assert sorted(s.original_size for s in studies) == sorted(copy.stat().st_size for copy in copies)
+    assert len({s.sop_instance_uid for s in studies}) == len({s.pixel_sha256 for s in studies}) == 3
+    # Windowed back to 8 bits, each copy is its radiograph enlarged, to within a grey level.
+    for copy, image, gray in zip(copies, IMAGES, raw_images(copies), strict=False):
+        enlarged = Image.fromarray(load_grayscale_file(image)).resize((512, 512), Image.Resampling.BILINEAR)
+        assert np.abs(gray.astype(int) - np.asarray(enlarged, dtype=int)).max() <= 1, copy.name
