@@ -11,6 +11,7 @@ import logging
 import re
 import warnings
 import zlib
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -173,12 +174,39 @@ def to_grayscale(ds: Dataset) -> np.ndarray:
         raise RejectedUpload(422, "The DICOM pixel data does not have the shape its attributes describe.")
     if photometric == "PALETTE COLOR":
         return _colour_to_gray(_apply_palette(arr, ds), ds, "RGB")
-    arr = _mask_bits_stored(arr, ds)
-    gray = _apply_voi(arr, ds)
+    gray = _monochrome_to_gray(arr, ds)
     inverse = photometric == "MONOCHROME1"
     if str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE":
         inverse = not inverse
     return 255 - gray if inverse else gray
+
+
+def _monochrome_to_gray(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Stored values -> 8-bit display values: bits stored, modality LUT, then the VOI LUT,
+    the window or the image's own range.
+
+    Pixels of 8 or 16 bits can hold at most 65,536 different values, so every step is
+    worked out once for each possible value, and the image is one lookup in that table.
+    Step by step over every pixel, in 64-bit floats, windowing a 2048x2048 radiograph
+    took 43 of the 73 ms of CPU its upload cost, and the worker decodes it again.
+    """
+    if arr.dtype.kind not in "iu" or arr.dtype.itemsize > 2 or ds.get("VOILUTSequence"):
+        # Wider or float pixels have too many values for a table. A VOI LUT is rare, and
+        # whether its input counts as integers depends on the values the image holds.
+        return _apply_voi(_mask_bits_stored(arr, ds), ds)
+    patterns = np.dtype(f"u{arr.dtype.itemsize}")
+    # Every bit pattern a pixel can have, as a value of the pixels' own type, in the
+    # order of the patterns: the pixel with pattern p is mapped by table[p].
+    every_value = np.arange(1 << (8 * arr.dtype.itemsize), dtype=patterns).view(arr.dtype)
+    codes = arr.view(patterns)
+
+    def occurring() -> np.ndarray:
+        return np.bincount(codes.ravel(), minlength=every_value.size).astype(bool)
+
+    table = _apply_voi(_mask_bits_stored(every_value, ds), ds, occurring)
+    if table.dtype == arr.dtype and np.array_equal(table, every_value):
+        return arr.copy()  # 8-bit display values already: a lookup would change nothing
+    return table[codes]
 
 
 def _mask_bits_stored(arr: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -195,7 +223,9 @@ def _mask_bits_stored(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     return values
 
 
-def _apply_voi(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+def _apply_voi(arr: np.ndarray, ds: Dataset, occurring: Callable[[], np.ndarray] | None = None) -> np.ndarray:
+    """`arr` is the image, or with `occurring` every value a pixel may have: then
+    `occurring()` says which of them the image holds, whose range is the image's own."""
     values = apply_modality_lut(arr, ds).astype(np.float64)
     if ds.get("VOILUTSequence"):
         from_lut = _voi_lut(arr, ds)
@@ -210,7 +240,8 @@ def _apply_voi(arr: np.ndarray, ds: Dataset) -> np.ndarray:
         # Already 8-bit display values: keep them, so a PNG saved from this image and the
         # DICOM itself give the model exactly the same pixels.
         return arr.astype(np.uint8)
-    return _scale(values, float(values.min()), float(values.max()))
+    in_image = values if occurring is None else values[occurring()]
+    return _scale(values, float(in_image.min()), float(in_image.max()))
 
 
 def _voi_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray | None:

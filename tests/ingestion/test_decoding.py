@@ -161,6 +161,44 @@ def test_bits_above_bits_stored_are_ignored():
     np.testing.assert_array_equal(clean, np.array([[0, 62], [125, 255]], dtype=np.uint8))
 
 
+PIXEL_LAYOUTS = {
+    "8 bits": (np.uint8, 8, {}),
+    "6 of 8 bits": (np.uint8, 6, {}),
+    "12 of 16 bits": (np.uint16, 12, {}),
+    "16 bits": (np.uint16, 16, {}),
+    "signed 12 of 16 bits": (np.int16, 12, {"PixelRepresentation": 1}),
+    "signed 16 bits": (np.int16, 16, {"PixelRepresentation": 1}),
+}
+DISPLAY_STEPS = {
+    "the image's range": {},
+    "rescaled, then its range": {"RescaleSlope": 0.5, "RescaleIntercept": 3},
+    "linear window": {"WindowCenter": 700, "WindowWidth": 900},
+    "rescaled, then windowed": {"RescaleSlope": 2, "RescaleIntercept": -1024, "WindowCenter": 40, "WindowWidth": 400},
+    "linear exact window": {"WindowCenter": 300, "WindowWidth": 500, "VOILUTFunction": "LINEAR_EXACT"},
+    "sigmoid window": {"WindowCenter": 100, "WindowWidth": 300, "VOILUTFunction": "SIGMOID"},
+    "window of width 1": {"WindowCenter": 50, "WindowWidth": 1},
+}
+
+
+@pytest.mark.parametrize("steps", DISPLAY_STEPS)
+@pytest.mark.parametrize("layout", PIXEL_LAYOUTS)
+def test_the_table_of_every_stored_value_changes_no_pixel(layout, steps):
+    """8- and 16-bit pixels go through a table of every value they may hold; each pixel
+    must come out as windowing it on its own (the path wider pixels still take) gives."""
+    from diagnostics import dicom
+
+    dtype, bits_stored, attributes = PIXEL_LAYOUTS[layout]
+    info = np.iinfo(dtype)
+    # Every bit pattern can occur, the unused high bits (an overlay, garbage) included.
+    pixels = np.random.default_rng(7).integers(info.min, info.max, size=(64, 48), endpoint=True, dtype=dtype)
+    data = make_dicom(pixels, BitsStored=bits_stored, HighBit=bits_stored - 1, **attributes, **DISPLAY_STEPS[steps])
+    ds = pydicom.dcmread(io.BytesIO(data))
+
+    each_pixel = dicom._apply_voi(dicom._mask_bits_stored(ds.pixel_array, ds), ds)
+
+    np.testing.assert_array_equal(decode_upload(data).gray, each_pixel)
+
+
 def test_monochrome1_is_inverted_and_inverse_presentation_lut_flips_back():
     values = np.array([[0, 255]], dtype=np.uint8)
     mono1 = decode_upload(make_dicom(values, PhotometricInterpretation="MONOCHROME1")).gray
