@@ -20,6 +20,16 @@ from PIL import Image
 # Digital X-Ray Image Storage - For Presentation.
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 BITS_STORED = 12
+BITS_ALLOCATED = 16
+
+
+def describe(size: int) -> str:
+    """What the copies of `size` pixels a side are, for the benchmark's report."""
+    megabytes = size * size * BITS_ALLOCATED / 8 / 1e6
+    return (
+        f"DICOM DX instances of {size}x{size} pixels, {BITS_STORED} bits stored in {BITS_ALLOCATED} "
+        f"({megabytes:.1f} MB each), enlarged from the training radiographs"
+    )
 
 
 def write_dicom_copies(images: list[Path], folder: Path, size: int) -> list[Path]:
@@ -61,7 +71,7 @@ def _dataset(pixels: np.ndarray, patient_number: int):
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
+    ds.BitsAllocated = BITS_ALLOCATED
     ds.BitsStored = BITS_STORED
     ds.HighBit = BITS_STORED - 1
     ds.PixelRepresentation = 0

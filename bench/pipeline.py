@@ -774,10 +774,9 @@ def section_key(result: dict) -> str:
 
 def upload_format(dicom_size: int) -> str:
     if dicom_size:
-        return (
-            f"DICOM DX instances of {dicom_size}x{dicom_size} pixels, 12 bits stored in 16 "
-            f"({dicom_size * dicom_size * 2 / 1e6:.1f} MB each), enlarged from the training radiographs"
-        )
+        from bench import dicom_load
+
+        return dicom_load.describe(dicom_size)
     return "the training radiographs as posted files: 224x224 JPEGs of about 6 KB"
 
 

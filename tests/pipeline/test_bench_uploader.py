@@ -90,6 +90,6 @@ def test_dicom_copies_are_posted_as_instances_of_their_own_carrying_the_enlarged
     assert sorted(s.original_size for s in studies) == sorted(copy.stat().st_size for copy in copies)
     assert len({s.sop_instance_uid for s in studies}) == len({s.pixel_sha256 for s in studies}) == 3
     # Windowed back to 8 bits, each copy is its radiograph enlarged, to within a grey level.
-    for copy, image, gray in zip(copies, IMAGES, raw_images(copies), strict=False):
+    for copy, image, gray in zip(copies, IMAGES[:3], raw_images(copies), strict=True):
         enlarged = Image.fromarray(load_grayscale_file(image)).resize((512, 512), Image.Resampling.BILINEAR)
         assert np.abs(gray.astype(int) - np.asarray(enlarged, dtype=int)).max() <= 1, copy.name
