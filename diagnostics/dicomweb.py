@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diagnostics import services
-from diagnostics.imaging import NotAnImage, OtherStudy, RejectedUpload
+from diagnostics.imaging import NotAnImage, OtherStudy, RejectedUpload, StorageUnavailable
 from diagnostics.models import Study
 
 DICOM_MEDIA_TYPE = "application/dicom"
@@ -52,6 +52,7 @@ class StowResult:
     status_code: int
     body: dict[str, Any]
     stored: list[Study] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def split_multipart_related(body: bytes, content_type: str) -> list[Part]:
@@ -94,11 +95,13 @@ def _parse_part(chunk: bytes) -> Part:
 def store_instances(
     *, hospital, parts: list[Part], user=None, key=None, request=None, study_instance_uid: str = ""
 ) -> StowResult:
-    """Store each part; 200 if all were stored, 202 if some failed, 409 if none was stored.
+    """Store each part; 200 if all were stored, 202 if some failed, 409 if none was stored,
+    503 (with Retry-After) if none was stored because the storage is unavailable.
 
     With `study_instance_uid` (a request to /studies/{uid}), instances of other studies fail.
     """
     referenced, failed, stored = [], [], []
+    storage_down = False
     for part in parts:
         if part.content_type != DICOM_MEDIA_TYPE:
             failed.append(_failed_item(None, FAILURE_CANNOT_UNDERSTAND))
@@ -114,6 +117,10 @@ def store_instances(
                 dicom_only=True,
                 study_instance_uid=study_instance_uid,
             )
+        except StorageUnavailable:
+            storage_down = True
+            failed.append(_failed_item(_uids_of(part.data), FAILURE_OUT_OF_RESOURCES))
+            continue
         except RejectedUpload as exc:
             failed.append(_failed_item(_uids_of(part.data), _failure_reason(exc)))
             continue
@@ -124,6 +131,9 @@ def store_instances(
         body["00081199"] = {"vr": "SQ", "Value": referenced}
     if failed:
         body["00081198"] = {"vr": "SQ", "Value": failed}
+    if not referenced and storage_down:
+        # Nothing stored, and not for the instances' fault: the sender should retry them.
+        return StowResult(status_code=503, body=body, headers=dict(StorageUnavailable.headers))
     if not referenced:
         status = 409
     elif failed:

@@ -11,6 +11,8 @@ Refusals raise `RejectedUpload(status_code, detail)`:
   Content-Type headers are ignored), or is a polyglot of several formats;
 - 422: the type is right but the file is truncated, corrupt, not an image (DICOM SR,
   RT Plan, ...) or its pixels cannot be decoded.
+The ingestion service adds one that is no fault of the file: 503 when the storage
+cannot take it just now (`StorageUnavailable`, with a Retry-After).
 Messages never quote values read from the file: those may be PHI.
 """
 
@@ -63,10 +65,27 @@ _FOREIGN_MAGIC = [
 class RejectedUpload(Exception):
     """An upload refused with an HTTP status and a message a human can act on."""
 
+    # HTTP headers the refusal's response carries (Retry-After on a 503).
+    headers: dict[str, str] = {}
+
     def __init__(self, status_code: int, detail: str):
         super().__init__(detail)
         self.status_code = status_code
         self.detail = detail
+
+
+class StorageUnavailable(RejectedUpload):
+    """The file is fine, but the storage could not take it just now: 503, retry later."""
+
+    RETRY_AFTER_SECONDS = 60
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+    def __init__(self):
+        super().__init__(
+            503,
+            "The image could not be saved just now because Pleura's image storage is unavailable. "
+            "Nothing was stored: please send it again in a minute.",
+        )
 
 
 class NotAnImage(RejectedUpload):

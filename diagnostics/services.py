@@ -14,7 +14,7 @@ from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 
 from diagnostics import imaging, metrics, tasks
-from diagnostics.imaging import DecodedImage, RejectedUpload
+from diagnostics.imaging import DecodedImage, RejectedUpload, StorageUnavailable
 from diagnostics.models import Study
 from hospital import audit
 from hospital.audit import Action, Outcome
@@ -59,15 +59,7 @@ def ingest_upload(
         if study_instance_uid and decoded.metadata.get("study_instance_uid") != study_instance_uid:
             raise imaging.OtherStudy
     except RejectedUpload as exc:
-        audit.record(
-            Action.STUDY_UPLOAD_REJECTED,
-            **audit_context,
-            outcome=Outcome.FAILURE,
-            source=source,
-            status_code=exc.status_code,
-            reason=exc.detail,
-            size=len(data),
-        )
+        _audit_rejected(exc, audit_context, source=source, size=len(data))
         raise
     sop_uid = decoded.metadata.get("sop_instance_uid", "")
     existing = _existing(hospital, sop_uid)
@@ -84,6 +76,9 @@ def ingest_upload(
         existing = Study.objects.for_hospital(hospital).get(sop_instance_uid=sop_uid)
         _audit_uploaded(existing, audit_context, source=source, created=False)
         return existing, False
+    except StorageUnavailable as exc:
+        _audit_rejected(exc, audit_context, source=source, size=len(data))
+        raise
     metrics.STUDIES_RECEIVED.labels(source=source).inc()
     return study, True
 
@@ -154,10 +149,9 @@ def _store(study: Study, data: bytes, audit_context: dict) -> Study:
 
     The portal's picture is not drawn here but on first request (`display_image_of`).
     """
-    written = []
+    _write_original(study, data)
+    written = [study.original_file.name]
     try:
-        study.original_file.save("original", ContentFile(data), save=False)
-        written.append(study.original_file.name)
         with transaction.atomic():
             study.save()
             _audit_uploaded(study, audit_context, source=study.source, created=True)
@@ -171,6 +165,21 @@ def _store(study: Study, data: bytes, audit_context: dict) -> Study:
         _delete_files(study, written)
         raise
     return study
+
+
+def _write_original(study: Study, data: bytes) -> None:
+    """Store the uploaded bytes, or raise StorageUnavailable having left nothing behind."""
+    intended = study.original_file.field.generate_filename(study, "original")
+    try:
+        study.original_file.save("original", ContentFile(data), save=False)
+    except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
+        logger.error(
+            "study %s: the original could not be written to storage (%s)", study.code, type(exc).__name__, exc_info=True
+        )
+        # A write that failed midway (a full disk) can leave part of the file under the
+        # name it was given; that name holds the study's new code, so nothing else owns it.
+        _delete_files(study, [intended], only_if_present=True)
+        raise StorageUnavailable from exc
 
 
 def display_image_of(study: Study) -> FieldFile:
@@ -200,13 +209,27 @@ def display_image_of(study: Study) -> FieldFile:
     return study.display_image
 
 
-def _delete_files(study: Study, names: list[str]) -> None:
+def _delete_files(study: Study, names: list[str], *, only_if_present: bool = False) -> None:
     storage = study.original_file.storage
     for name in names:
         try:
+            if only_if_present and not storage.exists(name):
+                continue
             storage.delete(name)
-        except OSError:
+        except Exception:  # a clean-up must not hide the error that called it (S3 down raises botocore's)
             logger.warning("Could not remove a file left by a failed upload of study %s", study.code)
+
+
+def _audit_rejected(exc: RejectedUpload, context: dict, *, source: str, size: int) -> None:
+    audit.record(
+        Action.STUDY_UPLOAD_REJECTED,
+        **context,
+        outcome=Outcome.FAILURE,
+        source=source,
+        status_code=exc.status_code,
+        reason=exc.detail,
+        size=size,
+    )
 
 
 def _audit_uploaded(study: Study, context: dict, *, source: str, created: bool) -> None:

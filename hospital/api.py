@@ -4,8 +4,10 @@ HTTP method, and error bodies a human can read."""
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from django.utils import timezone
 from rest_framework import exceptions, permissions
@@ -21,6 +23,12 @@ INTEGRATION_ROLE = "integration"
 READ_ROLES = frozenset({Role.DOCTOR, Role.RADIOLOGIST, Role.HOSPITAL_ADMIN, INTEGRATION_ROLE})
 UPLOAD_ROLES = frozenset({Role.DOCTOR, Role.RADIOLOGIST, INTEGRATION_ROLE})
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+DATABASE_RETRY_AFTER_SECONDS = 30
+DATABASE_UNAVAILABLE_MESSAGE = (
+    "Pleura's database is unavailable just now, so nothing was read or stored. Please try again shortly."
+)
+
+log = logging.getLogger(__name__)
 
 
 class IntegrationPrincipal:
@@ -147,11 +155,22 @@ class TenantAPIMixin:
 
 
 def exception_handler(exc, context):
-    """DRF's handler, with every error body reduced to {"detail": "<words>"}."""
+    """DRF's handler, with every error body reduced to {"detail": "<words>"}, and a
+    database that cannot be reached answered 503 with Retry-After, which EMRs retry."""
     # Imported here: rest_framework.views loads the authentication classes of this
     # module while it initializes, so a top-level import is circular.
     from rest_framework.views import exception_handler as drf_exception_handler
+    from rest_framework.views import set_rollback
 
+    if isinstance(exc, OperationalError | InterfaceError):
+        view = type(context.get("view")).__name__
+        log.error("database unavailable in %s (%s)", view, type(exc).__name__, exc_info=exc)
+        set_rollback()
+        return Response(
+            {"detail": DATABASE_UNAVAILABLE_MESSAGE},
+            status=503,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

@@ -114,6 +114,11 @@ ERRORS = {
     415: OpenApiResponse(ErrorSerializer, description="Not PNG, JPEG or DICOM (judged by content)."),
     422: OpenApiResponse(ErrorSerializer, description="Truncated, corrupt, or a DICOM object that is not an image."),
     429: OpenApiResponse(ErrorSerializer, description="Too many requests for this integration key."),
+    503: OpenApiResponse(
+        ErrorSerializer,
+        description="Pleura's database or image storage is unavailable just now; nothing was stored. "
+        "Send it again after the `Retry-After` seconds.",
+    ),
 }
 STUDY_EXAMPLE = OpenApiExample(
     "A completed study",
@@ -238,7 +243,7 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
         responses={
             202: OpenApiResponse(StudySerializer, description="Stored and queued for prediction."),
             200: OpenApiResponse(StudySerializer, description="Already stored (same SOP Instance UID)."),
-            **{code: ERRORS[code] for code in (400, 401, 403, 413, 415, 422, 429)},
+            **{code: ERRORS[code] for code in (400, 401, 403, 413, 415, 422, 429, 503)},
         },
         examples=[QUEUED_EXAMPLE, ERROR_EXAMPLE],
     )
@@ -258,7 +263,7 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
                 **_caller(request), **identifiers,
             )  # fmt: skip
         except RejectedUpload as exc:
-            return Response({"detail": exc.detail}, status=exc.status_code)
+            return Response({"detail": exc.detail}, status=exc.status_code, headers=exc.headers)
         if created:
             # Stored a moment ago: the 202 describes the study as stored, before any
             # prediction or review (the caller polls for those).
@@ -381,7 +386,8 @@ class StowView(TenantAPIMixin, APIView):
         description=(
             'Body: `multipart/related; type="application/dicom"; boundary=...`, one DICOM '
             "instance per part. Answers the PS3.18 DICOM JSON response: 200 when every "
-            "instance was stored, 202 when some failed, 409 when none was stored; "
+            "instance was stored, 202 when some failed, 409 when none was stored (503 with "
+            "Retry-After when that was because the image storage is unavailable); "
             "Failed SOP Sequence items carry a Failure Reason (0xA700 out of resources, "
             "0xC000 cannot understand, 0x0122 SOP class not supported, and 0xA901 when "
             "an instance sent to /dicomweb/studies/{StudyInstanceUID} belongs to another study)."
@@ -391,7 +397,7 @@ class StowView(TenantAPIMixin, APIView):
             (200, dicomweb.DICOM_JSON_MEDIA_TYPE): OpenApiTypes.OBJECT,
             (202, dicomweb.DICOM_JSON_MEDIA_TYPE): OpenApiTypes.OBJECT,
             (409, dicomweb.DICOM_JSON_MEDIA_TYPE): OpenApiTypes.OBJECT,
-            **{code: ERRORS[code] for code in (400, 401, 403, 413, 415, 429)},
+            **{code: ERRORS[code] for code in (400, 401, 403, 413, 415, 429, 503)},
         },
         examples=[
             OpenApiExample(
@@ -444,4 +450,6 @@ class StowView(TenantAPIMixin, APIView):
             study_instance_uid=study_instance_uid,
             **_caller(request),
         )
-        return Response(result.body, status=result.status_code, content_type=dicomweb.DICOM_JSON_MEDIA_TYPE)
+        return Response(
+            result.body, status=result.status_code, headers=result.headers, content_type=dicomweb.DICOM_JSON_MEDIA_TYPE
+        )

@@ -67,7 +67,9 @@
       });
       xhr.addEventListener("load", function () {
         var type = xhr.getResponseHeader("Content-Type") || "";
-        if (type.indexOf("text/html") === 0 && xhr.status < 500 && xhr.responseText.indexOf("upload-result") !== -1) {
+        // A 503 is the server's own answer too (storage unavailable): show its words.
+        var answered = xhr.status < 500 || xhr.status === 503;
+        if (type.indexOf("text/html") === 0 && answered && xhr.responseText.indexOf("upload-result") !== -1) {
           finish(job, xhr.responseText);
         } else if (xhr.status === 403) {
           fail(job, "Your role does not allow uploads, or your session expired; sign in again.");

@@ -1,0 +1,156 @@
+"""When the image storage or the database cannot be reached, an upload is answered 503
+with Retry-After and words a human understands (EMRs retry on 503, not on 500), nothing
+is half stored, and what was stored before is untouched."""
+
+from __future__ import annotations
+
+import errno
+import resource
+
+import psycopg
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
+from django.urls import reverse
+from django.utils.html import escape
+
+from diagnostics import services
+from diagnostics.imaging import StorageUnavailable
+from diagnostics.models import Study
+from hospital.models import AuditEvent
+from tests.ingestion.conftest import CR_CHEST, DX_CHEST, PNEUMONIA_PNG, STUDIES_URL, post_dicom_body, post_file
+from tests.ingestion.test_stow import failed, related_body, stow
+
+STORAGE_DOWN = (
+    "The image could not be saved just now because Pleura's image storage is unavailable. "
+    "Nothing was stored: please send it again in a minute."
+)
+DATABASE_DOWN = "Pleura's database is unavailable just now, so nothing was read or stored. Please try again shortly."
+
+
+@pytest.fixture
+def storage_down(settings, tmp_path, media_root):
+    """`storage_down()` points the storage at a folder that cannot exist (its parent is a
+    file), as a full or unmounted disk refuses writes; `storage_up()` puts it back."""
+    unmounted = tmp_path / "unmounted"
+    unmounted.write_text("a file where the storage's folder should be")
+
+    def down() -> None:
+        settings.MEDIA_ROOT = unmounted / "media"
+
+    def up() -> None:
+        settings.MEDIA_ROOT = media_root
+
+    down.up = up
+    return down
+
+
+def test_an_upload_while_the_storage_is_down_is_503_and_the_same_upload_later_is_stored(
+    key_a, key_client, stored, storage_down, caplog
+):
+    _, raw = key_a
+    client = key_client(raw)
+    assert post_file(client, PNEUMONIA_PNG.read_bytes()).status_code == 202
+    before = stored()
+
+    storage_down()
+    response = post_dicom_body(client, CR_CHEST.read_bytes())
+    storage_down.up()
+
+    assert response.status_code == 503
+    assert response.json() == {"detail": STORAGE_DOWN}
+    assert response["Retry-After"] == "60"
+    assert stored() == before
+    event = AuditEvent.objects.get(action="study.upload_rejected")
+    size = CR_CHEST.stat().st_size
+    assert event.detail == {"source": "api", "status_code": 503, "reason": STORAGE_DOWN, "size": size}
+    assert "the original could not be written to storage (NotADirectoryError)" in caplog.text
+
+    again = post_dicom_body(client, CR_CHEST.read_bytes())
+    assert again.status_code == 202
+    assert Study.objects.count() == before.studies + 1
+    assert len(stored().files) == len(before.files) + 1
+
+
+def test_stow_while_the_storage_is_down_is_503_with_each_instance_out_of_resources(
+    key_a, key_client, stored, storage_down
+):
+    _, raw = key_a
+    before = stored()
+
+    storage_down()
+    response = stow(key_client(raw), related_body(("application/dicom", CR_CHEST.read_bytes()),
+                                                  ("application/dicom", DX_CHEST.read_bytes())))  # fmt: skip
+    storage_down.up()
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "60"
+    assert response.json() == {"00081198": {"vr": "SQ", "Value": [failed(0xA700, CR_CHEST), failed(0xA700, DX_CHEST)]}}
+    assert stored() == before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_api_call_while_the_database_is_down_is_503_with_retry_after(key_a, key_client, caplog):
+    if connection.vendor == "sqlite":
+        pytest.skip("needs a database server whose connection can be cut (PostgreSQL in CI)")
+    _, raw = key_a
+    client = key_client(raw)
+    connection.ensure_connection()
+    _cut_connection(connection.connection.info.backend_pid)
+
+    upload = post_file(client, PNEUMONIA_PNG.read_bytes())
+    listing = client.get(STUDIES_URL)
+    connection.close()  # the next query opens a new connection
+
+    for response in (upload, listing):
+        assert response.status_code == 503
+        assert response.json() == {"detail": DATABASE_DOWN}
+        assert response["Retry-After"] == "30"
+    assert "database unavailable in StudyListCreateView (OperationalError)" in caplog.text
+    assert Study.objects.count() == 0
+
+
+def _cut_connection(backend_pid: int) -> None:
+    """End this test's database session from the server's side, as a restart does."""
+    settings = connection.settings_dict
+    with psycopg.connect(
+        host=settings["HOST"] or "127.0.0.1",
+        port=settings["PORT"] or 5432,
+        user=settings["USER"],
+        password=settings["PASSWORD"] or None,
+        dbname=settings["NAME"],
+        autocommit=True,
+    ) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [backend_pid])
+
+
+def test_a_portal_upload_while_the_storage_is_down_says_so_inline(client_for, doctor, stored, storage_down):
+    radiograph = SimpleUploadedFile("chest.png", PNEUMONIA_PNG.read_bytes(), content_type="image/png")
+
+    storage_down()
+    response = client_for(doctor).post(reverse("diagnostics:upload"), {"files": radiograph}, HTTP_HX_REQUEST="true")
+    storage_down.up()
+
+    html = response.content.decode()
+    assert response.status_code == 503
+    assert html.lstrip().startswith('<div class="upload-result upload-result--error" data-status="503">')
+    assert f"<strong>Not accepted.</strong> {escape(STORAGE_DOWN)}" in html
+    assert stored().studies == 0
+
+
+def test_a_write_cut_short_by_a_full_disk_leaves_no_part_of_the_file(hospital_a, media_root):
+    study = Study(hospital=hospital_a, source=Study.Source.API)
+    data = CR_CHEST.read_bytes()
+    # The kernel refuses writes past 64 KB, as a full disk does midway through a file.
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        with pytest.raises(StorageUnavailable) as refused:
+            services._write_original(study, data)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+    assert isinstance(refused.value.__cause__, OSError)
+    assert refused.value.__cause__.errno == errno.EFBIG
+    assert len(data) > 64 * 1024
+    assert [path for path in media_root.rglob("*") if path.is_file()] == []
