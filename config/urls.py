@@ -7,6 +7,8 @@ from diagnostics import health, performance
 from diagnostics.metrics import metrics_view
 from hospital import consent
 
+handler500 = "config.errors.server_error"
+
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
 from config.cache import count_request
+from config.errors import DATABASE_RETRY_AFTER_SECONDS
 from hospital.models import Hospital, IntegrationKey, Role
 
 # Keys can do what an EMR integration needs: send studies and read results back.
@@ -23,7 +24,6 @@ INTEGRATION_ROLE = "integration"
 READ_ROLES = frozenset({Role.DOCTOR, Role.RADIOLOGIST, Role.HOSPITAL_ADMIN, INTEGRATION_ROLE})
 UPLOAD_ROLES = frozenset({Role.DOCTOR, Role.RADIOLOGIST, INTEGRATION_ROLE})
 LAST_USED_RESOLUTION = timedelta(minutes=1)
-DATABASE_RETRY_AFTER_SECONDS = 30
 DATABASE_UNAVAILABLE_MESSAGE = (
     "Pleura's database is unavailable just now, so nothing was read or stored. Please try again shortly."
 )

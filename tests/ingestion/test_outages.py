@@ -1,6 +1,6 @@
-"""When the image storage or the database cannot be reached, an upload is answered 503
-with Retry-After and words a human understands (EMRs retry on 503, not on 500), nothing
-is half stored, and what was stored before is untouched."""
+"""When the image storage or the database cannot be reached, uploads, API calls and
+portal pages are answered 503 with Retry-After and words a human understands (EMRs retry
+on 503, not on 500), nothing is half stored, and what was stored before is untouched."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import psycopg
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
+from django.test import Client
 from django.urls import reverse
 from django.utils.html import escape
 
+from config.errors import server_error
 from diagnostics import services
 from diagnostics.imaging import StorageUnavailable
 from diagnostics.models import Study
@@ -154,3 +156,34 @@ def test_a_write_cut_short_by_a_full_disk_leaves_no_part_of_the_file(hospital_a,
     assert refused.value.__cause__.errno == errno.EFBIG
     assert len(data) > 64 * 1024
     assert [path for path in media_root.rglob("*") if path.is_file()] == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_portal_page_while_the_database_is_down_is_503_with_retry_after(doctor, caplog):
+    if connection.vendor == "sqlite":
+        pytest.skip("needs a database server whose connection can be cut (PostgreSQL in CI)")
+    browser = Client(raise_request_exception=False)
+    browser.force_login(doctor)
+    connection.ensure_connection()
+    _cut_connection(connection.connection.info.backend_pid)
+
+    response = browser.get(reverse("diagnostics:worklist"))
+    connection.close()
+
+    html = response.content.decode()
+    assert response.status_code == 503
+    assert response["Retry-After"] == "30"
+    assert "<h1>Pleura is temporarily unavailable</h1>" in html
+    assert "Its database cannot be reached just now, so nothing was read or changed." in html
+    assert "Service Unavailable: /" in caplog.text
+
+
+def test_any_other_unhandled_error_is_still_the_500_page(rf):
+    try:
+        raise ValueError("a bug, not an outage")
+    except ValueError:
+        response = server_error(rf.get("/"))
+
+    assert response.status_code == 500
+    assert "<h1>Something went wrong</h1>" in response.content.decode()
+    assert "Retry-After" not in response
