@@ -281,8 +281,12 @@ def display_png(gray: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> bytes:
     return buffer.getvalue()
 
 
+def read_original(study) -> bytes:
+    """The stored original's bytes, as uploaded."""
+    with study.original_file.open("rb") as handle:
+        return handle.read()
+
+
 def load_grayscale(study) -> np.ndarray:
     """Decode a stored study's original again, exactly as at upload (for the worker)."""
-    with study.original_file.open("rb") as handle:
-        data = handle.read()
-    return decode_upload(data).gray
+    return decode_upload(read_original(study)).gray

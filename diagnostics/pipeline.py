@@ -87,6 +87,11 @@ class ModelUnavailable(Exception):
     pass
 
 
+class StorageUnreachable(Exception):
+    """The file storage failed a read or a write (a disk error, S3 down): the batch is
+    put back for a retry. Its studies' files are not at fault, so none of them fails."""
+
+
 def retry_delay(retries: int) -> float:
     """Exponential backoff with jitter: 1, 2, 4, ... seconds, capped."""
     return min(RETRY_BACKOFF_MAX_SECONDS, 2**retries) * random.uniform(0.5, 1.0)
@@ -266,7 +271,7 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
             finished_here.add(completed)
             done += completed
             batch, first = ahead, False
-    except (*TRANSIENT_ERRORS, ModelUnavailable) as exc:
+    except (*TRANSIENT_ERRORS, ModelUnavailable, StorageUnreachable) as exc:
         postponed = _claimed_by(held)
         _release(postponed)
         raise TransientPipelineError(postponed or requested, exc) from exc
@@ -547,9 +552,15 @@ def _load_gray(study: Study) -> np.ndarray:
     if not study.original_file:
         raise PermanentStudyError(metrics.REASON_MISSING_FILE, MISSING_FILE_MESSAGE)
     try:
-        return imaging.load_grayscale(study)
+        data = imaging.read_original(study)
     except FileNotFoundError as exc:
         raise PermanentStudyError(metrics.REASON_MISSING_FILE, MISSING_FILE_MESSAGE) from exc
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
+        raise StorageUnreachable(f"study {study.code}: original unreadable ({type(exc).__name__})") from exc
+    try:
+        return imaging.decode_upload(data).gray
     except TRANSIENT_ERRORS:
         raise
     except Exception as exc:  # decoders of hostile files raise anything; none is worth a retry
@@ -638,7 +649,7 @@ def _reusable_predictions(studies: list[Study], version: ModelVersion) -> dict[t
 def _reuse_all(reusing: list[tuple[Study, Prediction]]) -> list[_Result]:
     outcomes = storage_io.map(_reused_pair, reusing)
     if (error := _first_error(outcomes)) is not None:
-        raise error
+        raise StorageUnreachable(f"an earlier heatmap could not be read ({type(error).__name__})") from error
     return outcomes
 
 
@@ -694,7 +705,7 @@ def _save_heatmaps(results: list[_Result]) -> None:
     error = _first_error(storage_io.map(_save_heatmap, results))
     if error is not None:
         _delete_heatmaps(results)
-        raise error
+        raise StorageUnreachable(f"a heatmap could not be written ({type(error).__name__})") from error
 
 
 def _save_heatmap(result: _Result) -> None:
@@ -756,7 +767,10 @@ def _audit_event(result: _Result):
 def _delete_heatmaps(results: list[_Result]) -> None:
     for result in results:
         if result.prediction.heatmap:
-            result.prediction.heatmap.delete(save=False)
+            try:
+                result.prediction.heatmap.delete(save=False)
+            except Exception:  # a clean-up must not hide the error that called it
+                log.warning("study %s: an unused heatmap file could not be removed", result.study.code)
 
 
 def _fail(study: Study, reason: str, message: str, *, from_status: str = STATUS.PROCESSING, **detail) -> bool:

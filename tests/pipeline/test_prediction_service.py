@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import resource
 import threading
 import time
 from datetime import timedelta
@@ -536,6 +538,54 @@ def test_missing_original_file_fails_with_a_readable_reason(hospital_a, tiny_mod
 
     study.refresh_from_db()
     assert (study.status, study.failure_reason) == (FAILED, pipeline.MISSING_FILE_MESSAGE)
+
+
+def test_a_storage_that_cannot_be_read_puts_the_batch_back_instead_of_failing_its_studies(
+    hospital_a, tiny_model, settings, tmp_path
+):
+    studies = [store_study(hospital_a, NORMAL_IMAGE), store_study(hospital_a, PNEUMONIA_IMAGE)]
+    mounted = settings.MEDIA_ROOT
+    unmounted = tmp_path / "unmounted"
+    unmounted.write_text("a file where the storage's folder should be")
+    settings.MEDIA_ROOT = unmounted / "media"
+
+    with pytest.raises(pipeline.TransientPipelineError) as raised:
+        pipeline.predict_studies([studies[0].pk], claim="message-1")
+
+    assert raised.value.study_ids == [study.pk for study in studies]
+    assert isinstance(raised.value.__cause__, pipeline.StorageUnreachable)
+    assert (
+        list(Study.objects.order_by("pk").values_list("status", "claimed_by", "failure_reason"))
+        == [(QUEUED, "", "")] * 2
+    )
+    assert AuditEvent.objects.filter(action="prediction.failed").count() == 0
+
+    settings.MEDIA_ROOT = mounted  # the storage is back: the retry predicts them
+    assert pipeline.predict_studies([studies[0].pk], claim="message-1") == [study.pk for study in studies]
+
+
+def test_a_heatmap_that_cannot_be_written_puts_the_batch_back_and_fails_no_study(hospital_a, tiny_model):
+    if connection.vendor == "sqlite":
+        pytest.skip("the file size limit would stop SQLite's own writes too (PostgreSQL in CI)")
+    studies = [store_study(hospital_a, NORMAL_IMAGE), store_study(hospital_a, PNEUMONIA_IMAGE)]
+    # The kernel refuses to write past 100 bytes, as a full disk refuses the heatmap PNGs.
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100, hard))
+    try:
+        with pytest.raises(pipeline.TransientPipelineError) as raised:
+            pipeline.predict_studies([studies[0].pk], claim="message-1")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+    assert raised.value.study_ids == [study.pk for study in studies]
+    assert isinstance(raised.value.__cause__, pipeline.StorageUnreachable)
+    assert raised.value.__cause__.__cause__.errno == errno.EFBIG
+    assert (
+        list(Study.objects.order_by("pk").values_list("status", "claimed_by", "failure_reason"))
+        == [(QUEUED, "", "")] * 2
+    )
+    assert Prediction.objects.count() == 0
+    assert AuditEvent.objects.filter(action="prediction.failed").count() == 0
 
 
 def test_without_an_active_model_the_claims_are_released_for_a_retry(hospital_a, tiny_model):
