@@ -48,21 +48,23 @@ def test_a_batch_reads_its_originals_and_writes_its_heatmaps_at_once(three_studi
         assert prediction.heatmap.storage.exists(prediction.heatmap.name)
 
 
-def test_a_heatmap_that_cannot_be_written_removes_the_batchs_others_and_stores_nothing(
+def test_a_heatmap_that_cannot_be_written_removes_the_batchs_others_and_puts_the_batch_back(
     three_studies, meeting_storage, settings
 ):
     meeting_storage(parties=3, failing_heatmap_writes=1)
     folders = {f"studies/{study.hospital.code}/{study.code}" for study in three_studies}
 
-    with pytest.raises(OSError, match="refused the write"):
+    with pytest.raises(pipeline.TransientPipelineError) as raised:
         pipeline.predict_studies([study.pk for study in three_studies])
 
+    assert isinstance(raised.value.__cause__, pipeline.StorageUnreachable)
+    assert str(raised.value.__cause__.__cause__) == "the object store refused the write"
     storage = FileSystemStorage()
     assert [name for folder in folders for name in storage.listdir(folder)[1] if name.startswith("heatmap")] == []
     assert Prediction.objects.filter(study__in=three_studies).count() == 0
-    # Still claimed: the sweeper queues them again (test_prediction_service).
-    assert set(Study.objects.filter(pk__in=[s.pk for s in three_studies]).values_list("status", flat=True)) == {
-        Study.Status.PROCESSING
+    # Back in the queue for the task's retry, none of them failed for the storage's fault.
+    assert set(Study.objects.filter(pk__in=[s.pk for s in three_studies]).values_list("status", "failure_reason")) == {
+        (Study.Status.QUEUED, "")
     }
 
 
