@@ -33,7 +33,7 @@ DATABASE_DOWN = "Pleura's database is unavailable just now, so nothing was read 
 @pytest.fixture
 def storage_down(settings, tmp_path, media_root):
     """`storage_down()` points the storage at a folder that cannot exist (its parent is a
-    file), as a full or unmounted disk refuses writes; `storage_up()` puts it back."""
+    file), as a full or unmounted disk refuses writes; `storage_down.up()` puts it back."""
     unmounted = tmp_path / "unmounted"
     unmounted.write_text("a file where the storage's folder should be")
 
