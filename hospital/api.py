@@ -5,6 +5,7 @@ HTTP method, and error bodies a human can read."""
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 from django.db import InterfaceError, OperationalError
@@ -75,6 +76,25 @@ def _note_use(key: IntegrationKey) -> None:
         IntegrationKey.objects.filter(pk=key.pk).update(last_used_at=now)
 
 
+class _AtMostEvery:
+    """A warning logged at most once every `seconds` by this process: during an outage
+    every request meets the same failure, and one line a minute says so."""
+
+    def __init__(self, seconds: float, clock=time.monotonic):
+        self.seconds = seconds
+        self.clock = clock
+        self._last = -seconds
+
+    def emit(self, message: str, *args) -> None:
+        now = self.clock()
+        if now - self._last >= self.seconds:
+            self._last = now
+            log.warning(message, *args)
+
+
+_cache_down_warnings = _AtMostEvery(60.0)
+
+
 class IntegrationKeyThrottle(SimpleRateThrottle):
     """Per-key request rate (API_KEY_THROTTLE_RATE); portal sessions are not throttled here.
 
@@ -102,8 +122,15 @@ class IntegrationKeyThrottle(SimpleRateThrottle):
         self.now = self.timer()
         window = int(self.now // self.duration)
         self.window_ends_at = (window + 1) * self.duration
-        # The counter outlives its window by a second, so a slow request never restarts it.
-        count = count_request(self.cache, f"{self.key}:{window}", self.duration + 1)
+        try:
+            # The counter outlives its window by a second, so a slow request never restarts it.
+            count = count_request(self.cache, f"{self.key}:{window}", self.duration + 1)
+        except Exception as exc:  # whatever the cache's client raises when Redis is down
+            # Open, not shut: a rate limit that cannot count must not stop EMRs sending
+            # studies (the upload path needs only the database and the storage; the broker
+            # being down is already covered by the sweeper).
+            _cache_down_warnings.emit("API rate limit not applied: the cache is unreachable (%s)", type(exc).__name__)
+            return True
         return count <= self.num_requests
 
     def wait(self) -> float:

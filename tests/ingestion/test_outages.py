@@ -1,6 +1,7 @@
 """When the image storage or the database cannot be reached, uploads, API calls and
 portal pages are answered 503 with Retry-After and words a human understands (EMRs retry
-on 503, not on 500), nothing is half stored, and what was stored before is untouched."""
+on 503, not on 500), nothing is half stored, and what was stored before is untouched.
+Without Redis, uploads go on."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from config.errors import server_error
 from diagnostics import services
 from diagnostics.imaging import StorageUnavailable
 from diagnostics.models import Study
+from hospital import api as hospital_api
 from hospital.models import AuditEvent
 from tests.ingestion.conftest import CR_CHEST, DX_CHEST, PNEUMONIA_PNG, STUDIES_URL, post_dicom_body, post_file
 from tests.ingestion.test_stow import failed, related_body, stow
@@ -27,6 +29,7 @@ STORAGE_DOWN = (
     "The image could not be saved just now because Pleura's image storage is unavailable. "
     "Nothing was stored: please send it again in a minute."
 )
+DEAD_REDIS = "redis://127.0.0.1:9/0"  # nothing listens on port 9
 DATABASE_DOWN = "Pleura's database is unavailable just now, so nothing was read or stored. Please try again shortly."
 
 
@@ -187,3 +190,21 @@ def test_any_other_unhandled_error_is_still_the_500_page(rf):
     assert response.status_code == 500
     assert "<h1>Something went wrong</h1>" in response.content.decode()
     assert "Retry-After" not in response
+
+
+def test_an_emr_upload_while_redis_is_down_is_stored_and_queued_without_the_rate_limit(
+    key_a, key_client, settings, monkeypatch, caplog
+):
+    # Redis holds the rate limit's counters (and the broker's queues: the sweeper covers those).
+    settings.CACHES = {"default": {"BACKEND": "config.cache.SharedClientRedisCache", "LOCATION": DEAD_REDIS}}
+    monkeypatch.setattr(hospital_api, "_cache_down_warnings", hospital_api._AtMostEvery(60.0))
+    _, raw = key_a
+    client = key_client(raw)
+
+    first = post_file(client, PNEUMONIA_PNG.read_bytes())
+    second = post_dicom_body(client, CR_CHEST.read_bytes())
+
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert list(Study.objects.values_list("status", flat=True)) == ["queued", "queued"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "hospital.api"]
+    assert warnings == ["API rate limit not applied: the cache is unreachable (ConnectionError)"]
