@@ -10,6 +10,8 @@ import time
 import psycopg
 import pytest
 from django.db import connection
+from django.test import override_settings
+from rest_framework.test import APIClient
 
 from config.celery import app as celery_app
 from diagnostics import pipeline, tasks
@@ -136,16 +138,25 @@ class _database_locked:
         self.conn.close()
 
 
-def test_upload_succeeds_with_the_broker_down_and_the_sweeper_queues_it_later(
-    hospital_a, tiny_model, start_worker, broker
+def test_an_emr_upload_succeeds_with_redis_down_and_the_sweeper_queues_it_later(
+    hospital_a, key_a, tiny_model, start_worker, broker
 ):
-    point_publisher_at("redis://127.0.0.1:9/0", {})  # nothing listens on port 9
+    # Redis down, as production has it: the broker, and the cache behind the wake-up
+    # record and the API's rate limit.
+    dead_redis = "redis://127.0.0.1:9/0"  # nothing listens on port 9
+    dead_cache = {"default": {"BACKEND": "config.cache.SharedClientRedisCache", "LOCATION": dead_redis}}
+    emr = APIClient()
+    emr.credentials(HTTP_AUTHORIZATION=f"Bearer {key_a[1]}")
+    point_publisher_at(dead_redis, {})
     try:
-        started = time.monotonic()
-        study = upload(hospital_a, NORMAL_IMAGE)
-        assert time.monotonic() - started < 5
+        with override_settings(CACHES=dead_cache), NORMAL_IMAGE.open("rb") as image:
+            started = time.monotonic()
+            response = emr.post("/api/v1/studies/", {"file": image}, format="multipart")
+            assert time.monotonic() - started < 5
     finally:
         point_publisher_at(broker.url, broker.options)
+    assert response.status_code == 202
+    study = Study.objects.get(code=response.json()["id"])
     assert status_of(study) == QUEUED
 
     start_worker(**FAST_SWEEP)
