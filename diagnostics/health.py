@@ -5,9 +5,12 @@ hostname, a path, a version name or anything about patients.
 
 - `/healthz`: the process answers HTTP. Nothing else is touched, so a slow database
   never gets a healthy pod killed.
-- `/readyz`: this process can do its job: the database answers, the Celery broker
-  accepts a connection, and the active model's weights file is present with the sha256
-  recorded in the registry.
+- `/readyz`: this process can do its job: the database answers and the active model's
+  weights file is present with the sha256 recorded in the registry. It also says whether
+  the Celery broker accepts a connection, but a broker that does not leaves the process
+  ready ("degraded", still 200): uploads made meanwhile are stored, and the sweeper
+  queues them once the broker is back. Failing readiness for it would take every web
+  pod out of the load balancer, and with them the uploads that outage was meant to spare.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ logger = logging.getLogger(__name__)
 BROKER_TIMEOUT_SECONDS = 2.0
 
 OK = "ok"
+# Without these this process cannot take a request; the broker is reported, not required.
+REQUIRED_CHECKS = ("database", "model")
 
 # (path, mtime_ns, size) -> sha256: hashing ~50 MB of weights on every probe would cost
 # ~0.1 s of CPU each time, so a file is hashed again only when it changes.
@@ -48,8 +53,10 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @require_safe
 def readyz(request: HttpRequest) -> JsonResponse:
     checks = {"database": _check_database(), "broker": _check_broker(), "model": _check_model()}
-    ready = all(result == OK for result in checks.values())
-    return JsonResponse({"status": OK if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
+    if any(checks[name] != OK for name in REQUIRED_CHECKS):
+        return JsonResponse({"status": "unavailable", "checks": checks}, status=503)
+    status = OK if all(result == OK for result in checks.values()) else "degraded"
+    return JsonResponse({"status": status, "checks": checks})
 
 
 def _check_database() -> str:

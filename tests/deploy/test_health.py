@@ -69,7 +69,9 @@ def test_readyz_is_unavailable_when_weights_file_is_missing(client, db, tmp_path
     assert response.json()["checks"]["model"] == "weights missing"
 
 
-def test_readyz_is_unavailable_when_the_broker_refuses_connections(client, db, weights):
+def test_readyz_stays_ready_but_degraded_when_the_broker_refuses_connections(client, db, weights):
+    # Uploads still work without the broker (the sweeper queues them later): a web pod
+    # must stay in the load balancer.
     _activate(weights, hashlib.sha256(weights.read_bytes()).hexdigest())
     original = celery_app.conf.broker_url
     celery_app.conf.broker_url = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -77,8 +79,25 @@ def test_readyz_is_unavailable_when_the_broker_refuses_connections(client, db, w
         response = client.get("/readyz")
     finally:
         celery_app.conf.broker_url = original
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "degraded",
+        "checks": {"database": "ok", "broker": "unreachable", "model": "ok"},
+    }
+
+
+def test_readyz_is_unavailable_when_the_model_and_the_broker_both_fail(client, db):
+    original = celery_app.conf.broker_url
+    celery_app.conf.broker_url = "redis://127.0.0.1:1/0"
+    try:
+        response = client.get("/readyz")
+    finally:
+        celery_app.conf.broker_url = original
     assert response.status_code == 503
-    assert response.json()["checks"] == {"database": "ok", "broker": "unreachable", "model": "ok"}
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {"database": "ok", "broker": "unreachable", "model": "no active model"},
+    }
 
 
 def test_weights_hash_is_cached_until_the_file_changes(weights):
