@@ -265,11 +265,17 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
                 # waiting when it began made this first batch full.
                 wake_a_worker([])
             # Past the deadline, the next message (or another worker) takes over.
-            ahead = _begin([], claim, held, in_model=batch.computing) if time.monotonic() < deadline else None
+            in_time = time.monotonic() < deadline
+            # Nothing is claimed beside a restarted study, nor ahead of one put back
+            # (see _alone_after_a_restart): it is taken once this batch is done.
+            alone_next = batch.restarted or batch.put_back_restarted
+            ahead = _begin([], claim, held, in_model=batch.computing) if in_time and not alone_next else None
             completed = _finish(batch)
             held.remove(batch)
             finished_here.add(completed)
             done += completed
+            if alone_next and in_time:
+                ahead = _begin([], claim, held, in_model=set())  # holding nothing
             batch, first = ahead, False
     except (*TRANSIENT_ERRORS, ModelUnavailable, StorageUnreachable) as exc:
         postponed = _claimed_by(held)
@@ -291,6 +297,8 @@ class _Batch:
     predicted: Future | None = None
     shadow: ModelVersion | None = None  # the candidate predicting beside the active version
     shadowed: Future | None = None
+    restarted: bool = False  # one study alone, whose processing was cut short before
+    put_back_restarted: bool = False  # restarted studies claimed beside another batch
 
     @property
     def computing(self) -> set[tuple[int, str]]:
@@ -353,6 +361,7 @@ def _begin(requested: list[int], claim: str, held: list[_Batch], in_model: set) 
     waits for that result, as a twin in its own batch does, rather than being computed
     again.
     """
+    holding_others = bool(held)
     batch = _Batch(claimed=_claim(requested, claim, holding=_claimed_by(held)))
     if not batch.claimed:
         return None
@@ -362,6 +371,7 @@ def _begin(requested: list[int], claim: str, held: list[_Batch], in_model: set) 
         .select_related("hospital")
         .order_by(F("queued_at").asc(nulls_first=True), "pk")
     )
+    studies = _alone_after_a_restart(studies, batch, holding_others)
     for study in studies:
         if study.queued_at and study.started_at:
             metrics.QUEUE_WAIT.observe(max(0.0, (study.started_at - study.queued_at).total_seconds()))
@@ -387,6 +397,38 @@ def _begin(requested: list[int], claim: str, held: list[_Batch], in_model: set) 
     return batch
 
 
+def _alone_after_a_restart(studies: list[Study], batch: _Batch, holding_others: bool) -> list[Study]:
+    """A study whose processing was cut short before (its worker died, or the sweeper
+    found it stuck) may be what cut it short: a decoder that crashes or hangs on its
+    file, a batch that runs out of memory or time. Taken with others again, it would take
+    them down with it on every redelivery, for ever, and they would use up their
+    attempts with it. So it is predicted alone, while the drain holds no other batch:
+    claimed beside one, it goes back to the queue and is taken once that batch is done;
+    studies claimed with it go back too. Once it has been restarted more than
+    PIPELINE_MAX_ATTEMPTS times, it fails with a reason.
+    """
+    restarted_studies = [study for study in studies if study.attempts > 0]
+    if not restarted_studies:
+        return studies
+    if holding_others:
+        batch.put_back_restarted = True
+        _release([study.pk for study in restarted_studies])
+        kept = [study for study in studies if study.attempts == 0]
+        batch.claimed = [study.pk for study in kept]
+        return kept
+    restarted = restarted_studies[0]
+    batch.restarted = True
+    gave_up = restarted.attempts > settings.PIPELINE_MAX_ATTEMPTS
+    if gave_up:
+        message = GAVE_UP_MESSAGE.format(attempts=restarted.attempts)
+        _fail(restarted, metrics.REASON_GAVE_UP, message, attempts=restarted.attempts)
+    others = [study.pk for study in studies if study is not restarted]
+    if others:
+        _release(others)
+        batch.claimed = [restarted.pk]
+    return [] if gave_up else [restarted]
+
+
 def _finish(batch: _Batch) -> list[int]:
     """Wait for the batch's predictions, store them and its reused results; return the ids completed."""
     results = list(batch.reused)
@@ -407,7 +449,8 @@ def _claim(requested: list[int], claim: str, holding: Collection[int] = ()) -> l
 
     First the requested studies still waiting, then a dead worker's orphans (studies of
     this same message, redelivered, other than those this call's drain is `holding`),
-    then the oldest waiting: their own messages find them taken. SKIP LOCKED lets
+    then the oldest waiting: their own messages find them taken. Taking over an orphan
+    counts as a restart of it (`attempts`). SKIP LOCKED lets
     concurrent workers take disjoint batches instead of queueing behind one another's
     locks and coming away with nothing; SQLite runs one writing transaction at a time,
     so there the statement itself is the lock.
@@ -424,13 +467,21 @@ def _claim(requested: list[int], claim: str, holding: Collection[int] = ()) -> l
         "pk",
     )[:MAX_BATCH]
     return _update_returning_pks(
-        batch, "FOR UPDATE SKIP LOCKED", status=STATUS.PROCESSING, claimed_by=owner, started_at=now, updated_at=now
+        batch,
+        "FOR UPDATE SKIP LOCKED",
+        status=STATUS.PROCESSING,
+        claimed_by=owner,
+        started_at=now,
+        updated_at=now,
+        restarts_counted=True,
     )
 
 
-def _update_returning_pks(rows: QuerySet, lock: str, **values) -> list[int]:
+def _update_returning_pks(rows: QuerySet, lock: str, *, restarts_counted: bool = False, **values) -> list[int]:
     """UPDATE the studies `rows` selects, locking them with `lock` where the database
     has row locks, and return their pks (sorted): one statement, one round trip.
+    With `restarts_counted`, a study taken over while `processing` (a dead worker's)
+    has its `attempts` raised by one in the same statement.
 
     The ORM would take a transaction and two queries (a locked select, then an update),
     four round trips with BEGIN and COMMIT; the worker makes one such change per batch
@@ -446,15 +497,22 @@ def _update_returning_pks(rows: QuerySet, lock: str, **values) -> list[int]:
     selected, params = rows.values("pk").query.sql_with_params()
     if connection.features.has_select_for_update:
         selected = f"{selected} {lock}"
+    quote = connection.ops.quote_name
     fields = [Study._meta.get_field(name) for name in values]
-    assignments = ", ".join(f"{connection.ops.quote_name(field.column)} = %s" for field in fields)
-    table, pk = connection.ops.quote_name(Study._meta.db_table), connection.ops.quote_name(Study._meta.pk.column)
+    assignments = [f"{quote(field.column)} = %s" for field in fields]
+    arguments = [field.get_db_prep_save(values[field.name], connection) for field in fields]
+    if restarts_counted:
+        # The right-hand side reads the row as it was: `processing` before this claim.
+        attempts, status = quote("attempts"), quote("status")
+        assignments.append(f"{attempts} = CASE WHEN {status} = %s THEN {attempts} + 1 ELSE {attempts} END")
+        arguments.append(STATUS.PROCESSING)
+    table, pk = quote(Study._meta.db_table), quote(Study._meta.pk.column)
     with connection.cursor() as cursor:
         cursor.execute(
             # Only quoted names and the ORM's own SQL are formatted in; every value is a parameter.
             f"WITH chosen (pk) AS MATERIALIZED ({selected}) "  # noqa: S608
-            f"UPDATE {table} SET {assignments} WHERE {pk} IN (SELECT pk FROM chosen) RETURNING {pk}",
-            list(params) + [field.get_db_prep_save(values[field.name], connection) for field in fields],
+            f"UPDATE {table} SET {', '.join(assignments)} WHERE {pk} IN (SELECT pk FROM chosen) RETURNING {pk}",
+            list(params) + arguments,
         )
         return sorted(row[0] for row in cursor.fetchall())
 

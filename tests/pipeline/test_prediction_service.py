@@ -265,7 +265,66 @@ def test_redelivered_message_takes_over_the_studies_its_dead_worker_claimed(hosp
 
     assert sorted(pipeline.predict_studies([first.pk], claim="message-1")) == sorted([first.pk, drained.pk])
 
-    assert list(Study.objects.order_by("pk").values_list("status", flat=True)) == [COMPLETED, COMPLETED]
+    # Each taken over counts as a restart, and is predicted on its own.
+    assert list(Study.objects.order_by("pk").values_list("status", "attempts")) == [(COMPLETED, 1), (COMPLETED, 1)]
+    assert list(Prediction.objects.order_by("study_id").values_list("batch_size", flat=True)) == [1, 1]
+
+
+def test_a_study_restarted_past_the_bound_fails_and_the_studies_it_was_taken_with_complete(
+    hospital_a, tiny_model, settings
+):
+    settings.PIPELINE_MAX_ATTEMPTS = 3
+    poison = store_study(hospital_a, NORMAL_IMAGE)
+    fresh = [store_study(hospital_a, PNEUMONIA_IMAGE), store_study(hospital_a, OTHER_IMAGES[0])]
+    # Its worker died holding it for the third time since it was first claimed.
+    Study.objects.filter(pk=poison.pk).update(status=PROCESSING, claimed_by="message-1", attempts=3)
+
+    done = pipeline.predict_studies([poison.pk], claim="message-1")
+
+    assert sorted(done) == [study.pk for study in fresh]
+    poison.refresh_from_db()
+    assert (poison.status, poison.attempts) == (FAILED, 4)
+    assert poison.failure_reason == pipeline.GAVE_UP_MESSAGE.format(attempts=4)
+    event = AuditEvent.objects.get(action="prediction.failed")
+    assert (event.target_id, event.detail) == (str(poison.code), {"reason": "gave_up", "attempts": 4})
+    # The others were claimed with it, put back, and then predicted together as usual.
+    assert list(Study.objects.filter(pk__in=done).values_list("status", "attempts")) == [(COMPLETED, 0)] * 2
+    assert list(Prediction.objects.values_list("batch_size", flat=True)) == [2, 2]
+
+
+def test_a_restarted_study_claimed_beside_a_batch_in_hand_waits_until_the_drain_holds_nothing(
+    hospital_a, tiny_model, monkeypatch
+):
+    monkeypatch.setattr(pipeline, "MAX_BATCH", 2)
+    first, second = store_study(hospital_a, NORMAL_IMAGE), store_study(hospital_a, PNEUMONIA_IMAGE)
+    restarted, last = store_study(hospital_a, OTHER_IMAGES[0]), store_study(hospital_a, OTHER_IMAGES[1])
+    Study.objects.filter(pk=restarted.pk).update(attempts=1)  # re-queued by the sweeper
+
+    done = pipeline.predict_studies([first.pk])
+
+    assert sorted(done) == [first.pk, second.pk, restarted.pk, last.pk]
+    # Claimed with `last` while the first batch was in the model, it went back, and was
+    # predicted alone once `last` was stored.
+    assert dict(Prediction.objects.values_list("study_id", "batch_size")) == {
+        first.pk: 2,
+        second.pk: 2,
+        last.pk: 1,
+        restarted.pk: 1,
+    }
+    restarted.refresh_from_db()
+    assert restarted.started_at > Study.objects.get(pk=last.pk).completed_at
+    assert restarted.attempts == 1
+
+
+def test_a_study_the_sweeper_requeued_is_predicted_alone(hospital_a, tiny_model):
+    requeued = store_study(hospital_a, NORMAL_IMAGE)
+    Study.objects.filter(pk=requeued.pk).update(attempts=1)
+    fresh = store_study(hospital_a, PNEUMONIA_IMAGE)
+
+    assert sorted(pipeline.predict_studies([requeued.pk, fresh.pk])) == [requeued.pk, fresh.pk]
+
+    assert dict(Prediction.objects.values_list("study_id", "batch_size")) == {requeued.pk: 1, fresh.pk: 1}
+    assert list(Study.objects.order_by("pk").values_list("attempts", flat=True)) == [1, 0]
 
 
 def test_one_message_drains_waiting_studies_into_one_batch_oldest_first(hospital_a, hospital_b, tiny_model):

@@ -205,6 +205,48 @@ def test_pool_process_killed_mid_prediction_the_message_is_redelivered_and_compl
     assert "signal 9" in worker.log()
 
 
+def test_a_study_that_kills_every_worker_holding_it_is_given_up_and_the_others_complete(
+    hospital_a, slow_model, start_worker
+):
+    # Each restart is allowed once; the second time it is taken over, it fails.
+    worker = start_worker(PIPELINE_MAX_ATTEMPTS="1")
+    studies = _upload_batch(hospital_a, 4)
+    poison, others = studies[0], studies[1:]
+    pipeline.publish([poison.pk])
+    wait_for(lambda: all(status_of(s) == PROCESSING for s in studies), 30, interval=0.02, what="all claimed")
+
+    # As a decoder that crashes on its file would, this test kills the pool process that
+    # holds the poison: first in its batch of four, then whenever it is predicted alone.
+    import os
+    import signal
+
+    kills, claims_killed = [], set()
+
+    def kill_whoever_predicts_the_poison() -> bool:
+        statuses = [status_of(s) for s in studies]
+        # A claim of the poison is known by its start time: one kill each.
+        claimed_at = Study.objects.values_list("started_at", flat=True).get(pk=poison.pk)
+        alone = statuses[0] == PROCESSING and PROCESSING not in statuses[1:]
+        if claimed_at not in claims_killed and ((not kills and statuses == [PROCESSING] * 4) or (kills and alone)):
+            claims_killed.add(claimed_at)
+            for pid in worker.pool_pids():
+                os.kill(pid, signal.SIGKILL)
+                kills.append(pid)
+            wait_for(lambda: not set(kills) & set(worker.pool_pids()), 10, interval=0.02, what="the pool process gone")
+        return all(settled(s) for s in studies)
+
+    wait_for(kill_whoever_predicts_the_poison, 180, interval=0.01, what="the poison given up and the rest completed")
+
+    assert len(kills) == 2
+    poison.refresh_from_db()
+    assert (poison.status, poison.attempts) == (FAILED, 2)
+    assert poison.failure_reason == pipeline.GAVE_UP_MESSAGE.format(attempts=2)
+    assert [status_of(s) for s in others] == [COMPLETED] * 3
+    # Taken over once when the batch died, then predicted each on its own.
+    assert sorted(Study.objects.filter(pk__in=[s.pk for s in others]).values_list("attempts", flat=True)) == [1] * 3
+    assert list(Prediction.objects.filter(study__in=others).values_list("batch_size", flat=True)) == [1] * 3
+
+
 def test_whole_worker_killed_mid_prediction_a_new_worker_and_the_sweeper_complete_it(
     hospital_a, slow_model, start_worker
 ):
