@@ -268,7 +268,7 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
             in_time = time.monotonic() < deadline
             # Nothing is claimed beside a restarted study, nor ahead of one put back
             # (see _alone_after_a_restart): it is taken once this batch is done.
-            alone_next = batch.restarted or batch.put_back_restarted
+            alone_next = batch.restarted or bool(batch.released)
             ahead = _begin([], claim, held, in_model=batch.computing) if in_time and not alone_next else None
             completed = _finish(batch)
             held.remove(batch)
@@ -276,6 +276,8 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
             done += completed
             if alone_next and in_time:
                 ahead = _begin([], claim, held, in_model=set())  # holding nothing
+            elif batch.released:
+                publish(batch.released)  # past the deadline: a message of their own takes them
             batch, first = ahead, False
     except (*TRANSIENT_ERRORS, ModelUnavailable, StorageUnreachable) as exc:
         postponed = _claimed_by(held)
@@ -298,7 +300,7 @@ class _Batch:
     shadow: ModelVersion | None = None  # the candidate predicting beside the active version
     shadowed: Future | None = None
     restarted: bool = False  # one study alone, whose processing was cut short before
-    put_back_restarted: bool = False  # restarted studies claimed beside another batch
+    released: list[int] = field(default_factory=list)  # claimed, then put back in the queue
 
     @property
     def computing(self) -> set[tuple[int, str]]:
@@ -411,8 +413,8 @@ def _alone_after_a_restart(studies: list[Study], batch: _Batch, holding_others: 
     if not restarted_studies:
         return studies
     if holding_others:
-        batch.put_back_restarted = True
-        _release([study.pk for study in restarted_studies])
+        batch.released = [study.pk for study in restarted_studies]
+        _release(batch.released)
         kept = [study for study in studies if study.attempts == 0]
         batch.claimed = [study.pk for study in kept]
         return kept
@@ -422,9 +424,9 @@ def _alone_after_a_restart(studies: list[Study], batch: _Batch, holding_others: 
     if gave_up:
         message = GAVE_UP_MESSAGE.format(attempts=restarted.attempts)
         _fail(restarted, metrics.REASON_GAVE_UP, message, attempts=restarted.attempts)
-    others = [study.pk for study in studies if study is not restarted]
-    if others:
-        _release(others)
+    batch.released = [study.pk for study in studies if study is not restarted]
+    if batch.released:
+        _release(batch.released)
         batch.claimed = [restarted.pk]
     return [] if gave_up else [restarted]
 
@@ -503,7 +505,7 @@ def _update_returning_pks(rows: QuerySet, lock: str, *, restarts_counted: bool =
     arguments = [field.get_db_prep_save(values[field.name], connection) for field in fields]
     if restarts_counted:
         # The right-hand side reads the row as it was: `processing` before this claim.
-        attempts, status = quote("attempts"), quote("status")
+        attempts, status = (quote(Study._meta.get_field(name).column) for name in ("attempts", "status"))
         assignments.append(f"{attempts} = CASE WHEN {status} = %s THEN {attempts} + 1 ELSE {attempts} END")
         arguments.append(STATUS.PROCESSING)
     table, pk = quote(Study._meta.db_table), quote(Study._meta.pk.column)

@@ -316,6 +316,18 @@ def test_a_restarted_study_claimed_beside_a_batch_in_hand_waits_until_the_drain_
     assert restarted.attempts == 1
 
 
+def test_studies_put_back_when_the_drain_reaches_its_deadline_get_a_message_of_their_own(
+    hospital_a, tiny_model, settings, _no_broker
+):
+    settings.PIPELINE_DRAIN_SECONDS = 0
+    restarted, fresh = store_study(hospital_a, NORMAL_IMAGE), store_study(hospital_a, PNEUMONIA_IMAGE)
+    Study.objects.filter(pk=restarted.pk).update(attempts=1)
+
+    assert pipeline.predict_studies([restarted.pk, fresh.pk]) == [restarted.pk]
+
+    assert (Study.objects.get(pk=fresh.pk).status, _no_broker) == (QUEUED, [[fresh.pk]])
+
+
 def test_a_study_the_sweeper_requeued_is_predicted_alone(hospital_a, tiny_model):
     requeued = store_study(hospital_a, NORMAL_IMAGE)
     Study.objects.filter(pk=requeued.pk).update(attempts=1)
