@@ -73,12 +73,7 @@ def test_readyz_stays_ready_but_degraded_when_the_broker_refuses_connections(cli
     # Uploads still work without the broker (the sweeper queues them later): a web pod
     # must stay in the load balancer.
     _activate(weights, hashlib.sha256(weights.read_bytes()).hexdigest())
-    original = celery_app.conf.broker_url
-    celery_app.conf.broker_url = "redis://127.0.0.1:1/0"  # nothing listens on port 1
-    try:
-        response = client.get("/readyz")
-    finally:
-        celery_app.conf.broker_url = original
+    response = _readyz_with_the_broker_down(client)
     assert response.status_code == 200
     assert response.json() == {
         "status": "degraded",
@@ -87,17 +82,21 @@ def test_readyz_stays_ready_but_degraded_when_the_broker_refuses_connections(cli
 
 
 def test_readyz_is_unavailable_when_the_model_and_the_broker_both_fail(client, db):
-    original = celery_app.conf.broker_url
-    celery_app.conf.broker_url = "redis://127.0.0.1:1/0"
-    try:
-        response = client.get("/readyz")
-    finally:
-        celery_app.conf.broker_url = original
+    response = _readyz_with_the_broker_down(client)
     assert response.status_code == 503
     assert response.json() == {
         "status": "unavailable",
         "checks": {"database": "ok", "broker": "unreachable", "model": "no active model"},
     }
+
+
+def _readyz_with_the_broker_down(client):
+    original = celery_app.conf.broker_url
+    celery_app.conf.broker_url = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    try:
+        return client.get("/readyz")
+    finally:
+        celery_app.conf.broker_url = original
 
 
 def test_weights_hash_is_cached_until_the_file_changes(weights):
