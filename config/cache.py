@@ -50,6 +50,17 @@ class SharedClientRedisCache(RedisCache):
         return int(self._count_script(keys=[self.make_and_validate_key(key)], args=[seconds], client=client))
 
 
+def redis_cache_settings(url: str, timeout_seconds: float) -> dict:
+    """CACHES["default"] on Redis. A Redis that hangs (a network partition, a stalled
+    server) must not hang requests: every command gives up after `timeout_seconds`, and
+    the rate limit and the wake-up record then go on without it."""
+    return {
+        "BACKEND": "config.cache.SharedClientRedisCache",
+        "LOCATION": url,
+        "OPTIONS": {"socket_connect_timeout": timeout_seconds, "socket_timeout": timeout_seconds},
+    }
+
+
 def count_request(cache, key: str, seconds: int) -> int:
     """Add one to the counter `key` and return the new count; a counter that does not
     exist starts at one and lives for `seconds`. Atomic on every backend: concurrent

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dj_database_url
 
+from config.cache import redis_cache_settings
 from config.settings.env import env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -235,9 +236,10 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-studies": {"task": "diagnostics.sweep_stuck_studies", "schedule": float(PIPELINE_SWEEP_SECONDS)}
 }
 
+REDIS_CACHE_TIMEOUT_SECONDS = env_int("REDIS_CACHE_TIMEOUT_SECONDS", 1)
 CACHES = {
     "default": (
-        {"BACKEND": "config.cache.SharedClientRedisCache", "LOCATION": REDIS_URL}
+        redis_cache_settings(REDIS_URL, REDIS_CACHE_TIMEOUT_SECONDS)
         if REDIS_URL
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
     )

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import errno
 import resource
+import socket
+import threading
 
 import psycopg
 import pytest
+from django.core.cache import caches
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection
+from django.db import connection, connections
 from django.test import Client
 from django.urls import reverse
 from django.utils.html import escape
 
+from config.cache import redis_cache_settings
 from config.errors import server_error
 from diagnostics import services
 from diagnostics.imaging import StorageUnavailable
@@ -196,7 +200,7 @@ def test_an_emr_upload_while_redis_is_down_is_stored_and_queued_without_the_rate
     key_a, key_client, settings, monkeypatch, caplog
 ):
     # Redis holds the rate limit's counters (and the broker's queues: the sweeper covers those).
-    settings.CACHES = {"default": {"BACKEND": "config.cache.SharedClientRedisCache", "LOCATION": DEAD_REDIS}}
+    settings.CACHES = {"default": redis_cache_settings(DEAD_REDIS, settings.REDIS_CACHE_TIMEOUT_SECONDS)}
     monkeypatch.setattr(hospital_api, "_cache_down_warnings", hospital_api._AtMostEvery(60.0))
     _, raw = key_a
     client = key_client(raw)
@@ -208,3 +212,39 @@ def test_an_emr_upload_while_redis_is_down_is_stored_and_queued_without_the_rate
     assert list(Study.objects.values_list("status", flat=True)) == ["queued", "queued"]
     warnings = [r.getMessage() for r in caplog.records if r.name == "hospital.api"]
     assert warnings == ["API rate limit not applied: the cache is unreachable (ConnectionError)"]
+
+
+@pytest.mark.django_db(transaction=True)  # the upload runs in a thread, on a connection of its own
+def test_an_emr_upload_while_redis_hangs_is_stored_after_the_cache_timeout(
+    key_a, key_client, settings, monkeypatch, caplog
+):
+    # A server that takes connections (the kernel does, into its backlog) and never answers.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        hung_redis = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        settings.CACHES = {"default": redis_cache_settings(hung_redis, settings.REDIS_CACHE_TIMEOUT_SECONDS)}
+        monkeypatch.setattr(hospital_api, "_cache_down_warnings", hospital_api._AtMostEvery(60.0))
+        _, raw = key_a
+        client, responses = key_client(raw), []
+        upload = threading.Thread(target=lambda: _post_then_close(client, responses))
+        upload.start()
+        upload.join(timeout=60)  # a bound on the test, not a measure: it never takes this long
+
+    assert not upload.is_alive()
+    assert [response.status_code for response in responses] == [202]
+    assert Study.objects.get().status == "queued"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "hospital.api"]
+    assert warnings == ["API rate limit not applied: the cache is unreachable (TimeoutError)"]
+
+
+def _post_then_close(client, responses: list) -> None:
+    try:
+        responses.append(post_file(client, PNEUMONIA_PNG.read_bytes()))
+    finally:
+        connections.close_all()  # this thread's own connection
+
+
+def test_the_redis_cache_gives_up_on_a_command_after_its_timeout(settings):
+    settings.CACHES = {"default": redis_cache_settings(DEAD_REDIS, 1)}
+    pool = caches["default"]._cache._get_connection_pool(write=True)
+
+    assert (pool.connection_kwargs["socket_connect_timeout"], pool.connection_kwargs["socket_timeout"]) == (1, 1)
