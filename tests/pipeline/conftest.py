@@ -218,8 +218,15 @@ class Worker:
         return self.log_path.read_bytes()[offset:].decode(errors="replace") if self.log_path.exists() else ""
 
     def pool_pids(self) -> list[int]:
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+        # Children are listed per thread of the parent: a pool process that replaces a
+        # dead one is forked by the pool's supervisor thread, not the main thread.
+        pids = []
+        for children in Path(f"/proc/{self.process.pid}/task").glob("*/children"):
+            try:
+                pids += [int(pid) for pid in children.read_text().split()]
+            except OSError:  # the thread ended meanwhile
+                continue
+        return sorted(pids)
 
     def kill(self) -> None:
         """SIGKILL the whole worker (main process and pool): nothing gets to clean up."""
