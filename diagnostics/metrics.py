@@ -11,8 +11,9 @@ import os
 from collections.abc import Iterator
 
 import prometheus_client
-from django.db.models import Count
+from django.db.models import Count, Min
 from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
@@ -53,16 +54,39 @@ FAILURES = Counter("pleura_prediction_failures", "Pipeline failures, by reason c
 
 
 class QueueDepthCollector:
-    """Studies waiting or in progress, read from the database at scrape time."""
+    """Studies waiting or in progress, and how long ago the oldest of them was uploaded,
+    read from the database at scrape time (one query).
+
+    The age is the signal of a stalled pipeline that no process reports itself: with
+    Redis down, uploads are stored and nothing moves (neither workers nor the sweeper),
+    yet every process is up and no study fails.
+    """
+
+    def __init__(self, clock=timezone.now):
+        self.clock = clock
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        gauge = GaugeMetricFamily("pleura_queue_depth", "Studies queued or processing right now.", labels=["status"])
-        counts = dict.fromkeys((Study.Status.QUEUED.value, Study.Status.PROCESSING.value), 0)
-        rows = Study.objects.filter(status__in=list(counts)).values("status").annotate(n=Count("id")).order_by()
-        counts.update({row["status"]: row["n"] for row in rows})
-        for status, count in counts.items():
-            gauge.add_metric([status], count)
-        yield gauge
+        depth = GaugeMetricFamily("pleura_queue_depth", "Studies queued or processing right now.", labels=["status"])
+        oldest = GaugeMetricFamily(
+            "pleura_queue_oldest_age_seconds",
+            "Seconds since the oldest study queued or processing was uploaded (0 when there is none).",
+            labels=["status"],
+        )
+        statuses = (Study.Status.QUEUED.value, Study.Status.PROCESSING.value)
+        rows = {
+            row["status"]: row
+            for row in Study.objects.filter(status__in=statuses)
+            .values("status")
+            .annotate(n=Count("id"), since=Min("created_at"))
+            .order_by()
+        }
+        now = self.clock()
+        for status in statuses:
+            row = rows.get(status, {"n": 0, "since": None})
+            depth.add_metric([status], row["n"])
+            oldest.add_metric([status], max(0.0, (now - row["since"]).total_seconds()) if row["since"] else 0.0)
+        yield depth
+        yield oldest
 
 
 def record_failure(reason: str) -> None:

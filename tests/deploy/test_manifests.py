@@ -152,6 +152,7 @@ def test_grafana_dashboard_is_valid_and_covers_the_pipeline():
         "django_http_requests_latency_seconds_by_view_method",
         "django_http_responses_total_by_status_total",
         "pleura_queue_depth",
+        "pleura_queue_oldest_age_seconds",
         "pleura_queue_wait_seconds",
         "pleura_inference_latency_seconds",
         "pleura_inference_batch_size",
@@ -190,6 +191,7 @@ def test_dashboard_and_alerts_use_only_metrics_the_code_defines():
         "PleuraQueueBackingUp",
         "PleuraPredictionFailureRate",
         "PleuraNoWorker",
+        "PleuraPipelineStalled",
         "PleuraHighRequestLatency",
     } <= names
 
