@@ -422,8 +422,7 @@ def _alone_after_a_restart(studies: list[Study], batch: _Batch, holding_others: 
     batch.restarted = True
     gave_up = restarted.attempts > settings.PIPELINE_MAX_ATTEMPTS
     if gave_up:
-        message = GAVE_UP_MESSAGE.format(attempts=restarted.attempts)
-        _fail(restarted, metrics.REASON_GAVE_UP, message, attempts=restarted.attempts)
+        _give_up(restarted, from_status=STATUS.PROCESSING)
     batch.released = [study.pk for study in studies if study is not restarted]
     if batch.released:
         _release(batch.released)
@@ -927,8 +926,7 @@ def sweep_stuck_studies(now=None) -> SweepResult:
     requeued, gave_up = [], []
     for study in stuck:
         if study.attempts >= settings.PIPELINE_MAX_ATTEMPTS:
-            message = GAVE_UP_MESSAGE.format(attempts=study.attempts)
-            if _fail(study, metrics.REASON_GAVE_UP, message, from_status=study.status, attempts=study.attempts):
+            if _give_up(study, from_status=study.status):
                 gave_up.append(study.pk)
         elif _requeue(study, now):
             requeued.append(study.pk)
@@ -937,6 +935,12 @@ def sweep_stuck_studies(now=None) -> SweepResult:
     if requeued or gave_up:
         log.info("sweeper: %d studies re-queued, %d given up", len(requeued), len(gave_up))
     return SweepResult(requeued=requeued, gave_up=gave_up)
+
+
+def _give_up(study: Study, *, from_status: str) -> bool:
+    """Fail a study restarted too often (by the sweeper, or after its workers died)."""
+    message = GAVE_UP_MESSAGE.format(attempts=study.attempts)
+    return _fail(study, metrics.REASON_GAVE_UP, message, from_status=from_status, attempts=study.attempts)
 
 
 def _requeue(study: Study, now) -> bool:
