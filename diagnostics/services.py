@@ -178,7 +178,7 @@ def _write_original(study: Study, data: bytes) -> None:
         )
         # A write that failed midway (a full disk) can leave part of the file under the
         # name it was given; that name holds the study's new code, so nothing else owns it.
-        _delete_files(study, [intended], only_if_present=True)
+        _delete_files(study, [intended])
         raise StorageUnavailable from exc
 
 
@@ -209,13 +209,14 @@ def display_image_of(study: Study) -> FieldFile:
     return study.display_image
 
 
-def _delete_files(study: Study, names: list[str], *, only_if_present: bool = False) -> None:
+def _delete_files(study: Study, names: list[str]) -> None:
+    """Remove what a failed upload wrote. A name with no file is passed over: when the
+    storage failed before writing anything, there is nothing to report."""
     storage = study.original_file.storage
     for name in names:
         try:
-            if only_if_present and not storage.exists(name):
-                continue
-            storage.delete(name)
+            if storage.exists(name):
+                storage.delete(name)
         except Exception:  # a clean-up must not hide the error that called it (S3 down raises botocore's)
             logger.warning("Could not remove a file left by a failed upload of study %s", study.code)
 
