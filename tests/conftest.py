@@ -4,7 +4,9 @@ superuser. Every test that checks access uses these people."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -35,6 +37,26 @@ def require_service(url: str | None, name: str) -> str:
             pytest.fail(f"{name} at {parsed.hostname}:{parsed.port} is not reachable in CI: {exc}")
         pytest.skip(f"{name} not reachable: {exc}")
     return url
+
+
+def unreachable_media_root(tmp_path: Path) -> Path:
+    """A MEDIA_ROOT that cannot exist (its parent is a file): every read and write of the
+    storage fails with an OSError, as an unmounted or broken disk's do."""
+    unmounted = tmp_path / "unmounted"
+    unmounted.write_text("a file where the storage's folder should be")
+    return unmounted / "media"
+
+
+@contextlib.contextmanager
+def files_limited_to(size: int):
+    """The kernel refuses to write past `size` bytes in any file of this process
+    (EFBIG), as a full disk refuses a file midway."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def delete_redis_cache_keys(cache, pattern: str) -> None:

@@ -7,6 +7,7 @@ import pytest
 from playwright.sync_api import expect
 
 from diagnostics.models import Study
+from tests.conftest import unreachable_media_root
 from tests.e2e.test_portal_journey import RADIOGRAPH, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -15,9 +16,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 def test_an_upload_while_the_storage_is_down_shows_why_and_when_to_retry(
     chromium, live_server, screenshot, settings, tmp_path, doctor
 ):
-    unmounted = tmp_path / "unmounted"
-    unmounted.write_text("a file where the storage's folder should be")
-    settings.MEDIA_ROOT = unmounted / "media"
+    settings.MEDIA_ROOT = unreachable_media_root(tmp_path)
     page = sign_in(chromium, live_server, doctor)
 
     page.get_by_role("link", name="Upload", exact=True).click()

@@ -6,7 +6,6 @@ Without Redis, uploads go on."""
 from __future__ import annotations
 
 import errno
-import resource
 import socket
 import threading
 
@@ -26,6 +25,7 @@ from diagnostics.imaging import StorageUnavailable
 from diagnostics.models import Study
 from hospital import api as hospital_api
 from hospital.models import AuditEvent
+from tests.conftest import files_limited_to, unreachable_media_root
 from tests.ingestion.conftest import CR_CHEST, DX_CHEST, PNEUMONIA_PNG, STUDIES_URL, post_dicom_body, post_file
 from tests.ingestion.test_stow import failed, related_body, stow
 
@@ -39,13 +39,12 @@ DATABASE_DOWN = "Pleura's database is unavailable just now, so nothing was read 
 
 @pytest.fixture
 def storage_down(settings, tmp_path, media_root):
-    """`storage_down()` points the storage at a folder that cannot exist (its parent is a
-    file), as a full or unmounted disk refuses writes; `storage_down.up()` puts it back."""
-    unmounted = tmp_path / "unmounted"
-    unmounted.write_text("a file where the storage's folder should be")
+    """`storage_down()` points the storage at a folder that cannot exist, as a full or
+    unmounted disk refuses writes; `storage_down.up()` puts it back."""
+    unreachable = unreachable_media_root(tmp_path)
 
     def down() -> None:
-        settings.MEDIA_ROOT = unmounted / "media"
+        settings.MEDIA_ROOT = unreachable
 
     def up() -> None:
         settings.MEDIA_ROOT = media_root
@@ -150,14 +149,8 @@ def test_a_portal_upload_while_the_storage_is_down_says_so_inline(client_for, do
 def test_a_write_cut_short_by_a_full_disk_leaves_no_part_of_the_file(hospital_a, media_root):
     study = Study(hospital=hospital_a, source=Study.Source.API)
     data = CR_CHEST.read_bytes()
-    # The kernel refuses writes past 64 KB, as a full disk does midway through a file.
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
-    try:
-        with pytest.raises(StorageUnavailable) as refused:
-            services._write_original(study, data)
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    with files_limited_to(64 * 1024), pytest.raises(StorageUnavailable) as refused:
+        services._write_original(study, data)
 
     assert isinstance(refused.value.__cause__, OSError)
     assert refused.value.__cause__.errno == errno.EFBIG

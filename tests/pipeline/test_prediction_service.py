@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import resource
 import threading
 import time
 from datetime import timedelta
@@ -22,6 +21,7 @@ from diagnostics.models import Prediction, Study
 from hospital.models import AuditEvent
 from mlcore import registry
 from mlcore.models import ModelVersion
+from tests.conftest import files_limited_to, unreachable_media_root
 from tests.pipeline.conftest import (
     INFERENCE_DEVICE,
     NORMAL_IMAGE,
@@ -616,9 +616,7 @@ def test_a_storage_that_cannot_be_read_puts_the_batch_back_instead_of_failing_it
 ):
     studies = [store_study(hospital_a, NORMAL_IMAGE), store_study(hospital_a, PNEUMONIA_IMAGE)]
     mounted = settings.MEDIA_ROOT
-    unmounted = tmp_path / "unmounted"
-    unmounted.write_text("a file where the storage's folder should be")
-    settings.MEDIA_ROOT = unmounted / "media"
+    settings.MEDIA_ROOT = unreachable_media_root(tmp_path)
 
     with pytest.raises(pipeline.TransientPipelineError) as raised:
         pipeline.predict_studies([studies[0].pk], claim="message-1")
@@ -639,14 +637,9 @@ def test_a_heatmap_that_cannot_be_written_puts_the_batch_back_and_fails_no_study
     if connection.vendor == "sqlite":
         pytest.skip("the file size limit would stop SQLite's own writes too (PostgreSQL in CI)")
     studies = [store_study(hospital_a, NORMAL_IMAGE), store_study(hospital_a, PNEUMONIA_IMAGE)]
-    # The kernel refuses to write past 100 bytes, as a full disk refuses the heatmap PNGs.
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (100, hard))
-    try:
-        with pytest.raises(pipeline.TransientPipelineError) as raised:
-            pipeline.predict_studies([studies[0].pk], claim="message-1")
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    # 100 bytes: a full disk refuses the heatmap PNGs.
+    with files_limited_to(100), pytest.raises(pipeline.TransientPipelineError) as raised:
+        pipeline.predict_studies([studies[0].pk], claim="message-1")
 
     assert raised.value.study_ids == [study.pk for study in studies]
     assert isinstance(raised.value.__cause__, pipeline.StorageUnreachable)
