@@ -168,14 +168,18 @@ def test_an_emr_upload_succeeds_with_redis_down_and_the_sweeper_queues_it_later(
     assert (study.status, study.attempts) == (COMPLETED, 1)
 
 
-@pytest.fixture
-def slow_model(db, tmp_path):
-    """A large input size, so a batch takes seconds on CPU: time to kill a worker in it."""
+def _active_model_of_size(folder, name: str, image_size: int):
     from mlcore import registry
     from tests.pipeline.conftest import make_model_version
 
     registry.engines.clear()
-    return make_model_version(tmp_path, name="slow-test", seed=3, image_size=640)
+    return make_model_version(folder, name=name, seed=3, image_size=image_size)
+
+
+@pytest.fixture
+def slow_model(db, tmp_path):
+    """A large input size, so a batch takes seconds on CPU: time to kill a worker in it."""
+    return _active_model_of_size(tmp_path, "slow-test", 640)
 
 
 def _upload_batch(hospital, count: int) -> list[Study]:
@@ -208,11 +212,7 @@ def test_pool_process_killed_mid_prediction_the_message_is_redelivered_and_compl
 @pytest.fixture
 def slower_model(db, tmp_path):
     """Larger still: one image takes long enough for the test to see it predicted alone."""
-    from mlcore import registry
-    from tests.pipeline.conftest import make_model_version
-
-    registry.engines.clear()
-    return make_model_version(tmp_path, name="slower-test", seed=3, image_size=1024)
+    return _active_model_of_size(tmp_path, "slower-test", 1024)
 
 
 def test_a_study_that_kills_every_worker_holding_it_is_given_up_and_the_others_complete(
