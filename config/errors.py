@@ -1,8 +1,9 @@
 """The portal's answer to an error no view handled.
 
-A database that cannot be reached (a restart, a failover) is answered 503 with
-Retry-After, so people, proxies and health checks know it will pass; anything else is
-Django's own 500. The REST API answers the same outage in `hospital.api.exception_handler`.
+An outage (a database that cannot be reached during a restart or a failover, or a
+`ServiceUnavailable` raised by the code that met one) is answered 503 with Retry-After,
+so people, proxies and health checks know it will pass; anything else is Django's own
+500. The REST API answers the same outages in `hospital.api.exception_handler`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,35 @@ from django.template import loader
 from django.views import defaults
 
 DATABASE_RETRY_AFTER_SECONDS = 30
+DATABASE_UNAVAILABLE_PAGE = (
+    "Its database cannot be reached just now, so nothing was read or changed. Please try again in a minute; "
+    "if this persists, contact your Pleura administrator."
+)
+
+
+class ServiceUnavailable(Exception):
+    """A part Pleura depends on is out just now, through no fault of the request: answered
+    503 with Retry-After and `detail`, words for the person who asked."""
+
+    def __init__(self, detail: str, retry_after_seconds: int):
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after_seconds = retry_after_seconds
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
     # Django calls the 500 handler inside the `except` that caught the error.
-    if isinstance(sys.exc_info()[1], OperationalError | InterfaceError):
-        # Rendered without the request: its context processors would query the database.
-        page = loader.get_template("503.html").render()
-        response = HttpResponse(page, status=503)
-        response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
-        return response
+    error = sys.exc_info()[1]
+    if isinstance(error, OperationalError | InterfaceError):
+        return _unavailable_page(DATABASE_UNAVAILABLE_PAGE, DATABASE_RETRY_AFTER_SECONDS)
+    if isinstance(error, ServiceUnavailable):
+        return _unavailable_page(error.detail, error.retry_after_seconds)
     return defaults.server_error(request)
+
+
+def _unavailable_page(detail: str, retry_after_seconds: int) -> HttpResponse:
+    # Rendered without the request: its context processors would query the database.
+    page = loader.get_template("503.html").render({"detail": detail})
+    response = HttpResponse(page, status=503)
+    response["Retry-After"] = str(retry_after_seconds)
+    return response

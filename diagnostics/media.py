@@ -15,14 +15,38 @@ Views authorize first, then call `protected_file_response`. Who moves the bytes:
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpResponse
 
+from config.errors import ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
 # A presigned URL only has to live as long as nginx takes to start fetching it.
 DEFAULT_S3_URL_SECONDS = 60
+
+
+class StoredImageUnavailable(ServiceUnavailable):
+    """The image exists, but the storage cannot be read (or written) just now: 503."""
+
+    RETRY_AFTER_SECONDS = 60
+
+    def __init__(self):
+        super().__init__(
+            "The image cannot be shown just now because Pleura's image storage is unavailable. "
+            "Please try again in a minute.",
+            self.RETRY_AFTER_SECONDS,
+        )
+
+    @classmethod
+    def because(cls, error: Exception, *, doing: str) -> StoredImageUnavailable:
+        """Log what the storage raised (`doing`: "read" or "written") and return the 503."""
+        logger.error("the image storage could not be %s (%s)", doing, type(error).__name__, exc_info=error)
+        return cls()
 
 
 def protected_file_response(fieldfile: FieldFile, *, content_type: str, download_name: str) -> HttpResponse:
@@ -37,6 +61,8 @@ def protected_file_response(fieldfile: FieldFile, *, content_type: str, download
             handle = fieldfile.open("rb")
         except FileNotFoundError as exc:
             raise Http404("This image is not available.") from exc
+        except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
+            raise StoredImageUnavailable.because(exc, doing="read") from exc
         response = FileResponse(handle, content_type=content_type)
     response["Content-Disposition"] = f'inline; filename="{download_name}"'
     # Images are PHI: never kept by shared caches, nor by the browser beyond the session.

@@ -15,7 +15,8 @@ def _original_path(study: Study, filename: str) -> str:
 
 
 def _display_path(study: Study, filename: str) -> str:
-    return f"studies/{study.hospital.code}/{study.code}/display.png"
+    # `filename` is chosen by diagnostics.services (display-<random>.png), never by a user.
+    return f"studies/{study.hospital.code}/{study.code}/{filename}"
 
 
 def _heatmap_path(prediction: Prediction, filename: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import uuid
 from functools import partial
 
 from django.core.files.base import ContentFile
@@ -15,6 +16,7 @@ from django.utils import timezone
 
 from diagnostics import imaging, metrics, tasks
 from diagnostics.imaging import DecodedImage, RejectedUpload, StorageUnavailable
+from diagnostics.media import StoredImageUnavailable
 from diagnostics.models import Study
 from hospital import audit
 from hospital.audit import Action, Outcome
@@ -169,44 +171,66 @@ def _store(study: Study, data: bytes, audit_context: dict) -> Study:
 
 def _write_original(study: Study, data: bytes) -> None:
     """Store the uploaded bytes, or raise StorageUnavailable having left nothing behind."""
-    intended = study.original_file.field.generate_filename(study, "original")
     try:
-        study.original_file.save("original", ContentFile(data), save=False)
+        _write_new_file(study, study.original_file, "original", data)
     except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
         logger.error(
             "study %s: the original could not be written to storage (%s)", study.code, type(exc).__name__, exc_info=True
         )
-        # A write that failed midway (a full disk) can leave part of the file under the
-        # name it was given; that name holds the study's new code, so nothing else owns it.
-        _delete_files(study, [intended])
         raise StorageUnavailable from exc
+
+
+def _write_new_file(study: Study, fieldfile: FieldFile, name: str, data: bytes) -> None:
+    """Store `data` under a name only this call uses (it holds the study's new code, or
+    a random part); if the storage fails, remove whatever part of the file it wrote
+    (a full disk refuses a file midway) and raise what it raised."""
+    intended = fieldfile.field.generate_filename(study, name)
+    try:
+        fieldfile.save(name, ContentFile(data), save=False)
+    except Exception:
+        _delete_files(study, [intended])
+        raise
 
 
 def display_image_of(study: Study) -> FieldFile:
     """The portal's picture of `study` (windowed, at most 1024 px), drawn from the stored
-    original on the first request for it; empty if the original cannot be read.
+    original on the first request for it; empty if the original is gone or undecodable.
+    Raises StoredImageUnavailable (503) when the storage cannot be read or written.
 
     Uploads used to draw it: 1.8 ms of an upload's 10 ms of CPU, paid while the EMR or
     the doctor waits, for studies an EMR often sends without anyone opening them in the
     portal. The first viewer now pays a few milliseconds instead. Two first requests at
-    once both draw it; the conditional update keeps one file and the other is removed.
+    once both draw it, each under a name of its own; the conditional update keeps one
+    file and the other is removed.
     """
     if study.display_image or not study.original_file:
         return study.display_image
     try:
-        gray = imaging.load_grayscale(study)
-    except (OSError, RejectedUpload) as exc:
+        gray = imaging.decode_upload(_read_original_for_display(study)).gray
+    except (FileNotFoundError, RejectedUpload) as exc:
         logger.warning(
             "study %s: no picture drawn, the original could not be read (%s)", study.code, type(exc).__name__
         )
         return study.display_image
     drawn = study.display_image
-    drawn.save("display.png", ContentFile(imaging.display_png(gray)), save=False)
+    try:
+        _write_new_file(study, drawn, f"display-{uuid.uuid4().hex[:12]}.png", imaging.display_png(gray))
+    except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
+        raise StoredImageUnavailable.because(exc, doing="written") from exc
     if Study.objects.filter(pk=study.pk, display_image="").update(display_image=drawn.name):
         return drawn
     drawn.storage.delete(drawn.name)  # another request stored its picture first
     study.refresh_from_db(fields=["display_image"])
     return study.display_image
+
+
+def _read_original_for_display(study: Study) -> bytes:
+    try:
+        return imaging.read_original(study)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
+        raise StoredImageUnavailable.because(exc, doing="read") from exc
 
 
 def _delete_files(study: Study, names: list[str]) -> None:

@@ -249,8 +249,11 @@ def study_status(request: HttpRequest, code) -> HttpResponse:
 @role_required()
 def study_image(request: HttpRequest, code) -> HttpResponse:
     study = _get_study(request, code)
+    response = protected_file_response(
+        display_image_of(study), content_type="image/png", download_name=f"{study.code}.png"
+    )
     audit.record(audit.Action.IMAGE_VIEWED, request=request, target=study, image="display")
-    return protected_file_response(display_image_of(study), content_type="image/png", download_name=f"{study.code}.png")
+    return response
 
 
 @require_GET
@@ -260,9 +263,11 @@ def study_heatmap(request: HttpRequest, code) -> HttpResponse:
     prediction = current_prediction(study)
     if prediction is None:
         raise Http404("This study has no heatmap.")
-    return protected_file_response(
+    response = protected_file_response(
         prediction.heatmap, content_type="image/png", download_name=f"{study.code}-heatmap.png"
     )
+    audit.record(audit.Action.IMAGE_VIEWED, request=request, target=study, image="heatmap")
+    return response
 
 
 @never_cache

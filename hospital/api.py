@@ -17,7 +17,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
 from config.cache import count_request
-from config.errors import DATABASE_RETRY_AFTER_SECONDS
+from config.errors import DATABASE_RETRY_AFTER_SECONDS, ServiceUnavailable
 from hospital.models import Hospital, IntegrationKey, Role
 
 # Keys can do what an EMR integration needs: send studies and read results back.
@@ -182,8 +182,9 @@ class TenantAPIMixin:
 
 
 def exception_handler(exc, context):
-    """DRF's handler, with every error body reduced to {"detail": "<words>"}, and a
-    database that cannot be reached answered 503 with Retry-After, which EMRs retry."""
+    """DRF's handler, with every error body reduced to {"detail": "<words>"}, and an
+    outage (a database that cannot be reached, a `ServiceUnavailable`) answered 503 with
+    Retry-After, which EMRs retry."""
     # Imported here: rest_framework.views loads the authentication classes of this
     # module while it initializes, so a top-level import is circular.
     from rest_framework.views import exception_handler as drf_exception_handler
@@ -192,12 +193,10 @@ def exception_handler(exc, context):
     if isinstance(exc, OperationalError | InterfaceError):
         view = type(context.get("view")).__name__
         log.error("database unavailable in %s (%s)", view, type(exc).__name__, exc_info=exc)
+        exc = ServiceUnavailable(DATABASE_UNAVAILABLE_MESSAGE, DATABASE_RETRY_AFTER_SECONDS)
+    if isinstance(exc, ServiceUnavailable):
         set_rollback()
-        return Response(
-            {"detail": DATABASE_UNAVAILABLE_MESSAGE},
-            status=503,
-            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
-        )
+        return Response({"detail": exc.detail}, status=503, headers={"Retry-After": str(exc.retry_after_seconds)})
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

@@ -1,4 +1,4 @@
-"""When the image storage or the database cannot be reached, uploads, API calls and
+"""When the image storage or the database cannot be reached, uploads, API calls, images and
 portal pages are answered 503 with Retry-After and words a human understands (EMRs retry
 on 503, not on 500), nothing is half stored, and what was stored before is untouched.
 Without Redis, uploads go on."""
@@ -16,7 +16,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection, connections
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import escape
+from rest_framework.test import APIClient
 
 from config.cache import redis_cache_settings
 from config.errors import server_error
@@ -24,14 +26,20 @@ from diagnostics import services
 from diagnostics.imaging import StorageUnavailable
 from diagnostics.models import Study
 from hospital import api as hospital_api
+from hospital.audit import Action
 from hospital.models import AuditEvent
+from mlcore.models import ModelVersion
 from tests.conftest import files_limited_to, unreachable_media_root
 from tests.ingestion.conftest import CR_CHEST, DX_CHEST, PNEUMONIA_PNG, STUDIES_URL, post_dicom_body, post_file
+from tests.ingestion.test_api_access import add_prediction, model_version
 from tests.ingestion.test_stow import failed, related_body, stow
 
 STORAGE_DOWN = (
     "The image could not be saved just now because Pleura's image storage is unavailable. "
     "Nothing was stored: please send it again in a minute."
+)
+IMAGES_DOWN = (
+    "The image cannot be shown just now because Pleura's image storage is unavailable. Please try again in a minute."
 )
 DEAD_REDIS = "redis://127.0.0.1:9/0"  # nothing listens on port 9
 DATABASE_DOWN = "Pleura's database is unavailable just now, so nothing was read or stored. Please try again shortly."
@@ -156,6 +164,84 @@ def test_a_write_cut_short_by_a_full_disk_leaves_no_part_of_the_file(hospital_a,
     assert refused.value.__cause__.errno == errno.EFBIG
     assert len(data) > 64 * 1024
     assert [path for path in media_root.rglob("*") if path.is_file()] == []
+
+
+@pytest.fixture
+def predicted(hospital_a, media_root) -> Study:
+    """A completed study of hospital A with its heatmap; its portal picture is not drawn yet."""
+    study, _ = services.ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source=Study.Source.API)
+    add_prediction(study, model_version("resnet-v1", status=ModelVersion.Status.ACTIVE), probability=0.9)
+    Study.objects.filter(pk=study.pk).update(status=Study.Status.COMPLETED, completed_at=timezone.now())
+    return study
+
+
+def _image_urls(study: Study) -> dict[str, str]:
+    return {
+        "api image": f"{STUDIES_URL}{study.code}/image",
+        "api heatmap": f"{STUDIES_URL}{study.code}/heatmap",
+        "portal image": reverse("diagnostics:study_image", args=[study.code]),
+        "portal heatmap": reverse("diagnostics:study_heatmap", args=[study.code]),
+    }
+
+
+def _viewer(user) -> APIClient:
+    """One session for the portal and the API, answered as a browser would be: an error
+    no view handles gets the error page, not an exception in the test."""
+    client = APIClient()
+    client.raise_request_exception = False
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.parametrize("picture", ["drawn before", "not drawn yet"])
+def test_images_while_the_storage_is_down_are_503_with_retry_after_and_shown_once_it_is_back(
+    doctor, predicted, storage_down, picture, caplog
+):
+    viewer, urls = _viewer(doctor), _image_urls(predicted)
+    if picture == "drawn before":
+        assert viewer.get(urls["portal image"]).status_code == 200
+    viewed_before = AuditEvent.objects.filter(action=Action.IMAGE_VIEWED).count()
+
+    storage_down()
+    refused = {name: viewer.get(path) for name, path in urls.items()}
+    storage_down.up()
+
+    assert {name: response.status_code for name, response in refused.items()} == dict.fromkeys(urls, 503)
+    assert {name: response["Retry-After"] for name, response in refused.items()} == dict.fromkeys(urls, "60")
+    assert refused["api image"].json() == {"detail": IMAGES_DOWN}
+    assert refused["api heatmap"].json() == {"detail": IMAGES_DOWN}
+    assert f'<p class="muted">{escape(IMAGES_DOWN)}</p>' in refused["portal image"].content.decode()
+    assert f'<p class="muted">{escape(IMAGES_DOWN)}</p>' in refused["portal heatmap"].content.decode()
+    assert AuditEvent.objects.filter(action=Action.IMAGE_VIEWED).count() == viewed_before
+    assert "the image storage could not be read (NotADirectoryError)" in caplog.text
+
+    shown = {name: viewer.get(path) for name, path in urls.items()}
+    assert {name: response.status_code for name, response in shown.items()} == dict.fromkeys(urls, 200)
+    assert AuditEvent.objects.filter(action=Action.IMAGE_VIEWED).count() == viewed_before + 4
+
+
+def test_a_picture_the_storage_cannot_take_is_503_and_leaves_no_part_of_it(doctor, predicted, media_root):
+    viewer, urls = _viewer(doctor), _image_urls(predicted)
+    files_before = sorted(path for path in media_root.rglob("*") if path.is_file())
+
+    with files_limited_to(16 * 1024):
+        response = viewer.get(urls["portal image"])
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "60"
+    assert sorted(path for path in media_root.rglob("*") if path.is_file()) == files_before
+    predicted.refresh_from_db()
+    assert predicted.display_image.name == ""
+    assert viewer.get(urls["portal image"]).status_code == 200
+
+
+def test_a_picture_whose_original_is_gone_is_404_not_503(doctor, predicted):
+    predicted.original_file.storage.delete(predicted.original_file.name)
+
+    response = _viewer(doctor).get(_image_urls(predicted)["api image"])
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "This image is not available."}
 
 
 @pytest.mark.django_db(transaction=True)

@@ -128,7 +128,8 @@ def test_image_and_heatmap_are_served_privately_to_members(client_for, radiologi
     heatmap = client.get(url("study_heatmap", study))
     overlay = Image.open(io.BytesIO(b"".join(heatmap.streaming_content)))
     assert (overlay.mode, overlay.size) == ("RGBA", (study.columns, study.rows))
-    assert AuditEvent.objects.filter(action=Action.IMAGE_VIEWED, target_id=str(study.code)).count() == 1
+    viewed = AuditEvent.objects.filter(action=Action.IMAGE_VIEWED, target_id=str(study.code)).order_by("pk")
+    assert [event.detail["image"] for event in viewed] == ["display", "heatmap"]
 
 
 def test_heatmap_of_a_study_without_prediction_is_404(client_for, doctor, make_study, hospital_a):
