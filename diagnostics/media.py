@@ -1,4 +1,9 @@
-"""Serving stored images (PHI) after the tenant gate has said yes.
+"""Stored images (PHI): writing each under a name of its own, and serving them after the
+tenant gate has said yes.
+
+A file is written under a name no other write uses (a new study's code, or a random
+part), so that a write cut short can be removed by name without touching anyone
+else's file: `save_as_new`.
 
 Views authorize first, then call `protected_file_response`. Who moves the bytes:
 
@@ -19,6 +24,7 @@ import logging
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.files.base import ContentFile
 from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpResponse
 
@@ -47,6 +53,28 @@ class StoredImageUnavailable(ServiceUnavailable):
         """Log what the storage raised (`doing`: "read" or "written") and return the 503."""
         logger.error("the image storage could not be %s (%s)", doing, type(error).__name__, exc_info=error)
         return cls()
+
+
+def save_as_new(fieldfile: FieldFile, name: str, data: bytes) -> None:
+    """Store `data` as `fieldfile` under `name`, a name only this call uses; if the
+    storage fails, remove whatever part of the file it wrote (a full disk refuses a file
+    midway) and raise what it raised."""
+    intended = fieldfile.field.generate_filename(fieldfile.instance, name)
+    try:
+        fieldfile.save(name, ContentFile(data), save=False)
+    except Exception:
+        remove_file(fieldfile.storage, intended)
+        raise
+
+
+def remove_file(storage, name: str) -> None:
+    """Remove `name` if it is there; a failure is logged, not raised: a clean-up must not
+    hide the error that called it (S3 down raises botocore's)."""
+    try:
+        if storage.exists(name):
+            storage.delete(name)
+    except Exception:
+        logger.warning("could not remove %s, left by a failed write", name)
 
 
 def protected_file_response(fieldfile: FieldFile, *, content_type: str, download_name: str) -> HttpResponse:

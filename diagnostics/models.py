@@ -21,7 +21,8 @@ def _display_path(study: Study, filename: str) -> str:
 
 def _heatmap_path(prediction: Prediction, filename: str) -> str:
     study = prediction.study
-    return f"studies/{study.hospital.code}/{study.code}/heatmap-{prediction.model_version.code}.png"
+    # `filename` is chosen by diagnostics.pipeline (<random>.png), never by a user.
+    return f"studies/{study.hospital.code}/{study.code}/heatmap-{prediction.model_version.code}-{filename}"
 
 
 class Label(models.TextChoices):

@@ -25,14 +25,13 @@ import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.cache import cache
-from django.core.files.base import ContentFile
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Case, F, Q, QuerySet, When
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
 from config.celery import app as celery_app
-from diagnostics import metrics
+from diagnostics import media, metrics
 from diagnostics.models import Prediction, Study
 from hospital import audit
 from mlcore import registry
@@ -768,7 +767,9 @@ def _save_heatmaps(results: list[_Result]) -> None:
 
 
 def _save_heatmap(result: _Result) -> None:
-    result.prediction.heatmap.save("heatmap.png", ContentFile(result.heatmap_png), save=False)
+    # A name of its own: after a sweeper's re-queue two workers can predict one study
+    # with one model, and a write cut short is removed by its name.
+    media.save_as_new(result.prediction.heatmap, f"{uuid.uuid4().hex[:12]}.png", result.heatmap_png)
 
 
 def _commit(results: list[_Result]) -> list[_Result]:

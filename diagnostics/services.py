@@ -9,12 +9,11 @@ import re
 import uuid
 from functools import partial
 
-from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 
-from diagnostics import imaging, metrics, tasks
+from diagnostics import imaging, media, metrics, tasks
 from diagnostics.imaging import DecodedImage, RejectedUpload, StorageUnavailable
 from diagnostics.media import StoredImageUnavailable
 from diagnostics.models import Study
@@ -152,19 +151,18 @@ def _store(study: Study, data: bytes, audit_context: dict) -> Study:
     The portal's picture is not drawn here but on first request (`display_image_of`).
     """
     _write_original(study, data)
-    written = [study.original_file.name]
     try:
         with transaction.atomic():
             study.save()
             _audit_uploaded(study, audit_context, source=study.source, created=True)
             transaction.on_commit(partial(tasks.enqueue_prediction, study.pk))
     except IntegrityError as exc:
-        _delete_files(study, written)
+        media.remove_file(study.original_file.storage, study.original_file.name)
         if study.sop_instance_uid:
             raise _DuplicateInstance from exc
         raise
     except BaseException:
-        _delete_files(study, written)
+        media.remove_file(study.original_file.storage, study.original_file.name)
         raise
     return study
 
@@ -172,24 +170,13 @@ def _store(study: Study, data: bytes, audit_context: dict) -> Study:
 def _write_original(study: Study, data: bytes) -> None:
     """Store the uploaded bytes, or raise StorageUnavailable having left nothing behind."""
     try:
-        _write_new_file(study, study.original_file, "original", data)
+        # The name holds the study's new code, so no other write uses it.
+        media.save_as_new(study.original_file, "original", data)
     except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
         logger.error(
             "study %s: the original could not be written to storage (%s)", study.code, type(exc).__name__, exc_info=True
         )
         raise StorageUnavailable from exc
-
-
-def _write_new_file(study: Study, fieldfile: FieldFile, name: str, data: bytes) -> None:
-    """Store `data` under a name only this call uses (it holds the study's new code, or
-    a random part); if the storage fails, remove whatever part of the file it wrote
-    (a full disk refuses a file midway) and raise what it raised."""
-    intended = fieldfile.field.generate_filename(study, name)
-    try:
-        fieldfile.save(name, ContentFile(data), save=False)
-    except Exception:
-        _delete_files(study, [intended])
-        raise
 
 
 def display_image_of(study: Study) -> FieldFile:
@@ -214,7 +201,7 @@ def display_image_of(study: Study) -> FieldFile:
         return study.display_image
     drawn = study.display_image
     try:
-        _write_new_file(study, drawn, f"display-{uuid.uuid4().hex[:12]}.png", imaging.display_png(gray))
+        media.save_as_new(drawn, f"display-{uuid.uuid4().hex[:12]}.png", imaging.display_png(gray))
     except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
         raise StoredImageUnavailable.because(exc, doing="written") from exc
     if Study.objects.filter(pk=study.pk, display_image="").update(display_image=drawn.name):
@@ -231,18 +218,6 @@ def _read_original_for_display(study: Study) -> bytes:
         raise
     except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
         raise StoredImageUnavailable.because(exc, doing="read") from exc
-
-
-def _delete_files(study: Study, names: list[str]) -> None:
-    """Remove what a failed upload wrote. A name with no file is passed over: when the
-    storage failed before writing anything, there is nothing to report."""
-    storage = study.original_file.storage
-    for name in names:
-        try:
-            if storage.exists(name):
-                storage.delete(name)
-        except Exception:  # a clean-up must not hide the error that called it (S3 down raises botocore's)
-            logger.warning("Could not remove a file left by a failed upload of study %s", study.code)
 
 
 def _audit_rejected(exc: RejectedUpload, context: dict, *, source: str, size: int) -> None:

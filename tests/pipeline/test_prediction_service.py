@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.core.cache import cache
@@ -633,7 +634,9 @@ def test_a_storage_that_cannot_be_read_puts_the_batch_back_instead_of_failing_it
     assert pipeline.predict_studies([studies[0].pk], claim="message-1") == [study.pk for study in studies]
 
 
-def test_a_heatmap_that_cannot_be_written_puts_the_batch_back_and_fails_no_study(hospital_a, tiny_model):
+def test_a_heatmap_that_cannot_be_written_puts_the_batch_back_and_fails_no_study_nor_leaves_part_of_it(
+    hospital_a, tiny_model, settings
+):
     if connection.vendor == "sqlite":
         pytest.skip("the file size limit would stop SQLite's own writes too (PostgreSQL in CI)")
     studies = [store_study(hospital_a, NORMAL_IMAGE), store_study(hospital_a, PNEUMONIA_IMAGE)]
@@ -650,6 +653,8 @@ def test_a_heatmap_that_cannot_be_written_puts_the_batch_back_and_fails_no_study
     )
     assert Prediction.objects.count() == 0
     assert AuditEvent.objects.filter(action="prediction.failed").count() == 0
+    stored_files = {str(path.relative_to(settings.MEDIA_ROOT)) for path in Path(settings.MEDIA_ROOT).rglob("*.*")}
+    assert stored_files == {study.original_file.name for study in studies}
 
 
 def test_without_an_active_model_the_claims_are_released_for_a_retry(hospital_a, tiny_model):
