@@ -74,6 +74,60 @@
       e.preventDefault();
     });
     apply();
+    explainFailures(stage, [[image, "the radiograph"], [heatmap, "the heatmap"]]);
+  }
+
+  /* An image the server could not give (its storage down: 503; gone: 404) would show as a
+     broken picture. Say which, in the server's terms, and offer to load them again. */
+  function explainFailures(stage, images) {
+    var notice = document.createElement("div");
+    notice.className = "viewer__notice";
+    notice.setAttribute("role", "alert");
+    notice.hidden = true;
+    var text = document.createElement("p");
+    var retry = document.createElement("button");
+    retry.type = "button";
+    retry.className = "btn btn--small";
+    retry.textContent = "Try again";
+    notice.append(text, retry);
+    stage.after(notice);  // outside the stage, whose pointer capture would take the button's clicks
+    var failures = [], attempts = 0;  // [{img, what, status}], status 0 until known
+
+    function show() {
+      var known = failures.filter(function (f) { return f.status !== 0; });
+      if (!known.length) return;
+      var subject = known.map(function (f) { return f.what; }).join(" and ");
+      subject = subject.charAt(0).toUpperCase() + subject.slice(1);
+      var gone = known.every(function (f) { return f.status === 404; });
+      var storageDown = known.some(function (f) { return f.status === 503; });
+      text.textContent = gone
+        ? subject + (known.length > 1 ? " are" : " is") + " not available."
+        : subject + " cannot be shown just now" + (storageDown ? ": Pleura's image storage is unavailable" : "") +
+          ". Please try again in a minute.";
+      retry.hidden = gone;
+      notice.hidden = false;
+    }
+    function watch(img, what) {
+      function onFailure() {
+        img.style.visibility = "hidden";
+        var failure = { img: img, what: what, status: 0 };
+        failures.push(failure);
+        // An <img> is not told the status; asking again costs one request, on failure only.
+        fetch(img.src, { credentials: "same-origin", cache: "no-store" }).then(
+          function (response) { failure.status = response.status; show(); },
+          function () { failure.status = -1; show(); }  // the network, not the server
+        );
+      }
+      img.addEventListener("error", onFailure);
+      img.addEventListener("load", function () { img.style.visibility = ""; });
+      if (img.complete && img.naturalWidth === 0) onFailure();
+    }
+    images.forEach(function (pair) { if (pair[0]) watch(pair[0], pair[1]); });
+    retry.addEventListener("click", function () {
+      attempts += 1;
+      notice.hidden = true;
+      failures.splice(0).forEach(function (f) { f.img.src = f.img.src.split("?")[0] + "?attempt=" + attempts; });
+    });
   }
 
   document.addEventListener("DOMContentLoaded", function () {

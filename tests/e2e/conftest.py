@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.pipeline.conftest import broker, make_model_version, start_worker  # noqa: F401  (fixtures)
+from tests.pipeline.conftest import _no_wake_up_waiting, broker, make_model_version, start_worker  # noqa: F401  (fixtures)
+from tests.portal.conftest import make_study, model_version  # noqa: F401  (fixtures)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
