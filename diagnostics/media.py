@@ -74,7 +74,7 @@ def remove_file(storage, name: str) -> None:
         if storage.exists(name):
             storage.delete(name)
     except Exception:
-        logger.warning("could not remove %s, left by a failed write", name)
+        logger.warning("could not remove %s, a file no record refers to", name)
 
 
 def protected_file_response(fieldfile: FieldFile, *, content_type: str, download_name: str) -> HttpResponse:

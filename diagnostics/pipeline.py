@@ -827,10 +827,7 @@ def _audit_event(result: _Result):
 def _delete_heatmaps(results: list[_Result]) -> None:
     for result in results:
         if result.prediction.heatmap:
-            try:
-                result.prediction.heatmap.delete(save=False)
-            except Exception:  # a clean-up must not hide the error that called it
-                log.warning("study %s: an unused heatmap file could not be removed", result.study.code)
+            media.remove_file(result.prediction.heatmap.storage, result.prediction.heatmap.name)
 
 
 def _fail(study: Study, reason: str, message: str, *, from_status: str = STATUS.PROCESSING, **detail) -> bool:

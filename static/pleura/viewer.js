@@ -109,6 +109,8 @@
     }
     function watch(img, what) {
       function onFailure() {
+        // Both the error event and the check below may report one failure.
+        if (failures.some(function (f) { return f.img === img; })) return;
         img.style.visibility = "hidden";
         var failure = { img: img, what: what, status: 0 };
         failures.push(failure);
