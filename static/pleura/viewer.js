@@ -91,10 +91,11 @@
     retry.textContent = "Try again";
     notice.append(text, retry);
     stage.after(notice);  // outside the stage, whose pointer capture would take the button's clicks
-    var failures = [], attempts = 0;  // [{img, what, status}], status 0 until known
+    var failures = [], attempts = 0;  // [{img, what, order, status}], status 0 until known
 
     function show() {
       var known = failures.filter(function (f) { return f.status !== 0; });
+      known.sort(function (a, b) { return a.order - b.order; });  // the radiograph first, whichever failed first
       if (!known.length) return;
       var subject = known.map(function (f) { return f.what; }).join(" and ");
       subject = subject.charAt(0).toUpperCase() + subject.slice(1);
@@ -107,12 +108,12 @@
       retry.hidden = gone;
       notice.hidden = false;
     }
-    function watch(img, what) {
+    function watch(img, what, order) {
       function onFailure() {
         // Both the error event and the check below may report one failure.
         if (failures.some(function (f) { return f.img === img; })) return;
         img.style.visibility = "hidden";
-        var failure = { img: img, what: what, status: 0 };
+        var failure = { img: img, what: what, order: order, status: 0 };
         failures.push(failure);
         // An <img> is not told the status; asking again costs one request, on failure only.
         fetch(img.src, { credentials: "same-origin", cache: "no-store" }).then(
@@ -124,7 +125,7 @@
       img.addEventListener("load", function () { img.style.visibility = ""; });
       if (img.complete && img.naturalWidth === 0) onFailure();
     }
-    images.forEach(function (pair) { if (pair[0]) watch(pair[0], pair[1]); });
+    images.forEach(function (pair, order) { if (pair[0]) watch(pair[0], pair[1], order); });
     retry.addEventListener("click", function () {
       attempts += 1;
       notice.hidden = true;
