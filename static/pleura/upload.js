@@ -111,6 +111,12 @@
     });
     // Keyboard: the drop zone is a label for the file input, so Enter/Space on the
     // focused (visually hidden) input opens the picker.
+
+    // Files chosen while the page was still loading, before this script could listen.
+    if (input.files.length) {
+      enqueue(input.files);
+      input.value = "";
+    }
   }
 
   document.addEventListener("DOMContentLoaded", function () {
