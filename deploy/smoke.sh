@@ -165,15 +165,7 @@ PLEURA_SERVER_NAME=localhost PLEURA_PUBLIC_ORIGIN="$ORIGIN" \
     PLEURA_UPSTREAM="127.0.0.1:$WEB_PORT" PLEURA_TLS_CERT="$WORK/nginx/tls.crt" PLEURA_TLS_KEY="$WORK/nginx/tls.key" \
     PLEURA_STATIC_ROOT="$STATIC_ROOT" PLEURA_MEDIA_ROOT="$MEDIA_ROOT" PLEURA_MAX_BODY=110m \
     PLEURA_RESOLVER=127.0.0.1 PLEURA_ACCESS_LOG="$WORK/nginx/access.log" \
-    python - deploy/nginx/pleura.conf.template "$WORK/nginx/pleura.conf" <<'PY'
-import os, re, string, sys
-text = open(sys.argv[1]).read()
-names = set(re.findall(r"\$\{(PLEURA_[A-Z_]+)\}", text))
-missing = sorted(n for n in names if n not in os.environ)
-if missing:
-    sys.exit(f"template variables not set: {missing}")
-open(sys.argv[2], "w").write(string.Template(text).safe_substitute({n: os.environ[n] for n in names}))
-PY
+    python scripts/render_nginx_template.py deploy/nginx/pleura.conf.template "$WORK/nginx/pleura.conf"
 cat >"$WORK/nginx/nginx.conf" <<EOF
 daemon off;
 worker_processes 2;
