@@ -176,15 +176,21 @@ SPECTACULAR_SETTINGS = {
 REDIS_URL = env_str("REDIS_URL", "")
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
 BROKER_DIR = Path(env_str("BROKER_DIR", str(BASE_DIR / "var" / "broker")))
-CELERY_BROKER_TRANSPORT_OPTIONS = (
-    {
-        "data_folder_in": str(BROKER_DIR / "out"),
-        "data_folder_out": str(BROKER_DIR / "out"),
-        "processed_folder": str(BROKER_DIR / "processed"),
+
+
+def filesystem_broker_options(broker_dir: Path) -> dict:
+    return {
+        "data_folder_in": str(broker_dir / "out"),
+        "data_folder_out": str(broker_dir / "out"),
+        "processed_folder": str(broker_dir / "processed"),
         # Broadcast/pidbox exchanges; without this kombu writes them to ./control.
-        "control_folder": str(BROKER_DIR / "control"),
+        "control_folder": str(broker_dir / "control"),
         "store_processed": False,
     }
+
+
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    filesystem_broker_options(BROKER_DIR)
     if CELERY_BROKER_URL.startswith("filesystem://")
     else {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 600)}
 )
