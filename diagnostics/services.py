@@ -206,7 +206,7 @@ def display_image_of(study: Study) -> FieldFile:
         raise StoredImageUnavailable.because(exc, doing="written") from exc
     if Study.objects.filter(pk=study.pk, display_image="").update(display_image=drawn.name):
         return drawn
-    drawn.storage.delete(drawn.name)  # another request stored its picture first
+    media.remove_file(drawn.storage, drawn.name)  # another request stored its picture first
     study.refresh_from_db(fields=["display_image"])
     return study.display_image
 
