@@ -39,6 +39,11 @@ def require_service(url: str | None, name: str) -> str:
     return url
 
 
+def stored_files(media_root: Path) -> frozenset[str]:
+    """The names of the files under `media_root`, as the storage names them."""
+    return frozenset(str(path.relative_to(media_root)) for path in Path(media_root).rglob("*") if path.is_file())
+
+
 def unreachable_media_root(tmp_path: Path) -> Path:
     """A MEDIA_ROOT that cannot exist (its parent is a file): every read and write of the
     storage fails with an OSError, as an unmounted or broken disk's do."""

@@ -18,7 +18,7 @@ from rest_framework.test import APIClient
 from diagnostics.models import Study
 from hospital.api import IntegrationKeyThrottle
 from hospital.models import AuditEvent
-from tests.conftest import FIXTURES, SHARED_DATA, delete_redis_cache_keys
+from tests.conftest import FIXTURES, SHARED_DATA, delete_redis_cache_keys, stored_files
 
 INGESTION_FIXTURES = FIXTURES / "ingestion"
 NORMAL_JPEG = INGESTION_FIXTURES / "chest-normal.jpeg"
@@ -108,9 +108,8 @@ def stored(media_root):
     """`stored()` -> what is stored now: study rows, files under MEDIA_ROOT, upload events."""
 
     def snapshot() -> Snapshot:
-        files = frozenset(str(p.relative_to(media_root)) for p in media_root.rglob("*") if p.is_file())
         uploaded = AuditEvent.objects.filter(action="study.uploaded").count()
-        return Snapshot(Study.objects.count(), files, uploaded)
+        return Snapshot(Study.objects.count(), stored_files(media_root), uploaded)
 
     return snapshot
 

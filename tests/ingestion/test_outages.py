@@ -29,7 +29,7 @@ from hospital import api as hospital_api
 from hospital.audit import Action
 from hospital.models import AuditEvent
 from mlcore.models import ModelVersion
-from tests.conftest import files_limited_to, unreachable_media_root
+from tests.conftest import files_limited_to, stored_files, unreachable_media_root
 from tests.ingestion.conftest import CR_CHEST, DX_CHEST, PNEUMONIA_PNG, STUDIES_URL, post_dicom_body, post_file
 from tests.ingestion.test_api_access import add_prediction, model_version
 from tests.ingestion.test_stow import failed, related_body, stow
@@ -163,7 +163,7 @@ def test_a_write_cut_short_by_a_full_disk_leaves_no_part_of_the_file(hospital_a,
     assert isinstance(refused.value.__cause__, OSError)
     assert refused.value.__cause__.errno == errno.EFBIG
     assert len(data) > 64 * 1024
-    assert [path for path in media_root.rglob("*") if path.is_file()] == []
+    assert stored_files(media_root) == frozenset()
 
 
 @pytest.fixture
@@ -220,16 +220,16 @@ def test_images_while_the_storage_is_down_are_503_with_retry_after_and_shown_onc
     assert AuditEvent.objects.filter(action=Action.IMAGE_VIEWED).count() == viewed_before + 4
 
 
-def test_a_picture_the_storage_cannot_take_is_503_and_leaves_no_part_of_it(doctor, predicted, media_root):
+def test_a_picture_the_storage_cannot_take_is_503_and_leaves_no_part_of_it(doctor, predicted, stored):
     viewer, urls = _viewer(doctor), _image_urls(predicted)
-    files_before = sorted(path for path in media_root.rglob("*") if path.is_file())
+    before = stored()
 
     with files_limited_to(16 * 1024):
         response = viewer.get(urls["portal image"])
 
     assert response.status_code == 503
     assert response["Retry-After"] == "60"
-    assert sorted(path for path in media_root.rglob("*") if path.is_file()) == files_before
+    assert stored() == before
     predicted.refresh_from_db()
     assert predicted.display_image.name == ""
     assert viewer.get(urls["portal image"]).status_code == 200

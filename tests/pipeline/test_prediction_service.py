@@ -8,7 +8,6 @@ import re
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.core.cache import cache
@@ -22,7 +21,7 @@ from diagnostics.models import Prediction, Study
 from hospital.models import AuditEvent
 from mlcore import registry
 from mlcore.models import ModelVersion
-from tests.conftest import files_limited_to, unreachable_media_root
+from tests.conftest import files_limited_to, stored_files, unreachable_media_root
 from tests.pipeline.conftest import (
     INFERENCE_DEVICE,
     NORMAL_IMAGE,
@@ -640,7 +639,7 @@ def test_a_heatmap_that_cannot_be_written_puts_the_batch_back_and_fails_no_study
     if connection.vendor == "sqlite":
         pytest.skip("the file size limit would stop SQLite's own writes too (PostgreSQL in CI)")
     studies = [store_study(hospital_a, NORMAL_IMAGE), store_study(hospital_a, PNEUMONIA_IMAGE)]
-    files_before = _stored_files(settings.MEDIA_ROOT)
+    files_before = stored_files(settings.MEDIA_ROOT)
     # 100 bytes: a full disk refuses the heatmap PNGs.
     with files_limited_to(100), pytest.raises(pipeline.TransientPipelineError) as raised:
         pipeline.predict_studies([studies[0].pk], claim="message-1")
@@ -654,11 +653,7 @@ def test_a_heatmap_that_cannot_be_written_puts_the_batch_back_and_fails_no_study
     )
     assert Prediction.objects.count() == 0
     assert AuditEvent.objects.filter(action="prediction.failed").count() == 0
-    assert _stored_files(settings.MEDIA_ROOT) == files_before
-
-
-def _stored_files(media_root) -> set[str]:
-    return {str(path.relative_to(media_root)) for path in Path(media_root).rglob("*") if path.is_file()}
+    assert stored_files(settings.MEDIA_ROOT) == files_before
 
 
 def test_without_an_active_model_the_claims_are_released_for_a_retry(hospital_a, tiny_model):
