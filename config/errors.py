@@ -16,6 +16,8 @@ from django.template import loader
 from django.views import defaults
 
 DATABASE_RETRY_AFTER_SECONDS = 30
+# The image storage (a disk, an S3 bucket), whether an upload or a reading met it down.
+STORAGE_RETRY_AFTER_SECONDS = 60
 DATABASE_UNAVAILABLE_PAGE = (
     "Its database cannot be reached just now, so nothing was read or changed. Please try again in a minute; "
     "if this persists, contact your Pleura administrator."

@@ -29,6 +29,7 @@ import numpy as np
 from django.conf import settings
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from config.errors import STORAGE_RETRY_AFTER_SECONDS
 from mlcore.preprocessing import pil_to_grayscale
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -77,8 +78,7 @@ class RejectedUpload(Exception):
 class StorageUnavailable(RejectedUpload):
     """The file is fine, but the storage could not take it just now: 503, retry later."""
 
-    RETRY_AFTER_SECONDS = 60
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    headers = {"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)}
 
     def __init__(self):
         super().__init__(

@@ -28,7 +28,7 @@ from django.core.files.base import ContentFile
 from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpResponse
 
-from config.errors import ServiceUnavailable
+from config.errors import STORAGE_RETRY_AFTER_SECONDS, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +39,11 @@ DEFAULT_S3_URL_SECONDS = 60
 class StoredImageUnavailable(ServiceUnavailable):
     """The image exists, but the storage cannot be read (or written) just now: 503."""
 
-    RETRY_AFTER_SECONDS = 60
-
     def __init__(self):
         super().__init__(
             "The image cannot be shown just now because Pleura's image storage is unavailable. "
             "Please try again in a minute.",
-            self.RETRY_AFTER_SECONDS,
+            STORAGE_RETRY_AFTER_SECONDS,
         )
 
     @classmethod
