@@ -9,6 +9,7 @@ import os
 import resource
 import socket
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlparse
 
 import pytest
@@ -21,21 +22,24 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PASSWORD = "correct-horse-battery-9"
 
 
+def missing(reason: str) -> NoReturn:
+    """Something a test needs (a service, a program) is not here: skip locally, fail in
+    CI, which must provide everything (.ci/run installs it)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
 def require_service(url: str | None, name: str) -> str:
     """Return a reachable service URL; without one, skip locally and fail in CI."""
-    in_ci = os.environ.get("CI", "").lower() == "true"
     if not url:
-        if in_ci:
-            pytest.fail(f"{name} is required in CI but its URL is not set.")
-        pytest.skip(f"{name} URL not set")
+        missing(f"{name} URL not set")
     parsed = urlparse(url)
     try:
         with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=2):
             pass
     except OSError as exc:
-        if in_ci:
-            pytest.fail(f"{name} at {parsed.hostname}:{parsed.port} is not reachable in CI: {exc}")
-        pytest.skip(f"{name} not reachable: {exc}")
+        missing(f"{name} at {parsed.hostname}:{parsed.port} not reachable: {exc}")
     return url
 
 

@@ -8,7 +8,6 @@ redirect; the bucket is a stand-in too, or a port nobody listens on."""
 from __future__ import annotations
 
 import http.client
-import os
 import shutil
 import socket
 import ssl
@@ -21,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from scripts.render_nginx_template import render
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, missing
 
 TEMPLATE = REPO_ROOT / "deploy" / "nginx" / "pleura.conf.template"
 PNG = b"\x89PNG\r\n\x1a\n a heatmap"
@@ -29,11 +28,9 @@ PNG = b"\x89PNG\r\n\x1a\n a heatmap"
 
 @pytest.fixture(scope="module")
 def tools():
-    missing = [tool for tool in ("nginx", "openssl") if shutil.which(tool) is None]
-    if missing:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{missing} required in CI (.ci/run installs them)")
-        pytest.skip(f"{missing} not installed (apt-get install nginx-light openssl)")
+    absent = [tool for tool in ("nginx", "openssl") if shutil.which(tool) is None]
+    if absent:
+        missing(f"{absent} not installed (apt-get install nginx-light openssl)")
 
 
 def _free_port() -> int:

@@ -4,7 +4,6 @@ first query, and a healthy connection is not asked `SELECT 1`."""
 
 from __future__ import annotations
 
-import os
 import select
 import time
 
@@ -12,6 +11,7 @@ import pytest
 from django.db import close_old_connections, connection, connections
 
 from hospital.models import Hospital
+from tests.conftest import missing
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -19,9 +19,7 @@ pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 @pytest.fixture(autouse=True)
 def _postgresql():
     if connection.vendor != "postgresql":
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("CI must run this test on PostgreSQL (DATABASE_URL).")
-        pytest.skip("the backend is PostgreSQL's")
+        missing("PostgreSQL (DATABASE_URL): the backend is PostgreSQL's")
     assert connection.settings_dict["CONN_HEALTH_CHECKS"] is True
 
 

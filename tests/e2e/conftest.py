@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, missing
 from tests.pipeline.conftest import _no_wake_up_waiting, broker, make_model_version, start_worker  # noqa: F401  (fixtures)
 from tests.portal.conftest import make_study, model_version  # noqa: F401  (fixtures)
 
@@ -27,9 +27,7 @@ SCREENSHOTS = REPO_ROOT / "test-artifacts" / "screenshots"
 @pytest.fixture(scope="session")
 def chromium():
     if not CHROMIUM.exists():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("/usr/bin/chromium is required in CI (.ci/run installs it).")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+        missing("Debian's chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API runs an event loop in this thread; the ORM calls the test

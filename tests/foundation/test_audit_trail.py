@@ -3,13 +3,12 @@ anyone), and on PostgreSQL not even through raw SQL."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from django.db import DatabaseError, connection, transaction
 
 from hospital import audit
 from hospital.models import AppendOnlyError, AuditEvent
+from tests.conftest import missing
 
 
 @pytest.fixture
@@ -49,9 +48,7 @@ def test_admin_refuses_to_add_change_or_delete_an_event_even_for_superusers(requ
 
 def _require_postgresql() -> None:
     if connection.vendor != "postgresql":
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("CI must run this test on PostgreSQL (DATABASE_URL).")
-        pytest.skip("the append-only trigger exists on PostgreSQL only")
+        missing("PostgreSQL (DATABASE_URL): the append-only trigger exists on PostgreSQL only")
 
 
 @pytest.mark.services

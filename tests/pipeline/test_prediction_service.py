@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import re
 import threading
 import time
@@ -21,7 +20,7 @@ from diagnostics.models import Prediction, Study
 from hospital.models import AuditEvent
 from mlcore import registry
 from mlcore.models import ModelVersion
-from tests.conftest import files_limited_to, stored_files, unreachable_media_root
+from tests.conftest import files_limited_to, missing, stored_files, unreachable_media_root
 from tests.pipeline.conftest import (
     INFERENCE_DEVICE,
     NORMAL_IMAGE,
@@ -437,9 +436,7 @@ def test_a_failure_to_store_puts_back_both_batches_it_held(hospital_a, tiny_mode
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_claims_take_disjoint_batches_without_waiting_for_each_other(hospital_a, tiny_model, monkeypatch):
     if connection.vendor != "postgresql":
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("CI runs the suite on PostgreSQL")
-        pytest.skip("SKIP LOCKED is PostgreSQL's; SQLite runs one writing transaction at a time")
+        missing("PostgreSQL: SKIP LOCKED is PostgreSQL's; SQLite runs one writing transaction at a time")
     monkeypatch.setattr(pipeline, "MAX_BATCH", 2)
     studies = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES]]
     holding, release = threading.Event(), threading.Event()
@@ -474,9 +471,7 @@ def test_a_claim_takes_at_most_max_batch_studies_even_when_statistics_say_the_ta
     # each run skipping the rows just claimed and taking the next ones. Seen on a GPU
     # machine: a claim of at most 2 took all 4 waiting studies.
     if connection.vendor != "postgresql":
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("CI runs the suite on PostgreSQL")
-        pytest.skip("SQLite has neither row locks nor this planner")
+        missing("PostgreSQL: SQLite has neither row locks nor this planner")
     monkeypatch.setattr(pipeline, "MAX_BATCH", 2)
     studies = [store_study(hospital_a, NORMAL_IMAGE)]
     with connection.cursor() as cursor:
