@@ -1,8 +1,10 @@
-"""nginx's protected-media location for an S3-compatible bucket, run for real from
-deploy/nginx/pleura.conf.template: Django has authorized the request and handed nginx a
-signed URL (X-Accel-Redirect); an object store that cannot be reached, or fails, is
-answered 503 (an outage, which EMRs and the portal's viewer retry), not nginx's 502, and a
-missing object is nginx's own 404, not the bucket's error document. Django here is a stand-in that only gives the
+"""nginx's protected-media location for an S3-compatible bucket, run for real from both
+configurations the project ships: deploy/nginx/pleura.conf.template (Compose, TLS) and the
+Kubernetes web pod's sidecar, deploy/k8s/base/nginx.conf (the Ingress terminates TLS).
+Django has authorized the request and handed nginx a signed URL (X-Accel-Redirect); an
+object store that cannot be reached, or fails, is answered 503 with Retry-After (an outage,
+which EMRs and the portal's viewer retry), not nginx's 502, and a missing object is nginx's
+own 404, not the bucket's error document. Django here is a stand-in that only gives the
 redirect; the bucket is a stand-in too, or a port nobody listens on."""
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from config.errors import STORAGE_RETRY_AFTER_SECONDS
 from scripts.render_nginx_template import render
 from tests.conftest import REPO_ROOT, missing
 
 TEMPLATE = REPO_ROOT / "deploy" / "nginx" / "pleura.conf.template"
+K8S_SIDECAR = REPO_ROOT / "deploy" / "k8s" / "base" / "nginx.conf"
 PNG = b"\x89PNG\r\n\x1a\n a heatmap"
 
 
@@ -67,13 +71,17 @@ class _StandIn(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def nginx(tools, tmp_path_factory):
-    """`nginx.get(path)` -> (status, headers, body) of a GET through the rendered template;
-    `nginx.stand_in` is the host:port of the stand-in (Django and the bucket)."""
-    work = tmp_path_factory.mktemp("nginx")
-    stand_in = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
-    threading.Thread(target=stand_in.serve_forever, daemon=True).start()
-    https_port = _free_port()
+def stand_in():
+    """host:port of the stand-in for Django and the bucket."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _compose_config(work, port: int, upstream: str) -> tuple[str, ssl.SSLContext]:
+    """The template rendered as Compose and deploy/smoke.sh render it, inside a minimal
+    nginx.conf; TLS with a throwaway certificate."""
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
          "-keyout", str(work / "tls.key"), "-out", str(work / "tls.crt")],
@@ -81,10 +89,10 @@ def nginx(tools, tmp_path_factory):
     )  # fmt: skip
     values = {
         "PLEURA_SERVER_NAME": "localhost",
-        "PLEURA_PUBLIC_ORIGIN": f"https://127.0.0.1:{https_port}",
+        "PLEURA_PUBLIC_ORIGIN": f"https://127.0.0.1:{port}",
         "PLEURA_HTTP_LISTEN": f"127.0.0.1:{_free_port()}",
-        "PLEURA_HTTPS_LISTEN": f"127.0.0.1:{https_port}",
-        "PLEURA_UPSTREAM": f"127.0.0.1:{stand_in.server_address[1]}",
+        "PLEURA_HTTPS_LISTEN": f"127.0.0.1:{port}",
+        "PLEURA_UPSTREAM": upstream,
         "PLEURA_TLS_CERT": str(work / "tls.crt"),
         "PLEURA_TLS_KEY": str(work / "tls.key"),
         "PLEURA_STATIC_ROOT": str(work / "static"),
@@ -94,18 +102,64 @@ def nginx(tools, tmp_path_factory):
         "PLEURA_ACCESS_LOG": str(work / "access.log"),
     }
     (work / "pleura.conf").write_text(render(TEMPLATE.read_text(), values))
-    (work / "nginx.conf").write_text(
-        f"daemon off;\nworker_processes 1;\npid {work}/nginx.pid;\nerror_log {work}/error.log warn;\n"
+    context = ssl.create_default_context(cafile=str(work / "tls.crt"))
+    context.check_hostname = False
+    return (
+        f"worker_processes 1;\npid {work}/nginx.pid;\nerror_log {work}/error.log warn;\n"
         "events { worker_connections 64; }\n"
         f"http {{\n    include /etc/nginx/mime.types;\n    client_body_temp_path {work}/body;\n"
         f"    proxy_temp_path {work}/proxy;\n    include {work}/pleura.conf;\n}}\n"
+    ), context
+
+
+def _k8s_sidecar_config(work, port: int, upstream: str) -> tuple[str, None]:
+    """The sidecar's whole nginx.conf, with only what ties it to the pod replaced: its
+    port, gunicorn's address, the cluster's resolver and its files under /tmp."""
+    config = K8S_SIDECAR.read_text()
+    for pod_value, here in (
+        ("/tmp/", f"{work}/"),
+        ("listen 8080;", f"listen 127.0.0.1:{port};"),
+        ("proxy_pass http://127.0.0.1:8000;", f"proxy_pass http://{upstream};"),
+        ("resolver kube-dns.kube-system.svc.cluster.local", "resolver 127.0.0.1"),
+        ("access_log /dev/stdout", f"access_log {work}/access.log"),
+    ):
+        assert pod_value in config, f"{K8S_SIDECAR.name} no longer has {pod_value!r}"
+        config = config.replace(pod_value, here)
+    return config, None
+
+
+# How each configuration is run, and the security headers its own server block sends.
+CONFIGURATIONS = {
+    "compose": (
+        _compose_config,
+        {
+            "X-Content-Type-Options": "nosniff",
+            "Strict-Transport-Security": "max-age=31536000; includeSubDomains; preload",
+        },
+    ),
+    # HSTS comes from the Ingress, in front of the sidecar.
+    "k8s-sidecar": (_k8s_sidecar_config, {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"}),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGURATIONS))
+def nginx(request, tools, stand_in, tmp_path_factory):
+    """`nginx.get(path)` -> (status, headers, body) of a GET through one shipped
+    configuration; `nginx.stand_in` is the host:port of the stand-in (Django and the bucket)."""
+    configure, security_headers = CONFIGURATIONS[request.param]
+    work = tmp_path_factory.mktemp(f"nginx-{request.param}")
+    port = _free_port()
+    config, tls = configure(work, port, stand_in)
+    (work / "nginx.conf").write_text(config)
+    server = subprocess.Popen(
+        ["nginx", "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;"], stderr=subprocess.PIPE
     )
-    server = subprocess.Popen(["nginx", "-p", str(work), "-c", str(work / "nginx.conf")], stderr=subprocess.PIPE)
-    context = ssl.create_default_context(cafile=str(work / "tls.crt"))
-    context.check_hostname = False
 
     def get(path: str) -> tuple[int, http.client.HTTPMessage, bytes]:
-        connection = http.client.HTTPSConnection("127.0.0.1", https_port, context=context, timeout=10)
+        if tls is None:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        else:
+            connection = http.client.HTTPSConnection("127.0.0.1", port, context=tls, timeout=10)
         try:
             connection.request("GET", path)
             response = connection.getresponse()
@@ -123,10 +177,9 @@ def nginx(tools, tmp_path_factory):
                 server.kill()
                 pytest.fail(f"nginx did not start: {server.stderr.read().decode()}")
             time.sleep(0.1)
-    yield SimpleNamespace(get=get, stand_in=f"127.0.0.1:{stand_in.server_address[1]}")
+    yield SimpleNamespace(get=get, stand_in=stand_in, security_headers=security_headers)
     server.terminate()
     server.wait(10)
-    stand_in.shutdown()
 
 
 def _signed(host: str, key: str) -> str:
@@ -137,25 +190,25 @@ def test_an_object_is_streamed_from_the_bucket(nginx):
     status, headers, body = nginx.get(_signed(nginx.stand_in, "ok.png"))
 
     assert (status, body) == (200, PNG)
-    assert headers["X-Accel-Redirect"] is None
+    assert (headers["X-Accel-Redirect"], headers["Retry-After"]) == (None, None)
 
 
 def test_a_bucket_nobody_answers_is_503_with_the_security_headers(nginx):
     status, headers, body = nginx.get(_signed(f"127.0.0.1:{_free_port()}", "heatmap.png"))
 
     assert status == 503
+    assert headers.get_all("Retry-After") == [str(STORAGE_RETRY_AFTER_SECONDS)]
     assert headers["Content-Type"] == "text/html"
     assert b"503 Service Temporarily Unavailable" in body
-    assert headers["X-Content-Type-Options"] == "nosniff"
-    assert headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains; preload"
+    assert {name: headers[name] for name in nginx.security_headers} == nginx.security_headers
     assert headers["X-Accel-Redirect"] is None
 
 
 def test_a_failing_bucket_is_503_and_a_missing_object_is_nginxs_404(nginx):
-    failing_status, _, _ = nginx.get(_signed(nginx.stand_in, "failing.png"))
+    failing_status, failing_headers, _ = nginx.get(_signed(nginx.stand_in, "failing.png"))
     missing_status, missing_headers, missing_body = nginx.get(_signed(nginx.stand_in, "gone.png"))
 
-    assert failing_status == 503
-    assert (missing_status, missing_headers["Content-Type"]) == (404, "text/html")
+    assert (failing_status, failing_headers["Retry-After"]) == (503, str(STORAGE_RETRY_AFTER_SECONDS))
+    assert (missing_status, missing_headers["Content-Type"], missing_headers["Retry-After"]) == (404, "text/html", None)
     assert b"404 Not Found" in missing_body
     assert b"NoSuchKey" not in missing_body
