@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from diagnostics import services
@@ -64,32 +65,47 @@ def split_multipart_related(body: bytes, content_type: str) -> list[Part]:
     if not match:
         raise StowError(400, "The multipart/related Content-Type has no boundary parameter.")
     delimiter = b"--" + match[1].strip().encode("latin-1")
-    chunks = body.split(delimiter)
-    if len(chunks) < 3 or not chunks[-1].startswith(b"--"):
+    # Offsets into the body, not bytes.split and friends: each part's content is copied
+    # once, where splitting, stripping and partitioning copied it four times over (a body
+    # may hold 100 MB of instances).
+    found = _offsets(body, delimiter)
+    closing = found[-1] + len(delimiter) if found else 0
+    if len(found) < 2 or not body.startswith(b"--", closing):
         raise StowError(400, "The multipart/related body is malformed: its closing boundary is missing.")
-    parts = [_parse_part(chunk) for chunk in chunks[1:-1]]
-    if not parts:
-        raise StowError(400, "The request holds no DICOM instances.")
+    parts = [_parse_part(body, start + len(delimiter), end) for start, end in pairwise(found)]
     if len(parts) > MAX_INSTANCES:
         raise StowError(413, f"At most {MAX_INSTANCES} instances may be sent in one request.")
     return parts
 
 
-def _parse_part(chunk: bytes) -> Part:
-    chunk = chunk.removeprefix(b"\r\n")
-    head, separator, data = chunk.partition(b"\r\n\r\n")
-    if not separator:
-        if chunk.startswith(b"\r\n"):  # a part with no headers at all
-            head, data = b"", chunk[2:]
-        else:
+def _offsets(body: bytes, delimiter: bytes) -> list[int]:
+    found, at = [], body.find(delimiter)
+    while at != -1:
+        found.append(at)
+        at = body.find(delimiter, at + len(delimiter))
+    return found
+
+
+def _parse_part(body: bytes, start: int, end: int) -> Part:
+    """The part between `start` (just after its delimiter) and `end` (the next one)."""
+    if body.startswith(b"\r\n", start, end):  # the end of the delimiter's line
+        start += 2
+    if body.startswith(b"\r\n", start, end):  # a blank line at once: a part with no headers
+        head, content_start = b"", start + 2
+    else:
+        blank_line = body.find(b"\r\n\r\n", start, end)
+        if blank_line == -1:
             raise StowError(400, "A multipart body part has no blank line between its headers and content.")
+        head, content_start = body[start:blank_line], blank_line + 4
+    if body.endswith(b"\r\n", content_start, end):  # the line break before the next delimiter
+        end -= 2
     headers = {}
     for line in head.decode("latin-1").split("\r\n"):
         name, _, value = line.partition(":")
         if name.strip():
             headers[name.strip().lower()] = value.strip()
     part_type = headers.get("content-type", DICOM_MEDIA_TYPE).split(";")[0].strip().lower()
-    return Part(content_type=part_type, data=data.removesuffix(b"\r\n"))
+    return Part(content_type=part_type, data=body[content_start:end])
 
 
 def store_instances(

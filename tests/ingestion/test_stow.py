@@ -7,6 +7,8 @@ import pydicom
 import pytest
 from rest_framework.test import APIClient
 
+from diagnostics.dicomweb import DICOM_MEDIA_TYPE as DICOM_MEDIA
+from diagnostics.dicomweb import Part, StowError, split_multipart_related
 from diagnostics.models import Study
 from hospital.models import AuditEvent
 from tests.ingestion.conftest import CR_CHEST, DX_CHEST, PNEUMONIA_PNG, TIBIA, pydicom_file
@@ -188,3 +190,39 @@ def caller_for_stow(key_a, hospital_admin):
         return client
 
     return make
+
+
+RELATED = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+
+
+def test_parts_keep_their_exact_content_and_the_preamble_and_epilogue_are_ignored():
+    body = (
+        b"a preamble, ignored\r\n"
+        + f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\nX-Note: one\r\n\r\n".encode()
+        + b"DICM\r\n\r\nends with a line break\r\n\r\n"
+        + f"--{BOUNDARY}\r\ncontent-type: Application/DICOM; transfer-syntax=*\r\n\r\n".encode()
+        + b"second\r\n"
+        + f"--{BOUNDARY}--\r\nan epilogue, ignored".encode()
+    )
+
+    assert split_multipart_related(body, RELATED) == [
+        Part(DICOM_MEDIA, b"DICM\r\n\r\nends with a line break\r\n"),
+        Part(DICOM_MEDIA, b"second"),
+    ]
+
+
+def test_a_part_without_headers_is_dicom_even_when_its_content_holds_a_blank_line():
+    body = f"--{BOUNDARY}\r\n\r\n".encode() + b"DICM\r\n\r\nX: y\r\n" + f"--{BOUNDARY}--\r\n".encode()
+
+    assert split_multipart_related(body, RELATED) == [Part(DICOM_MEDIA, b"DICM\r\n\r\nX: y")]
+
+
+def test_a_part_whose_headers_never_end_is_refused():
+    body = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\nDICM".encode() + f"\r\n--{BOUNDARY}--".encode()
+
+    with pytest.raises(StowError) as refused:
+        split_multipart_related(body, RELATED)
+    assert (refused.value.status_code, refused.value.detail) == (
+        400,
+        "A multipart body part has no blank line between its headers and content.",
+    )
