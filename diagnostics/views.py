@@ -145,7 +145,10 @@ def upload(request: HttpRequest) -> HttpResponse:
             status = max(r["status"] for r in results) if len(results) == 1 else 200
         if request.htmx:
             if len(results) == 1:
-                return render(request, "diagnostics/upload.html#result", {"result": results[0]}, status=status)
+                response = render(request, "diagnostics/upload.html#result", {"result": results[0]}, status=status)
+                for name, value in results[0]["headers"].items():  # Retry-After on a 503
+                    response[name] = value
+                return response
             return render(request, "diagnostics/upload.html#form-errors", {"form": form}, status=400)
         return render(request, "diagnostics/upload.html", _upload_context(form, results), status=status)
     return render(request, "diagnostics/upload.html", _upload_context(form, results))
@@ -156,7 +159,7 @@ def _upload_context(form: UploadForm, results: list[dict]) -> dict:
 
 
 def _ingest_one(request: HttpRequest, upload_file, identifiers: dict) -> dict:
-    result = {"name": upload_file.name, "status": 200, "study": None, "created": False, "error": ""}
+    result = {"name": upload_file.name, "status": 200, "study": None, "created": False, "error": "", "headers": {}}
     if upload_file.size > settings.MAX_UPLOAD_BYTES:
         limit_mb = settings.MAX_UPLOAD_BYTES // (1024 * 1024)
         return {**result, "status": 413, "error": f"The file is larger than the {limit_mb} MB limit."}
@@ -171,7 +174,7 @@ def _ingest_one(request: HttpRequest, upload_file, identifiers: dict) -> dict:
             request=request,
         )
     except RejectedUpload as exc:
-        return {**result, "status": exc.status_code, "error": str(exc.detail)}
+        return {**result, "status": exc.status_code, "error": str(exc.detail), "headers": exc.headers}
     return {**result, "status": 201 if created else 200, "study": study, "created": created}
 
 

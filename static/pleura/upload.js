@@ -1,5 +1,11 @@
 /* Upload page: drag and drop, one request per file so each gets its own progress
-   bar and its own result. Without JavaScript the form posts every file at once. */
+   bar and its own result. Without JavaScript the form posts every file at once.
+
+   A file carries the patient ID and accession number typed when it was added, not
+   when its turn to be sent comes: files wait their turn, and the doctor may already
+   be typing the next patient's. A file that failed for a reason that may pass (the
+   storage or database out, the network) gets a Try again button that sends it again,
+   with the same identifiers. */
 (function () {
   "use strict";
   var CONCURRENCY = 2;
@@ -16,6 +22,18 @@
     var queue = [];
     var active = 0;
 
+    function typed(name) {
+      return form.querySelector("[name=" + name + "]").value;
+    }
+
+    function progressBar(file) {
+      var progress = document.createElement("progress");
+      progress.max = 100;
+      progress.value = 0;
+      progress.setAttribute("aria-label", "Upload progress of " + file.name);
+      return progress;
+    }
+
     function addItem(file) {
       var empty = list.querySelector("[data-empty]");
       if (empty) empty.remove();
@@ -27,37 +45,63 @@
       var size = document.createElement("small");
       size.textContent = humanSize(file.size);
       name.appendChild(size);
-      var progress = document.createElement("progress");
-      progress.max = 100;
-      progress.value = 0;
-      progress.setAttribute("aria-label", "Upload progress of " + file.name);
+      var progress = progressBar(file);
       item.appendChild(name);
       item.appendChild(progress);
       list.insertBefore(item, list.firstChild);
-      return { file: file, item: item, progress: progress };
+      return {
+        file: file,
+        item: item,
+        shown: progress,  // the progress bar, then the result that replaced it
+        progress: progress,
+        patientId: typed("patient_id"),
+        accessionNumber: typed("accession_number"),
+      };
     }
 
-    function finish(job, html) {
+    function show(job, element) {
+      job.shown.replaceWith(element);
+      job.shown = element;
+    }
+
+    function offerRetry(job) {
+      var retry = document.createElement("button");
+      retry.type = "button";
+      retry.className = "btn btn--small upload-result__retry";
+      retry.textContent = "Try again";
+      retry.setAttribute("aria-label", "Try again: " + job.file.name);
+      retry.addEventListener("click", function () {
+        job.progress = progressBar(job.file);
+        show(job, job.progress);
+        queue.push(job);
+        pump();
+      });
+      job.shown.appendChild(retry);
+    }
+
+    function finish(job, html, status) {
       var holder = document.createElement("div");
       holder.innerHTML = html;
       var result = holder.querySelector(".upload-result") || holder.firstElementChild;
-      job.progress.replaceWith(result || document.createTextNode("Done."));
+      show(job, result || document.createTextNode("Done."));
       if (result && window.htmx) window.htmx.process(result);
+      if (result && status >= 500) offerRetry(job);  // the server's own words for an outage (503)
     }
 
-    function fail(job, message) {
+    function fail(job, message, mayPass) {
       var div = document.createElement("div");
       div.className = "upload-result upload-result--error";
       div.textContent = "✕ " + message;
-      job.progress.replaceWith(div);
+      show(job, div);
+      if (mayPass) offerRetry(job);
     }
 
     function send(job) {
       active += 1;
       var data = new FormData();
       data.append("csrfmiddlewaretoken", form.querySelector("[name=csrfmiddlewaretoken]").value);
-      data.append("patient_id", form.querySelector("[name=patient_id]").value);
-      data.append("accession_number", form.querySelector("[name=accession_number]").value);
+      data.append("patient_id", job.patientId);
+      data.append("accession_number", job.accessionNumber);
       data.append("files", job.file, job.file.name);
       var xhr = new XMLHttpRequest();
       xhr.open("POST", form.action);
@@ -70,14 +114,14 @@
         // A 503 is the server's own answer too (storage unavailable): show its words.
         var answered = xhr.status < 500 || xhr.status === 503;
         if (type.indexOf("text/html") === 0 && answered && xhr.responseText.indexOf("upload-result") !== -1) {
-          finish(job, xhr.responseText);
+          finish(job, xhr.responseText, xhr.status);
         } else if (xhr.status === 403) {
-          fail(job, "Your role does not allow uploads, or your session expired; sign in again.");
+          fail(job, "Your role does not allow uploads, or your session expired; sign in again.", false);
         } else {
-          fail(job, "The server could not store this file (" + xhr.status + "). Please try again.");
+          fail(job, "The server could not store this file (" + xhr.status + "). Please try again.", xhr.status >= 500);
         }
       });
-      xhr.addEventListener("error", function () { fail(job, "Network error: the file was not sent."); });
+      xhr.addEventListener("error", function () { fail(job, "Network error: the file was not sent.", true); });
       xhr.addEventListener("loadend", function () { active -= 1; pump(); });
       xhr.send(data);
     }

@@ -1,7 +1,8 @@
 """The portal while the image storage is down. An upload shows the server's own words
-for the 503, not a generic failure, and nothing is stored; a study's page says its
-radiograph and heatmap cannot be shown just now, instead of broken pictures, and shows
-them when asked again once the storage is back."""
+for the 503, not a generic failure, and nothing is stored; its Try again button sends the
+same file, with the identifiers typed for it, once the storage is back. A study's page
+says its radiograph and heatmap cannot be shown just now, instead of broken pictures,
+and shows them when asked again once the storage is back."""
 
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ from tests.e2e.test_portal_journey import RADIOGRAPH, sign_in
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def test_an_upload_while_the_storage_is_down_shows_why_and_when_to_retry(
-    chromium, live_server, screenshot, settings, tmp_path, doctor
+def test_an_upload_while_the_storage_is_down_shows_why_and_is_sent_again_when_asked(
+    chromium, live_server, screenshot, settings, tmp_path, doctor, broker
 ):
+    mounted = settings.MEDIA_ROOT
     settings.MEDIA_ROOT = unreachable_media_root(tmp_path)
     page = sign_in(chromium, live_server, doctor)
 
     page.get_by_role("link", name="Upload", exact=True).click()
+    page.get_by_label("Patient ID (optional)").fill("MRN-RETRY-1")
     page.locator("#upload-files").set_input_files(
         [{"name": RADIOGRAPH.name, "mimeType": "image/jpeg", "buffer": RADIOGRAPH.read_bytes()}]
     )
@@ -29,10 +32,54 @@ def test_an_upload_while_the_storage_is_down_shows_why_and_when_to_retry(
     result = page.locator(".upload-result--error")
     expect(result).to_have_text(
         "✕ Not accepted. The image could not be saved just now because Pleura's image storage is unavailable. "
-        "Nothing was stored: please send it again in a minute."
+        "Nothing was stored: please send it again in a minute. Try again"
     )
-    screenshot(page, "09-upload-storage-down")
+    screenshot(page, "12-upload-storage-down")
     assert Study.objects.count() == 0
+
+    settings.MEDIA_ROOT = mounted
+    page.get_by_label("Patient ID (optional)").fill("MRN-SOMEONE-ELSE")
+    result.get_by_role("button", name=f"Try again: {RADIOGRAPH.name}").click()
+    expect(page.locator(".upload-result--ok")).to_contain_text("Received and queued for analysis.")
+    expect(page.locator(".upload-result--error")).to_have_count(0)
+    assert list(Study.objects.values_list("patient_id", flat=True)) == ["MRN-RETRY-1"]
+    broker.purge()  # the upload's message, for a worker this test does not run
+
+
+def test_files_waiting_their_turn_keep_the_identifiers_typed_when_they_were_added(
+    chromium, live_server, doctor, broker
+):
+    radiographs = sorted(RADIOGRAPH.parent.glob("*.jpeg"))[:4]
+    page = sign_in(chromium, live_server, doctor)
+    page.get_by_role("link", name="Upload", exact=True).click()
+    held = []  # the first two uploads (the page sends two at a time), held on the way
+
+    def hold_the_first_two(upload):
+        if len(held) < 2:
+            held.append(upload)
+        else:
+            upload.continue_()
+
+    page.route("**/upload/", hold_the_first_two)
+
+    page.get_by_label("Patient ID (optional)").fill("MRN-FIRST")
+    page.get_by_label("Accession number (optional)").fill("ACC-FIRST")
+    page.locator("#upload-files").set_input_files(radiographs[:3])
+    while len(held) < 2:
+        page.wait_for_timeout(20)
+    page.get_by_label("Patient ID (optional)").fill("MRN-NEXT")
+    page.get_by_label("Accession number (optional)").fill("ACC-NEXT")
+    for upload in held:
+        upload.continue_()
+    page.locator("#upload-files").set_input_files(radiographs[3:])
+
+    expect(page.locator(".upload-result--ok")).to_have_count(4)
+    sent = Study.objects.order_by("original_size").values_list("original_size", "patient_id", "accession_number")
+    first = [("MRN-FIRST", "ACC-FIRST")] * 3
+    assert sorted(sent) == sorted(
+        (path.stat().st_size, *ids) for path, ids in zip(radiographs, [*first, ("MRN-NEXT", "ACC-NEXT")], strict=True)
+    )
+    broker.purge()
 
 
 def test_a_study_whose_images_cannot_be_read_says_so_and_shows_them_once_the_storage_is_back(
@@ -53,7 +100,7 @@ def test_a_study_whose_images_cannot_be_read_says_so_and_shows_them_once_the_sto
         "Please try again in a minute."
     )
     expect(page.locator("[data-image]")).to_be_hidden()
-    screenshot(page, "10-study-images-storage-down")
+    screenshot(page, "13-study-images-storage-down")
 
     settings.MEDIA_ROOT = mounted
     notice.get_by_role("button", name="Try again").click()
@@ -61,4 +108,4 @@ def test_a_study_whose_images_cannot_be_read_says_so_and_shows_them_once_the_sto
     expect(page.locator("[data-image]")).to_be_visible()
     assert page.locator("[data-image]").evaluate("image => image.naturalWidth") == study.columns
     assert page.locator("[data-heatmap]").evaluate("image => image.naturalWidth") > 0
-    screenshot(page, "11-study-images-back")
+    screenshot(page, "14-study-images-back")

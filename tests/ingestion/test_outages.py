@@ -148,7 +148,7 @@ def test_a_portal_upload_while_the_storage_is_down_says_so_inline(client_for, do
     storage_down.up()
 
     html = response.content.decode()
-    assert response.status_code == 503
+    assert (response.status_code, response["Retry-After"]) == (503, "60")
     assert html.lstrip().startswith('<div class="upload-result upload-result--error" data-status="503">')
     assert f"<strong>Not accepted.</strong> {escape(STORAGE_DOWN)}" in html
     assert stored().studies == 0
