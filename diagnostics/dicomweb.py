@@ -123,7 +123,7 @@ def store_instances(
             failed.append(_failed_item(None, FAILURE_CANNOT_UNDERSTAND))
             continue
         try:
-            study, _created = services.ingest_upload(
+            study, _queued = services.ingest_upload(
                 hospital=hospital,
                 data=part.data,
                 source=Study.Source.DICOMWEB,

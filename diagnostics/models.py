@@ -10,8 +10,10 @@ from hospital.tenancy import TenantQuerySet
 
 
 def _original_path(study: Study, filename: str) -> str:
-    # Storage names never contain anything the uploader chose.
-    return f"studies/{study.hospital.code}/{study.code}/original.{study.original_format or 'bin'}"
+    # Storage names never contain anything the uploader chose: `filename` is chosen by
+    # diagnostics.services ("original", or "original-<random>" for a copy sent again).
+    stem = filename.split(".", 1)[0]
+    return f"studies/{study.hospital.code}/{study.code}/{stem}.{study.original_format or 'bin'}"
 
 
 def _display_path(study: Study, filename: str) -> str:

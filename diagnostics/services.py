@@ -44,9 +44,12 @@ def ingest_upload(
 ) -> tuple[Study, bool]:
     """Validate, decode and store one uploaded file as a queued study of `hospital`.
 
-    Returns (study, created). Posting the same SOP Instance UID to the same hospital
-    again returns the existing study with created=False. Every refusal raises
-    `RejectedUpload` after being audited; nothing already stored is touched by it.
+    Returns (study, queued): queued is True when this upload queued the study for
+    prediction. Posting the same SOP Instance UID to the same hospital again returns the
+    existing study with queued=False, unless that study failed: then the copy sent again
+    replaces its file and the study is queued anew (`_queue_again`), as its failure
+    message asks. Every refusal raises `RejectedUpload` after being audited; nothing
+    already stored is touched by it.
     `dicom_only` refuses PNG and JPEG (DICOMweb takes DICOM instances only);
     `study_instance_uid` refuses an instance of any other study (STOW-RS to one study).
     """
@@ -64,12 +67,17 @@ def ingest_upload(
         raise
     sop_uid = decoded.metadata.get("sop_instance_uid", "")
     existing = _existing(hospital, sop_uid)
-    if existing is not None:
-        _audit_uploaded(existing, audit_context, source=source, created=False)
-        return existing, False
     study = _build_study(
         hospital, decoded, data, source=source, user=user, key=key, patient_id=patient_id, accession=accession_number
     )
+    if existing is not None and existing.status == Study.Status.FAILED:
+        if _queue_again(existing, study, data, audit_context, header=[*decoded.metadata, *_TYPED]):
+            metrics.STUDIES_RECEIVED.labels(source=source).inc()
+            return existing, True
+        existing.refresh_from_db()  # another request queued it first
+    if existing is not None:
+        _audit_uploaded(existing, audit_context, source=source, created=False)
+        return existing, False
     try:
         study = _store(study, data, audit_context)
     except _DuplicateInstance:
@@ -167,11 +175,57 @@ def _store(study: Study, data: bytes, audit_context: dict) -> Study:
     return study
 
 
-def _write_original(study: Study, data: bytes) -> None:
+# What a study takes from the file itself, and so takes anew from a copy sent again,
+# besides the fields read from its header; and the identifiers a caller may type instead.
+_FROM_THE_FILE = ("original_format", "original_sha256", "original_size", "pixel_sha256", "warnings")
+_TYPED = ("patient_id", "accession_number")
+
+
+def _queue_again(failed: Study, resent: Study, data: bytes, audit_context: dict, *, header: list[str]) -> bool:
+    """Store the copy of a failed study's instance sent again, and queue the study anew.
+
+    In place, since a SOP Instance UID is one study per hospital: the copy replaces the
+    file (a missing or damaged one is why some studies fail), the study's description of
+    it, and its attempts. False if the study is no longer failed: another request queued
+    it first, and this copy is removed.
+    """
+    replaced = [name for name in (failed.original_file.name, failed.display_image.name) if name]
+    fields = {name: getattr(resent, name) for name in {*_FROM_THE_FILE, *header}}
+    for name, value in fields.items():
+        setattr(failed, name, value)  # the new file's name follows its format
+    _write_original(failed, data, name=f"original-{uuid.uuid4().hex[:12]}")
+    storage, written = failed.original_file.storage, failed.original_file.name
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            queued = Study.objects.filter(pk=failed.pk, status=Study.Status.FAILED).update(
+                **fields, original_file=written, display_image="", status=Study.Status.QUEUED, failure_reason="",
+                attempts=0, claimed_by="", queued_at=now, started_at=None, completed_at=None, updated_at=now,
+            )  # fmt: skip
+            if queued:
+                _audit_uploaded(failed, audit_context, source=resent.source, created=False, sent_again=True)
+                transaction.on_commit(partial(tasks.enqueue_prediction, failed.pk))
+                transaction.on_commit(partial(_remove_files, storage, replaced))
+    except BaseException:
+        media.remove_file(storage, written)
+        raise
+    if not queued:
+        media.remove_file(storage, written)
+        return False
+    failed.refresh_from_db()
+    return True
+
+
+def _remove_files(storage, names: list[str]) -> None:
+    for name in names:
+        media.remove_file(storage, name)
+
+
+def _write_original(study: Study, data: bytes, name: str = "original") -> None:
     """Store the uploaded bytes, or raise StorageUnavailable having left nothing behind."""
     try:
-        # The name holds the study's new code, so no other write uses it.
-        media.save_as_new(study.original_file, "original", data)
+        # The name holds the study's new code (or a random part), so no other write uses it.
+        media.save_as_new(study.original_file, name, data)
     except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
         logger.error(
             "study %s: the original could not be written to storage (%s)", study.code, type(exc).__name__, exc_info=True
@@ -232,7 +286,7 @@ def _audit_rejected(exc: RejectedUpload, context: dict, *, source: str, size: in
     )
 
 
-def _audit_uploaded(study: Study, context: dict, *, source: str, created: bool) -> None:
+def _audit_uploaded(study: Study, context: dict, *, source: str, created: bool, **detail) -> None:
     audit.record(
         Action.STUDY_UPLOADED,
         **context,
@@ -241,4 +295,5 @@ def _audit_uploaded(study: Study, context: dict, *, source: str, created: bool) 
         created=created,
         format=study.original_format,
         warnings=list(study.warnings),
+        **detail,
     )

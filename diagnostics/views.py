@@ -159,12 +159,12 @@ def _upload_context(form: UploadForm, results: list[dict]) -> dict:
 
 
 def _ingest_one(request: HttpRequest, upload_file, identifiers: dict) -> dict:
-    result = {"name": upload_file.name, "status": 200, "study": None, "created": False, "error": "", "headers": {}}
+    result = {"name": upload_file.name, "status": 200, "study": None, "queued": False, "error": "", "headers": {}}
     if upload_file.size > settings.MAX_UPLOAD_BYTES:
         limit_mb = settings.MAX_UPLOAD_BYTES // (1024 * 1024)
         return {**result, "status": 413, "error": f"The file is larger than the {limit_mb} MB limit."}
     try:
-        study, created = ingest_upload(
+        study, queued = ingest_upload(
             hospital=request.hospital,
             data=upload_file.read(),
             source=Study.Source.PORTAL,
@@ -175,7 +175,7 @@ def _ingest_one(request: HttpRequest, upload_file, identifiers: dict) -> dict:
         )
     except RejectedUpload as exc:
         return {**result, "status": exc.status_code, "error": str(exc.detail), "headers": exc.headers}
-    return {**result, "status": 201 if created else 200, "study": study, "created": created}
+    return {**result, "status": 201 if queued else 200, "study": study, "queued": queued}
 
 
 def _study_context(request: HttpRequest, study: Study, review_form: ReviewForm | None = None) -> dict:

@@ -237,12 +237,17 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
             "`accession_number`), or the DICOM file itself as the body with "
             "`Content-Type: application/dicom`. The type is detected from the content. "
             "Answers 202 with the queued study, or 200 with the existing study when this "
-            "SOP Instance UID was already sent to your hospital."
+            "SOP Instance UID was already sent to your hospital. An instance whose study "
+            "failed may be sent again: its copy replaces the study's file and the same "
+            "study is queued anew (202)."
         ),
         request={"multipart/form-data": StudyUploadSerializer, "application/dicom": OpenApiTypes.BINARY},
         responses={
-            202: OpenApiResponse(StudySerializer, description="Stored and queued for prediction."),
-            200: OpenApiResponse(StudySerializer, description="Already stored (same SOP Instance UID)."),
+            202: OpenApiResponse(
+                StudySerializer,
+                description="Stored (or a failed study's instance stored again) and queued for prediction.",
+            ),
+            200: OpenApiResponse(StudySerializer, description="Already stored (same SOP Instance UID), not failed."),
             **{code: ERRORS[code] for code in (400, 401, 403, 413, 415, 422, 429, 503)},
         },
         examples=[QUEUED_EXAMPLE, ERROR_EXAMPLE],
@@ -258,20 +263,20 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
             )  # fmt: skip
             raise
         try:
-            study, created = services.ingest_upload(
+            study, queued = services.ingest_upload(
                 hospital=self.hospital, data=payload, source=Study.Source.API, request=request,
                 **_caller(request), **identifiers,
             )  # fmt: skip
         except RejectedUpload as exc:
             return Response({"detail": exc.detail}, status=exc.status_code, headers=exc.headers)
-        if created:
-            # Stored a moment ago: the 202 describes the study as stored, before any
+        if queued:
+            # Stored (or stored again) a moment ago: the 202 describes the study as stored, before any
             # prediction or review (the caller polls for those).
             study.shown_predictions, study.current_reviews = [], []
         else:
             prefetch_related_objects([study], *_result_prefetches())
         headers = {"Location": request.build_absolute_uri(f"{request.path.rstrip('/')}/{study.code}/")}
-        code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
+        code = status.HTTP_202_ACCEPTED if queued else status.HTTP_200_OK
         return Response(StudySerializer(study).data, status=code, headers=headers)
 
 

@@ -18,7 +18,7 @@ from rest_framework.test import APIClient
 from diagnostics.models import Study
 from hospital.api import IntegrationKeyThrottle
 from hospital.models import AuditEvent
-from tests.conftest import FIXTURES, SHARED_DATA, delete_redis_cache_keys, stored_files
+from tests.conftest import FIXTURES, SHARED_DATA, delete_redis_cache_keys, stored_files, unreachable_media_root
 
 INGESTION_FIXTURES = FIXTURES / "ingestion"
 NORMAL_JPEG = INGESTION_FIXTURES / "chest-normal.jpeg"
@@ -101,6 +101,22 @@ class Snapshot:
     studies: int
     files: frozenset[str]
     uploaded_events: int
+
+
+@pytest.fixture
+def storage_down(settings, tmp_path, media_root):
+    """`storage_down()` points the storage at a folder that cannot exist, as a full or
+    unmounted disk refuses writes; `storage_down.up()` puts it back."""
+    unreachable = unreachable_media_root(tmp_path)
+
+    def down() -> None:
+        settings.MEDIA_ROOT = unreachable
+
+    def up() -> None:
+        settings.MEDIA_ROOT = media_root
+
+    down.up = up
+    return down
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from hospital import api as hospital_api
 from hospital.audit import Action
 from hospital.models import AuditEvent
 from mlcore.models import ModelVersion
-from tests.conftest import files_limited_to, stored_files, unreachable_media_root
+from tests.conftest import files_limited_to, stored_files
 from tests.ingestion.conftest import CR_CHEST, DX_CHEST, PNEUMONIA_PNG, STUDIES_URL, post_dicom_body, post_file
 from tests.ingestion.test_api_access import add_prediction, model_version
 from tests.ingestion.test_stow import failed, related_body, stow
@@ -43,22 +43,6 @@ IMAGES_DOWN = (
 )
 DEAD_REDIS = "redis://127.0.0.1:9/0"  # nothing listens on port 9
 DATABASE_DOWN = "Pleura's database is unavailable just now, so nothing was read or stored. Please try again shortly."
-
-
-@pytest.fixture
-def storage_down(settings, tmp_path, media_root):
-    """`storage_down()` points the storage at a folder that cannot exist, as a full or
-    unmounted disk refuses writes; `storage_down.up()` puts it back."""
-    unreachable = unreachable_media_root(tmp_path)
-
-    def down() -> None:
-        settings.MEDIA_ROOT = unreachable
-
-    def up() -> None:
-        settings.MEDIA_ROOT = media_root
-
-    down.up = up
-    return down
 
 
 def test_an_upload_while_the_storage_is_down_is_503_and_the_same_upload_later_is_stored(

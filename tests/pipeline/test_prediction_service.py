@@ -15,12 +15,12 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from PIL import Image
 
-from diagnostics import pipeline
+from diagnostics import pipeline, services
 from diagnostics.models import Prediction, Study
 from hospital.models import AuditEvent
 from mlcore import registry
 from mlcore.models import ModelVersion
-from tests.conftest import files_limited_to, missing, stored_files, unreachable_media_root
+from tests.conftest import SHARED_DATA, files_limited_to, missing, stored_files, unreachable_media_root
 from tests.pipeline.conftest import (
     INFERENCE_DEVICE,
     NORMAL_IMAGE,
@@ -604,6 +604,21 @@ def test_missing_original_file_fails_with_a_readable_reason(hospital_a, tiny_mod
 
     study.refresh_from_db()
     assert (study.status, study.failure_reason) == (FAILED, pipeline.MISSING_FILE_MESSAGE)
+
+
+def test_a_study_failed_for_a_missing_file_is_predicted_once_its_instance_is_sent_again(hospital_a, tiny_model):
+    dicom = SHARED_DATA / "dicom" / "nih-chestxray14-dx-no-finding.dcm"
+    study, _ = services.ingest_upload(hospital=hospital_a, data=dicom.read_bytes(), source=Study.Source.API)
+    study.original_file.storage.delete(study.original_file.name)
+    assert pipeline.predict_studies([study.pk]) == []
+
+    again, queued = services.ingest_upload(hospital=hospital_a, data=dicom.read_bytes(), source=Study.Source.API)
+
+    assert (queued, again.pk) == (True, study.pk)
+    assert pipeline.predict_studies([study.pk]) == [study.pk]
+    study.refresh_from_db()
+    assert (study.status, study.failure_reason, study.attempts) == (COMPLETED, "", 0)
+    assert Prediction.objects.get().study == study
 
 
 def test_a_storage_that_cannot_be_read_puts_the_batch_back_instead_of_failing_its_studies(

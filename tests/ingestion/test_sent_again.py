@@ -1,0 +1,144 @@
+"""A failed study's instance sent again. Every failure message asks the doctor or the EMR
+to send the image again, and a SOP Instance UID is one study per hospital, so the copy
+replaces the study's file and the same study is queued anew: through the API, DICOMweb
+and the portal. A study that did not fail is returned as it is, as before."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from diagnostics import pipeline, services, tasks
+from diagnostics.models import Study
+from hospital.models import AuditEvent
+from tests.ingestion.conftest import CR_CHEST, DX_CHEST, post_dicom_body, post_file
+from tests.ingestion.test_outages import STORAGE_DOWN
+from tests.ingestion.test_stow import referenced, related_body, stow
+
+
+def failed(study: Study, message: str) -> Study:
+    """`study` as the worker leaves one it gave up on."""
+    Study.objects.filter(pk=study.pk).update(
+        status=Study.Status.FAILED, failure_reason=message, attempts=3, completed_at=timezone.now()
+    )
+    study.refresh_from_db()
+    return study
+
+
+@pytest.fixture
+def emr(key_a, key_client):
+    return key_client(key_a[1])
+
+
+@pytest.fixture
+def failed_study(emr) -> Study:
+    """CR_CHEST sent by the EMR, then failed because its file went missing."""
+    assert post_file(emr, CR_CHEST.read_bytes()).status_code == 202
+    study = Study.objects.get()
+    study.original_file.storage.delete(study.original_file.name)
+    return failed(study, pipeline.MISSING_FILE_MESSAGE)
+
+
+def test_a_failed_study_sent_again_gets_the_new_copy_and_is_queued_anew(
+    emr, failed_study, stored, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        again = post_dicom_body(emr, CR_CHEST.read_bytes())
+
+    assert (again.status_code, again.json()["id"], again.json()["status"]) == (202, str(failed_study.code), "queued")
+    study = Study.objects.get()
+    assert (study.status, study.failure_reason, study.attempts, study.claimed_by, study.completed_at) == (
+        "queued", "", 0, "", None,
+    )  # fmt: skip
+    assert study.queued_at > failed_study.queued_at
+    assert re.fullmatch(
+        rf"studies/{study.hospital.code}/{study.code}/original-[0-9a-f]{{12}}\.dcm", study.original_file.name
+    )
+    with study.original_file.open("rb") as copy:
+        assert copy.read() == CR_CHEST.read_bytes()
+    assert stored().files == {study.original_file.name}
+    assert callbacks[0].func is tasks.enqueue_prediction
+    assert callbacks[0].args == (study.pk,)
+    event = AuditEvent.objects.filter(action="study.uploaded").latest("id")
+    assert (event.target_id, event.actor_key_id) == (str(study.code), failed_study.uploaded_by_key_id)
+    assert event.detail == {"source": "api", "created": False, "format": "dcm", "warnings": [], "sent_again": True}
+
+
+def test_the_copy_replaces_the_files_of_a_study_that_failed_with_them(emr, stored, django_capture_on_commit_callbacks):
+    assert post_file(emr, DX_CHEST.read_bytes()).status_code == 202
+    study = Study.objects.get()
+    services.display_image_of(study)  # the portal's picture, drawn by a first viewer
+    before = stored().files
+    failed(study, pipeline.GAVE_UP_MESSAGE.format(attempts=3))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post_dicom_body(emr, DX_CHEST.read_bytes()).status_code == 202
+
+    study.refresh_from_db()
+    assert len(before) == 2
+    assert stored().files == {study.original_file.name}
+    assert study.original_file.name not in before
+    assert (study.display_image.name, study.status) == ("", "queued")
+    assert study.warnings == ["adult"]  # taken anew from the copy's header
+
+
+def test_a_study_that_did_not_fail_is_returned_as_it_is(emr, stored):
+    assert post_file(emr, CR_CHEST.read_bytes()).status_code == 202
+    Study.objects.update(status=Study.Status.COMPLETED)
+    before = stored()
+
+    again = post_dicom_body(emr, CR_CHEST.read_bytes())
+
+    assert (again.status_code, again.json()["status"]) == (200, "completed")
+    assert stored() == replace(before, uploaded_events=before.uploaded_events + 1)
+
+
+def test_a_study_queued_by_another_request_meanwhile_keeps_its_file_and_this_copy_is_removed(
+    hospital_a, failed_study, stored, monkeypatch
+):
+    """Both requests saw the study failed; the conditional update lets one queue it."""
+    stale = Study.objects.get()
+    Study.objects.update(status=Study.Status.QUEUED, failure_reason="", attempts=0)
+    before = stored()
+    monkeypatch.setattr(services, "_existing", lambda hospital, uid: stale)
+
+    study, queued = services.ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source="api")
+
+    assert (queued, study.status, study.original_file.name) == (False, "queued", failed_study.original_file.name)
+    assert stored() == replace(before, uploaded_events=before.uploaded_events + 1)
+
+
+def test_a_copy_the_storage_cannot_take_leaves_the_failed_study_as_it_was(emr, failed_study, stored, storage_down):
+    before = stored()
+
+    storage_down()
+    response = post_dicom_body(emr, CR_CHEST.read_bytes())
+    storage_down.up()
+
+    assert (response.status_code, response.json(), response["Retry-After"]) == (503, {"detail": STORAGE_DOWN}, "60")
+    assert stored() == before
+    study = Study.objects.get()
+    assert (study.status, study.failure_reason, study.original_file.name) == (
+        "failed", pipeline.MISSING_FILE_MESSAGE, failed_study.original_file.name,
+    )  # fmt: skip
+
+
+def test_dicomweb_and_the_portal_send_a_failed_study_again_too(emr, failed_study, client_for, doctor):
+    stow_response = stow(emr, related_body(("application/dicom", CR_CHEST.read_bytes())))
+    assert (stow_response.status_code, stow_response.json()) == (
+        200,
+        {"00081199": {"vr": "SQ", "Value": [referenced(CR_CHEST)]}},
+    )
+    assert Study.objects.get().status == "queued"
+
+    failed(failed_study, pipeline.INFERENCE_ERROR_MESSAGE)
+    with CR_CHEST.open("rb") as radiograph:
+        portal = client_for(doctor).post(reverse("diagnostics:upload"), {"files": radiograph}, HTTP_HX_REQUEST="true")
+
+    assert portal.status_code == 201
+    assert "<strong>Received</strong> and queued for analysis" in portal.content.decode()
+    assert (Study.objects.get().status, Study.objects.count()) == ("queued", 1)
