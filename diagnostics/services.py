@@ -65,31 +65,37 @@ def ingest_upload(
     except RejectedUpload as exc:
         _audit_rejected(exc, audit_context, source=source, size=len(data))
         raise
-    sop_uid = decoded.metadata.get("sop_instance_uid", "")
-    existing = _existing(hospital, sop_uid)
     study = _build_study(
         hospital, decoded, data, source=source, user=user, key=key, patient_id=patient_id, accession=accession_number
     )
-    if existing is not None and existing.status == Study.Status.FAILED:
-        if _queue_again(existing, study, data, audit_context, header=[*decoded.metadata, *_TYPED]):
-            metrics.STUDIES_RECEIVED.labels(source=source).inc()
-            return existing, True
-        existing.refresh_from_db()  # another request queued it first
-    if existing is not None:
-        _audit_uploaded(existing, audit_context, source=source, created=False)
-        return existing, False
     try:
-        study = _store(study, data, audit_context)
-    except _DuplicateInstance:
-        # Another request stored this instance between our check and our insert.
-        existing = Study.objects.for_hospital(hospital).get(sop_instance_uid=sop_uid)
-        _audit_uploaded(existing, audit_context, source=source, created=False)
-        return existing, False
+        study, queued = _store_unless_sent_before(study, data, audit_context, header=[*decoded.metadata, *_TYPED])
     except StorageUnavailable as exc:
         _audit_rejected(exc, audit_context, source=source, size=len(data))
         raise
-    metrics.STUDIES_RECEIVED.labels(source=source).inc()
-    return study, True
+    if queued:
+        metrics.STUDIES_RECEIVED.labels(source=source).inc()
+    return study, queued
+
+
+def _store_unless_sent_before(
+    study: Study, data: bytes, audit_context: dict, *, header: list[str]
+) -> tuple[Study, bool]:
+    """Store `study` and its file, unless its instance was sent before: then the study sent
+    before, queued anew if it had failed. Returns (study, queued)."""
+    existing = _existing(study.hospital, study.sop_instance_uid)
+    if existing is not None and existing.status == Study.Status.FAILED:
+        if _queue_again(existing, study, data, audit_context, header=header):
+            return existing, True
+        existing.refresh_from_db()  # another request queued it first
+    if existing is None:
+        try:
+            return _store(study, data, audit_context), True
+        except _DuplicateInstance:
+            # Another request stored this instance between our check and our insert.
+            existing = Study.objects.for_hospital(study.hospital).get(sop_instance_uid=study.sop_instance_uid)
+    _audit_uploaded(existing, audit_context, source=study.source, created=False)
+    return existing, False
 
 
 def _clean_identifier(value, name: str) -> str:

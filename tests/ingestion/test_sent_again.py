@@ -121,6 +121,8 @@ def test_a_copy_the_storage_cannot_take_leaves_the_failed_study_as_it_was(emr, f
 
     assert (response.status_code, response.json(), response["Retry-After"]) == (503, {"detail": STORAGE_DOWN}, "60")
     assert stored() == before
+    refused = AuditEvent.objects.get(action="study.upload_rejected")
+    assert (refused.detail["status_code"], refused.detail["reason"]) == (503, STORAGE_DOWN)
     study = Study.objects.get()
     assert (study.status, study.failure_reason, study.original_file.name) == (
         "failed", pipeline.MISSING_FILE_MESSAGE, failed_study.original_file.name,
