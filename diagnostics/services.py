@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 
-from diagnostics import imaging, media, metrics, tasks
+from diagnostics import imaging, media, metrics, pipeline, tasks
 from diagnostics.imaging import DecodedImage, RejectedUpload, StorageUnavailable
 from diagnostics.media import StoredImageUnavailable
 from diagnostics.models import Study
@@ -201,16 +201,11 @@ def _queue_again(failed: Study, resent: Study, data: bytes, audit_context: dict,
         setattr(failed, name, value)  # the new file's name follows its format
     _write_original(failed, data, name=f"original-{uuid.uuid4().hex[:12]}")
     storage, written = failed.original_file.storage, failed.original_file.name
-    now = timezone.now()
     try:
         with transaction.atomic():
-            queued = Study.objects.filter(pk=failed.pk, status=Study.Status.FAILED).update(
-                **fields, original_file=written, display_image="", status=Study.Status.QUEUED, failure_reason="",
-                attempts=0, claimed_by="", queued_at=now, started_at=None, completed_at=None, updated_at=now,
-            )  # fmt: skip
+            queued = _queue_if_failed(failed, **fields, original_file=written, display_image="")
             if queued:
                 _audit_uploaded(failed, audit_context, source=resent.source, created=False, sent_again=True)
-                transaction.on_commit(partial(tasks.enqueue_prediction, failed.pk))
                 transaction.on_commit(partial(_remove_files, storage, replaced))
     except BaseException:
         media.remove_file(storage, written)
@@ -220,6 +215,43 @@ def _queue_again(failed: Study, resent: Study, data: bytes, audit_context: dict,
         return False
     failed.refresh_from_db()
     return True
+
+
+# Failures another try may mend (a worker lost too often, the model's own error), as
+# against a file that is missing or cannot be decoded: only a new copy mends those.
+_NEEDS_A_NEW_COPY = (pipeline.MISSING_FILE_MESSAGE, pipeline.UNDECODABLE_MESSAGE)
+
+
+def may_analyse_again(study: Study) -> bool:
+    """Whether the portal offers to queue this study again with the file it holds."""
+    return study.status == Study.Status.FAILED and study.failure_reason not in _NEEDS_A_NEW_COPY
+
+
+def analyse_again(study: Study, *, request=None) -> bool:
+    """Queue a failed study again with the file it holds (the portal's Analyse again):
+    for a study an EMR sent, the doctor has no copy to send. False if it is no longer
+    failed (someone queued it first), or its failure needs a new copy."""
+    if not may_analyse_again(study):
+        return False
+    with transaction.atomic():
+        queued = _queue_if_failed(study)
+        if queued:
+            audit.record(Action.STUDY_ANALYSED_AGAIN, request=request, target=study, failure=study.failure_reason)
+    study.refresh_from_db()
+    return queued
+
+
+def _queue_if_failed(study: Study, **changes) -> bool:
+    """From failed to queued (a conditional update: one request wins), with no failure and
+    no attempts, and queued for prediction when the transaction commits."""
+    now = timezone.now()
+    queued = Study.objects.filter(pk=study.pk, status=Study.Status.FAILED).update(
+        **changes, status=Study.Status.QUEUED, failure_reason="", attempts=0, claimed_by="",
+        queued_at=now, started_at=None, completed_at=None, updated_at=now,
+    )  # fmt: skip
+    if queued:
+        transaction.on_commit(partial(tasks.enqueue_prediction, study.pk))
+    return bool(queued)
 
 
 def _remove_files(storage, names: list[str]) -> None:

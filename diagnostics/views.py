@@ -26,7 +26,7 @@ from diagnostics.imaging import WARNINGS, RejectedUpload
 from diagnostics.media import protected_file_response
 from diagnostics.models import Prediction, Review, Study
 from diagnostics.reviews import current_prediction, save_review
-from diagnostics.services import display_image_of, ingest_upload
+from diagnostics.services import analyse_again, display_image_of, ingest_upload, may_analyse_again
 from hospital import audit
 from hospital.models import Role
 from hospital.tenancy import get_object_for_request, role_required
@@ -35,6 +35,8 @@ WORKLIST_PAGE_SIZE = 25
 # Studies a single worklist poll may ask about: one page's worth.
 MAX_POLLED_STUDIES = WORKLIST_PAGE_SIZE
 PENDING = (Study.Status.QUEUED, Study.Status.PROCESSING)
+# Who may have a failed study analysed again: those who upload studies and read them.
+CLINICAL_ROLES = (Role.DOCTOR, Role.RADIOLOGIST)
 
 
 def person_name(value: str) -> str:
@@ -182,6 +184,7 @@ def _study_context(request: HttpRequest, study: Study, review_form: ReviewForm |
     prediction = current_prediction(study)
     reviews = list(study.reviews.select_related("radiologist").prefetch_related("revisions"))
     can_review = request.membership.role == Role.RADIOLOGIST
+    can_analyse_again = request.membership.role in CLINICAL_ROLES and may_analyse_again(study)
     own = next((r for r in reviews if r.radiologist_id == request.user.pk), None)
     if can_review and review_form is None:
         initial = {"verdict": own.verdict, "correct_label": own.correct_label, "note": own.note} if own else {}
@@ -193,6 +196,7 @@ def _study_context(request: HttpRequest, study: Study, review_form: ReviewForm |
         "reviews": reviews,
         "own_review": own,
         "can_review": can_review,
+        "can_analyse_again": can_analyse_again,
         "review_form": review_form,
         "warnings": [warning_text(code) for code in study.warnings or []],
         "probability_pct": f"{prediction.probability * 100:.1f}" if prediction else "",
@@ -271,6 +275,20 @@ def study_heatmap(request: HttpRequest, code) -> HttpResponse:
     )
     audit.record(audit.Action.IMAGE_VIEWED, request=request, target=study, image="heatmap")
     return response
+
+
+@never_cache
+@require_POST
+@role_required()
+def study_analyse_again(request: HttpRequest, code) -> HttpResponse:
+    """Queue a failed study again; the study's page then follows it as any queued one.
+    Asked of a study that is no longer failed (a second click, another doctor), it only
+    shows the study."""
+    study = _get_study(request, code)  # outsiders: 404, before anything about roles
+    if request.membership.role not in CLINICAL_ROLES:
+        raise PermissionDenied("Only doctors and radiologists can have a study analysed again.")
+    analyse_again(study, request=request)
+    return redirect("diagnostics:study_detail", code=study.code)
 
 
 @never_cache

@@ -35,6 +35,7 @@ class Action(models.TextChoices):
     CONSENT_CHANGED = "hospital.consent_changed", "Training consent changed"
     STUDY_UPLOADED = "study.uploaded", "Study uploaded"
     STUDY_UPLOAD_REJECTED = "study.upload_rejected", "Upload rejected"
+    STUDY_ANALYSED_AGAIN = "study.analysed_again", "Study queued to be analysed again"
     STUDY_VIEWED = "study.viewed", "Study viewed"
     STUDY_LISTED = "study.listed", "Studies listed"
     IMAGE_VIEWED = "study.image_viewed", "Image viewed"

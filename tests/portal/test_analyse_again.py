@@ -1,0 +1,87 @@
+"""Analyse again: a failed study's page offers doctors and radiologists to queue it again
+with the image Pleura holds, when another try may mend the failure (a worker lost too
+often, the model's own error). A study an EMR sent has no file on the doctor's desk to
+send again. A missing or undecodable file needs a new copy, so no button for those."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from diagnostics import pipeline, tasks
+from diagnostics.models import Study
+from hospital.models import AuditEvent
+
+GAVE_UP = pipeline.GAVE_UP_MESSAGE.format(attempts=3)
+BUTTON = '<button type="submit" class="btn btn--small">Analyse again</button>'
+
+
+@pytest.fixture
+def failed_study(make_study, hospital_a):
+    def make(reason: str = GAVE_UP) -> Study:
+        return make_study(
+            hospital_a, status=Study.Status.FAILED, failure_reason=reason, attempts=3, completed_at=timezone.now()
+        )
+
+    return make
+
+
+def analyse_again(client, study: Study):
+    return client.post(reverse("diagnostics:study_analyse_again", args=[study.code]))
+
+
+@pytest.mark.parametrize("who", ["doctor", "radiologist"])
+def test_a_clinician_queues_a_failed_study_again_and_is_shown_it_queued(
+    who, request, client_for, failed_study, django_capture_on_commit_callbacks
+):
+    user = request.getfixturevalue(who)
+    study = failed_study()
+    client = client_for(user)
+    assert BUTTON in client.get(reverse("diagnostics:study_detail", args=[study.code])).content.decode()
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = analyse_again(client, study)
+
+    assert (response.status_code, response["Location"]) == (302, f"/studies/{study.code}/")
+    study.refresh_from_db()
+    assert (study.status, study.failure_reason, study.attempts, study.completed_at) == ("queued", "", 0, None)
+    assert [(callback.func, callback.args) for callback in callbacks] == [(tasks.enqueue_prediction, (study.pk,))]
+    event = AuditEvent.objects.get(action="study.analysed_again")
+    assert (event.actor_user, event.target_id, event.detail) == (user, str(study.code), {"failure": GAVE_UP})
+    page = client.get(response["Location"]).content.decode()
+    assert "Waiting for analysis; this page updates by itself." in page
+    assert BUTTON not in page
+
+
+def test_a_second_click_changes_nothing(client_for, doctor, failed_study):
+    study = failed_study()
+    analyse_again(client_for(doctor), study)
+    Study.objects.filter(pk=study.pk).update(status=Study.Status.PROCESSING, attempts=1)
+
+    response = analyse_again(client_for(doctor), study)
+
+    assert response.status_code == 302
+    assert Study.objects.values_list("status", "attempts").get(pk=study.pk) == ("processing", 1)
+    assert AuditEvent.objects.filter(action="study.analysed_again").count() == 1
+
+
+@pytest.mark.parametrize("reason", [pipeline.MISSING_FILE_MESSAGE, pipeline.UNDECODABLE_MESSAGE])
+def test_a_failure_only_a_new_copy_mends_offers_no_button_and_is_not_queued(reason, client_for, doctor, failed_study):
+    study = failed_study(reason)
+    client = client_for(doctor)
+    assert BUTTON not in client.get(reverse("diagnostics:study_detail", args=[study.code])).content.decode()
+
+    assert analyse_again(client, study).status_code == 302
+    assert Study.objects.values_list("status", "failure_reason").get(pk=study.pk) == ("failed", reason)
+    assert not AuditEvent.objects.filter(action="study.analysed_again").exists()
+
+
+def test_the_hospital_admin_may_not_and_an_outsider_learns_nothing(client_for, hospital_admin, outsider, failed_study):
+    study = failed_study()
+    assert BUTTON not in client_for(hospital_admin).get(f"/studies/{study.code}/").content.decode()
+
+    assert analyse_again(client_for(hospital_admin), study).status_code == 403
+    assert analyse_again(client_for(outsider), study).status_code == 404
+    assert Study.objects.values_list("status", flat=True).get(pk=study.pk) == "failed"
+    assert not AuditEvent.objects.filter(action="study.analysed_again").exists()
