@@ -3,26 +3,46 @@
   "use strict";
   document.documentElement.classList.add("js");
 
+  var NOTICE_MS = 8000;
+
   function notice(text, kind) {
-    var box = document.getElementById("notices");
+    var box = document.getElementById("toasts");
     if (!box) return;
+    // The same words already on screen (a poll failing every few seconds during an
+    // outage) are kept a little longer rather than stacked.
+    var shown = Array.prototype.filter.call(box.children, function (p) { return p.textContent === text; })[0];
+    if (shown) {
+      clearTimeout(shown.pleuraTimer);
+      shown.pleuraTimer = setTimeout(function () { shown.remove(); }, NOTICE_MS);
+      return;
+    }
     var p = document.createElement("p");
     p.className = "notice notice--" + (kind || "error");
     p.setAttribute("role", "alert");
     p.textContent = text;
     box.appendChild(p);
-    setTimeout(function () { p.remove(); }, 8000);
+    p.pleuraTimer = setTimeout(function () { p.remove(); }, NOTICE_MS);
   }
   window.pleuraNotice = notice;
+
+  // The words of Pleura's own page for an outage (templates/503.html), if that is what
+  // came back: what is out and when to try again, rather than a bare status code.
+  function outageWords(xhr) {
+    if ((xhr.getResponseHeader("Content-Type") || "").indexOf("text/html") !== 0) return "";
+    var words = new DOMParser().parseFromString(xhr.responseText, "text/html").querySelector(".error-page .muted");
+    return words ? words.textContent.trim() : "";
+  }
 
   // The hospital switcher keeps its explicit "Switch" button: submitting on `change`
   // would switch hospitals on the first arrow key a keyboard user presses.
 
   // htmx answers that are not swapped (403, 404, 5xx, network) still tell the user.
   document.addEventListener("htmx:responseError", function (event) {
-    var status = event.detail.xhr.status;
+    var xhr = event.detail.xhr, status = xhr.status;
+    var words = status === 503 ? outageWords(xhr) : "";
     if (status === 403) notice("Your role does not allow this action.");
     else if (status === 404) notice("This item is no longer available.");
+    else if (words) notice("Pleura is temporarily unavailable. " + words);
     else notice("Something went wrong (" + status + "). Please try again.");
   });
   document.addEventListener("htmx:sendError", function () {

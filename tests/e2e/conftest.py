@@ -41,14 +41,16 @@ def chromium():
 
 @pytest.fixture
 def screenshot():
-    """`screenshot(page, "01-login")` saves test-artifacts/screenshots/01-login.png."""
+    """`screenshot(page, "01-login")` saves test-artifacts/screenshots/01-login.png: the
+    whole page from the top; `as_scrolled=True`: only what the window shows where it is."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
-    def take(page, name: str) -> Path:
+    def take(page, name: str, *, as_scrolled: bool = False) -> Path:
         path = SCREENSHOTS / f"{name}.png"
-        # From the top, so the sticky header sits where a person would see it.
-        page.evaluate("window.scrollTo(0, 0)")
-        page.screenshot(path=str(path), full_page=True)
+        if not as_scrolled:
+            # From the top, so the sticky header sits where a person would see it.
+            page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(path), full_page=not as_scrolled)
         return path
 
     return take
