@@ -135,6 +135,14 @@
       pump();
     }
 
+    // Leaving the page drops the files still waiting or on their way: the browser asks first.
+    window.addEventListener("beforeunload", function (e) {
+      if (active || queue.length) {
+        e.preventDefault();
+        e.returnValue = "";
+      }
+    });
+
     input.addEventListener("change", function () {
       if (input.files.length) enqueue(input.files);
       input.value = "";

@@ -46,42 +46,6 @@ def test_an_upload_while_the_storage_is_down_shows_why_and_is_sent_again_when_as
     broker.purge()  # the upload's message, for a worker this test does not run
 
 
-def test_files_waiting_their_turn_keep_the_identifiers_typed_when_they_were_added(
-    chromium, live_server, doctor, broker
-):
-    radiographs = sorted(RADIOGRAPH.parent.glob("*.jpeg"))[:4]
-    page = sign_in(chromium, live_server, doctor)
-    page.get_by_role("link", name="Upload", exact=True).click()
-    held = []  # the first two uploads (the page sends two at a time), held on the way
-
-    def hold_the_first_two(upload):
-        if len(held) < 2:
-            held.append(upload)
-        else:
-            upload.continue_()
-
-    page.route("**/upload/", hold_the_first_two)
-
-    page.get_by_label("Patient ID (optional)").fill("MRN-FIRST")
-    page.get_by_label("Accession number (optional)").fill("ACC-FIRST")
-    page.locator("#upload-files").set_input_files(radiographs[:3])
-    while len(held) < 2:
-        page.wait_for_timeout(20)
-    page.get_by_label("Patient ID (optional)").fill("MRN-NEXT")
-    page.get_by_label("Accession number (optional)").fill("ACC-NEXT")
-    for upload in held:
-        upload.continue_()
-    page.locator("#upload-files").set_input_files(radiographs[3:])
-
-    expect(page.locator(".upload-result--ok")).to_have_count(4)
-    sent = Study.objects.order_by("original_size").values_list("original_size", "patient_id", "accession_number")
-    first = [("MRN-FIRST", "ACC-FIRST")] * 3
-    assert sorted(sent) == sorted(
-        (path.stat().st_size, *ids) for path, ids in zip(radiographs, [*first, ("MRN-NEXT", "ACC-NEXT")], strict=True)
-    )
-    broker.purge()
-
-
 def test_a_study_whose_images_cannot_be_read_says_so_and_shows_them_once_the_storage_is_back(
     chromium, live_server, screenshot, settings, tmp_path, doctor, hospital_a, make_study
 ):
