@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from diagnostics import tasks
+from diagnostics import services, tasks
 from diagnostics.dicom import patient_age_years
 from diagnostics.imaging import decode_upload
 from diagnostics.models import Study
@@ -247,8 +247,6 @@ def test_another_hospital_posting_the_same_uid_gets_its_own_study(key_a, key_b, 
 
 def test_race_on_the_same_uid_returns_the_winner_and_removes_the_losers_files(hospital_a, stored, monkeypatch):
     """Both requests passed the existence check; the database constraint decides."""
-    from diagnostics import services
-
     data = CR_CHEST.read_bytes()
     winner, _ = ingest_upload(hospital=hospital_a, data=data, source=Study.Source.API)
     before = stored()
@@ -266,7 +264,7 @@ def test_storage_failure_midway_leaves_no_files_and_no_row(hospital_a, stored, m
     def broken_insert(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(Study, "save", broken_insert)  # after the original was written
+    monkeypatch.setattr(services, "insert_together", broken_insert)  # after the original was written
     with pytest.raises(OSError, match="disk full"):
         ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source=Study.Source.API)
     after = stored()
