@@ -4,6 +4,8 @@ on their way asks first."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from playwright.sync_api import expect
 
@@ -11,6 +13,14 @@ from diagnostics.models import Study
 from tests.e2e.test_portal_journey import RADIOGRAPH, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def wait_for_held(page, held: list, count: int, seconds: float = 10) -> None:
+    """Let the page run until `count` uploads are held by the test's route."""
+    deadline = time.monotonic() + seconds
+    while len(held) < count:
+        assert time.monotonic() < deadline, f"{len(held)} of {count} uploads sent in {seconds} s"
+        page.wait_for_timeout(20)
 
 
 def test_files_waiting_their_turn_keep_the_identifiers_typed_when_they_were_added(
@@ -32,8 +42,7 @@ def test_files_waiting_their_turn_keep_the_identifiers_typed_when_they_were_adde
     page.get_by_label("Patient ID (optional)").fill("MRN-FIRST")
     page.get_by_label("Accession number (optional)").fill("ACC-FIRST")
     page.locator("#upload-files").set_input_files(radiographs[:3])
-    while len(held) < 2:
-        page.wait_for_timeout(20)
+    wait_for_held(page, held, 2)
     page.get_by_label("Patient ID (optional)").fill("MRN-NEXT")
     page.get_by_label("Accession number (optional)").fill("ACC-NEXT")
     for upload in held:
@@ -55,8 +64,7 @@ def test_leaving_the_page_while_files_are_on_their_way_asks_first(chromium, live
     held = []
     page.route("**/upload/", lambda upload: held.append(upload))
     page.locator("#upload-files").set_input_files(RADIOGRAPH)
-    while not held:
-        page.wait_for_timeout(20)
+    wait_for_held(page, held, 1)
 
     with page.expect_event("dialog", timeout=5000) as asked:
         page.close(run_before_unload=True)
