@@ -6,15 +6,18 @@ and the portal. A study that did not fail is returned as it is, as before."""
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import replace
 
 import pytest
+from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
 from diagnostics import pipeline, services, tasks
 from diagnostics.models import Study
 from hospital.models import AuditEvent
+from tests.conftest import missing
 from tests.ingestion.conftest import CR_CHEST, DX_CHEST, post_dicom_body, post_file
 from tests.ingestion.test_outages import STORAGE_DOWN
 from tests.ingestion.test_stow import referenced, related_body, stow
@@ -144,3 +147,39 @@ def test_dicomweb_and_the_portal_send_a_failed_study_again_too(emr, failed_study
     assert portal.status_code == 201
     assert "<strong>Received</strong> and queued for analysis" in portal.content.decode()
     assert (Study.objects.get().status, Study.objects.count()) == ("queued", 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_copies_sent_at_once_queue_the_study_once_and_leave_one_file(hospital_a, stored, monkeypatch):
+    if connection.vendor != "postgresql":
+        missing("PostgreSQL: two requests writing at once (SQLite runs one writing transaction at a time)")
+    data = CR_CHEST.read_bytes()
+    study, _ = services.ingest_upload(hospital=hospital_a, data=data, source=Study.Source.API)
+    failed(study, pipeline.GAVE_UP_MESSAGE.format(attempts=3))
+    both_written = threading.Barrier(2, timeout=10)
+    queue_if_failed = services._queue_if_failed
+
+    def after_both_wrote_their_copy(*args, **kwargs):
+        both_written.wait()
+        return queue_if_failed(*args, **kwargs)
+
+    monkeypatch.setattr(services, "_queue_if_failed", after_both_wrote_their_copy)
+    answers = []
+
+    def send_again():
+        try:
+            answers.append(services.ingest_upload(hospital=hospital_a, data=data, source=Study.Source.API))
+        finally:
+            connection.close()
+
+    requests = [threading.Thread(target=send_again) for _ in range(2)]
+    for request in requests:
+        request.start()
+    for request in requests:
+        request.join(20)
+
+    assert sorted(queued for _, queued in answers) == [False, True]
+    study.refresh_from_db()
+    assert (study.status, study.attempts) == ("queued", 0)
+    assert stored().files == {study.original_file.name}
+    assert AuditEvent.objects.filter(action="study.uploaded", detail__sent_again=True).count() == 1
