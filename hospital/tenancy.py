@@ -13,7 +13,7 @@ from functools import wraps
 
 from django.core.exceptions import PermissionDenied
 from django.db import models
-from django.http import Http404
+from django.http import Http404, HttpResponse
 
 from hospital.models import Hospital, Membership, Role
 
@@ -103,10 +103,8 @@ def role_required(*roles: str) -> Callable:
     def decorator(view: Callable) -> Callable:
         @wraps(view)
         def wrapper(request, *args, **kwargs):
-            from django.contrib.auth.views import redirect_to_login
-
             if not request.user.is_authenticated:
-                return redirect_to_login(request.get_full_path())
+                return _to_sign_in(request)
             if getattr(request, "membership", None) is None:
                 raise Http404("No hospital.")
             if request.membership.role not in allowed:
@@ -116,3 +114,21 @@ def role_required(*roles: str) -> Callable:
         return wrapper
 
     return decorator
+
+
+def _to_sign_in(request) -> HttpResponse:
+    """The sign-in page, and back to the page after it.
+
+    A page's own request (htmx, or a script that says so with HX-Request) gets 401, not
+    the redirect, which it would follow and then paint the sign-in page into the page,
+    over the patient's data. HX-Redirect sends the whole window to the sign-in page
+    instead, coming back to the page (HX-Current-URL, on this site only) afterwards.
+    """
+    from django.contrib.auth.views import redirect_to_login
+
+    if not getattr(request, "htmx", False):
+        return redirect_to_login(request.get_full_path())
+    sign_in = redirect_to_login(request.htmx.current_url_abs_path or "/")["Location"]
+    response = HttpResponse("Your session has ended. Please sign in again.", status=401, content_type="text/plain")
+    response["HX-Redirect"] = sign_in
+    return response

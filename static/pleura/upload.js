@@ -96,10 +96,17 @@
       if (mayPass) offerRetry(job);
     }
 
+    // The CSRF token as the cookie holds it now: signing in again (in another tab, after
+    // the session ended) gives a new one, which the page's own copy would not match.
+    function csrfToken() {
+      var cookie = document.cookie.split("; ").filter(function (c) { return c.indexOf("csrftoken=") === 0; })[0];
+      return cookie ? cookie.slice("csrftoken=".length) : form.querySelector("[name=csrfmiddlewaretoken]").value;
+    }
+
     function send(job) {
       active += 1;
       var data = new FormData();
-      data.append("csrfmiddlewaretoken", form.querySelector("[name=csrfmiddlewaretoken]").value);
+      data.append("csrfmiddlewaretoken", csrfToken());
       data.append("patient_id", job.patientId);
       data.append("accession_number", job.accessionNumber);
       data.append("files", job.file, job.file.name);
@@ -115,6 +122,8 @@
         var answered = xhr.status < 500 || xhr.status === 503;
         if (type.indexOf("text/html") === 0 && answered && xhr.responseText.indexOf("upload-result") !== -1) {
           finish(job, xhr.responseText, xhr.status);
+        } else if (xhr.status === 401) {
+          fail(job, "Your session has ended. Sign in again in another tab, then press Try again.", true);
         } else if (xhr.status === 403) {
           fail(job, "Your role does not allow uploads, or your session expired; sign in again.", false);
         } else {

@@ -109,7 +109,10 @@ def test_uploads_always_land_in_the_uploaders_active_hospital(client_for, outsid
     assert Study.objects.get().hospital == hospital_b
 
 
-def test_anonymous_upload_is_redirected_to_sign_in_and_stores_nothing(client, db):
-    response = client.post(UPLOAD, {"files": jpeg()}, **HX)
-    assert response.status_code == 302
+def test_anonymous_upload_is_sent_to_sign_in_and_stores_nothing(client, db):
+    page = client.post(UPLOAD, {"files": jpeg()})
+    script = client.post(UPLOAD, {"files": jpeg()}, **HX)  # the page's script, after the session ended
+
+    assert (page.status_code, page["Location"]) == (302, "/accounts/login/?next=/upload/")
+    assert (script.status_code, script["HX-Redirect"]) == (401, "/accounts/login/?next=/")
     assert Study.objects.count() == 0

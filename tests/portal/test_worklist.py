@@ -241,6 +241,22 @@ def test_anonymous_visitors_are_sent_to_sign_in(client, studies):
     assert response["Location"] == "/accounts/login/?next=/"
 
 
+@pytest.mark.parametrize(
+    ("page", "back_to"),
+    [
+        ("http://testserver/studies/0a3e6b3c-6a51-4d1c-9a8e/", "/studies/0a3e6b3c-6a51-4d1c-9a8e/"),
+        ("https://elsewhere.example/phish", "/"),  # another site's page is never where we send anyone
+        (None, "/"),
+    ],
+)
+def test_a_page_request_after_the_session_ended_sends_the_window_to_sign_in_and_back(client, studies, page, back_to):
+    headers = {"HTTP_HX_REQUEST": "true", **({"HTTP_HX_CURRENT_URL": page} if page else {})}
+    response = client.get(WORKLIST, **headers)
+
+    assert (response.status_code, response["HX-Redirect"]) == (401, f"/accounts/login/?next={back_to}")
+    assert response.content.decode() == "Your session has ended. Please sign in again."
+
+
 def test_superuser_without_membership_gets_404(client_for, superuser):
     assert client_for(superuser).get(WORKLIST).status_code == 404
 

@@ -1,0 +1,64 @@
+"""A session that ends (30 idle minutes, an administrator signing a user out) while a
+page is open. The page's own requests must not paint the sign-in page into it: a page
+that polls goes to the sign-in page and comes back to where it was; the upload page says
+the session ended, keeps its files, and sends them once the doctor has signed in again."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.sessions.models import Session
+from playwright.sync_api import expect
+
+from diagnostics.models import Study
+from tests.conftest import PASSWORD
+from tests.e2e.test_portal_journey import RADIOGRAPH, sign_in
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def sign_in_again(page, user) -> None:
+    page.get_by_label("Email address").fill(user.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def test_a_polling_page_whose_session_ended_goes_to_sign_in_and_comes_back(
+    chromium, live_server, doctor, hospital_a, make_study
+):
+    study = make_study(hospital_a, status=Study.Status.QUEUED)
+    page = sign_in(chromium, live_server, doctor)
+    page.goto(f"{live_server.url}/studies/{study.code}/")
+    expect(page.locator("#study-status .badge")).to_have_text("Queued")
+
+    Session.objects.all().delete()
+
+    expect(page).to_have_url(f"{live_server.url}/accounts/login/?next=/studies/{study.code}/", timeout=10_000)
+    sign_in_again(page, doctor)
+    expect(page).to_have_url(f"{live_server.url}/studies/{study.code}/")
+    expect(page.locator("#study-status .badge")).to_have_text("Queued")
+
+
+def test_an_upload_after_the_session_ended_says_so_and_is_sent_once_signed_in_again(
+    chromium, live_server, screenshot, doctor, broker
+):
+    page = sign_in(chromium, live_server, doctor)
+    page.get_by_role("link", name="Upload", exact=True).click()
+    page.get_by_label("Patient ID (optional)").fill("MRN-SESSION-1")
+
+    Session.objects.all().delete()
+    page.locator("#upload-files").set_input_files(RADIOGRAPH)
+
+    result = page.locator(".upload-result--error")
+    expect(result).to_contain_text("Your session has ended. Sign in again in another tab, then press Try again.")
+    screenshot(page, "18-upload-session-ended")
+    assert Study.objects.count() == 0
+
+    other_tab = page.context.new_page()
+    other_tab.goto(f"{live_server.url}/accounts/login/")
+    sign_in_again(other_tab, doctor)
+    expect(other_tab.get_by_role("heading", name="Worklist")).to_be_visible()
+    result.get_by_role("button", name=f"Try again: {RADIOGRAPH.name}").click()
+
+    expect(page.locator(".upload-result--ok")).to_contain_text("Received and queued for analysis.")
+    assert list(Study.objects.values_list("patient_id", flat=True)) == ["MRN-SESSION-1"]
+    broker.purge()
