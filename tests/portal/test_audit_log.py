@@ -105,3 +105,13 @@ def test_audit_query_count_is_constant(client_for, hospital_admin, doctor, hospi
         html = client.get(AUDIT).content.decode()
     assert len(action_cells(html)) == 34  # + the admin's sign-in and two views of the log
     assert len(few.captured_queries) == len(many.captured_queries)
+
+
+def test_a_study_sent_again_after_it_failed_reads_so(client_for, hospital_admin, doctor, hospital_a):
+    audit.record(Action.STUDY_UPLOADED, actor=doctor, hospital=hospital_a, created=True)
+    audit.record(Action.STUDY_UPLOADED, actor=doctor, hospital=hospital_a, created=False, sent_again=True)
+
+    html = client_for(hospital_admin).get(AUDIT).content.decode()
+
+    uploads = re.findall(r"<td>(Study uploaded[^<]*) <span", html)
+    assert uploads == ["Study uploaded again, after it failed", "Study uploaded"]
