@@ -133,27 +133,42 @@ def upload(request: HttpRequest) -> HttpResponse:
     """Portal upload. The page's script posts one file per request (for per-file
     progress) and gets back that file's result; without JavaScript the form posts all
     files at once and the whole page comes back with every result."""
-    form = UploadForm(request.POST if request.method == "POST" else None)
-    results: list[dict] = []
-    if request.method == "POST":
-        files = request.FILES.getlist("files")
-        if not form.is_valid():
-            status = 400
-        elif not files:
-            form.add_error(None, "Choose at least one file to upload.")
-            status = 400
-        else:
-            results = [_ingest_one(request, f, form.cleaned_data) for f in files]
-            status = max(r["status"] for r in results) if len(results) == 1 else 200
-        if request.htmx:
-            if len(results) == 1:
-                response = render(request, "diagnostics/upload.html#result", {"result": results[0]}, status=status)
-                for name, value in results[0]["headers"].items():  # Retry-After on a 503
-                    response[name] = value
-                return response
-            return render(request, "diagnostics/upload.html#form-errors", {"form": form}, status=400)
+    form = UploadForm(request.POST if request.method == "POST" else None, initial={"hospital": request.hospital.code})
+    if request.method != "POST":
+        return render(request, "diagnostics/upload.html", _upload_context(form, []))
+    files = request.FILES.getlist("files")
+    results, status = _upload_files(request, form, files)
+    if not request.htmx:
         return render(request, "diagnostics/upload.html", _upload_context(form, results), status=status)
-    return render(request, "diagnostics/upload.html", _upload_context(form, results))
+    if len(files) != 1:
+        return render(request, "diagnostics/upload.html#form-errors", {"form": form}, status=400)
+    # The page's script: one file, one result, refused with the form's words if need be.
+    result = results[0] if results else {**_no_result(files[0]), "status": status, "error": _form_error_text(form)}
+    response = render(request, "diagnostics/upload.html#result", {"result": result}, status=status)
+    for name, value in result["headers"].items():  # Retry-After on a 503
+        response[name] = value
+    return response
+
+
+def _upload_files(request: HttpRequest, form: UploadForm, files: list) -> tuple[list[dict], int]:
+    """Each file's result and the response's status; no results if the form refused them all."""
+    if form.is_valid():
+        form.check_hospital(request.hospital)
+    if not form.is_valid():
+        return [], 409 if form.has_error("__all__") else 400
+    if not files:
+        form.add_error(None, "Choose at least one file to upload.")
+        return [], 400
+    results = [_ingest_one(request, f, form.cleaned_data) for f in files]
+    return results, (results[0]["status"] if len(results) == 1 else 200)
+
+
+def _form_error_text(form: UploadForm) -> str:
+    return " ".join(error for errors in form.errors.values() for error in errors)
+
+
+def _no_result(upload_file) -> dict:
+    return {"name": upload_file.name, "status": 200, "study": None, "queued": False, "error": "", "headers": {}}
 
 
 def _upload_context(form: UploadForm, results: list[dict]) -> dict:
@@ -161,7 +176,7 @@ def _upload_context(form: UploadForm, results: list[dict]) -> dict:
 
 
 def _ingest_one(request: HttpRequest, upload_file, identifiers: dict) -> dict:
-    result = {"name": upload_file.name, "status": 200, "study": None, "queued": False, "error": "", "headers": {}}
+    result = _no_result(upload_file)
     if upload_file.size > settings.MAX_UPLOAD_BYTES:
         limit_mb = settings.MAX_UPLOAD_BYTES // (1024 * 1024)
         return {**result, "status": 413, "error": f"The file is larger than the {limit_mb} MB limit."}

@@ -56,6 +56,7 @@
         progress: progress,
         patientId: typed("patient_id"),
         accessionNumber: typed("accession_number"),
+        hospital: typed("hospital"),  // the hospital this page was opened for
       };
     }
 
@@ -109,6 +110,7 @@
       data.append("csrfmiddlewaretoken", csrfToken());
       data.append("patient_id", job.patientId);
       data.append("accession_number", job.accessionNumber);
+      data.append("hospital", job.hospital);
       data.append("files", job.file, job.file.name);
       var xhr = new XMLHttpRequest();
       xhr.open("POST", form.action);
