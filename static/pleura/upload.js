@@ -97,6 +97,16 @@
       if (mayPass) offerRetry(job);
     }
 
+    // In a new tab, so that this page keeps the files it has not sent yet.
+    function signInLink(result) {
+      var link = document.createElement("a");
+      link.href = form.dataset.signInUrl;
+      link.target = "_blank";
+      link.rel = "noopener";
+      link.textContent = "Sign in";
+      result.insertBefore(link, result.querySelector(".upload-result__retry"));
+    }
+
     // The CSRF token as the cookie holds it now: signing in again (in another tab, after
     // the session ended) gives a new one, which the page's own copy would not match.
     function csrfToken() {
@@ -126,6 +136,7 @@
           finish(job, xhr.responseText, xhr.status);
         } else if (xhr.status === 401) {
           fail(job, "Your session has ended. Sign in again in another tab, then press Try again.", true);
+          signInLink(job.shown);
         } else if (xhr.status === 403) {
           fail(job, "Your role does not allow uploads, or your session expired; sign in again.", false);
         } else {

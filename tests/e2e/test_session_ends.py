@@ -53,8 +53,9 @@ def test_an_upload_after_the_session_ended_says_so_and_is_sent_once_signed_in_ag
     screenshot(page, "18-upload-session-ended")
     assert Study.objects.count() == 0
 
-    other_tab = page.context.new_page()
-    other_tab.goto(f"{live_server.url}/accounts/login/")
+    with page.context.expect_page() as opened:
+        result.get_by_role("link", name="Sign in").click()
+    other_tab = opened.value
     sign_in_again(other_tab, doctor)
     expect(other_tab.get_by_role("heading", name="Worklist")).to_be_visible()
     result.get_by_role("button", name=f"Try again: {RADIOGRAPH.name}").click()
