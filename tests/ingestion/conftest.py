@@ -4,6 +4,7 @@ snapshot of what is stored (database rows and files) to prove refusals change no
 from __future__ import annotations
 
 import io
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,10 +12,12 @@ import numpy as np
 import pytest
 from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
+from django.db import connections
 from PIL import Image
 from pydicom.data import get_testdata_file
 from rest_framework.test import APIClient
 
+from diagnostics import services
 from diagnostics.models import Study
 from hospital.api import IntegrationKeyThrottle
 from hospital.models import AuditEvent
@@ -187,3 +190,24 @@ def make_dicom(
         # Old ACR-NEMA style: no preamble, no file meta, the data set straight away.
         ds.save_as(buffer, implicit_vr=implicit, little_endian=True)
     return buffer.getvalue()
+
+
+def ingest_at_once(hospital, data: bytes, copies: int = 2) -> tuple[list, list[Exception]]:
+    """`copies` uploads of `data`, each in a thread (a connection) of its own, started
+    together: their results, (study, queued), and whatever they raised."""
+    results, errors = [], []
+
+    def upload():
+        try:
+            results.append(services.ingest_upload(hospital=hospital, data=data, source=Study.Source.API))
+        except Exception as exc:  # surfaced by the caller's assertions
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=upload) for _ in range(copies)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results, errors
