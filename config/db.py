@@ -4,9 +4,9 @@
 that is a single statement, each INSERT a data-modifying WITH of one SELECT, so it is
 one round trip to the server, where `transaction.atomic()` around two saves is four
 (BEGIN, two INSERTs, COMMIT). An upload stores its study and its audit event this way:
-the web tier's time per upload is mostly round trips to a PostgreSQL that shares its
-cores (docs/benchmarks.md, sixteenth stop). Elsewhere (SQLite for `make run`) the saves
-run in one transaction.
+on the 2-core VM, with PostgreSQL sharing the web core, that took 8% off the core's time
+per upload (docs/benchmarks.md, sixteenth stop). Elsewhere (SQLite for `make run`) the
+saves run in one transaction.
 """
 
 from __future__ import annotations
