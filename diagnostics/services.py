@@ -7,6 +7,7 @@ import hashlib
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from functools import partial
 
 from django.db import IntegrityError, transaction
@@ -66,11 +67,15 @@ def ingest_upload(
     except RejectedUpload as exc:
         _audit_rejected(exc, audit_context, source=source, size=len(data))
         raise
-    study = _build_study(
-        hospital, decoded, data, source=source, user=user, key=key, patient_id=patient_id, accession=accession_number
-    )
+    sent_before = _existing(hospital, decoded.metadata.get("sop_instance_uid", ""))
+    build = partial(
+        _build_study, hospital, decoded, data, source=source, user=user, key=key, patient_id=patient_id,
+        accession=accession_number,
+    )  # fmt: skip
     try:
-        study, queued = _store_unless_sent_before(study, data, audit_context, header=[*decoded.metadata, *_TYPED])
+        study, queued = _store_unless_sent_before(
+            sent_before, build, data, audit_context, source=source, header=[*decoded.metadata, *_TYPED]
+        )
     except StorageUnavailable as exc:
         _audit_rejected(exc, audit_context, source=source, size=len(data))
         raise
@@ -80,22 +85,25 @@ def ingest_upload(
 
 
 def _store_unless_sent_before(
-    study: Study, data: bytes, audit_context: dict, *, header: list[str]
-) -> tuple[Study, bool]:
-    """Store `study` and its file, unless its instance was sent before: then the study sent
-    before, queued anew if it had failed. Returns (study, queued)."""
-    existing = _existing(study.hospital, study.sop_instance_uid)
+    existing: Study | None, build: Callable[[], Study], data: bytes, audit_context: dict, *, source: str,
+    header: list[str],
+) -> tuple[Study, bool]:  # fmt: skip
+    """Store the study `build` makes and its file, unless its instance was sent before
+    (`existing`): then the study sent before, queued anew if it had failed. Returns
+    (study, queued). `build` hashes the file and its pixels, so a study sent before and
+    not failed, as an EMR's resends are, is answered without it."""
     if existing is not None and existing.status == Study.Status.FAILED:
-        if _queue_again(existing, study, data, audit_context, header=header):
+        if _queue_again(existing, build(), data, audit_context, header=header):
             return existing, True
         existing.refresh_from_db()  # another request queued it first
     if existing is None:
+        study = build()
         try:
             return _store(study, data, audit_context), True
         except _DuplicateInstance:
             # Another request stored this instance between our check and our insert.
             existing = Study.objects.for_hospital(study.hospital).get(sop_instance_uid=study.sop_instance_uid)
-    _audit_uploaded(existing, audit_context, source=study.source, created=False)
+    _audit_uploaded(existing, audit_context, source=source, created=False)
     return existing, False
 
 
