@@ -29,7 +29,7 @@ from diagnostics.reviews import current_prediction, save_review
 from diagnostics.services import analyse_again, display_image_of, ingest_upload, may_analyse_again
 from hospital import audit
 from hospital.models import Role
-from hospital.tenancy import get_object_for_request, role_required
+from hospital.tenancy import get_object_for_request, has_role, role_required
 
 WORKLIST_PAGE_SIZE = 25
 # Studies a single worklist poll may ask about: one page's worth.
@@ -199,7 +199,7 @@ def _study_context(request: HttpRequest, study: Study, review_form: ReviewForm |
     prediction = current_prediction(study)
     reviews = list(study.reviews.select_related("radiologist").prefetch_related("revisions"))
     can_review = request.membership.role == Role.RADIOLOGIST
-    can_analyse_again = request.membership.role in CLINICAL_ROLES and may_analyse_again(study)
+    can_analyse_again = has_role(request, CLINICAL_ROLES) and may_analyse_again(study)
     own = next((r for r in reviews if r.radiologist_id == request.user.pk), None)
     if can_review and review_form is None:
         initial = {"verdict": own.verdict, "correct_label": own.correct_label, "note": own.note} if own else {}
@@ -300,7 +300,7 @@ def study_analyse_again(request: HttpRequest, code) -> HttpResponse:
     Asked of a study that is no longer failed (a second click, another doctor), it only
     shows the study."""
     study = _get_study(request, code)  # outsiders: 404, before anything about roles
-    if request.membership.role not in CLINICAL_ROLES:
+    if not has_role(request, CLINICAL_ROLES):
         raise PermissionDenied("Only doctors and radiologists can have a study analysed again.")
     analyse_again(study, request=request)
     return redirect("diagnostics:study_detail", code=study.code)
