@@ -30,6 +30,14 @@ def missing(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def needs_postgresql(why: str) -> None:
+    """Unless the tests run on PostgreSQL: skip locally, fail in CI (`why`: what needs it)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        missing(f"PostgreSQL: {why}")
+
+
 def require_service(url: str | None, name: str) -> str:
     """Return a reachable service URL; without one, skip locally and fail in CI."""
     if not url:

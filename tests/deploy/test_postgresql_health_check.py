@@ -11,15 +11,14 @@ import pytest
 from django.db import close_old_connections, connection, connections
 
 from hospital.models import Hospital
-from tests.conftest import missing
+from tests.conftest import needs_postgresql
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture(autouse=True)
 def _postgresql():
-    if connection.vendor != "postgresql":
-        missing("PostgreSQL (DATABASE_URL): the backend is PostgreSQL's")
+    needs_postgresql("the backend is PostgreSQL's")
     assert connection.settings_dict["CONN_HEALTH_CHECKS"] is True
 
 

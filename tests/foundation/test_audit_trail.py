@@ -8,7 +8,7 @@ from django.db import DatabaseError, connection, transaction
 
 from hospital import audit
 from hospital.models import AppendOnlyError, AuditEvent
-from tests.conftest import missing
+from tests.conftest import needs_postgresql
 
 
 @pytest.fixture
@@ -47,8 +47,7 @@ def test_admin_refuses_to_add_change_or_delete_an_event_even_for_superusers(requ
 
 
 def _require_postgresql() -> None:
-    if connection.vendor != "postgresql":
-        missing("PostgreSQL (DATABASE_URL): the append-only trigger exists on PostgreSQL only")
+    needs_postgresql("the append-only trigger exists on PostgreSQL only")
 
 
 @pytest.mark.services

@@ -6,18 +6,16 @@ from __future__ import annotations
 import threading
 
 import pytest
-from django.db import connection
 
 from diagnostics import services
 from diagnostics.models import Study
-from tests.conftest import missing
+from tests.conftest import needs_postgresql
 from tests.ingestion.conftest import CR_CHEST, ingest_at_once
 
 
 @pytest.mark.django_db(transaction=True)
 def test_simultaneous_uploads_of_one_instance_make_one_study(hospital_a, stored, monkeypatch):
-    if connection.vendor != "postgresql":
-        missing("PostgreSQL: two requests writing at once (SQLite runs one writing transaction at a time)")
+    needs_postgresql("two requests writing at once (SQLite runs one writing transaction at a time)")
     both_checked = threading.Barrier(2, timeout=30)
     real_existing = services._existing
 

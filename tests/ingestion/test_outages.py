@@ -29,7 +29,7 @@ from hospital import api as hospital_api
 from hospital.audit import Action
 from hospital.models import AuditEvent
 from mlcore.models import ModelVersion
-from tests.conftest import files_limited_to, stored_files
+from tests.conftest import files_limited_to, needs_postgresql, stored_files
 from tests.ingestion.conftest import CR_CHEST, DX_CHEST, PNEUMONIA_PNG, STUDIES_URL, post_dicom_body, post_file
 from tests.ingestion.test_api_access import add_prediction, model_version
 from tests.ingestion.test_stow import failed, related_body, stow
@@ -91,8 +91,7 @@ def test_stow_while_the_storage_is_down_is_503_with_each_instance_out_of_resourc
 
 @pytest.mark.django_db(transaction=True)
 def test_an_api_call_while_the_database_is_down_is_503_with_retry_after(key_a, key_client, caplog):
-    if connection.vendor == "sqlite":
-        pytest.skip("needs a database server whose connection can be cut (PostgreSQL in CI)")
+    needs_postgresql("a database server whose connection can be cut")
     _, raw = key_a
     client = key_client(raw)
     connection.ensure_connection()
@@ -230,8 +229,7 @@ def test_a_picture_whose_original_is_gone_is_404_not_503(doctor, predicted):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_portal_page_while_the_database_is_down_is_503_with_retry_after(doctor, caplog):
-    if connection.vendor == "sqlite":
-        pytest.skip("needs a database server whose connection can be cut (PostgreSQL in CI)")
+    needs_postgresql("a database server whose connection can be cut")
     browser = Client(raise_request_exception=False)
     browser.force_login(doctor)
     connection.ensure_connection()

@@ -10,14 +10,13 @@ import threading
 from dataclasses import replace
 
 import pytest
-from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
 from diagnostics import pipeline, services, tasks
 from diagnostics.models import Study
 from hospital.models import AuditEvent
-from tests.conftest import missing
+from tests.conftest import needs_postgresql
 from tests.ingestion.conftest import CR_CHEST, DX_CHEST, ingest_at_once, post_dicom_body, post_file
 from tests.ingestion.test_outages import STORAGE_DOWN
 from tests.ingestion.test_stow import referenced, related_body, stow
@@ -151,8 +150,7 @@ def test_dicomweb_and_the_portal_send_a_failed_study_again_too(emr, failed_study
 
 @pytest.mark.django_db(transaction=True)
 def test_two_copies_sent_at_once_queue_the_study_once_and_leave_one_file(hospital_a, stored, monkeypatch):
-    if connection.vendor != "postgresql":
-        missing("PostgreSQL: two requests writing at once (SQLite runs one writing transaction at a time)")
+    needs_postgresql("two requests writing at once (SQLite runs one writing transaction at a time)")
     data = CR_CHEST.read_bytes()
     study, _ = services.ingest_upload(hospital=hospital_a, data=data, source=Study.Source.API)
     failed(study, pipeline.GAVE_UP_MESSAGE.format(attempts=3))

@@ -20,7 +20,13 @@ from diagnostics.models import Prediction, Study
 from hospital.models import AuditEvent
 from mlcore import registry
 from mlcore.models import ModelVersion
-from tests.conftest import SHARED_DATA, files_limited_to, missing, stored_files, unreachable_media_root
+from tests.conftest import (
+    SHARED_DATA,
+    files_limited_to,
+    needs_postgresql,
+    stored_files,
+    unreachable_media_root,
+)
 from tests.pipeline.conftest import (
     INFERENCE_DEVICE,
     NORMAL_IMAGE,
@@ -435,8 +441,7 @@ def test_a_failure_to_store_puts_back_both_batches_it_held(hospital_a, tiny_mode
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_claims_take_disjoint_batches_without_waiting_for_each_other(hospital_a, tiny_model, monkeypatch):
-    if connection.vendor != "postgresql":
-        missing("PostgreSQL: SKIP LOCKED is PostgreSQL's; SQLite runs one writing transaction at a time")
+    needs_postgresql("SKIP LOCKED is PostgreSQL's; SQLite runs one writing transaction at a time")
     monkeypatch.setattr(pipeline, "MAX_BATCH", 2)
     studies = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES]]
     holding, release = threading.Event(), threading.Event()
@@ -470,8 +475,7 @@ def test_a_claim_takes_at_most_max_batch_studies_even_when_statistics_say_the_ta
     # the claim's LIMIT ... FOR UPDATE SKIP LOCKED again for every row of a nested loop,
     # each run skipping the rows just claimed and taking the next ones. Seen on a GPU
     # machine: a claim of at most 2 took all 4 waiting studies.
-    if connection.vendor != "postgresql":
-        missing("PostgreSQL: SQLite has neither row locks nor this planner")
+    needs_postgresql("SQLite has neither row locks nor this planner")
     monkeypatch.setattr(pipeline, "MAX_BATCH", 2)
     studies = [store_study(hospital_a, NORMAL_IMAGE)]
     with connection.cursor() as cursor:
@@ -646,8 +650,7 @@ def test_a_storage_that_cannot_be_read_puts_the_batch_back_instead_of_failing_it
 def test_a_heatmap_that_cannot_be_written_puts_the_batch_back_and_fails_no_study_nor_leaves_part_of_it(
     hospital_a, tiny_model, settings
 ):
-    if connection.vendor == "sqlite":
-        pytest.skip("the file size limit would stop SQLite's own writes too (PostgreSQL in CI)")
+    needs_postgresql("the file size limit would stop SQLite's own writes too")
     studies = [store_study(hospital_a, NORMAL_IMAGE), store_study(hospital_a, PNEUMONIA_IMAGE)]
     files_before = stored_files(settings.MEDIA_ROOT)
     # 100 bytes: a full disk refuses the heatmap PNGs.
