@@ -111,7 +111,7 @@
     // the session ended) gives a new one, which the page's own copy would not match.
     function csrfToken() {
       var cookie = document.cookie.split("; ").filter(function (c) { return c.indexOf("csrftoken=") === 0; })[0];
-      return cookie ? cookie.slice("csrftoken=".length) : form.querySelector("[name=csrfmiddlewaretoken]").value;
+      return cookie ? cookie.slice("csrftoken=".length) : typed("csrfmiddlewaretoken");
     }
 
     function send(job) {
