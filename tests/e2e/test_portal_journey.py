@@ -29,12 +29,17 @@ TABLET = {"width": 820, "height": 1180}
 SETTLE_MS = 90_000
 
 
-def sign_in(browser, live_server, user, viewport=LAPTOP):
-    page = browser.new_context(viewport=viewport).new_page()
-    page.goto(f"{live_server.url}/accounts/login/")
+def fill_in_sign_in(page, user) -> None:
+    """On the sign-in page: the user's email and password, then Sign in."""
     page.get_by_label("Email address").fill(user.email)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
+
+
+def sign_in(browser, live_server, user, viewport=LAPTOP):
+    page = browser.new_context(viewport=viewport).new_page()
+    page.goto(f"{live_server.url}/accounts/login/")
+    fill_in_sign_in(page, user)
     expect(page.get_by_role("heading", name="Worklist")).to_be_visible()
     return page
 

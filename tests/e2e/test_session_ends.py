@@ -10,16 +10,9 @@ from django.contrib.sessions.models import Session
 from playwright.sync_api import expect
 
 from diagnostics.models import Study
-from tests.conftest import PASSWORD
-from tests.e2e.test_portal_journey import RADIOGRAPH, sign_in
+from tests.e2e.test_portal_journey import RADIOGRAPH, fill_in_sign_in, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def sign_in_again(page, user) -> None:
-    page.get_by_label("Email address").fill(user.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
 
 
 def test_a_polling_page_whose_session_ended_goes_to_sign_in_and_comes_back(
@@ -33,7 +26,7 @@ def test_a_polling_page_whose_session_ended_goes_to_sign_in_and_comes_back(
     Session.objects.all().delete()
 
     expect(page).to_have_url(f"{live_server.url}/accounts/login/?next=/studies/{study.code}/", timeout=10_000)
-    sign_in_again(page, doctor)
+    fill_in_sign_in(page, doctor)
     expect(page).to_have_url(f"{live_server.url}/studies/{study.code}/")
     expect(page.locator("#study-status .badge")).to_have_text("Queued")
 
@@ -56,7 +49,7 @@ def test_an_upload_after_the_session_ended_says_so_and_is_sent_once_signed_in_ag
     with page.context.expect_page() as opened:
         result.get_by_role("link", name="Sign in").click()
     other_tab = opened.value
-    sign_in_again(other_tab, doctor)
+    fill_in_sign_in(other_tab, doctor)
     expect(other_tab.get_by_role("heading", name="Worklist")).to_be_visible()
     result.get_by_role("button", name=f"Try again: {RADIOGRAPH.name}").click()
 
