@@ -16,6 +16,7 @@ OPERATIONAL_FIELDS = [
     "code",
     "hospital",
     "status",
+    "failure_code",
     "failure_reason",
     "warnings",
     "attempts",
@@ -51,7 +52,7 @@ class StudyAdmin(HospitalScopedAdmin):
     hospital_admin_permissions = frozenset({VIEW})
     superuser_permissions = frozenset({VIEW})
     list_display = ["code", "hospital", "status", "source", "modality", "original_format", "created_at"]
-    list_filter = ["status", "source", "original_format", "hospital"]
+    list_filter = ["status", "failure_code", "source", "original_format", "hospital"]
     list_select_related = ["hospital"]
     search_fields = ["=accession_number", "=code", "=sop_instance_uid"]
     date_hierarchy = "created_at"

@@ -19,12 +19,13 @@ from prometheus_client.core import GaugeMetricFamily
 
 from diagnostics.models import Study
 
-# Failure reason codes (the `reason` label); the text shown to doctors lives on the study.
-REASON_UNDECODABLE = "undecodable"
-REASON_MISSING_FILE = "missing_file"
-REASON_GAVE_UP = "gave_up"
+# Failure reason codes (the `reason` label): the codes a failed study stores, and two for
+# errors retried rather than failed. The text shown to doctors lives on the study.
+REASON_UNDECODABLE = Study.Failure.UNDECODABLE.value
+REASON_MISSING_FILE = Study.Failure.MISSING_FILE.value
+REASON_GAVE_UP = Study.Failure.GAVE_UP.value
 REASON_MODEL_UNAVAILABLE = "model_unavailable"
-REASON_INFERENCE_ERROR = "inference_error"
+REASON_INFERENCE_ERROR = Study.Failure.INFERENCE_ERROR.value
 REASON_TRANSIENT = "transient"
 FAILURE_REASONS = (
     REASON_UNDECODABLE,

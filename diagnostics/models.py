@@ -55,6 +55,16 @@ class Study(models.Model):
         PNG = "png", "PNG"
         JPEG = "jpg", "JPEG"
 
+    class Failure(models.TextChoices):
+        """Why the pipeline failed a study: what decides whether another try can mend it
+        (the text shown to doctors is `failure_reason`). Also the `reason` label of the
+        failures metric."""
+
+        UNDECODABLE = "undecodable", "Pixel data undecodable"
+        MISSING_FILE = "missing_file", "Stored file missing"
+        INFERENCE_ERROR = "inference_error", "Model error"
+        GAVE_UP = "gave_up", "Too many attempts"
+
     hospital = models.ForeignKey("hospital.Hospital", on_delete=models.PROTECT, related_name="studies")
     code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
 
@@ -84,6 +94,13 @@ class Study(models.Model):
 
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
     failure_reason = models.CharField(max_length=500, blank=True)
+    failure_code = models.CharField(
+        max_length=20,
+        choices=Failure.choices,
+        blank=True,
+        help_text="Why the analysis failed, as a code. `missing_file` and `undecodable`: only sending the "
+        "image again can mend it. The others: sending it again, or Analyse again in the portal, may.",
+    )
     # Codes of reasons the image is outside the model's intended use (see services).
     warnings = models.JSONField(default=list, blank=True)
     # Times the pipeline has handed this study to a worker; bounded by the sweeper.

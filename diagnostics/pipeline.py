@@ -806,6 +806,7 @@ def _complete(pks: list[int], now) -> set[int]:
             claimed_by="",
             completed_at=now,
             failure_reason="",
+            failure_code="",
             updated_at=now,
         )
     )
@@ -834,7 +835,12 @@ def _fail(study: Study, reason: str, message: str, *, from_status: str = STATUS.
     now = timezone.now()
     with transaction.atomic():
         failed = Study.objects.filter(pk=study.pk, status=from_status).update(
-            status=STATUS.FAILED, claimed_by="", failure_reason=message, completed_at=now, updated_at=now
+            status=STATUS.FAILED,
+            claimed_by="",
+            failure_reason=message,
+            failure_code=reason,
+            completed_at=now,
+            updated_at=now,
         )
         if failed:
             audit.record(

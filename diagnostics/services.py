@@ -15,7 +15,7 @@ from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 
 from config.db import insert_together
-from diagnostics import imaging, media, metrics, pipeline, tasks
+from diagnostics import imaging, media, metrics, tasks
 from diagnostics.imaging import DecodedImage, RejectedUpload, StorageUnavailable
 from diagnostics.media import StoredImageUnavailable
 from diagnostics.models import Study
@@ -227,12 +227,12 @@ def _queue_again(failed: Study, resent: Study, data: bytes, audit_context: dict,
 
 # Failures another try may mend (a worker lost too often, the model's own error), as
 # against a file that is missing or cannot be decoded: only a new copy mends those.
-_NEEDS_A_NEW_COPY = (pipeline.MISSING_FILE_MESSAGE, pipeline.UNDECODABLE_MESSAGE)
+_NEEDS_A_NEW_COPY = (Study.Failure.MISSING_FILE, Study.Failure.UNDECODABLE)
 
 
 def may_analyse_again(study: Study) -> bool:
     """Whether the portal offers to queue this study again with the file it holds."""
-    return study.status == Study.Status.FAILED and study.failure_reason not in _NEEDS_A_NEW_COPY
+    return study.status == Study.Status.FAILED and study.failure_code not in _NEEDS_A_NEW_COPY
 
 
 def analyse_again(study: Study, *, request=None) -> bool:
@@ -254,7 +254,7 @@ def _queue_if_failed(study: Study, **changes) -> bool:
     no attempts, and queued for prediction when the transaction commits."""
     now = timezone.now()
     queued = Study.objects.filter(pk=study.pk, status=Study.Status.FAILED).update(
-        **changes, status=Study.Status.QUEUED, failure_reason="", attempts=0, claimed_by="",
+        **changes, status=Study.Status.QUEUED, failure_reason="", failure_code="", attempts=0, claimed_by="",
         queued_at=now, started_at=None, completed_at=None, updated_at=now,
     )  # fmt: skip
     if queued:

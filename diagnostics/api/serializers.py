@@ -52,6 +52,7 @@ class StudySerializer(serializers.ModelSerializer):
             "id",
             "status",
             "failure_reason",
+            "failure_code",
             "accession_number",
             "created_at",
             "prediction",

@@ -126,6 +126,7 @@ STUDY_EXAMPLE = OpenApiExample(
         "id": "4f7c1b9e-2f55-4b0f-9b7e-0c1d2e3f4a5b",
         "status": "completed",
         "failure_reason": "",
+        "failure_code": "",
         "accession_number": "ACC-2025-000123",
         "created_at": "2025-11-03T09:14:07.512Z",
         "prediction": {
@@ -146,6 +147,7 @@ QUEUED_EXAMPLE = OpenApiExample(
         "id": "9a0b1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d",
         "status": "queued",
         "failure_reason": "",
+        "failure_code": "",
         "accession_number": "ACC-2025-000124",
         "created_at": "2025-11-03T09:20:00Z",
         "prediction": None,

@@ -19,7 +19,12 @@ def test_a_doctor_has_a_failed_study_analysed_again(
 ):
     reason = pipeline.GAVE_UP_MESSAGE.format(attempts=3)
     study = make_study(
-        hospital_a, status=Study.Status.FAILED, failure_reason=reason, attempts=3, completed_at=timezone.now()
+        hospital_a,
+        status=Study.Status.FAILED,
+        failure_code=Study.Failure.GAVE_UP,
+        failure_reason=reason,
+        attempts=3,
+        completed_at=timezone.now(),
     )
     page = sign_in(chromium, live_server, doctor)
     page.goto(f"{live_server.url}/studies/{study.code}/")

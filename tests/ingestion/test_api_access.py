@@ -220,6 +220,7 @@ def test_detail_resource_shows_the_latest_non_shadow_prediction_reviews_and_warn
         "id": str(completed_a.code),
         "status": "completed",
         "failure_reason": "",
+        "failure_code": "",
         "accession_number": "ACC-A1",
         "created_at": body["created_at"],
         "prediction": {
@@ -248,10 +249,13 @@ def test_detail_resource_shows_the_latest_non_shadow_prediction_reviews_and_warn
 
 def test_failed_and_flagged_study_shows_reason_and_warnings(caller, hospital_a):
     study, _ = ingest_upload(hospital=hospital_a, data=TIBIA.read_bytes(), source=Study.Source.API)
-    Study.objects.filter(pk=study.pk).update(status="failed", failure_reason="The pixel data could not be decoded.")
+    Study.objects.filter(pk=study.pk).update(
+        status="failed", failure_code="undecodable", failure_reason="The pixel data could not be decoded."
+    )
     body = caller("doctor").get(url(study)).json()
-    assert body["status"] == "failed"
-    assert body["failure_reason"] == "The pixel data could not be decoded."
+    assert (body["status"], body["failure_code"], body["failure_reason"]) == (
+        "failed", "undecodable", "The pixel data could not be decoded.",
+    )  # fmt: skip
     assert body["prediction"] is None
     assert body["warnings"] == [
         {

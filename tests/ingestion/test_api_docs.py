@@ -34,8 +34,13 @@ def test_schema_documents_every_endpoint_with_examples_and_key_auth(db):
     }
     detail = schema["components"]["schemas"]["Study"]["properties"]
     assert set(detail) == {
-        "id", "status", "failure_reason", "accession_number", "created_at", "prediction", "reviews", "warnings",
+        "id", "status", "failure_reason", "failure_code", "accession_number", "created_at", "prediction", "reviews",
+        "warnings",
     }  # fmt: skip
+    assert schema["components"]["schemas"]["FailureCodeEnum"]["enum"] == [
+        "undecodable", "missing_file", "inference_error", "gave_up",
+    ]  # fmt: skip
+    assert "only sending the image again can mend it" in detail["failure_code"]["description"]
 
 
 def test_swagger_ui_is_served_from_our_own_static_files(db):

@@ -22,10 +22,10 @@ from tests.ingestion.test_outages import STORAGE_DOWN
 from tests.ingestion.test_stow import referenced, related_body, stow
 
 
-def failed(study: Study, message: str) -> Study:
-    """`study` as the worker leaves one it gave up on."""
+def failed(study: Study, code: str, message: str) -> Study:
+    """`study` as the worker leaves one it failed."""
     Study.objects.filter(pk=study.pk).update(
-        status=Study.Status.FAILED, failure_reason=message, attempts=3, completed_at=timezone.now()
+        status=Study.Status.FAILED, failure_code=code, failure_reason=message, attempts=3, completed_at=timezone.now()
     )
     study.refresh_from_db()
     return study
@@ -42,7 +42,7 @@ def failed_study(emr) -> Study:
     assert post_file(emr, CR_CHEST.read_bytes()).status_code == 202
     study = Study.objects.get()
     study.original_file.storage.delete(study.original_file.name)
-    return failed(study, pipeline.MISSING_FILE_MESSAGE)
+    return failed(study, Study.Failure.MISSING_FILE, pipeline.MISSING_FILE_MESSAGE)
 
 
 def test_a_failed_study_sent_again_gets_the_new_copy_and_is_queued_anew(
@@ -53,9 +53,9 @@ def test_a_failed_study_sent_again_gets_the_new_copy_and_is_queued_anew(
 
     assert (again.status_code, again.json()["id"], again.json()["status"]) == (202, str(failed_study.code), "queued")
     study = Study.objects.get()
-    assert (study.status, study.failure_reason, study.attempts, study.claimed_by, study.completed_at) == (
-        "queued", "", 0, "", None,
-    )  # fmt: skip
+    assert (
+        study.status, study.failure_code, study.failure_reason, study.attempts, study.claimed_by, study.completed_at
+    ) == ("queued", "", "", 0, "", None)  # fmt: skip
     assert study.queued_at > failed_study.queued_at
     assert re.fullmatch(
         rf"studies/{study.hospital.code}/{study.code}/original-[0-9a-f]{{12}}\.dcm", study.original_file.name
@@ -75,7 +75,7 @@ def test_the_copy_replaces_the_files_of_a_study_that_failed_with_them(emr, store
     study = Study.objects.get()
     services.display_image_of(study)  # the portal's picture, drawn by a first viewer
     before = stored().files
-    failed(study, pipeline.GAVE_UP_MESSAGE.format(attempts=3))
+    failed(study, Study.Failure.GAVE_UP, pipeline.GAVE_UP_MESSAGE.format(attempts=3))
 
     with django_capture_on_commit_callbacks(execute=True):
         assert post_dicom_body(emr, DX_CHEST.read_bytes()).status_code == 202
@@ -104,7 +104,7 @@ def test_a_study_queued_by_another_request_meanwhile_keeps_its_file_and_this_cop
 ):
     """Both requests saw the study failed; the conditional update lets one queue it."""
     stale = Study.objects.get()
-    Study.objects.update(status=Study.Status.QUEUED, failure_reason="", attempts=0)
+    Study.objects.update(status=Study.Status.QUEUED, failure_code="", failure_reason="", attempts=0)
     before = stored()
     monkeypatch.setattr(services, "_existing", lambda hospital, uid: stale)
 
@@ -126,8 +126,8 @@ def test_a_copy_the_storage_cannot_take_leaves_the_failed_study_as_it_was(emr, f
     refused = AuditEvent.objects.get(action="study.upload_rejected")
     assert (refused.detail["status_code"], refused.detail["reason"]) == (503, STORAGE_DOWN)
     study = Study.objects.get()
-    assert (study.status, study.failure_reason, study.original_file.name) == (
-        "failed", pipeline.MISSING_FILE_MESSAGE, failed_study.original_file.name,
+    assert (study.status, study.failure_code, study.failure_reason, study.original_file.name) == (
+        "failed", "missing_file", pipeline.MISSING_FILE_MESSAGE, failed_study.original_file.name,
     )  # fmt: skip
 
 
@@ -139,7 +139,7 @@ def test_dicomweb_and_the_portal_send_a_failed_study_again_too(emr, failed_study
     )
     assert Study.objects.get().status == "queued"
 
-    failed(failed_study, pipeline.INFERENCE_ERROR_MESSAGE)
+    failed(failed_study, Study.Failure.INFERENCE_ERROR, pipeline.INFERENCE_ERROR_MESSAGE)
     with CR_CHEST.open("rb") as radiograph:
         portal = client_for(doctor).post(reverse("diagnostics:upload"), {"files": radiograph}, HTTP_HX_REQUEST="true")
 
@@ -153,7 +153,7 @@ def test_two_copies_sent_at_once_queue_the_study_once_and_leave_one_file(hospita
     needs_postgresql("two requests writing at once (SQLite runs one writing transaction at a time)")
     data = CR_CHEST.read_bytes()
     study, _ = services.ingest_upload(hospital=hospital_a, data=data, source=Study.Source.API)
-    failed(study, pipeline.GAVE_UP_MESSAGE.format(attempts=3))
+    failed(study, Study.Failure.GAVE_UP, pipeline.GAVE_UP_MESSAGE.format(attempts=3))
     both_written = threading.Barrier(2, timeout=10)
     queue_if_failed = services._queue_if_failed
 

@@ -70,7 +70,17 @@ PYDICOM_PICTURES = [
     "examples_ybr_color.dcm",  # 30 frames, JPEG baseline
     "image_dfl.dcm",  # deflated
 ]
-STUDY_FIELDS = {"id", "status", "failure_reason", "accession_number", "created_at", "prediction", "reviews", "warnings"}
+STUDY_FIELDS = {
+    "id",
+    "status",
+    "failure_reason",
+    "failure_code",
+    "accession_number",
+    "created_at",
+    "prediction",
+    "reviews",
+    "warnings",
+}
 
 
 def expected_warnings(ds) -> list[str]:

@@ -593,7 +593,7 @@ def test_undecodable_pixels_fail_the_study_alone_with_a_readable_reason(hospital
 
     broken.refresh_from_db()
     assert broken.status == FAILED
-    assert broken.failure_reason == pipeline.UNDECODABLE_MESSAGE
+    assert (broken.failure_code, broken.failure_reason) == ("undecodable", pipeline.UNDECODABLE_MESSAGE)
     assert Prediction.objects.filter(study=broken).count() == 0
     event = AuditEvent.objects.get(action="prediction.failed")
     assert (event.outcome, event.detail, event.target_id) == ("failure", {"reason": "undecodable"}, str(broken.code))
@@ -607,7 +607,9 @@ def test_missing_original_file_fails_with_a_readable_reason(hospital_a, tiny_mod
     assert pipeline.predict_studies([study.pk]) == []
 
     study.refresh_from_db()
-    assert (study.status, study.failure_reason) == (FAILED, pipeline.MISSING_FILE_MESSAGE)
+    assert (study.status, study.failure_code, study.failure_reason) == (
+        FAILED, "missing_file", pipeline.MISSING_FILE_MESSAGE,
+    )  # fmt: skip
 
 
 def test_a_study_failed_for_a_missing_file_is_predicted_once_its_instance_is_sent_again(hospital_a, tiny_model):

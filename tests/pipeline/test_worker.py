@@ -96,7 +96,11 @@ def test_undecodable_pixels_mark_the_study_failed_without_retrying(hospital_a, t
     wait_for(lambda: settled(study), 60, what="failure")
 
     study.refresh_from_db()
-    assert (study.status, study.failure_reason) == (FAILED, pipeline.UNDECODABLE_MESSAGE)
+    assert (study.status, study.failure_code, study.failure_reason) == (
+        FAILED,
+        "undecodable",
+        pipeline.UNDECODABLE_MESSAGE,
+    )
     assert Prediction.objects.filter(study=study).count() == 0
     assert "Retry in" not in worker.log()
 
