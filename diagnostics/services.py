@@ -72,9 +72,14 @@ def ingest_upload(
         _build_study, hospital, decoded, data, source=source, user=user, key=key, patient_id=patient_id,
         accession=accession_number,
     )  # fmt: skip
+    # A copy sent again refreshes what its header says, but an identifier someone typed
+    # for the study is replaced only by one typed for the copy: the same instance's header
+    # says what it said the first time, and an empty field says nothing.
+    typed = [name for name, value in (("patient_id", patient_id), ("accession_number", accession_number)) if value]
+    refreshed = [*(name for name in decoded.metadata if name not in _TYPED), *typed]
     try:
         study, queued = _store_unless_sent_before(
-            sent_before, build, data, audit_context, source=source, header=[*decoded.metadata, *_TYPED]
+            sent_before, build, data, audit_context, source=source, refreshed=refreshed
         )
     except StorageUnavailable as exc:
         _audit_rejected(exc, audit_context, source=source, size=len(data))
@@ -86,14 +91,14 @@ def ingest_upload(
 
 def _store_unless_sent_before(
     existing: Study | None, build: Callable[[], Study], data: bytes, audit_context: dict, *, source: str,
-    header: list[str],
+    refreshed: list[str],
 ) -> tuple[Study, bool]:  # fmt: skip
     """Store the study `build` makes and its file, unless its instance was sent before
     (`existing`): then the study sent before, queued anew if it had failed. Returns
     (study, queued). `build` hashes the file and its pixels, so a study sent before and
     not failed, as an EMR's resends are, is answered without it."""
     if existing is not None and existing.status == Study.Status.FAILED:
-        if _queue_again(existing, build(), data, audit_context, header=header):
+        if _queue_again(existing, build(), data, audit_context, refreshed=refreshed):
             return existing, True
         existing.refresh_from_db()  # another request queued it first
     if existing is None:
@@ -195,16 +200,16 @@ _FROM_THE_FILE = ("original_format", "original_sha256", "original_size", "pixel_
 _TYPED = ("patient_id", "accession_number")
 
 
-def _queue_again(failed: Study, resent: Study, data: bytes, audit_context: dict, *, header: list[str]) -> bool:
+def _queue_again(failed: Study, resent: Study, data: bytes, audit_context: dict, *, refreshed: list[str]) -> bool:
     """Store the copy of a failed study's instance sent again, and queue the study anew.
 
     In place, since a SOP Instance UID is one study per hospital: the copy replaces the
     file (a missing or damaged one is why some studies fail), the study's description of
-    it, and its attempts. False if the study is no longer failed: another request queued
-    it first, and this copy is removed.
+    it, the `refreshed` fields, and its attempts. False if the study is no longer failed:
+    another request queued it first, and this copy is removed.
     """
     replaced = [name for name in (failed.original_file.name, failed.display_image.name) if name]
-    fields = {name: getattr(resent, name) for name in {*_FROM_THE_FILE, *header}}
+    fields = {name: getattr(resent, name) for name in {*_FROM_THE_FILE, *refreshed}}
     for name, value in fields.items():
         setattr(failed, name, value)  # the new file's name follows its format
     _write_original(failed, data, name=f"original-{uuid.uuid4().hex[:12]}")

@@ -170,3 +170,27 @@ def test_two_copies_sent_at_once_queue_the_study_once_and_leave_one_file(hospita
     assert (study.status, study.attempts) == ("queued", 0)
     assert stored().files == {study.original_file.name}
     assert AuditEvent.objects.filter(action="study.uploaded", detail__sent_again=True).count() == 1
+
+
+def test_an_identifier_typed_for_the_study_stays_unless_one_is_typed_for_the_copy(client_for, doctor):
+    """CR_CHEST's header names no patient, so the doctor typed one. Sending the copy again
+    with the field left empty must not leave the study without its patient."""
+    client = client_for(doctor)
+
+    def upload(**typed):
+        with CR_CHEST.open("rb") as radiograph:
+            response = client.post(
+                reverse("diagnostics:upload"), {"files": radiograph, **typed}, HTTP_HX_REQUEST="true"
+            )
+        assert response.status_code == 201
+        return Study.objects.get()
+
+    study = upload(patient_id="MRN-7001", accession_number="ACC-7001")
+    failed(study, Study.Failure.MISSING_FILE, pipeline.MISSING_FILE_MESSAGE)
+
+    study = upload()
+    assert (study.status, study.patient_id, study.accession_number) == ("queued", "MRN-7001", "ACC-7001")
+
+    failed(study, Study.Failure.MISSING_FILE, pipeline.MISSING_FILE_MESSAGE)
+    study = upload(patient_id="MRN-7002")
+    assert (study.status, study.patient_id, study.accession_number) == ("queued", "MRN-7002", "ACC-7001")
