@@ -78,26 +78,10 @@ class WorklistFilterForm(forms.Form):
 
 class UploadForm(forms.Form):
     """Optional identifiers typed by the doctor; the files come from request.FILES.
-
-    `hospital` is the hospital the page was opened for. Someone who reads for several
-    hospitals may switch to another in a second tab while the page is still sending
-    files: the session then names the other hospital, and the files would be stored as
-    its studies, under a page that shows the first. The view refuses them instead.
-    """
+    (The page's hospital is checked by the gate: hospital.tenancy.switched_away.)"""
 
     patient_id = forms.CharField(label="Patient ID (optional)", required=False, max_length=64)
     accession_number = forms.CharField(label="Accession number (optional)", required=False, max_length=64)
-    hospital = forms.UUIDField(required=False, widget=forms.HiddenInput)
-
-    def check_hospital(self, active) -> None:
-        """Refuse the whole upload (a form error) if the page was opened for another hospital."""
-        opened_for = self.cleaned_data.get("hospital")
-        if opened_for and opened_for != active.code:
-            self.add_error(
-                None,
-                f"You switched to {active.name} in another tab after opening this page. Nothing was stored: "
-                f"reload the page to upload to {active.name}, or switch back.",
-            )
 
 
 class ReviewForm(forms.Form):

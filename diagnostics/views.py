@@ -133,7 +133,7 @@ def upload(request: HttpRequest) -> HttpResponse:
     """Portal upload. The page's script posts one file per request (for per-file
     progress) and gets back that file's result; without JavaScript the form posts all
     files at once and the whole page comes back with every result."""
-    form = UploadForm(request.POST if request.method == "POST" else None, initial={"hospital": request.hospital.code})
+    form = UploadForm(request.POST if request.method == "POST" else None)
     if request.method != "POST":
         return render(request, "diagnostics/upload.html", _upload_context(form, []))
     files = request.FILES.getlist("files")
@@ -152,10 +152,8 @@ def upload(request: HttpRequest) -> HttpResponse:
 
 def _upload_files(request: HttpRequest, form: UploadForm, files: list) -> tuple[list[dict], int]:
     """Each file's result and the response's status; no results if the form refused them all."""
-    if form.is_valid():
-        form.check_hospital(request.hospital)
     if not form.is_valid():
-        return [], 409 if form.has_error("__all__") else 400
+        return [], 400
     if not files:
         form.add_error(None, "Choose at least one file to upload.")
         return [], 400

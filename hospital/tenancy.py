@@ -2,7 +2,8 @@
 
 - `TenantQuerySet.for_hospital()` / `.visible_to()` start every tenant-owned query.
 - `get_object_for_request()` is the one view helper: outsiders get 404, never 403.
-- `role_required()` guards views: a member without the role gets 403.
+- `role_required()` guards views: a member without the role gets 403, and a request
+  from a page opened for another of the user's hospitals gets 409 (`switched_away`).
 The DRF counterparts live in `hospital.api`.
 """
 
@@ -10,14 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from functools import wraps
+from urllib.parse import urlsplit
 
 from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.http import Http404, HttpResponse
+from django.shortcuts import render
 
 from hospital.models import Hospital, Membership, Role
 
 SESSION_KEY = "active_hospital"
+# The hospital a page was opened for, sent back by the page's own requests: htmx's (the
+# header, set on every page's body) and its forms' (the field, templates/includes/).
+OPENED_FOR_HEADER = "X-Pleura-Hospital"
+OPENED_FOR_FIELD = "opened_for"
 
 
 class TenantQuerySet(models.QuerySet):
@@ -107,6 +114,8 @@ def role_required(*roles: str) -> Callable:
                 return _to_sign_in(request)
             if getattr(request, "membership", None) is None:
                 raise Http404("No hospital.")
+            if (refusal := switched_away(request)) is not None:
+                return refusal
             if request.membership.role not in allowed:
                 raise PermissionDenied("Your role does not allow this.")
             return view(request, *args, **kwargs)
@@ -132,3 +141,44 @@ def _to_sign_in(request) -> HttpResponse:
     response = HttpResponse("Your session has ended. Please sign in again.", status=401, content_type="text/plain")
     response["HX-Redirect"] = sign_in
     return response
+
+
+def switched_away(request) -> HttpResponse | None:
+    """409 for a request from a page opened for another hospital than the session's.
+
+    The active hospital is the session's, shared by the user's tabs. Switching in one tab
+    left the others' pages naming the hospital they were opened for while their requests
+    acted on the new one: an admin's consent saved for the other hospital, a worklist's
+    filter filling one hospital's page with the other's patients, uploads stored there.
+    Pages say which hospital they were opened for; such a request does nothing. None if
+    the page says nothing (the API, a bookmarked link) or names the active hospital.
+    """
+    opened_for = request.headers.get(OPENED_FOR_HEADER) or request.POST.get(OPENED_FOR_FIELD, "")
+    if not opened_for or opened_for == str(request.hospital.code):
+        return None
+    page_hospital = next(
+        (m.hospital for m in active_memberships(request.user) if str(m.hospital.code) == opened_for), None
+    )
+    active = request.hospital.name
+    if page_hospital is None:
+        words = (
+            "This page was opened for a hospital you no longer work in, so nothing was done. "
+            f"Reload it to work in {active}."
+        )
+    else:
+        words = (
+            f"You switched to {active} in another tab after opening this page for {page_hospital.name}, so nothing "
+            f"was done. Switch back to {page_hospital.name} to go on with this page, or reload it to work in {active}."
+        )
+    if getattr(request, "htmx", False):
+        return HttpResponse(words, status=409, content_type="text/plain; charset=utf-8")
+    context = {"words": words, "page_hospital": page_hospital, "back_to": _page_of(request)}
+    return render(request, "409.html", context, status=409)
+
+
+def _page_of(request) -> str:
+    """The path of the page the request came from, on this site; else the worklist."""
+    referer = urlsplit(request.headers.get("Referer", ""))
+    if referer.netloc != request.get_host() or not referer.path.startswith("/"):
+        return "/"
+    return referer.path + (f"?{referer.query}" if referer.query else "")

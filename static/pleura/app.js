@@ -41,6 +41,10 @@
     var xhr = event.detail.xhr, status = xhr.status;
     var words = status === 503 ? outageWords(xhr) : "";
     if (status === 403) notice("Your role does not allow this action.");
+    // Switched hospital in another tab (hospital.tenancy.switched_away): its own words.
+    else if (status === 409 && (xhr.getResponseHeader("Content-Type") || "").indexOf("text/plain") === 0) {
+      notice(xhr.responseText);
+    }
     else if (status === 404) notice("This item is no longer available.");
     else if (words) notice("Pleura is temporarily unavailable. " + words);
     else notice("Something went wrong (" + status + "). Please try again.");

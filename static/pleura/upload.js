@@ -56,7 +56,7 @@
         progress: progress,
         patientId: typed("patient_id"),
         accessionNumber: typed("accession_number"),
-        hospital: typed("hospital"),  // the hospital this page was opened for
+        openedFor: typed("opened_for"),  // the hospital this page was opened for
       };
     }
 
@@ -120,7 +120,7 @@
       data.append("csrfmiddlewaretoken", csrfToken());
       data.append("patient_id", job.patientId);
       data.append("accession_number", job.accessionNumber);
-      data.append("hospital", job.hospital);
+      data.append("opened_for", job.openedFor);
       data.append("files", job.file, job.file.name);
       var xhr = new XMLHttpRequest();
       xhr.open("POST", form.action);
@@ -137,6 +137,10 @@
         } else if (xhr.status === 401) {
           fail(job, "Your session has ended. Sign in again in another tab, then press Try again.", true);
           signInLink(job.shown);
+        } else if (xhr.status === 409) {
+          // Switched hospital in another tab: the server's words say which; after switching
+          // back, Try again sends the file to the hospital this page was opened for.
+          fail(job, xhr.responseText, true);
         } else if (xhr.status === 403) {
           fail(job, "Your role does not allow uploads, or your session expired; sign in again.", false);
         } else {

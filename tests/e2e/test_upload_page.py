@@ -73,25 +73,3 @@ def test_leaving_the_page_while_files_are_on_their_way_asks_first(chromium, live
     assert asked.value.type == "beforeunload"
     assert not page.is_closed()
     assert Study.objects.count() == 0
-
-
-def test_a_file_dropped_after_switching_hospital_in_another_tab_is_refused_not_filed_under_it(
-    chromium, live_server, screenshot, shared_radiologist, hospital_a, hospital_b
-):
-    page = sign_in(chromium, live_server, shared_radiologist)
-    page.get_by_role("link", name="Upload", exact=True).click()
-    opened_for = page.get_by_label("Active hospital").evaluate("select => select.selectedOptions[0].text")
-    other = hospital_b if opened_for == hospital_a.name else hospital_a
-    other_tab = page.context.new_page()
-    other_tab.goto(f"{live_server.url}/")
-    other_tab.get_by_label("Active hospital").select_option(label=other.name)
-    other_tab.get_by_role("button", name="Switch").click()
-    expect(other_tab.get_by_text(f"Chest radiographs received by {other.name}")).to_be_visible()
-
-    page.locator("#upload-files").set_input_files(RADIOGRAPH)
-
-    expect(page.locator(".upload-result--error")).to_contain_text(
-        f"You switched to {other.name} in another tab after opening this page. Nothing was stored"
-    )
-    screenshot(page, "19-upload-after-switching-hospital")
-    assert Study.objects.count() == 0

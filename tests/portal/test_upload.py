@@ -116,33 +116,3 @@ def test_anonymous_upload_is_sent_to_sign_in_and_stores_nothing(client, db):
     assert (page.status_code, page["Location"]) == (302, "/accounts/login/?next=/upload/")
     assert (script.status_code, script["HX-Redirect"]) == (401, "/accounts/login/?next=/")
     assert Study.objects.count() == 0
-
-
-def test_the_page_carries_the_hospital_it_was_opened_for(client_for, doctor, hospital_a):
-    html = client_for(doctor).get(UPLOAD).content.decode()
-    assert f'<input type="hidden" name="hospital" value="{hospital_a.code}" id="id_hospital">' in html
-
-
-def test_files_sent_after_switching_hospital_in_another_tab_are_refused_not_filed_under_it(
-    client_for, shared_radiologist, hospital_a, hospital_b
-):
-    client = client_for(shared_radiologist)
-    opened_for = hospital_a.code
-    client.post(reverse("accounts:switch_hospital"), {"hospital": str(hospital_b.code)})  # the other tab
-    words = (
-        f"You switched to {hospital_b.name} in another tab after opening this page. Nothing was stored: "
-        f"reload the page to upload to {hospital_b.name}, or switch back."
-    )
-
-    script = client.post(UPLOAD, {"files": jpeg(), "hospital": str(opened_for)}, **HX)
-    form = client.post(UPLOAD, {"files": [jpeg(), jpeg(NORMAL_JPEG)], "hospital": str(opened_for)})
-
-    script_html = script.content.decode().replace("&#x27;", "'")
-    assert script.status_code == 409
-    assert script_html.lstrip().startswith('<div class="upload-result upload-result--error" data-status="409">')
-    assert f"<strong>Not accepted.</strong> {words}" in script_html
-    assert form.status_code == 409
-    assert words in form.content.decode().replace("&#x27;", "'")
-    assert Study.objects.count() == 0
-    assert client.post(UPLOAD, {"files": jpeg(), "hospital": str(hospital_b.code)}, **HX).status_code == 201
-    assert Study.objects.get().hospital == hospital_b
