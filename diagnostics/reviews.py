@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db import transaction
+from django.utils import timezone
 
 from diagnostics.models import Prediction, Review, ReviewRevision, Study
 from hospital import audit
@@ -39,6 +40,9 @@ def save_review(
         },
     )
     ReviewRevision.objects.create(review=review, verdict=verdict, correct_label=correct_label, note=note)
+    # A review changes what the API shows of the study: an EMR reading changes back with
+    # `updated_since` must see it, as it sees a prediction.
+    Study.objects.filter(pk=study.pk).update(updated_at=timezone.now())
     # The note is free text and may name the patient: it stays out of the audit trail.
     audit.record(
         audit.Action.REVIEW_SAVED,

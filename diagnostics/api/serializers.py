@@ -42,6 +42,11 @@ class WarningSerializer(serializers.Serializer):
 
 class StudySerializer(serializers.ModelSerializer):
     id = serializers.UUIDField(source="code", read_only=True)
+    updated_at = serializers.DateTimeField(
+        read_only=True,
+        help_text="When anything shown here last changed: status, prediction, reviews. To read only what "
+        "changed since your last read, pass the largest `updated_at` you have seen as `updated_since`.",
+    )
     prediction = serializers.SerializerMethodField()
     reviews = serializers.SerializerMethodField()
     warnings = serializers.SerializerMethodField()
@@ -55,6 +60,7 @@ class StudySerializer(serializers.ModelSerializer):
             "failure_code",
             "accession_number",
             "created_at",
+            "updated_at",
             "prediction",
             "reviews",
             "warnings",

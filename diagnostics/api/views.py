@@ -129,6 +129,7 @@ STUDY_EXAMPLE = OpenApiExample(
         "failure_code": "",
         "accession_number": "ACC-2025-000123",
         "created_at": "2025-11-03T09:14:07.512Z",
+        "updated_at": "2025-11-03T09:14:08.204Z",
         "prediction": {
             "label": "pneumonia",
             "probability": 0.912,
@@ -150,6 +151,7 @@ QUEUED_EXAMPLE = OpenApiExample(
         "failure_code": "",
         "accession_number": "ACC-2025-000124",
         "created_at": "2025-11-03T09:20:00Z",
+        "updated_at": "2025-11-03T09:20:00Z",
         "prediction": None,
         "reviews": [],
         "warnings": [
@@ -221,7 +223,10 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
             OpenApiParameter("status", str, enum=Study.Status.values, description="Only studies in this status."),
             OpenApiParameter("accession_number", str, description="Only studies with this accession number."),
             OpenApiParameter(
-                "updated_since", OpenApiTypes.DATETIME, description="ISO 8601; studies changed at or after this time."
+                "updated_since",
+                OpenApiTypes.DATETIME,
+                description="ISO 8601; studies changed at or after this time (their `updated_at`): a new "
+                "status, prediction or review.",
             ),
         ],
         responses={200: StudySerializer(many=True), 400: ERRORS[400], 401: ERRORS[401], 404: ERRORS[404]},

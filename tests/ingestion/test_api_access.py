@@ -16,11 +16,13 @@ from django.core.files.base import ContentFile
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from PIL import Image
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.test import APIClient
 
 from diagnostics.models import Prediction, Review, Study
+from diagnostics.reviews import save_review
 from diagnostics.services import ingest_upload
 from hospital.api import IntegrationKeyThrottle
 from hospital.models import AuditEvent, IntegrationKey
@@ -222,7 +224,8 @@ def test_detail_resource_shows_the_latest_non_shadow_prediction_reviews_and_warn
         "failure_reason": "",
         "failure_code": "",
         "accession_number": "ACC-A1",
-        "created_at": body["created_at"],
+        "created_at": completed_a.created_at.isoformat().replace("+00:00", "Z"),
+        "updated_at": completed_a.updated_at.isoformat().replace("+00:00", "Z"),
         "prediction": {
             "label": "pneumonia",
             "probability": 0.9,
@@ -243,7 +246,6 @@ def test_detail_resource_shows_the_latest_non_shadow_prediction_reviews_and_warn
         ],
         "warnings": [],
     }
-    assert completed_a.created_at.isoformat().replace("+00:00", "Z") == body["created_at"]
     assert "MRN-A1" not in str(body)
 
 
@@ -334,6 +336,23 @@ def test_list_filters_by_status_accession_and_updated_since(caller, hospital_a):
     assert ids("?updated_since=" + (timezone.now() - timedelta(days=5)).date().isoformat()) == [
         str(s.code) for s in reversed(studies)
     ]
+
+
+def test_a_review_saved_after_the_prediction_is_read_back_as_a_change(caller, completed_a, radiologist):
+    """An EMR reads what changed since its last read with `updated_since`: a radiologist's
+    correction after the prediction must come back that way, as the prediction did."""
+    Study.objects.filter(pk=completed_a.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+    client = caller("key_a")
+    last_read = (timezone.now() - timedelta(minutes=30)).isoformat()
+    assert client.get(STUDIES_URL, {"updated_since": last_read}).json()["results"] == []
+
+    save_review(study=completed_a, radiologist=radiologist, verdict="disagree", correct_label="normal")
+
+    changed = client.get(STUDIES_URL, {"updated_since": last_read}).json()["results"]
+    assert [(study["id"], [r["verdict"] for r in study["reviews"]]) for study in changed] == [
+        (str(completed_a.code), ["disagree"])
+    ]
+    assert parse_datetime(changed[0]["updated_at"]) > parse_datetime(last_read)
 
 
 @pytest.mark.parametrize(

@@ -34,8 +34,8 @@ def test_schema_documents_every_endpoint_with_examples_and_key_auth(db):
     }
     detail = schema["components"]["schemas"]["Study"]["properties"]
     assert set(detail) == {
-        "id", "status", "failure_reason", "failure_code", "accession_number", "created_at", "prediction", "reviews",
-        "warnings",
+        "id", "status", "failure_reason", "failure_code", "accession_number", "created_at", "updated_at",
+        "prediction", "reviews", "warnings",
     }  # fmt: skip
     assert schema["components"]["schemas"]["FailureCodeEnum"]["enum"] == [
         "undecodable", "missing_file", "inference_error", "gave_up",

@@ -77,6 +77,7 @@ STUDY_FIELDS = {
     "failure_code",
     "accession_number",
     "created_at",
+    "updated_at",
     "prediction",
     "reviews",
     "warnings",
