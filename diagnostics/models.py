@@ -146,6 +146,9 @@ class Study(models.Model):
             models.Index(fields=["hospital", "-created_at"]),
             # The pipeline's reuse lookup: identical pixels within one hospital.
             models.Index(fields=["hospital", "pixel_sha256"]),
+            # An EMR following changes (the API's `updated_since`): without it each poll read
+            # the hospital's whole table (docs/benchmarks.md, seventeenth stop).
+            models.Index(fields=["hospital", "updated_at"]),
         ]
 
     def __str__(self) -> str:
