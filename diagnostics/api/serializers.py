@@ -44,8 +44,10 @@ class StudySerializer(serializers.ModelSerializer):
     id = serializers.UUIDField(source="code", read_only=True)
     updated_at = serializers.DateTimeField(
         read_only=True,
-        help_text="When anything shown here last changed: status, prediction, reviews. To read only what "
-        "changed since your last read, pass the largest `updated_at` you have seen as `updated_since`.",
+        help_text="When anything shown here last changed: status, prediction, reviews. To read what changed "
+        "since your last read, pass the largest `updated_at` you have seen, less a minute, as `updated_since`: "
+        "a change is stored a moment after its time is taken, so the margin keeps one from being missed, "
+        "and a few studies are read twice.",
     )
     prediction = serializers.SerializerMethodField()
     reviews = serializers.SerializerMethodField()
