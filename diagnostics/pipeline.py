@@ -968,20 +968,31 @@ def cpu_threads_per_process(pool_processes: int) -> int:
 
 def warm_up(pool_processes: int = 1) -> None:
     """In a fresh pool process: take this process's share of the cores, load the active
-    model now (after fork) and run it on a blank image (on CUDA at every batch size up to
-    MAX_BATCH), so no study waits for the weights or the lazy set-up of a first forward
-    pass (CUDA kernels, cuDNN plans for each batch shape, CPU kernel caches)."""
+    model and any shadow candidate now (after fork) and run them on a blank image (on CUDA
+    at every batch size up to MAX_BATCH), so no study waits for the weights or the lazy
+    set-up of a first forward pass (CUDA kernels, cuDNN plans for each batch shape, CPU
+    kernel caches). The candidate runs after the active model in every batch, so the
+    batch's studies would wait for its set-up too."""
     from mlcore.engine import use_cpu_threads  # torch: only the worker needs it
 
     threads = cpu_threads_per_process(pool_processes)
     use_cpu_threads(threads)
     try:
-        version, engine = registry.get_active_engine()
+        version, engine, shadow = registry.get_serving_engine()
     except (registry.RegistryError, DatabaseError) as exc:
         log.warning("model not preloaded (%s); it will load with the first study", exc)
         return
-    try:
-        model_runner.submit(engine.warm_up, MAX_BATCH).result()  # in the thread that will predict
+    _warm(version, engine, with_heatmap=True)
+    if shadow is not None:
+        try:
+            _warm(shadow, registry.get_engine(shadow), with_heatmap=False)
+        except Exception:  # a failing candidate must never keep a worker from starting
+            log.exception("shadow model %s could not be loaded", shadow.name)
+    log.info("inference worker ready: model %s on %s, %d CPU threads", version.name, engine.device, threads)
+
+
+def _warm(version: ModelVersion, engine, *, with_heatmap: bool) -> None:
+    try:  # in the thread that will predict: CUDA keeps its handles per thread
+        model_runner.submit(engine.warm_up, MAX_BATCH, with_heatmap).result()
     except Exception:  # a warm-up must never keep a worker from starting: the first study retries
         log.exception("model %s loaded, but its warm-up pass failed", version.name)
-    log.info("inference worker ready: model %s on %s, %d CPU threads", version.name, engine.device, threads)

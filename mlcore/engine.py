@@ -103,7 +103,7 @@ class InferenceEngine:
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         return calibrated_probability(logits, self.spec.temperature, self.spec.logit_bias)
 
-    def warm_up(self, max_batch: int) -> int:
+    def warm_up(self, max_batch: int, with_heatmap: bool = True) -> int:
         """Predict a blank image of the input size at every batch size a worker may send
         (only batch 1 on a CPU), so no study waits for the set-up of a first pass.
         Returns the batches run.
@@ -114,12 +114,13 @@ class InferenceEngine:
         docs/benchmarks.md, fourth H100 visit). A worker's batches come in every size up
         to its maximum, so under load each pool process paid this again and again. On one
         EPYC core the CPU showed no such cost for sizes 3 to 32, so a CPU warms with one
-        batch, which loads what lazy state it has.
+        batch, which loads what lazy state it has. `with_heatmap` as the engine will be
+        run: a shadow candidate predicts without Grad-CAM, a pass of other kernels.
         """
         blank = np.zeros((self.spec.image_size, self.spec.image_size), dtype=np.uint8)
         sizes = range(1, max_batch + 1) if self.device.type == "cuda" else [1]
         for size in sizes:
-            self.predict([blank] * size)
+            self.predict([blank] * size, with_heatmap=with_heatmap)
         return len(sizes)
 
     def predict(self, grays: list[np.ndarray], with_heatmap: bool = True) -> list[PredictionResult]:

@@ -19,6 +19,7 @@ from diagnostics import pipeline, services
 from diagnostics.models import Prediction, Study
 from hospital.models import AuditEvent
 from mlcore import registry
+from mlcore.engine import InferenceEngine
 from mlcore.models import ModelVersion
 from tests.conftest import (
     SHARED_DATA,
@@ -793,6 +794,33 @@ def test_warm_up_runs_the_model_on_blank_images_of_its_input_size(tiny_model, mo
     assert [[(gray.shape, gray.dtype.name, int(gray.max())) for gray in grays] for grays in seen] == [
         [blank] * size for size in sizes
     ]
+
+
+def test_warm_up_loads_and_runs_the_shadow_candidate_too_as_it_will_be_run(tiny_model, tmp_path, monkeypatch):
+    """The candidate predicts after the active model in every batch: left cold, the first
+    batch's studies would wait for its weights and its first pass."""
+    candidate = make_model_version(
+        tmp_path, name="tiny-candidate", seed=2, status=ModelVersion.Status.CANDIDATE, shadow=True
+    )
+    registry.engines.clear()
+    warmed = []
+    real_warm_up = InferenceEngine.warm_up
+
+    def warm_up(engine, max_batch, with_heatmap=True):
+        warmed.append((engine.spec.name, with_heatmap, threading.current_thread().name.split("_")[0]))
+        return real_warm_up(engine, max_batch, with_heatmap)
+
+    monkeypatch.setattr(InferenceEngine, "warm_up", warm_up)
+
+    pipeline.warm_up(pool_processes=1)
+
+    assert warmed == [("tiny-test", True, "pleura-model"), ("tiny-candidate", False, "pleura-model")]
+
+    def load(*args, **kwargs):
+        raise AssertionError("loaded again by the first batch")
+
+    monkeypatch.setattr(InferenceEngine, "__init__", load)
+    assert registry.get_engine(candidate).spec.name == "tiny-candidate"  # kept, loaded, for the first batch
 
 
 def test_a_failing_warm_up_pass_still_lets_the_worker_start(tiny_model, monkeypatch, caplog):
