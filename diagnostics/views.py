@@ -128,11 +128,12 @@ def worklist_updates(request: HttpRequest) -> HttpResponse:
 
 @never_cache
 @require_http_methods(["GET", "POST"])
-@role_required()
+@role_required(*CLINICAL_ROLES)
 def upload(request: HttpRequest) -> HttpResponse:
-    """Portal upload. The page's script posts one file per request (for per-file
-    progress) and gets back that file's result; without JavaScript the form posts all
-    files at once and the whole page comes back with every result."""
+    """Portal upload, for doctors and radiologists (as the API's: a hospital admin runs
+    accounts, not clinical studies). The page's script posts one file per request (for
+    per-file progress) and gets back that file's result; without JavaScript the form
+    posts all files at once and the whole page comes back with every result."""
     form = UploadForm(request.POST if request.method == "POST" else None)
     if request.method != "POST":
         return render(request, "diagnostics/upload.html", _upload_context(form, []))

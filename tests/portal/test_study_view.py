@@ -192,6 +192,8 @@ def test_dicom_person_names_read_naturally(client_for, doctor, study):
 @pytest.mark.parametrize("role", ["doctor", "radiologist", "hospital_admin"])
 def test_every_role_of_the_hospital_can_read_every_page(client_for, request, study, role):
     client = client_for(request.getfixturevalue(role))
-    for path in (reverse("diagnostics:worklist"), reverse("diagnostics:upload"), url("study_detail", study)):
+    for path in (reverse("diagnostics:worklist"), url("study_detail", study)):
         assert client.get(path).status_code == 200
+    # Uploading is clinical work, as in the API (tests/portal/test_upload.py).
+    assert client.get(reverse("diagnostics:upload")).status_code == (403 if role == "hospital_admin" else 200)
     assert client.get(url("study_image", study)).status_code == 200

@@ -116,3 +116,14 @@ def test_anonymous_upload_is_sent_to_sign_in_and_stores_nothing(client, db):
     assert (page.status_code, page["Location"]) == (302, "/accounts/login/?next=/upload/")
     assert (script.status_code, script["HX-Redirect"]) == (401, "/accounts/login/?next=/")
     assert Study.objects.count() == 0
+
+
+def test_a_hospital_admin_uploads_nothing_and_is_not_offered_to(client_for, hospital_admin):
+    """As in the API: hospital admins run accounts, not clinical studies."""
+    client = client_for(hospital_admin)
+
+    assert client.get(UPLOAD).status_code == 403
+    assert client.post(UPLOAD, {"files": jpeg(), "patient_id": "MRN-1"}, **HX).status_code == 403
+    assert Study.objects.count() == 0
+    worklist = client.get(reverse("diagnostics:worklist")).content.decode()
+    assert 'href="/upload/"' not in worklist
