@@ -245,15 +245,46 @@ class MembershipAdmin(HospitalScopedAdmin):
 
     @admin.action(description="Deactivate selected memberships", permissions=[CHANGE])
     def deactivate_selected(self, request, queryset):
+        memberships = list(queryset.select_related("user", "hospital"))
+        # As the change form: platform accounts are the platform operators' to manage.
+        platform = [m for m in memberships if m.user.is_superuser and not self.is_platform_admin(request)]
         count = sum(
             services.deactivate_membership(m, actor=request.user, request=request)
-            for m in queryset.select_related("user", "hospital")
+            for m in memberships
+            if m not in platform
         )
         self.message_user(request, f"{count} membership(s) deactivated.", messages.SUCCESS)
+        if platform:
+            self.message_user(
+                request,
+                f"{len(platform)} membership(s) of platform accounts left as they were: platform operators "
+                "manage those.",
+                messages.WARNING,
+            )
+
+
+class IntegrationKeyForm(forms.ModelForm):
+    """A key's name is unique within its hospital. Renaming a key, whose hospital is
+    read-only, Django's own check leaves out (it checks only the form's fields), and the
+    database's constraint would answer 500."""
+
+    class Meta:
+        model = IntegrationKey
+        fields = ["hospital", "name"]
+
+    def clean(self):
+        cleaned = super().clean()
+        hospital_id = cleaned["hospital"].pk if cleaned.get("hospital") else self.instance.hospital_id
+        name = cleaned.get("name")
+        taken = IntegrationKey.objects.filter(hospital_id=hospital_id, name=name).exclude(pk=self.instance.pk)
+        if name and hospital_id and taken.exists():
+            self.add_error("name", "Another key of this hospital has this name.")
+        return cleaned
 
 
 @admin.register(IntegrationKey)
 class IntegrationKeyAdmin(HospitalScopedAdmin):
+    form = IntegrationKeyForm
     list_display = ["name", "hospital", "prefix", "created_at", "last_used_at", "revoked_at"]
     list_filter = ["hospital"]
     search_fields = ["name", "prefix"]

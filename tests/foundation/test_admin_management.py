@@ -338,3 +338,36 @@ def test_admin_login_page_accepts_a_hospital_admin(client, hospital_admin, passw
     response = client.post("/admin/login/?next=/admin/", {"username": hospital_admin.email, "password": password})
     assert response.status_code == 302
     assert client.get("/admin/").status_code == 200
+
+
+def test_renaming_a_key_to_a_name_its_hospital_uses_is_a_form_error_not_a_500(client_for, hospital_admin, key_a):
+    second, _ = IntegrationKey.generate(hospital=key_a[0].hospital, name="Second")
+    url = f"/admin/hospital/integrationkey/{second.pk}/change/"
+    client = client_for(hospital_admin)
+
+    response = client.post(url, admin_form_data(client.get(url), name=key_a[0].name))
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {"name": ["Another key of this hospital has this name."]}
+    assert IntegrationKey.objects.get(pk=second.pk).name == "Second"
+    assert _events("key.changed") == []
+
+
+def test_the_bulk_deactivation_leaves_a_platform_accounts_membership_as_the_form_does(
+    client_for, hospital_admin, superuser, doctor, hospital_a
+):
+    platform = Membership.objects.create(user=superuser, hospital=hospital_a, role=Role.RADIOLOGIST)
+    client = client_for(hospital_admin)
+
+    response = client.post(
+        "/admin/hospital/membership/",
+        {"action": "deactivate_selected", "_selected_action": [platform.pk, doctor.memberships.get().pk]},
+        follow=True,
+    )
+
+    assert [str(m) for m in response.context["messages"]] == [
+        "1 membership(s) deactivated.",
+        "1 membership(s) of platform accounts left as they were: platform operators manage those.",
+    ]
+    assert Membership.objects.get(pk=platform.pk).is_active is True
+    assert doctor.memberships.get().is_active is False
