@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, reverse_lazy
+from django.views.generic import RedirectView
 
 from diagnostics import health, performance
 from diagnostics.metrics import metrics_view
@@ -12,6 +13,9 @@ handler500 = "config.errors.server_error"
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    # The admin's own password page would change a password without an audit event; the
+    # portal's records one (accounts.views.PleuraPasswordChangeView).
+    path("admin/password_change/", RedirectView.as_view(url=reverse_lazy("accounts:password_change"))),
     path("admin/", admin.site.urls),
     path("api/v1/", include("diagnostics.api.urls")),
     path("dicomweb/", include("diagnostics.api.dicomweb_urls")),

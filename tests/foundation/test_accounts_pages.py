@@ -84,3 +84,18 @@ def test_password_change_page_sends_anonymous_visitors_to_login(client):
     response = client.get("/accounts/password/")
     assert response.status_code == 302
     assert response["Location"] == "/accounts/login/?next=/accounts/password/"
+
+
+def test_the_admins_password_page_leads_to_the_audited_one_and_changes_nothing_itself(client_for, hospital_admin):
+    client = client_for(hospital_admin)
+    new = "an-entirely-new-passphrase-7"
+
+    page = client.get("/admin/password_change/")
+    posted = client.post(
+        "/admin/password_change/", {"old_password": PASSWORD, "new_password1": new, "new_password2": new}
+    )
+
+    assert [(r.status_code, r["Location"]) for r in (page, posted)] == [(302, "/accounts/password/")] * 2
+    hospital_admin.refresh_from_db()
+    assert hospital_admin.check_password(PASSWORD)
+    assert 'href="/admin/password_change/"' in client.get("/admin/").content.decode()  # the link admins follow
