@@ -16,6 +16,7 @@ from django.contrib.auth.forms import BaseUserCreationForm, UserChangeForm
 
 from accounts import services
 from accounts.models import User
+from hospital import services as hospital_services
 from hospital.admin import HospitalScopedAdmin
 from hospital.models import Hospital, Role
 
@@ -106,8 +107,20 @@ class UserAdmin(HospitalScopedAdmin, DjangoUserAdmin):
 
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)
-        if obj is not None:
+        if obj is not None and self.is_platform_admin(request):
             return form
+        if obj is not None:
+
+            class KeepsAnAdmin(form):
+                def clean(self):
+                    cleaned = super().clean()
+                    if "is_active" in self.changed_data and not cleaned.get("is_active"):
+                        left_without = hospital_services.hospitals_left_without_admin(users=[obj.pk])
+                        if left_without:
+                            self.add_error("is_active", hospital_services.left_without_admin_message(left_without))
+                    return cleaned
+
+            return KeepsAnAdmin
         hospitals = self.admin_hospitals(request) if not self.is_platform_admin(request) else Hospital.objects.all()
 
         class ScopedCreationForm(form):
@@ -138,8 +151,18 @@ class UserAdmin(HospitalScopedAdmin, DjangoUserAdmin):
     @admin.action(description="Deactivate selected users", permissions=["change"])
     def deactivate_selected(self, request, queryset):
         users = [user for user in queryset if self.fully_managed(request, user)]
-        count = sum(services.deactivate_user(user, actor=request.user, request=request) for user in users)
+        count, kept_admins = 0, []
+        for user in users:  # one at a time, each against what the previous ones left
+            left_without = [] if self.is_platform_admin(request) else (
+                hospital_services.hospitals_left_without_admin(users=[user.pk])
+            )  # fmt: skip
+            if left_without:
+                kept_admins.extend(left_without)
+                continue
+            count += services.deactivate_user(user, actor=request.user, request=request)
         self.message_user(request, f"{count} user(s) deactivated.", messages.SUCCESS)
+        if kept_admins:
+            self.message_user(request, hospital_services.left_without_admin_message(kept_admins), messages.WARNING)
 
     @admin.action(description="Unlock selected accounts", permissions=["change"])
     def unlock_selected(self, request, queryset):

@@ -26,7 +26,7 @@ from django.http import Http404
 from django.template.response import TemplateResponse
 
 from hospital import services
-from hospital.models import AuditEvent, Hospital, IntegrationKey, Membership
+from hospital.models import AuditEvent, Hospital, IntegrationKey, Membership, Role
 from hospital.tenancy import admin_hospitals, for_hospitals
 
 VIEW, ADD, CHANGE, DELETE = "view", "add", "change", "delete"
@@ -228,7 +228,20 @@ class MembershipAdmin(HospitalScopedAdmin):
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:
             kwargs["form"] = self.add_form
-        return super().get_form(request, obj, **kwargs)
+        form = super().get_form(request, obj, **kwargs)
+        if obj is None or self.is_platform_admin(request):
+            return form
+
+        class KeepsAnAdmin(form):
+            def clean(self):
+                cleaned = super().clean()
+                still_admin = cleaned.get("role") == Role.HOSPITAL_ADMIN and cleaned.get("is_active")
+                left_without = [] if still_admin else services.hospitals_left_without_admin(memberships=[obj.pk])
+                if left_without:
+                    self.add_error(None, services.left_without_admin_message(left_without))
+                return cleaned
+
+        return KeepsAnAdmin
 
     def get_readonly_fields(self, request, obj=None):
         # A membership stays attached to its user and hospital; make a new one instead.
@@ -248,11 +261,18 @@ class MembershipAdmin(HospitalScopedAdmin):
         memberships = list(queryset.select_related("user", "hospital"))
         # As the change form: platform accounts are the platform operators' to manage.
         platform = [m for m in memberships if m.user.is_superuser and not self.is_platform_admin(request)]
-        count = sum(
-            services.deactivate_membership(m, actor=request.user, request=request)
-            for m in memberships
-            if m not in platform
-        )
+        count, kept_admins = 0, []
+        for membership in memberships:
+            if membership in platform:
+                continue
+            # One at a time, each against what the previous ones left.
+            left_without = [] if self.is_platform_admin(request) else (
+                services.hospitals_left_without_admin(memberships=[membership.pk])
+            )  # fmt: skip
+            if left_without:
+                kept_admins.extend(left_without)
+                continue
+            count += services.deactivate_membership(membership, actor=request.user, request=request)
         self.message_user(request, f"{count} membership(s) deactivated.", messages.SUCCESS)
         if platform:
             self.message_user(
@@ -261,6 +281,8 @@ class MembershipAdmin(HospitalScopedAdmin):
                 "manage those.",
                 messages.WARNING,
             )
+        if kept_admins:
+            self.message_user(request, services.left_without_admin_message(kept_admins), messages.WARNING)
 
 
 class IntegrationKeyForm(forms.ModelForm):

@@ -72,6 +72,30 @@ def sync_staff_flag(user) -> bool | None:
     return should_be_staff
 
 
+def hospitals_left_without_admin(*, memberships: Iterable[int] = (), users: Iterable[int] = ()) -> list[Hospital]:
+    """Hospitals that would have no active hospital admin if these memberships (ids)
+    stopped being admin ones, or these users (ids) were deactivated.
+
+    A hospital admin who demotes or deactivates the last admin (themselves included)
+    locks their hospital out of managing its own staff until a platform operator steps
+    in; the admin refuses such a change. Platform operators may make it (a hospital
+    leaving Pleura)."""
+    memberships, users = set(memberships), set(users)
+    admins = Membership.objects.active().filter(role=Role.HOSPITAL_ADMIN, user__is_active=True)
+    losing = admins.filter(pk__in=memberships) | admins.filter(user__in=users)
+    left_without = []
+    for hospital in Hospital.objects.filter(pk__in=losing.values("hospital")).order_by("name"):
+        remaining = admins.filter(hospital=hospital).exclude(pk__in=memberships).exclude(user__in=users)
+        if not remaining.exists():
+            left_without.append(hospital)
+    return left_without
+
+
+def left_without_admin_message(hospitals: list[Hospital]) -> str:
+    names = ", ".join(hospital.name for hospital in hospitals)
+    return f"{names} would be left without an active hospital admin. Make someone else its admin first."
+
+
 def create_membership(membership: Membership, *, actor=None, request=None) -> Membership:
     with transaction.atomic():
         membership.save()

@@ -371,3 +371,86 @@ def test_the_bulk_deactivation_leaves_a_platform_accounts_membership_as_the_form
     ]
     assert Membership.objects.get(pk=platform.pk).is_active is True
     assert doctor.memberships.get().is_active is False
+
+
+# -- a hospital keeps an admin ------------------------------------------------------
+
+LEFT_WITHOUT = "St Mary's Hospital would be left without an active hospital admin. Make someone else its admin first."
+
+
+@pytest.fixture
+def second_admin(django_user_model, hospital_a):
+    user = django_user_model.objects.create_user(email="admin2@stmarys.example", password=PASSWORD, is_staff=True)
+    Membership.objects.create(user=user, hospital=hospital_a, role=Role.HOSPITAL_ADMIN)
+    return user
+
+
+@pytest.mark.parametrize("change", [{"role": Role.DOCTOR}, {"is_active": None}])
+def test_the_last_admin_cannot_demote_or_deactivate_their_own_membership(client_for, hospital_admin, change):
+    membership = hospital_admin.memberships.get()
+    url = f"/admin/hospital/membership/{membership.pk}/change/"
+    client = client_for(hospital_admin)
+
+    response = client.post(url, admin_form_data(client.get(url), **change))
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.non_field_errors() == [LEFT_WITHOUT]
+    membership.refresh_from_db()
+    assert (membership.role, membership.is_active) == (Role.HOSPITAL_ADMIN, True)
+    assert _events("membership.changed") + _events("membership.deactivated") == []
+
+
+def test_with_a_second_admin_the_first_may_step_down(client_for, hospital_admin, second_admin):
+    membership = hospital_admin.memberships.get()
+    url = f"/admin/hospital/membership/{membership.pk}/change/"
+    client = client_for(hospital_admin)
+
+    assert client.post(url, admin_form_data(client.get(url), role=Role.DOCTOR)).status_code == 302
+    assert Membership.objects.get(pk=membership.pk).role == Role.DOCTOR
+
+
+def test_deactivating_every_admin_at_once_keeps_the_last_one(client_for, hospital_admin, second_admin):
+    client = client_for(hospital_admin)
+
+    users = client.post(
+        "/admin/accounts/user/",
+        {"action": "deactivate_selected", "_selected_action": [second_admin.pk, hospital_admin.pk]},
+        follow=True,
+    )
+
+    assert [str(m) for m in users.context["messages"]] == ["1 user(s) deactivated.", LEFT_WITHOUT]
+    assert User.objects.filter(pk__in=[hospital_admin.pk, second_admin.pk], is_active=True).count() == 1
+
+
+def test_the_memberships_bulk_deactivation_keeps_the_last_admin_too(client_for, hospital_admin, second_admin):
+    client = client_for(hospital_admin)
+    admins = Membership.objects.filter(role=Role.HOSPITAL_ADMIN)
+
+    response = client.post(
+        "/admin/hospital/membership/",
+        {"action": "deactivate_selected", "_selected_action": list(admins.values_list("pk", flat=True))},
+        follow=True,
+    )
+
+    assert [str(m) for m in response.context["messages"]] == ["1 membership(s) deactivated.", LEFT_WITHOUT]
+    assert admins.filter(is_active=True).count() == 1
+
+
+def test_the_last_admin_cannot_untick_their_own_account(client_for, hospital_admin):
+    url = f"/admin/accounts/user/{hospital_admin.pk}/change/"
+    client = client_for(hospital_admin)
+
+    response = client.post(url, admin_form_data(client.get(url), is_active=None))
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {"is_active": [LEFT_WITHOUT]}
+    assert User.objects.get(pk=hospital_admin.pk).is_active is True
+
+
+def test_a_platform_operator_may_leave_a_hospital_without_admin(client_for, superuser, hospital_admin):
+    membership = hospital_admin.memberships.get()
+    url = f"/admin/hospital/membership/{membership.pk}/change/"
+    client = client_for(superuser)
+
+    assert client.post(url, admin_form_data(client.get(url), is_active=None)).status_code == 302
+    assert Membership.objects.get(pk=membership.pk).is_active is False
