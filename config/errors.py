@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from django.db import InterfaceError, OperationalError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template import loader
 from django.views import defaults
 
@@ -21,6 +21,15 @@ STORAGE_RETRY_AFTER_SECONDS = 60
 DATABASE_UNAVAILABLE_PAGE = (
     "Its database cannot be reached just now, so nothing was read or changed. Please try again in a minute; "
     "if this persists, contact your Pleura administrator."
+)
+
+
+# Paths answered to machines (the REST API, DICOMweb), in JSON even when nothing else
+# handled the error.
+MACHINE_PATHS = ("/api/", "/dicomweb/")
+API_SERVER_ERROR = (
+    "Pleura met an error of its own and could not complete this request; it has been logged. "
+    "Please try again later, and tell your Pleura administrator if it persists."
 )
 
 
@@ -41,6 +50,9 @@ def server_error(request: HttpRequest) -> HttpResponse:
         return _unavailable_page(DATABASE_UNAVAILABLE_PAGE, DATABASE_RETRY_AFTER_SECONDS)
     if isinstance(error, ServiceUnavailable):
         return _unavailable_page(error.detail, error.retry_after_seconds)
+    if request.path.startswith(MACHINE_PATHS):
+        # EMRs parse {"detail": ...} on every error; an HTML page is none of theirs.
+        return JsonResponse({"detail": API_SERVER_ERROR}, status=500)
     return defaults.server_error(request)
 
 

@@ -168,10 +168,23 @@ def to_grayscale(ds: Dataset) -> np.ndarray:
         raise RejectedUpload(
             422, f"The DICOM pixel data could not be decoded ({UID(syntax).name if syntax else 'unknown encoding'})."
         ) from exc
+    if arr.ndim not in (2, 3):
+        raise RejectedUpload(422, "The DICOM pixel data does not have the shape its attributes describe.")
+    try:
+        return _display_values(arr, ds, photometric)
+    except (RejectedUpload, MemoryError):
+        raise
+    except Exception as exc:  # malformed LUTs and rescale values make pydicom raise anything
+        raise RejectedUpload(
+            422,
+            "The DICOM's pixel values could not be turned into an image: its lookup tables or rescale "
+            "attributes are malformed.",
+        ) from exc
+
+
+def _display_values(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
     if arr.ndim == 3:
         return _colour_to_gray(arr, ds, photometric)
-    if arr.ndim != 2:
-        raise RejectedUpload(422, "The DICOM pixel data does not have the shape its attributes describe.")
     if photometric == "PALETTE COLOR":
         return _colour_to_gray(_apply_palette(arr, ds), ds, "RGB")
     gray = _monochrome_to_gray(arr, ds)
@@ -366,24 +379,26 @@ def metadata(ds: Dataset) -> dict[str, Any]:
         "series_instance_uid": _text(ds, "SeriesInstanceUID", 64),
         "sop_instance_uid": _text(ds, "SOPInstanceUID", 64),
         "sop_class_uid": _text(ds, "SOPClassUID", 64),
-        "modality": _text(ds, "Modality", 16).upper(),
-        "body_part": _text(ds, "BodyPartExamined", 64).upper(),
-        "view_position": _text(ds, "ViewPosition", 16).upper(),
+        "modality": _text(ds, "Modality", 16, upper=True),
+        "body_part": _text(ds, "BodyPartExamined", 64, upper=True),
+        "view_position": _text(ds, "ViewPosition", 16, upper=True),
         "study_date": _date(ds.get("StudyDate")),
         "transfer_syntax_uid": transfer_syntax(ds)[:64],
-        "photometric_interpretation": _text(ds, "PhotometricInterpretation", 16).upper(),
+        "photometric_interpretation": _text(ds, "PhotometricInterpretation", 16, upper=True),
         "rows": int(ds.Rows),
         "columns": int(ds.Columns),
     }
 
 
-def _text(ds: Dataset, keyword: str, max_length: int) -> str:
+def _text(ds: Dataset, keyword: str, max_length: int, *, upper: bool = False) -> str:
     value = ds.get(keyword)
     if value is None:
         return ""
     if _is_multi(value):
         value = "\\".join(str(v) for v in value)
-    return str(value).strip().replace("\x00", "")[:max_length]
+    value = str(value).strip().replace("\x00", "")
+    # Upper case before cutting to length: some letters grow (German sharp s becomes SS).
+    return (value.upper() if upper else value)[:max_length]
 
 
 def _date(value: Any) -> date | None:

@@ -7,10 +7,13 @@ other upload and builds the DICOM JSON response (Referenced / Failed SOP Sequenc
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
+
+from django.db import DatabaseError
 
 from diagnostics import services
 from diagnostics.imaging import NotAnImage, OtherStudy, RejectedUpload, StorageUnavailable
@@ -28,6 +31,8 @@ FAILURE_PROCESSING = 0x0110
 # Implementation-specific (PS3.18 I.2.2 allows them; the A9xx range, as other servers use):
 # the instance's Study Instance UID is not the one in the request URL.
 FAILURE_OTHER_STUDY = 0xA901
+
+log = logging.getLogger(__name__)
 
 _BOUNDARY_RE = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 _TYPE_RE = re.compile(r'(?:^|;)\s*type="?([^";]+)"?', re.IGNORECASE)
@@ -139,6 +144,14 @@ def store_instances(
             continue
         except RejectedUpload as exc:
             failed.append(_failed_item(_uids_of(part.data), _failure_reason(exc)))
+            continue
+        except DatabaseError:
+            raise  # an outage: the whole request is answered 503, and the sender retries it
+        except Exception:
+            # One instance meeting an error of Pleura's own must not cost the others: the
+            # instances before it are stored already, and the sender is told which failed.
+            log.exception("STOW-RS: an instance could not be stored")
+            failed.append(_failed_item(_uids_of(part.data), FAILURE_PROCESSING))
             continue
         stored.append(study)
         referenced.append(_referenced_item(study))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from config.errors import STORAGE_RETRY_AFTER_SECONDS
 from mlcore.preprocessing import pil_to_grayscale
+
+logger = logging.getLogger(__name__)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -200,13 +203,20 @@ def _decode_dicom(data: bytes) -> DecodedImage:
     # Imported here: diagnostics.dicom imports RejectedUpload from this module.
     from diagnostics import dicom
 
-    ds = dicom.read_dataset(data)
-    dicom.check_image_attributes(ds)
-    dicom.check_uids(ds)
-    gray = dicom.to_grayscale(ds)
-    meta = dicom.metadata(ds)
-    meta["rows"], meta["columns"] = gray.shape
-    return DecodedImage("dcm", gray, meta, dicom.intended_use_warnings(meta, dicom.patient_age_years(ds)))
+    try:
+        ds = dicom.read_dataset(data)
+        dicom.check_image_attributes(ds)
+        dicom.check_uids(ds)
+        gray = dicom.to_grayscale(ds)
+        meta = dicom.metadata(ds)
+        meta["rows"], meta["columns"] = gray.shape
+        return DecodedImage("dcm", gray, meta, dicom.intended_use_warnings(meta, dicom.patient_age_years(ds)))
+    except (RejectedUpload, MemoryError):
+        raise
+    except Exception as exc:  # a hostile or broken header reaches code that trusts its types
+        # The type only: the values are the patient's.
+        logger.warning("DICOM refused: %s while reading it", type(exc).__name__)
+        raise RejectedUpload(422, "The DICOM file is malformed and could not be read.") from exc
 
 
 def _decode_raster(data: bytes, kind: str) -> DecodedImage:

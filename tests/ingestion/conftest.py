@@ -80,6 +80,12 @@ def key_client():
 
 
 @pytest.fixture
+def emr(key_a, key_client) -> APIClient:
+    """Hospital A's EMR: an API client with its integration key."""
+    return key_client(key_a[1])
+
+
+@pytest.fixture
 def session_client():
     def make(user) -> APIClient:
         client = APIClient()

@@ -32,11 +32,6 @@ def failed(study: Study, code: str, message: str) -> Study:
 
 
 @pytest.fixture
-def emr(key_a, key_client):
-    return key_client(key_a[1])
-
-
-@pytest.fixture
 def failed_study(emr) -> Study:
     """CR_CHEST sent by the EMR, then failed because its file went missing."""
     assert post_file(emr, CR_CHEST.read_bytes()).status_code == 202

@@ -47,11 +47,6 @@ def failed(reason: int, path=None) -> dict:
     return {**item, "00081197": {"vr": "US", "Value": [reason]}}
 
 
-@pytest.fixture
-def emr(key_a, key_client) -> APIClient:
-    return key_client(key_a[1])
-
-
 def test_three_instances_are_stored_and_referenced(emr, hospital_a, key_a):
     files = [CR_CHEST, DX_CHEST, TIBIA]
     response = stow(emr, related_body(*[("application/dicom", f.read_bytes()) for f in files]))

@@ -1,0 +1,124 @@
+"""DICOM instances whose pixels decode but whose lookup tables or rescale values are
+broken, as real CR and DX files sometimes are: refused with 422 in words, nothing
+stored, and in a STOW-RS request the other instances stored all the same."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from django.test import Client
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from diagnostics import services
+from diagnostics.models import Study
+from tests.ingestion.conftest import STUDIES_URL, make_dicom, post_dicom_body
+from tests.ingestion.test_stow import related_body, stow
+
+GRAY16 = (np.arange(256, dtype=np.uint16) * 16).reshape(16, 16)
+GRAY8 = np.arange(256, dtype=np.uint8).reshape(16, 16)
+MALFORMED = (
+    "The DICOM's pixel values could not be turned into an image: its lookup tables or rescale attributes are malformed."
+)
+
+
+def lut(descriptor: list[int], data: bytes) -> Sequence:
+    item = Dataset()
+    item.LUTDescriptor = descriptor
+    item.LUTData = data
+    return Sequence([item])
+
+
+DAMAGED = {
+    # 4096 entries of 8 bits packed one a byte (the standard wants one a 16-bit word)
+    "VOI LUT of 8-bit entries packed in bytes": lambda: make_dicom(
+        GRAY16, VOILUTSequence=lut([4096, 0, 8], bytes(range(256)) * 16)
+    ),
+    "VOI LUT of 0 bits": lambda: make_dicom(GRAY16, VOILUTSequence=lut([4, 0, 0], b"\x00\x01" * 4)),
+    "Modality LUT shorter than it says": lambda: make_dicom(
+        GRAY16, ModalityLUTSequence=lut([0, 0, 16], b"\x00\x01" * 4096)
+    ),
+    "Modality LUT without a descriptor": lambda: make_dicom(GRAY16, ModalityLUTSequence=Sequence([Dataset()])),
+    "two Rescale Slopes on 8-bit pixels": lambda: make_dicom(GRAY8, RescaleSlope=[1, 2]),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED)
+def test_an_instance_with_broken_lookup_tables_is_refused_in_words(damage, emr, stored):
+    before = stored()
+
+    response = post_dicom_body(emr, DAMAGED[damage]())
+
+    assert (response.status_code, response.json()) == (422, {"detail": MALFORMED})
+    assert stored() == before
+
+
+def test_one_broken_instance_in_a_stow_request_costs_only_itself(emr):
+    first, broken, last = (
+        make_dicom(GRAY8),
+        DAMAGED["VOI LUT of 8-bit entries packed in bytes"](),
+        make_dicom(255 - GRAY8),
+    )
+
+    response = stow(
+        emr, related_body(("application/dicom", first), ("application/dicom", broken), ("application/dicom", last))
+    )
+
+    assert response.status_code == 202
+    body = response.json()
+    assert (len(body["00081199"]["Value"]), len(body["00081198"]["Value"])) == (2, 1)
+    assert body["00081198"]["Value"][0]["00081197"] == {"vr": "US", "Value": [0xC000]}  # cannot understand
+    assert Study.objects.count() == 2
+
+
+def test_a_code_string_that_grows_in_upper_case_still_fits_its_column(emr):
+    """German sharp s upper-cases to SS: cut after upper-casing, or PostgreSQL refuses the
+    row (value too long for varchar(64))."""
+    dataset = pydicom.dcmread(io.BytesIO(make_dicom(GRAY8)))
+    dataset.SpecificCharacterSet = "ISO_IR 100"
+    dataset.BodyPartExamined = "CHEST" + "\u00df" * 59
+    file = io.BytesIO()
+    dataset.save_as(file)
+
+    response = post_dicom_body(emr, file.getvalue())
+
+    assert response.status_code == 202
+    assert Study.objects.get().body_part == "CHEST" + "SS" * 29 + "S"
+
+
+def test_an_error_of_pleuras_own_is_answered_in_json_to_machines(key_a, monkeypatch):
+    """An EMR parses {"detail": ...}; Django's HTML page for a 500 would be noise to it."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a defect of Pleura's")
+
+    monkeypatch.setattr("diagnostics.services.ingest_upload", broken)
+    client = Client(raise_request_exception=False, HTTP_AUTHORIZATION=f"Bearer {key_a[1]}")
+
+    response = client.post(STUDIES_URL, make_dicom(GRAY8), content_type="application/dicom")
+
+    assert (response.status_code, response["Content-Type"]) == (500, "application/json")
+    assert response.json()["detail"].startswith("Pleura met an error of its own and could not complete this request")
+
+
+def test_an_error_of_pleuras_own_on_one_stow_instance_fails_only_that_one(emr, monkeypatch):
+    first, second, third = make_dicom(GRAY8), make_dicom(255 - GRAY8), make_dicom(GRAY8 // 2)
+    ingest = services.ingest_upload
+
+    def fails_on_the_second(*, data, **kwargs):
+        if data == second:
+            raise RuntimeError("a defect of Pleura's")
+        return ingest(data=data, **kwargs)
+
+    monkeypatch.setattr(services, "ingest_upload", fails_on_the_second)
+    body = related_body(*(("application/dicom", part) for part in (first, second, third)))
+
+    response = stow(emr, body)
+
+    assert response.status_code == 202
+    failed = response.json()["00081198"]["Value"]
+    assert [item["00081197"] for item in failed] == [{"vr": "US", "Value": [0x0110]}]  # processing failure
+    assert Study.objects.count() == 2
