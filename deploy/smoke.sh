@@ -198,7 +198,7 @@ READY="$("${CURL[@]}" "$ORIGIN/readyz")"
 
 log "TLS redirect and security headers"
 REDIRECT="$(curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' "http://127.0.0.1:$HTTP_PORT/some/where?x=1")"
-[[ "$REDIRECT" == "301 $ORIGIN/some/where?x=1" ]] || fail "HTTP answered '$REDIRECT' instead of a redirect to HTTPS"
+[[ "$REDIRECT" == "308 $ORIGIN/some/where?x=1" ]] || fail "HTTP answered '$REDIRECT' instead of a redirect to HTTPS"
 HEADERS="$("${CURL[@]}" -D - -o /dev/null "$ORIGIN/accounts/login/")"
 for header in "strict-transport-security: max-age=31536000; includeSubDomains; preload" \
     "x-frame-options: DENY" "x-content-type-options: nosniff" "content-security-policy: default-src 'self'"; do

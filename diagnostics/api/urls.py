@@ -15,6 +15,11 @@ _ = schema.IntegrationKeyScheme
 urlpatterns = [
     path("studies/", views.StudyListCreateView.as_view(), name="study-list"),
     path("studies/<str:code>/", views.StudyDetailView.as_view(), name="study-detail"),
+    # Without the slash too, as the image and heatmap: APPEND_SLASH would answer an EMR's
+    # POST with a redirect that clients follow as a GET, answered 200 with the list, and
+    # the study it sent would never be stored.
+    path("studies", views.StudyListCreateView.as_view()),
+    path("studies/<str:code>", views.StudyDetailView.as_view()),
     re_path(r"^studies/(?P<code>[^/]+)/image/?$", views.StudyImageView.as_view(), name="study-image"),
     re_path(r"^studies/(?P<code>[^/]+)/heatmap/?$", views.StudyHeatmapView.as_view(), name="study-heatmap"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -304,3 +304,14 @@ def test_no_picture_is_drawn_from_an_unreadable_original(hospital_a, stored, cap
     assert not Study.objects.get(pk=study.pk).display_image
     assert stored().files == frozenset()
     assert f"study {study.code}: no picture drawn, the original could not be read (FileNotFoundError)" in caplog.text
+
+
+def test_the_studies_url_without_its_slash_stores_the_study_rather_than_redirecting(emr, stored):
+    """A redirect would be followed as a GET (for 301 and 302), answered 200 with the list,
+    and the EMR would take 200 for 'stored'."""
+    response = emr.generic("POST", STUDIES_URL.rstrip("/"), DX_CHEST.read_bytes(), content_type="application/dicom")
+
+    assert response.status_code == 202
+    study = Study.objects.get()
+    assert response.json()["id"] == str(study.code)
+    assert emr.get(f"{STUDIES_URL}{study.code}").json()["id"] == str(study.code)
