@@ -6,6 +6,7 @@ Thin views: the tenant gate is `hospital.api.TenantAPIMixin`, the work is done b
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, time
 
@@ -65,6 +66,17 @@ class DicomParser(BaseParser):
         return _read_limited(stream, settings.MAX_UPLOAD_BYTES)
 
 
+class OctetStreamParser(DicomParser):
+    """The file itself as an untyped body (`application/octet-stream`, as many interface
+    engines send it): its type is judged by its content, as every upload's is."""
+
+    media_type = "application/octet-stream"
+
+
+RAW_BODY_TYPES = frozenset({DicomParser.media_type, OctetStreamParser.media_type})
+_MEDIA_TYPE_RE = re.compile(r"[\w.+-]{1,60}/[\w.+-]{1,60}")
+
+
 class MultipartRelatedParser(BaseParser):
     """A STOW-RS body: the raw bytes, split later with the boundary of the Content-Type."""
 
@@ -97,6 +109,18 @@ def _request_data(request):
         raise PayloadTooLarge("The form fields of this request are too large.") from exc
     except (TooManyFieldsSent, TooManyFilesSent) as exc:
         raise exceptions.ParseError("The request has too many form fields or files.") from exc
+    # DRF's own words quote the request's header or body, which a sender may have filled
+    # with a patient's name (a file name in a Content-Type parameter): answered and
+    # audited in words of our own instead.
+    except exceptions.UnsupportedMediaType as exc:
+        bare = request.content_type.split(";")[0].strip()
+        named = f'"{bare}"' if _MEDIA_TYPE_RE.fullmatch(bare) else "of this request"
+        accepted = ", ".join(parser.media_type for parser in request.parsers)
+        raise exceptions.UnsupportedMediaType(
+            bare, detail=f"The media type {named} is not accepted here; send one of: {accepted}."
+        ) from exc
+    except exceptions.ParseError as exc:
+        raise exceptions.ParseError("The request's body could not be parsed: check its boundary and parts.") from exc
 
 
 def _caller(request) -> dict:
@@ -201,7 +225,7 @@ class StudyQueryMixin(TenantAPIMixin):
 
 class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
     serializer_class = StudySerializer
-    parser_classes = [MultiPartParser, DicomParser]
+    parser_classes = [MultiPartParser, DicomParser, OctetStreamParser]
 
     def get_queryset(self):
         queryset = self.base_queryset().order_by("-created_at", "-id")
@@ -290,7 +314,7 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
 def _upload_payload(request) -> tuple[bytes, dict]:
     _check_content_length(request, settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES)
     data = _request_data(request)
-    if request.content_type.split(";")[0].strip().lower() == DicomParser.media_type:
+    if request.content_type.split(";")[0].strip().lower() in RAW_BODY_TYPES:
         # An empty body parses to {}: the service then says "The file is empty."
         return (bytes(data) if isinstance(data, bytes | bytearray) else b""), {}
     return _multipart_payload(data)
@@ -298,7 +322,12 @@ def _upload_payload(request) -> tuple[bytes, dict]:
 
 def _multipart_payload(data) -> tuple[bytes, dict]:
     upload = data.get("file")
-    if upload is None or isinstance(upload, str):
+    if isinstance(upload, str):
+        raise exceptions.ParseError(
+            "The 'file' part has no filename in its Content-Disposition, so it was read as text: "
+            'send it as a file (Content-Disposition: form-data; name="file"; filename="...").'
+        )
+    if upload is None:
         raise exceptions.ParseError("Send the radiograph in a multipart field named 'file'.")
     if upload.size > settings.MAX_UPLOAD_BYTES:
         raise PayloadTooLarge(f"The file is larger than the {_limit_text()} limit.")

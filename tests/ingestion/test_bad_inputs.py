@@ -264,14 +264,28 @@ def test_declared_content_length_over_the_limit_is_refused_unread(settings, key_
     assert response.json() == {"detail": "The request body is larger than the 0.000976562 MB limit."}
 
 
+FILE_PART_WITHOUT_FILENAME = b'--xyz\r\nContent-Disposition: form-data; name="file"\r\n\r\nDICM\r\n--xyz--\r\n'
+NOT_ACCEPTED = (
+    "The media type {} is not accepted here; send one of: multipart/form-data, application/dicom, "
+    "application/octet-stream."
+)
+
+
 @pytest.mark.parametrize(
     ("content_type", "body", "status", "detail"),
     [
-        ("application/json", b'{"file": "x"}', 415, 'Unsupported media type "application/json" in request.'),
-        ("text/plain", b"hello", 415, 'Unsupported media type "text/plain" in request.'),
+        ("application/json", b'{"file": "x"}', 415, NOT_ACCEPTED.format('"application/json"')),
+        ("text/plain", b"hello", 415, NOT_ACCEPTED.format('"text/plain"')),
+        # A file name in a parameter may name the patient: neither answered nor audited.
+        ('text/plain; name="DOE_JANE_MRN0001_19600101.dcm"', b"hello", 415, NOT_ACCEPTED.format('"text/plain"')),
+        ("text/DOE JANE 1960", b"hello", 415, NOT_ACCEPTED.format("of this request")),
         ("multipart/form-data; boundary=xyz", b"--xyz--\r\n", 400,
          "Send the radiograph in a multipart field named 'file'."),
-        ("multipart/form-data", b"garbage", 400, "Multipart form parse error - Invalid boundary in multipart: None"),
+        ("multipart/form-data", b"garbage", 400,
+         "The request's body could not be parsed: check its boundary and parts."),
+        ("multipart/form-data; boundary=xyz", FILE_PART_WITHOUT_FILENAME, 400,
+         "The 'file' part has no filename in its Content-Disposition, so it was read as text: send it as a file "
+         '(Content-Disposition: form-data; name="file"; filename="...").'),
     ],
 )  # fmt: skip
 def test_wrong_request_shapes_are_refused_with_json(content_type, body, status, detail, key_a, key_client, stored):
@@ -280,7 +294,18 @@ def test_wrong_request_shapes_are_refused_with_json(content_type, body, status, 
     assert response.status_code == status
     assert response.json() == {"detail": detail}
     assert stored() == before
-    assert AuditEvent.objects.filter(action="study.upload_rejected", outcome="failure").count() == 1
+    event = AuditEvent.objects.get(action="study.upload_rejected", outcome="failure")
+    assert (event.detail["status_code"], event.detail["reason"]) == (status, detail)
+
+
+def test_an_untyped_body_is_judged_by_its_content_as_every_upload_is(key_a, key_client):
+    response = key_client(key_a[1]).generic(
+        "POST",
+        STUDIES_URL,
+        make_dicom(np.arange(256, dtype=np.uint8).reshape(16, 16)),
+        content_type="application/octet-stream",
+    )
+    assert response.status_code == 202
 
 
 @pytest.mark.parametrize(

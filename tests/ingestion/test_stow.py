@@ -121,7 +121,8 @@ def test_the_same_instance_twice_is_stored_once_and_referenced_twice(emr):
         (None, b"--" + BOUNDARY.encode() + b"--\r\n", 400,
          "The multipart/related body is malformed: its closing boundary is missing."),
         (None, b"", 400, "The request body is empty."),
-        ("application/dicom", None, 415, 'Unsupported media type "application/dicom" in request.'),
+        ("application/dicom", None, 415,
+         'The media type "application/dicom" is not accepted here; send one of: multipart/related.'),
     ],
 )  # fmt: skip
 def test_malformed_requests_are_refused_as_a_whole(content_type, body, status, detail, emr, stored):
