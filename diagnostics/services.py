@@ -57,8 +57,8 @@ def ingest_upload(
     """
     audit_context = {"request": request, "actor": user, "key": key, "hospital": hospital}
     try:
-        patient_id = _clean_identifier(patient_id, "patient_id")
-        accession_number = _clean_identifier(accession_number, "accession_number")
+        patient_id = clean_identifier(patient_id, "patient_id")
+        accession_number = clean_identifier(accession_number, "accession_number")
         if dicom_only and imaging.sniff(data) != Study.Format.DICOM:
             raise RejectedUpload(415, "Only DICOM instances are accepted here, not PNG or JPEG images.")
         decoded = imaging.decode_upload(data)
@@ -112,7 +112,9 @@ def _store_unless_sent_before(
     return existing, False
 
 
-def _clean_identifier(value, name: str) -> str:
+def clean_identifier(value, name: str) -> str:
+    """A patient ID or accession number, typed or sent: stripped, or RejectedUpload (400)
+    in words naming the field (never echoing the value)."""
     value = "" if value is None else str(value).strip()
     if len(value) > IDENTIFIER_MAX_LENGTH:
         raise RejectedUpload(400, f"{name} must be at most {IDENTIFIER_MAX_LENGTH} characters.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
@@ -236,7 +236,11 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
                 raise exceptions.ValidationError(f"status must be one of: {choices}.")
             queryset = queryset.filter(status=params["status"])
         if params.get("accession_number"):
-            queryset = queryset.filter(accession_number=params["accession_number"])
+            try:
+                accession = services.clean_identifier(params["accession_number"], "accession_number")
+            except RejectedUpload as exc:  # a NUL would make PostgreSQL refuse the query (500)
+                raise exceptions.ValidationError(exc.detail) from exc
+            queryset = queryset.filter(accession_number=accession)
         if params.get("updated_since"):
             queryset = queryset.filter(updated_at__gte=_parse_since(params["updated_since"]))
         return queryset
@@ -345,9 +349,13 @@ def _parse_since(value: str) -> datetime:
         parsed = None
     if parsed is None:
         raise exceptions.ValidationError("updated_since must be an ISO 8601 date or date-time.")
-    if timezone.is_naive(parsed):
-        parsed = timezone.make_aware(parsed, timezone.get_default_timezone())
-    return parsed
+    try:
+        if timezone.is_naive(parsed):
+            parsed = timezone.make_aware(parsed, timezone.get_default_timezone())
+        # In UTC, as the database compares it: 0001-01-01T00:00+01:00 has no UTC time.
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        raise exceptions.ValidationError("updated_since is outside the dates Pleura can compare.") from exc
 
 
 class StudyDetailView(StudyQueryMixin, APIView):
