@@ -177,9 +177,17 @@ class HospitalAdmin(HospitalScopedAdmin):
 
 
 class MembershipAddForm(forms.ModelForm):
-    """A new membership names its user by email, not from a list: a hospital admin can
-    bring in someone who already works for another hospital (a radiologist reading for
-    both) without ever seeing another hospital's staff."""
+    """A new membership names its user by email, not from a list, so a hospital admin
+    never sees another hospital's staff.
+
+    Someone whose account also belongs to another hospital is added by a platform
+    operator, not by a hospital admin (`administered` is the hospitals the admin runs;
+    None for a platform operator). An account is changeable only by an admin of all of
+    its hospitals, so one hospital's admin adding another's doctor would take that
+    doctor's account out of their own admins' hands: no password reset, no deactivation.
+    """
+
+    administered: frozenset[int] | None = None
 
     email = forms.EmailField(
         label="User's email",
@@ -207,6 +215,12 @@ class MembershipAddForm(forms.ModelForm):
             self.add_error("email", "Platform accounts are managed by platform operators.")
         elif hospital is not None and Membership.objects.filter(user=user, hospital=hospital).exists():
             self.add_error("email", f"This person is already a member of {hospital.name}.")
+        elif self.administered is not None and user.memberships.exclude(hospital__in=self.administered).exists():
+            self.add_error(
+                "email",
+                "This person's account also belongs to another hospital, whose admins manage it. "
+                "A Pleura platform operator can add them here.",
+            )
         else:
             self.instance.user = user
 
@@ -229,8 +243,11 @@ class MembershipAdmin(HospitalScopedAdmin):
         if obj is None:
             kwargs["form"] = self.add_form
         form = super().get_form(request, obj, **kwargs)
-        if obj is None or self.is_platform_admin(request):
+        if self.is_platform_admin(request):
             return form
+        if obj is None:
+            administered = frozenset(self.admin_hospitals(request).values_list("pk", flat=True))
+            return type("ScopedMembershipAddForm", (form,), {"administered": administered})
 
         class KeepsAnAdmin(form):
             def clean(self):

@@ -63,29 +63,55 @@ def test_hospital_admin_cannot_create_a_user_in_another_hospital(client_for, hos
     assert not User.objects.filter(email="intruder@riverside.example").exists()
 
 
-def test_hospital_admin_adds_a_member_of_another_hospital_by_email_without_seeing_anyone_else(
-    client_for, hospital_admin, outsider, hospital_a
+def test_a_member_of_another_hospital_is_added_by_a_platform_operator_not_a_hospital_admin(
+    client_for, hospital_admin, superuser, outsider, outsider_admin, hospital_a
 ):
+    """Were one hospital's admin able to add another's doctor, the doctor's account would
+    leave their own admins' hands (only an admin of all its hospitals may change it)."""
+    add = {
+        "email": " Doctor@Riverside.Example ",
+        "hospital": hospital_a.pk,
+        "role": Role.RADIOLOGIST,
+        "is_active": "on",
+    }
     client = client_for(hospital_admin)
     form = client.get("/admin/hospital/membership/add/").context["adminform"].form
     assert list(form.fields) == ["email", "hospital", "role", "is_active"]  # no list of users to pick from
-    response = client.post(
-        "/admin/hospital/membership/add/",
-        {"email": " Doctor@Riverside.Example ", "hospital": hospital_a.pk, "role": Role.RADIOLOGIST, "is_active": "on"},
-    )
-    assert response.status_code == 302
+
+    refused = client.post("/admin/hospital/membership/add/", add)
+
+    assert refused.context["adminform"].form.errors == {
+        "email": [
+            "This person's account also belongs to another hospital, whose admins manage it. "
+            "A Pleura platform operator can add them here."
+        ]
+    }
+    assert list(outsider.memberships.values_list("hospital__slug", flat=True)) == ["riverside"]
+    assert client_for(outsider_admin).get(f"/admin/accounts/user/{outsider.pk}/password/").status_code == 200
+
+    assert client_for(superuser).post("/admin/hospital/membership/add/", add).status_code == 302
     assert sorted(outsider.memberships.values_list("hospital__slug", "role")) == [
         ("riverside", Role.DOCTOR),
         ("st-marys", Role.RADIOLOGIST),
     ]
     (event,) = _events("membership.created")
     assert (event.actor_user, event.hospital, event.target_id) == (
-        hospital_admin,
-        hospital_a,
-        str(outsider.memberships.get(hospital=hospital_a).code),
+        superuser, hospital_a, str(outsider.memberships.get(hospital=hospital_a).code),
+    )  # fmt: skip
+
+
+def test_an_admin_of_both_hospitals_adds_a_member_of_one_to_the_other(client_for, hospital_admin, outsider, hospital_a):
+    Membership.objects.create(
+        user=hospital_admin, hospital=outsider.memberships.get().hospital, role=Role.HOSPITAL_ADMIN
     )
-    # Their account also belongs to the other hospital: still read-only to this admin.
-    assert client.get(f"/admin/accounts/user/{outsider.pk}/change/").context["has_change_permission"] is False
+
+    response = client_for(hospital_admin).post(
+        "/admin/hospital/membership/add/",
+        {"email": outsider.email, "hospital": hospital_a.pk, "role": Role.RADIOLOGIST, "is_active": "on"},
+    )
+
+    assert response.status_code == 302
+    assert outsider.memberships.filter(hospital=hospital_a, role=Role.RADIOLOGIST).exists()
 
 
 @pytest.mark.parametrize(
