@@ -117,8 +117,13 @@ def unlock_user(user: User, *, actor=None, request=None) -> bool:
 
 def home_hospital_for(user: User, actor=None) -> Hospital | None:
     """The hospital an event about `user` is filed under: one the actor administers
-    and the user belongs to, else the user's first hospital (None for platform users)."""
-    hospitals = Hospital.objects.filter(memberships__user=user).order_by("name", "pk")
+    and the user belongs to, else the user's first hospital (None for platform users).
+    Hospitals the user works in now come first: filed under one they left, the event
+    would be read by its admins and missed by their current hospital's."""
+    working = Hospital.objects.filter(memberships__user=user, memberships__is_active=True)
+    hospitals = (working if working.exists() else Hospital.objects.filter(memberships__user=user)).order_by(
+        "name", "pk"
+    )
     if actor is not None and getattr(actor, "pk", None) and not actor.is_superuser:
         shared = hospitals.filter(pk__in=admin_hospitals(actor).values("pk")).first()
         if shared is not None:

@@ -80,3 +80,19 @@ def test_events_name_targets_by_public_id_and_carry_the_client_ip(client, doctor
         str(doctor.code),
         "10.1.2.3",
     )
+
+
+def test_an_event_about_a_user_is_filed_under_the_hospital_they_work_in_now(superuser, shared_radiologist, hospital_b):
+    """Filed under a hospital they left, it would be read by its admins and missed by
+    their current hospital's."""
+    from accounts import services
+
+    shared_radiologist.memberships.filter(hospital=hospital_b).update(is_active=False)
+
+    services.set_password(shared_radiologist, "another-long-passphrase-9", actor=superuser)
+    services.deactivate_user(shared_radiologist, actor=superuser)
+
+    assert list(AuditEvent.objects.order_by("id").values_list("action", "hospital__slug")) == [
+        ("user.changed", "st-marys"),
+        ("user.deactivated", "st-marys"),
+    ]
