@@ -10,7 +10,8 @@ from __future__ import annotations
 from django.contrib import admin
 
 from diagnostics.models import Study
-from hospital.admin import VIEW, HospitalScopedAdmin
+from hospital import audit
+from hospital.admin import VIEW, AuditedReadsAdmin
 
 OPERATIONAL_FIELDS = [
     "code",
@@ -48,7 +49,9 @@ OPERATIONAL_FIELDS = [
 
 
 @admin.register(Study)
-class StudyAdmin(HospitalScopedAdmin):
+class StudyAdmin(AuditedReadsAdmin):
+    listed_action = audit.Action.STUDY_LISTED
+    viewed_action = audit.Action.STUDY_VIEWED
     hospital_admin_permissions = frozenset({VIEW})
     superuser_permissions = frozenset({VIEW})
     list_display = ["code", "hospital", "status", "source", "modality", "original_format", "created_at"]

@@ -25,7 +25,7 @@ from django.core.exceptions import FieldDoesNotExist, PermissionDenied
 from django.http import Http404
 from django.template.response import TemplateResponse
 
-from hospital import services
+from hospital import audit, services
 from hospital.models import AuditEvent, Hospital, IntegrationKey, Membership, Role
 from hospital.tenancy import admin_hospitals, for_hospitals
 
@@ -371,9 +371,43 @@ class IntegrationKeyAdmin(HospitalScopedAdmin):
         self.message_user(request, f"{count} key(s) revoked.", messages.SUCCESS)
 
 
+class AuditedReadsAdmin(HospitalScopedAdmin):
+    """Records who read the admin's lists and pages of this model, as the portal and the
+    API record theirs (`listed_action`, `viewed_action`; detail `via: admin`). Only the
+    names of the list's filters are kept, never what was searched for."""
+
+    listed_action: str = ""
+    viewed_action: str = ""
+
+    def changelist_view(self, request, extra_context=None):
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if self.listed_action and response.status_code == 200 and changelist is not None:
+            audit.record(
+                self.listed_action,
+                request=request,
+                via="admin",
+                count=len(changelist.result_list),
+                filters=sorted(request.GET),
+            )
+        return response
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        response = super().change_view(request, object_id, form_url, extra_context)
+        if self.viewed_action and response.status_code == 200:
+            seen = self.get_object(request, object_id)
+            audit.record(self.viewed_action, request=request, hospital=self.hospital_of(seen), target=seen, via="admin")
+        return response
+
+    def hospital_of(self, obj):
+        return obj.hospital
+
+
 @admin.register(AuditEvent)
-class AuditEventAdmin(HospitalScopedAdmin):
+class AuditEventAdmin(AuditedReadsAdmin):
     """Read-only for everyone, superusers included: the trail is append-only."""
+
+    listed_action = audit.Action.AUDIT_VIEWED
 
     hospital_admin_permissions = frozenset({VIEW})
     superuser_permissions = frozenset({VIEW})

@@ -5,6 +5,8 @@ from __future__ import annotations
 from django import forms
 from django.db.models import Model
 
+from tests.portal.conftest import make_study, model_version  # noqa: F401  (fixtures)
+
 
 def admin_form_data(response, **overrides) -> dict:
     """The POST body a browser would send for the admin form in `response`, changed by
