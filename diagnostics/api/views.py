@@ -137,11 +137,14 @@ ERRORS = {
     413: OpenApiResponse(ErrorSerializer, description="Larger than MAX_UPLOAD_BYTES or MAX_IMAGE_PIXELS."),
     415: OpenApiResponse(ErrorSerializer, description="Not PNG, JPEG or DICOM (judged by content)."),
     422: OpenApiResponse(ErrorSerializer, description="Truncated, corrupt, or a DICOM object that is not an image."),
-    429: OpenApiResponse(ErrorSerializer, description="Too many requests for this integration key."),
+    429: OpenApiResponse(
+        ErrorSerializer,
+        description="Too many requests for this integration key; send again after the `Retry-After` seconds.",
+    ),
     503: OpenApiResponse(
         ErrorSerializer,
-        description="Pleura's database or image storage is unavailable just now; nothing was stored. "
-        "Send it again after the `Retry-After` seconds.",
+        description="Pleura's database or image storage is unavailable just now; nothing was read or stored. "
+        "Try again after the `Retry-After` seconds.",
     ),
 }
 STUDY_EXAMPLE = OpenApiExample(
@@ -257,7 +260,7 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
                 "status, prediction or review.",
             ),
         ],
-        responses={200: StudySerializer(many=True), 400: ERRORS[400], 401: ERRORS[401], 404: ERRORS[404]},
+        responses={200: StudySerializer(many=True), **{code: ERRORS[code] for code in (400, 401, 404, 429, 503)}},
         examples=[STUDY_EXAMPLE],
     )
     def get(self, request, *args, **kwargs):
@@ -361,7 +364,7 @@ def _parse_since(value: str) -> datetime:
 class StudyDetailView(StudyQueryMixin, APIView):
     @extend_schema(
         summary="One study: status, prediction, reviews, warnings",
-        responses={200: StudySerializer, 401: ERRORS[401], 404: ERRORS[404]},
+        responses={200: StudySerializer, **{code: ERRORS[code] for code in (401, 404, 429, 503)}},
         examples=[STUDY_EXAMPLE, QUEUED_EXAMPLE],
     )
     def get(self, request, code: str):
@@ -390,7 +393,7 @@ class _PNGView(StudyQueryMixin, APIView):
 
 @extend_schema(
     summary="The radiograph as an 8-bit PNG (windowed, at most 1024 px on the long side)",
-    responses={(200, "image/png"): OpenApiTypes.BINARY, 401: ERRORS[401], 404: ERRORS[404]},
+    responses={(200, "image/png"): OpenApiTypes.BINARY, **{code: ERRORS[code] for code in (401, 404, 429, 503)}},
 )
 class StudyImageView(_PNGView):
     kind = "image"
@@ -401,7 +404,7 @@ class StudyImageView(_PNGView):
 
 @extend_schema(
     summary="The Grad-CAM heatmap of the shown prediction (transparent PNG overlay)",
-    responses={(200, "image/png"): OpenApiTypes.BINARY, 401: ERRORS[401], 404: ERRORS[404]},
+    responses={(200, "image/png"): OpenApiTypes.BINARY, **{code: ERRORS[code] for code in (401, 404, 429, 503)}},
 )
 class StudyHeatmapView(_PNGView):
     kind = "heatmap"

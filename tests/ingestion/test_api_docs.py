@@ -49,3 +49,15 @@ def test_swagger_ui_is_served_from_our_own_static_files(db):
     page = response.content.decode()
     assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in page
     assert "cdn." not in page and "unpkg" not in page
+
+
+def test_every_operation_documents_the_throttle_and_the_outage_answers(db):
+    """Every call may meet the key's throttle (429) and an outage (503, Retry-After)."""
+    schema = APIClient().get("/api/v1/schema/?format=json").json()
+    operations = {
+        (method, path): set(operation["responses"])
+        for path, methods in schema["paths"].items()
+        for method, operation in methods.items()
+    }
+    assert len(operations) == 7
+    assert {key: {"429", "503"} <= codes for key, codes in operations.items()} == dict.fromkeys(operations, True)
