@@ -151,18 +151,9 @@ class UserAdmin(HospitalScopedAdmin, DjangoUserAdmin):
     @admin.action(description="Deactivate selected users", permissions=["change"])
     def deactivate_selected(self, request, queryset):
         users = [user for user in queryset if self.fully_managed(request, user)]
-        count, kept_admins = 0, []
-        for user in users:  # one at a time, each against what the previous ones left
-            left_without = [] if self.is_platform_admin(request) else (
-                hospital_services.hospitals_left_without_admin(users=[user.pk])
-            )  # fmt: skip
-            if left_without:
-                kept_admins.extend(left_without)
-                continue
-            count += services.deactivate_user(user, actor=request.user, request=request)
-        self.message_user(request, f"{count} user(s) deactivated.", messages.SUCCESS)
-        if kept_admins:
-            self.message_user(request, hospital_services.left_without_admin_message(kept_admins), messages.WARNING)
+        self.deactivate_keeping_an_admin(
+            request, users, services.deactivate_user, lambda user: {"users": [user.pk]}, noun="user(s)"
+        )
 
     @admin.action(description="Unlock selected accounts", permissions=["change"])
     def unlock_selected(self, request, queryset):

@@ -56,6 +56,24 @@ class HospitalScopedAdmin(admin.ModelAdmin):
     def is_platform_admin(self, request) -> bool:
         return bool(request.user.is_active and request.user.is_superuser)
 
+    def deactivate_keeping_an_admin(self, request, items, deactivate, losing, *, noun: str) -> None:
+        """A bulk deactivation: `deactivate(item, actor=, request=)` each item in turn,
+        each checked against what the previous ones left, except one that would leave a
+        hospital without an active hospital admin (`losing(item)`: the arguments of
+        `services.hospitals_left_without_admin`; a platform operator is not held to it).
+        Says how many `noun` were deactivated, and which hospitals kept their admin."""
+        count, kept = 0, []
+        for item in items:
+            if not self.is_platform_admin(request):
+                left_without = services.hospitals_left_without_admin(**losing(item))
+                if left_without:
+                    kept.extend(left_without)
+                    continue
+            count += deactivate(item, actor=request.user, request=request)
+        self.message_user(request, f"{count} {noun} deactivated.", messages.SUCCESS)
+        if kept:
+            self.message_user(request, services.left_without_admin_message(kept), messages.WARNING)
+
     def get_queryset(self, request):
         queryset = super().get_queryset(request)
         if self.is_platform_admin(request):
@@ -278,19 +296,13 @@ class MembershipAdmin(HospitalScopedAdmin):
         memberships = list(queryset.select_related("user", "hospital"))
         # As the change form: platform accounts are the platform operators' to manage.
         platform = [m for m in memberships if m.user.is_superuser and not self.is_platform_admin(request)]
-        count, kept_admins = 0, []
-        for membership in memberships:
-            if membership in platform:
-                continue
-            # One at a time, each against what the previous ones left.
-            left_without = [] if self.is_platform_admin(request) else (
-                services.hospitals_left_without_admin(memberships=[membership.pk])
-            )  # fmt: skip
-            if left_without:
-                kept_admins.extend(left_without)
-                continue
-            count += services.deactivate_membership(membership, actor=request.user, request=request)
-        self.message_user(request, f"{count} membership(s) deactivated.", messages.SUCCESS)
+        self.deactivate_keeping_an_admin(
+            request,
+            [m for m in memberships if m not in platform],
+            services.deactivate_membership,
+            lambda membership: {"memberships": [membership.pk]},
+            noun="membership(s)",
+        )
         if platform:
             self.message_user(
                 request,
@@ -298,8 +310,6 @@ class MembershipAdmin(HospitalScopedAdmin):
                 "manage those.",
                 messages.WARNING,
             )
-        if kept_admins:
-            self.message_user(request, services.left_without_admin_message(kept_admins), messages.WARNING)
 
 
 class IntegrationKeyForm(forms.ModelForm):
