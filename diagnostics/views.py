@@ -25,6 +25,7 @@ from diagnostics.forms import ReviewForm, UploadForm, WorklistFilterForm
 from diagnostics.imaging import WARNINGS, RejectedUpload
 from diagnostics.media import protected_file_response
 from diagnostics.models import Prediction, Review, Study
+from diagnostics.percent import probability_and_threshold
 from diagnostics.reviews import current_prediction, save_review
 from diagnostics.services import analyse_again, display_image_of, ingest_upload, may_analyse_again
 from hospital import audit
@@ -213,9 +214,19 @@ def _study_context(request: HttpRequest, study: Study, review_form: ReviewForm |
         "can_analyse_again": can_analyse_again,
         "review_form": review_form,
         "warnings": [warning_text(code) for code in study.warnings or []],
-        "probability_pct": f"{prediction.probability * 100:.1f}" if prediction else "",
-        "threshold_pct": f"{prediction.threshold * 100:.1f}" if prediction else "",
+        **_percents(prediction),
         "timeline": _timeline(study, prediction, reviews),
+    }
+
+
+def _percents(prediction: Prediction | None) -> dict:
+    if prediction is None:
+        return {"probability_pct": "", "threshold_pct": "", "bar_pct": ""}
+    probability, threshold = probability_and_threshold(prediction.probability, prediction.threshold)
+    return {
+        "probability_pct": probability,
+        "threshold_pct": threshold,
+        "bar_pct": f"{prediction.probability * 100:.1f}",  # the bar's width: the probability itself
     }
 
 

@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from django import template
+
+from diagnostics.percent import probability_and_threshold
+
+register = template.Library()
+
+
+@register.filter
+def percent_of(probability: float, threshold: float) -> str:
+    """The worklist's whole-percent probability, on its label's side of `threshold`."""
+    return probability_and_threshold(probability, threshold, places=0)[0]
