@@ -39,9 +39,7 @@ def test_the_study_page_and_the_worklist_show_a_study_just_below_the_threshold_b
     page = client.get(reverse("diagnostics:study_detail", args=[study.code])).content.decode()
     worklist = client.get(reverse("diagnostics:worklist")).content.decode()
 
-    assert (
-        "Probability of pneumonia <strong>91.996%</strong>, below the model's decision threshold of 92.002%." in page
-    )
+    assert "Probability of pneumonia <strong>91.996%</strong>, below the model's decision threshold of 92.002%." in page
     assert 'style="width: 92.0%"' in page  # the bar: the probability itself
     assert '<span class="result result--normal">Normal</span>' in worklist
     # Whole percents, or as many places as tell it from the threshold (two at most).
