@@ -27,13 +27,22 @@ def save_review(
     """Create or replace the radiologist's review and append a revision.
 
     Returns (review, created). The unique constraint on (study, radiologist) makes a
-    double submit update the same row instead of creating a second one.
+    double submit update the same row instead of creating a second one; the same review
+    sent again (a double click) changes nothing, so it is no revision, no audit event, and
+    no change for an EMR following `updated_at`.
     """
+    prediction = current_prediction(study)
+    same = Review.objects.filter(
+        study=study, radiologist=radiologist, prediction=prediction, verdict=verdict,
+        correct_label=correct_label, note=note,
+    ).first()  # fmt: skip
+    if same is not None:
+        return same, False
     review, created = Review.objects.update_or_create(
         study=study,
         radiologist=radiologist,
         defaults={
-            "prediction": current_prediction(study),
+            "prediction": prediction,
             "verdict": verdict,
             "correct_label": correct_label,
             "note": note,

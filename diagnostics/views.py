@@ -198,7 +198,9 @@ def _ingest_one(request: HttpRequest, upload_file, identifiers: dict) -> dict:
 def _study_context(request: HttpRequest, study: Study, review_form: ReviewForm | None = None) -> dict:
     prediction = current_prediction(study)
     reviews = list(study.reviews.select_related("radiologist").prefetch_related("revisions"))
-    can_review = request.membership.role == Role.RADIOLOGIST
+    is_radiologist = request.membership.role == Role.RADIOLOGIST
+    # A review agrees or disagrees with a result the radiologist has seen: none before it.
+    can_review = is_radiologist and prediction is not None
     can_analyse_again = has_role(request, CLINICAL_ROLES) and may_analyse_again(study)
     own = next((r for r in reviews if r.radiologist_id == request.user.pk), None)
     if can_review and review_form is None:
@@ -211,6 +213,7 @@ def _study_context(request: HttpRequest, study: Study, review_form: ReviewForm |
         "reviews": reviews,
         "own_review": own,
         "can_review": can_review,
+        "is_radiologist": is_radiologist,
         "can_analyse_again": can_analyse_again,
         "review_form": review_form,
         "warnings": [warning_text(code) for code in study.warnings or []],
@@ -316,6 +319,25 @@ def study_analyse_again(request: HttpRequest, code) -> HttpResponse:
     return redirect("diagnostics:study_detail", code=study.code)
 
 
+def _result_not_the_one_seen(request: HttpRequest, prediction: Prediction | None) -> HttpResponse | None:
+    """409 when the result the review form was shown with is not the study's result now
+    (none yet, or a new analysis meanwhile): an 'Agree' would otherwise be saved for a
+    label the radiologist never saw, and go into the training export as confirmed."""
+    seen = request.POST.get("reviewed_prediction", "")
+    if prediction is not None and seen == str(prediction.pk):
+        return None
+    words = (
+        "There is no model result to review yet, so nothing was saved."
+        if prediction is None
+        else "The model's result on this study changed after you opened it, so nothing was saved. "
+        "Reload the page to review the result now shown."
+    )
+    if request.htmx:
+        return HttpResponse(words, status=409, content_type="text/plain; charset=utf-8")
+    messages.error(request, words)
+    return redirect(reverse("diagnostics:study_detail", args=[request.resolver_match.kwargs["code"]]) + "#reviews")
+
+
 @never_cache
 @require_POST
 @role_required()
@@ -326,7 +348,9 @@ def study_review(request: HttpRequest, code) -> HttpResponse:
     if request.membership.role != Role.RADIOLOGIST:
         raise PermissionDenied("Only radiologists can review studies.")
     prediction = current_prediction(study)
-    form = ReviewForm(request.POST, model_label=prediction.label if prediction else None)
+    if (refusal := _result_not_the_one_seen(request, prediction)) is not None:
+        return refusal
+    form = ReviewForm(request.POST, model_label=prediction.label)
     if not form.is_valid():
         context = _study_context(request, study, review_form=form)
         template = "diagnostics/study_detail.html#reviews" if request.htmx else "diagnostics/study_detail.html"

@@ -20,9 +20,15 @@ def review_url(study: Study) -> str:
     return reverse("diagnostics:study_review", args=[study.code])
 
 
+def post_review(client, study: Study, data: dict, **headers):
+    """Post a review as the study's page does: with the result it was shown with."""
+    shown = study.predictions.filter(is_shadow=False).order_by("-created_at", "-id").first()
+    return client.post(review_url(study), {**data, "reviewed_prediction": shown.pk if shown else ""}, **headers)
+
+
 def test_radiologist_records_a_disagreement_without_reload(client_for, radiologist, study):
     data = {"verdict": "disagree", "correct_label": "normal", "note": "Thymus, not consolidation."}
-    response = client_for(radiologist).post(review_url(study), data, **HX)
+    response = post_review(client_for(radiologist), study, data, **HX)
     html = response.content.decode()
     assert response.status_code == 200
     assert html.lstrip().startswith('<section id="reviews"')
@@ -41,8 +47,8 @@ def test_radiologist_records_a_disagreement_without_reload(client_for, radiologi
 
 def test_saving_again_updates_the_one_review_and_keeps_history(client_for, radiologist, study):
     client = client_for(radiologist)
-    client.post(review_url(study), {"verdict": "disagree", "correct_label": "normal"}, **HX)
-    second = client.post(review_url(study), {"verdict": "agree", "note": "On second look, agree."}, **HX)
+    post_review(client, study, {"verdict": "disagree", "correct_label": "normal"}, **HX)
+    second = post_review(client, study, {"verdict": "agree", "note": "On second look, agree."}, **HX)
     assert "Review updated." in second.content.decode()
     assert "edited 1 time" in second.content.decode()
     review = Review.objects.get()
@@ -52,17 +58,20 @@ def test_saving_again_updates_the_one_review_and_keeps_history(client_for, radio
 
 
 def test_two_radiologists_each_have_their_own_review(client_for, radiologist, shared_radiologist, study, client):
-    client_for(radiologist).post(review_url(study), {"verdict": "agree"}, **HX)
+    post_review(client_for(radiologist), study, {"verdict": "agree"}, **HX)
     client.logout()
     reader = client_for(shared_radiologist)
     reader.post(reverse("accounts:switch_hospital"), {"hospital": str(study.hospital.code)})
-    reader.post(review_url(study), {"verdict": "disagree", "correct_label": "normal"}, **HX)
+    post_review(reader, study, {"verdict": "disagree", "correct_label": "normal"}, **HX)
     assert Review.objects.filter(study=study).count() == 2
 
 
 def test_review_is_audited_without_the_note(client_for, radiologist, study):
-    client_for(radiologist).post(
-        review_url(study), {"verdict": "disagree", "correct_label": "normal", "note": "Jane Doe, bed 4"}, **HX
+    post_review(
+        client_for(radiologist),
+        study,
+        {"verdict": "disagree", "correct_label": "normal", "note": "Jane Doe, bed 4"},
+        **HX,
     )
     event = AuditEvent.objects.get(action=Action.REVIEW_SAVED)
     review = Review.objects.get()
@@ -77,7 +86,7 @@ def test_review_is_audited_without_the_note(client_for, radiologist, study):
 
 def test_without_javascript_the_form_posts_and_redirects_back(client_for, radiologist, study):
     client = client_for(radiologist)
-    response = client.post(review_url(study), {"verdict": "agree"})
+    response = post_review(client, study, {"verdict": "agree"})
     assert response.status_code == 302
     assert response["Location"] == reverse("diagnostics:study_detail", args=[study.code]) + "#reviews"
     page = client.get(response["Location"]).content.decode()
@@ -100,18 +109,70 @@ def test_without_javascript_the_form_posts_and_redirects_back(client_for, radiol
     ],
 )
 def test_invalid_reviews_are_a_clear_400_and_change_nothing(client_for, radiologist, study, data, message):
-    response = client_for(radiologist).post(review_url(study), data, **HX)
+    response = post_review(client_for(radiologist), study, data, **HX)
     assert response.status_code == 400
     assert message in response.content.decode()
     assert Review.objects.count() == 0 and ReviewRevision.objects.count() == 0
 
 
-def test_agreeing_needs_a_model_result(client_for, radiologist, make_study, hospital_a):
+@pytest.mark.parametrize("verdict", [{"verdict": "agree"}, {"verdict": "disagree", "correct_label": "pneumonia"}])
+def test_a_study_without_a_result_offers_no_review_and_takes_none(
+    verdict, client_for, radiologist, make_study, hospital_a
+):
+    """A 'Disagree: pneumonia' recorded before the model said pneumonia read as
+    'Disputed' afterwards, though the two agree."""
     pending = make_study(hospital_a, status=Study.Status.QUEUED)
-    response = client_for(radiologist).post(review_url(pending), {"verdict": "agree"}, **HX)
-    assert response.status_code == 400
-    assert "There is no model result to agree with yet." in response.content.decode()
+    client = client_for(radiologist)
+    page = client.get(reverse("diagnostics:study_detail", args=[pending.code])).content.decode()
+    assert "You can review this study once the model's result is shown." in page
+    assert 'name="verdict"' not in page
+
+    response = post_review(client, pending, verdict, **HX)
+
+    assert (response.status_code, response.content.decode()) == (
+        409, "There is no model result to review yet, so nothing was saved.",
+    )  # fmt: skip
     assert Review.objects.count() == 0
+
+
+def test_a_review_of_a_result_that_changed_meanwhile_is_refused(client_for, radiologist, study):
+    """An 'Agree' posted after a new analysis would be saved for a label the radiologist
+    never saw, and exported for training as confirmed."""
+    from mlcore.models import ModelVersion
+    from tests.portal.conftest import add_prediction
+
+    client = client_for(radiologist)
+    seen = study.predictions.get().pk
+    other = ModelVersion.objects.create(
+        name="pleura-resnet18-next", architecture="resnet18-gray", image_size=224, weights_path="next.pt",
+        weights_sha256="1" * 64, threshold=0.42, status=ModelVersion.Status.CANDIDATE,
+    )  # fmt: skip
+    newer = add_prediction(study, other, label="normal", probability=0.1)  # a newer result, shown
+
+    stale = client.post(review_url(study), {"verdict": "agree", "reviewed_prediction": seen}, **HX)
+    page = client.post(review_url(study), {"verdict": "agree", "reviewed_prediction": seen}, follow=True)
+
+    assert (stale.status_code, stale.content.decode()) == (
+        409,
+        "The model's result on this study changed after you opened it, so nothing was saved. "
+        "Reload the page to review the result now shown.",
+    )
+    assert "The model&#x27;s result on this study changed after you opened it" in page.content.decode()
+    assert Review.objects.count() == 0
+    assert post_review(client, study, {"verdict": "agree"}, **HX).status_code == 200
+    assert (Review.objects.get().prediction, Review.objects.get().correct_label) == (newer, "normal")
+
+
+def test_the_same_review_sent_twice_is_one_revision_and_one_event(client_for, radiologist, study):
+    client = client_for(radiologist)
+    data = {"verdict": "agree", "note": "Clear consolidation."}
+
+    post_review(client, study, data, **HX)
+    second = post_review(client, study, data, **HX).content.decode()
+
+    assert "edited" not in second
+    assert ReviewRevision.objects.count() == 1
+    assert AuditEvent.objects.filter(action=Action.REVIEW_SAVED).count() == 1
 
 
 @pytest.mark.parametrize("hx", [False, True])
@@ -119,7 +180,7 @@ def test_doctors_and_admins_get_403_and_nothing_is_saved(client_for, doctor, hos
     headers = HX if hx else {}
     for user in (doctor, hospital_admin):
         client.logout()
-        response = client_for(user).post(review_url(study), {"verdict": "agree"}, **headers)
+        response = post_review(client_for(user), study, {"verdict": "agree"}, **headers)
         assert response.status_code == 403
     assert Review.objects.count() == 0
     assert not AuditEvent.objects.filter(action=Action.REVIEW_SAVED).exists()
@@ -132,9 +193,7 @@ def test_outsiders_get_404_whatever_their_role(client_for, outsider, hospital_b,
     headers = HX if hx else {}
     for user in (outsider, outsider_radiologist):
         client.logout()
-        response = client_for(user).post(
-            review_url(study), {"verdict": "disagree", "correct_label": "normal"}, **headers
-        )
+        response = post_review(client_for(user), study, {"verdict": "disagree", "correct_label": "normal"}, **headers)
         assert response.status_code == 404
     assert Review.objects.count() == 0
 
