@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from mlcore.models import ModelVersion
 
-GATED_METRICS = ("roc_auc", "sensitivity")
+# Specificity too: a candidate that calls every radiograph pneumonia keeps AUC and
+# sensitivity and loses specificity; it does not measure "at least as well".
+GATED_METRICS = ("roc_auc", "sensitivity", "specificity")
 # Below this many reviewed hold-out cases, their AUC and sensitivity are too noisy to
 # veto a candidate (one case moves sensitivity by several points); they are still shown.
 MIN_REVIEWED_HOLDOUT = 30
@@ -13,17 +15,28 @@ MIN_REVIEWED_HOLDOUT = 30
 def gate_failures(candidate: ModelVersion, active: ModelVersion | None) -> list[str]:
     """Reasons to refuse the candidate (empty: it may be promoted).
 
-    Both versions are compared on the metrics of the same evaluation: the candidate's
-    `metrics["comparison"]` when the retraining evaluated both on one locked set (and
-    on the held-back reviewed cases, when there are enough of them), else the
-    validation metrics each was registered with.
+    Both versions are compared on the metrics of one evaluation: the candidate's
+    `metrics["comparison"]`, made when retraining evaluated it and the version then
+    active on that version's locked validation set (and on the held-back reviewed cases,
+    when there are enough of them). It must be a comparison with the version active now:
+    one with an earlier version says nothing against the current one, and each version's
+    own validation metrics come from different images, with a threshold fitted on them.
     """
     if active is None:
         return []
     comparison = candidate.metrics.get("comparison") or {}
-    failures = _compare(
-        comparison.get("candidate") or candidate.metrics, comparison.get("active") or active.metrics, ""
-    )
+    if not comparison:
+        return [
+            f"{candidate.name} was never compared with the active version {active.name} on its locked validation "
+            "set (retrain_model makes that comparison)"
+        ]
+    compared_with = comparison.get("against") or {}
+    if compared_with.get("weights_sha256") != active.weights_sha256:
+        return [
+            f"{candidate.name} was compared with {compared_with.get('name') or 'another version'}, not with the "
+            f"active version {active.name}; retrain from {active.name} to compare with it"
+        ]
+    failures = _compare(comparison.get("candidate") or {}, comparison.get("active") or {}, "")
     holdout = comparison.get("reviewed_holdout") or {}
     if holdout.get("images", 0) >= MIN_REVIEWED_HOLDOUT and (holdout.get("active") or {}).get("roc_auc") is not None:
         failures += _compare(holdout.get("candidate") or {}, holdout["active"], "on reviewed cases: ")

@@ -150,6 +150,8 @@ def retrain(options: RetrainOptions, *, actor=None) -> ModelVersion:
             locked,
             holdout,
         )
+        # Which version it was measured against: the gate accepts it only against that one.
+        comparison["against"] = {"name": active.name, "weights_sha256": active.weights_sha256}
         lineage = _lineage(active, kept, reviews, holdout, export_manifest)
         _write_card(out_dir, description, lineage, comparison)
         return _register(out_dir, name, active, lineage, comparison, actor)

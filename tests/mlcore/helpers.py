@@ -64,3 +64,18 @@ def copy_model_dir(source: Path, destination: Path, *, name: str | None = None) 
         description["name"] = name
         description_path.write_text(json.dumps(description, indent=2))
     return destination
+
+
+def compare_with_active(name: str) -> None:
+    """Record what retraining records for the gate: the version `name` and the active one
+    measured on one locked set (here, the validation metrics each was registered with)."""
+    from mlcore.models import ModelVersion
+
+    candidate, active = ModelVersion.objects.get(name=name), ModelVersion.objects.active()
+    comparison = {
+        "candidate": candidate.metrics,
+        "active": active.metrics,
+        "against": {"name": active.name, "weights_sha256": active.weights_sha256},
+    }
+    candidate.metrics = {**candidate.metrics, "comparison": comparison}
+    candidate.save(update_fields=["metrics"])

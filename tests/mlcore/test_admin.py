@@ -11,7 +11,7 @@ from django.urls import reverse
 from hospital.audit import Action
 from hospital.models import AuditEvent
 from mlcore.models import ModelVersion
-from tests.mlcore.helpers import TINY_NAME
+from tests.mlcore.helpers import TINY_NAME, compare_with_active
 
 pytestmark = pytest.mark.django_db
 
@@ -25,6 +25,7 @@ def versions(weights_dir):
     for name in ("v1", "v2", "v3"):
         call_command("register_model", folder, "--name", name, stdout=io.StringIO())
     call_command("promote_model", "v1", stdout=io.StringIO())
+    compare_with_active("v2")
     call_command("promote_model", "v2", stdout=io.StringIO())
     return {v.name: v for v in ModelVersion.objects.all()}
 

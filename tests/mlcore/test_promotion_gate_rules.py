@@ -6,37 +6,41 @@ from mlcore.models import ModelVersion
 from mlcore.promotion import MIN_REVIEWED_HOLDOUT, gate_failures
 
 
-def _version(name: str, status: str, metrics: dict) -> ModelVersion:
+def _version(name: str, status: str, metrics: dict, weights_sha256: str = "0" * 64) -> ModelVersion:
     return ModelVersion.objects.create(
         name=name,
         architecture="resnet18",
         image_size=64,
         weights_path=f"{name}.pt",
-        weights_sha256="0" * 64,
+        weights_sha256=weights_sha256,
         threshold=0.5,
         status=status,
         metrics=metrics,
     )
 
 
-def _comparison(holdout_images: int, holdout_candidate_auc: float) -> dict:
-    same = {"roc_auc": 0.99, "sensitivity": 0.96}
+SAME = {"roc_auc": 0.99, "sensitivity": 0.96, "specificity": 0.9}
+ACTIVE_WEIGHTS = "a" * 64
+
+
+def _comparison(holdout_images: int, holdout_candidate_auc: float, **candidate) -> dict:
     return {
         "comparison": {
-            "candidate": same,
-            "active": same,
+            "candidate": {**SAME, **candidate},
+            "active": SAME,
             "reviewed_holdout": {
                 "images": holdout_images,
-                "candidate": {"roc_auc": holdout_candidate_auc, "sensitivity": 0.95},
-                "active": {"roc_auc": 0.90, "sensitivity": 0.95},
+                "candidate": {"roc_auc": holdout_candidate_auc, "sensitivity": 0.95, "specificity": 0.9},
+                "active": {"roc_auc": 0.90, "sensitivity": 0.95, "specificity": 0.9},
             },
+            "against": {"name": "active", "weights_sha256": ACTIVE_WEIGHTS},
         }
     }
 
 
 @pytest.mark.django_db
 def test_gate_refuses_candidate_worse_on_enough_reviewed_cases():
-    active = _version("active", ModelVersion.Status.ACTIVE, {"roc_auc": 0.99, "sensitivity": 0.96})
+    active = _version("active", ModelVersion.Status.ACTIVE, SAME, ACTIVE_WEIGHTS)
     candidate = _version("candidate", ModelVersion.Status.CANDIDATE, _comparison(MIN_REVIEWED_HOLDOUT, 0.85))
 
     assert gate_failures(candidate, active) == [
@@ -46,16 +50,45 @@ def test_gate_refuses_candidate_worse_on_enough_reviewed_cases():
 
 @pytest.mark.django_db
 def test_gate_ignores_reviewed_holdout_too_small_to_judge():
-    active = _version("active", ModelVersion.Status.ACTIVE, {"roc_auc": 0.99, "sensitivity": 0.96})
+    active = _version("active", ModelVersion.Status.ACTIVE, SAME, ACTIVE_WEIGHTS)
     candidate = _version("candidate", ModelVersion.Status.CANDIDATE, _comparison(MIN_REVIEWED_HOLDOUT - 1, 0.85))
 
     assert gate_failures(candidate, active) == []
 
 
 @pytest.mark.django_db
-def test_gate_compares_recorded_validation_when_no_comparison_exists():
-    active = _version("active", ModelVersion.Status.ACTIVE, {"roc_auc": 0.99, "sensitivity": 0.96})
-    candidate = _version("candidate", ModelVersion.Status.CANDIDATE, {"roc_auc": 0.995, "sensitivity": 0.94})
+def test_a_candidate_that_trades_specificity_away_is_refused():
+    """Calling every radiograph pneumonia keeps AUC and sensitivity."""
+    active = _version("active", ModelVersion.Status.ACTIVE, SAME, ACTIVE_WEIGHTS)
+    candidate = _version(
+        "candidate", ModelVersion.Status.CANDIDATE, _comparison(0, 0.9, sensitivity=1.0, specificity=0.0)
+    )
 
-    assert gate_failures(candidate, active) == ["sensitivity 0.9400 is worse than the active version's 0.9600"]
+    assert gate_failures(candidate, active) == ["specificity 0.0000 is worse than the active version's 0.9000"]
+
+
+@pytest.mark.django_db
+def test_a_candidate_compared_with_an_earlier_active_version_is_refused():
+    """Retrained twice, the better candidate promoted: the other was measured against the
+    version active before, which says nothing against the one active now."""
+    active = _version("active-now", ModelVersion.Status.ACTIVE, SAME, "b" * 64)
+    candidate = _version("candidate", ModelVersion.Status.CANDIDATE, _comparison(0, 0.9))
+
+    assert gate_failures(candidate, active) == [
+        "candidate was compared with active, not with the active version active-now; retrain from active-now to "
+        "compare with it"
+    ]
+
+
+@pytest.mark.django_db
+def test_a_version_never_compared_is_refused_whatever_its_own_validation_says():
+    """Each version's own validation metrics come from different images, with a threshold
+    fitted on them: they compare nothing."""
+    active = _version("active", ModelVersion.Status.ACTIVE, {"roc_auc": 0.9, "sensitivity": 0.9}, ACTIVE_WEIGHTS)
+    candidate = _version("candidate", ModelVersion.Status.CANDIDATE, {"roc_auc": 1.0, "sensitivity": 1.0})
+
+    assert gate_failures(candidate, active) == [
+        "candidate was never compared with the active version active on its locked validation set "
+        "(retrain_model makes that comparison)"
+    ]
     assert gate_failures(candidate, None) == []

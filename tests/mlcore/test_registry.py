@@ -15,7 +15,7 @@ from mlcore import registry
 from mlcore.engine import InferenceEngine
 from mlcore.models import ModelVersion
 from mlcore.network import WeightsMismatchError
-from tests.mlcore.helpers import TINY_NAME, copy_model_dir
+from tests.mlcore.helpers import TINY_NAME, compare_with_active, copy_model_dir
 
 pytestmark = pytest.mark.django_db
 
@@ -130,6 +130,7 @@ def active_v1(make_model):
 
 def test_gate_refuses_a_worse_candidate_and_audits_the_refusal(active_v1, make_model):
     _run("register_model", make_model("v2", roc_auc=0.85, sensitivity=0.97))
+    compare_with_active("v2")
     with pytest.raises(CommandError, match=r"v2 was not promoted: roc_auc 0.8500 is worse than .* 0.9000"):
         call_command("promote_model", "v2")
 
@@ -146,6 +147,7 @@ def test_gate_refuses_a_worse_candidate_and_audits_the_refusal(active_v1, make_m
 
 def test_gate_accepts_a_better_candidate_and_retires_the_active_one(active_v1, make_model):
     _run("register_model", make_model("v2", roc_auc=0.93, sensitivity=0.95))
+    compare_with_active("v2")
     assert _run("promote_model", "v2") == "promoted v2\n"
 
     assert dict(ModelVersion.objects.values_list("name", "status")) == {"v1": "retired", "v2": "active"}
@@ -156,6 +158,7 @@ def test_gate_accepts_a_better_candidate_and_retires_the_active_one(active_v1, m
 
 def test_override_needs_a_superuser_actor(active_v1, make_model, doctor, superuser):
     _run("register_model", make_model("v2", roc_auc=0.80, sensitivity=0.90))
+    compare_with_active("v2")
     with pytest.raises(CommandError, match="--override needs --actor EMAIL of a superuser"):
         call_command("promote_model", "v2", "--override")
     with pytest.raises(CommandError, match="only a superuser may override the promotion gate"):
@@ -181,6 +184,7 @@ def test_override_needs_a_superuser_actor(active_v1, make_model, doctor, superus
 
 def test_rollback_reactivates_a_retired_version_and_is_audited(active_v1, make_model, superuser):
     _run("register_model", make_model("v2", roc_auc=0.95, sensitivity=0.96))
+    compare_with_active("v2")
     _run("promote_model", "v2")
     assert _run("promote_model", "v1", "--rollback", "--actor", superuser.email, "--reason", "drift") == (
         "rolled back to v1\n"
@@ -260,3 +264,22 @@ def test_serving_versions_are_the_active_one_and_the_newest_shadow_candidate_in_
     assert ModelVersion.objects.serving() == (None, None)
     with pytest.raises(registry.RegistryError, match="no active model version"):
         registry.get_serving_engine("cpu")
+
+
+def test_register_model_does_not_activate_past_the_gate_when_a_version_is_active(active_v1, make_model):
+    """--activate would serve doctors a model never compared with the one they have."""
+    with pytest.raises(CommandError, match="v1 is active: register without --activate, then promote_model"):
+        call_command("register_model", make_model("v2", roc_auc=0.5, sensitivity=0.1), "--activate")
+
+    assert ModelVersion.objects.active().name == "v1"
+    assert not ModelVersion.objects.filter(name="v2").exists()
+
+
+def test_an_override_needs_a_reason_for_the_audit_trail(active_v1, make_model, superuser):
+    _run("register_model", make_model("v2", roc_auc=0.80, sensitivity=0.90))
+    compare_with_active("v2")
+
+    with pytest.raises(CommandError, match="--override needs --reason"):
+        call_command("promote_model", "v2", "--override", "--actor", superuser.email)
+
+    assert ModelVersion.objects.active().name == "v1"

@@ -18,9 +18,10 @@ from tests.mlcore.helpers import TINY_IMAGE_SIZE
 pytestmark = pytest.mark.slow
 
 
-def constant_model(weights_dir, active: ModelVersion) -> ModelVersion:
-    """A real network that says 0.5 for every image and calls all of them normal (threshold 0.9):
-    ROC AUC 0.5 and sensitivity 0 on any set. It keeps the active model's locked split."""
+def constant_model(weights_dir, active: ModelVersion, threshold: float = 0.9) -> ModelVersion:
+    """A real network that says 0.5 for every image: ROC AUC 0.5 on any set. At the
+    threshold 0.9 it calls all of them normal (sensitivity 0, specificity 1); at 0.1 all
+    pneumonia (sensitivity 1, specificity 0). It keeps the active model's locked split."""
     network = build_network("resnet18")
     with torch.no_grad():
         network.fc.weight.zero_()
@@ -35,7 +36,7 @@ def constant_model(weights_dir, active: ModelVersion) -> ModelVersion:
         image_size=TINY_IMAGE_SIZE,
         weights_path="constant/weights.pt",
         weights_sha256=sha256,
-        threshold=0.9,
+        threshold=threshold,
     )
 
 
@@ -47,6 +48,7 @@ def compare_for_gate(candidate: ModelVersion, active: ModelVersion) -> dict:
         registry.resolve_weights_path(active).parent / retraining.SPLIT_FILE, settings.TRAINING_DATA_DIR
     )
     comparison = retraining.compare(registry.get_engine(candidate), registry.get_engine(active), locked, [])
+    comparison["against"] = {"name": active.name, "weights_sha256": active.weights_sha256}  # as retrain() records
     candidate.metrics = {**candidate.metrics, "comparison": comparison}
     candidate.save(update_fields=["metrics"])
     return comparison
@@ -71,14 +73,16 @@ def test_gate_refuses_a_candidate_worse_on_the_locked_validation_set(active_mode
 
 
 def test_gate_accepts_a_better_candidate_and_rollback_restores_the_previous(active_model, loop_settings):
-    constant = constant_model(loop_settings, active_model)
-    registry.activate(constant)  # the weak model is now active; the trained one is a candidate again
+    # The weak model calls every radiograph pneumonia; the trained one is a candidate again.
+    constant = constant_model(loop_settings, active_model, threshold=0.1)
+    registry.activate(constant)
     trained = ModelVersion.objects.get(pk=active_model.pk)
     ModelVersion.objects.filter(pk=trained.pk).update(status=ModelVersion.Status.CANDIDATE)
     trained.refresh_from_db()
     comparison = compare_for_gate(trained, constant)
-    assert comparison["candidate"]["roc_auc"] >= comparison["active"]["roc_auc"] == 0.5
-    assert comparison["candidate"]["sensitivity"] >= 0.95 > comparison["active"]["sensitivity"]
+    assert comparison["candidate"]["roc_auc"] > comparison["active"]["roc_auc"] == 0.5
+    assert comparison["candidate"]["sensitivity"] >= comparison["active"]["sensitivity"] == 1.0
+    assert comparison["candidate"]["specificity"] >= comparison["active"]["specificity"] == 0.0
 
     call_command("promote_model", trained.name)
     assert ModelVersion.objects.active() == trained

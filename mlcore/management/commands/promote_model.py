@@ -12,7 +12,7 @@ from mlcore.promotion import gate_failures
 class Command(BaseCommand):
     help = (
         "Make a model version the active one. A candidate must measure at least as well as the active "
-        "version (AUC and sensitivity); --rollback re-activates an earlier version."
+        "version (AUC, sensitivity, specificity) in a comparison with it; --rollback re-activates an earlier version."
     )
 
     def add_arguments(self, parser):
@@ -70,4 +70,6 @@ class Command(BaseCommand):
             raise CommandError(f"no active user {options['actor']!r}")
         if options["override"] and not user.is_superuser:
             raise CommandError("only a superuser may override the promotion gate")
+        if options["override"] and not options["reason"].strip():
+            raise CommandError("--override needs --reason: why the gate's refusal is set aside, for the audit trail")
         return user

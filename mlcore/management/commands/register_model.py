@@ -15,7 +15,11 @@ class Command(BaseCommand):
         parser.add_argument("model_dir", type=Path)
         parser.add_argument("--name", default=None, help="version name (default: the name in model.json)")
         parser.add_argument("--parent", default=None, help="name of the version this one was derived from")
-        parser.add_argument("--activate", action="store_true", help="also make it the active version")
+        parser.add_argument(
+            "--activate",
+            action="store_true",
+            help="also make it the active version, when there is none yet (else promote_model, which gates it)",
+        )
 
     def handle(self, *args, **options):
         parent = None
@@ -23,6 +27,13 @@ class Command(BaseCommand):
             parent = ModelVersion.objects.filter(name=options["parent"]).first()
             if parent is None:
                 raise CommandError(f"no model version named {options['parent']!r}")
+        active = ModelVersion.objects.active()
+        if options["activate"] and active is not None:
+            # Activating here would skip the promotion gate: doctors would be served a model
+            # never compared with the one they have.
+            raise CommandError(
+                f"{active.name} is active: register without --activate, then promote_model, which compares them"
+            )
         try:
             version = registry.register_from_dir(options["model_dir"], name=options["name"], parent=parent)
             if options["activate"]:
