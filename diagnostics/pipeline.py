@@ -440,7 +440,7 @@ def _finish(batch: _Batch) -> list[int]:
             results.append(_computed(study, batch.version, result))
     done = _store_all(results)
     done += _store_duplicates(batch.duplicates, batch.version)
-    _store_shadow(batch)
+    _store_shadow(batch, completed=set(done))
     return done
 
 
@@ -872,7 +872,11 @@ def _submit_shadow(candidate: ModelVersion | None, grays: list[np.ndarray]) -> F
     return model_runner.submit(_outcome, partial(engine.predict, with_heatmap=False), grays)
 
 
-def _store_shadow(batch: _Batch) -> None:
+def _store_shadow(batch: _Batch, *, completed: set[int]) -> None:
+    """The candidate's predictions of the batch's studies the active model completed.
+    Not of one it failed: that study is analysed again one day, perhaps by this very
+    candidate once promoted, and its hidden row would then block the shown one (one
+    prediction per study and model version)."""
     if batch.shadowed is None:
         return
     results = batch.shadowed.result()
@@ -880,6 +884,8 @@ def _store_shadow(batch: _Batch) -> None:
         if isinstance(results, Exception):
             raise results  # logged below with its traceback, as a failure to store is
         for study, result in zip(batch.ready, results, strict=True):
+            if study.pk not in completed:
+                continue
             Prediction.objects.get_or_create(
                 study=study,
                 model_version=batch.shadow,

@@ -708,6 +708,36 @@ def test_a_study_that_trips_a_constraint_does_not_hold_back_the_rest_of_its_batc
     assert Prediction.objects.filter(study__in=others, is_shadow=False).count() == 3
 
 
+def test_a_study_the_active_model_failed_gets_no_shadow_row_and_its_promoted_candidate_completes_it(
+    hospital_a, tiny_model, tmp_path, monkeypatch
+):
+    """A hidden shadow row for a failed study blocked the shown one after the candidate's
+    promotion (one prediction per study and version): Analyse again never completed."""
+    candidate = make_model_version(
+        tmp_path, name="tiny-candidate", seed=2, status=ModelVersion.Status.CANDIDATE, shadow=True
+    )
+    study = store_study(hospital_a, PNEUMONIA_IMAGE)
+    active_engine = registry.get_active_engine()[1]
+
+    def fails(grays, **kwargs):
+        raise RuntimeError("the active model's own error")
+
+    monkeypatch.setattr(active_engine, "predict", fails)
+    assert pipeline.predict_studies([study.pk]) == []
+    study.refresh_from_db()
+    assert (study.status, study.failure_code) == ("failed", "inference_error")
+    assert Prediction.objects.filter(study=study).count() == 0
+    monkeypatch.undo()
+
+    registry.activate(candidate)
+    assert services.analyse_again(study)
+    assert pipeline.predict_studies([study.pk]) == [study.pk]
+
+    assert list(Prediction.objects.filter(study=study).values_list("model_version__name", "is_shadow")) == [
+        ("tiny-candidate", False)
+    ]
+
+
 def test_shadow_candidate_predicts_silently_beside_the_active_model(hospital_a, tiny_model, tmp_path):
     candidate = make_model_version(
         tmp_path, name="tiny-candidate", seed=2, status=ModelVersion.Status.CANDIDATE, shadow=True
