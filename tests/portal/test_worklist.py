@@ -135,7 +135,8 @@ def test_pagination_links_carry_filters_but_never_the_search_term(client_for, do
     searched = client.post(WORKLIST, {"q": "MRN-SAME"}).content.decode()
     assert len(row_codes(searched)) == 25
     assert "MRN-SAME&" not in searched and "q=MRN" not in searched
-    assert '<button class="btn btn--small" form="worklist-filters" name="page" value="2">' in searched
+    assert '<button type="submit" class="btn btn--small" form="worklist-filters" name="page" value="2" ' in searched
+    assert """hx-include="#worklist-filters" hx-vals='{"page": "2"}'""" in searched
     searched_page_2 = client.post(WORKLIST, {"q": "MRN-SAME", "page": 2}, **HX).content.decode()
     assert len(row_codes(searched_page_2)) == 2
 
