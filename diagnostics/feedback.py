@@ -1,9 +1,9 @@
 """Radiologists' reviews as training data: labels, consent, and the de-identified export.
 
 The label rule (`LABEL_RULE`): each radiologist's *current* review of a study counts
-once; the label chosen by a strict majority of them is the study's label; a tie is
-left out. The model's own prediction never decides a label: a review that agrees with
-the model carries the reviewed label like any other.
+once, while they still work at the hospital; the label chosen by a strict majority of
+them is the study's label; a tie is left out. The model's own prediction never decides
+a label: a review that agrees with the model carries the reviewed label like any other.
 
 Only studies of hospitals that consent (`Hospital.shares_reviews_for_training`) are
 ever read. The export holds pixels only: a PNG of the decoded grey image (no DICOM
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
-from django.db.models import Prefetch, QuerySet
+from django.db.models import F, Prefetch, QuerySet
 from django.utils import timezone
 
 from diagnostics.models import Label, Review, Study
@@ -34,7 +34,8 @@ from hospital.models import Hospital
 from mlcore import data
 
 LABEL_RULE = (
-    "Each radiologist's current review counts once; the label of a strict majority of the study's "
+    "Each radiologist's current review counts once, while they still work at the hospital; the label of a "
+    "strict majority of the study's "
     "reviewers wins; ties are left out. The model's prediction never decides a label."
 )
 HOLDOUT_RULE = (
@@ -92,16 +93,27 @@ def consenting_hospitals() -> QuerySet[Hospital]:
     return Hospital.objects.filter(shares_reviews_for_training=True, is_active=True)
 
 
+def counted_reviews() -> QuerySet[Review]:
+    """Reviews whose radiologist still works at the study's hospital (an active account and
+    membership there): one deactivated (left, suspended, an account taken over) labels
+    nothing any more."""
+    return Review.objects.filter(
+        radiologist__is_active=True,
+        radiologist__memberships__hospital=F("study__hospital"),
+        radiologist__memberships__is_active=True,
+    )
+
+
 def reviewed_studies(hospitals: QuerySet[Hospital] | None = None) -> QuerySet[Study]:
-    """Reviewed studies of consenting hospitals (optionally narrowed to `hospitals`)."""
+    """Studies of consenting hospitals (optionally narrowed to `hospitals`) with counted
+    reviews, each with those reviews."""
     allowed = consenting_hospitals()
     if hospitals is not None:
         allowed = allowed.filter(pk__in=hospitals.values("pk"))
     return (
-        Study.objects.filter(hospital__in=allowed, reviews__isnull=False)
-        .distinct()
+        Study.objects.filter(hospital__in=allowed, pk__in=counted_reviews().values("study"))
         .select_related("hospital")
-        .prefetch_related(Prefetch("reviews", queryset=Review.objects.only("study_id", "correct_label")))
+        .prefetch_related(Prefetch("reviews", queryset=counted_reviews().only("study_id", "correct_label")))
         .order_by("pk")
     )
 

@@ -120,6 +120,23 @@ def test_tied_reviews_are_left_out(tmp_path, consenting, radiologist, shared_rad
     assert (result.train_examples, result.conflicts_left_out) == (0, 1)
 
 
+def test_reviews_of_radiologists_no_longer_at_the_hospital_label_nothing(
+    tmp_path, consenting, radiologist, shared_radiologist
+):
+    """A deactivated account (or membership) may be one that left, was suspended or was
+    taken over: its reviews no longer decide training labels."""
+    left_alone, outvoted = (stored_study(consenting, image) for image in REVIEW_IMAGES["pneumonia"][:2])
+    review(left_alone, shared_radiologist, "pneumonia")
+    review(outvoted, radiologist, "normal")
+    review(outvoted, shared_radiologist, "pneumonia")  # a tie while both count
+    shared_radiologist.memberships.filter(hospital=consenting).update(is_active=False)
+
+    result = feedback.export_training_set(tmp_path / "export", holdout_fraction=0)
+
+    assert (result.train_examples, result.conflicts_left_out) == (1, 0)
+    assert [(item.study, item.label) for item in feedback.labelled_studies()[0]] == [(outvoted, "normal")]
+
+
 def test_holdout_keeps_each_patient_on_one_side_and_is_stable(tmp_path, consenting, radiologist):
     studies = []
     for n in range(6):
