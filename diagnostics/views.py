@@ -84,10 +84,12 @@ def worklist(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         data.pop("q", None)
     form = WorklistFilterForm(data)
-    if not form.is_valid() and request.htmx:
-        return render(request, "diagnostics/worklist.html#results", {"form": form, "page": None}, status=400)
+    if not form.is_valid():
+        # No rows rather than every row: the controls would still show the filters asked for.
+        template = "diagnostics/worklist.html#results" if request.htmx else "diagnostics/worklist.html"
+        return render(request, template, {"form": form, "page": None}, status=400)
     studies = form.apply(_worklist_queryset(request.hospital))
-    page = Paginator(studies, WORKLIST_PAGE_SIZE).get_page(form.cleaned_data.get("page") if form.is_valid() else 1)
+    page = Paginator(studies, WORKLIST_PAGE_SIZE).get_page(form.cleaned_data.get("page"))
     audit.record(audit.Action.STUDY_LISTED, request=request, page=page.number, count=len(page.object_list))
     context = {
         "form": form,

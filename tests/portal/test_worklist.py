@@ -99,10 +99,15 @@ def test_date_range_filters_on_the_received_day(client_for, doctor, studies):
     assert str(old.code) not in row_codes(recent) and len(row_codes(recent)) == 4
 
 
-def test_reversed_date_range_is_a_clear_400(client_for, doctor, studies):
-    response = client_for(doctor).get(WORKLIST, {"date_from": "2025-02-01", "date_to": "2025-01-01"}, **HX)
+@pytest.mark.parametrize("headers", [HX, {}], ids=["htmx", "a link or bookmark"])
+def test_reversed_date_range_is_a_clear_400_with_no_rows(client_for, doctor, studies, headers):
+    """A full page used to show every study under controls still showing the filters."""
+    asked = {"label": "pneumonia", "date_from": "2025-02-01", "date_to": "2025-01-01"}
+    response = client_for(doctor).get(WORKLIST, asked, **headers)
+    html = response.content.decode()
     assert response.status_code == 400
-    assert "The end date is before the start date." in response.content.decode()
+    assert "The end date is before the start date." in html
+    assert '<tr id="study-' not in html
 
 
 def test_search_by_patient_id_or_accession_only_from_the_post_body(client_for, doctor, studies):
