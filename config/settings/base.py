@@ -170,7 +170,6 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {"LabelEnum": "diagnostics.models.Label"},
-    "PREPROCESSING_HOOKS": ["diagnostics.api.schema.without_slashless_aliases"],
 }
 
 # Celery. The database is the source of truth for study status, so no result backend.

@@ -15,10 +15,3 @@ class IntegrationKeyScheme(OpenApiAuthenticationExtension):
             "scheme": "bearer",
             "description": "A hospital's integration key: `Authorization: Bearer <key>`.",
         }
-
-
-def without_slashless_aliases(endpoints, **kwargs):
-    """drf-spectacular preprocessing hook: document each route once. `studies` and
-    `studies/<code>` also answer without their trailing slash (diagnostics.api.urls),
-    which the schema need not list twice."""
-    return [endpoint for endpoint in endpoints if endpoint[0].endswith("/") or not endpoint[0].startswith("/api/")]

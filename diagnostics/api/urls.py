@@ -13,13 +13,11 @@ app_name = "api"
 _ = schema.IntegrationKeyScheme
 
 urlpatterns = [
-    path("studies/", views.StudyListCreateView.as_view(), name="study-list"),
-    path("studies/<str:code>/", views.StudyDetailView.as_view(), name="study-detail"),
-    # Without the slash too, as the image and heatmap: APPEND_SLASH would answer an EMR's
-    # POST with a redirect that clients follow as a GET, answered 200 with the list, and
-    # the study it sent would never be stored.
-    path("studies", views.StudyListCreateView.as_view()),
-    path("studies/<str:code>", views.StudyDetailView.as_view()),
+    # With or without the trailing slash, every route: APPEND_SLASH would answer an EMR's
+    # POST to `studies` with a redirect that clients follow as a GET, answered 200 with the
+    # list, and the study it sent would never be stored.
+    re_path(r"^studies/?$", views.StudyListCreateView.as_view(), name="study-list"),
+    re_path(r"^studies/(?P<code>[^/]+)/?$", views.StudyDetailView.as_view(), name="study-detail"),
     re_path(r"^studies/(?P<code>[^/]+)/image/?$", views.StudyImageView.as_view(), name="study-image"),
     re_path(r"^studies/(?P<code>[^/]+)/heatmap/?$", views.StudyHeatmapView.as_view(), name="study-heatmap"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
