@@ -113,7 +113,7 @@ def _request_data(request):
     # with a patient's name (a file name in a Content-Type parameter): answered and
     # audited in words of our own instead.
     except exceptions.UnsupportedMediaType as exc:
-        bare = request.content_type.split(";")[0].strip()
+        bare = _media_type(request)
         named = f'"{bare}"' if _MEDIA_TYPE_RE.fullmatch(bare) else "of this request"
         accepted = ", ".join(parser.media_type for parser in request.parsers)
         raise exceptions.UnsupportedMediaType(
@@ -121,6 +121,11 @@ def _request_data(request):
         ) from exc
     except exceptions.ParseError as exc:
         raise exceptions.ParseError("The request's body could not be parsed: check its boundary and parts.") from exc
+
+
+def _media_type(request) -> str:
+    """The request's media type without its parameters (which may name a patient's file)."""
+    return request.content_type.split(";")[0].strip()
 
 
 def _caller(request) -> dict:
@@ -147,6 +152,13 @@ ERRORS = {
         "Try again after the `Retry-After` seconds.",
     ),
 }
+
+
+def errors(*codes: int) -> dict:
+    """The ERRORS answers of `codes`, for an operation's documented responses."""
+    return {code: ERRORS[code] for code in codes}
+
+
 STUDY_EXAMPLE = OpenApiExample(
     "A completed study",
     value={
@@ -260,7 +272,7 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
                 "status, prediction or review.",
             ),
         ],
-        responses={200: StudySerializer(many=True), **{code: ERRORS[code] for code in (400, 401, 404, 429, 503)}},
+        responses={200: StudySerializer(many=True), **errors(400, 401, 404, 429, 503)},
         examples=[STUDY_EXAMPLE],
     )
     def get(self, request, *args, **kwargs):
@@ -286,7 +298,7 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
                 description="Stored (or a failed study's instance stored again) and queued for prediction.",
             ),
             200: OpenApiResponse(StudySerializer, description="Already stored (same SOP Instance UID), not failed."),
-            **{code: ERRORS[code] for code in (400, 401, 403, 413, 415, 422, 429, 503)},
+            **errors(400, 401, 403, 413, 415, 422, 429, 503),
         },
         examples=[QUEUED_EXAMPLE, ERROR_EXAMPLE],
     )
@@ -321,7 +333,7 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
 def _upload_payload(request) -> tuple[bytes, dict]:
     _check_content_length(request, settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES)
     data = _request_data(request)
-    if request.content_type.split(";")[0].strip().lower() in RAW_BODY_TYPES:
+    if _media_type(request).lower() in RAW_BODY_TYPES:
         # An empty body parses to {}: the service then says "The file is empty."
         return (bytes(data) if isinstance(data, bytes | bytearray) else b""), {}
     return _multipart_payload(data)
@@ -364,7 +376,7 @@ def _parse_since(value: str) -> datetime:
 class StudyDetailView(StudyQueryMixin, APIView):
     @extend_schema(
         summary="One study: status, prediction, reviews, warnings",
-        responses={200: StudySerializer, **{code: ERRORS[code] for code in (401, 404, 429, 503)}},
+        responses={200: StudySerializer, **errors(401, 404, 429, 503)},
         examples=[STUDY_EXAMPLE, QUEUED_EXAMPLE],
     )
     def get(self, request, code: str):
@@ -393,7 +405,7 @@ class _PNGView(StudyQueryMixin, APIView):
 
 @extend_schema(
     summary="The radiograph as an 8-bit PNG (windowed, at most 1024 px on the long side)",
-    responses={(200, "image/png"): OpenApiTypes.BINARY, **{code: ERRORS[code] for code in (401, 404, 429, 503)}},
+    responses={(200, "image/png"): OpenApiTypes.BINARY, **errors(401, 404, 429, 503)},
 )
 class StudyImageView(_PNGView):
     kind = "image"
@@ -404,7 +416,7 @@ class StudyImageView(_PNGView):
 
 @extend_schema(
     summary="The Grad-CAM heatmap of the shown prediction (transparent PNG overlay)",
-    responses={(200, "image/png"): OpenApiTypes.BINARY, **{code: ERRORS[code] for code in (401, 404, 429, 503)}},
+    responses={(200, "image/png"): OpenApiTypes.BINARY, **errors(401, 404, 429, 503)},
 )
 class StudyHeatmapView(_PNGView):
     kind = "heatmap"
@@ -449,7 +461,7 @@ class StowView(TenantAPIMixin, APIView):
             (200, dicomweb.DICOM_JSON_MEDIA_TYPE): OpenApiTypes.OBJECT,
             (202, dicomweb.DICOM_JSON_MEDIA_TYPE): OpenApiTypes.OBJECT,
             (409, dicomweb.DICOM_JSON_MEDIA_TYPE): OpenApiTypes.OBJECT,
-            **{code: ERRORS[code] for code in (400, 401, 403, 413, 415, 429, 503)},
+            **errors(400, 401, 403, 413, 415, 429, 503),
         },
         examples=[
             OpenApiExample(
