@@ -91,7 +91,9 @@ class ReviewForm(forms.Form):
     )
     note = forms.CharField(label="Note", required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 3}))
 
-    def __init__(self, *args, model_label: str | None = None, **kwargs) -> None:
+    def __init__(self, *args, model_label: str, **kwargs) -> None:
+        # The label of the result on screen: a review is offered and taken only with one
+        # (views._result_not_the_one_seen).
         self.model_label = model_label
         super().__init__(*args, **kwargs)
 
@@ -99,8 +101,6 @@ class ReviewForm(forms.Form):
         cleaned = super().clean()
         verdict, label = cleaned.get("verdict"), cleaned.get("correct_label")
         if verdict == Review.Verdict.AGREE:
-            if not self.model_label:
-                raise forms.ValidationError("There is no model result to agree with yet.")
             cleaned["correct_label"] = self.model_label
         elif verdict == Review.Verdict.DISAGREE:
             if not label:

@@ -38,6 +38,7 @@ MAX_POLLED_STUDIES = WORKLIST_PAGE_SIZE
 PENDING = (Study.Status.QUEUED, Study.Status.PROCESSING)
 # Who may have a failed study analysed again: those who upload studies and read them.
 CLINICAL_ROLES = (Role.DOCTOR, Role.RADIOLOGIST)
+REVIEWER_ROLES = (Role.RADIOLOGIST,)
 
 
 def person_name(value: str) -> str:
@@ -200,14 +201,14 @@ def _ingest_one(request: HttpRequest, upload_file, identifiers: dict) -> dict:
 def _study_context(request: HttpRequest, study: Study, review_form: ReviewForm | None = None) -> dict:
     prediction = current_prediction(study)
     reviews = list(study.reviews.select_related("radiologist").prefetch_related("revisions"))
-    is_radiologist = request.membership.role == Role.RADIOLOGIST
+    is_radiologist = has_role(request, REVIEWER_ROLES)
     # A review agrees or disagrees with a result the radiologist has seen: none before it.
     can_review = is_radiologist and prediction is not None
     can_analyse_again = has_role(request, CLINICAL_ROLES) and may_analyse_again(study)
     own = next((r for r in reviews if r.radiologist_id == request.user.pk), None)
     if can_review and review_form is None:
         initial = {"verdict": own.verdict, "correct_label": own.correct_label, "note": own.note} if own else {}
-        review_form = ReviewForm(initial=initial, model_label=prediction.label if prediction else None)
+        review_form = ReviewForm(initial=initial, model_label=prediction.label)
     return {
         "study": study,
         "patient_display": person_name(study.patient_name),
@@ -321,7 +322,7 @@ def study_analyse_again(request: HttpRequest, code) -> HttpResponse:
     return redirect("diagnostics:study_detail", code=study.code)
 
 
-def _result_not_the_one_seen(request: HttpRequest, prediction: Prediction | None) -> HttpResponse | None:
+def _result_not_the_one_seen(request: HttpRequest, study: Study, prediction: Prediction | None) -> HttpResponse | None:
     """409 when the result the review form was shown with is not the study's result now
     (none yet, or a new analysis meanwhile): an 'Agree' would otherwise be saved for a
     label the radiologist never saw, and go into the training export as confirmed."""
@@ -337,7 +338,7 @@ def _result_not_the_one_seen(request: HttpRequest, prediction: Prediction | None
     if request.htmx:
         return HttpResponse(words, status=409, content_type="text/plain; charset=utf-8")
     messages.error(request, words)
-    return redirect(reverse("diagnostics:study_detail", args=[request.resolver_match.kwargs["code"]]) + "#reviews")
+    return redirect(reverse("diagnostics:study_detail", args=[study.code]) + "#reviews")
 
 
 @never_cache
@@ -347,10 +348,10 @@ def study_review(request: HttpRequest, code) -> HttpResponse:
     # The study is resolved before the role is checked: an outsider learns nothing
     # (404) even when their role could never review, a doctor of the hospital gets 403.
     study = _get_study(request, code)
-    if request.membership.role != Role.RADIOLOGIST:
+    if not has_role(request, REVIEWER_ROLES):
         raise PermissionDenied("Only radiologists can review studies.")
     prediction = current_prediction(study)
-    if (refusal := _result_not_the_one_seen(request, prediction)) is not None:
+    if (refusal := _result_not_the_one_seen(request, study, prediction)) is not None:
         return refusal
     form = ReviewForm(request.POST, model_label=prediction.label)
     if not form.is_valid():
