@@ -404,8 +404,8 @@ class AuditedReadsAdmin(HospitalScopedAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         response = super().change_view(request, object_id, form_url, extra_context)
-        if self.viewed_action and response.status_code == 200:
-            seen = self.get_object(request, object_id)
+        seen = getattr(response, "context_data", {}).get("original")  # the object the page shows
+        if self.viewed_action and response.status_code == 200 and seen is not None:
             audit.record(self.viewed_action, request=request, hospital=self.hospital_of(seen), target=seen, via="admin")
         return response
 
