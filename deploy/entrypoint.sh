@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for every Pleura process, in containers and on bare machines alike
-# (deploy/smoke.sh runs it natively). Usage: entrypoint.sh web|worker|worker-gpu|beat|migrate|manage ARGS...
+# (deploy/smoke.sh runs it natively). Usage: entrypoint.sh web|worker|worker-gpu|worker-training|beat|migrate|manage ARGS...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +46,11 @@ case "$command" in
         CELERY_CONCURRENCY="${CELERY_CONCURRENCY:-4}" INFERENCE_THREADS="${INFERENCE_THREADS:-1}" \
             worker "${CELERY_QUEUES:-inference}" gpu
         ;;
+    worker-training)
+        # Retraining (`manage.py retrain_model --queue`): one run at a time, for hours, on a
+        # worker of its own so studies never wait behind it.
+        CELERY_CONCURRENCY=1 worker "${CELERY_QUEUES:-training}" training
+        ;;
     beat)
         # Exactly one beat per deployment (compose: one service; k8s: replicas 1, Recreate).
         exec celery -A config beat --loglevel "${LOG_LEVEL:-INFO}" \
@@ -53,13 +58,15 @@ case "$command" in
         ;;
     migrate)
         python manage.py migrate --noinput
+        # The shipped model, registered and active on a new installation (idempotent).
+        python manage.py ensure_default_model
         python manage.py check --deploy --fail-level WARNING
         ;;
     manage)
         exec python manage.py "$@"
         ;;
     *)
-        echo "usage: $0 web|worker|worker-gpu|beat|migrate|manage ARGS..." >&2
+        echo "usage: $0 web|worker|worker-gpu|worker-training|beat|migrate|manage ARGS..." >&2
         exit 64
         ;;
 esac

@@ -132,15 +132,17 @@ export LOG_FORMAT=json
 export LOG_LEVEL=DEBUG
 export PYTHONUNBUFFERED=1
 export MPLCONFIGDIR="$WORK/mpl"
+# An empty models folder, as the containers' volume starts: migrate copies the shipped
+# model into it (set MODEL_WEIGHTS_DIR / DEFAULT_MODEL_NAME to try another model).
+export MODEL_WEIGHTS_DIR="${MODEL_WEIGHTS_DIR:-$WORK/models}"
 
-log "migrate (with check --deploy), collectstatic, model, hospital and integration key"
+log "migrate (with check --deploy and the shipped model), collectstatic, hospital and integration key"
 deploy/entrypoint.sh migrate >"$WORK/migrate.log" 2>&1 || fail "migrate failed: $(tail -n 20 "$WORK/migrate.log")"
+grep -q "^active model: " "$WORK/migrate.log" || fail "migrate left no active model: $(tail -n 5 "$WORK/migrate.log")"
 manage() {
     deploy/entrypoint.sh manage "$@" >"$WORK/manage-$1.log" 2>&1 || fail "manage.py $1: $(tail -n 5 "$WORK/manage-$1.log")"
 }
 manage collectstatic --noinput
-# The shipped model (MODEL_WEIGHTS_DIR / DEFAULT_MODEL_NAME, overridable like in production).
-manage ensure_default_model
 manage create_hospital --name "Smoke General" --slug smoke-general
 manage create_api_key --hospital smoke-general --name "smoke EMR"
 KEY="$(tail -n 1 "$WORK/manage-create_api_key.log")"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 from celery.signals import celeryd_after_setup, worker_process_init
+from django.conf import settings
 
 from diagnostics import metrics, pipeline
 
@@ -35,8 +36,10 @@ def sweep_stuck_studies() -> dict:
     return {"requeued": len(result.requeued), "gave_up": len(result.gave_up)}
 
 
-# Processes in this worker's pool (`--concurrency`), read in the parent before it forks.
+# Processes in this worker's pool (`--concurrency`), and whether it predicts at all (a
+# worker of the `training` queue only does not), read in the parent before it forks.
 _pool_processes = 1
+_predicts = True
 
 
 @celeryd_after_setup.connect
@@ -44,12 +47,15 @@ def _prepare_pool(instance, **kwargs) -> None:
     """In the worker's parent, before it forks the pool: note the pool's size, and import
     torch once, so that every pool process inherits it rather than importing it again
     (seconds each) after fork. Web processes never get here and never load torch."""
-    global _pool_processes  # set once in the parent, inherited by the forked pool
+    global _pool_processes, _predicts  # set once in the parent, inherited by the forked pool
     _pool_processes = int(instance.concurrency or 1)
+    predictions_queue = settings.CELERY_TASK_ROUTES[pipeline.PREDICT_TASK]["queue"]
+    _predicts = predictions_queue in instance.app.amqp.queues.consume_from
     import mlcore.engine  # noqa: F401 - importing torch initialises no CUDA context
 
 
 @worker_process_init.connect
 def _load_model_after_fork(**kwargs) -> None:
     # CUDA contexts do not survive fork: each pool process loads its own model here.
-    pipeline.warm_up(_pool_processes)
+    if _predicts:
+        pipeline.warm_up(_pool_processes)

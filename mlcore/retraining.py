@@ -129,13 +129,17 @@ def retrain(options: RetrainOptions, *, actor=None) -> ModelVersion:
     name = options.name or default_candidate_name(active)
     if ModelVersion.objects.filter(name=name).exists():
         raise RetrainingError(f"a model version named {name!r} already exists")
-    out_dir = Path(settings.MODEL_WEIGHTS_DIR) / name
-    if out_dir.exists():
-        raise RetrainingError(f"{out_dir} already exists")
     export_manifest = _read_export_manifest(options.export_dir)
     data_dir = Path(settings.TRAINING_DATA_DIR)
     active_dir = registry.resolve_weights_path(active).parent
     locked = locked_validation(active_dir / SPLIT_FILE, data_dir)
+    out_dir = Path(settings.MODEL_WEIGHTS_DIR) / name
+    try:
+        # Creating the folder claims the name: of two runs for one name (a message delivered
+        # twice), the second stops here instead of training into, and then removing, the first's.
+        out_dir.mkdir(parents=True)
+    except FileExistsError:
+        raise RetrainingError(f"{out_dir} already exists") from None
     try:
         with tempfile.TemporaryDirectory(prefix="pleura-retrain-") as scratch:
             base_dir = Path(scratch) / "base"

@@ -23,13 +23,17 @@ RETRAIN_TIME_LIMIT = RETRAIN_SOFT_TIME_LIMIT + 300
     name=RETRAIN_TASK,
     soft_time_limit=RETRAIN_SOFT_TIME_LIMIT,
     time_limit=RETRAIN_TIME_LIMIT,
-    # A redelivered message after a lost worker starts again; a finished one does nothing.
-    acks_late=True,
+    # Acknowledged when a worker takes it, unlike predictions: a run lasts hours, longer
+    # than Redis keeps an unacknowledged message before delivering it again (the visibility
+    # timeout), so acks_late would start a second run beside the first. A run lost with a
+    # killed worker is started again by hand (a new default name: it holds the time).
+    acks_late=False,
 )
 def retrain_model(name: str, actor_id: int | None = None, **options) -> str | None:
     """Export the consented reviews and fine-tune the active model into candidate `name`.
 
-    Idempotent: if `name` is already registered the task returns at once.
+    Idempotent: if `name` is already registered the task returns at once, and a second run
+    for a name being trained stops before training (mlcore.retraining claims the name).
     """
     from diagnostics.feedback import retrain_from_reviews
 

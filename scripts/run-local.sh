@@ -45,7 +45,9 @@ start() {
     pids+=("$!")
 }
 
-start "$BIN/celery" -A config worker -Q celery,inference --concurrency 1 --loglevel INFO
+start "$BIN/celery" -A config worker -Q celery,inference --concurrency 1 --loglevel INFO -n pleura@%h
+# Retraining (`retrain_model --queue`) runs for hours: its own worker, so studies never wait behind it.
+start "$BIN/celery" -A config worker -Q training --concurrency 1 --loglevel INFO -n training@%h
 start "$BIN/celery" -A config beat --loglevel INFO --schedule var/celery/beat-schedule
 start "$BIN/python" manage.py runserver "$HOST:$PORT"
 

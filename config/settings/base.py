@@ -143,8 +143,12 @@ MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 60_000_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_UPLOAD_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
-# Model weights shipped with the product (see mlcore/weights/README.md).
-MODEL_WEIGHTS_DIR = Path(env_str("MODEL_WEIGHTS_DIR", str(BASE_DIR / "mlcore" / "weights")))
+# Model weights shipped with the product (see mlcore/weights/README.md), and where the
+# registry's versions live: the same folder by default; in containers, whose image is
+# read-only, a volume every process shares, into which ensure_default_model copies the
+# shipped model and retraining writes its candidates.
+SHIPPED_MODELS_DIR = BASE_DIR / "mlcore" / "weights"
+MODEL_WEIGHTS_DIR = Path(env_str("MODEL_WEIGHTS_DIR", str(SHIPPED_MODELS_DIR)))
 DEFAULT_MODEL_NAME = env_str("DEFAULT_MODEL_NAME", "pleura-resnet18-v1")
 TRAINING_DATA_DIR = Path(env_str("TRAINING_DATA_DIR", str(SHARED_DIR / "data" / "chest_xray" / "train")))
 
@@ -204,7 +208,9 @@ CELERY_RESULT_SERIALIZER = "json"
 # Inference has its own queue so GPU machines consume only `inference`; housekeeping stays on `celery`.
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_ROUTES = {"diagnostics.predict_studies": {"queue": "inference"}, "diagnostics.*": {"queue": "celery"}}
-CELERY_TASK_ROUTES["mlcore.retrain_model"] = {"queue": "inference"}  # fine-tuning wants the GPU workers
+# Retraining runs for hours: on the inference queue it held a worker process that studies
+# waited behind (the only one under `make run`). It has its own queue and worker.
+CELERY_TASK_ROUTES["mlcore.retrain_model"] = {"queue": "training"}
 # One message at a time per process, acknowledged after the work: a slow batch holds no
 # other message, and a message whose worker died is delivered again.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,49 @@ def test_compose_runs_every_service_and_the_gpu_worker_under_a_profile():
         assert services[name]["environment"]["DJANGO_SETTINGS_MODULE"] == "config.settings.production"
     for volume in services["prometheus"]["volumes"] + services["grafana"]["volumes"]:
         assert (DEPLOY / volume.split(":")[0]).exists(), volume
+
+
+def test_compose_keeps_model_versions_on_a_volume_every_process_reads_and_retraining_writes():
+    services = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    for name in ("migrate", "web", "worker", "worker-gpu", "worker-training", "beat"):
+        assert services[name]["environment"]["MODEL_WEIGHTS_DIR"] == "/var/lib/pleura/models", name
+        assert "models:/var/lib/pleura/models" in services[name]["volumes"], name
+    training = services["worker-training"]
+    assert training["command"] == ["worker-training"]
+    assert "profiles" not in training  # `retrain_model --queue` always finds a worker
+    data_mount = training["environment"]["TRAINING_DATA_DIR"]
+    assert f"${{PLEURA_TRAINING_DATA:-./training-data}}:{data_mount}:ro" in training["volumes"]
+
+
+@pytest.mark.parametrize(
+    ("command", "queues", "concurrency"),
+    [("worker", "celery,inference", "2"), ("worker-gpu", "inference", "4"), ("worker-training", "training", "1")],
+)
+def test_entrypoint_starts_each_worker_on_its_queues(tmp_path, command, queues, concurrency):
+    """Run deploy/entrypoint.sh with a `celery` on PATH that prints what it was given."""
+    (tmp_path / "celery").write_text('#!/bin/sh\necho "$@"\n')
+    (tmp_path / "celery").chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run(
+        ["bash", str(DEPLOY / "entrypoint.sh"), command], env=env, capture_output=True, text=True, check=True
+    )
+    args = result.stdout.split()
+    assert args[args.index("--queues") + 1] == queues
+    assert args[args.index("--concurrency") + 1] == concurrency
+
+
+def test_migrate_step_also_registers_the_shipped_model(tmp_path):
+    (tmp_path / "python").write_text('#!/bin/sh\necho "$@"\n')
+    (tmp_path / "python").chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run(
+        ["bash", str(DEPLOY / "entrypoint.sh"), "migrate"], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.splitlines() == [
+        "manage.py migrate --noinput",
+        "manage.py ensure_default_model",
+        "manage.py check --deploy --fail-level WARNING",
+    ]
 
 
 def test_grafana_dashboard_is_valid_and_covers_the_pipeline():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -201,6 +202,29 @@ def test_ensure_default_model_leaves_another_active_version_alone(weights_dir):
         "active model: chosen (threshold " + f"{ModelVersion.objects.active().threshold:.4f})\n"
     )
     assert dict(ModelVersion.objects.values_list("name", "status")) == {"chosen": "active", TINY_NAME: "candidate"}
+
+
+def test_ensure_default_model_copies_the_shipped_model_into_an_empty_models_volume(weights_dir, settings, tmp_path):
+    """In containers MODEL_WEIGHTS_DIR is a shared volume; the image's model is copied in once."""
+    settings.SHIPPED_MODELS_DIR = weights_dir
+    settings.MODEL_WEIGHTS_DIR = tmp_path / "volume"
+    first, second = io.StringIO(), io.StringIO()
+    call_command("ensure_default_model", stdout=first)
+    call_command("ensure_default_model", stdout=second)
+
+    version = ModelVersion.objects.get()
+    assert first.getvalue().splitlines()[:2] == [
+        f"copied {TINY_NAME} into {tmp_path / 'volume'}",
+        f"registered {TINY_NAME}",
+    ]
+    assert "copied" not in second.getvalue()
+    assert sorted(p.name for p in (tmp_path / "volume").iterdir()) == [TINY_NAME]
+    assert sorted(p.name for p in (tmp_path / "volume" / TINY_NAME).iterdir()) == sorted(
+        p.name for p in (weights_dir / TINY_NAME).iterdir()
+    )
+    weights = registry.resolve_weights_path(version)
+    assert weights == tmp_path / "volume" / TINY_NAME / "weights.pt"
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == version.weights_sha256
 
 
 def test_ensure_default_model_explains_missing_weights(settings, tmp_path):

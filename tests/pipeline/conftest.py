@@ -117,7 +117,9 @@ class Broker:
             return
         import redis
 
-        redis.Redis.from_url(self.url).delete("inference", "celery", "unacked", "unacked_index", "unacked_mutex")
+        redis.Redis.from_url(self.url).delete(
+            "inference", "celery", "training", "unacked", "unacked_index", "unacked_mutex"
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -185,9 +187,12 @@ def database_url() -> str:
 class Worker:
     """`celery -A config worker` in its own process group, logging to a file."""
 
-    def __init__(self, broker: Broker, log_path: Path, concurrency: int = 1, **env: str):
+    def __init__(
+        self, broker: Broker, log_path: Path, concurrency: int = 1, queues: str = "celery,inference", **env: str
+    ):
         self.log_path = log_path
         self.concurrency = concurrency
+        self.queues = queues
         self.env = {
             **os.environ,
             **broker.env,
@@ -202,7 +207,7 @@ class Worker:
 
     def start(self, timeout: float = 90.0) -> Worker:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        command = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "celery,inference"]
+        command = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", self.queues]
         command += ["--concurrency", str(self.concurrency), "--pool", "prefork", "--loglevel", "INFO"]
         command += ["-n", f"test-{uuid.uuid4().hex[:8]}@%h"]
         command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
@@ -250,8 +255,8 @@ def start_worker(broker, tmp_path):
 
     broker.purge()
 
-    def start(concurrency: int = 1, **env: str) -> Worker:
-        worker = Worker(broker, tmp_path / "worker.log", concurrency, **env).start()
+    def start(concurrency: int = 1, queues: str = "celery,inference", **env: str) -> Worker:
+        worker = Worker(broker, tmp_path / "worker.log", concurrency, queues, **env).start()
         workers.append(worker)
         return worker
 

@@ -134,11 +134,13 @@ def test_retraining_refuses_an_existing_name_and_leaves_nothing_behind(active_mo
     assert not AuditEvent.objects.filter(action=Action.MODEL_RETRAINED).exists()
 
 
-def test_retrain_task_is_routed_to_the_inference_queue_and_is_idempotent(active_model):
+def test_retrain_task_has_its_own_queue_is_acknowledged_on_receipt_and_is_idempotent(active_model):
     from config.celery import app
     from mlcore import tasks
 
-    assert app.amqp.router.route({}, tasks.RETRAIN_TASK)["queue"].name == "inference"
+    assert app.amqp.router.route({}, tasks.RETRAIN_TASK)["queue"].name == "training"
+    # Hours long: acks_late would have Redis deliver it again, beside the running one.
+    assert tasks.retrain_model.acks_late is False
     assert tasks.retrain_model.soft_time_limit == tasks.RETRAIN_SOFT_TIME_LIMIT
     # A redelivered message for a candidate that already exists does nothing.
     assert tasks.retrain_model.run("pleura-tiny") is None

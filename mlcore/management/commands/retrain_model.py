@@ -33,7 +33,7 @@ class Command(BaseCommand):
         parser.add_argument("--max-images", type=int, default=None, help="per class; for quick checks")
         parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
         parser.add_argument("--actor", default=None, help="email of the person retraining (audit)")
-        parser.add_argument("--queue", action="store_true", help="run it on the inference queue instead of here")
+        parser.add_argument("--queue", action="store_true", help="run it on the training queue's worker instead")
 
     def handle(self, *args, **options):
         if options["epochs"] < 1:
@@ -79,7 +79,7 @@ class Command(BaseCommand):
         name = options["name"] or retraining.default_candidate_name(active)
         kwargs = {"epochs": options["epochs"], "learning_rate": options["lr"], "seed": options["seed"]}
         transaction.on_commit(lambda: tasks.retrain_model.delay(name, actor.pk if actor else None, **kwargs))
-        self.stdout.write(f"queued retraining of {name} on the inference queue")
+        self.stdout.write(f"queued retraining of {name} on the training queue")
 
 
 def _actor(email: str | None):
