@@ -126,6 +126,10 @@ class Study(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     queued_at = models.DateTimeField(null=True, blank=True)
+    # When the sweeper last sent a queued study's message again (it may have been lost, or
+    # the study waits in a backlog): once per PIPELINE_STUCK_SECONDS, and no attempt is
+    # counted, since no worker has tried it.
+    resent_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 

@@ -27,6 +27,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Case, F, Q, QuerySet, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
@@ -518,10 +519,15 @@ def _update_returning_pks(rows: QuerySet, lock: str, *, restarts_counted: bool =
 
 
 def _release(study_ids: list[int]) -> None:
-    """Put claimed studies back in the queue; if even that fails, the sweeper will."""
+    """Put claimed studies back in the queue; if even that fails, the sweeper will.
+
+    Their message goes out now (a retry, or one of their own), hence `resent_at`: the
+    sweeper waits from here, not from when they were first queued.
+    """
+    now = timezone.now()
     try:
         Study.objects.filter(pk__in=study_ids, status=STATUS.PROCESSING).update(
-            status=STATUS.QUEUED, claimed_by="", started_at=None, updated_at=timezone.now()
+            status=STATUS.QUEUED, claimed_by="", started_at=None, resent_at=now, updated_at=now
         )
     except DatabaseError:
         log.warning("could not release %d claimed studies; the sweeper will re-queue them", len(study_ids))
@@ -915,18 +921,21 @@ class SweepResult:
 
 
 def sweep_stuck_studies(now=None) -> SweepResult:
-    """Re-queue studies stuck in queued/processing (lost message, dead worker, broker
-    restart); after PIPELINE_MAX_ATTEMPTS re-queues, fail them with a clear reason.
+    """Send again the messages of studies waiting in `queued` too long (a lost message, a
+    broker restart, or a backlog), and re-queue studies stuck in `processing` (a dead
+    worker); fail those after PIPELINE_MAX_ATTEMPTS tries, with a clear reason.
 
-    PIPELINE_STUCK_SECONDS is longer than the task's hard time limit, so a study still
-    `processing` past it has no live worker left.
+    Only a study a worker took counts an attempt: a backlog, or workers down for an
+    hour, must not fail studies no worker has tried. PIPELINE_STUCK_SECONDS is longer than
+    the task's hard time limit, so a study still `processing` past it has no live worker left.
     """
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.PIPELINE_STUCK_SECONDS)
+    waiting_since = Coalesce("resent_at", "queued_at", "created_at")
     stuck = (
-        Study.objects.filter(
-            Q(status=STATUS.QUEUED, queued_at__lt=cutoff)
-            | Q(status=STATUS.QUEUED, queued_at__isnull=True, created_at__lt=cutoff)
+        Study.objects.annotate(waiting_since=waiting_since)
+        .filter(
+            Q(status=STATUS.QUEUED, waiting_since__lt=cutoff)
             | Q(status=STATUS.PROCESSING, started_at__lt=cutoff)
             | Q(status=STATUS.PROCESSING, started_at__isnull=True, updated_at__lt=cutoff)
         )
@@ -935,7 +944,10 @@ def sweep_stuck_studies(now=None) -> SweepResult:
     )
     requeued, gave_up = [], []
     for study in stuck:
-        if study.attempts >= settings.PIPELINE_MAX_ATTEMPTS:
+        if study.status == STATUS.QUEUED:
+            if _send_again(study, now):
+                requeued.append(study.pk)
+        elif study.attempts >= settings.PIPELINE_MAX_ATTEMPTS:
             if _give_up(study, from_status=study.status):
                 gave_up.append(study.pk)
         elif _requeue(study, now):
@@ -954,10 +966,22 @@ def _give_up(study: Study, *, from_status: str) -> bool:
 
 
 def _requeue(study: Study, now) -> bool:
+    """A `processing` study whose worker died: one attempt spent."""
     updated = Study.objects.filter(pk=study.pk, status=study.status, attempts=study.attempts).update(
-        status=STATUS.QUEUED, claimed_by="", attempts=F("attempts") + 1, queued_at=now, started_at=None, updated_at=now
+        status=STATUS.QUEUED,
+        claimed_by="",
+        attempts=F("attempts") + 1,
+        queued_at=now,
+        resent_at=None,
+        started_at=None,
+        updated_at=now,
     )
     return updated == 1
+
+
+def _send_again(study: Study, now) -> bool:
+    """A `queued` study no worker has taken: its message is sent again, nothing else changes."""
+    return Study.objects.filter(pk=study.pk, status=STATUS.QUEUED, resent_at=study.resent_at).update(resent_at=now) == 1
 
 
 def cpu_threads_per_process(pool_processes: int) -> int:

@@ -262,7 +262,7 @@ def _queue_if_failed(study: Study, **changes) -> bool:
     now = timezone.now()
     queued = Study.objects.filter(pk=study.pk, status=Study.Status.FAILED).update(
         **changes, status=Study.Status.QUEUED, failure_reason="", failure_code="", attempts=0, claimed_by="",
-        queued_at=now, started_at=None, completed_at=None, updated_at=now,
+        queued_at=now, resent_at=None, started_at=None, completed_at=None, updated_at=now,
     )  # fmt: skip
     if queued:
         transaction.on_commit(partial(tasks.enqueue_prediction, study.pk))

@@ -771,7 +771,8 @@ def test_sweeper_requeues_stuck_studies_and_gives_up_after_the_bound(hospital_a,
     assert result == pipeline.SweepResult(requeued=[lost.pk, crashed.pk], gave_up=[hopeless.pk])
     assert _no_broker == [[lost.pk, crashed.pk]]
     rows = {s.pk: s for s in Study.objects.all()}
-    assert (rows[lost.pk].status, rows[lost.pk].attempts) == (QUEUED, 1)
+    # No worker took it: its message went out again, and no attempt is counted.
+    assert (rows[lost.pk].status, rows[lost.pk].attempts) == (QUEUED, 0)
     assert (rows[crashed.pk].status, rows[crashed.pk].attempts, rows[crashed.pk].claimed_by) == (QUEUED, 1, "")
     assert rows[hopeless.pk].status == FAILED
     assert rows[hopeless.pk].failure_reason == (
@@ -783,6 +784,30 @@ def test_sweeper_requeues_stuck_studies_and_gives_up_after_the_bound(hospital_a,
     assert event.detail == {"reason": "gave_up", "attempts": 3}
     # A second sweep right away finds nothing stuck.
     assert pipeline.sweep_stuck_studies() == pipeline.SweepResult(requeued=[], gave_up=[])
+
+
+def test_a_backlog_no_worker_takes_is_sent_again_but_never_given_up_and_then_predicted_in_batches(
+    hospital_a, tiny_model, _no_broker, settings
+):
+    """Workers down for 24 minutes (or a burst longer than that): the studies wait."""
+    settings.PIPELINE_STUCK_SECONDS = 300
+    settings.PIPELINE_MAX_ATTEMPTS = 3
+    start = timezone.now()
+    waiting = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES[:2]]]
+    Study.objects.update(queued_at=start)
+    ids = [s.pk for s in waiting]
+
+    sweeps = [pipeline.sweep_stuck_studies(now=start + timedelta(minutes=m)) for m in (3, 6, 9, 12, 18, 24)]
+
+    # Sent again once the wait passes 5 minutes, then at most once per 5 minutes.
+    assert [len(s.requeued) for s in sweeps] == [0, 4, 0, 4, 4, 4]
+    assert all(s.gave_up == [] for s in sweeps)
+    assert _no_broker == [ids] * 4
+    assert list(Study.objects.order_by("pk").values_list("status", "attempts", "queued_at")) == [(QUEUED, 0, start)] * 4
+
+    # Not restarted studies, so not one at a time: one batch.
+    assert sorted(pipeline.predict_studies([ids[0]], claim="worker-back")) == ids
+    assert list(Prediction.objects.values_list("batch_size", flat=True)) == [4, 4, 4, 4]
 
 
 def test_enqueue_never_raises_when_the_broker_is_unreachable(hospital_a, monkeypatch, caplog):
