@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 from django.conf import settings
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from config.errors import STORAGE_RETRY_AFTER_SECONDS
 from mlcore.preprocessing import pil_to_grayscale
@@ -238,9 +238,37 @@ def _decode_raster(data: bytes, kind: str) -> DecodedImage:
         raise RejectedUpload(413, f"The {name} declares more pixels than allowed (a decompression bomb?).") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error) as exc:
         raise RejectedUpload(422, f"The {name} file is truncated or corrupt and could not be decoded.") from exc
-    gray = _raster_to_gray(ImageOps.exif_transpose(image) if kind == "jpg" else image)
+    try:
+        gray = _raster_to_gray(_upright(image) if kind == "jpg" else image)
+    except (OSError, ValueError, SyntaxError, struct.error) as exc:
+        raise RejectedUpload(422, f"The {name} file is corrupt and could not be decoded.") from exc
     meta = {"rows": gray.shape[0], "columns": gray.shape[1], "photometric_interpretation": ""}
     return DecodedImage(kind, gray, meta, [])
+
+
+# EXIF Orientation (tag 0x0112) -> the transpose that shows the picture upright.
+_EXIF_ORIENTATION = 0x0112
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The JPEG's pixels turned as its EXIF Orientation says. Not ImageOps.exif_transpose:
+    it also rewrites the EXIF block, which raised on any other tag of an unexpected type
+    (a 500 for a picture that decodes); only the pixels are kept here."""
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION)
+    except (OSError, ValueError, SyntaxError, struct.error):
+        return image  # an unreadable EXIF block says nothing about orientation
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return image if method is None else image.transpose(method)
 
 
 def _check_pixels(width: int, height: int) -> None:

@@ -6,12 +6,13 @@ same picture compared with each other."""
 from __future__ import annotations
 
 import io
+import struct
 from datetime import date
 
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from diagnostics import imaging
 from diagnostics.dicom import intended_use_warnings, patient_age_years
@@ -26,6 +27,7 @@ from tests.ingestion.conftest import (
     decode_png,
     make_dicom,
     png_of,
+    post_file,
     pydicom_file,
 )
 
@@ -349,3 +351,47 @@ def test_a_child_is_not_flagged_and_an_adult_is():
     assert intended_use_warnings(child, 17.9) == []
     assert intended_use_warnings(child, 18.0) == ["adult"]
     assert intended_use_warnings(child, None) == []
+
+
+def _jpeg_with_exif(gray: np.ndarray, entries: list[tuple[int, int, int, bytes]]) -> bytes:
+    """A JPEG whose EXIF block holds exactly these (tag, type, count, 4-byte value) entries."""
+    ifd = struct.pack("<H", len(entries))
+    ifd += b"".join(struct.pack("<HHI4s", *entry) for entry in entries) + b"\0\0\0\0"
+    buffer = io.BytesIO()
+    Image.fromarray(gray).save(buffer, "JPEG", quality=95, exif=b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd)
+    return buffer.getvalue()
+
+
+def _orientation(value: int) -> tuple[int, int, int, bytes]:
+    return (0x0112, 3, 1, struct.pack("<HH", value, 0))  # SHORT
+
+
+# Not square and not symmetric, so every one of the eight orientations gives other pixels.
+PORTRAIT = np.add.outer(np.arange(48, dtype=np.uint16) * 5, np.arange(32, dtype=np.uint16) * 2).astype(np.uint8)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_jpeg_is_turned_upright_as_its_exif_orientation_says(orientation):
+    data = _jpeg_with_exif(PORTRAIT, [_orientation(orientation)])
+    # Pillow's own reading of the orientation is the oracle.
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("L"))
+
+    gray = decode_upload(data).gray
+
+    assert gray.shape == (expected.shape if orientation < 5 else (32, 48))
+    assert np.array_equal(gray, expected)
+
+
+def test_a_jpeg_with_a_malformed_exif_tag_beside_its_orientation_is_decoded_upright(emr, stored):
+    """Pillow's exif_transpose rewrites the EXIF block and raised struct.error on such a
+    tag (ASCII where a number belongs): the upload was a 500."""
+    malformed = _jpeg_with_exif(PORTRAIT, [(0x0109, 2, 4, b"abc\0"), _orientation(6)])
+    with pytest.raises(struct.error):
+        ImageOps.exif_transpose(Image.open(io.BytesIO(malformed)))
+
+    response = post_file(emr, malformed, "turned.jpg")
+
+    assert (response.status_code, response.json()["status"]) == (202, "queued")
+    upright = decode_upload(_jpeg_with_exif(PORTRAIT, [_orientation(6)])).gray
+    assert np.array_equal(decode_upload(malformed).gray, upright)
+    assert upright.shape == (32, 48)
