@@ -188,9 +188,10 @@ def _display_values(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarra
     if photometric == "PALETTE COLOR":
         return _colour_to_gray(_apply_palette(arr, ds), ds, "RGB")
     gray = _monochrome_to_gray(arr, ds)
-    inverse = photometric == "MONOCHROME1"
-    if str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE":
-        inverse = not inverse
+    # One inversion, named either way: the image modules require Presentation LUT Shape
+    # INVERSE exactly when Photometric Interpretation is MONOCHROME1 (PS3.3 C.8.11.6.1.2),
+    # so it restates that inversion; it does not undo it (a DX chest came out a negative).
+    inverse = photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
     return 255 - gray if inverse else gray
 
 

@@ -201,14 +201,32 @@ def test_the_table_of_every_stored_value_changes_no_pixel(layout, steps):
     np.testing.assert_array_equal(decode_upload(data).gray, each_pixel)
 
 
-def test_monochrome1_is_inverted_and_inverse_presentation_lut_flips_back():
+@pytest.mark.parametrize(
+    ("photometric", "lut_shape", "expected"),
+    [
+        ("MONOCHROME2", None, [[0, 255]]),
+        ("MONOCHROME2", "IDENTITY", [[0, 255]]),
+        ("MONOCHROME1", None, [[255, 0]]),
+        # What DX requires beside MONOCHROME1: the same inversion restated, not undone.
+        ("MONOCHROME1", "INVERSE", [[255, 0]]),
+        ("MONOCHROME2", "INVERSE", [[255, 0]]),
+    ],
+)
+def test_monochrome1_or_an_inverse_presentation_lut_inverts_once(photometric, lut_shape, expected):
     values = np.array([[0, 255]], dtype=np.uint8)
-    mono1 = decode_upload(make_dicom(values, PhotometricInterpretation="MONOCHROME1")).gray
-    both = decode_upload(
-        make_dicom(values, PhotometricInterpretation="MONOCHROME1", PresentationLUTShape="INVERSE")
-    ).gray
-    np.testing.assert_array_equal(mono1, [[255, 0]])
-    np.testing.assert_array_equal(both, [[0, 255]])
+    shape = {"PresentationLUTShape": lut_shape} if lut_shape else {}
+    gray = decode_upload(make_dicom(values, PhotometricInterpretation=photometric, **shape)).gray
+    np.testing.assert_array_equal(gray, expected)
+
+
+def test_a_dx_chest_in_monochrome1_with_its_inverse_lut_reads_as_without_it():
+    dataset = pydicom.dcmread(CR_CHEST, force=True)
+    assert dataset.PhotometricInterpretation == "MONOCHROME1"
+    plain = decode_upload(CR_CHEST.read_bytes()).gray
+    dataset.PresentationLUTShape = "INVERSE"
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=False)
+    np.testing.assert_array_equal(decode_upload(buffer.getvalue()).gray, plain)
 
 
 def test_multi_frame_takes_the_first_frame():
