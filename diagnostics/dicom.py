@@ -72,9 +72,13 @@ def read_dataset(data: bytes) -> Dataset:
 
 
 def _guard_deflate_bomb(data: bytes) -> None:
-    """A deflated dataset is inflated whole by pydicom: bound it before pydicom sees it."""
-    if DeflatedExplicitVRLittleEndian.encode() not in data[:4096]:
-        return
+    """A deflated dataset is inflated whole by pydicom: bound it before pydicom sees it.
+
+    Every file with a preamble has its file meta read here (cheap): looking for the
+    deflated syntax's UID in the first bytes only was passed by a meta padded past them.
+    """
+    if data[128:132] != b"DICM":  # the file meta follows a 128-byte preamble and "DICM"
+        return  # no file meta, so nothing can declare the data set deflated
     stream = io.BytesIO(data)
     try:
         read_preamble(stream, True)
@@ -149,6 +153,14 @@ def is_uid(value: str) -> bool:
     return len(value) <= UID_MAX_LENGTH and bool(_UID_RE.match(value))
 
 
+def _encoding_name(ds: Dataset) -> str:
+    """The transfer syntax's name from the standard, never the file's own text: an unknown
+    UID is returned by pydicom as given, and it could hold anything."""
+    syntax = transfer_syntax(ds)
+    name = UID(syntax).name if syntax else ""
+    return name if name and name != syntax else "an encoding Pleura does not know"
+
+
 def check_uids(ds: Dataset) -> None:
     for name in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
         value = str(ds.get(name, "") or "")
@@ -164,10 +176,7 @@ def to_grayscale(ds: Dataset) -> np.ndarray:
             warnings.simplefilter("ignore")
             arr = pixel_array(ds, index=0, **_decoding_options(photometric))
     except Exception as exc:  # decoders raise anything from ValueError to RuntimeError
-        syntax = transfer_syntax(ds)
-        raise RejectedUpload(
-            422, f"The DICOM pixel data could not be decoded ({UID(syntax).name if syntax else 'unknown encoding'})."
-        ) from exc
+        raise RejectedUpload(422, f"The DICOM pixel data could not be decoded ({_encoding_name(ds)}).") from exc
     if arr.ndim not in (2, 3):
         raise RejectedUpload(422, "The DICOM pixel data does not have the shape its attributes describe.")
     try:

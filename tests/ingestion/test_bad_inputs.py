@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
@@ -239,6 +240,28 @@ def test_deflated_data_set_bomb_is_refused_before_inflating(settings, key_a, key
     assert response.json() == {
         "detail": "The deflated DICOM data set inflates to more than the 2 MB limit (a decompression bomb?)."
     }
+    assert stored() == before
+
+
+def test_deflated_bomb_with_its_file_meta_padded_past_the_first_4_kb_is_refused_too(
+    settings, key_a, key_client, stored
+):
+    """The guard looked for the deflated syntax's UID in the first 4 KB only."""
+    settings.MAX_UPLOAD_BYTES = 2 * 1024 * 1024
+    dataset = pydicom.dcmread(io.BytesIO(deflated_bomb()))
+    dataset.file_meta.FileMetaInformationVersion = b"\x00\x01" + b"\x00" * 4200
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    assert data.find(b"1.2.840.10008.1.2.1.99") > 4096 and len(data) < 100_000
+    before = stored()
+
+    response = post_dicom_body(key_client(key_a[1]), data)
+
+    assert (response.status_code, response.json()) == (
+        413,
+        {"detail": "The deflated DICOM data set inflates to more than the 2 MB limit (a decompression bomb?)."},
+    )
     assert stored() == before
 
 

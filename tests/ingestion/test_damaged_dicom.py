@@ -15,6 +15,7 @@ from pydicom.sequence import Sequence
 
 from diagnostics import services
 from diagnostics.models import Study
+from hospital.models import AuditEvent
 from tests.ingestion.conftest import STUDIES_URL, make_dicom, post_dicom_body
 from tests.ingestion.test_stow import related_body, stow
 
@@ -122,3 +123,20 @@ def test_an_error_of_pleuras_own_on_one_stow_instance_fails_only_that_one(emr, m
     failed = response.json()["00081198"]["Value"]
     assert [item["00081197"] for item in failed] == [{"vr": "US", "Value": [0x0110]}]  # processing failure
     assert Study.objects.count() == 2
+
+
+def test_an_unknown_transfer_syntax_is_not_quoted_back_in_the_answer_or_the_trail(emr, stored):
+    """pydicom names an unknown UID by the UID itself: here the file's own words."""
+    implicit = make_dicom(GRAY8, transfer_syntax="1.2.840.10008.1.2")
+    data = implicit.replace(b"1.2.840.10008.1.2\x00", b"DOE^JANE^19700101 ")  # the same length
+    assert b"DOE^JANE" in data
+    before = stored()
+
+    response = post_dicom_body(emr, data)
+
+    assert (response.status_code, response.json()) == (
+        422,
+        {"detail": "The DICOM pixel data could not be decoded (an encoding Pleura does not know)."},
+    )
+    assert stored() == before
+    assert not [detail for detail in AuditEvent.objects.values_list("detail", flat=True) if "JANE" in str(detail)]
