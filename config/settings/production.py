@@ -5,11 +5,21 @@ See deploy/README.md for the full list of variables. Passes `manage.py check --d
 
 from __future__ import annotations
 
+import socket
+
+from django.core.exceptions import ImproperlyConfigured
+
 from config.settings.base import *  # noqa: F403
 from config.settings.base import LOGGING, STORAGES
 from config.settings.env import env_bool, env_int, env_list, env_str
 
 SECRET_KEY = env_str("SECRET_KEY")  # no default: refuse to start without one
+if "CHANGE-ME" in SECRET_KEY.upper():
+    raise ImproperlyConfigured("SECRET_KEY is still the example's placeholder: set 50+ random characters.")
+# Required too: unset, base.py's development defaults would keep patients' data in a SQLite
+# file inside the container, the broker on its disk, and the throttles in one process.
+env_str("DATABASE_URL")
+env_str("REDIS_URL")
 DEBUG = False
 
 # TLS ends at nginx (or the Ingress), which sets X-Forwarded-Proto.
@@ -56,8 +66,6 @@ if STORAGE_BACKEND == "s3":
         },
     }
 elif STORAGE_BACKEND != "filesystem":
-    from django.core.exceptions import ImproperlyConfigured
-
     raise ImproperlyConfigured(f"STORAGE_BACKEND must be 'filesystem' or 's3', not {STORAGE_BACKEND!r}.")
 
 # Static files are collected into STATIC_ROOT at image build time and served by nginx;
@@ -67,9 +75,26 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"},
 }
 
+
+def own_addresses() -> list[str]:
+    """The machine's own addresses: Docker's healthcheck asks 127.0.0.1, and Prometheus
+    scrapes each web container by its IP (Compose's DNS discovery). Django answered both
+    400 for their Host header, so the web container never became healthy."""
+    try:
+        addresses = socket.gethostbyname_ex(socket.gethostname())[2]
+    except OSError:
+        addresses = []
+    return ["127.0.0.1", "localhost", "[::1]", *addresses]
+
+
 # Required: the public host name(s), e.g. pleura.hospital.example.
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [])
+if not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("ALLOWED_HOSTS is required: the public host name(s), comma separated.")
+ALLOWED_HOSTS += [address for address in own_addresses() if address not in ALLOWED_HOSTS]
 
 # JSON lines for the log shipper; "plain" is accepted for a quick look on a console.
-LOG_FORMAT = env_str("LOG_FORMAT", "json")
+LOG_FORMAT = env_str("LOG_FORMAT", "json").lower()
+if LOG_FORMAT not in ("json", "plain"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'json' or 'plain', not {LOG_FORMAT!r}.")
 LOGGING["handlers"]["console"]["formatter"] = LOG_FORMAT

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import REPO_ROOT
 
@@ -21,18 +24,31 @@ print(json.dumps({
     "formatter": settings.LOGGING["handlers"]["console"]["formatter"],
     "exempt": settings.SECURE_REDIRECT_EXEMPT,
     "debug": settings.DEBUG,
+    "allowed_hosts": settings.ALLOWED_HOSTS,
+    "database": settings.DATABASES["default"]["ENGINE"],
 }))
 """
+# Never reached: reading settings connects to nothing.
+SERVICES = {
+    "DATABASE_URL": "postgres://pleura@postgres.invalid:5432/pleura",
+    "REDIS_URL": "redis://redis.invalid:6379/0",
+}
 
 
 def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SECRET_KEY", "STORAGE_", "S3_"))}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "SECRET_KEY", "STORAGE_", "S3_", "DATABASE_URL", "REDIS_URL", "LOG_"))
+    }
     environment = {
         **base,
+        **SERVICES,
         "DJANGO_SETTINGS_MODULE": "config.settings.production",
         "ALLOWED_HOSTS": "pleura.hospital.example",
         **env,
     }
+    environment = {k: v for k, v in environment.items() if v is not None}
     return subprocess.run(
         [sys.executable, *args], cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=120
     )
@@ -42,6 +58,40 @@ def test_production_refuses_to_start_without_a_secret_key():
     result = _run(["-c", SETTINGS_DUMP])
     assert result.returncode == 1
     assert "The environment variable SECRET_KEY is required." in result.stderr
+
+
+@pytest.mark.parametrize("unset", ["DATABASE_URL", "REDIS_URL"])
+def test_production_refuses_to_start_on_the_development_database_or_broker(unset):
+    """Unset, base.py would put patients' data in a SQLite file and the broker on disk."""
+    result = _run(["-c", SETTINGS_DUMP], SECRET_KEY="x" * 60, **{unset: None})
+    assert result.returncode == 1
+    assert f"The environment variable {unset} is required." in result.stderr
+
+
+def test_production_refuses_the_example_secret_key():
+    result = _run(["-c", SETTINGS_DUMP], SECRET_KEY="CHANGE-ME-50-random-characters-from-openssl-rand-base64-48")
+    assert result.returncode == 1
+    assert "SECRET_KEY is still the example's placeholder: set 50+ random characters." in result.stderr
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("ALLOWED_HOSTS", "", "ALLOWED_HOSTS is required: the public host name(s), comma separated."),
+    ("LOG_FORMAT", "xml", "LOG_FORMAT must be 'json' or 'plain', not 'xml'."),
+])  # fmt: skip
+def test_production_names_a_missing_or_wrong_setting_instead_of_a_traceback_later(variable, value, message):
+    result = _run(["-c", SETTINGS_DUMP], SECRET_KEY="x" * 60, **{variable: value})
+    assert result.returncode == 1
+    assert message in result.stderr
+
+
+def test_production_accepts_its_own_addresses_for_probes_and_scrapes():
+    """Docker's healthcheck asks 127.0.0.1 and Prometheus the container's IP."""
+    result = _run(["-c", SETTINGS_DUMP], SECRET_KEY="x" * 60)
+    assert result.returncode == 0, result.stderr
+    hosts = json.loads(result.stdout)["allowed_hosts"]
+    own_ip = socket.gethostbyname(socket.gethostname())
+    assert hosts[:4] == ["pleura.hospital.example", "127.0.0.1", "localhost", "[::1]"]
+    assert own_ip in hosts
 
 
 def test_production_defaults_to_json_logs_and_nginx_streamed_filesystem_media():

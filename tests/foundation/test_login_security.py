@@ -119,7 +119,14 @@ def _production_env(**extra: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if k not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG"} and not k.startswith("DJANGO_")
     }
-    env.update(DJANGO_SETTINGS_MODULE="config.settings.production", ALLOWED_HOSTS="pleura.example", **extra)
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings.production",
+        ALLOWED_HOSTS="pleura.example",
+        # Required, and never reached by these commands.
+        DATABASE_URL="postgres://pleura@postgres.invalid:5432/pleura",
+        REDIS_URL="redis://redis.invalid:6379/0",
+        **extra,
+    )
     return env
 
 
