@@ -57,10 +57,11 @@ case "$command" in
             --schedule "${CELERY_BEAT_SCHEDULE_FILE:-/tmp/celerybeat-schedule}"
         ;;
     migrate)
+        # A misconfigured release is refused before it changes the database.
+        python manage.py check --deploy --fail-level WARNING
         python manage.py migrate --noinput
         # The shipped model, registered and active on a new installation (idempotent).
         python manage.py ensure_default_model
-        python manage.py check --deploy --fail-level WARNING
         ;;
     manage)
         exec python manage.py "$@"

@@ -62,6 +62,40 @@ def test_kustomization_resources_and_generated_files_exist(kustomization):
             assert (folder / file).is_file()
 
 
+def test_every_pod_that_reads_the_secret_volume_can_read_it_as_its_user():
+    """Secret files are root's; without fsGroup, uid 10001 could not open a 0400 file and
+    the workers, beat and the migrate Job stopped at SECRET_KEY_FILE."""
+    pods = {
+        name: obj["spec"]["template"]["spec"]
+        for (kind, name), obj in _k8s_objects().items()
+        if "template" in obj.get("spec", {})
+    }
+    readers = {
+        name: pod
+        for name, pod in pods.items()
+        if any(volume.get("secret", {}).get("secretName") == "pleura" for volume in pod.get("volumes", []))
+    }
+    assert sorted(readers) == ["pleura-beat", "pleura-migrate", "pleura-web", "pleura-worker", "pleura-worker-gpu"]
+    for name, pod in readers.items():
+        user = pod["securityContext"]
+        assert (user["runAsUser"], user["runAsGroup"], user["fsGroup"]) == (10001, 10001, 10001), name
+        secret = next(v["secret"] for v in pod["volumes"] if "secret" in v)
+        assert secret["defaultMode"] == 0o440, name
+
+
+def test_secrets_and_certificates_the_readme_puts_in_deploy_stay_out_of_images_and_git():
+    for ignore in ("Dockerfile.dockerignore", "Dockerfile.cuda.dockerignore"):
+        patterns = (DEPLOY / ignore).read_text().split()
+        assert {"deploy/.env", "deploy/secrets", "deploy/tls"} <= set(patterns), ignore
+    checked = subprocess.run(
+        ["git", "check-ignore", "deploy/.env", "deploy/secrets/django_secret_key", "deploy/tls/tls.key"],
+        cwd=DEPLOY.parent,
+        capture_output=True,
+        text=True,
+    )
+    assert checked.stdout.split() == ["deploy/.env", "deploy/secrets/django_secret_key", "deploy/tls/tls.key"]
+
+
 def test_every_kubernetes_object_is_complete_and_deployments_select_their_pods():
     objects = _k8s_objects()
     assert len(objects) == 14
@@ -108,6 +142,8 @@ def test_example_overlay_ships_an_example_secret_and_configmap_in_base():
     assert secret["kind"] == "Secret"
     assert set(secret["stringData"]) == {"secret-key", "database-url", "s3-access-key-id", "s3-secret-access-key"}
     assert _k8s_objects()[("ConfigMap", "pleura")]["data"]["DJANGO_SETTINGS_MODULE"] == "config.settings.production"
+    # Listed, not applied: every apply would put the placeholders back over the real Secret.
+    assert "secret.example.yaml" not in yaml.safe_load((overlay / "kustomization.yaml").read_text())["resources"]
 
 
 def test_compose_runs_every_service_and_the_gpu_worker_under_a_profile():
@@ -173,9 +209,9 @@ def test_migrate_step_also_registers_the_shipped_model(tmp_path):
         ["bash", str(DEPLOY / "entrypoint.sh"), "migrate"], env=env, capture_output=True, text=True, check=True
     )
     assert result.stdout.splitlines() == [
+        "manage.py check --deploy --fail-level WARNING",  # before anything changes
         "manage.py migrate --noinput",
         "manage.py ensure_default_model",
-        "manage.py check --deploy --fail-level WARNING",
     ]
 
 

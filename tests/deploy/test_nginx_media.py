@@ -79,6 +79,42 @@ def stand_in():
     server.shutdown()
 
 
+SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def _certificate(folder, name: str) -> tuple[str, str]:
+    """A throwaway self-signed certificate for 127.0.0.1: (certificate, key) paths. The
+    address is a DNS name too: nginx matches the name it connects to against DNS names only."""
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}",
+         "-addext", "subjectAltName=DNS:127.0.0.1,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+@pytest.fixture(scope="module")
+def https_buckets(tools, tmp_path_factory):
+    """Two HTTPS buckets: one whose certificate nginx is told to trust (in place of the
+    system's CAs), one with a certificate nobody vouches for, as a man in the middle has."""
+    folder = tmp_path_factory.mktemp("buckets")
+    servers = {}
+    for name in ("trusted", "impostor"):
+        cert, key = _certificate(folder, name)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers[name] = server
+    yield SimpleNamespace(
+        ca=str(folder / "trusted.crt"), **{name: f"127.0.0.1:{s.server_address[1]}" for name, s in servers.items()}
+    )
+    for server in servers.values():
+        server.shutdown()
+
+
 def _compose_config(work, port: int, upstream: str) -> tuple[str, ssl.SSLContext]:
     """The template rendered as Compose and deploy/smoke.sh render it, inside a minimal
     nginx.conf; TLS with a throwaway certificate."""
@@ -143,7 +179,7 @@ CONFIGURATIONS = {
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGURATIONS))
-def nginx(request, tools, stand_in, tmp_path_factory):
+def nginx(request, tools, stand_in, https_buckets, tmp_path_factory):
     """`nginx.get(path)` -> (status, headers, body) of a GET through one shipped
     configuration; `nginx.stand_in` is the host:port of the stand-in (Django and the bucket)."""
     configure, security_headers = CONFIGURATIONS[request.param]
@@ -151,6 +187,11 @@ def nginx(request, tools, stand_in, tmp_path_factory):
     port = _free_port()
     config, tls = configure(work, port, stand_in)
     (work / "nginx.conf").write_text(config)
+    # The only trusted CA here: the trusted bucket's own certificate.
+    for conf in work.glob("*.conf"):
+        shipped = conf.read_text()
+        assert SYSTEM_CAS in shipped or conf.name != ("pleura.conf" if tls else "nginx.conf"), conf
+        conf.write_text(shipped.replace(SYSTEM_CAS, https_buckets.ca))
     server = subprocess.Popen(
         ["nginx", "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;"], stderr=subprocess.PIPE
     )
@@ -182,8 +223,18 @@ def nginx(request, tools, stand_in, tmp_path_factory):
     server.wait(10)
 
 
-def _signed(host: str, key: str) -> str:
-    return f"/redirect/_protected/s3/http/{host}/bucket/{key}?X-Amz-Signature=0123abcd"
+def _signed(host: str, key: str, scheme: str = "http") -> str:
+    return f"/redirect/_protected/s3/{scheme}/{host}/bucket/{key}?X-Amz-Signature=0123abcd"
+
+
+def test_an_https_bucket_is_read_only_with_a_certificate_nginx_trusts(nginx, https_buckets):
+    """Without proxy_ssl_verify nginx streamed whatever answered, radiographs included."""
+    trusted = nginx.get(_signed(https_buckets.trusted, "ok.png", scheme="https"))
+    impostor = nginx.get(_signed(https_buckets.impostor, "ok.png", scheme="https"))
+
+    assert (trusted[0], trusted[2]) == (200, PNG)
+    assert (impostor[0], impostor[1]["Retry-After"]) == (503, str(STORAGE_RETRY_AFTER_SECONDS))
+    assert PNG not in impostor[2]
 
 
 def test_an_object_is_streamed_from_the_bucket(nginx):
