@@ -22,10 +22,10 @@ class LockoutModelBackend(ModelBackend):
         if not email or password is None:
             return None
         user = User.objects.filter(email=email).first()
-        if user is None:
-            User().set_password(password)  # same cost as a real check: no user enumeration by timing
-            return None
-        if is_locked(user):
+        if user is None or is_locked(user):
+            # The cost of a real check, so that timing tells no one which emails are
+            # accounts, nor which accounts are locked (they answered at once).
+            User().set_password(password)
             return None
         if user.check_password(password) and self.user_can_authenticate(user):
             User.objects.filter(pk=user.pk).update(failed_login_count=0, locked_until=None)

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.hashers import MD5PasswordHasher
 from django.contrib.sessions.models import Session
 from django.utils import timezone
 
@@ -57,6 +58,31 @@ def test_account_locks_after_the_threshold_and_refuses_the_right_password(client
     assert {(e.target_id, e.outcome, e.hospital.slug) for e in _failures()} == {
         (str(doctor.code), "failure", "st-marys")
     }
+
+
+def test_every_refused_login_costs_one_password_hash_so_timing_tells_nothing(client, doctor, threshold, monkeypatch):
+    """A locked account answered at once while any other attempt hashed the password: after
+    a few guesses, the answer's speed told which emails are accounts."""
+    hashes = []
+    # The test settings' hasher; its verify() hashes through encode() too, as PBKDF2's does.
+    encode = MD5PasswordHasher.encode
+    monkeypatch.setattr(MD5PasswordHasher, "encode", lambda self, *args: hashes.append(1) or encode(self, *args))
+
+    def hashes_for(email: str, password: str = WRONG) -> int:
+        hashes.clear()
+        assert _login(client, email, password).status_code == 200
+        return len(hashes)
+
+    unknown = hashes_for("nobody@st-marys.example")
+    wrong = hashes_for(doctor.email)
+    for _ in range(threshold - 1):
+        _login(client, doctor.email, WRONG)
+    doctor.refresh_from_db()
+    assert doctor.locked_until is not None
+    locked = hashes_for(doctor.email)
+    locked_right_password = hashes_for(doctor.email, PASSWORD)
+
+    assert (unknown, wrong, locked, locked_right_password) == (1, 1, 1, 1)
 
 
 def test_lock_expires_and_a_successful_login_resets_the_counter(client, doctor, threshold):
