@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import struct
 import warnings
 import zlib
 from collections.abc import Callable
@@ -21,10 +22,17 @@ from PIL import Image
 from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
 
 from diagnostics.imaging import NotAnImage, RejectedUpload
 
@@ -146,6 +154,65 @@ def check_image_attributes(ds: Dataset) -> None:
             413,
             f"The DICOM image is {columns}x{rows} pixels x {frames} frame(s), more than the limit of {limit:,} pixels.",
         )
+    _check_codestream_size(ds, columns, rows, frames)
+
+
+# JPEG frame headers: SOF0-3, 5-7, 9-11, 13-15, and JPEG-LS's SOF55 (0xF7).
+_JPEG_FRAME_MARKERS = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7})
+
+
+def _check_codestream_size(ds: Dataset, columns: int, rows: int, frames: int) -> None:
+    """A compressed frame is decoded at the size its own codestream says, whatever Rows and
+    Columns say: a 10 MB JPEG of 30000x30000 labelled 64x64 took 4.4 GB to decode. Its
+    frame header is read first, and must agree with the attributes the limit was checked on."""
+    syntax = UID(transfer_syntax(ds))
+    if not syntax.is_transfer_syntax or not syntax.is_compressed:
+        return  # native pixels, or an unknown encoding nothing will decode
+    if syntax in (DeflatedExplicitVRLittleEndian, RLELossless):
+        return  # RLE and deflate are decoded at the attributes' size
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=frames)
+    except Exception:  # a broken encapsulation: the decoder refuses it in words
+        return
+    size = codestream_size(frame[:65536])
+    if size is not None and size != (columns, rows):
+        raise RejectedUpload(
+            422,
+            f"The DICOM's compressed image is {size[0]}x{size[1]} pixels, but its attributes say "
+            f"{columns}x{rows}: the file is inconsistent.",
+        )
+
+
+def codestream_size(head: bytes) -> tuple[int, int] | None:
+    """(columns, rows) that a JPEG, JPEG-LS or JPEG 2000 codestream's header declares, or
+    None where none can be read."""
+    if head[:2] == b"\xff\xd8":
+        return _jpeg_frame_size(head)
+    start = head.find(b"\xff\x4f\xff\x51")  # J2K: SOC, then SIZ (bare, or inside a JP2 box)
+    if start < 0 or len(head) < start + 24:
+        return None
+    xsiz, ysiz, x_offset, y_offset = struct.unpack(">IIII", head[start + 8 : start + 24])
+    return xsiz - x_offset, ysiz - y_offset
+
+
+def _jpeg_frame_size(head: bytes) -> tuple[int, int] | None:
+    offset = 2
+    while offset + 4 <= len(head):
+        if head[offset] != 0xFF:
+            return None
+        marker = head[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if marker in _JPEG_FRAME_MARKERS:
+            if offset + 9 > len(head):
+                return None
+            rows, columns = struct.unpack(">HH", head[offset + 5 : offset + 9])
+            return columns, rows
+        if marker == 0xDA:  # scan data before any frame header
+            return None
+        offset += 2 + int.from_bytes(head[offset + 2 : offset + 4], "big")
+    return None
 
 
 def is_uid(value: str) -> bool:

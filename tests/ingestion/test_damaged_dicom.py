@@ -10,10 +10,11 @@ import numpy as np
 import pydicom
 import pytest
 from django.test import Client
+from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from diagnostics import services
+from diagnostics import dicom, services
 from diagnostics.models import Study
 from hospital.models import AuditEvent
 from tests.ingestion.conftest import STUDIES_URL, make_dicom, post_dicom_body
@@ -140,3 +141,48 @@ def test_an_unknown_transfer_syntax_is_not_quoted_back_in_the_answer_or_the_trai
     )
     assert stored() == before
     assert not [detail for detail in AuditEvent.objects.values_list("detail", flat=True) if "JANE" in str(detail)]
+
+
+def _encapsulated(image_format: str, size: tuple[int, int], label: tuple[int, int], syntax: str) -> bytes:
+    """A DICOM whose compressed frame is `size` (columns, rows) but whose attributes say `label`."""
+    from pydicom.encaps import encapsulate
+
+    buffer = io.BytesIO()
+    Image.new("L", size, 128).save(buffer, image_format)
+    columns, rows = label
+    return make_dicom(
+        np.zeros((rows, columns), dtype=np.uint8), transfer_syntax=syntax, PixelData=encapsulate([buffer.getvalue()])
+    )
+
+
+@pytest.mark.parametrize(
+    ("image_format", "syntax"),
+    [("JPEG", "1.2.840.10008.1.2.4.50"), ("JPEG2000", "1.2.840.10008.1.2.4.90")],
+)
+def test_a_compressed_frame_larger_than_its_attributes_is_refused_before_it_is_decoded(
+    image_format, syntax, emr, stored, monkeypatch
+):
+    """The limit is checked on Rows x Columns, but decoders decode the codestream's own
+    size: a 10 MB JPEG of 30000x30000 labelled 64x64 took 4.4 GB (reviewer's probe)."""
+    monkeypatch.setattr(dicom, "pixel_array", lambda *a, **k: pytest.fail("decoded before the check"))
+    before = stored()
+
+    response = post_dicom_body(emr, _encapsulated(image_format, (1200, 900), (64, 64), syntax))
+
+    assert (response.status_code, response.json()) == (
+        422,
+        {
+            "detail": "The DICOM's compressed image is 1200x900 pixels, but its attributes say 64x64: "
+            "the file is inconsistent."
+        },
+    )
+    assert stored() == before
+
+
+@pytest.mark.parametrize(
+    ("image_format", "syntax"),
+    [("JPEG", "1.2.840.10008.1.2.4.50"), ("JPEG2000", "1.2.840.10008.1.2.4.90")],
+)
+def test_a_compressed_frame_of_its_attributes_size_is_stored(image_format, syntax, emr):
+    response = post_dicom_body(emr, _encapsulated(image_format, (96, 64), (96, 64), syntax))
+    assert (response.status_code, response.json()["status"]) == (202, "queued")
