@@ -52,6 +52,9 @@ NON_IMAGE_PIXEL_CLASSES = frozenset(
     }
 )
 UID_MAX_LENGTH = 64
+# 32-bit pixels cost this many times the memory of 8- or 16-bit ones to decode; their
+# limit is MAX_IMAGE_PIXELS divided by it.
+WIDE_PIXEL_COST = 4
 _ALLOWED_BITS_ALLOCATED = frozenset({1, 8, 16, 32})
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -153,6 +156,14 @@ def check_image_attributes(ds: Dataset) -> None:
         raise RejectedUpload(
             413,
             f"The DICOM image is {columns}x{rows} pixels x {frames} frame(s), more than the limit of {limit:,} pixels.",
+        )
+    if bits_allocated == 32 and rows * columns > limit // WIDE_PIXEL_COST:
+        # 32-bit values are windowed pixel by pixel in 64-bit floats (too many values for a
+        # table): a 7700x7700 image took 2.1 GB, where 16 bits take a few hundred MB.
+        raise RejectedUpload(
+            413,
+            f"The DICOM image is {columns}x{rows} pixels of 32 bits, more than the limit of "
+            f"{limit // WIDE_PIXEL_COST:,} pixels for 32-bit images.",
         )
     _check_codestream_size(ds, columns, rows, frames)
 

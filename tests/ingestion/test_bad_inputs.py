@@ -358,3 +358,25 @@ def test_rejection_audit_never_holds_phi(key_a, key_client):
     assert "Secret" not in str(event.detail)
     assert "MRN-SECRET" not in str(event.detail)
     assert "Secret" not in response.content.decode()
+
+
+def test_32_bit_images_have_a_quarter_of_the_pixel_limit(settings, emr, stored):
+    """32-bit values are windowed pixel by pixel in 64-bit floats: a 7700x7700 one, inside
+    the pixel limit, took 2.1 GB to decode (reviewer's probe)."""
+    settings.MAX_IMAGE_PIXELS = 4000
+    before = stored()
+    wide = make_dicom(np.arange(40 * 40, dtype=np.uint32).reshape(40, 40) * 1000)
+    narrow = make_dicom(np.arange(40 * 40, dtype=np.uint16).reshape(40, 40))
+    small_wide = make_dicom(np.arange(30 * 30, dtype=np.uint32).reshape(30, 30) * 1000)
+
+    refused = post_dicom_body(emr, wide)
+
+    assert (refused.status_code, refused.json()) == (
+        413,
+        {
+            "detail": "The DICOM image is 40x40 pixels of 32 bits, more than the limit of 1,000 pixels "
+            "for 32-bit images."
+        },
+    )
+    assert stored() == before
+    assert [post_dicom_body(emr, data).status_code for data in (narrow, small_wide)] == [202, 202]

@@ -87,3 +87,22 @@ def test_model_input_refuses_anything_but_a_2d_uint8_array():
         to_model_input(np.zeros((4, 4, 3), dtype=np.uint8), 8)
     with pytest.raises(ValueError, match="expected a 2-D uint8 array"):
         to_model_input(np.zeros((4, 4), dtype=np.float32), 8)
+
+
+def test_16_bit_stretch_through_a_table_gives_the_per_pixel_formula_exactly():
+    values = np.random.default_rng(3).integers(200, 60_000, size=(64, 48), dtype=np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+
+    low, high = float(values.min()), float(values.max())
+    formula = np.clip(np.rint((values.astype(np.float64) - low) * (255.0 / (high - low))), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(load_grayscale_file(buffer.getvalue()), formula)
+
+
+def test_an_opaque_alpha_channel_reads_as_the_same_picture_without_it():
+    rgb = np.random.default_rng(4).integers(0, 256, size=(16, 12, 3), dtype=np.uint8)
+    opaque = np.dstack([rgb, np.full((16, 12), 255, dtype=np.uint8)])
+    with_alpha, without = io.BytesIO(), io.BytesIO()
+    Image.fromarray(opaque, "RGBA").save(with_alpha, format="PNG")
+    Image.fromarray(rgb, "RGB").save(without, format="PNG")
+    np.testing.assert_array_equal(load_grayscale_file(with_alpha.getvalue()), load_grayscale_file(without.getvalue()))
