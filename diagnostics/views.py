@@ -142,10 +142,16 @@ def upload(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return render(request, "diagnostics/upload.html", _upload_context(form, []))
     files = request.FILES.getlist("files")
+    if request.htmx and len(files) > 1:
+        # Refused before any is stored: all were stored, then answered with one empty 400,
+        # and a client sending them again stored them twice.
+        form.is_valid()
+        form.add_error(None, "Send one file per request: this page uploads each file on its own.")
+        return render(request, "diagnostics/upload.html#form-errors", {"form": form}, status=400)
     results, status = _upload_files(request, form, files)
     if not request.htmx:
         return render(request, "diagnostics/upload.html", _upload_context(form, results), status=status)
-    if len(files) != 1:
+    if not files:
         return render(request, "diagnostics/upload.html#form-errors", {"form": form}, status=400)
     # The page's script: one file, one result, refused with the form's words if need be.
     result = results[0] if results else {**_no_result(files[0]), "status": status, "error": _form_error_text(form)}

@@ -96,6 +96,16 @@ def test_posting_no_file_is_a_400_with_a_message(client_for, doctor):
     assert partial.content.decode().lstrip().startswith('<div class="notice notice--error" role="alert">')
 
 
+def test_an_htmx_request_with_several_files_is_refused_in_words_before_any_is_stored(client_for, doctor):
+    """Every file was stored, then answered with an empty 400: a client sending them again
+    stored PNG and JPEG studies twice (they have no instance UID to recognise)."""
+    files = [jpeg(PNEUMONIA_JPEG, "one.jpeg"), jpeg(NORMAL_JPEG, "two.jpeg")]
+    response = client_for(doctor).post(UPLOAD, {"files": files}, **HX)
+    assert response.status_code == 400
+    assert "Send one file per request: this page uploads each file on its own." in response.content.decode()
+    assert Study.objects.count() == 0
+
+
 def test_an_identifier_with_control_characters_is_refused(client_for, doctor):
     response = client_for(doctor).post(UPLOAD, {"files": jpeg(), "patient_id": "MRN\x07"}, **HX)
     assert response.status_code == 400
