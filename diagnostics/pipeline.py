@@ -92,6 +92,17 @@ class StorageUnreachable(Exception):
     put back for a retry. Its studies' files are not at fault, so none of them fails."""
 
 
+class OutOfMemory(Exception):
+    """The model ran out of memory even on one image (a GPU shared with other work)."""
+
+
+# Errors after which the batches held go back counting an attempt, so each is then
+# predicted alone and, should one of them be the cause, fails after PIPELINE_MAX_ATTEMPTS:
+# retried as they were, a decoder that hangs past the soft time limit on one file took
+# the same batch down on every retry, and the others with it.
+RESTARTING_ERRORS = (SoftTimeLimitExceeded, OutOfMemory)
+
+
 def retry_delay(retries: int) -> float:
     """Exponential backoff with jitter: 1, 2, 4, ... seconds, capped."""
     return min(RETRY_BACKOFF_MAX_SECONDS, 2**retries) * random.uniform(0.5, 1.0)
@@ -279,9 +290,9 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
             elif batch.released:
                 publish(batch.released)  # past the deadline: a message of their own takes them
             batch, first = ahead, False
-    except (*TRANSIENT_ERRORS, ModelUnavailable, StorageUnreachable) as exc:
+    except (*TRANSIENT_ERRORS, ModelUnavailable, StorageUnreachable, OutOfMemory) as exc:
         postponed = _claimed_by(held)
-        _release(postponed)
+        _release(postponed, restarted=isinstance(exc, RESTARTING_ERRORS))
         raise TransientPipelineError(postponed or requested, exc) from exc
     return done
 
@@ -518,16 +529,18 @@ def _update_returning_pks(rows: QuerySet, lock: str, *, restarts_counted: bool =
         return sorted(row[0] for row in cursor.fetchall())
 
 
-def _release(study_ids: list[int]) -> None:
+def _release(study_ids: list[int], *, restarted: bool = False) -> None:
     """Put claimed studies back in the queue; if even that fails, the sweeper will.
+    `restarted`: their processing was cut short, which counts an attempt.
 
     Their message goes out now (a retry, or one of their own), hence `resent_at`: the
     sweeper waits from here, not from when they were first queued.
     """
     now = timezone.now()
+    attempts = F("attempts") + 1 if restarted else F("attempts")
     try:
         Study.objects.filter(pk__in=study_ids, status=STATUS.PROCESSING).update(
-            status=STATUS.QUEUED, claimed_by="", started_at=None, resent_at=now, updated_at=now
+            status=STATUS.QUEUED, claimed_by="", started_at=None, resent_at=now, updated_at=now, attempts=attempts
         )
     except DatabaseError:
         log.warning("could not release %d claimed studies; the sweeper will re-queue them", len(study_ids))
@@ -640,8 +653,14 @@ def _run_model(engine, grays: list[np.ndarray]) -> list:
         results = engine.predict(grays)
     except SoftTimeLimitExceeded:
         raise
-    except Exception:  # isolate the image that broke the batch
-        if len(grays) == 1:
+    except Exception as exc:  # isolate the image that broke the batch
+        from mlcore.engine import is_out_of_memory, release_cached_memory  # torch: the worker's
+
+        if is_out_of_memory(exc):
+            release_cached_memory()
+            if len(grays) == 1:  # not this image's fault: it goes back, counting an attempt
+                raise OutOfMemory(f"out of memory on one image on {engine.device}") from exc
+        elif len(grays) == 1:
             log.exception("inference failed on a single image")
             return [RuntimeError("inference failed")]
         return [item for gray in grays for item in _run_model(engine, [gray])]

@@ -65,6 +65,18 @@ class PredictionResult:
     heatmap_png: bytes | None = None
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """The device (or the host) ran out of memory: the images are not at fault, and the
+    same images may well fit once other work lets go of it."""
+    return isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError))
+
+
+def release_cached_memory() -> None:
+    """Hand the CUDA caching allocator's free blocks back after an out-of-memory error."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def use_cpu_threads(count: int) -> None:
     """Torch's intra-op threads for this process (CPU inference, and the CPU side of a GPU worker)."""
     torch.set_num_threads(max(1, count))

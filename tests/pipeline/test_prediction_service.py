@@ -889,3 +889,84 @@ def test_a_failing_warm_up_pass_still_lets_the_worker_start(tiny_model, monkeypa
 
     assert f"model {tiny_model.name} loaded, but its warm-up pass failed" in caplog.text
     assert f"inference worker ready: model {tiny_model.name}" in caplog.text
+
+
+def _images(count: int) -> list:
+    return [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES][:count]
+
+
+def test_a_batch_the_soft_time_limit_cuts_short_goes_back_restarted_and_only_its_culprit_fails(
+    hospital_a, tiny_model, monkeypatch, settings
+):
+    """Retried as it was, a batch whose decoder hung on one file hit the limit on every
+    retry, and its other studies with it, and no attempt was counted."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from diagnostics import tasks
+
+    settings.PIPELINE_MAX_ATTEMPTS = 2
+    studies = [store_study(hospital_a, image) for image in _images(4)]
+    culprit = studies[1]
+    real_decode, decoded = pipeline._decode_all, []
+
+    def hangs_on_the_culprit(batch):
+        decoded.append(sorted(s.pk for s in batch))
+        if culprit in batch:
+            raise SoftTimeLimitExceeded()
+        return real_decode(batch)
+
+    monkeypatch.setattr(pipeline, "_decode_all", hangs_on_the_culprit)
+
+    tasks.predict_studies.apply(args=[[studies[0].pk]], task_id="message-1")
+
+    ids = [s.pk for s in studies]
+    # The batch, then each study alone: the culprit until its attempts ran out ([] is the
+    # claim that gave it up), the others once.
+    assert decoded == [ids, [ids[0]], [ids[1]], [ids[1]], [], [ids[2]], [ids[3]]]
+    rows = {pk: (status, code) for pk, status, code in Study.objects.values_list("pk", "status", "failure_code")}
+    assert rows == {
+        ids[0]: (COMPLETED, ""),
+        ids[1]: (FAILED, "gave_up"),
+        ids[2]: (COMPLETED, ""),
+        ids[3]: (COMPLETED, ""),
+    }
+
+
+def test_out_of_memory_on_a_batch_predicts_its_images_one_by_one(hospital_a, tiny_model, monkeypatch):
+    import torch
+
+    studies = [store_study(hospital_a, image) for image in _images(3)]
+    engine = registry.get_active_engine()[1]
+    real_predict = engine.predict
+
+    def fits_one_at_a_time(grays, **kwargs):
+        if len(grays) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return real_predict(grays, **kwargs)
+
+    monkeypatch.setattr(engine, "predict", fits_one_at_a_time)
+
+    assert sorted(pipeline.predict_studies([studies[0].pk])) == [s.pk for s in studies]
+    assert list(Prediction.objects.values_list("batch_size", flat=True)) == [1, 1, 1]
+
+
+def test_out_of_memory_even_on_one_image_fails_no_study_and_sends_them_back_restarted(
+    hospital_a, tiny_model, monkeypatch
+):
+    """A GPU another process holds is not the images' fault: they failed 'the model could
+    not analyse this image, upload it again'."""
+    import torch
+
+    studies = [store_study(hospital_a, image) for image in _images(3)]
+    engine = registry.get_active_engine()[1]
+
+    def no_memory(grays, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    monkeypatch.setattr(engine, "predict", no_memory)
+
+    with pytest.raises(pipeline.TransientPipelineError) as raised:
+        pipeline.predict_studies([studies[0].pk])
+
+    assert sorted(raised.value.study_ids) == [s.pk for s in studies]
+    assert list(Study.objects.values_list("status", "attempts", "failure_code")) == [(QUEUED, 1, "")] * 3
