@@ -403,7 +403,15 @@ def _begin(requested: list[int], claim: str, held: list[_Batch], in_model: set) 
             seen.add(key)
             to_compute.append(study)
     batch.reused = _reuse_all(reusing)
-    batch.ready, batch.grays = _decode_all(to_compute)
+    batch.ready, batch.grays, unreadable = _decode_all(to_compute)
+    if unreadable:
+        # Each is tried again alone once this batch is done, counting an attempt, so a
+        # file that stays unreadable fails after PIPELINE_MAX_ATTEMPTS instead of holding
+        # back every batch it lands in through all their retries.
+        put_back = [study.pk for study in unreadable]
+        _release(put_back, restarted=True)
+        batch.released += put_back
+        batch.claimed = [pk for pk in batch.claimed if pk not in put_back]
     if batch.grays:
         batch.predicted = model_runner.submit(_run_model, engine, batch.grays)
         batch.shadow, batch.shadowed = shadow, _submit_shadow(shadow, batch.grays)
@@ -610,17 +618,28 @@ def _first_error(outcomes: list) -> Exception | None:
 storage_io = _StorageIO()
 
 
-def _decode_all(studies: list[Study]) -> tuple[list[Study], list[np.ndarray]]:
-    ready, grays = [], []
+def _decode_all(studies: list[Study]) -> tuple[list[Study], list[np.ndarray], list[Study]]:
+    """The studies decoded and their pixels, and those whose file alone could not be read.
+
+    A storage error on every file is an outage: raised, the batch goes back as it is.
+    Where the other files of the batch were read, it is that file's (a permission, an
+    object the bucket refuses): returned, so the batch goes on without it.
+    """
+    ready, grays, unreadable, outage = [], [], [], None
     for study, outcome in zip(studies, storage_io.map(_load_gray, studies), strict=True):
         if isinstance(outcome, PermanentStudyError):
             _fail(study, outcome.reason, outcome.message)
+        elif isinstance(outcome, StorageUnreachable):
+            unreadable.append(study)
+            outage = outage or outcome
         elif isinstance(outcome, Exception):
             raise outcome
         else:
             ready.append(study)
             grays.append(outcome)
-    return ready, grays
+    if outage is not None and not ready:
+        raise outage
+    return ready, grays, unreadable
 
 
 def _load_gray(study: Study) -> np.ndarray:

@@ -970,3 +970,42 @@ def test_out_of_memory_even_on_one_image_fails_no_study_and_sends_them_back_rest
 
     assert sorted(raised.value.study_ids) == [s.pk for s in studies]
     assert list(Study.objects.values_list("status", "attempts", "failure_code")) == [(QUEUED, 1, "")] * 3
+
+
+def test_one_unreadable_original_goes_back_alone_and_its_batch_is_predicted(hospital_a, tiny_model, monkeypatch):
+    """A permission or a refused object is that file's, not an outage: the whole batch went
+    back with it, through every retry, and the others waited for the sweeper."""
+    from diagnostics import imaging
+
+    studies = [store_study(hospital_a, image) for image in _images(4)]
+    culprit = studies[2]
+    real_read = imaging.read_original
+
+    def refuses_one(study):
+        if study.pk == culprit.pk:
+            raise PermissionError(13, "Permission denied")
+        return real_read(study)
+
+    monkeypatch.setattr(imaging, "read_original", refuses_one)
+
+    with pytest.raises(pipeline.TransientPipelineError) as raised:  # read alone, it may be an outage
+        pipeline.predict_studies([studies[0].pk])
+
+    assert raised.value.study_ids == [culprit.pk]
+    rows = {pk: (status, attempts) for pk, status, attempts in Study.objects.values_list("pk", "status", "attempts")}
+    assert rows == {s.pk: (COMPLETED, 0) for s in studies if s != culprit} | {culprit.pk: (QUEUED, 1)}
+    assert list(Prediction.objects.values_list("batch_size", flat=True)) == [3, 3, 3]
+
+
+def test_an_unreadable_storage_for_every_file_of_a_batch_is_an_outage_and_counts_no_attempt(
+    hospital_a, tiny_model, monkeypatch
+):
+    from diagnostics import imaging
+
+    studies = [store_study(hospital_a, image) for image in _images(3)]
+    monkeypatch.setattr(imaging, "read_original", lambda study: (_ for _ in ()).throw(OSError(5, "I/O error")))
+
+    with pytest.raises(pipeline.TransientPipelineError):
+        pipeline.predict_studies([studies[0].pk])
+
+    assert list(Study.objects.values_list("status", "attempts")) == [(QUEUED, 0)] * 3
