@@ -67,11 +67,26 @@ GAVE_UP_MESSAGE = (
 
 
 class TransientPipelineError(Exception):
-    """Worth retrying later (database, broker, model not loadable). Carries the ids to retry."""
+    """Worth retrying later (database, broker, model not loadable). Carries the ids to
+    retry, and what put them back as one of metrics.RETRY_REASONS."""
 
     def __init__(self, study_ids: list[int], cause: BaseException):
         super().__init__(f"{len(study_ids)} studies postponed: {type(cause).__name__}")
         self.study_ids = study_ids
+        self.reason = _retry_reason(cause)
+
+
+def _retry_reason(cause: BaseException) -> str:
+    for kind, reason in (
+        (SoftTimeLimitExceeded, "time_limit"),
+        (OutOfMemory, "out_of_memory"),
+        (ModelUnavailable, "model_unavailable"),
+        (StorageUnreachable, "storage"),
+        (BrokerError, "broker"),
+    ):
+        if isinstance(cause, kind):
+            return reason
+    return "database"
 
 
 class PermanentStudyError(Exception):
@@ -574,7 +589,6 @@ def _serving_engine():
     try:
         return registry.get_serving_engine()
     except registry.RegistryError as exc:
-        metrics.record_failure(metrics.REASON_MODEL_UNAVAILABLE)
         log.error("no usable model: %s", exc)
         raise ModelUnavailable(str(exc)) from exc
 

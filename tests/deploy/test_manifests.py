@@ -238,6 +238,7 @@ def test_grafana_dashboard_is_valid_and_covers_the_pipeline():
         "pleura_inference_batch_size",
         "pleura_predictions_total",
         "pleura_prediction_failures_total",
+        "pleura_pipeline_retries_total",
         'up{job=~"pleura-worker.*"}',
         "DCGM_FI_DEV_GPU_UTIL",
     ):
@@ -256,6 +257,7 @@ def test_dashboard_and_alerts_use_only_metrics_the_code_defines():
         metrics.BATCH_SIZE._name,
         metrics.PREDICTIONS._name,
         metrics.FAILURES._name,
+        metrics.RETRIES._name,
     }
     assert defined == {
         "pleura_studies_received",
@@ -264,6 +266,7 @@ def test_dashboard_and_alerts_use_only_metrics_the_code_defines():
         "pleura_inference_batch_size",
         "pleura_predictions",
         "pleura_prediction_failures",
+        "pleura_pipeline_retries",
     }
     alerts = _docs(DEPLOY / "prometheus" / "alerts.yml")[0]
     names = {rule["alert"] for group in alerts["groups"] for rule in group["rules"]}

@@ -50,3 +50,33 @@ def test_the_oldest_unfinished_study_of_each_status_gives_the_age_and_finished_o
         'pleura_queue_oldest_age_seconds{status="queued"}': 1200.0,
         'pleura_queue_oldest_age_seconds{status="processing"}': 420.0,
     }
+
+
+def _counted(name: str) -> dict[str, float]:
+    from prometheus_client import REGISTRY
+
+    return {
+        sample.labels["reason"]: sample.value
+        for metric in REGISTRY.collect()
+        for sample in metric.samples
+        if sample.name == name
+    }
+
+
+def test_a_batch_retried_is_counted_as_a_retry_and_no_study_as_failed(hospital_a, monkeypatch):
+    """Retries were counted as failures ('transient', 'model_unavailable' twice for one
+    batch), which the critical failure-rate alert adds up as failed studies."""
+    from diagnostics import pipeline, tasks
+
+    study = store_study(hospital_a, NORMAL_IMAGE)  # and no model is active: every try is put back
+    monkeypatch.setattr(pipeline, "retry_delay", lambda retries: 0)
+    failures_before = _counted("pleura_prediction_failures_total")
+    retries_before = _counted("pleura_pipeline_retries_total")
+
+    tasks.predict_studies.apply(args=[[study.pk]])
+
+    assert _counted("pleura_prediction_failures_total") == failures_before
+    retries = _counted("pleura_pipeline_retries_total")
+    assert retries["model_unavailable"] - retries_before.get("model_unavailable", 0) == pipeline.MAX_RETRIES + 1
+    study.refresh_from_db()
+    assert (study.status, study.attempts) == ("queued", 0)
