@@ -917,16 +917,29 @@ def _fail(study: Study, reason: str, message: str, *, from_status: str = STATUS.
 # --- Shadow candidate -----------------------------------------------------------------
 
 
+# A shadow candidate whose weights would not load is tried again after this long, not on
+# every batch: each try read and hashed its weights file (tens of MB) and logged a
+# traceback while the doctors' batch waited.
+SHADOW_RELOAD_SECONDS = 300
+_shadow_load_failures: dict[tuple[int, str], float] = {}  # (pk, weights sha256) -> monotonic time
+
+
 def _submit_shadow(candidate: ModelVersion | None, grays: list[np.ndarray]) -> Future | None:
     """Predict with the shadow candidate too, after the batch's own pass; stored with
     is_shadow=True, never shown. A failing candidate must never affect doctors' results."""
     if candidate is None:
         return None
+    key = (candidate.pk, candidate.weights_sha256)
+    failed_at = _shadow_load_failures.get(key)
+    if failed_at is not None and time.monotonic() - failed_at < SHADOW_RELOAD_SECONDS:
+        return None
     try:
         engine = registry.get_engine(candidate)
     except Exception:
-        log.exception("shadow model %s could not be loaded", candidate.name)
+        _shadow_load_failures[key] = time.monotonic()
+        log.exception("shadow model %s could not be loaded; next try in %d s", candidate.name, SHADOW_RELOAD_SECONDS)
         return None
+    _shadow_load_failures.pop(key, None)
     return model_runner.submit(_outcome, partial(engine.predict, with_heatmap=False), grays)
 
 

@@ -1009,3 +1009,31 @@ def test_an_unreadable_storage_for_every_file_of_a_batch_is_an_outage_and_counts
         pipeline.predict_studies([studies[0].pk])
 
     assert list(Study.objects.values_list("status", "attempts")) == [(QUEUED, 0)] * 3
+
+
+def test_a_shadow_candidate_that_will_not_load_is_tried_again_only_after_a_while(
+    hospital_a, tiny_model, tmp_path, monkeypatch
+):
+    from mlcore import network
+
+    candidate = make_model_version(
+        tmp_path, name="tiny-candidate", seed=2, status=ModelVersion.Status.CANDIDATE, shadow=True
+    )
+    ModelVersion.objects.filter(pk=candidate.pk).update(weights_sha256="0" * 64)  # not its file's
+    monkeypatch.setattr(pipeline, "_shadow_load_failures", {})
+    hashed = []
+    real_sha256 = network.file_sha256
+    monkeypatch.setattr(network, "file_sha256", lambda path: hashed.append(str(path)) or real_sha256(path))
+    first, second, third, later = _images(4)
+
+    for image in (first, second, third):
+        pipeline.predict_studies([store_study(hospital_a, image).pk])
+    key = (candidate.pk, "0" * 64)
+    pipeline._shadow_load_failures[key] -= pipeline.SHADOW_RELOAD_SECONDS  # as if that long had passed
+    pipeline.predict_studies([store_study(hospital_a, later).pk])
+
+    # The active model's weights hashed once; the candidate's once, then once more after
+    # SHADOW_RELOAD_SECONDS (it was once per batch).
+    assert [path.rsplit("/", 1)[-1] for path in hashed] == ["tiny-test.pt", "tiny-candidate.pt", "tiny-candidate.pt"]
+    assert Study.objects.filter(status=COMPLETED).count() == 4
+    assert not Prediction.objects.filter(is_shadow=True).exists()
