@@ -283,7 +283,7 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
         batch = _begin(requested, claim, held, in_model=set())
         first = True
         while batch is not None:
-            if first and len(batch.claimed) >= MAX_BATCH and wake_ups.enabled:
+            if first and batch.claim_size >= MAX_BATCH and wake_ups.enabled:
                 # A backlog: make sure a message waits for another idle worker or pool
                 # process, which does the same on its first full batch, so a burst reaches
                 # them all. A drain stopped at its deadline leaves no study uncovered: one
@@ -317,6 +317,9 @@ class _Batch:
     """One claimed batch, from its claim until its results are stored."""
 
     claimed: list[int]
+    # How many the claim took, before any went back (a restarted study is predicted
+    # alone): a full claim means a backlog, whatever this batch keeps of it.
+    claim_size: int = 0
     version: ModelVersion | None = None
     reused: list[_Result] = field(default_factory=list)
     duplicates: list[Study] = field(default_factory=list)  # their pixels are being computed
@@ -390,9 +393,10 @@ def _begin(requested: list[int], claim: str, held: list[_Batch], in_model: set) 
     again.
     """
     holding_others = bool(held)
-    batch = _Batch(claimed=_claim(requested, claim, holding=_claimed_by(held)))
-    if not batch.claimed:
+    claimed = _claim(requested, claim, holding=_claimed_by(held))
+    if not claimed:
         return None
+    batch = _Batch(claimed=claimed, claim_size=len(claimed))
     held.append(batch)
     studies = list(
         Study.objects.filter(pk__in=batch.claimed, status=STATUS.PROCESSING)

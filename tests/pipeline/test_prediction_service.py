@@ -206,6 +206,26 @@ def test_a_drain_that_finds_a_backlog_wakes_another_worker_once(
     assert _no_broker == [[studies[0].pk], []]
 
 
+def test_a_backlog_whose_first_claim_holds_a_restarted_study_still_wakes_another_worker(
+    hospital_a, tiny_model, monkeypatch, settings, _no_broker
+):
+    """The claim was judged after the restarted study had been kept alone (a batch of 1):
+    no other worker was woken, and a drain stopped at its deadline left the rest with no message."""
+    settings.PIPELINE_COALESCE_WAKE_UPS = True
+    settings.PIPELINE_DRAIN_SECONDS = 0
+    monkeypatch.setattr(pipeline, "MAX_BATCH", 2)
+    studies = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES]]
+    Study.objects.filter(pk=studies[0].pk).update(attempts=1)  # its worker died
+    for study in studies:
+        pipeline.enqueue_prediction(study.pk)
+
+    assert pipeline.predict_studies([studies[0].pk]) == [studies[0].pk]
+
+    # The first message, the wake-up for the backlog, and the study put back beside the
+    # restarted one, which the deadline left to a message of its own.
+    assert _no_broker == [[studies[0].pk], [], [studies[1].pk]]
+
+
 def test_a_drain_stopped_at_its_deadline_leaves_a_wake_up_waiting_for_the_studies_left(
     hospital_a, tiny_model, monkeypatch, settings, _no_broker
 ):
