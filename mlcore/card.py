@@ -35,6 +35,9 @@ def build_card(description: dict) -> dict:
             "threshold": description["threshold"],
             "chosen_for": f"sensitivity >= {description['min_sensitivity']} on validation",
         },
+        # A fine-tune's metrics, threshold and calibration come from its parent's locked
+        # validation set (mlcore.retraining.fit_operating_point), not its own split.
+        "validation_set": description.get("operating_point_fitted_on", "held-out patients"),
         "calibration": {"temperature": description["temperature"], "logit_bias": description["logit_bias"]},
         "validation_metrics": metrics,
         "best_epoch": description["best_epoch"],
@@ -69,7 +72,7 @@ def render_markdown(card: dict) -> str:
         f"- Data sha256: `{td['data_sha256']}`.",
         f"- Credit: {card['dataset_credit']}.",
         "",
-        "## Validation metrics (held-out patients)",
+        f"## Validation metrics ({card.get('validation_set', 'held-out patients')})",
         "| metric | value |",
         "|---|---|",
         *[
@@ -91,7 +94,8 @@ def render_markdown(card: dict) -> str:
         "## Operating point and calibration",
         f"- Threshold {card['operating_point']['threshold']:.4f}, chosen for {card['operating_point']['chosen_for']}.",
         f"- Probability = sigmoid(logit / {card['calibration']['temperature']:.4f} + "
-        f"{card['calibration']['logit_bias']:.4f}), fitted on validation.",
+        f"{card['calibration']['logit_bias']:.4f}), fitted on validation "
+        f"({card.get('validation_set', 'held-out patients')}).",
         "",
         "## Training",
         f"- Best epoch {card['best_epoch']} of {len(card['history'])}, {card['training_seconds']:.0f} s on "

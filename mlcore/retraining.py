@@ -19,16 +19,18 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from hospital import audit
 from mlcore import data, registry
+from mlcore.calibration import calibrated_probability, fit_temperature
 from mlcore.card import build_card, render_markdown
 from mlcore.engine import InferenceEngine, ModelSpec
 from mlcore.evaluation import folder_logits
-from mlcore.metrics import classification_report
+from mlcore.metrics import classification_report, threshold_for_sensitivity
 from mlcore.models import ModelVersion
 from mlcore.promotion import gate_failures
 from mlcore.training import TrainConfig, train
@@ -83,6 +85,36 @@ def evaluate_samples(engine: InferenceEngine, samples: list[data.Sample]) -> dic
     targets = [s.target for s in samples]
     probabilities = engine.probabilities(folder_logits(engine, samples))
     return classification_report(targets, probabilities, engine.spec.threshold)
+
+
+def fit_operating_point(out_dir: Path, description: dict, locked: list[data.Sample], device: str | None) -> dict:
+    """Calibrate the fine-tuned model and choose its threshold on the locked validation set,
+    where the active model's were fitted; rewrite its model.json and val_predictions.npz.
+
+    `train()` fits them on its own validation split, which in a fine-tune is carved from
+    the parent's training images: the model knows them, scores them near perfectly, and
+    the fit came out absurd (temperature 0.17, bias 18.7, threshold 0.52, "validation"
+    AUC 1.0 in the reviewer's probe), so the gate refused even a candidate identical to
+    its parent. On the locked set both versions' operating points are fitted on the same
+    images the gate then compares them on.
+    """
+    engine = InferenceEngine(ModelSpec.from_description(out_dir, description), device=device)
+    logits = folder_logits(engine, locked)
+    targets = np.array([sample.target for sample in locked])
+    temperature, bias = fit_temperature(logits, targets)
+    probabilities = calibrated_probability(logits, temperature, bias)
+    threshold = threshold_for_sensitivity(targets, probabilities, description["min_sensitivity"])
+    fitted = {
+        **description,
+        "threshold": threshold,
+        "temperature": temperature,
+        "logit_bias": bias,
+        "validation_metrics": classification_report(targets, probabilities, threshold),
+        "operating_point_fitted_on": f"the locked validation set ({len(locked)} images), as the parent's",
+    }
+    (out_dir / "model.json").write_text(json.dumps(fitted, indent=2))
+    np.savez_compressed(out_dir / "val_predictions.npz", logits=logits, targets=targets)
+    return fitted
 
 
 def compare(candidate: InferenceEngine, active: InferenceEngine, locked: list, holdout: list) -> dict:
@@ -148,6 +180,7 @@ def retrain(options: RetrainOptions, *, actor=None) -> ModelVersion:
         reviews = _exported(options.export_dir)
         holdout = _exported(options.export_dir / "holdout")
         _write_split(out_dir, kept + reviews, locked, options.seed)
+        description = fit_operating_point(out_dir, description, locked, device=options.device)
         comparison = compare(
             InferenceEngine(ModelSpec.from_description(out_dir, description), device=options.device),
             registry.get_engine(active, device=options.device),

@@ -85,6 +85,15 @@ def test_retraining_produces_a_compared_candidate_with_lineage(
         candidate.threshold
         == json.loads((registry.resolve_weights_path(candidate).parent / "model.json").read_text())["threshold"]
     )
+    # Its threshold, calibration and recorded metrics come from the locked set, where the
+    # parent's came from, not from a split of images the parent trained on.
+    assert candidate.metrics["images"] == len(locked)
+    assert {k: v for k, v in candidate.metrics.items() if k != "comparison"} == comparison["candidate"]
+    assert comparison["candidate"]["sensitivity"] >= 0.95
+    assert (
+        f"## Validation metrics (the locked validation set ({len(locked)} images), as the parent's)"
+        in (registry.resolve_weights_path(candidate).parent / "model_card.md").read_text()
+    )
 
     card_dir = registry.resolve_weights_path(candidate).parent
     assert json.loads((card_dir / "model_card.json").read_text())["lineage"] == lineage
