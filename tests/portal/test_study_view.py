@@ -61,6 +61,27 @@ def test_a_normal_result_reads_as_no_pneumonia(client_for, doctor, make_study, h
     assert "<strong>12.0%</strong>, below the model's decision threshold of 42.0%" in html
 
 
+def test_the_heatmap_legend_says_it_marks_evidence_for_pneumonia_and_may_be_blank_for_a_normal_result(
+    client_for, doctor, study, make_study, hospital_a
+):
+    """Grad-CAM of the pneumonia logit: a normal result's map is mostly blank (182 of 220
+    normal validation results in the reviewer's probe), while the legend said it marked
+    'the regions that weighed most in the model's result'."""
+    normal = make_study(hospital_a, label="normal", probability=0.12)
+    grid = study.predictions.get().model_version.image_size // 32
+    coarse = f"It is coarse: the model's last layer sees the image as {grid} x {grid} regions."
+
+    pneumonia_page = client_for(doctor).get(url("study_detail", study)).content.decode()
+    normal_page = client_for(doctor).get(url("study_detail", normal)).content.decode()
+
+    assert f"warmer colours mark regions that pointed the model toward pneumonia. {coarse}" in pneumonia_page
+    assert (
+        "warmer colours mark regions that pointed the model toward pneumonia; for a result of no pneumonia "
+        f"there are often none, and the map is blank. {coarse}"
+    ) in normal_page
+    assert "weighed most" not in pneumonia_page + normal_page
+
+
 def test_viewing_is_audited_without_phi(client_for, doctor, study):
     client_for(doctor).get(url("study_detail", study))
     event = AuditEvent.objects.get(action=Action.STUDY_VIEWED)
