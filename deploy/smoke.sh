@@ -193,10 +193,12 @@ wait_for 60 "gunicorn answering /healthz" curl -fsS "http://127.0.0.1:$WEB_PORT/
 wait_for 20 "nginx answering over HTTPS" "${CURL[@]}" -f "$ORIGIN/healthz"
 wait_for 90 "the worker serving its metrics" curl -fsS "http://127.0.0.1:$WORKER_METRICS_PORT/metrics"
 
-log "/readyz over HTTPS"
-READY="$("${CURL[@]}" "$ORIGIN/readyz")"
+log "/readyz from gunicorn, and closed to the outside by nginx"
+READY="$(curl -sS --max-time 30 "http://127.0.0.1:$WEB_PORT/readyz")"
 [[ "$READY" == '{"status": "ok", "checks": {"database": "ok", "broker": "ok", "model": "ok"}}' ]] ||
     fail "/readyz answered $READY"
+OUTSIDE="$("${CURL[@]}" -o /dev/null -w '%{http_code}' "$ORIGIN/readyz")"
+[[ "$OUTSIDE" == 404 ]] || fail "/readyz through nginx answered $OUTSIDE, not 404"
 
 log "TLS redirect and security headers"
 REDIRECT="$(curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' "http://127.0.0.1:$HTTP_PORT/some/where?x=1")"

@@ -263,3 +263,10 @@ def test_a_failing_bucket_is_503_and_a_missing_object_is_nginxs_404(nginx):
     assert (missing_status, missing_headers["Content-Type"], missing_headers["Retry-After"]) == (404, "text/html", None)
     assert b"404 Not Found" in missing_body
     assert b"NoSuchKey" not in missing_body
+
+
+@pytest.mark.parametrize("path", ["/readyz", "/metrics"])
+def test_readiness_and_metrics_are_nginxs_own_404_from_outside(nginx, path):
+    """/readyz names what is broken inside (broker, weights); probes ask gunicorn directly."""
+    status, _, body = nginx.get(path)
+    assert (status, b"404 Not Found" in body, b"NoSuchKey" in body) == (404, True, False)
