@@ -23,7 +23,8 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 control_socket_disable = True
 # Heartbeat files: on a memory filesystem so a slow disk never looks like a hung worker
-# (/tmp is a tmpfs in deploy/docker-compose.yml; None = the system's temporary folder).
+# (/tmp is a tmpfs in deploy/docker-compose.yml; the k8s web pod sets /dev/shm; None =
+# the system's temporary folder).
 worker_tmp_dir = os.environ.get("GUNICORN_WORKER_TMP_DIR") or None
 
 

@@ -112,6 +112,9 @@ def test_web_probes_use_healthz_and_readyz_and_is_autoscaled_and_protected_from_
     web = _containers(objects[("Deployment", "pleura-web")])["web"]
     assert web["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert web["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Probes ask gunicorn's own port: nginx answers /readyz 404 from outside.
+    assert web["readinessProbe"]["httpGet"]["port"] == "http" == web["ports"][0]["name"]
+    assert {"name": "GUNICORN_WORKER_TMP_DIR", "value": "/dev/shm"} in web["env"]
     assert objects[("HorizontalPodAutoscaler", "pleura-web")]["spec"]["scaleTargetRef"]["name"] == "pleura-web"
     assert objects[("PodDisruptionBudget", "pleura-web")]["spec"]["minAvailable"] == 1
     service = objects[("Service", "pleura-web")]
