@@ -21,6 +21,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
+from accounts.sessions import polled
 from diagnostics.forms import ReviewForm, UploadForm, WorklistFilterForm
 from diagnostics.imaging import WARNINGS, RejectedUpload
 from diagnostics.media import protected_file_response
@@ -108,6 +109,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
 
 @never_cache
 @require_GET
+@polled
 @role_required()
 def worklist_updates(request: HttpRequest) -> HttpResponse:
     """Fresh rows for the worklist's still-pending studies (`?s=<code>` repeated).
@@ -276,6 +278,7 @@ def study_detail(request: HttpRequest, code) -> HttpResponse:
 
 @never_cache
 @require_GET
+@polled
 @role_required()
 def study_status(request: HttpRequest, code) -> HttpResponse:
     """The study view polls this while the study is pending; once it is done the
