@@ -1057,3 +1057,35 @@ def test_a_shadow_candidate_that_will_not_load_is_tried_again_only_after_a_while
     assert [path.rsplit("/", 1)[-1] for path in hashed] == ["tiny-test.pt", "tiny-candidate.pt", "tiny-candidate.pt"]
     assert Study.objects.filter(status=COMPLETED).count() == 4
     assert not Prediction.objects.filter(is_shadow=True).exists()
+
+
+def test_each_study_of_a_batch_gets_its_own_images_result_and_heatmap(hospital_a, tiny_model, tmp_path):
+    """Batches were checked by statuses, sizes and counts only: results handed to the wrong
+    studies of a batch (a patient given another's diagnosis) passed every test."""
+    from diagnostics.imaging import load_grayscale
+    from mlcore.engine import HEATMAP_MAX_SIDE
+
+    candidate = make_model_version(
+        tmp_path, name="tiny-candidate", seed=2, status=ModelVersion.Status.CANDIDATE, shadow=True
+    )
+    studies = [store_study(hospital_a, image) for image in [NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES]]
+
+    assert sorted(pipeline.predict_studies([studies[0].pk])) == [s.pk for s in studies]
+
+    active_engine, candidate_engine = registry.get_engine(tiny_model), registry.get_engine(candidate)
+    alone, alone_by_candidate, sizes = {}, {}, {}
+    for study in studies:
+        gray = load_grayscale(study)
+        alone[study.pk] = active_engine.predict([gray], with_heatmap=False)[0].probability
+        alone_by_candidate[study.pk] = candidate_engine.predict([gray], with_heatmap=False)[0].probability
+        scale = min(1.0, HEATMAP_MAX_SIDE / max(gray.shape))
+        sizes[study.pk] = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+    assert len({round(p, 4) for p in alone.values()}) == len(studies)  # a mix-up would show
+    for prediction in Prediction.objects.filter(model_version=tiny_model):
+        assert prediction.batch_size == len(studies)
+        assert prediction.probability == pytest.approx(alone[prediction.study_id], abs=1e-5)
+        with prediction.heatmap.open("rb") as heatmap:
+            assert Image.open(heatmap).size == sizes[prediction.study_id]
+    for shadow in Prediction.objects.filter(model_version=candidate):
+        assert shadow.probability == pytest.approx(alone_by_candidate[shadow.study_id], abs=1e-5)
+    assert Prediction.objects.count() == 2 * len(studies)
