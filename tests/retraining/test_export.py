@@ -138,20 +138,29 @@ def test_reviews_of_radiologists_no_longer_at_the_hospital_label_nothing(
 
 
 def test_holdout_keeps_each_patient_on_one_side_and_is_stable(tmp_path, consenting, radiologist):
-    studies = []
-    for n in range(6):
-        image = REVIEW_IMAGES["pneumonia" if n % 2 else "normal"][n % 4 // 2]
-        studies.append(stored_study(consenting, image, patient_id=f"P-{n // 2}"))  # 3 patients, 2 studies each
-    for study in studies:
+    """Checked by each patient's own two files, not by the product's is_held_out: an
+    empty hold-out, or one split study by study, passed before (test-suite review)."""
+    patients = [f"P-{n}" for n in range(8)]
+    studies = {}
+    for n, patient in enumerate(patients):
+        for copy in range(2):
+            image = REVIEW_IMAGES["pneumonia" if copy else "normal"][n % 2]
+            studies.setdefault(patient, []).append(stored_study(consenting, image, patient_id=patient))
+    for study in (s for pair in studies.values() for s in pair):
         review(study, radiologist, "pneumonia")
+
     first = feedback.export_training_set(tmp_path / "one", holdout_fraction=0.5)
     second = feedback.export_training_set(tmp_path / "two", holdout_fraction=0.5)
+
     assert first.manifest["holdout"]["files"] == second.manifest["holdout"]["files"]
-    assert first.train_examples + first.holdout_examples == 6
-    assert first.holdout_examples % 2 == 0  # both studies of a patient, or neither
-    held = {feedback.export_name(s) for s in studies if feedback.is_held_out(s, 0.5)}
-    assert {p.split("/")[-1] for p in first.manifest["holdout"]["files"]} == held
-    assert {p.name for p in _files(tmp_path / "one" / "holdout")} == held
+    held = {p.name for p in _files(tmp_path / "one" / "holdout")}
+    trained = {p.name for p in _files(tmp_path / "one") if "holdout" not in p.parts and p.suffix == ".png"}
+    sides = {patient: {feedback.export_name(s) in held for s in pair} for patient, pair in studies.items()}
+    assert all(len(side) == 1 for side in sides.values()), sides  # both studies on one side
+    held_patients = [patient for patient, side in sides.items() if side == {True}]
+    assert 0 < len(held_patients) < len(patients)  # a real hold-out, and a real training set
+    assert len(held) == 2 * len(held_patients) and len(trained) == 16 - len(held)
+    assert (first.holdout_examples, first.train_examples) == (len(held), len(trained))
 
 
 def _assert_no_identifiers(out, study) -> None:
