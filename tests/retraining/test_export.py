@@ -197,7 +197,6 @@ def test_export_of_a_stored_jpeg_carries_no_identifier(tmp_path, consenting, rad
 
 
 def test_export_of_an_uploaded_dicom_carries_no_identifier_from_its_header(tmp_path, consenting, doctor, radiologist):
-    pytest.importorskip("diagnostics.services", reason="the ingestion service is not in this checkout yet")
     study = ingest(consenting, dicom_with_phi(), doctor)
     study.refresh_from_db()
     assert study.patient_id == PATIENT_ID  # the header really carried it into Pleura
