@@ -19,6 +19,8 @@ pages are not scoped.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied
@@ -393,14 +395,28 @@ class AuditedReadsAdmin(HospitalScopedAdmin):
         response = super().changelist_view(request, extra_context)
         changelist = getattr(response, "context_data", {}).get("cl")
         if self.listed_action and response.status_code == 200 and changelist is not None:
+            self._record_listed(request, changelist.result_list)
+        return response
+
+    def _record_listed(self, request, rows) -> None:
+        """One event per hospital whose rows the page showed, filed under that hospital:
+        filed under the session's active hospital, a reading of one hospital's studies by
+        someone who also works at another landed in the other's trail, not its own."""
+        filters = sorted(request.GET)
+        shown = Counter(obj.hospital_id for obj in rows)
+        if not shown:
+            audit.record(self.listed_action, request=request, via="admin", count=0, filters=filters)
+            return
+        hospitals = Hospital.objects.in_bulk([pk for pk in shown if pk is not None])
+        for hospital_id, count in sorted(shown.items(), key=lambda item: (item[0] is None, item[0] or 0)):
             audit.record(
                 self.listed_action,
                 request=request,
+                hospital=hospitals.get(hospital_id),
                 via="admin",
-                count=len(changelist.result_list),
-                filters=sorted(request.GET),
+                count=count,
+                filters=filters,
             )
-        return response
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         response = super().change_view(request, object_id, form_url, extra_context)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 from django.db import DatabaseError, connection, transaction
+from django.urls import reverse
 
 from hospital import audit
-from hospital.models import AppendOnlyError, AuditEvent
+from hospital.models import AppendOnlyError, AuditEvent, Membership, Role
 from tests.conftest import needs_postgresql
 
 
@@ -110,13 +111,27 @@ def test_reading_studies_and_the_trail_in_the_admin_is_recorded_as_in_the_portal
         assert client.get(path).status_code == 200
 
     reads = AuditEvent.objects.filter(actor_user=reader, action__in=["study.listed", "study.viewed", "audit.viewed"])
+    # Filed under the hospital whose rows were shown, a platform operator's reading too.
     assert [(e.action, e.hospital_id, e.target_id, e.detail) for e in reads.order_by("id")] == [
-        ("study.listed", reader_hospital(reader, hospital_a), "", {"via": "admin", "count": 1, "filters": ["q"]}),
+        ("study.listed", hospital_a.pk, "", {"via": "admin", "count": 1, "filters": ["q"]}),
         ("study.viewed", hospital_a.pk, str(study.code), {"via": "admin"}),
-        ("audit.viewed", reader_hospital(reader, hospital_a), "", {"via": "admin", "count": 1, "filters": ["action"]}),
+        ("audit.viewed", hospital_a.pk, "", {"via": "admin", "count": 1, "filters": ["action"]}),
     ]
     assert "ACC-7001" not in str([e.detail for e in reads])  # what was searched for is not kept
 
 
-def reader_hospital(reader, hospital_a):
-    return None if reader.is_superuser else hospital_a.pk
+def test_an_admin_list_read_is_filed_under_each_hospital_whose_rows_it_showed(
+    client_for, hospital_admin, hospital_a, hospital_b, make_study
+):
+    """St Mary's admin, also a doctor at Riverside (active there, first by name), listing
+    St Mary's studies: the event went to Riverside's trail and St Mary's had nothing."""
+    Membership.objects.create(user=hospital_admin, hospital=hospital_b, role=Role.DOCTOR)
+    make_study(hospital_a)
+    make_study(hospital_a)
+    client = client_for(hospital_admin)
+    client.post(reverse("accounts:switch_hospital"), {"hospital": str(hospital_b.code)})
+
+    assert client.get("/admin/diagnostics/study/").status_code == 200
+
+    listed = AuditEvent.objects.filter(action="study.listed", actor_user=hospital_admin)
+    assert [(e.hospital_id, e.detail["count"]) for e in listed] == [(hospital_a.pk, 2)]
