@@ -36,10 +36,14 @@ def _audit_failed_login(sender, credentials, request=None, **kwargs) -> None:
     email = str(credentials.get("username") or credentials.get("email") or "").strip().lower()
     target = User.objects.filter(email=email).first() if email else None
     locked = {"locked": True} if target is not None and is_locked(target) else {}
+    from accounts.services import home_hospital_for
+
     audit.record(
         audit.Action.LOGIN_FAILED,
         request=request,
-        hospital=_first_hospital(target),
+        # Not only hospitals the account works in now: a dismissed employee's tries to
+        # come back belong in the trail of the hospital that dismissed them.
+        hospital=home_hospital_for(target) if target is not None else None,
         target=target,
         outcome=audit.Outcome.FAILURE,
         **locked,

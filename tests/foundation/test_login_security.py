@@ -96,6 +96,20 @@ def test_lock_expires_and_a_successful_login_resets_the_counter(client, doctor, 
     assert AuditEvent.objects.filter(action="auth.login", actor_user=doctor).count() == 1
 
 
+@pytest.mark.parametrize("dismissed", ["account", "membership"])
+def test_a_dismissed_doctors_failed_logins_are_in_their_hospitals_trail(client, doctor, hospital_a, dismissed):
+    """Filed under hospitals the account works in now, they went under none: the hospital
+    that dismissed them never saw the tries."""
+    if dismissed == "account":
+        User.objects.filter(pk=doctor.pk).update(is_active=False)
+    else:
+        doctor.memberships.update(is_active=False)
+
+    _login(client, doctor.email, WRONG)
+
+    assert [(e.target_id, e.hospital_id) for e in _failures()] == [(str(doctor.code), hospital_a.pk)]
+
+
 def test_failed_login_for_an_unknown_email_is_audited_without_what_was_typed(client, doctor):
     typed = "maybe-my-password@nowhere.example"
     assert _login(client, typed, WRONG).status_code == 200
