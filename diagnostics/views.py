@@ -129,6 +129,12 @@ def worklist_updates(request: HttpRequest) -> HttpResponse:
     if len(rows) != len(codes):
         raise Http404("No such study.")
     pending = [str(s.code) for s in rows if s.status in PENDING]
+    settled = len(rows) - len(pending)
+    if settled:
+        # A result reaches the page here: recorded as the worklist's own reading is. A
+        # settled row leaves the poller, so each is recorded once; rows still pending
+        # carry no result and are re-sent every 3 s, which would bury the trail.
+        audit.record(audit.Action.STUDY_LISTED, request=request, via="worklist update", count=settled)
     return render(request, "diagnostics/worklist.html#updates", {"rows": rows, "pending_codes": pending})
 
 

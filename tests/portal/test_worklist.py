@@ -168,6 +168,22 @@ def test_only_pending_rows_are_polled_and_polling_stops_when_done(client_for, do
     assert "hx-get" not in re.search(r'<div id="worklist-poller"[^>]*>', done).group(0)
 
 
+def test_a_result_a_poll_brings_to_the_worklist_is_recorded_once_and_pending_rows_are_not(client_for, doctor, studies):
+    """The poll's rows carry patient IDs and, once settled, the result: that reading was
+    in no trail. A settled row leaves the poller, so each result is recorded once."""
+    client = client_for(doctor)
+    codes = [str(studies["queued"].code), str(studies["processing"].code)]
+
+    def listed_by_polls():
+        return [e.detail for e in AuditEvent.objects.filter(action="study.listed", detail__via="worklist update")]
+
+    client.get(UPDATES, {"s": codes}, HTTP_HX_REQUEST="true")
+    assert listed_by_polls() == []  # nothing settled: no result shown
+    Study.objects.filter(pk=studies["processing"].pk).update(status=Study.Status.COMPLETED)
+    client.get(UPDATES, {"s": codes}, HTTP_HX_REQUEST="true")
+    assert listed_by_polls() == [{"via": "worklist update", "count": 1}]
+
+
 def test_no_poller_when_nothing_is_pending(client_for, doctor, make_study, hospital_a):
     make_study(hospital_a, label="normal", probability=0.1)
     html = client_for(doctor).get(WORKLIST).content.decode()
