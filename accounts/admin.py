@@ -13,6 +13,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import BaseUserCreationForm, UserChangeForm
+from django.shortcuts import redirect
 
 from accounts import services
 from accounts.models import User
@@ -142,6 +143,10 @@ class UserAdmin(HospitalScopedAdmin, DjangoUserAdmin):
         )
 
     def user_change_password(self, request, id, form_url=""):
+        if str(request.user.pk) == str(id):
+            # One's own password only on the portal's page, which asks for the current one:
+            # here anyone holding an admin's open session could set a new one and keep it.
+            return redirect("accounts:password_change")
         response = super().user_change_password(request, id, form_url)
         if request.method == "POST" and response.status_code == 302 and response.url != request.get_full_path():
             user = self.get_object(request, id)

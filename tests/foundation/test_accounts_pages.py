@@ -3,6 +3,8 @@ password change page (signed-in users only, audited)."""
 
 from __future__ import annotations
 
+import pytest
+
 from hospital.models import AuditEvent
 from hospital.tenancy import SESSION_KEY
 from tests.conftest import PASSWORD
@@ -99,3 +101,21 @@ def test_the_admins_password_page_leads_to_the_audited_one_and_changes_nothing_i
     hospital_admin.refresh_from_db()
     assert hospital_admin.check_password(PASSWORD)
     assert 'href="/admin/password_change/"' in client.get("/admin/").content.decode()  # the link admins follow
+
+
+@pytest.mark.parametrize("user_fixture", ["hospital_admin", "superuser"])
+def test_ones_own_password_cannot_be_set_in_the_admin_without_the_current_one(request, client_for, user_fixture):
+    """The admin's user page sets a password with no current one: anyone at an open admin
+    session could take the account over. One's own goes to the portal's page."""
+    user = request.getfixturevalue(user_fixture)
+    client = client_for(user)
+    own = f"/admin/accounts/user/{user.pk}/password/"
+    new = "an-entirely-new-passphrase-7"
+
+    page = client.get(own)
+    posted = client.post(own, {"password1": new, "password2": new})
+
+    assert [(r.status_code, r["Location"]) for r in (page, posted)] == [(302, "/accounts/password/")] * 2
+    user.refresh_from_db()
+    assert user.check_password(PASSWORD)
+    assert not AuditEvent.objects.filter(action="auth.password_changed").exists()
