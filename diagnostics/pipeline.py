@@ -404,9 +404,6 @@ def _begin(requested: list[int], claim: str, held: list[_Batch], in_model: set) 
         .order_by(F("queued_at").asc(nulls_first=True), "pk")
     )
     studies = _alone_after_a_restart(studies, batch, holding_others)
-    for study in studies:
-        if study.queued_at and study.started_at:
-            metrics.QUEUE_WAIT.observe(max(0.0, (study.started_at - study.queued_at).total_seconds()))
     batch.version, engine, shadow = _serving_engine()
     earlier = _reusable_predictions(studies, batch.version)
     to_compute: list[Study] = []
@@ -817,7 +814,15 @@ def _store_all(results: list[_Result]) -> list[int]:
     _delete_heatmaps([result for result in results if result not in stored])
     for result in stored:
         metrics.PREDICTIONS.labels(label=result.prediction.label, origin=result.origin).inc()
+        _observe_queue_wait(result.study)
     return [result.study.pk for result in stored]
+
+
+def _observe_queue_wait(study: Study) -> None:
+    """From queued to the claim that completed it, once per study: observed at every
+    claim, a study put back and claimed again was counted again with its wait so far."""
+    if study.queued_at and study.started_at:
+        metrics.QUEUE_WAIT.observe(max(0.0, (study.started_at - study.queued_at).total_seconds()))
 
 
 def _save_heatmaps(results: list[_Result]) -> None:

@@ -80,3 +80,35 @@ def test_a_batch_retried_is_counted_as_a_retry_and_no_study_as_failed(hospital_a
     assert retries["model_unavailable"] - retries_before.get("model_unavailable", 0) == pipeline.MAX_RETRIES + 1
     study.refresh_from_db()
     assert (study.status, study.attempts) == ("queued", 0)
+
+
+def test_a_study_put_back_and_claimed_again_is_one_queue_wait(hospital_a, tiny_model, monkeypatch):
+    """Observed at every claim, a study put back (here: its batch out of memory once) was
+    counted once per claim."""
+    import torch
+    from prometheus_client import REGISTRY
+
+    from diagnostics import pipeline
+    from mlcore import registry
+
+    study = store_study(hospital_a, NORMAL_IMAGE)
+    engine = registry.get_engine(tiny_model)
+    real_predict, calls = engine.predict, []
+
+    def out_of_memory_once(grays, **kwargs):
+        calls.append(len(grays))
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real_predict(grays, **kwargs)
+
+    monkeypatch.setattr(engine, "predict", out_of_memory_once)
+
+    def waits() -> float:
+        return REGISTRY.get_sample_value("pleura_queue_wait_seconds_count") or 0.0
+
+    before = waits()
+    with pytest.raises(pipeline.TransientPipelineError):
+        pipeline.predict_studies([study.pk])
+    assert pipeline.predict_studies([study.pk]) == [study.pk]
+
+    assert waits() - before == 1
