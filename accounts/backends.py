@@ -1,20 +1,32 @@
 from __future__ import annotations
 
+import logging
+import uuid
 from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.backends import ModelBackend
+from django.core.cache import cache
 from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import User
+from config.cache import count_request
+from hospital.audit import client_ip
+
+log = logging.getLogger(__name__)
 
 
 class LockoutModelBackend(ModelBackend):
-    """Email + password, refusing accounts locked after repeated failures.
+    """Email + password, refusing guesses after repeated failures, in two layers:
 
-    A locked account is refused even with the right password until the lock expires,
-    so guessing cannot continue in the background.
+    - from one address: after LOGIN_LOCKOUT_THRESHOLD failures, that address may not try
+      the account until LOGIN_LOCKOUT_SECONDS after the first of them, not even with the
+      right password, so guessing
+      cannot go on in the background. Other addresses are not refused: five wrong guesses
+      from anywhere on the internet used to lock a doctor out of their own workstation;
+    - from everywhere: after LOGIN_ACCOUNT_LOCKOUT_THRESHOLD failures in all, the account
+      itself is locked (`locked_until`), which bounds guessing spread over many addresses.
     """
 
     def authenticate(self, request, username=None, password=None, **kwargs):
@@ -22,7 +34,7 @@ class LockoutModelBackend(ModelBackend):
         if not email or password is None:
             return None
         user = User.objects.filter(email=email).first()
-        if user is None or is_locked(user):
+        if user is None or is_locked(user, request):
             # The cost of a real check, so that timing tells no one which emails are
             # accounts, nor which accounts are locked (they answered at once).
             User().set_password(password)
@@ -30,17 +42,49 @@ class LockoutModelBackend(ModelBackend):
         if user.check_password(password) and self.user_can_authenticate(user):
             User.objects.filter(pk=user.pk).update(failed_login_count=0, locked_until=None)
             return user
-        register_failed_login(user)
+        register_failed_login(user, request)
         return None
 
 
-def is_locked(user: User) -> bool:
-    return user.locked_until is not None and user.locked_until > timezone.now()
+def is_locked(user: User, request=None) -> bool:
+    """Locked for everyone, or for the address this request comes from."""
+    if user.locked_until is not None and user.locked_until > timezone.now():
+        return True
+    return request is not None and _address_failures(user, request, count=False) >= settings.LOGIN_LOCKOUT_THRESHOLD
 
 
-def register_failed_login(user: User) -> None:
+def register_failed_login(user: User, request=None) -> None:
+    if request is not None:
+        _address_failures(user, request, count=True)
     User.objects.filter(pk=user.pk).update(failed_login_count=F("failed_login_count") + 1)
     user.refresh_from_db(fields=["failed_login_count"])
-    if user.failed_login_count >= settings.LOGIN_LOCKOUT_THRESHOLD:
+    if user.failed_login_count >= settings.LOGIN_ACCOUNT_LOCKOUT_THRESHOLD:
         until = timezone.now() + timedelta(seconds=settings.LOGIN_LOCKOUT_SECONDS)
         User.objects.filter(pk=user.pk).update(locked_until=until, failed_login_count=0)
+
+
+def _address_failures(user: User, request, *, count: bool) -> int:
+    """Failed logins to `user` from the request's address, in the LOGIN_LOCKOUT_SECONDS
+    since the first of them. Keyed by the account's public id, never by the email typed,
+    and by the account's current round (`forget_failures` starts a new one). With the
+    cache unreachable, the account-wide lock still holds."""
+    try:
+        key = f"login-failures:{user.code}:{cache.get(_round_key(user), '')}:{client_ip(request) or 'unknown'}"
+        if count:
+            return count_request(cache, key, settings.LOGIN_LOCKOUT_SECONDS)
+        return int(cache.get(key) or 0)
+    except Exception:
+        log.warning("login failure counter unreachable; only the account-wide lock applies")
+        return 0
+
+
+def forget_failures(user: User) -> None:
+    """Every address may try again at once (an admin unlocking the account)."""
+    try:
+        cache.set(_round_key(user), uuid.uuid4().hex, timeout=settings.LOGIN_LOCKOUT_SECONDS)
+    except Exception:
+        log.warning("login failure counter unreachable; its locks end on their own")
+
+
+def _round_key(user: User) -> str:
+    return f"login-failures-round:{user.code}"

@@ -97,7 +97,11 @@ def record_password_set(user: User, *, actor=None, request=None) -> None:
 
 
 def unlock_user(user: User, *, actor=None, request=None) -> bool:
-    """Lift a login lockout early (an admin who has checked who is asking)."""
+    """Lift a login lockout early (an admin who has checked who is asking): the account's,
+    and every address's."""
+    from accounts.backends import forget_failures
+
+    forget_failures(user)
     with transaction.atomic():
         if not User.objects.filter(pk=user.pk, locked_until__isnull=False).update(
             locked_until=None, failed_login_count=0

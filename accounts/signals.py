@@ -35,7 +35,7 @@ def _audit_failed_login(sender, credentials, request=None, **kwargs) -> None:
 
     email = str(credentials.get("username") or credentials.get("email") or "").strip().lower()
     target = User.objects.filter(email=email).first() if email else None
-    locked = {"locked": True} if target is not None and is_locked(target) else {}
+    locked = {"locked": True} if target is not None and is_locked(target, request) else {}
     from accounts.services import home_hospital_for
 
     audit.record(

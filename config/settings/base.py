@@ -105,8 +105,10 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-# Failed logins before an account is locked, and for how long.
+# Failed logins before one address may no longer try an account, failed logins from all
+# addresses before the account itself is locked, and for how long (accounts.backends).
 LOGIN_LOCKOUT_THRESHOLD = env_int("LOGIN_LOCKOUT_THRESHOLD", 5)
+LOGIN_ACCOUNT_LOCKOUT_THRESHOLD = env_int("LOGIN_ACCOUNT_LOCKOUT_THRESHOLD", 50)
 LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 15 * 60)
 
 # Sessions expire after inactivity: every request pushes the expiry forward.
