@@ -19,7 +19,7 @@ migrate: install
 	mkdir -p var/broker/out var/broker/processed var/broker/control var/media
 	$(BIN)/python manage.py migrate --noinput
 
-## make run: web server, Celery worker and beat with embedded defaults (SQLite, filesystem broker).
+## make run: web server, Celery workers (inference, training) and beat with embedded defaults (SQLite, filesystem broker).
 run: migrate
 	$(BIN)/python manage.py seed_demo
 	$(BIN)/python manage.py ensure_default_model

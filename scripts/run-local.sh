@@ -55,7 +55,7 @@ sleep 3
 cat <<BANNER
 
   Pleura is running at http://$HOST:$PORT/   (admin: http://$HOST:$PORT/admin/)
-  Press Ctrl-C to stop the web server, the worker and beat.
+  Press Ctrl-C to stop the web server, the workers (inference, training) and beat.
 
 BANNER
 "$BIN/python" manage.py seed_demo --logins
