@@ -4,8 +4,10 @@ sense, compose wires the services the issue asks for, the Grafana dashboard is v
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,6 +177,14 @@ def test_compose_runs_every_service_and_the_gpu_worker_under_a_profile():
         assert (DEPLOY / volume.split(":")[0]).exists(), volume
 
 
+def test_both_images_make_the_models_volumes_mount_point_theirs():
+    """A new named volume takes its owner from the image's folder; without one it is
+    root's, and migrate (uid 10001) could not copy the shipped model in."""
+    for image in ("Dockerfile", "Dockerfile.cuda"):
+        made = re.search(r"install -d -o pleura -g pleura ([^\n]+)", (DEPLOY / image).read_text()).group(1).split()
+        assert "/var/lib/pleura/models" in made, image
+
+
 def test_compose_keeps_model_versions_on_a_volume_every_process_reads_and_retraining_writes():
     services = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
     for name in ("migrate", "web", "worker", "worker-gpu", "worker-training", "beat"):
@@ -311,3 +321,27 @@ def test_example_overlay_only_touches_objects_of_the_base():
     }
     assert {"pleura", "pleura-gpu"} <= images
     assert {image["name"] for image in overlay["images"]} == {"pleura", "pleura-gpu"}
+
+
+def test_the_images_collectstatic_step_runs_with_only_what_the_dockerfile_gives_it(tmp_path):
+    """Production settings require DATABASE_URL and REDIS_URL: the build step that collects
+    the static files must give placeholders for them, or the image does not build."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    image_env = dict(re.findall(r"^\s+(DJANGO_SETTINGS_MODULE)=(\S+)", dockerfile, re.M))
+    collect = r"^RUN ((?:[A-Z_]+=\S+\s+(?:\\\n\s*)?)+)python manage\.py collectstatic"
+    step = re.search(collect, dockerfile, re.M).group(1)
+    build_env = dict(part.split("=", 1) for part in step.replace("\\\n", " ").split())
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "STATIC_ROOT": str(tmp_path / "static")}
+
+    result = subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput"],
+        cwd=DEPLOY.parent,
+        env={**env, **image_env, **build_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert image_env == {"DJANGO_SETTINGS_MODULE": "config.settings.production"}
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "static" / "staticfiles.json").is_file()

@@ -38,9 +38,15 @@ class Command(BaseCommand):
         shipped = Path(settings.SHIPPED_MODELS_DIR) / settings.DEFAULT_MODEL_NAME
         if not shipped.is_dir():
             return  # register_from_dir names what is missing
-        model_dir.parent.mkdir(parents=True, exist_ok=True)
-        # Copied beside its place and renamed into it: a copy cut short is never taken for the model.
-        partial = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}-", dir=model_dir.parent))
-        shutil.copytree(shipped, partial, dirs_exist_ok=True)
-        partial.rename(model_dir)
+        try:
+            model_dir.parent.mkdir(parents=True, exist_ok=True)
+            # Copied beside its place and renamed into it: a copy cut short is never taken for the model.
+            partial = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}-", dir=model_dir.parent))
+            shutil.copytree(shipped, partial, dirs_exist_ok=True)
+            partial.rename(model_dir)
+        except OSError as exc:
+            raise CommandError(
+                f"cannot copy the shipped model into {model_dir.parent} ({exc.strerror}): "
+                "MODEL_WEIGHTS_DIR must be writable by this process"
+            ) from exc
         self.stdout.write(f"copied {shipped.name} into {model_dir.parent}")
