@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import BaseUserCreationForm, UserChangeForm
 from django.shortcuts import redirect
@@ -143,9 +144,11 @@ class UserAdmin(HospitalScopedAdmin, DjangoUserAdmin):
         )
 
     def user_change_password(self, request, id, form_url=""):
-        if str(request.user.pk) == str(id):
+        target = self.get_object(request, unquote(id))
+        if target is not None and target.pk == request.user.pk:
             # One's own password only on the portal's page, which asks for the current one:
             # here anyone holding an admin's open session could set a new one and keep it.
+            # Compared as the object the admin would change ("01" is the same account as "1").
             return redirect("accounts:password_change")
         response = super().user_change_password(request, id, form_url)
         if request.method == "POST" and response.status_code == 302 and response.url != request.get_full_path():
