@@ -88,7 +88,9 @@ def _guard_deflate_bomb(data: bytes) -> None:
     Every file with a preamble has its file meta read here (cheap): looking for the
     deflated syntax's UID in the first bytes only was passed by a meta padded past them.
     """
-    if data[128:132] != b"DICM":  # the file meta follows a 128-byte preamble and "DICM"
+    # The file meta follows a 128-byte preamble and "DICM", or (pydicom reads that too)
+    # starts the file at once with its group 0002.
+    if data[128:132] != b"DICM" and data[:2] != b"\x02\x00":
         return  # no file meta, so nothing can declare the data set deflated
     stream = io.BytesIO(data)
     try:
@@ -185,8 +187,14 @@ def _check_codestream_size(ds: Dataset, columns: int, rows: int, frames: int) ->
         frame = get_frame(ds.PixelData, 0, number_of_frames=frames)
     except Exception:  # a broken encapsulation: the decoder refuses it in words
         return
-    size = codestream_size(frame[:65536])
-    if size is not None and size != (columns, rows):
+    # The whole frame is searched (a walk of segment lengths): a 64 KB segment put before
+    # the header hid it from a search of the first 64 KB, and a frame whose size cannot be
+    # read is refused, not decoded unchecked.
+    size = codestream_size(frame)
+    if size is None:
+        raise RejectedUpload(422, "The DICOM's compressed image has no frame header Pleura can read.")
+    declared_rows = size[1] or rows  # 0: a JPEG whose height comes later, in a DNL marker
+    if (size[0], declared_rows) != (columns, rows):
         raise RejectedUpload(
             422,
             f"The DICOM's compressed image is {size[0]}x{size[1]} pixels, but its attributes say "

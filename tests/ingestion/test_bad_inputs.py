@@ -265,6 +265,23 @@ def test_deflated_bomb_with_its_file_meta_padded_past_the_first_4_kb_is_refused_
     assert stored() == before
 
 
+def test_deflated_bomb_without_a_preamble_is_refused_too(settings, key_a, key_client, stored):
+    """pydicom reads a file meta that starts the file (no preamble): the guard looked only
+    behind a preamble, and such a bomb was inflated whole (diff review)."""
+    settings.MAX_UPLOAD_BYTES = 2 * 1024 * 1024
+    data = deflated_bomb()[132:]  # the file meta's group 0002 first
+    assert data[:2] == b"\x02\x00"
+    before = stored()
+
+    response = post_dicom_body(key_client(key_a[1]), data)
+
+    assert (response.status_code, response.json()) == (
+        413,
+        {"detail": "The deflated DICOM data set inflates to more than the 2 MB limit (a decompression bomb?)."},
+    )
+    assert stored() == before
+
+
 def test_file_over_the_byte_limit_is_413_multipart_and_raw(settings, key_a, key_client, stored):
     settings.MAX_UPLOAD_BYTES = 1024 * 1024
     data = (CR_CHEST.read_bytes() * 3)[: 1024 * 1024 + 10]  # just over the limit

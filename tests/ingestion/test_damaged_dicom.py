@@ -5,6 +5,7 @@ stored, and in a STOW-RS request the other instances stored all the same."""
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 import pydicom
@@ -186,3 +187,72 @@ def test_a_compressed_frame_larger_than_its_attributes_is_refused_before_it_is_d
 def test_a_compressed_frame_of_its_attributes_size_is_stored(image_format, syntax, emr):
     response = post_dicom_body(emr, _encapsulated(image_format, (96, 64), (96, 64), syntax))
     assert (response.status_code, response.json()["status"]) == (202, "queued")
+
+
+def _jpeg_frame(size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    columns, rows = size
+    Image.fromarray((np.add.outer(np.arange(rows), np.arange(columns)) % 256).astype(np.uint8)).save(
+        buffer, "JPEG", quality=95
+    )
+    return buffer.getvalue()
+
+
+def _dicom_of_frame(frame: bytes, label: tuple[int, int]) -> bytes:
+    from pydicom.encaps import encapsulate
+
+    columns, rows = label
+    return make_dicom(
+        np.zeros((rows, columns), dtype=np.uint8),
+        transfer_syntax="1.2.840.10008.1.2.4.50",
+        PixelData=encapsulate([frame]),
+    )
+
+
+def test_a_frame_header_hidden_behind_a_64_kb_segment_is_still_read(emr, stored, monkeypatch):
+    """The header was looked for in the frame's first 64 KB only: one APP segment of that
+    size before it let a mislabelled frame through to the decoder (386 MB for 10000x10000
+    in the diff review's probe)."""
+    frame = _jpeg_frame((1200, 900))
+    padding = b"\xff\xe5" + struct.pack(">H", 65535) + b"\0" * 65533  # an APP5 segment of 64 KB
+    hidden = frame[:2] + padding + frame[2:]
+    monkeypatch.setattr(dicom, "pixel_array", lambda *a, **k: pytest.fail("decoded before the check"))
+    before = stored()
+
+    response = post_dicom_body(emr, _dicom_of_frame(hidden, (64, 64)))
+
+    assert (response.status_code, response.json()["detail"]) == (
+        422,
+        "The DICOM's compressed image is 1200x900 pixels, but its attributes say 64x64: the file is inconsistent.",
+    )
+    assert stored() == before
+
+
+def test_a_compressed_frame_without_a_readable_header_is_refused_undecoded(emr, stored, monkeypatch):
+    monkeypatch.setattr(dicom, "pixel_array", lambda *a, **k: pytest.fail("decoded before the check"))
+    before = stored()
+
+    response = post_dicom_body(emr, _dicom_of_frame(b"\xff\xd8" + b"\x00" * 64 + b"\xff\xd9", (64, 64)))
+
+    assert (response.status_code, response.json()["detail"]) == (
+        422,
+        "The DICOM's compressed image has no frame header Pleura can read.",
+    )
+    assert stored() == before
+
+
+def test_a_jpeg_whose_height_comes_in_a_dnl_marker_is_accepted_and_decoded_exactly(emr):
+    """Height 0 in the frame header, the real one later (DNL): a valid JPEG the size check
+    refused as '96x0'."""
+    frame = bytearray(_jpeg_frame((96, 64)))
+    start = frame.find(b"\xff\xc0")
+    struct.pack_into(">H", frame, start + 5, 0)
+    end = frame.rfind(b"\xff\xd9")
+    with_dnl = bytes(frame[:end]) + b"\xff\xdc\x00\x04" + struct.pack(">H", 64) + b"\xff\xd9"
+
+    response = post_dicom_body(emr, _dicom_of_frame(with_dnl, (96, 64)))
+
+    assert (response.status_code, response.json()["status"]) == (202, "queued")
+    decoded = dicom.to_grayscale(dicom.read_dataset(_dicom_of_frame(with_dnl, (96, 64))))
+    plain = dicom.to_grayscale(dicom.read_dataset(_dicom_of_frame(_jpeg_frame((96, 64)), (96, 64))))
+    assert decoded.shape == (64, 96) and np.array_equal(decoded, plain)
