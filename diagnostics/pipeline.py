@@ -111,11 +111,16 @@ class OutOfMemory(Exception):
     """The model ran out of memory even on one image (a GPU shared with other work)."""
 
 
+class UnreadableFile(StorageUnreachable):
+    """A restarted study's file, read alone, could not be read: taken for that file's
+    fault, or it would go back uncounted for ever (an outage costs such a study attempts)."""
+
+
 # Errors after which the batches held go back counting an attempt, so each is then
 # predicted alone and, should one of them be the cause, fails after PIPELINE_MAX_ATTEMPTS:
 # retried as they were, a decoder that hangs past the soft time limit on one file took
 # the same batch down on every retry, and the others with it.
-RESTARTING_ERRORS = (SoftTimeLimitExceeded, OutOfMemory)
+RESTARTING_ERRORS = (SoftTimeLimitExceeded, OutOfMemory, UnreadableFile)
 
 
 def retry_delay(retries: int) -> float:
@@ -653,6 +658,8 @@ def _decode_all(studies: list[Study]) -> tuple[list[Study], list[np.ndarray], li
             ready.append(study)
             grays.append(outcome)
     if outage is not None and not ready:
+        if len(studies) == 1 and studies[0].attempts > 0:
+            raise UnreadableFile(str(outage)) from outage
         raise outage
     return ready, grays, unreadable
 
