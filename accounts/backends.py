@@ -41,6 +41,7 @@ class LockoutModelBackend(ModelBackend):
             return None
         if user.check_password(password) and self.user_can_authenticate(user):
             User.objects.filter(pk=user.pk).update(failed_login_count=0, locked_until=None)
+            _forget_address_failures(user, request)  # earlier typos count no more
             return user
         register_failed_login(user, request)
         return None
@@ -50,32 +51,48 @@ def is_locked(user: User, request=None) -> bool:
     """Locked for everyone, or for the address this request comes from."""
     if user.locked_until is not None and user.locked_until > timezone.now():
         return True
-    return request is not None and _address_failures(user, request, count=False) >= settings.LOGIN_LOCKOUT_THRESHOLD
+    failures = _address_failures(user, request, count=False) if request is not None else 0
+    return (failures or 0) >= settings.LOGIN_LOCKOUT_THRESHOLD
 
 
 def register_failed_login(user: User, request=None) -> None:
-    if request is not None:
-        _address_failures(user, request, count=True)
+    failures = _address_failures(user, request, count=True) if request is not None else 0
     User.objects.filter(pk=user.pk).update(failed_login_count=F("failed_login_count") + 1)
     user.refresh_from_db(fields=["failed_login_count"])
-    if user.failed_login_count >= settings.LOGIN_ACCOUNT_LOCKOUT_THRESHOLD:
+    # Without the per-address counter (the cache unreachable), the account locks at the
+    # per-address threshold, as one lock for all: guessing must not gain from an outage.
+    threshold = settings.LOGIN_ACCOUNT_LOCKOUT_THRESHOLD if failures is not None else settings.LOGIN_LOCKOUT_THRESHOLD
+    if user.failed_login_count >= threshold:
         until = timezone.now() + timedelta(seconds=settings.LOGIN_LOCKOUT_SECONDS)
         User.objects.filter(pk=user.pk).update(locked_until=until, failed_login_count=0)
 
 
-def _address_failures(user: User, request, *, count: bool) -> int:
+def _address_key(user: User, request) -> str:
+    """Keyed by the account's public id, never by the email typed, by the account's current
+    round (`forget_failures` starts a new one) and by the request's address."""
+    return f"login-failures:{user.code}:{cache.get(_round_key(user), '')}:{client_ip(request) or 'unknown'}"
+
+
+def _address_failures(user: User, request, *, count: bool) -> int | None:
     """Failed logins to `user` from the request's address, in the LOGIN_LOCKOUT_SECONDS
-    since the first of them. Keyed by the account's public id, never by the email typed,
-    and by the account's current round (`forget_failures` starts a new one). With the
-    cache unreachable, the account-wide lock still holds."""
+    since the first of them; None when the cache cannot be reached."""
     try:
-        key = f"login-failures:{user.code}:{cache.get(_round_key(user), '')}:{client_ip(request) or 'unknown'}"
+        key = _address_key(user, request)
         if count:
             return count_request(cache, key, settings.LOGIN_LOCKOUT_SECONDS)
         return int(cache.get(key) or 0)
     except Exception:
-        log.warning("login failure counter unreachable; only the account-wide lock applies")
-        return 0
+        log.warning("login failure counter unreachable; the account-wide lock takes its place")
+        return None
+
+
+def _forget_address_failures(user: User, request) -> None:
+    if request is None:
+        return
+    try:
+        cache.delete(_address_key(user, request))
+    except Exception:
+        log.warning("login failure counter unreachable; it expires on its own")
 
 
 def forget_failures(user: User) -> None:

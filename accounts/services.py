@@ -98,15 +98,13 @@ def record_password_set(user: User, *, actor=None, request=None) -> None:
 
 def unlock_user(user: User, *, actor=None, request=None) -> bool:
     """Lift a login lockout early (an admin who has checked who is asking): the account's,
-    and every address's."""
+    and every address's. Done and audited whether or not a lock could be seen: an address's
+    lock lives in the cache, where the admin cannot see it."""
     from accounts.backends import forget_failures
 
     forget_failures(user)
     with transaction.atomic():
-        if not User.objects.filter(pk=user.pk, locked_until__isnull=False).update(
-            locked_until=None, failed_login_count=0
-        ):
-            return False
+        User.objects.filter(pk=user.pk).update(locked_until=None, failed_login_count=0)
         user.refresh_from_db(fields=["locked_until", "failed_login_count"])
         audit.record(
             Action.USER_CHANGED,

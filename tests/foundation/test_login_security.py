@@ -14,6 +14,7 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.hashers import MD5PasswordHasher
 from django.contrib.sessions.models import Session
+from django.test import override_settings
 from django.utils import timezone
 
 from accounts.models import User
@@ -86,16 +87,42 @@ def test_the_account_itself_locks_after_failures_from_many_addresses(client, doc
     assert (doctor.failed_login_count, doctor.locked_until) == (0, None)
 
 
-def test_an_admins_unlock_lets_the_locked_address_try_again(client, doctor, threshold, superuser):
+def test_an_admins_unlock_lets_the_locked_address_try_again_and_is_audited(client, doctor, threshold, superuser):
     from accounts import services
 
     for _ in range(threshold):
         _login(client, doctor.email, WRONG)
     assert _login(client, doctor.email, PASSWORD).status_code == 200
 
-    services.unlock_user(doctor, actor=superuser)
+    # An address's lock is not on the account: it reported "0 unlocked" and left no trace.
+    assert services.unlock_user(doctor, actor=superuser) is True
 
     assert _login(client, doctor.email, PASSWORD).status_code == 302
+    assert AuditEvent.objects.filter(action="user.changed", target_id=str(doctor.code)).count() == 1
+
+
+def test_typos_before_a_successful_login_count_no_more(client, doctor, threshold):
+    for _ in range(threshold - 1):
+        _login(client, doctor.email, WRONG)
+    assert _login(client, doctor.email, PASSWORD).status_code == 302
+    client.post("/accounts/logout/")
+
+    _login(client, doctor.email, WRONG)
+
+    assert _login(client, doctor.email, PASSWORD).status_code == 302
+
+
+def test_with_the_cache_down_the_account_locks_at_the_per_address_threshold(client, doctor, threshold):
+    """Without the per-address counter only the account-wide lock (at 50) was left."""
+    dead_cache = {"default": {"BACKEND": "config.cache.SharedClientRedisCache", "LOCATION": "redis://127.0.0.1:9/0"}}
+    with override_settings(CACHES=dead_cache):
+        for _ in range(threshold):
+            _login(client, doctor.email, WRONG)
+        refused = _login(client, doctor.email, PASSWORD)
+
+    assert refused.status_code == 200
+    doctor.refresh_from_db()
+    assert doctor.locked_until is not None
 
 
 def test_every_refused_login_costs_one_password_hash_so_timing_tells_nothing(client, doctor, threshold, monkeypatch):
