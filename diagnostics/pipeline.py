@@ -112,8 +112,19 @@ class OutOfMemory(Exception):
 
 
 class UnreadableFile(StorageUnreachable):
-    """A restarted study's file, read alone, could not be read: taken for that file's
-    fault, or it would go back uncounted for ever (an outage costs such a study attempts)."""
+    """This file could not be read, not the storage: the storage refused this one object
+    (a permission), or a restarted study's file, read alone, failed again. It counts an
+    attempt, or a study alone with it would go back uncounted for ever."""
+
+
+def _refused_object(error: Exception) -> bool:
+    """The storage answered and refused this object (the disk's permission, S3's 403):
+    the file's fault. Connection errors and timeouts are the storage's (an outage)."""
+    if isinstance(error, PermissionError):
+        return True
+    response = getattr(error, "response", None)  # botocore's ClientError
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(response, dict) else None
+    return status == 403
 
 
 # Errors after which the batches held go back counting an attempt, so each is then
@@ -658,7 +669,7 @@ def _decode_all(studies: list[Study]) -> tuple[list[Study], list[np.ndarray], li
             ready.append(study)
             grays.append(outcome)
     if outage is not None and not ready:
-        if len(studies) == 1 and studies[0].attempts > 0:
+        if len(studies) == 1 and (isinstance(outage, UnreadableFile) or studies[0].attempts > 0):
             raise UnreadableFile(str(outage)) from outage
         raise outage
     return ready, grays, unreadable
@@ -676,7 +687,8 @@ def _load_gray(study: Study) -> np.ndarray:
     except TRANSIENT_ERRORS:
         raise
     except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
-        raise StorageUnreachable(f"study {study.code}: original unreadable ({type(exc).__name__})") from exc
+        unreadable = UnreadableFile if _refused_object(exc) else StorageUnreachable
+        raise unreadable(f"study {study.code}: original unreadable ({type(exc).__name__})") from exc
     try:
         return imaging.decode_upload(data).gray
     except TRANSIENT_ERRORS:

@@ -1092,3 +1092,48 @@ def test_each_study_of_a_batch_gets_its_own_images_result_and_heatmap(hospital_a
     for shadow in Prediction.objects.filter(model_version=candidate):
         assert shadow.probability == pytest.approx(alone_by_candidate[shadow.study_id], abs=1e-5)
     assert Prediction.objects.count() == 2 * len(studies)
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        (PermissionError(13, "Permission denied"), (FAILED, "gave_up")),  # the file's: it fails in the end
+        (OSError(5, "Input/output error"), (QUEUED, "")),  # the storage's: it waits, uncounted
+    ],
+)
+def test_a_study_alone_whose_file_is_refused_fails_in_the_end_and_one_in_an_outage_waits(
+    hospital_a, tiny_model, monkeypatch, settings, error, outcome
+):
+    """Alone (the usual batch at low load), a file the storage refused was taken for an
+    outage on every try and never counted: the study stayed queued for ever (diff review)."""
+    from diagnostics import imaging, tasks
+
+    settings.PIPELINE_MAX_ATTEMPTS = 2
+    monkeypatch.setattr(pipeline, "retry_delay", lambda retries: 0)
+    study = store_study(hospital_a, NORMAL_IMAGE)
+
+    def fails(_study):
+        raise error
+
+    monkeypatch.setattr(imaging, "read_original", fails)
+
+    tasks.predict_studies.apply(args=[[study.pk]], task_id="message-1")
+
+    assert Study.objects.values_list("status", "failure_code").get(pk=study.pk) == outcome
+
+
+def test_the_bucket_refusing_one_object_is_the_files_fault_and_not_reaching_it_is_an_outage():
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    def answer(code: str, status: int) -> ClientError:
+        return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+    refused, failing = answer("AccessDenied", 403), answer("InternalError", 500)
+    unreachable = EndpointConnectionError(endpoint_url="https://objects.hospital.example")
+
+    assert [pipeline._refused_object(e) for e in (refused, failing, unreachable, TimeoutError())] == [
+        True,
+        False,
+        False,
+        False,
+    ]
