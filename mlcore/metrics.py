@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from mlcore.calibration import calibrated_probability, fit_temperature
 
 ECE_BINS = 15
 
@@ -72,3 +76,20 @@ def classification_report(targets: np.ndarray, probabilities: np.ndarray, thresh
         "ece": round(expected_calibration_error(targets, probabilities), 4),
         "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
     }
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    temperature: float
+    bias: float
+    threshold: float
+    metrics: dict  # classification_report on the images it was fitted on
+
+
+def operating_point(logits: np.ndarray, targets: np.ndarray, min_sensitivity: float) -> OperatingPoint:
+    """Calibrate, then choose the threshold with sensitivity >= `min_sensitivity`, on these
+    validation logits; what training and a fine-tune's refit record beside the weights."""
+    temperature, bias = fit_temperature(logits, targets)
+    probabilities = calibrated_probability(logits, temperature, bias)
+    threshold = threshold_for_sensitivity(targets, probabilities, min_sensitivity)
+    return OperatingPoint(temperature, bias, threshold, classification_report(targets, probabilities, threshold))

@@ -26,11 +26,10 @@ from django.utils import timezone
 
 from hospital import audit
 from mlcore import data, registry
-from mlcore.calibration import calibrated_probability, fit_temperature
 from mlcore.card import build_card, render_markdown
 from mlcore.engine import InferenceEngine, ModelSpec
 from mlcore.evaluation import folder_logits
-from mlcore.metrics import classification_report, threshold_for_sensitivity
+from mlcore.metrics import classification_report, operating_point
 from mlcore.models import ModelVersion
 from mlcore.promotion import gate_failures
 from mlcore.training import TrainConfig, train
@@ -101,15 +100,13 @@ def fit_operating_point(out_dir: Path, description: dict, locked: list[data.Samp
     engine = InferenceEngine(ModelSpec.from_description(out_dir, description), device=device)
     logits = folder_logits(engine, locked)
     targets = np.array([sample.target for sample in locked])
-    temperature, bias = fit_temperature(logits, targets)
-    probabilities = calibrated_probability(logits, temperature, bias)
-    threshold = threshold_for_sensitivity(targets, probabilities, description["min_sensitivity"])
+    point = operating_point(logits, targets, description["min_sensitivity"])
     fitted = {
         **description,
-        "threshold": threshold,
-        "temperature": temperature,
-        "logit_bias": bias,
-        "validation_metrics": classification_report(targets, probabilities, threshold),
+        "threshold": point.threshold,
+        "temperature": point.temperature,
+        "logit_bias": point.bias,
+        "validation_metrics": point.metrics,
         "operating_point_fitted_on": f"the locked validation set ({len(locked)} images), as the parent's",
     }
     (out_dir / "model.json").write_text(json.dumps(fitted, indent=2))

@@ -24,8 +24,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from mlcore import data
-from mlcore.calibration import calibrated_probability, fit_temperature
-from mlcore.metrics import classification_report, threshold_for_sensitivity
+from mlcore.metrics import classification_report, operating_point
 from mlcore.network import build_network, load_weights, save_weights
 from mlcore.preprocessing import load_grayscale_file, to_model_input
 
@@ -243,10 +242,7 @@ def _finish(
 ) -> dict:
     """Calibrate, choose the operating point, save weights and describe the model."""
     val_logits = predict_logits(network, val_images, device, config.batch_size * 2)
-    temperature, bias = fit_temperature(val_logits, val_np)
-    probabilities = calibrated_probability(val_logits, temperature, bias)
-    threshold = threshold_for_sensitivity(val_np, probabilities, config.min_sensitivity)
-    metrics = classification_report(val_np, probabilities, threshold)
+    point = operating_point(val_logits, val_np, config.min_sensitivity)
     np.savez_compressed(config.out_dir / "val_predictions.npz", logits=val_logits, targets=val_np)
 
     weights_path = config.out_dir / "weights.pt"
@@ -258,11 +254,11 @@ def _finish(
         "image_size": config.image_size,
         "weights": weights_path.name,
         "weights_sha256": sha256,
-        "threshold": threshold,
-        "temperature": temperature,
-        "logit_bias": bias,
+        "threshold": point.threshold,
+        "temperature": point.temperature,
+        "logit_bias": point.bias,
         "min_sensitivity": config.min_sensitivity,
-        "validation_metrics": metrics,
+        "validation_metrics": point.metrics,
         "best_epoch": best["epoch"],
         "training_data": {
             "folders": [str(config.data_dir), *map(str, config.extra_data_dirs)],
@@ -287,5 +283,5 @@ def _finish(
         "history": history,
     }
     (config.out_dir / "model.json").write_text(json.dumps(description, indent=2))
-    log.info("validation: %s", json.dumps(metrics))
+    log.info("validation: %s", json.dumps(point.metrics))
     return description
