@@ -197,31 +197,29 @@ def test_compose_keeps_model_versions_on_a_volume_every_process_reads_and_retrai
     assert f"${{PLEURA_TRAINING_DATA:-./training-data}}:{data_mount}:ro" in training["volumes"]
 
 
+def _entrypoint_with(program: str, command: str, folder) -> str:
+    """Run deploy/entrypoint.sh `command` with a `program` on PATH that prints the
+    arguments it was given, one call a line; return what it printed."""
+    (folder / program).write_text('#!/bin/sh\necho "$@"\n')
+    (folder / program).chmod(0o755)
+    env = {"PATH": f"{folder}:/usr/bin:/bin", "HOME": str(folder)}
+    return subprocess.run(
+        ["bash", str(DEPLOY / "entrypoint.sh"), command], env=env, capture_output=True, text=True, check=True
+    ).stdout
+
+
 @pytest.mark.parametrize(
     ("command", "queues", "concurrency"),
     [("worker", "celery,inference", "2"), ("worker-gpu", "inference", "4"), ("worker-training", "training", "1")],
 )
 def test_entrypoint_starts_each_worker_on_its_queues(tmp_path, command, queues, concurrency):
-    """Run deploy/entrypoint.sh with a `celery` on PATH that prints what it was given."""
-    (tmp_path / "celery").write_text('#!/bin/sh\necho "$@"\n')
-    (tmp_path / "celery").chmod(0o755)
-    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HOME": str(tmp_path)}
-    result = subprocess.run(
-        ["bash", str(DEPLOY / "entrypoint.sh"), command], env=env, capture_output=True, text=True, check=True
-    )
-    args = result.stdout.split()
+    args = _entrypoint_with("celery", command, tmp_path).split()
     assert args[args.index("--queues") + 1] == queues
     assert args[args.index("--concurrency") + 1] == concurrency
 
 
 def test_migrate_step_also_registers_the_shipped_model(tmp_path):
-    (tmp_path / "python").write_text('#!/bin/sh\necho "$@"\n')
-    (tmp_path / "python").chmod(0o755)
-    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HOME": str(tmp_path)}
-    result = subprocess.run(
-        ["bash", str(DEPLOY / "entrypoint.sh"), "migrate"], env=env, capture_output=True, text=True, check=True
-    )
-    assert result.stdout.splitlines() == [
+    assert _entrypoint_with("python", "migrate", tmp_path).splitlines() == [
         "manage.py check --deploy --fail-level WARNING",  # before anything changes
         "manage.py migrate --noinput",
         "manage.py ensure_default_model",
