@@ -77,7 +77,14 @@ def test_every_pod_that_reads_the_secret_volume_can_read_it_as_its_user():
         for name, pod in pods.items()
         if any(volume.get("secret", {}).get("secretName") == "pleura" for volume in pod.get("volumes", []))
     }
-    assert sorted(readers) == ["pleura-beat", "pleura-migrate", "pleura-web", "pleura-worker", "pleura-worker-gpu"]
+    assert sorted(readers) == [
+        "pleura-beat",
+        "pleura-migrate",
+        "pleura-web",
+        "pleura-worker",
+        "pleura-worker-gpu",
+        "pleura-worker-training",
+    ]
     for name, pod in readers.items():
         user = pod["securityContext"]
         assert (user["runAsUser"], user["runAsGroup"], user["fsGroup"]) == (10001, 10001, 10001), name
@@ -100,7 +107,7 @@ def test_secrets_and_certificates_the_readme_puts_in_deploy_stay_out_of_images_a
 
 def test_every_kubernetes_object_is_complete_and_deployments_select_their_pods():
     objects = _k8s_objects()
-    assert len(objects) == 14
+    assert len(objects) == 17
     for (kind, name), obj in objects.items():
         assert obj["apiVersion"] and obj["metadata"]["name"] == name, kind
         if kind == "Deployment":
@@ -195,6 +202,42 @@ def test_compose_keeps_model_versions_on_a_volume_every_process_reads_and_retrai
     assert "profiles" not in training  # `retrain_model --queue` always finds a worker
     data_mount = training["environment"]["TRAINING_DATA_DIR"]
     assert f"${{PLEURA_TRAINING_DATA:-./training-data}}:{data_mount}:ro" in training["volumes"]
+
+
+def test_kubernetes_keeps_model_versions_on_a_shared_volume_that_only_migrate_and_retraining_write():
+    """Without it retraining wrote candidates into one pod's image folder (and the image's
+    is read-only): `retrain_model --queue` had no worker, and no other pod saw a candidate."""
+    objects = _k8s_objects()
+    assert objects[("ConfigMap", "pleura")]["data"]["MODEL_WEIGHTS_DIR"] == "/var/lib/pleura/models"
+    assert objects[("PersistentVolumeClaim", "pleura-models")]["spec"]["accessModes"] == ["ReadWriteMany"]
+    writers = {}
+    for (kind, name), obj in objects.items():
+        if kind not in ("Deployment", "Job"):
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+        }
+        app = pod["containers"][0]  # Pleura's own; web's nginx sidecar reads no weights
+        mounts = {m["mountPath"]: m for m in app["volumeMounts"]}
+        models = mounts["/var/lib/pleura/models"]
+        assert claims[models["name"]] == "pleura-models", name
+        writers[name] = not models.get("readOnly", False)
+    assert sorted(name for name, writes in writers.items() if writes) == ["pleura-migrate", "pleura-worker-training"]
+    assert len(writers) == 6
+
+
+def test_kubernetes_runs_one_training_worker_on_the_training_queue_with_the_training_images():
+    training = _k8s_objects()[("Deployment", "pleura-worker-training")]
+    assert (training["spec"]["replicas"], training["spec"]["strategy"]["type"]) == (1, "Recreate")
+    worker = _containers(training)["worker"]
+    assert worker["args"] == ["worker-training"]
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    data = next(m for m in worker["volumeMounts"] if m["mountPath"] == env["TRAINING_DATA_DIR"])
+    assert data["readOnly"] is True
+    pod = training["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == data["name"])
+    assert volume["persistentVolumeClaim"]["claimName"] == "pleura-training-data"
 
 
 def _entrypoint_with(program: str, command: str, folder) -> str:
