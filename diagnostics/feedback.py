@@ -1,9 +1,16 @@
 """Radiologists' reviews as training data: labels, consent, and the de-identified export.
 
-The label rule (`LABEL_RULE`): each radiologist's *current* review of a study counts
-once, while they still work at the hospital; the label chosen by a strict majority of
-them is the study's label; a tie is left out. The model's own prediction never decides
-a label: a review that agrees with the model carries the reviewed label like any other.
+The label rule (`LABEL_RULE`): each radiologist's *current* review of an image counts
+once, while they still work at the hospital as a radiologist; the label chosen by a
+strict majority of them is the image's label; a tie is left out. The model's own
+prediction never decides a label: a review that agrees with the model carries the
+reviewed label like any other.
+
+One image is one example, however often it was sent: studies with the same grey pixels
+(the same radiograph sent twice, as DICOM and as PNG, or under two patient IDs) pool
+their reviews into one label and are exported once, on one side of the hold-out. Exported
+one per study, such an image was trained on and held out for the gate at once, or under
+both labels.
 
 Only studies of hospitals that consent (`Hospital.shares_reviews_for_training`) are
 ever read. The export holds pixels only: a PNG of the decoded grey image (no DICOM
@@ -30,17 +37,18 @@ from django.utils import timezone
 
 from diagnostics.models import Label, Review, Study
 from hospital import audit
-from hospital.models import Hospital
+from hospital.models import Hospital, Role
 from mlcore import data
 
 LABEL_RULE = (
-    "Each radiologist's current review counts once, while they still work at the hospital; the label of a "
-    "strict majority of the study's "
+    "Studies with the same pixels are one image. Each radiologist's current review of it counts once, while "
+    "they still work at the hospital as a radiologist; the label of a strict majority of the image's "
     "reviewers wins; ties are left out. The model's prediction never decides a label."
 )
 HOLDOUT_RULE = (
     "A reviewed patient (or, without a patient ID, a study) is held back for the promotion gate when "
-    "an HMAC of it falls below the hold-out fraction: stable across exports, never used for training."
+    "an HMAC of it falls below the hold-out fraction; images linked by a patient or by equal pixels are "
+    "held back together if any of theirs is. Stable across exports, never used for training."
 )
 DEFAULT_HOLDOUT_FRACTION = 0.2
 HOLDOUT_FOLDER = "holdout"
@@ -52,11 +60,8 @@ class ExportError(Exception):
     """An export that cannot be written, with a message for the operator."""
 
 
-@dataclass(frozen=True)
-class LabelledStudy:
-    study: Study
-    label: str
-    reviewers: int
+class _Undecodable(Exception):
+    """A stored original that is gone or no longer decodes: left out, not fatal."""
 
 
 @dataclass
@@ -94,13 +99,15 @@ def consenting_hospitals() -> QuerySet[Hospital]:
 
 
 def counted_reviews() -> QuerySet[Review]:
-    """Reviews whose radiologist still works at the study's hospital (an active account and
-    membership there): one deactivated (left, suspended, an account taken over) labels
+    """Reviews whose radiologist still works at the study's hospital as a radiologist (an
+    active account, and an active radiologist membership there): one deactivated (left,
+    suspended, an account taken over), or whose role was corrected to another, labels
     nothing any more."""
     return Review.objects.filter(
         radiologist__is_active=True,
         radiologist__memberships__hospital=F("study__hospital"),
         radiologist__memberships__is_active=True,
+        radiologist__memberships__role=Role.RADIOLOGIST,
     )
 
 
@@ -113,22 +120,14 @@ def reviewed_studies(hospitals: QuerySet[Hospital] | None = None) -> QuerySet[St
     return (
         Study.objects.filter(hospital__in=allowed, pk__in=counted_reviews().values("study"))
         .select_related("hospital")
-        .prefetch_related(Prefetch("reviews", queryset=counted_reviews().only("study_id", "correct_label")))
+        .prefetch_related(
+            Prefetch(
+                "reviews",
+                queryset=counted_reviews().only("study_id", "radiologist_id", "correct_label", "updated_at"),
+            )
+        )
         .order_by("pk")
     )
-
-
-def labelled_studies(hospitals: QuerySet[Hospital] | None = None) -> tuple[list[LabelledStudy], int]:
-    """(labelled studies, number left out because their reviewers disagree evenly)."""
-    labelled, conflicts = [], 0
-    for study in reviewed_studies(hospitals):
-        labels = [review.correct_label for review in study.reviews.all()]
-        label = label_from_reviews(labels)
-        if label is None:
-            conflicts += 1
-            continue
-        labelled.append(LabelledStudy(study=study, label=label, reviewers=len(labels)))
-    return labelled, conflicts
 
 
 def _hmac_hex(message: str) -> str:
@@ -140,12 +139,6 @@ def export_name(study: Study) -> str:
     return f"rv-{_hmac_hex(f'training-export:{study.code}')[:32]}.png"
 
 
-def is_held_out(study: Study, fraction: float) -> bool:
-    """`HOLDOUT_RULE`: all studies of one patient land on the same side, every time."""
-    unit = f"patient:{study.hospital_id}:{study.patient_id}" if study.patient_id else f"study:{study.code}"
-    return int(_hmac_hex(f"training-holdout:{unit}")[:8], 16) / 0xFFFFFFFF < fraction
-
-
 def export_training_set(
     out_dir: Path,
     *,
@@ -153,30 +146,35 @@ def export_training_set(
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
     actor=None,
 ) -> ExportResult:
-    """Write consented reviewed studies as NORMAL/ and PNEUMONIA/ PNGs plus a manifest.
+    """Write consented reviewed images as NORMAL/ and PNEUMONIA/ PNGs plus a manifest.
 
-    Held-back studies go to holdout/NORMAL and holdout/PNEUMONIA, where a training run
-    that reads out_dir as a data folder never looks.
+    Held-back images go to holdout/NORMAL and holdout/PNEUMONIA, where a training run
+    that reads out_dir as a data folder never looks. Raises ExportError, exporting
+    nothing, when the stored originals cannot be read (an outage is not an empty export).
     """
     if not 0 <= holdout_fraction < 1:
         raise ExportError("the hold-out fraction must be in [0, 1)")
     out_dir = Path(out_dir)
     _prepare(out_dir)
-    labelled, conflicts = labelled_studies(hospitals)
-    result = ExportResult(out_dir=out_dir, conflicts_left_out=conflicts)
+    staging = out_dir / STAGING_FOLDER
+    try:
+        images, undecodable = _decode_reviewed(reviewed_studies(hospitals), staging)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)  # no half export for a retraining to read
+        raise
+    examples, conflicts = _examples(images)
+    held_out = _held_out(examples, holdout_fraction)
+    result = ExportResult(out_dir=out_dir, conflicts_left_out=conflicts, undecodable_left_out=undecodable)
     holdout_files: list[str] = []
-    for item in labelled:
-        held_out = is_held_out(item.study, holdout_fraction)
-        relative = _write_example(out_dir, item, held_out)
-        if relative is None:
-            result.undecodable_left_out += 1
-            continue
-        part = result.holdout if held_out else result.train
-        part[item.label] = part.get(item.label, 0) + 1
-        counts = result.per_hospital.setdefault(item.study.hospital.slug, {"train": 0, "holdout": 0})
-        counts["holdout" if held_out else "train"] += 1
-        if held_out:
+    for example in examples:
+        relative = _place(out_dir, example, example.key in held_out)
+        part = result.holdout if example.key in held_out else result.train
+        part[example.label] = part.get(example.label, 0) + 1
+        counts = result.per_hospital.setdefault(example.first.study.hospital.slug, {"train": 0, "holdout": 0})
+        counts["holdout" if example.key in held_out else "train"] += 1
+        if example.key in held_out:
             holdout_files.append(relative)
+    shutil.rmtree(staging)
     result.data_sha256 = _folder_hash(out_dir)
     result.manifest = _manifest(result, holdout_fraction, holdout_files)
     (out_dir / MANIFEST).write_text(json.dumps(result.manifest, indent=2))
@@ -193,6 +191,116 @@ def export_training_set(
     return result
 
 
+STAGING_FOLDER = ".staging"
+
+
+@dataclass(frozen=True)
+class _ReviewedImage:
+    """One reviewed study, decoded: its grey pixels' hash, and their PNG in the staging folder."""
+
+    study: Study
+    pixels: str
+    png: Path
+
+
+@dataclass(frozen=True)
+class _Example:
+    """One image to export: every reviewed study with these pixels, and their pooled label."""
+
+    images: tuple[_ReviewedImage, ...]
+    label: str
+
+    @property
+    def first(self) -> _ReviewedImage:
+        return self.images[0]
+
+    @property
+    def key(self) -> str:
+        return self.first.pixels
+
+
+def _decode_reviewed(studies: Iterable[Study], staging: Path) -> tuple[list[_ReviewedImage], int]:
+    """Each reviewed study's grey pixels, written to staging; (decoded, number left out)."""
+    from mlcore.preprocessing import gray_to_png, pixel_sha256
+
+    staging.mkdir()
+    images, undecodable = [], 0
+    for study in studies:
+        try:
+            gray = _load_gray(study)
+        except _Undecodable:
+            undecodable += 1
+            continue
+        png = staging / export_name(study)
+        png.write_bytes(gray_to_png(gray))
+        images.append(_ReviewedImage(study=study, pixels=pixel_sha256(gray), png=png))
+    return images, undecodable
+
+
+def _examples(images: list[_ReviewedImage]) -> tuple[list[_Example], int]:
+    """One example per distinct image, labelled by `LABEL_RULE`; (examples, ties left out)."""
+    by_pixels: dict[str, list[_ReviewedImage]] = {}
+    for image in images:  # in study order: an example is named after its first study
+        by_pixels.setdefault(image.pixels, []).append(image)
+    examples, conflicts = [], 0
+    for same_image in by_pixels.values():
+        label = label_from_reviews(_current_label_per_radiologist(same_image))
+        if label is None:
+            conflicts += 1
+        else:
+            examples.append(_Example(images=tuple(same_image), label=label))
+    return examples, conflicts
+
+
+def _current_label_per_radiologist(same_image: list[_ReviewedImage]) -> list[str]:
+    """A radiologist who reviewed two copies of one image counts once, by their latest review."""
+    latest: dict[int, Review] = {}
+    for image in same_image:
+        for review in image.study.reviews.all():
+            kept = latest.get(review.radiologist_id)
+            if kept is None or review.updated_at > kept.updated_at:
+                latest[review.radiologist_id] = review
+    return [review.correct_label for review in latest.values()]
+
+
+def _held_out(examples: list[_Example], fraction: float) -> set[str]:
+    """The keys of the examples held back: `HOLDOUT_RULE` per patient (or study), spread to
+    every example linked to it by a patient or by pixels, so none is on both sides."""
+    linked = _Links()
+    for example in examples:
+        for image in example.images:
+            linked.join(example.key, _holdout_unit(image.study))
+    held_groups = {linked.group(unit) for unit in linked.units() if _unit_held_out(unit, fraction)}
+    return {example.key for example in examples if linked.group(example.key) in held_groups}
+
+
+class _Links:
+    """Union-find over example keys and hold-out units."""
+
+    def __init__(self):
+        self._parent: dict[str, str] = {}
+
+    def group(self, item: str) -> str:
+        parent = self._parent.setdefault(item, item)
+        if parent != item:
+            parent = self._parent[item] = self.group(parent)
+        return parent
+
+    def join(self, a: str, b: str) -> None:
+        self._parent[self.group(a)] = self.group(b)
+
+    def units(self) -> list[str]:
+        return [item for item in self._parent if item.startswith(("patient:", "study:"))]
+
+
+def _holdout_unit(study: Study) -> str:
+    return f"patient:{study.hospital_id}:{study.patient_id}" if study.patient_id else f"study:{study.code}"
+
+
+def _unit_held_out(unit: str, fraction: float) -> bool:
+    return int(_hmac_hex(f"training-holdout:{unit}")[:8], 16) / 0xFFFFFFFF < fraction
+
+
 def _prepare(out_dir: Path) -> None:
     """An empty export folder; an earlier export there is replaced, anything else refused."""
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -205,21 +313,34 @@ def _prepare(out_dir: Path) -> None:
 
 
 def _load_gray(study: Study):
-    """The stored original's grey pixels, decoded the way prediction decodes them."""
+    """The stored original's grey pixels, decoded the way prediction decodes them.
+
+    A file that is gone or no longer decodes raises _Undecodable; a storage that cannot be
+    read raises ExportError: exported without those images, a retraining would go ahead
+    on an empty or partial set and register it as a candidate.
+    """
     from diagnostics import imaging  # pydicom and its plugins: load them where used
 
-    return imaging.load_grayscale(study)
-
-
-def _write_example(out_dir: Path, item: LabelledStudy, held_out: bool) -> str | None:
-    from mlcore.preprocessing import gray_to_png
-
+    if not study.original_file:
+        raise _Undecodable
     try:
-        gray = _load_gray(item.study)
-    except Exception:  # a stored file that no longer decodes is left out, not fatal
-        return None
-    relative = Path(HOLDOUT_FOLDER if held_out else "") / FOLDER_FOR_LABEL[item.label] / export_name(item.study)
-    (out_dir / relative).write_bytes(gray_to_png(gray))
+        original = imaging.read_original(study)
+    except FileNotFoundError as exc:
+        raise _Undecodable from exc
+    except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
+        raise ExportError(
+            f"the stored images could not be read ({type(exc).__name__}); nothing was exported: try again "
+            "when the storage answers"
+        ) from exc
+    try:
+        return imaging.decode_upload(original).gray
+    except Exception as exc:  # decoders of hostile files raise anything
+        raise _Undecodable from exc
+
+
+def _place(out_dir: Path, example: _Example, held_out: bool) -> str:
+    relative = Path(HOLDOUT_FOLDER if held_out else "") / FOLDER_FOR_LABEL[example.label] / example.first.png.name
+    example.first.png.rename(out_dir / relative)
     return relative.as_posix()
 
 

@@ -18,7 +18,6 @@ Messages never quote values read from the file: those may be PHI.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import struct
@@ -31,7 +30,7 @@ from django.conf import settings
 from PIL import Image, UnidentifiedImageError
 
 from config.errors import STORAGE_RETRY_AFTER_SECONDS
-from mlcore.preprocessing import pil_to_grayscale
+from mlcore.preprocessing import pil_to_grayscale, pixel_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -115,14 +114,6 @@ class DecodedImage:
     @property
     def pixel_sha256(self) -> str:
         return pixel_sha256(self.gray)
-
-
-def pixel_sha256(gray: np.ndarray) -> str:
-    """Hash of the decoded pixels and their shape: equal for the same image in any format."""
-    rows, columns = gray.shape
-    digest = hashlib.sha256(f"{rows}x{columns}:".encode())
-    digest.update(np.ascontiguousarray(gray, dtype=np.uint8).tobytes())
-    return digest.hexdigest()
 
 
 def describe_warnings(codes: list[str]) -> list[dict[str, str]]:

@@ -8,6 +8,7 @@ turns that array into the tensor the network sees. Training reads its images wit
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,15 @@ def load_grayscale_file(source: str | Path | bytes) -> np.ndarray:
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
     with Image.open(handle) as image:
         return pil_to_grayscale(image)
+
+
+def pixel_sha256(gray: np.ndarray) -> str:
+    """Hash of the decoded pixels and their shape: equal for the same image in any format
+    (a study's `pixel_sha256`, and how retraining recognises a locked image in a review)."""
+    rows, columns = gray.shape
+    digest = hashlib.sha256(f"{rows}x{columns}:".encode())
+    digest.update(np.ascontiguousarray(gray, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
 
 
 def pil_to_grayscale(image: Image.Image) -> np.ndarray:

@@ -2,9 +2,10 @@
 like-for-like comparison the promotion gate reads.
 
 The locked validation set is the `val` part of the active model's split.json, read
-from the base training folder. It never enters a fine-tune (neither its files nor
-byte-identical copies of them), and the candidate's split.json carries the same `val`
-part forward, so every generation of models is measured on the same images.
+from the base training folder. It never enters a fine-tune (neither its files, nor
+byte-identical copies of them, nor a reviewed study with its pixels), and the
+candidate's split.json carries the same `val` part forward, so every generation of
+models is measured on the same images.
 
 The first half is plain Python (paths, samples, engines); `retrain()` is the Django
 side: it registers the candidate with its lineage, stores the comparison and audits.
@@ -31,6 +32,7 @@ from mlcore.engine import InferenceEngine, ModelSpec
 from mlcore.evaluation import folder_logits
 from mlcore.metrics import classification_report, operating_point
 from mlcore.models import ModelVersion
+from mlcore.preprocessing import load_grayscale_file, pixel_sha256
 from mlcore.promotion import gate_failures
 from mlcore.training import TrainConfig, train
 
@@ -75,6 +77,30 @@ def base_training_folder(data_dir: Path, locked: list[data.Sample], dest: Path) 
     for sample in kept:
         (dest / sample.relative_name).symlink_to(sample.path.resolve())
     return kept
+
+
+def review_training_folder(export_dir: Path, locked: list[data.Sample], dest: Path) -> tuple[list[data.Sample], int]:
+    """Link the exported reviews into dest, except those showing a locked validation image;
+    (reviews kept, number left out).
+
+    A locked image uploaded as a study and reviewed comes back re-encoded as the export's
+    PNG, so no file hash matches it: it is recognised by its grey pixels. Trained on, it
+    would flatter the candidate on the very set the gate compares it on.
+    """
+    reviews = _exported(export_dir)
+    for class_name in data.CLASSES:
+        (dest / class_name).mkdir(parents=True, exist_ok=True)
+    if not reviews:
+        return [], 0
+    locked_pixels = {_pixels(sample) for sample in locked}
+    kept = [sample for sample in reviews if _pixels(sample) not in locked_pixels]
+    for sample in kept:
+        (dest / sample.relative_name).symlink_to(sample.path.resolve())
+    return kept, len(reviews) - len(kept)
+
+
+def _pixels(sample: data.Sample) -> str:
+    return pixel_sha256(load_grayscale_file(sample.path))
 
 
 def evaluate_samples(engine: InferenceEngine, samples: list[data.Sample]) -> dict | None:
@@ -171,10 +197,10 @@ def retrain(options: RetrainOptions, *, actor=None) -> ModelVersion:
         raise RetrainingError(f"{out_dir} already exists") from None
     try:
         with tempfile.TemporaryDirectory(prefix="pleura-retrain-") as scratch:
-            base_dir = Path(scratch) / "base"
+            base_dir, review_dir = Path(scratch) / "base", Path(scratch) / "reviews"
             kept = base_training_folder(data_dir, locked, base_dir)
-            description = _fine_tune(options, active, name, base_dir, out_dir)
-        reviews = _exported(options.export_dir)
+            reviews, locked_reviews = review_training_folder(options.export_dir, locked, review_dir)
+            description = _fine_tune(options, active, name, base_dir, review_dir if reviews else None, out_dir)
         holdout = _exported(options.export_dir / "holdout")
         _write_split(out_dir, kept + reviews, locked, options.seed)
         description = fit_operating_point(out_dir, description, locked, device=options.device)
@@ -187,6 +213,7 @@ def retrain(options: RetrainOptions, *, actor=None) -> ModelVersion:
         # Which version it was measured against: the gate accepts it only against that one.
         comparison["against"] = {"name": active.name, "weights_sha256": active.weights_sha256}
         lineage = _lineage(active, kept, reviews, holdout, export_manifest)
+        lineage["review_examples_left_out_as_locked"] = locked_reviews
         _write_card(out_dir, description, lineage, comparison)
         return _register(out_dir, name, active, lineage, comparison, actor)
     except BaseException:
@@ -207,8 +234,10 @@ def _exported(folder: Path) -> list[data.Sample]:
     return data.scan_folder(folder) if has_images else []
 
 
-def _fine_tune(options: RetrainOptions, active: ModelVersion, name: str, base_dir: Path, out_dir: Path) -> dict:
-    reviews = [options.export_dir] if _exported(options.export_dir) else []
+def _fine_tune(
+    options: RetrainOptions, active: ModelVersion, name: str, base_dir: Path, review_dir: Path | None, out_dir: Path
+) -> dict:
+    reviews = [review_dir] if review_dir is not None else []
     config = TrainConfig(
         data_dir=base_dir,
         out_dir=out_dir,

@@ -88,6 +88,12 @@ REVIEW_IMAGES = {
 }
 
 
+def other_radiographs(class_name: str, count: int) -> list[Path]:
+    """`count` distinct real radiographs of the class, none among the base fixture images."""
+    base = {path.name for path in (SMALL_DATA / class_name).iterdir()}
+    return [path for path in sorted((TRAIN / class_name).iterdir()) if path.name not in base][:count]
+
+
 def stored_study(hospital, image: Path, *, patient_id: str = PATIENT_ID, **fields) -> Study:
     """A completed study of a real JPEG radiograph, as ingestion and the pipeline leave it."""
     import hashlib

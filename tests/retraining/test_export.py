@@ -11,8 +11,9 @@ from django.core.management import CommandError, call_command
 
 from diagnostics import feedback
 from hospital.audit import Action
-from hospital.models import AuditEvent
+from hospital.models import AuditEvent, Role
 from mlcore.preprocessing import gray_to_png, load_grayscale_file
+from tests.conftest import unreachable_media_root
 from tests.retraining.conftest import (
     ACCESSION,
     BIRTH_DATE,
@@ -21,6 +22,7 @@ from tests.retraining.conftest import (
     REVIEW_IMAGES,
     dicom_with_phi,
     ingest,
+    other_radiographs,
     review,
     stored_study,
 )
@@ -102,7 +104,7 @@ def test_command_refuses_a_named_hospital_without_consent(tmp_path, consenting, 
     assert not AuditEvent.objects.filter(action=Action.TRAINING_EXPORTED).exists()
     out = io.StringIO()
     call_command("export_training_set", "--out", str(tmp_path / "y"), "--hospital", "st-marys", stdout=out)
-    assert "exported 0 training and 0 hold-out examples from 0 consenting hospital(s)" in out.getvalue()
+    assert "exported 0 training and 0 hold-out examples of 0 hospital(s)" in out.getvalue()
 
 
 def test_command_will_not_overwrite_a_folder_that_is_not_an_export(tmp_path, consenting):
@@ -134,18 +136,28 @@ def test_reviews_of_radiologists_no_longer_at_the_hospital_label_nothing(
     result = feedback.export_training_set(tmp_path / "export", holdout_fraction=0)
 
     assert (result.train_examples, result.conflicts_left_out) == (1, 0)
-    assert [(item.study, item.label) for item in feedback.labelled_studies()[0]] == [(outvoted, "normal")]
+    assert [p.read_bytes() for p in _files(tmp_path / "export" / "NORMAL")] == [_png(REVIEW_IMAGES["pneumonia"][1])]
+
+
+def test_reviews_of_a_radiologist_whose_role_was_corrected_label_nothing(tmp_path, consenting, radiologist):
+    """A role given by mistake and corrected by an admin: that account's reviews no longer
+    label training data (they did while the membership stayed active)."""
+    review(stored_study(consenting, REVIEW_IMAGES["pneumonia"][0]), radiologist, "pneumonia")
+    radiologist.memberships.filter(hospital=consenting).update(role=Role.DOCTOR)
+
+    result = feedback.export_training_set(tmp_path / "export", holdout_fraction=0)
+
+    assert (result.train_examples, result.holdout_examples, result.conflicts_left_out) == (0, 0, 0)
 
 
 def test_holdout_keeps_each_patient_on_one_side_and_is_stable(tmp_path, consenting, radiologist):
-    """Checked by each patient's own two files, not by the product's is_held_out: an
+    """Checked by each patient's own two files, not by the product's hold-out rule: an
     empty hold-out, or one split study by study, passed before (test-suite review)."""
-    patients = [f"P-{n}" for n in range(8)]
-    studies = {}
-    for n, patient in enumerate(patients):
-        for copy in range(2):
-            image = REVIEW_IMAGES["pneumonia" if copy else "normal"][n % 2]
-            studies.setdefault(patient, []).append(stored_study(consenting, image, patient_id=patient))
+    normal, pneumonia = other_radiographs("NORMAL", 8), other_radiographs("PNEUMONIA", 8)
+    studies = {
+        f"P-{n}": [stored_study(consenting, image, patient_id=f"P-{n}") for image in (normal[n], pneumonia[n])]
+        for n in range(8)
+    }
     for study in (s for pair in studies.values() for s in pair):
         review(study, radiologist, "pneumonia")
 
@@ -158,9 +170,100 @@ def test_holdout_keeps_each_patient_on_one_side_and_is_stable(tmp_path, consenti
     sides = {patient: {feedback.export_name(s) in held for s in pair} for patient, pair in studies.items()}
     assert all(len(side) == 1 for side in sides.values()), sides  # both studies on one side
     held_patients = [patient for patient, side in sides.items() if side == {True}]
-    assert 0 < len(held_patients) < len(patients)  # a real hold-out, and a real training set
+    assert 0 < len(held_patients) < len(studies)  # a real hold-out, and a real training set
     assert len(held) == 2 * len(held_patients) and len(trained) == 16 - len(held)
     assert (first.holdout_examples, first.train_examples) == (len(held), len(trained))
+
+
+def _patient_id(hospital, *, held: bool) -> str:
+    """A patient ID the hold-out rule (fraction 0.5) puts on the given side."""
+    ids = (f"MRN-{n}" for n in range(1000))
+    return next(p for p in ids if feedback._unit_held_out(f"patient:{hospital.pk}:{p}", 0.5) is held)
+
+
+def test_one_image_sent_twice_is_one_example_labelled_by_all_its_reviews(
+    tmp_path, consenting, radiologist, shared_radiologist
+):
+    """Exported per study, the same radiograph sent twice (with and without a patient ID)
+    was trained on and held out for the gate at once, and reviewed both ways it went into
+    NORMAL/ and PNEUMONIA/ (learning-loop review)."""
+    image, other = other_radiographs("PNEUMONIA", 2)
+    twice = [stored_study(consenting, image, patient_id="MRN-1"), stored_study(consenting, image, patient_id="")]
+    for study in twice:
+        review(study, radiologist, "pneumonia")
+    split = [stored_study(consenting, other, patient_id="MRN-2"), stored_study(consenting, other, patient_id="MRN-3")]
+    review(split[0], radiologist, "pneumonia")
+    review(split[1], shared_radiologist, "normal")  # one vote each on one image: a tie
+
+    result = feedback.export_training_set(tmp_path / "export", holdout_fraction=0.5)
+
+    pngs = [p for p in _files(tmp_path / "export") if p.suffix == ".png"]
+    assert [p.read_bytes() for p in pngs] == [_png(image)]
+    assert pngs[0].name == feedback.export_name(twice[0])
+    assert pngs[0].parent.name == "PNEUMONIA"
+    assert (result.train_examples + result.holdout_examples, result.conflicts_left_out) == (1, 1)
+
+
+def test_a_radiologist_who_reviewed_two_copies_of_an_image_counts_once_by_the_latest(
+    tmp_path, consenting, radiologist, shared_radiologist
+):
+    image = other_radiographs("NORMAL", 1)[0]
+    first, second = stored_study(consenting, image, patient_id="A"), stored_study(consenting, image, patient_id="B")
+    review(first, radiologist, "pneumonia")
+    review(first, shared_radiologist, "pneumonia")
+    review(second, radiologist, "normal")  # later, on the other copy: now read as normal
+
+    result = feedback.export_training_set(tmp_path / "export", holdout_fraction=0)
+
+    # One vote each way, a tie: counted per copy it was pneumonia by 2 to 1.
+    assert (result.train_examples, result.conflicts_left_out) == (0, 1)
+
+
+def test_images_linked_by_a_patient_or_by_pixels_are_held_out_together(tmp_path, consenting, radiologist):
+    """Patient Q's image was also sent under patient P: P's other image must follow it to
+    the hold-out, or P would be on both sides."""
+    kept_patient, held_patient = _patient_id(consenting, held=False), _patient_id(consenting, held=True)
+    shared, p_only = other_radiographs("NORMAL", 2)
+    studies = [
+        stored_study(consenting, shared, patient_id=held_patient),
+        stored_study(consenting, shared, patient_id=kept_patient),
+        stored_study(consenting, p_only, patient_id=kept_patient),
+    ]
+    for study in studies:
+        review(study, radiologist, "normal")
+
+    result = feedback.export_training_set(tmp_path / "export", holdout_fraction=0.5)
+
+    assert (result.holdout, result.train) == ({"normal": 2}, {})
+    held = sorted(p.read_bytes() for p in _files(tmp_path / "export" / "holdout"))
+    assert held == sorted([_png(shared), _png(p_only)])
+
+
+def test_an_export_while_the_storage_is_down_fails_and_exports_nothing(tmp_path, settings, consenting, radiologist):
+    """It exported 0 examples, counted them "undecodable", and a retraining went ahead on
+    that and registered a candidate (learning-loop review)."""
+    review(stored_study(consenting, REVIEW_IMAGES["normal"][0]), radiologist, "normal")
+    settings.MEDIA_ROOT = unreachable_media_root(tmp_path)
+    out = tmp_path / "export"
+
+    with pytest.raises(CommandError, match=r"the stored images could not be read \(NotADirectoryError\); nothing"):
+        call_command("export_training_set", "--out", str(out), stdout=io.StringIO())
+
+    assert not out.exists()
+    assert not AuditEvent.objects.filter(action=Action.TRAINING_EXPORTED).exists()
+
+
+def test_a_reviewed_study_whose_file_is_gone_is_left_out_and_counted(tmp_path, consenting, radiologist):
+    gone, kept = (stored_study(consenting, image) for image in REVIEW_IMAGES["normal"])
+    for study in (gone, kept):
+        review(study, radiologist, "normal")
+    gone.original_file.storage.delete(gone.original_file.name)
+    out = io.StringIO()
+
+    call_command("export_training_set", "--out", str(tmp_path / "export"), "--holdout-fraction", "0", stdout=out)
+
+    assert "exported 1 training and 0 hold-out examples of 1 hospital(s)" in out.getvalue()
+    assert "0 left out for tied reviews, 1 whose stored file is gone or no longer decodes" in out.getvalue()
 
 
 def _assert_no_identifiers(out, study) -> None:

@@ -136,6 +136,32 @@ def test_retraining_without_consent_trains_on_no_review(tmp_path, active_model, 
     )
 
 
+def test_a_locked_validation_image_reviewed_as_a_study_is_not_trained_on(
+    tmp_path, active_model, hospital_a, radiologist
+):
+    """The export re-encodes a reviewed study as a PNG, so the file-hash screen never
+    recognised a locked image that came back as a study: it was trained on, and then
+    flattered the candidate on the gate's own set (learning-loop review)."""
+    from diagnostics import feedback
+    from tests.mlcore.helpers import SMALL_DATA
+
+    hospital_a.shares_reviews_for_training = True
+    hospital_a.save()
+    locked_file = _split(active_model)["val"]["files"][0]
+    review(stored_study(hospital_a, SMALL_DATA / locked_file), radiologist, "pneumonia")
+    review(stored_study(hospital_a, REVIEW_IMAGES["normal"][0], patient_id="MRN-2"), radiologist, "normal")
+
+    version = feedback.retrain_from_reviews(
+        name="pleura-tiny-ft3", export_dir=tmp_path / "export", holdout_fraction=0, epochs=1, batch_size=4
+    )
+
+    lineage = version.training_data["lineage"]
+    assert (lineage["review_examples"], lineage["review_examples_left_out_as_locked"]) == (1, 1)
+    trained = _split(version, retraining.FINE_TUNE_SPLIT_FILE)
+    reviews = [name for part in ("train", "val") for name in trained[part]["files"] if "/rv-" in name]
+    assert reviews == [f"NORMAL/{feedback.export_name(hospital_a.studies.get(patient_id='MRN-2'))}"]
+
+
 def test_retraining_refuses_an_existing_name_and_leaves_nothing_behind(active_model, loop_settings):
     with pytest.raises(CommandError, match="already exists"):
         call_command("retrain_model", "--name", "pleura-tiny", "--epochs", "1")

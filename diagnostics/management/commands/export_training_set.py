@@ -31,8 +31,10 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         self.stdout.write(
             f"exported {result.train_examples} training and {result.holdout_examples} hold-out examples "
-            f"from {len(result.per_hospital)} consenting hospital(s) to {result.out_dir}; "
-            f"{result.conflicts_left_out} left out for tied reviews, data sha256 {result.data_sha256}"
+            f"of {len(result.per_hospital)} hospital(s) to {result.out_dir}; "
+            f"{result.conflicts_left_out} left out for tied reviews, "
+            f"{result.undecodable_left_out} whose stored file is gone or no longer decodes; "
+            f"data sha256 {result.data_sha256}"
         )
 
 
