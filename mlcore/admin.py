@@ -83,7 +83,13 @@ class ModelVersionAdmin(admin.ModelAdmin):
             )
             return
         try:
-            registry.activate(version, actor=request.user, action=audit.Action.MODEL_ROLLED_BACK, via="admin")
+            registry.activate(
+                version,
+                actor=request.user,
+                action=audit.Action.MODEL_ROLLED_BACK,
+                from_status=ModelVersion.Status.RETIRED,
+                via="admin",
+            )
         except registry.RegistryError as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return

@@ -93,17 +93,52 @@ def register_from_dir(
     return version
 
 
+class PromotionRefused(RegistryError):
+    """The promotion gate's reasons to refuse a candidate, judged under the promotion lock."""
+
+    def __init__(self, failures: list[str]):
+        super().__init__("; ".join(failures))
+        self.failures = failures
+
+
 @transaction.atomic
-def activate(version: ModelVersion, *, actor=None, action: str = audit.Action.MODEL_PROMOTED, **detail) -> ModelVersion:
+def activate(
+    version: ModelVersion,
+    *,
+    actor=None,
+    action: str = audit.Action.MODEL_PROMOTED,
+    gated: bool = False,
+    override: bool = False,
+    from_status: str | None = None,
+    **detail,
+) -> ModelVersion:
     """Make `version` the one active model; the previous active one is retired.
 
-    The partial unique constraint guarantees a single active row even under races:
-    the loser of two concurrent promotions fails instead of leaving two active.
+    `gated`: the candidate must pass the promotion gate against the version active at
+    this moment, or PromotionRefused is raised (`override` promotes anyway, recording
+    the failures). `from_status`: the status `version` must still have (a rollback
+    re-activates only a retired version).
+
+    Every version row is locked first, in one order, so promotions run one after the
+    other: checked before the lock, two candidates both compared with version X were
+    both promoted, the second over the first without ever being compared with it.
     """
-    version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    list(ModelVersion.objects.select_for_update().order_by("pk").values_list("pk", flat=True))
+    version = ModelVersion.objects.get(pk=version.pk)
+    if version.status == ModelVersion.Status.ACTIVE:
+        raise RegistryError(f"{version.name} is already the active version")
+    if from_status is not None and version.status != from_status:
+        raise RegistryError(f"{version.name} is {version.get_status_display().lower()} now, not {from_status}")
     if not resolve_weights_path(version).is_file():
         raise RegistryError(f"weights for {version.name} are missing at {resolve_weights_path(version)}")
-    previous = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).exclude(pk=version.pk).first()
+    previous = ModelVersion.objects.active()
+    if gated:
+        from mlcore.promotion import gate_failures
+
+        failures = gate_failures(version, previous)
+        if failures and not override:
+            raise PromotionRefused(failures)
+        detail.update(override=bool(failures), gate_failures=failures)
     if previous is not None:
         ModelVersion.objects.filter(pk=previous.pk, status=ModelVersion.Status.ACTIVE).update(
             status=ModelVersion.Status.RETIRED, shadow=False

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import json
 import shutil
+import threading
 
 import pytest
 import torch
@@ -12,8 +15,9 @@ from hospital.audit import Action
 from hospital.models import AuditEvent
 from mlcore import registry, retraining
 from mlcore.models import ModelVersion
-from mlcore.network import build_network, save_weights
-from tests.mlcore.helpers import TINY_IMAGE_SIZE
+from mlcore.network import build_network, file_sha256, save_weights
+from tests.conftest import needs_postgresql
+from tests.mlcore.helpers import TINY_IMAGE_SIZE, compare_with_active, copy_model_dir
 
 pytestmark = pytest.mark.slow
 
@@ -120,3 +124,67 @@ def test_only_a_superuser_may_override_the_gate_and_the_override_is_audited(
     assert event.detail["override"] is True
     assert event.detail["reason"] == "drill"
     assert len(event.detail["gate_failures"]) == 2  # AUC and sensitivity both worse
+
+
+def _shift_logits(weights, by: float) -> None:
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    state["fc.bias"] += by
+    torch.save(state, weights)
+    description = json.loads((weights.parent / "model.json").read_text())
+    description["weights_sha256"] = file_sha256(weights)
+    (weights.parent / "model.json").write_text(json.dumps(description))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_promotions_at_once_gate_the_second_against_the_first(active_model, loop_settings, monkeypatch):
+    """Both candidates were compared with the active version. Gated before the lock, both
+    passed and the second replaced the first without ever being compared with it
+    (learning-loop and concurrency reviews); now the second is judged against the first."""
+    needs_postgresql("two promotions in two transactions at once")
+    from django.db import connection
+
+    source = registry.resolve_weights_path(active_model).parent
+    for shift, name in enumerate(("cand-a", "cand-b"), start=1):
+        folder = copy_model_dir(source, loop_settings / name, name=name)
+        _shift_logits(folder / "weights.pt", shift * 1e-6)  # weights of its own, the same ranking
+        registry.register_from_dir(folder)
+        compare_with_active(name)
+    both_ready = threading.Barrier(2, timeout=30)
+    real_activate = registry.activate
+
+    def activate_together(*args, **kwargs):
+        both_ready.wait()  # each has read the same active version by now
+        return real_activate(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "activate", activate_together)
+    outcomes = {}
+
+    def promote(name):
+        try:
+            call_command("promote_model", name, stdout=io.StringIO())
+            outcomes[name] = "promoted"
+        except CommandError as exc:
+            outcomes[name] = str(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=promote, args=(name,)) for name in ("cand-a", "cand-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    winner = ModelVersion.objects.active().name
+    loser = ({"cand-a", "cand-b"} - {winner}).pop()
+    assert outcomes == {
+        winner: "promoted",
+        loser: f"{loser} was not promoted: {loser} was compared with pleura-tiny, not with the active version "
+        f"{winner}; retrain from {winner} to compare with it",
+    }
+    assert ModelVersion.objects.get(name=loser).status == ModelVersion.Status.CANDIDATE
+    assert list(
+        AuditEvent.objects.filter(action=Action.MODEL_PROMOTED).order_by("id").values_list("detail__name", flat=True)
+    ) == [
+        "pleura-tiny",
+        winner,
+    ]

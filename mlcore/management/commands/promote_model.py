@@ -6,7 +6,6 @@ from django.core.management.base import BaseCommand, CommandError
 from hospital import audit
 from mlcore import registry
 from mlcore.models import ModelVersion
-from mlcore.promotion import gate_failures
 
 
 class Command(BaseCommand):
@@ -34,28 +33,27 @@ class Command(BaseCommand):
                 if version.status != ModelVersion.Status.RETIRED:
                     raise CommandError(f"{version.name} was never active; promote it instead of rolling back")
                 version = registry.activate(
-                    version, actor=actor, action=audit.Action.MODEL_ROLLED_BACK, reason=options["reason"]
+                    version,
+                    actor=actor,
+                    action=audit.Action.MODEL_ROLLED_BACK,
+                    from_status=ModelVersion.Status.RETIRED,
+                    reason=options["reason"],
                 )
                 self.stdout.write(f"rolled back to {version.name}")
                 return
-            failures = gate_failures(version, ModelVersion.objects.active())
-            if failures and not options["override"]:
-                audit.record(
-                    audit.Action.MODEL_PROMOTION_REFUSED,
-                    actor=actor,
-                    target=version,
-                    outcome=audit.Outcome.DENIED,
-                    name=version.name,
-                    failures=failures,
-                )
-                raise CommandError(f"{version.name} was not promoted: " + "; ".join(failures))
             version = registry.activate(
-                version,
-                actor=actor,
-                override=bool(failures and options["override"]),
-                gate_failures=failures,
-                reason=options["reason"],
+                version, actor=actor, gated=True, override=options["override"], reason=options["reason"]
             )
+        except registry.PromotionRefused as exc:
+            audit.record(
+                audit.Action.MODEL_PROMOTION_REFUSED,
+                actor=actor,
+                target=version,
+                outcome=audit.Outcome.DENIED,
+                name=version.name,
+                failures=exc.failures,
+            )
+            raise CommandError(f"{version.name} was not promoted: {exc}") from exc
         except registry.RegistryError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"promoted {version.name}")
