@@ -16,7 +16,7 @@ from typing import Any
 from django.db import DatabaseError
 
 from diagnostics import services
-from diagnostics.imaging import NotAnImage, OtherStudy, RejectedUpload, StorageUnavailable
+from diagnostics.imaging import InstanceConflict, NotAnImage, OtherStudy, RejectedUpload, StorageUnavailable
 from diagnostics.models import Study
 
 DICOM_MEDIA_TYPE = "application/dicom"
@@ -28,6 +28,7 @@ FAILURE_OUT_OF_RESOURCES = 0xA700
 FAILURE_CANNOT_UNDERSTAND = 0xC000
 FAILURE_SOP_CLASS_NOT_SUPPORTED = 0x0122
 FAILURE_PROCESSING = 0x0110
+FAILURE_DUPLICATE_SOP_INSTANCE = 0x0111  # stored before, for another image or patient
 # Implementation-specific (PS3.18 I.2.2 allows them; the A9xx range, as other servers use):
 # the instance's Study Instance UID is not the one in the request URL.
 FAILURE_OTHER_STUDY = 0xA901
@@ -175,6 +176,8 @@ def store_instances(
 def _failure_reason(exc: RejectedUpload) -> int:
     if isinstance(exc, OtherStudy):
         return FAILURE_OTHER_STUDY
+    if isinstance(exc, InstanceConflict):
+        return FAILURE_DUPLICATE_SOP_INSTANCE
     if exc.status_code == 413:
         return FAILURE_OUT_OF_RESOURCES
     if isinstance(exc, NotAnImage):

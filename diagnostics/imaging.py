@@ -104,6 +104,28 @@ class OtherStudy(RejectedUpload):
         super().__init__(409, "This instance belongs to another study than the one named in the URL.")
 
 
+class InstanceConflict(RejectedUpload):
+    """A SOP Instance UID stored before for another image or patient: 409, nothing stored."""
+
+    def __init__(self):
+        super().__init__(
+            409,
+            "An instance with this SOP Instance UID was already received for a different image or patient. "
+            "Each DICOM instance needs a UID of its own: check the sending device. Nothing was stored.",
+        )
+
+
+class PatientMismatch(RejectedUpload):
+    """A typed patient ID that contradicts the DICOM header's: 409, nothing stored."""
+
+    def __init__(self):
+        super().__init__(
+            409,
+            "The patient ID given differs from the Patient ID in the file's DICOM header. Check that this is "
+            "the right patient's image, or leave the patient ID empty to use the header's. Nothing was stored.",
+        )
+
+
 @dataclass
 class DecodedImage:
     format: str  # Study.Format value: "dcm", "png" or "jpg"

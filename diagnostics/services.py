@@ -64,10 +64,13 @@ def ingest_upload(
         decoded = imaging.decode_upload(data)
         if study_instance_uid and decoded.metadata.get("study_instance_uid") != study_instance_uid:
             raise imaging.OtherStudy
+        _check_typed_patient(decoded, patient_id)
+        sent_before = _existing(hospital, decoded.metadata.get("sop_instance_uid", ""))
+        if sent_before is not None and not _same_instance(sent_before, decoded, patient_id):
+            raise imaging.InstanceConflict
     except RejectedUpload as exc:
         _audit_rejected(exc, audit_context, source=source, size=len(data))
         raise
-    sent_before = _existing(hospital, decoded.metadata.get("sop_instance_uid", ""))
     build = partial(
         _build_study, hospital, decoded, data, source=source, user=user, key=key, patient_id=patient_id,
         accession=accession_number,
@@ -110,6 +113,30 @@ def _store_unless_sent_before(
             existing = Study.objects.for_hospital(study.hospital).get(sop_instance_uid=study.sop_instance_uid)
     _audit_uploaded(existing, audit_context, source=source, created=False)
     return existing, False
+
+
+def _check_typed_patient(decoded: DecodedImage, typed: str) -> None:
+    """A typed patient ID may fill in a header without one, never contradict it: kept with
+    the header's patient name, it filed one patient's film under another's ID (the upload
+    page keeps the ID typed for the files before)."""
+    in_header = decoded.metadata.get("patient_id", "")
+    if typed and in_header and typed != in_header:
+        raise imaging.PatientMismatch
+
+
+def _same_instance(study: Study, decoded: DecodedImage, typed_patient_id: str) -> bool:
+    """Whether an upload with `study`'s SOP Instance UID is a copy of it: the same pixels,
+    patient and study wherever both say. Colliding UIDs happen (a misconfigured modality,
+    a tool that resets UIDs); answered with the study sent before, a copy of another
+    patient's image got the first patient's result, or replaced a failed study's file."""
+    header = decoded.metadata
+    pairs = [
+        (study.pixel_sha256, decoded.pixel_sha256),
+        (study.patient_id, typed_patient_id or header.get("patient_id", "")),
+        (study.patient_name, header.get("patient_name", "")),
+        (study.study_instance_uid, header.get("study_instance_uid", "")),
+    ]
+    return all(not stored or not sent or stored == sent for stored, sent in pairs)
 
 
 def clean_identifier(value, name: str) -> str:

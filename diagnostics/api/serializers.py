@@ -97,8 +97,15 @@ class StudyUploadSerializer(serializers.Serializer):
     """The multipart form of an upload (documentation and field validation only)."""
 
     file = serializers.FileField(help_text="The radiograph: PNG, JPEG or DICOM (type is detected from content).")
-    patient_id = serializers.CharField(required=False, allow_blank=True, max_length=64)
-    accession_number = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    patient_id = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=64,
+        help_text="Fills in a DICOM header without a Patient ID; one that contradicts the header's is refused (409).",
+    )
+    accession_number = serializers.CharField(
+        required=False, allow_blank=True, max_length=64, help_text="Replaces the DICOM header's accession number."
+    )
 
 
 class ErrorSerializer(serializers.Serializer):

@@ -289,7 +289,9 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
             "Answers 202 with the queued study, or 200 with the existing study when this "
             "SOP Instance UID was already sent to your hospital. An instance whose study "
             "failed may be sent again: its copy replaces the study's file and the same "
-            "study is queued anew (202)."
+            "study is queued anew (202). 409 when that SOP Instance UID was sent before for "
+            "other pixels, another patient or another study, and when `patient_id` contradicts "
+            "the DICOM header's Patient ID: nothing is stored."
         ),
         request={"multipart/form-data": StudyUploadSerializer, "application/dicom": OpenApiTypes.BINARY},
         responses={
@@ -298,6 +300,11 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
                 description="Stored (or a failed study's instance stored again) and queued for prediction.",
             ),
             200: OpenApiResponse(StudySerializer, description="Already stored (same SOP Instance UID), not failed."),
+            409: OpenApiResponse(
+                ErrorSerializer,
+                description="The SOP Instance UID was sent before for another image or patient, or `patient_id` "
+                "contradicts the DICOM header's.",
+            ),
             **errors(400, 401, 403, 413, 415, 422, 429, 503),
         },
         examples=[QUEUED_EXAMPLE, ERROR_EXAMPLE],

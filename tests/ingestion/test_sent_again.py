@@ -187,5 +187,5 @@ def test_an_identifier_typed_for_the_study_stays_unless_one_is_typed_for_the_cop
     assert (study.status, study.patient_id, study.accession_number) == ("queued", "MRN-7001", "ACC-7001")
 
     failed(study, Study.Failure.MISSING_FILE, pipeline.MISSING_FILE_MESSAGE)
-    study = upload(patient_id="MRN-7002")
-    assert (study.status, study.patient_id, study.accession_number) == ("queued", "MRN-7002", "ACC-7001")
+    study = upload(accession_number="ACC-7002")
+    assert (study.status, study.patient_id, study.accession_number) == ("queued", "MRN-7001", "ACC-7002")
