@@ -323,7 +323,8 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
             batch, first = ahead, False
     except (*TRANSIENT_ERRORS, ModelUnavailable, StorageUnreachable, OutOfMemory) as exc:
         postponed = _claimed_by(held)
-        _release(postponed, restarted=isinstance(exc, RESTARTING_ERRORS))
+        for batch in held:
+            _release(batch.claimed, batch.owner, restarted=isinstance(exc, RESTARTING_ERRORS))
         raise TransientPipelineError(postponed or requested, exc) from exc
     return done
 
@@ -333,6 +334,9 @@ class _Batch:
     """One claimed batch, from its claim until its results are stored."""
 
     claimed: list[int]
+    # Who claimed it (`Study.claimed_by`): every change the batch makes to its studies
+    # requires them still to be claimed by it.
+    owner: str = ""
     # How many the claim took, before any went back (a restarted study is predicted
     # alone): a full claim means a backlog, whatever this batch keeps of it.
     claim_size: int = 0
@@ -409,10 +413,12 @@ def _begin(requested: list[int], claim: str, held: list[_Batch], in_model: set) 
     again.
     """
     holding_others = bool(held)
-    claimed = _claim(requested, claim, holding=_claimed_by(held))
+    # Direct calls (no message) get an owner of their own, so what they won can be told apart too.
+    owner = claim or f"direct-{uuid.uuid4().hex}"
+    claimed = _claim(requested, owner, holding=_claimed_by(held))
     if not claimed:
         return None
-    batch = _Batch(claimed=claimed, claim_size=len(claimed))
+    batch = _Batch(claimed=claimed, owner=owner, claim_size=len(claimed))
     held.append(batch)
     studies = list(
         Study.objects.filter(pk__in=batch.claimed, status=STATUS.PROCESSING)
@@ -441,7 +447,7 @@ def _begin(requested: list[int], claim: str, held: list[_Batch], in_model: set) 
         # file that stays unreadable fails after PIPELINE_MAX_ATTEMPTS instead of holding
         # back every batch it lands in through all their retries.
         put_back = [study.pk for study in unreadable]
-        _release(put_back, restarted=True)
+        _release(put_back, batch.owner, restarted=True)
         batch.released += put_back
         batch.claimed = [pk for pk in batch.claimed if pk not in put_back]
     if batch.grays:
@@ -465,7 +471,7 @@ def _alone_after_a_restart(studies: list[Study], batch: _Batch, holding_others: 
         return studies
     if holding_others:
         batch.released = [study.pk for study in restarted_studies]
-        _release(batch.released)
+        _release(batch.released, batch.owner)
         kept = [study for study in studies if study.attempts == 0]
         batch.claimed = [study.pk for study in kept]
         return kept
@@ -476,7 +482,7 @@ def _alone_after_a_restart(studies: list[Study], batch: _Batch, holding_others: 
         _give_up(restarted, from_status=STATUS.PROCESSING)
     batch.released = [study.pk for study in studies if study is not restarted]
     if batch.released:
-        _release(batch.released)
+        _release(batch.released, batch.owner)
         batch.claimed = [restarted.pk]
     return [] if gave_up else [restarted]
 
@@ -569,9 +575,10 @@ def _update_returning_pks(rows: QuerySet, lock: str, *, restarts_counted: bool =
         return sorted(row[0] for row in cursor.fetchall())
 
 
-def _release(study_ids: list[int], *, restarted: bool = False) -> None:
-    """Put claimed studies back in the queue; if even that fails, the sweeper will.
-    `restarted`: their processing was cut short, which counts an attempt.
+def _release(study_ids: list[int], owner: str, *, restarted: bool = False) -> None:
+    """Put studies `owner` claimed back in the queue; if even that fails, the sweeper will.
+    `restarted`: their processing was cut short, which counts an attempt. One the sweeper
+    has since handed to another worker is left to that worker.
 
     Their message goes out now (a retry, or one of their own), hence `resent_at`: the
     sweeper waits from here, not from when they were first queued.
@@ -579,7 +586,7 @@ def _release(study_ids: list[int], *, restarted: bool = False) -> None:
     now = timezone.now()
     attempts = F("attempts") + 1 if restarted else F("attempts")
     try:
-        Study.objects.filter(pk__in=study_ids, status=STATUS.PROCESSING).update(
+        Study.objects.filter(pk__in=study_ids, status=STATUS.PROCESSING, claimed_by=owner).update(
             status=STATUS.QUEUED, claimed_by="", started_at=None, resent_at=now, updated_at=now, attempts=attempts
         )
     except DatabaseError:
@@ -597,7 +604,7 @@ def _store_duplicates(duplicates: list[Study], version: ModelVersion) -> list[in
         if source is not None:
             reusing.append((study, source))
         else:  # its twin failed or was taken by another worker: predict it on its own
-            _release([study.pk])
+            _release([study.pk], study.claimed_by)
             publish([study.pk])
     return _store_all(_reuse_all(reusing))
 
@@ -861,7 +868,7 @@ def _save_heatmap(result: _Result) -> None:
 def _commit(results: list[_Result]) -> list[_Result]:
     now = timezone.now()
     with transaction.atomic():
-        completed = _complete([result.study.pk for result in results], now)
+        completed = _complete([result.study for result in results], now)
         stored = [result for result in results if result.study.pk in completed]
         Prediction.objects.bulk_create([result.prediction for result in stored])
         audit.record_all([_audit_event(result) for result in stored])
@@ -876,13 +883,20 @@ def _commit_alone(result: _Result) -> bool:
         return False
 
 
-def _complete(pks: list[int], now) -> set[int]:
-    """Complete the studies still open, and say which those were.
+def _complete(studies: list[Study], now) -> set[int]:
+    """Complete the studies still claimed as they were read (by this batch), and say which
+    those were.
 
+    Only those: a worker the sweeper wrote off (a frozen machine, a hung mount) may store
+    long after its studies were handed on; a study put back in the queue, given up, or
+    sent again with a new file must not get the result of pixels it no longer has.
     Called inside the storing transaction: the row locks hold until it commits, so a
     study someone else completes meanwhile is either already excluded here or waits.
     """
-    open_studies = Study.objects.filter(pk__in=pks, status__in=[STATUS.PROCESSING, STATUS.QUEUED])
+    still_ours = Q(pk__in=[])
+    for owner in {study.claimed_by for study in studies}:
+        still_ours |= Q(pk__in=[study.pk for study in studies if study.claimed_by == owner], claimed_by=owner)
+    open_studies = Study.objects.filter(still_ours, status=STATUS.PROCESSING)
     # Locked in pk order, so two workers completing overlapping studies never deadlock.
     return set(
         _update_returning_pks(
@@ -918,9 +932,11 @@ def _delete_heatmaps(results: list[_Result]) -> None:
 
 
 def _fail(study: Study, reason: str, message: str, *, from_status: str = STATUS.PROCESSING, **detail) -> bool:
+    """Fail `study` if it is still as it was read: in `from_status`, claimed by the same
+    owner (a stale worker's error must not fail a study another worker now predicts)."""
     now = timezone.now()
     with transaction.atomic():
-        failed = Study.objects.filter(pk=study.pk, status=from_status).update(
+        failed = Study.objects.filter(pk=study.pk, status=from_status, claimed_by=study.claimed_by).update(
             status=STATUS.FAILED,
             claimed_by="",
             failure_reason=message,
@@ -1053,7 +1069,8 @@ def sweep_stuck_studies(now=None) -> SweepResult:
 
 
 def _give_up(study: Study, *, from_status: str) -> bool:
-    """Fail a study restarted too often (by the sweeper, or after its workers died)."""
+    """Fail a study restarted too often (by the sweeper, or after its workers died), unless
+    it was claimed anew since it was read."""
     message = GAVE_UP_MESSAGE.format(attempts=study.attempts)
     return _fail(study, metrics.REASON_GAVE_UP, message, from_status=from_status, attempts=study.attempts)
 

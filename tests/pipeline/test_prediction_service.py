@@ -1137,3 +1137,45 @@ def test_the_bucket_refusing_one_object_is_the_files_fault_and_not_reaching_it_i
         False,
         False,
     ]
+
+
+def _claimed_then_written_off(hospital_a, settings, claim: str):
+    """A batch claimed by `claim` and handed to the model, whose worker then froze past
+    PIPELINE_STUCK_SECONDS: the sweeper put its study back in the queue."""
+    study = store_study(hospital_a, NORMAL_IMAGE)
+    batch = pipeline._begin([study.pk], claim, held=[], in_model=set())
+    assert batch.claimed == [study.pk]
+    later = timezone.now() + timedelta(seconds=settings.PIPELINE_STUCK_SECONDS + 1)
+    assert pipeline.sweep_stuck_studies(now=later).requeued == [study.pk]
+    return study, batch
+
+
+def test_a_worker_written_off_by_the_sweeper_stores_nothing_on_the_study_it_lost(
+    hospital_a, tiny_model, _no_broker, settings
+):
+    """It completed the study anyway, even once it had been given up and sent again with
+    other pixels: the doctor saw the old image's result beside the new one (concurrency
+    review). The study waits for the worker now holding it, or for the next claim."""
+    study, stale = _claimed_then_written_off(hospital_a, settings, "task-A")
+
+    assert pipeline._finish(stale) == []
+    assert (Study.objects.get(pk=study.pk).status, Prediction.objects.count()) == (QUEUED, 0)
+
+    fresh = pipeline._begin([study.pk], "task-B", held=[], in_model=set())
+    assert pipeline._finish(fresh) == [study.pk]
+    assert Study.objects.get(pk=study.pk).status == COMPLETED
+
+
+def test_a_worker_written_off_neither_fails_nor_puts_back_a_study_another_worker_holds(
+    hospital_a, tiny_model, _no_broker, settings
+):
+    study, stale = _claimed_then_written_off(hospital_a, settings, "task-A")
+    fresh = pipeline._begin([study.pk], "task-B", held=[], in_model=set())
+    as_the_stale_worker_read_it = stale.ready[0]
+
+    assert pipeline._fail(as_the_stale_worker_read_it, "inference_error", pipeline.INFERENCE_ERROR_MESSAGE) is False
+    pipeline._release(stale.claimed, stale.owner, restarted=True)
+
+    row = Study.objects.get(pk=study.pk)
+    assert (row.status, row.claimed_by, row.attempts) == (PROCESSING, "task-B", 1)
+    assert pipeline._finish(fresh) == [study.pk]
