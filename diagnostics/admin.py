@@ -57,7 +57,9 @@ class StudyAdmin(AuditedReadsAdmin):
     list_display = ["code", "hospital", "status", "source", "modality", "original_format", "created_at"]
     list_filter = ["status", "failure_code", "source", "original_format", "hospital"]
     list_select_related = ["hospital"]
-    search_fields = ["=accession_number", "=code", "=sop_instance_uid"]
+    # By codes only: the admin searches by GET, so a term lands in URLs and browser history;
+    # the portal's worklist searches accession numbers and patient IDs by POST.
+    search_fields = ["=code", "=sop_instance_uid"]
     date_hierarchy = "created_at"
     fields = OPERATIONAL_FIELDS
     readonly_fields = OPERATIONAL_FIELDS

@@ -11,6 +11,7 @@ from datetime import timedelta
 from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers, patch_cache_control
 from rest_framework import exceptions, permissions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.response import Response
@@ -179,6 +180,15 @@ class TenantAPIMixin:
 
     def tenant_queryset(self, queryset):
         return queryset.for_hospital(self.hospital)
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        """Kept by no cache: answers carry accession numbers, review notes and images, which a
+        shared workstation's browser (the browsable API) or a proxy kept after logout."""
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if "Cache-Control" not in response:
+            add_never_cache_headers(response)
+            patch_cache_control(response, private=True)
+        return response
 
 
 def exception_handler(exc, context):

@@ -273,5 +273,10 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # Pillow logs each short EXIF value at DEBUG, and a JPEG's ImageDescription or Artist
+        # may name the patient: LOG_LEVEL=DEBUG must not put it in the logs.
+        "PIL": {"level": "INFO"},
+    },
 }

@@ -23,6 +23,7 @@ from mlcore.network import build_network, save_weights
 from tests.conftest import SHARED_DATA
 
 CHEST_DICOM = SHARED_DATA / "dicom" / "nih-chestxray14-dx-no-finding.dcm"
+CHEST_JPEG = SHARED_DATA / "chest_xray" / "train" / "NORMAL" / "IM-0115-0001.jpeg"
 FAMILY, GIVEN = "Quillfeather", "Zebedee"
 DICOM_PATIENT_ID = "PHI-LOG-99317"
 TYPED_PATIENT_ID = "MRN-TYPED-55120"
@@ -30,6 +31,18 @@ BIRTH_DATE = "19410307"
 # The portal's form always sends its two text fields, empty when not typed.
 NO_IDS = {"patient_id": "", "accession_number": ""}
 PHI = (FAMILY, GIVEN, DICOM_PATIENT_ID, TYPED_PATIENT_ID, BIRTH_DATE, "1941-03-07")
+
+
+def _jpeg_with_phi_in_its_exif() -> bytes:
+    """A PACS or phone export: the patient's name and birth date in ImageDescription and Artist."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[270] = f"{FAMILY}^{GIVEN} {BIRTH_DATE}"  # ImageDescription
+    exif[315] = FAMILY  # Artist
+    buffer = io.BytesIO()
+    Image.open(CHEST_JPEG).save(buffer, "JPEG", exif=exif)
+    return buffer.getvalue()
 
 
 def _dicom_with_phi() -> bytes:
@@ -74,14 +87,21 @@ def test_patient_identifiers_never_reach_the_logs(client, doctor, radiologist, a
     caplog.set_level(logging.DEBUG)
     dicom = _dicom_with_phi()
 
-    # Upload by a doctor, with a patient ID typed into the form as well.
+    # Upload by a doctor, with the header's patient ID typed into the form as well; then
+    # with another ID typed, which contradicts the header and is refused.
     client.force_login(doctor)
     upload = SimpleUploadedFile("chest.dcm", dicom, content_type="application/dicom")
-    response = client.post("/upload/", {"files": upload, "patient_id": TYPED_PATIENT_ID, "accession_number": "A-1"})
+    response = client.post("/upload/", {"files": upload, "patient_id": DICOM_PATIENT_ID, "accession_number": "A-1"})
     assert response.status_code == 201
     study = Study.objects.get()
-    assert (study.patient_name, study.patient_id) == (f"{FAMILY}^{GIVEN}", TYPED_PATIENT_ID)
+    assert (study.patient_name, study.patient_id) == (f"{FAMILY}^{GIVEN}", DICOM_PATIENT_ID)
     assert study.patient_birth_date.isoformat() == "1941-03-07"
+    contradicting = SimpleUploadedFile("chest.dcm", dicom, content_type="application/dicom")
+    assert client.post("/upload/", {"files": contradicting, "patient_id": TYPED_PATIENT_ID}).status_code == 409
+    # A JPEG whose EXIF names the patient, with a patient ID typed for it.
+    jpeg = SimpleUploadedFile("chest.jpg", _jpeg_with_phi_in_its_exif(), content_type="image/jpeg")
+    assert client.post("/upload/", {"files": jpeg, "patient_id": TYPED_PATIENT_ID}).status_code == 201
+    photo = Study.objects.get(patient_id=TYPED_PATIENT_ID)
     # The same file again (idempotent repeat), and a truncated copy that must be refused.
     repeat = client.post("/upload/", {"files": SimpleUploadedFile("again.dcm", dicom, "application/dicom"), **NO_IDS})
     assert repeat.status_code == 200
@@ -89,7 +109,7 @@ def test_patient_identifiers_never_reach_the_logs(client, doctor, radiologist, a
     assert broken.status_code in (400, 415, 422)
 
     # Prediction, as the worker runs it.
-    assert pipeline.predict_studies([study.id]) == [study.id]
+    assert pipeline.predict_studies([study.id, photo.id]) == [study.id, photo.id]
     study.refresh_from_db()
     assert study.status == Study.Status.COMPLETED
 
@@ -109,7 +129,7 @@ def test_patient_identifiers_never_reach_the_logs(client, doctor, radiologist, a
     assert client.post(f"/studies/{code}/review/", {"verdict": "agree"}).status_code == 403
 
     request_lines = [r for r in caplog.records if r.name == "pleura.request"]
-    assert len(request_lines) == 11  # every request above was logged, so capture really worked
+    assert len(request_lines) == 13  # every request above was logged, so capture really worked
     rendered = "\n".join(_every_rendering(record) for record in caplog.records)
     for identifier in PHI:
         assert identifier.lower() not in rendered.lower(), f"{identifier} reached the logs"

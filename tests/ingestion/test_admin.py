@@ -61,3 +61,12 @@ def test_doctors_do_not_reach_the_study_admin(client_for, doctor, studies):
     response = client_for(doctor).get(LIST_URL)
     assert response.status_code == 302
     assert response["Location"].startswith("/admin/login/")
+
+
+def test_the_study_admin_searches_codes_not_accession_numbers(client_for, hospital_admin, studies):
+    """Its search is a GET: an accession number typed there landed in URLs and browser
+    history (PHI review). The portal's worklist searches it by POST."""
+    own, _ = studies
+    client = client_for(hospital_admin)
+    assert list(client.get(LIST_URL, {"q": "ACC-OWN"}).context["cl"].result_list) == []
+    assert list(client.get(LIST_URL, {"q": str(own.code)}).context["cl"].result_list) == [own]

@@ -128,6 +128,26 @@ def test_members_and_the_hospital_key_read_every_endpoint(who, suffix, caller, c
         assert response.json()["id"] == str(completed_a.code)
 
 
+@pytest.mark.parametrize(
+    ("who", "path", "accept"),
+    [
+        ("key_a", "", "application/json"),
+        ("doctor", "", "text/html"),  # the browsable API, in a shared workstation's browser
+        ("key_a", "detail", "application/json"),
+        ("key_a", "heatmap", "*/*"),
+        ("anonymous", "", "application/json"),
+    ],
+)
+def test_api_answers_are_kept_by_no_cache(who, path, accept, caller, completed_a):
+    """They carry accession numbers and review notes; without Cache-Control a browser kept
+    them on disk after logout (PHI review)."""
+    target = STUDIES_URL if not path else url(completed_a, "" if path == "detail" else path)
+    response = caller(who).get(target, HTTP_ACCEPT=accept)
+    assert set(response["Cache-Control"].replace(" ", "").split(",")) >= {"private", "no-store"}
+    if who == "doctor":
+        assert "ACC-A1" in response.content.decode()
+
+
 @pytest.mark.parametrize("who", OUTSIDERS)
 @pytest.mark.parametrize("suffix", READ_PATHS)
 def test_outsiders_get_404_on_every_endpoint_and_nothing_is_logged_against_the_study(who, suffix, caller, completed_a):

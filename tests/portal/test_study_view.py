@@ -5,6 +5,7 @@ import io
 import numpy as np
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 from PIL import Image
 
 from diagnostics.imaging import load_grayscale
@@ -50,7 +51,9 @@ def test_study_view_shows_the_result_in_words_against_the_threshold(client_for, 
     assert 'id="heatmap-toggle"' in html and "data-heatmap-opacity" in html
     assert "<dt>Modality</dt><dd>CR</dd>" in html
     assert "Predicted" in html and "Uploaded" in html  # timeline
-    assert "<title>Study ACC-9001 · Pleura</title>" in html
+    # No identifier in the title: browser history and synced tabs keep titles (PHI review).
+    received = timezone.localtime(study.created_at).strftime("%-d %b %Y %H:%M")
+    assert f"<title>Study received {received} · Pleura</title>" in html
     assert response["Cache-Control"].startswith("max-age=0") and "no-store" in response["Cache-Control"]
 
 
