@@ -29,6 +29,7 @@ IDENTIFIER_MAX_LENGTH = 64
 # Patient IDs and accession numbers: printable, no control characters (they end up in
 # DICOM headers, HL7 messages and CSV exports).
 _IDENTIFIER_RE = re.compile(r"^[\x20-\x7e]*$")
+_IDENTIFIER_LABELS = {"patient_id": "patient ID", "accession_number": "accession number"}
 
 
 def ingest_upload(
@@ -143,10 +144,12 @@ def clean_identifier(value, name: str) -> str:
     """A patient ID or accession number, typed or sent: stripped, or RejectedUpload (400)
     in words naming the field (never echoing the value)."""
     value = "" if value is None else str(value).strip()
+    # The words for the doctor who typed it, the field's name for the EMR that sent it.
+    field = f"The {_IDENTIFIER_LABELS.get(name, name)} ({name})"
     if len(value) > IDENTIFIER_MAX_LENGTH:
-        raise RejectedUpload(400, f"{name} must be at most {IDENTIFIER_MAX_LENGTH} characters.")
+        raise RejectedUpload(400, f"{field} must be at most {IDENTIFIER_MAX_LENGTH} characters.")
     if not _IDENTIFIER_RE.match(value):
-        raise RejectedUpload(400, f"{name} may contain printable ASCII characters only.")
+        raise RejectedUpload(400, f"{field} may contain printable ASCII characters only.")
     return value
 
 

@@ -221,7 +221,11 @@ def _study_context(request: HttpRequest, study: Study, review_form: ReviewForm |
     can_analyse_again = has_role(request, CLINICAL_ROLES) and may_analyse_again(study)
     own = next((r for r in reviews if r.radiologist_id == request.user.pk), None)
     if can_review and review_form is None:
-        initial = {"verdict": own.verdict, "correct_label": own.correct_label, "note": own.note} if own else {}
+        initial = {"verdict": own.verdict, "note": own.note} if own else {}
+        if own and own.verdict == Review.Verdict.DISAGREE:
+            # After an agreement the model's label would stand pre-selected as the correction,
+            # and switching to Disagree was refused as "the model's finding".
+            initial["correct_label"] = own.correct_label
         review_form = ReviewForm(initial=initial, model_label=prediction.label)
     return {
         "study": study,

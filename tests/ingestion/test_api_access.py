@@ -385,8 +385,11 @@ def test_a_review_saved_after_the_prediction_is_read_back_as_a_change(caller, co
         ("?updated_since=0001-01-01T00:00:00%2B01:00", "updated_since is outside the dates Pleura can compare."),
         ("?updated_since=9999-12-31T23:59:59-01:00", "updated_since is outside the dates Pleura can compare."),
         # A NUL made PostgreSQL refuse the query (500).
-        ("?accession_number=ACC%001", "accession_number may contain printable ASCII characters only."),
-        ("?accession_number=" + "A" * 65, "accession_number must be at most 64 characters."),
+        (
+            "?accession_number=ACC%001",
+            "The accession number (accession_number) may contain printable ASCII characters only.",
+        ),
+        ("?accession_number=" + "A" * 65, "The accession number (accession_number) must be at most 64 characters."),
     ],
 )
 def test_bad_filters_are_400_with_a_message(query, detail, caller):

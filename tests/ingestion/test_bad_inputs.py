@@ -338,10 +338,14 @@ def test_an_untyped_body_is_judged_by_its_content_as_every_upload_is(key_a, key_
 @pytest.mark.parametrize(
     ("field", "value", "detail"),
     [
-        ("patient_id", "M" * 65, "patient_id must be at most 64 characters."),
-        ("accession_number", "A" * 65, "accession_number must be at most 64 characters."),
-        ("patient_id", "MRN\x00-1", "patient_id may contain printable ASCII characters only."),
-        ("accession_number", "ACC\n1", "accession_number may contain printable ASCII characters only."),
+        ("patient_id", "M" * 65, "The patient ID (patient_id) must be at most 64 characters."),
+        ("accession_number", "A" * 65, "The accession number (accession_number) must be at most 64 characters."),
+        ("patient_id", "MRN\x00-1", "The patient ID (patient_id) may contain printable ASCII characters only."),
+        (
+            "accession_number",
+            "ACC\n1",
+            "The accession number (accession_number) may contain printable ASCII characters only.",
+        ),
     ],
 )
 def test_bad_identifiers_are_400_and_never_echoed(field, value, detail, key_a, key_client, stored):

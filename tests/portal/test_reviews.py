@@ -57,6 +57,18 @@ def test_saving_again_updates_the_one_review_and_keeps_history(client_for, radio
     assert sorted(ReviewRevision.objects.values_list("verdict", flat=True)) == ["agree", "disagree"]
 
 
+def test_after_an_agreement_the_form_offers_no_correction_preselected(client_for, radiologist, study):
+    """It pre-selected the model's own label as the correction: switching to Disagree and
+    saving was refused as "the model's finding" (portal review)."""
+    client = client_for(radiologist)
+    post_review(client, study, {"verdict": "agree"}, **HX)
+    form = client.get(reverse("diagnostics:study_detail", args=[study.code])).context["review_form"]
+    assert (form["verdict"].value(), form["correct_label"].value()) == ("agree", None)
+    post_review(client, study, {"verdict": "disagree", "correct_label": "normal"}, **HX)
+    form = client.get(reverse("diagnostics:study_detail", args=[study.code])).context["review_form"]
+    assert (form["verdict"].value(), form["correct_label"].value()) == ("disagree", "normal")
+
+
 def test_two_radiologists_each_have_their_own_review(client_for, radiologist, shared_radiologist, study, client):
     post_review(client_for(radiologist), study, {"verdict": "agree"}, **HX)
     client.logout()

@@ -123,6 +123,21 @@ def test_search_by_patient_id_or_accession_only_from_the_post_body(client_for, d
     assert len(row_codes(in_url.content.decode())) == 5
 
 
+def test_an_empty_worklist_and_a_search_without_match_say_so(client_for, doctor, studies, hospital_b):
+    """Both showed a blank card: `{% if page %}` is false for a page with no rows, so
+    neither the count nor the words under it appeared (portal review)."""
+    page = client_for(doctor).get(reverse("diagnostics:worklist")).content.decode()
+    # Nor may the browser restore the filters' last values over an unfiltered list after Back.
+    assert re.search(r'<form id="worklist-filters"[^>]* autocomplete="off"', page)
+    searched = client_for(doctor).post(reverse("diagnostics:worklist"), {"q": "MRN-404"}).content.decode()
+    assert "0 studies matching your search" in searched
+    assert "No studies match these filters." in searched
+    Study.objects.filter(hospital=doctor.memberships.get().hospital).delete()
+    empty = client_for(doctor).get(reverse("diagnostics:worklist")).content.decode()
+    assert "0 studies" in empty
+    assert "No studies yet." in empty and "Upload a radiograph</a> to get started." in empty
+
+
 def test_search_never_reaches_another_hospital(client_for, outsider, studies):
     response = client_for(outsider).post(WORKLIST, {"q": studies["pneumonia"].patient_id}, **HX)
     assert row_codes(response.content.decode()) == []

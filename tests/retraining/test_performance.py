@@ -90,7 +90,7 @@ def test_radiologist_sees_own_hospital_confusion_for_active_and_shadow(client_fo
     assert _row(content, "v1") == {"tp": 1, "fn": 1, "fp": 1, "tn": 1}
     assert _row(content, "v2") == {"tp": 2, "fn": 0, "fp": 0, "tn": 2}
     assert 'data-testid="reviews">7<' in content
-    assert 'data-testid="labelled">4<' in content
+    assert 'data-testid="labelled">4</strong> studies with a reference label' in content
     assert 'data-testid="conflicts">1<' in content
     assert 'data-shadow="v2"' in content
     assert "<svg" in content and "<polyline" in content
@@ -112,7 +112,7 @@ def test_other_hospital_admin_sees_only_their_own_reviews(client_for, outsider_a
     content = client_for(outsider_admin).get(URL).content.decode()
     assert _row(content, "v1") == {"tp": 0, "fn": 0, "fp": 1, "tn": 0}
     assert 'data-version="v2"' not in content
-    assert 'data-testid="labelled">1<' in content
+    assert 'data-testid="labelled">1</strong> study with a reference label' in content
 
 
 def test_superuser_sees_every_hospital(client_for, superuser, reviewed):
