@@ -1,7 +1,8 @@
 """The model performance page: how each model version agrees with radiologists' reviews.
 
 Reviews are turned into a reference label by the same rule as the training export
-(`feedback.label_from_reviews`). Every prediction of a reviewed study, the shadow
+(`feedback.counted_reviews`, `feedback.label_from_reviews`): a radiologist who left, or is
+no longer a radiologist there, labels nothing here either. Every prediction of a reviewed study, the shadow
 candidate's included, is compared with it. Platform superusers see every hospital;
 radiologists and hospital admins see their active hospital only; doctors get 403.
 """
@@ -20,8 +21,8 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from diagnostics.feedback import label_from_reviews
-from diagnostics.models import Label, Prediction, Review
+from diagnostics.feedback import counted_reviews, label_from_reviews
+from diagnostics.models import Label, Prediction
 from hospital.models import Role
 from mlcore.models import ModelVersion
 
@@ -91,7 +92,7 @@ def scope_hospitals(request: HttpRequest):
 
 
 def reviewed_set(hospitals) -> ReviewedSet:
-    reviews = Review.objects.all()
+    reviews = counted_reviews()
     if hospitals is not None:
         reviews = reviews.filter(study__hospital__in=hospitals)
     by_study: dict[int, list[str]] = defaultdict(list)
@@ -116,14 +117,16 @@ def reviewed_set(hospitals) -> ReviewedSet:
 def version_stats(reviewed: ReviewedSet) -> dict[int, VersionStats]:
     """One entry per model version that predicted a reviewed study, shadow or not."""
     predictions = Prediction.objects.filter(study_id__in=list(reviewed.labels)).values_list(
-        "study_id", "model_version_id", "label", "is_shadow"
+        "study_id", "model_version_id", "label"
     )
     rows = list(predictions)
     versions = ModelVersion.objects.in_bulk({row[1] for row in rows})
     stats: dict[int, VersionStats] = {}
-    for study_id, version_id, label, is_shadow in rows:
+    for study_id, version_id, label in rows:
         entry = stats.setdefault(version_id, VersionStats(version=versions[version_id]))
-        entry.shadow = entry.shadow or is_shadow
+        # Flagged while it is the shadow candidate; once promoted, its earlier shadow
+        # predictions stay is_shadow, but it is the active version.
+        entry.shadow = entry.version.shadow
         entry.add(label, reviewed.labels[study_id], reviewed.reviewed_week[study_id])
     return stats
 

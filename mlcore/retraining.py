@@ -344,7 +344,8 @@ def _register(out_dir: Path, name: str, active: ModelVersion, lineage: dict, com
 # --- Shadow mode ----------------------------------------------------------------------
 # The pipeline (diagnostics.pipeline._submit_shadow) predicts with the shadow candidate and
 # stores the result with Prediction.is_shadow=True; `Prediction.objects.shown()` keeps
-# those out of every page and endpoint doctors use. Promotion clears the flag.
+# those out of every page and endpoint doctors use. Promotion ends shadow mode
+# (ModelVersion.shadow); the predictions made in it stay is_shadow, never shown.
 
 SHADOW_CHANGED = audit.Action.MODEL_SHADOW_CHANGED
 

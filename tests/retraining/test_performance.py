@@ -145,3 +145,25 @@ def test_weekly_agreement_plot_has_one_point_per_week(radiologist, reviewed):
     chart = agreement_chart([stats[active.pk]])
     points = chart["series"][0]["points"]
     assert [(p["n"], p["rate"]) for p in points] == [(1, 1.0), (3, 1 / 3)]
+
+
+def test_the_page_counts_reviews_by_the_export_rule(client_for, radiologist, shared_radiologist, reviewed, hospital_a):
+    """It counted every review ever saved, where the export leaves out those of radiologists
+    who left (learning-loop review): shared_radiologist's two in hospital A no longer count."""
+    shared_radiologist.memberships.filter(hospital=hospital_a).update(is_active=False)
+    content = client_for(radiologist).get(URL).content.decode()
+    assert 'data-testid="reviews">5<' in content  # of 7
+    assert 'data-testid="labelled">5</strong> studies' in content  # the tie had one of them
+    assert 'data-testid="conflicts">0<' in content
+
+
+def test_a_promoted_shadow_candidate_is_not_flagged_shadow(client_for, radiologist, reviewed):
+    """Its earlier shadow predictions flagged it "shadow" for ever, beside "Active"."""
+    active, shadow = reviewed
+    while_candidate = client_for(radiologist).get(URL).content.decode()
+    assert '<span class="flag">shadow</span>' in re.search(r'<tr data-version="v2">.*?</tr>', while_candidate, re.S)[0]
+    ModelVersion.objects.filter(pk=active.pk).update(status=ModelVersion.Status.RETIRED)
+    ModelVersion.objects.filter(pk=shadow.pk).update(status=ModelVersion.Status.ACTIVE, shadow=False)
+    content = client_for(radiologist).get(URL).content.decode()
+    row = re.search(r'<tr data-version="v2">.*?</tr>', content, re.S).group(0)
+    assert "Active" in row and "shadow" not in row
