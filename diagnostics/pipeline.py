@@ -834,9 +834,15 @@ def _store_all(results: list[_Result]) -> list[int]:
         return []
     _save_heatmaps([result for result in results if result.heatmap_png])
     try:
-        stored = _commit(results)
-    except IntegrityError:
-        stored = [result for result in results if _commit_alone(result)]
+        try:
+            stored = _commit(results)
+        except IntegrityError:
+            stored = [result for result in results if _commit_alone(result)]
+    except BaseException:
+        # The database went away mid-store: the batch is retried, with heatmaps of new
+        # names, so these would be left with no row pointing at them (patient images).
+        _delete_unreferenced_heatmaps(results)
+        raise
     _delete_heatmaps([result for result in results if result not in stored])
     for result in stored:
         metrics.PREDICTIONS.labels(label=result.prediction.label, origin=result.origin).inc()
@@ -923,6 +929,19 @@ def _audit_event(result: _Result):
         model_version=prediction.model_version.name,
         reused=prediction.reused_from_id is not None,
     )
+
+
+def _delete_unreferenced_heatmaps(results: list[_Result]) -> None:
+    """Remove the heatmaps no stored prediction names. A commit whose answer was lost may
+    have stored them: if the database cannot say, they stay (an orphan file is better
+    than a result without its heatmap)."""
+    names = [result.prediction.heatmap.name for result in results if result.prediction.heatmap]
+    try:
+        referenced = set(Prediction.objects.filter(heatmap__in=names).values_list("heatmap", flat=True))
+    except DatabaseError:
+        log.warning("could not tell which of %d heatmaps were stored; left in place", len(names))
+        return
+    _delete_heatmaps([result for result in results if result.prediction.heatmap.name not in referenced])
 
 
 def _delete_heatmaps(results: list[_Result]) -> None:

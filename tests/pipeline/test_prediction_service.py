@@ -1179,3 +1179,20 @@ def test_a_worker_written_off_neither_fails_nor_puts_back_a_study_another_worker
     row = Study.objects.get(pk=study.pk)
     assert (row.status, row.claimed_by, row.attempts) == (PROCESSING, "task-B", 1)
     assert pipeline._finish(fresh) == [study.pk]
+
+
+def test_a_database_lost_while_storing_leaves_no_heatmap_behind(hospital_a, tiny_model, settings, monkeypatch):
+    """The retry writes heatmaps of new names: those of the failed store were left with no
+    row pointing at them, a patient image nothing would ever remove (concurrency review)."""
+    study = store_study(hospital_a, NORMAL_IMAGE)
+    files_before = stored_files(settings.MEDIA_ROOT)
+
+    def database_gone(events):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(pipeline.audit, "record_all", database_gone)  # inside the storing transaction
+    with pytest.raises(pipeline.TransientPipelineError):
+        pipeline.predict_studies([study.pk], claim="message-1")
+
+    assert stored_files(settings.MEDIA_ROOT) == files_before
+    assert (Study.objects.get(pk=study.pk).status, Prediction.objects.count()) == (QUEUED, 0)
