@@ -34,7 +34,11 @@ class LockoutModelBackend(ModelBackend):
         if not email or password is None:
             return None
         user = User.objects.filter(email=email).first()
-        if user is None or is_locked(user, request):
+        # This attempt is counted before the password is checked: counted after, guesses
+        # sent in parallel from one address were all checked while the count still said
+        # "below the threshold" (about 20 per window instead of 5, the concurrency review).
+        attempt = _address_failures(user, request, count=True) if user is not None and request is not None else 0
+        if user is None or _account_locked(user) or (attempt or 0) > settings.LOGIN_LOCKOUT_THRESHOLD:
             # The cost of a real check, so that timing tells no one which emails are
             # accounts, nor which accounts are locked (they answered at once).
             User().set_password(password)
@@ -43,25 +47,29 @@ class LockoutModelBackend(ModelBackend):
             User.objects.filter(pk=user.pk).update(failed_login_count=0, locked_until=None)
             _forget_address_failures(user, request)  # earlier typos count no more
             return user
-        register_failed_login(user, request)
+        register_failed_login(user, counter_down=attempt is None)
         return None
+
+
+def _account_locked(user: User) -> bool:
+    return user.locked_until is not None and user.locked_until > timezone.now()
 
 
 def is_locked(user: User, request=None) -> bool:
     """Locked for everyone, or for the address this request comes from."""
-    if user.locked_until is not None and user.locked_until > timezone.now():
+    if _account_locked(user):
         return True
     failures = _address_failures(user, request, count=False) if request is not None else 0
     return (failures or 0) >= settings.LOGIN_LOCKOUT_THRESHOLD
 
 
-def register_failed_login(user: User, request=None) -> None:
-    failures = _address_failures(user, request, count=True) if request is not None else 0
+def register_failed_login(user: User, *, counter_down: bool = False) -> None:
+    """One more failure against the account itself (the address's was counted already)."""
     User.objects.filter(pk=user.pk).update(failed_login_count=F("failed_login_count") + 1)
     user.refresh_from_db(fields=["failed_login_count"])
     # Without the per-address counter (the cache unreachable), the account locks at the
     # per-address threshold, as one lock for all: guessing must not gain from an outage.
-    threshold = settings.LOGIN_ACCOUNT_LOCKOUT_THRESHOLD if failures is not None else settings.LOGIN_LOCKOUT_THRESHOLD
+    threshold = settings.LOGIN_LOCKOUT_THRESHOLD if counter_down else settings.LOGIN_ACCOUNT_LOCKOUT_THRESHOLD
     if user.failed_login_count >= threshold:
         until = timezone.now() + timedelta(seconds=settings.LOGIN_LOCKOUT_SECONDS)
         User.objects.filter(pk=user.pk).update(locked_until=until, failed_login_count=0)
@@ -74,8 +82,9 @@ def _address_key(user: User, request) -> str:
 
 
 def _address_failures(user: User, request, *, count: bool) -> int | None:
-    """Failed logins to `user` from the request's address, in the LOGIN_LOCKOUT_SECONDS
-    since the first of them; None when the cache cannot be reached."""
+    """Login attempts to `user` from the request's address since its last success, in the
+    LOGIN_LOCKOUT_SECONDS since the first of them (`count`: this one included); None when
+    the cache cannot be reached."""
     try:
         key = _address_key(user, request)
         if count:

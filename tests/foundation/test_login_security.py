@@ -58,6 +58,28 @@ def test_one_address_is_refused_after_the_threshold_even_with_the_right_password
     assert (doctor.failed_login_count, doctor.locked_until) == (threshold, None)  # the account is not locked
 
 
+def test_each_guess_is_counted_before_its_password_is_checked(client, doctor, threshold, monkeypatch):
+    """Counted after the check, guesses sent in parallel were all checked while the count
+    still read below the threshold: about 20 per window, not 3 (concurrency review). The
+    count each check sees includes its own guess, so at most `threshold` are ever checked."""
+    from django.core.cache import cache
+
+    from accounts import backends
+
+    counts_seen = []
+    real_check = User.check_password
+
+    def check_password(user, raw):
+        key = f"login-failures:{user.code}:{cache.get(backends._round_key(user), '')}:198.51.100.7"
+        counts_seen.append(cache.get(key))
+        return real_check(user, raw)
+
+    monkeypatch.setattr(User, "check_password", check_password)
+    for _ in range(threshold + 2):
+        assert _login(client, doctor.email, WRONG).status_code == 200
+    assert counts_seen == list(range(1, threshold + 1))
+
+
 def test_guesses_from_one_address_do_not_lock_the_doctor_out_from_their_own(client, doctor, threshold):
     """One lock for the account: five wrong guesses from anywhere on the internet locked a
     doctor out of their own workstation for 15 minutes."""
