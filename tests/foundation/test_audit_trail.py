@@ -106,7 +106,7 @@ def test_reading_studies_and_the_trail_in_the_admin_is_recorded_as_in_the_portal
     study = make_study(hospital_a, accession_number="ACC-7001")
     client = client_for(reader)
 
-    for path in ("/admin/diagnostics/study/?q=ACC-7001", f"/admin/diagnostics/study/{study.pk}/change/",
+    for path in (f"/admin/diagnostics/study/?q={study.code}", f"/admin/diagnostics/study/{study.pk}/change/",
                  "/admin/hospital/auditevent/?action=study.viewed"):  # fmt: skip
         assert client.get(path).status_code == 200
 
