@@ -6,6 +6,7 @@ end up in integration logs.
 
 from __future__ import annotations
 
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -14,13 +15,31 @@ from diagnostics.models import Label, Prediction, Review, Study
 
 
 class PredictionSerializer(serializers.ModelSerializer):
-    label = serializers.ChoiceField(choices=Label.choices)
-    model_version = serializers.CharField(source="model_version.name")
+    label = serializers.ChoiceField(
+        choices=Label.choices, help_text="`pneumonia` when `probability` is at least `threshold`, else `normal`."
+    )
+    probability = serializers.FloatField(
+        help_text="Calibrated probability of pneumonia (0 to 1), not a confidence in `label`: a normal result "
+        "can have a probability well above 0.5."
+    )
+    threshold = serializers.FloatField(
+        help_text="The model version's operating point, chosen for sensitivity (often far below 0.5): compare "
+        "`probability` with it, never with 0.5."
+    )
+    model_version = serializers.CharField(source="model_version.name", help_text="The model version that made it.")
     completed_at = serializers.DateTimeField(source="created_at")
+    heatmap_url = serializers.SerializerMethodField(
+        help_text="Where the heatmap (PNG) is read with the same credentials; null when the model drew none."
+    )
 
     class Meta:
         model = Prediction
-        fields = ["label", "probability", "threshold", "model_version", "completed_at"]
+        fields = ["label", "probability", "threshold", "model_version", "completed_at", "heatmap_url"]
+
+    def get_heatmap_url(self, prediction: Prediction) -> str | None:
+        if not prediction.heatmap:
+            return None
+        return reverse("api:study-heatmap", kwargs={"code": self.context["study_code"]})
 
 
 class ReviewSerializer(serializers.ModelSerializer):
@@ -49,6 +68,9 @@ class StudySerializer(serializers.ModelSerializer):
         "a change is stored a moment after its time is taken, so the margin keeps one from being missed, "
         "and a few studies are read twice.",
     )
+    image_url = serializers.SerializerMethodField(
+        help_text="Where the radiograph as Pleura shows it (PNG) is read with the same credentials."
+    )
     prediction = serializers.SerializerMethodField()
     reviews = serializers.SerializerMethodField()
     warnings = serializers.SerializerMethodField()
@@ -63,15 +85,19 @@ class StudySerializer(serializers.ModelSerializer):
             "accession_number",
             "created_at",
             "updated_at",
+            "image_url",
             "prediction",
             "reviews",
             "warnings",
         ]
 
+    def get_image_url(self, study: Study) -> str:
+        return reverse("api:study-image", kwargs={"code": study.code})
+
     @extend_schema_field(PredictionSerializer(allow_null=True))
     def get_prediction(self, study: Study) -> dict | None:
         prediction = shown_prediction(study)
-        return PredictionSerializer(prediction).data if prediction else None
+        return PredictionSerializer(prediction, context={"study_code": study.code}).data if prediction else None
 
     @extend_schema_field(ReviewSerializer(many=True))
     def get_reviews(self, study: Study) -> list[dict]:

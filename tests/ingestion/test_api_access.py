@@ -246,12 +246,14 @@ def test_detail_resource_shows_the_latest_non_shadow_prediction_reviews_and_warn
         "accession_number": "ACC-A1",
         "created_at": completed_a.created_at.isoformat().replace("+00:00", "Z"),
         "updated_at": completed_a.updated_at.isoformat().replace("+00:00", "Z"),
+        "image_url": f"/api/v1/studies/{completed_a.code}/image",
         "prediction": {
             "label": "pneumonia",
             "probability": 0.9,
             "threshold": 0.42,
             "model_version": "densenet-v2",
             "completed_at": shown.created_at.isoformat().replace("+00:00", "Z"),
+            "heatmap_url": f"/api/v1/studies/{completed_a.code}/heatmap",
         },
         "reviews": [
             {

@@ -35,8 +35,13 @@ def test_schema_documents_every_endpoint_with_examples_and_key_auth(db):
     detail = schema["components"]["schemas"]["Study"]["properties"]
     assert set(detail) == {
         "id", "status", "failure_reason", "failure_code", "accession_number", "created_at", "updated_at",
-        "prediction", "reviews", "warnings",
+        "image_url", "prediction", "reviews", "warnings",
     }  # fmt: skip
+    # What the numbers mean, for an integrator who would otherwise compare with 0.5.
+    prediction = schema["components"]["schemas"]["Prediction"]["properties"]
+    assert "never with 0.5" in prediction["threshold"]["description"]
+    assert "not a confidence in `label`" in prediction["probability"]["description"]
+    assert "null when the model drew none" in prediction["heatmap_url"]["description"]
     assert schema["components"]["schemas"]["FailureCodeEnum"]["enum"] == [
         "undecodable", "missing_file", "inference_error", "gave_up",
     ]  # fmt: skip

@@ -72,6 +72,7 @@ PYDICOM_PICTURES = [
 ]
 STUDY_FIELDS = {
     "id",
+    "image_url",
     "status",
     "failure_reason",
     "failure_code",
