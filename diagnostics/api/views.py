@@ -20,6 +20,7 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, generics, status
+from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import BaseParser, MultiPartParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -238,9 +239,29 @@ class StudyQueryMixin(TenantAPIMixin):
         return study
 
 
+class ChangesPagination(CursorPagination):
+    """`updated_since` reads: oldest change first, paged by a cursor after the last one read.
+
+    Paged by number, newest first, a study that changed while an EMR read the pages moved
+    to the front and pushed an unread one back onto a page already read; the documented
+    rule (the largest `updated_at` seen, less a minute) then missed it for good (API
+    review). A change only ever moves a study after the cursor, so a pass misses none.
+    """
+
+    ordering = ("updated_at", "id")
+    page_size_query_param = None
+
+
 class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
     serializer_class = StudySerializer
     parser_classes = [MultiPartParser, DicomParser, OctetStreamParser]
+
+    @property
+    def paginator(self):
+        if not hasattr(self, "_paginator"):
+            changes = "updated_since" in self.request.query_params
+            self._paginator = ChangesPagination() if changes else self.pagination_class()
+        return self._paginator
 
     def get_queryset(self):
         queryset = self.base_queryset().order_by("-created_at", "-id")
@@ -261,7 +282,7 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
         return queryset
 
     @extend_schema(
-        summary="List the hospital's studies, newest first",
+        summary="List the hospital's studies, newest first (with updated_since: oldest change first)",
         parameters=[
             OpenApiParameter("status", str, enum=Study.Status.values, description="Only studies in this status."),
             OpenApiParameter("accession_number", str, description="Only studies with this accession number."),
@@ -269,7 +290,9 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
                 "updated_since",
                 OpenApiTypes.DATETIME,
                 description="ISO 8601; studies changed at or after this time (their `updated_at`): a new "
-                "status, prediction or review.",
+                "status, prediction or review. The answer is then ordered by `updated_at`, oldest first, and "
+                "paged by a cursor: follow `next` to the end (`count` is absent), then ask again with the last "
+                "`updated_at` read, less a minute.",
             ),
         ],
         responses={200: StudySerializer(many=True), **errors(400, 401, 404, 429, 503)},
