@@ -19,7 +19,7 @@ from django.shortcuts import redirect
 from accounts import services
 from accounts.models import User
 from hospital import services as hospital_services
-from hospital.admin import HospitalScopedAdmin
+from hospital.admin import HospitalScopedAdmin, judged_against_what_was_shown
 from hospital.models import Hospital, Role
 
 SUPERUSER_FIELDSETS = (
@@ -109,6 +109,8 @@ class UserAdmin(HospitalScopedAdmin, DjangoUserAdmin):
 
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)
+        if obj is not None:
+            form = judged_against_what_was_shown(form, ("is_active", "is_superuser"))
         if obj is not None and self.is_platform_admin(request):
             return form
         if obj is not None:

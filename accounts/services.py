@@ -16,7 +16,7 @@ from accounts.models import User
 from hospital import audit
 from hospital.audit import Action
 from hospital.models import Hospital, Membership
-from hospital.services import create_membership, sync_staff_flag
+from hospital.services import create_membership, saved_fields, sync_staff_flag
 from hospital.tenancy import admin_hospitals
 
 
@@ -48,7 +48,9 @@ def update_user(user: User, changed: Iterable[str], *, actor=None, request=None)
     if "email" in changed:
         user.email = normalize_email(user.email)
     with transaction.atomic():
-        user.save()
+        # Only what this form changed: a stale form must not write back an "active" another
+        # admin has since switched off (hospital.services.update_membership).
+        user.save(update_fields=saved_fields(user, changed))
         staff = sync_staff_flag(user) if {"is_superuser", "is_staff"} & set(changed) else None
         deactivated = "is_active" in changed and not user.is_active
         extra = {} if staff is None else {"staff": staff}

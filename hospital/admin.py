@@ -245,6 +245,25 @@ class MembershipAddForm(forms.ModelForm):
             self.instance.user = user
 
 
+def judged_against_what_was_shown(form_class, names: tuple[str, ...]):
+    """The form, with `names` counted as changed only if the admin changed them on the page.
+
+    Django compares a posted value with the object as it is when the form is posted; a
+    page opened before another admin removed someone still posts "active", which then
+    read as a reactivation and was saved. The value the page showed travels with it
+    (show_hidden_initial), and the services save only what changed.
+    """
+
+    class ShownValues(form_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            for name in names:
+                if name in self.fields:
+                    self.fields[name].show_hidden_initial = True
+
+    return ShownValues
+
+
 @admin.register(Membership)
 class MembershipAdmin(HospitalScopedAdmin):
     list_display = ["user", "hospital", "role", "is_active", "created_at"]
@@ -263,6 +282,8 @@ class MembershipAdmin(HospitalScopedAdmin):
         if obj is None:
             kwargs["form"] = self.add_form
         form = super().get_form(request, obj, **kwargs)
+        if obj is not None:
+            form = judged_against_what_was_shown(form, ("role", "is_active"))
         if self.is_platform_admin(request):
             return form
         if obj is None:

@@ -104,13 +104,22 @@ def create_membership(membership: Membership, *, actor=None, request=None) -> Me
 
 
 def update_membership(membership: Membership, changed: Iterable[str], *, actor=None, request=None) -> Membership:
+    """Save only the `changed` fields: a form opened before another admin removed the
+    member wrote its stale "active" back with a role change, and let them back in."""
     changed = sorted(set(changed))
     with transaction.atomic():
-        membership.save()
+        membership.save(update_fields=saved_fields(membership, changed))
         deactivated = "is_active" in changed and not membership.is_active
         action = Action.MEMBERSHIP_DEACTIVATED if deactivated else Action.MEMBERSHIP_CHANGED
         _record_membership(action, membership, actor=actor, request=request, fields=changed)
     return membership
+
+
+def saved_fields(instance, changed: Iterable[str]) -> list[str]:
+    """The concrete fields among `changed` (a form's changed_data also names many-to-many
+    relations, saved apart), for save(update_fields=...)."""
+    concrete = {field.name for field in instance._meta.concrete_fields}
+    return [name for name in changed if name in concrete]
 
 
 def deactivate_membership(membership: Membership, *, actor=None, request=None) -> bool:

@@ -18,6 +18,8 @@ def admin_form_data(response, **overrides) -> dict:
             continue
         value = form.initial.get(name, field.initial)
         value = value() if callable(value) else value
+        if field.show_hidden_initial:  # the value the page showed, in its hidden input
+            data[f"initial-{name}"] = str(value) if isinstance(field, forms.BooleanField) else value
         if isinstance(field, forms.BooleanField):
             if value:
                 data[name] = "on"

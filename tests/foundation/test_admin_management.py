@@ -480,3 +480,40 @@ def test_a_platform_operator_may_leave_a_hospital_without_admin(client_for, supe
 
     assert client.post(url, admin_form_data(client.get(url), is_active=None)).status_code == 302
     assert Membership.objects.get(pk=membership.pk).is_active is False
+
+
+def test_a_form_opened_before_a_member_was_removed_does_not_let_them_back_in(client_for, hospital_admin, doctor):
+    """Another admin removed the doctor while this page was open; saving it with a role
+    change wrote its stale "active" back, recorded as a plain change (concurrency review)."""
+    from hospital import services
+
+    membership = doctor.memberships.get()
+    url = f"/admin/hospital/membership/{membership.pk}/change/"
+    client = client_for(hospital_admin)
+    page = client.get(url)
+    assert 'name="initial-is_active"' in page.content.decode()  # what the page showed travels with it
+    opened = admin_form_data(page, role=Role.RADIOLOGIST)
+    services.deactivate_membership(membership)  # meanwhile, in another admin's browser
+
+    assert client.post(url, opened).status_code == 302
+
+    membership.refresh_from_db()
+    assert (membership.role, membership.is_active) == (Role.RADIOLOGIST, False)
+    changed = AuditEvent.objects.filter(action="membership.changed").get()
+    assert changed.detail["fields"] == ["role"]
+
+
+def test_a_user_form_opened_before_the_account_was_deactivated_does_not_reactivate_it(
+    client_for, hospital_admin, doctor
+):
+    from accounts import services
+
+    url = f"/admin/accounts/user/{doctor.pk}/change/"
+    client = client_for(hospital_admin)
+    opened = admin_form_data(client.get(url), first_name="Corrected")
+    services.deactivate_user(doctor)  # meanwhile, in another admin's browser
+
+    assert client.post(url, opened).status_code == 302
+
+    doctor.refresh_from_db()
+    assert (doctor.first_name, doctor.is_active) == ("Corrected", False)
