@@ -24,6 +24,7 @@ from collections import Counter
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied
+from django.db import transaction
 from django.http import Http404
 from django.template.response import TemplateResponse
 
@@ -66,12 +67,14 @@ class HospitalScopedAdmin(admin.ModelAdmin):
         Says how many `noun` were deactivated, and which hospitals kept their admin."""
         count, kept = 0, []
         for item in items:
-            if not self.is_platform_admin(request):
-                left_without = services.hospitals_left_without_admin(**losing(item))
-                if left_without:
-                    kept.extend(left_without)
-                    continue
-            count += deactivate(item, actor=request.user, request=request)
+            # One transaction: the check locks the hospitals concerned until the change is made.
+            with transaction.atomic():
+                if not self.is_platform_admin(request):
+                    left_without = services.hospitals_left_without_admin(**losing(item))
+                    if left_without:
+                        kept.extend(left_without)
+                        continue
+                count += deactivate(item, actor=request.user, request=request)
         self.message_user(request, f"{count} {noun} deactivated.", messages.SUCCESS)
         if kept:
             self.message_user(request, services.left_without_admin_message(kept), messages.WARNING)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from hospital import audit
@@ -76,11 +77,17 @@ def hospitals_left_without_admin(*, memberships: Iterable[int] = (), users: Iter
     """Hospitals that would have no active hospital admin if these memberships (ids)
     stopped being admin ones, or these users (ids) were deactivated.
 
+    Inside a transaction, the hospitals concerned are locked first (until it commits), so
+    two admins removing each other at the same moment run one after the other and the
+    second is judged by what the first left: checked unlocked, both saw the other still
+    there, and the hospital was left with no admin (concurrency review).
+
     A hospital admin who demotes or deactivates the last admin (themselves included)
     locks their hospital out of managing its own staff until a platform operator steps
     in; the admin refuses such a change. Platform operators may make it (a hospital
     leaving Pleura)."""
     memberships, users = set(memberships), set(users)
+    _lock_hospitals_of(memberships, users)
     admins = Membership.objects.active().filter(role=Role.HOSPITAL_ADMIN, user__is_active=True)
     losing = admins.filter(pk__in=memberships) | admins.filter(user__in=users)
     left_without = []
@@ -89,6 +96,13 @@ def hospitals_left_without_admin(*, memberships: Iterable[int] = (), users: Iter
         if not remaining.exists():
             left_without.append(hospital)
     return left_without
+
+
+def _lock_hospitals_of(memberships: set[int], users: set[int]) -> None:
+    if not transaction.get_connection().in_atomic_block:
+        return  # nothing would hold the lock
+    concerned = Membership.objects.filter(Q(pk__in=memberships) | Q(user__in=users)).values("hospital")
+    list(Hospital.objects.select_for_update().filter(pk__in=concerned).order_by("pk").values_list("pk", flat=True))
 
 
 def left_without_admin_message(hospitals: list[Hospital]) -> str:

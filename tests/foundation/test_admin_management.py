@@ -3,6 +3,8 @@ and nothing they post can widen their rights or reach another hospital."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from accounts.models import User
@@ -517,3 +519,47 @@ def test_a_user_form_opened_before_the_account_was_deactivated_does_not_reactiva
 
     doctor.refresh_from_db()
     assert (doctor.first_name, doctor.is_active) == ("Corrected", False)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_admins_removing_each_other_at_once_leave_one(client_for, hospital_admin, second_admin, monkeypatch):
+    """Each checked that the other was still there, then both were removed: the hospital
+    had no admin left to manage its staff (concurrency review)."""
+    import threading
+
+    from django.db import connection
+
+    from hospital import services
+    from tests.conftest import needs_postgresql
+
+    needs_postgresql("two admins' requests in two transactions at once")
+    real_check = services.hospitals_left_without_admin
+
+    def slow_check(**kwargs):
+        left_without = real_check(**kwargs)
+        time.sleep(0.5)  # the other request checks meanwhile, unless the check holds a lock
+        return left_without
+
+    monkeypatch.setattr(services, "hospitals_left_without_admin", slow_check)
+    both_start = threading.Barrier(2, timeout=30)
+    answers = []
+
+    def remove(admin, other):
+        client = client_for(admin)
+        other_membership = other.memberships.get().pk
+        both_start.wait()
+        data = {"action": "deactivate_selected", "_selected_action": [other_membership]}
+        answers.append(client.post("/admin/hospital/membership/", data).status_code)
+        connection.close()
+
+    threads = [
+        threading.Thread(target=remove, args=(hospital_admin, second_admin)),
+        threading.Thread(target=remove, args=(second_admin, hospital_admin)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert answers == [302, 302]
+    assert Membership.objects.filter(role=Role.HOSPITAL_ADMIN, is_active=True).count() == 1
