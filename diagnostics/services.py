@@ -325,7 +325,7 @@ def display_image_of(study: Study) -> FieldFile:
     the doctor waits, for studies an EMR often sends without anyone opening them in the
     portal. The first viewer now pays a few milliseconds instead. Two first requests at
     once both draw it, each under a name of its own; the conditional update keeps one
-    file and the other is removed.
+    file and the other is removed. A picture of an original replaced meanwhile is not kept.
     """
     if study.display_image or not study.original_file:
         return study.display_image
@@ -341,9 +341,12 @@ def display_image_of(study: Study) -> FieldFile:
         media.save_as_new(drawn, f"display-{uuid.uuid4().hex[:12]}.png", imaging.display_png(gray))
     except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
         raise StoredImageUnavailable.because(exc, doing="written") from exc
-    if Study.objects.filter(pk=study.pk, display_image="").update(display_image=drawn.name):
+    # Only if the original is still the one drawn: a failed study sent again meanwhile
+    # has a new file, and its picture must be drawn from that (concurrency review).
+    drawn_from = Study.objects.filter(pk=study.pk, display_image="", original_file=study.original_file.name)
+    if drawn_from.update(display_image=drawn.name):
         return drawn
-    media.remove_file(drawn.storage, drawn.name)  # another request stored its picture first
+    media.remove_file(drawn.storage, drawn.name)  # another request stored its picture first, or a new copy came
     study.refresh_from_db(fields=["display_image"])
     return study.display_image
 

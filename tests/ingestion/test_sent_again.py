@@ -189,3 +189,20 @@ def test_an_identifier_typed_for_the_study_stays_unless_one_is_typed_for_the_cop
     failed(study, Study.Failure.MISSING_FILE, pipeline.MISSING_FILE_MESSAGE)
     study = upload(accession_number="ACC-7002")
     assert (study.status, study.patient_id, study.accession_number) == ("queued", "MRN-7001", "ACC-7002")
+
+
+def test_a_picture_drawn_from_the_copy_being_replaced_is_not_kept(emr, stored):
+    """A doctor opened the failed study as the EMR sent it again: the picture drawn from
+    the old file was kept for good beside the new one the model reads (concurrency review)."""
+    assert post_file(emr, CR_CHEST.read_bytes()).status_code == 202
+    study = failed(Study.objects.get(), Study.Failure.UNDECODABLE, pipeline.UNDECODABLE_MESSAGE)
+    opened_before = Study.objects.get(pk=study.pk)  # the viewer's row: the original it will read
+
+    assert post_dicom_body(emr, CR_CHEST.read_bytes()).status_code == 202  # the copy replaces it
+    assert not services.display_image_of(opened_before)
+
+    study.refresh_from_db()
+    assert not study.display_image
+    assert not any("display-" in name for name in stored().files)
+    drawn = services.display_image_of(study)  # the next viewer draws from the new copy
+    assert Study.objects.get(pk=study.pk).display_image.name == drawn.name
