@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable
 from functools import partial
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 
@@ -220,10 +220,27 @@ def _store(study: Study, data: bytes, audit_context: dict) -> Study:
         if study.sop_instance_uid:
             raise _DuplicateInstance from exc
         raise
+    except DatabaseError:
+        _remove_unless_stored(study)
+        raise
     except BaseException:
         media.remove_file(study.original_file.storage, study.original_file.name)
         raise
     return study
+
+
+def _remove_unless_stored(study: Study) -> None:
+    """The database failed: remove the original unless its row was stored after all (an
+    insert that committed, then lost its connection before the answer came). Removed, that
+    study failed as "missing file", and the EMR's retry got it back as already stored. If
+    the database cannot say, the file stays: an orphan is better than a study without it."""
+    try:
+        stored = Study.objects.filter(code=study.code).exists()
+    except DatabaseError:
+        logger.warning("study %s: could not tell whether it was stored; its original is kept", study.code)
+        return
+    if not stored:
+        media.remove_file(study.original_file.storage, study.original_file.name)
 
 
 # What a study takes from the file itself, and so takes anew from a copy sent again,

@@ -11,6 +11,7 @@ from functools import partial
 import numpy as np
 import pydicom
 import pytest
+from django.db import OperationalError
 
 from diagnostics import services, tasks
 from diagnostics.dicom import patient_age_years
@@ -281,6 +282,35 @@ def test_storage_failure_midway_leaves_no_files_and_no_row(hospital_a, stored, m
 
     monkeypatch.setattr(services, "insert_together", broken_insert)  # after the original was written
     with pytest.raises(OSError, match="disk full"):
+        ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source=Study.Source.API)
+    after = stored()
+    assert (after.studies, after.files) == (before.studies, before.files)
+
+
+def test_a_stored_study_whose_commit_answer_was_lost_keeps_its_file(hospital_a, stored, monkeypatch):
+    """The insert committed, then the connection dropped before its answer: the file was
+    removed all the same, and the study failed as "missing file" (concurrency review)."""
+    real_insert = services.insert_together
+
+    def insert_then_lose_the_answer(*instances, **kwargs):
+        real_insert(*instances, **kwargs)
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(services, "insert_together", insert_then_lose_the_answer)
+    with pytest.raises(OperationalError):
+        ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source=Study.Source.API)
+    study = Study.objects.get()
+    assert stored().files == {study.original_file.name}
+
+
+def test_a_study_the_database_did_not_store_leaves_no_file(hospital_a, stored, monkeypatch):
+    before = stored()
+
+    def database_gone(*instances, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(services, "insert_together", database_gone)
+    with pytest.raises(OperationalError):
         ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source=Study.Source.API)
     after = stored()
     assert (after.studies, after.files) == (before.studies, before.files)
