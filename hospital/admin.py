@@ -174,18 +174,18 @@ def _is_tenant_owned(model) -> bool:
 class HospitalAdmin(HospitalScopedAdmin):
     hospital_lookup = "pk"
     hospital_admin_permissions = frozenset({VIEW, CHANGE})
-    list_display = ["name", "slug", "is_active", "shares_reviews_for_training", "created_at"]
+    list_display = ["name", "slug", "is_active", "time_zone", "shares_reviews_for_training", "created_at"]
     search_fields = ["name", "slug"]
     list_filter = ["is_active", "shares_reviews_for_training"]
     prepopulated_fields = {"slug": ["name"]}
 
     def get_fields(self, request, obj=None):
-        return ["name", "slug", "is_active", "shares_reviews_for_training", "code", "created_at"]
+        return ["name", "slug", "is_active", "time_zone", "shares_reviews_for_training", "code", "created_at"]
 
     def get_readonly_fields(self, request, obj=None):
         if self.is_platform_admin(request):
             return ["code", "created_at"]
-        # A hospital admin decides training consent for their hospital, nothing else.
+        # A hospital admin decides training consent and the time zone for their hospital.
         return ["name", "slug", "is_active", "code", "created_at"]
 
     def get_prepopulated_fields(self, request, obj=None):

@@ -3,11 +3,22 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+import zoneinfo
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connections, models, router
 from django.utils import timezone
+
+
+def default_time_zone() -> str:
+    return settings.TIME_ZONE
+
+
+def validate_time_zone(value: str) -> None:
+    if value not in zoneinfo.available_timezones():
+        raise ValidationError(f"{value!r} is not an IANA time zone name (such as Europe/London).")
 
 
 class Hospital(models.Model):
@@ -20,6 +31,14 @@ class Hospital(models.Model):
     # Consent for this hospital's reviewed studies to train models served to all
     # hospitals. Off unless a hospital admin turns it on (audited).
     shares_reviews_for_training = models.BooleanField(default=False)
+    # Where its staff work: pages show times, and date filters cut days, in this zone
+    # (stored times stay UTC). A study received at 22:30 in New York is on the 23rd there.
+    time_zone = models.CharField(
+        max_length=64,
+        default=default_time_zone,
+        validators=[validate_time_zone],
+        help_text="IANA time zone of the hospital, e.g. Europe/London or America/New_York.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

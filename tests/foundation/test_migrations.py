@@ -9,8 +9,10 @@ from django.db.migrations.executor import MigrationExecutor
 
 from diagnostics import pipeline
 
-BEFORE_FAILURE_CODES = [("diagnostics", "0003_study_index_hospital_pixels")]
-FAILURE_CODES = [("diagnostics", "0004_study_failure_code")]
+# Each app where it stood then: hospital's later migrations (0003, its time zone) too.
+HOSPITAL_THEN = ("hospital", "0002_auditevent_append_only_trigger")
+BEFORE_FAILURE_CODES = [("diagnostics", "0003_study_index_hospital_pixels"), HOSPITAL_THEN]
+FAILURE_CODES = [("diagnostics", "0004_study_failure_code"), HOSPITAL_THEN]
 
 
 def migrate(targets):

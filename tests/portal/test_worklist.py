@@ -99,6 +99,35 @@ def test_date_range_filters_on_the_received_day(client_for, doctor, studies):
     assert str(old.code) not in row_codes(recent) and len(row_codes(recent)) == 4
 
 
+def test_times_and_days_are_the_hospitals_own(client_for, doctor, studies, hospital_a):
+    """Shown in UTC with no zone, a study received at 22:30 in New York read as the next
+    day's 03:30, and a filter on the day it arrived found nothing (portal review)."""
+    from datetime import UTC, datetime
+
+    hospital_a.time_zone = "America/New_York"
+    hospital_a.save()
+    late = studies["queued"]
+    Study.objects.filter(pk=late.pk).update(created_at=datetime(2026, 11, 24, 3, 30, tzinfo=UTC))
+    client = client_for(doctor)
+
+    page = client.get(WORKLIST).content.decode()
+    row = re.search(rf'<tr id="study-{late.code}".*?</tr>', page, re.S).group(0)
+    assert '23 Nov 2026<span class="muted"> 22:30</span>' in row
+    assert "Times are St Mary&#x27;s Hospital's: America/New_York." in page
+    on_the_23rd = client.get(WORKLIST, {"date_from": "2026-11-23", "date_to": "2026-11-23"}, **HX)
+    assert row_codes(on_the_23rd.content.decode()) == [str(late.code)]
+    on_the_24th = client.get(WORKLIST, {"date_from": "2026-11-24", "date_to": "2026-11-24"}, **HX)
+    assert str(late.code) not in row_codes(on_the_24th.content.decode())
+
+
+def test_a_hospitals_time_zone_must_be_a_real_one(hospital_a):
+    from django.core.exceptions import ValidationError
+
+    hospital_a.time_zone = "Mars/Olympus_Mons"
+    with pytest.raises(ValidationError, match="not an IANA time zone name"):
+        hospital_a.full_clean()
+
+
 @pytest.mark.parametrize("headers", [HX, {}], ids=["htmx", "a link or bookmark"])
 def test_reversed_date_range_is_a_clear_400_with_no_rows(client_for, doctor, studies, headers):
     """A full page used to show every study under controls still showing the filters."""
