@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from django.db import InterfaceError, OperationalError
 from django.http import Http404
@@ -177,6 +177,9 @@ class TenantAPIMixin:
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
         self.hospital, self.role = resolve_api_tenant(request)
+        # The API speaks UTC to every caller: a portal session's hospital time zone
+        # (hospital.middleware) is for its pages; the middleware restores it afterwards.
+        timezone.activate(UTC)
 
     def tenant_queryset(self, queryset):
         return queryset.for_hospital(self.hospital)

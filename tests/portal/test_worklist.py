@@ -337,3 +337,14 @@ def test_the_shared_radiologist_sees_the_hospital_picked_in_the_switcher(client_
     switched = client.post(reverse("accounts:switch_hospital"), {"hospital": str(hospital_a.code)})
     assert switched.status_code == 302
     assert len(row_codes(client.get(WORKLIST).content.decode())) == 5
+
+
+def test_the_api_speaks_utc_to_a_portal_session_too(client_for, doctor, studies, hospital_a):
+    from datetime import UTC, datetime
+
+    hospital_a.time_zone = "America/New_York"
+    hospital_a.save()
+    late = studies["queued"]
+    Study.objects.filter(pk=late.pk).update(created_at=datetime(2026, 11, 24, 3, 30, tzinfo=UTC))
+    body = client_for(doctor).get(f"/api/v1/studies/{late.code}/", HTTP_ACCEPT="application/json").json()
+    assert body["created_at"] == "2026-11-24T03:30:00Z"
