@@ -49,6 +49,15 @@
     else if (words) notice("Pleura is temporarily unavailable. " + words);
     else notice("Something went wrong (" + status + "). Please try again.");
   });
+  // A swap that replaces the control a keyboard user was on (saving a review) puts the
+  // focus where the answer is, the first field in error or the notice, marked
+  // data-focus-after-swap; left alone it fell back to the top of the page.
+  document.addEventListener("htmx:afterSwap", function (event) {
+    var swapped = document.getElementById(event.detail.target.id) || event.detail.target;
+    var invalid = swapped.querySelector && swapped.querySelector("[aria-invalid='true']");
+    var target = invalid || (swapped.querySelector && swapped.querySelector("[data-focus-after-swap]"));
+    if (target) target.focus();
+  });
   document.addEventListener("htmx:sendError", function () {
     notice("The server could not be reached. Check your connection; the page will keep trying.", "warning");
   });

@@ -122,10 +122,15 @@ def test_doctor_uploads_watches_opens_radiologist_disagrees_outsider_is_refused(
     mark_page(reader)
     other_label = "Normal" if prediction.label == "pneumonia" else "Pneumonia"
     reader.get_by_label("Disagree", exact=True).check()
+    # From the keyboard, without the correct finding: the focus lands on the field to mend,
+    # not on the top of the page (the swap replaced the button it was on).
+    reader.get_by_role("button", name="Save review").press("Enter")
+    expect(reader.get_by_label("Correct finding")).to_be_focused()
     reader.get_by_label("Correct finding").select_option(label=other_label)
     reader.get_by_label("Note").fill("Thymic shadow, no consolidation.")
-    reader.get_by_role("button", name="Save review").click()
+    reader.get_by_role("button", name="Save review").press("Enter")
     expect(reader.locator("#reviews .notice--success")).to_have_text("Review saved.")
+    expect(reader.locator("#reviews .notice--success")).to_be_focused()  # read out, and Tab goes on from it
     assert still_same_page(reader)
     expect(reader.locator("#reviews .review")).to_contain_text("Disagrees")
     screenshot(reader, "07-radiologist-review")

@@ -113,7 +113,7 @@ def test_times_and_days_are_the_hospitals_own(client_for, doctor, studies, hospi
     page = client.get(WORKLIST).content.decode()
     row = re.search(rf'<tr id="study-{late.code}".*?</tr>', page, re.S).group(0)
     assert '23 Nov 2026<span class="muted"> 22:30</span>' in row
-    assert "Times are St Mary&#x27;s Hospital's: America/New_York." in page
+    assert "Times are in America/New_York, St Mary&#x27;s Hospital's time zone." in page
     on_the_23rd = client.get(WORKLIST, {"date_from": "2026-11-23", "date_to": "2026-11-23"}, **HX)
     assert row_codes(on_the_23rd.content.decode()) == [str(late.code)]
     on_the_24th = client.get(WORKLIST, {"date_from": "2026-11-24", "date_to": "2026-11-24"}, **HX)
