@@ -56,6 +56,19 @@ def server_error(request: HttpRequest) -> HttpResponse:
     return defaults.server_error(request)
 
 
+API_NOT_FOUND = "No such address in Pleura's API: check the path against /api/v1/docs/."
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """A path nothing answers: machines get {"detail": ...} in JSON, like every other error
+    of theirs (an EMR's mistyped path got the portal's HTML page), people the portal's page."""
+    if request.path.startswith(MACHINE_PATHS):
+        response = JsonResponse({"detail": API_NOT_FOUND}, status=404)
+        response["Cache-Control"] = "private, no-store"
+        return response
+    return defaults.page_not_found(request, exception)
+
+
 def _unavailable_page(detail: str, retry_after_seconds: int) -> HttpResponse:
     # Rendered without the request: its context processors would query the database.
     page = loader.get_template("503.html").render({"detail": detail})

@@ -475,6 +475,14 @@ class StowView(TenantAPIMixin, APIView):
     def perform_content_negotiation(self, request, force=False):
         return super().perform_content_negotiation(request, force=True)
 
+    def finalize_response(self, request, response, *args, **kwargs):
+        """An error ({"detail": ...}) is plain JSON: labelled application/dicom+json, strict
+        DICOMweb clients tried to read it as a DICOM JSON data set (API review)."""
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if isinstance(response.data, dict) and set(response.data) == {"detail"}:
+            response.accepted_renderer, response.accepted_media_type = JSONRenderer(), "application/json"
+        return response
+
     @extend_schema(
         summary="DICOMweb STOW-RS: store DICOM instances",
         description=(

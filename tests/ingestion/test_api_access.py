@@ -486,3 +486,18 @@ def test_concurrent_requests_of_one_key_are_each_counted(monkeypatch):
 
     assert [allowed for allowed, _ in answers].count(True) == 5
     assert {wait for _, wait in answers} == {50.0}
+
+
+@pytest.mark.parametrize("path", ["/api/v1/study/", "/api/v2/studies/", "/dicomweb/nothing"])
+def test_a_path_nothing_answers_is_a_json_404_for_machines(path, caller, client, completed_a):
+    """An EMR's mistyped path got the portal's HTML page (API review)."""
+    from config.errors import API_NOT_FOUND
+
+    response = caller("key_a").get(path)
+    assert (response.status_code, response["Content-Type"], response.json()) == (
+        404,
+        "application/json",
+        {"detail": API_NOT_FOUND},
+    )
+    portal = client.get("/no-such-page/")
+    assert (portal.status_code, portal["Content-Type"].split(";")[0]) == (404, "text/html")

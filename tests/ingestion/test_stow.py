@@ -131,6 +131,8 @@ def test_malformed_requests_are_refused_as_a_whole(content_type, body, status, d
                     content_type)  # fmt: skip
     assert response.status_code == status
     assert response.json() == {"detail": detail}
+    # Plain JSON, not a DICOM JSON data set a strict DICOMweb client would try to read.
+    assert response["Content-Type"] == "application/json"
     assert stored() == before
 
 
