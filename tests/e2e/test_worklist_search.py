@@ -30,3 +30,16 @@ def test_paging_through_a_patient_search_reaches_the_older_studies(
     assert page.locator("#worklist-results tbody tr").all_inner_texts() != first_page
     expect(page.locator("#worklist-results")).to_contain_text("ACC-00")
     assert "MRN-SAME" not in page.url
+
+
+def test_a_search_that_finds_nothing_says_so(chromium, live_server, doctor, hospital_a, make_study, screenshot):
+    """It showed an empty card: no count, no words (portal review)."""
+    make_study(hospital_a, patient_id="MRN-THERE", accession_number="ACC-THERE")
+    page = sign_in(chromium, live_server, doctor)
+
+    page.get_by_label("Accession or patient ID").fill("MRN-NOT-HERE")
+    page.get_by_label("Accession or patient ID").press("Enter")
+
+    expect(page.locator("#worklist-results")).to_contain_text("0 studies matching your search")
+    expect(page.locator("#worklist-results")).to_contain_text("No studies match these filters.")
+    screenshot(page, "21-worklist-search-without-match")
