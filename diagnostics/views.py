@@ -209,6 +209,9 @@ def _ingest_one(request: HttpRequest, upload_file, identifiers: dict) -> dict:
         )
     except RejectedUpload as exc:
         return {**result, "status": exc.status_code, "error": str(exc.detail), "headers": exc.headers}
+    # Whose film it was filed under, in the answer: the upload page keeps the IDs typed for
+    # the files before, so the doctor sees at once a film filed under the wrong patient.
+    study.patient_display = person_name(study.patient_name)
     return {**result, "status": 201 if queued else 200, "study": study, "queued": queued}
 
 

@@ -43,16 +43,21 @@ def test_one_file_per_htmx_request_returns_its_inline_result_and_queues_it(clien
     assert (study.hospital, study.status, study.source, study.uploaded_by) == (hospital_a, "queued", "portal", doctor)
     assert (study.patient_id, study.accession_number) == ("MRN-77", "ACC-77")
     assert f'href="{reverse("diagnostics:study_detail", args=[study.code])}"' in html
-    assert "queued for analysis · accession ACC-77" in html
+    assert "queued for analysis · filed under patient ID MRN-77 · accession ACC-77" in html
     worklist = client_for(doctor).get(reverse("diagnostics:worklist")).content.decode()
     assert f'<tr id="study-{study.code}" class="worklist__row worklist__row--queued"' in worklist
 
 
 def test_a_real_dicom_radiograph_is_accepted(client_for, doctor):
     upload = SimpleUploadedFile("chest.dcm", CR_DICOM.read_bytes(), content_type="application/dicom")
-    response = client_for(doctor).post(UPLOAD, {"files": upload}, **HX)
+    response = client_for(doctor).post(UPLOAD, {"files": upload, "patient_id": "MRN-5"}, **HX)
     assert response.status_code == 201
     assert Study.objects.get().original_format == "dcm"
+    # The answer names whose film it was filed under: the header's name, the ID typed.
+    assert (
+        "queued for analysis · filed under Anonymized, patient ID MRN-5 · accession FUJI95714."
+        in response.content.decode()
+    )
 
 
 def test_a_file_that_is_not_an_image_gets_a_clear_inline_error_and_nothing_is_stored(client_for, doctor):
