@@ -315,11 +315,11 @@ def _prepare(out_dir: Path) -> None:
 def _load_gray(study: Study):
     """The stored original's grey pixels, decoded the way prediction decodes them.
 
-    A file that is gone or no longer decodes raises _Undecodable; a storage that cannot be
+    A file that is gone, refused or no longer decodes raises _Undecodable; a storage that cannot be
     read raises ExportError: exported without those images, a retraining would go ahead
     on an empty or partial set and register it as a candidate.
     """
-    from diagnostics import imaging  # pydicom and its plugins: load them where used
+    from diagnostics import imaging, media  # pydicom and its plugins: load them where used
 
     if not study.original_file:
         raise _Undecodable
@@ -328,6 +328,8 @@ def _load_gray(study: Study):
     except FileNotFoundError as exc:
         raise _Undecodable from exc
     except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
+        if media.refused_object(exc):  # this file's fault (a permission, S3's 403), as the pipeline judges it
+            raise _Undecodable from exc
         raise ExportError(
             f"the stored images could not be read ({type(exc).__name__}); nothing was exported: try again "
             "when the storage answers"

@@ -114,3 +114,13 @@ def _is_s3(storage) -> bool:
     except ImportError:  # django-storages is optional for filesystem-only installs
         return False
     return isinstance(storage, S3Storage)
+
+
+def refused_object(error: Exception) -> bool:
+    """The storage answered and refused this object (the disk's permission, S3's 403):
+    the file's fault. Connection errors and timeouts are the storage's (an outage)."""
+    if isinstance(error, PermissionError):
+        return True
+    response = getattr(error, "response", None)  # botocore's ClientError
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(response, dict) else None
+    return status == 403

@@ -117,16 +117,6 @@ class UnreadableFile(StorageUnreachable):
     attempt, or a study alone with it would go back uncounted for ever."""
 
 
-def _refused_object(error: Exception) -> bool:
-    """The storage answered and refused this object (the disk's permission, S3's 403):
-    the file's fault. Connection errors and timeouts are the storage's (an outage)."""
-    if isinstance(error, PermissionError):
-        return True
-    response = getattr(error, "response", None)  # botocore's ClientError
-    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(response, dict) else None
-    return status == 403
-
-
 # Errors after which the batches held go back counting an attempt, so each is then
 # predicted alone and, should one of them be the cause, fails after PIPELINE_MAX_ATTEMPTS:
 # retried as they were, a decoder that hangs past the soft time limit on one file took
@@ -694,7 +684,7 @@ def _load_gray(study: Study) -> np.ndarray:
     except TRANSIENT_ERRORS:
         raise
     except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
-        unreadable = UnreadableFile if _refused_object(exc) else StorageUnreachable
+        unreadable = UnreadableFile if media.refused_object(exc) else StorageUnreachable
         raise unreadable(f"study {study.code}: original unreadable ({type(exc).__name__})") from exc
     try:
         return imaging.decode_upload(data).gray

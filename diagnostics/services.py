@@ -83,9 +83,10 @@ def ingest_upload(
     refreshed = [*(name for name in decoded.metadata if name not in _TYPED), *typed]
     try:
         study, queued = _store_unless_sent_before(
-            sent_before, build, data, audit_context, source=source, refreshed=refreshed
-        )
-    except StorageUnavailable as exc:
+            sent_before, build, data, audit_context, source=source, refreshed=refreshed,
+            same_instance=partial(_same_instance, decoded=decoded, typed_patient_id=patient_id),
+        )  # fmt: skip
+    except (StorageUnavailable, imaging.InstanceConflict) as exc:
         _audit_rejected(exc, audit_context, source=source, size=len(data))
         raise
     if queued:
@@ -95,7 +96,7 @@ def ingest_upload(
 
 def _store_unless_sent_before(
     existing: Study | None, build: Callable[[], Study], data: bytes, audit_context: dict, *, source: str,
-    refreshed: list[str],
+    refreshed: list[str], same_instance: Callable[[Study], bool],
 ) -> tuple[Study, bool]:  # fmt: skip
     """Store the study `build` makes and its file, unless its instance was sent before
     (`existing`): then the study sent before, queued anew if it had failed. Returns
@@ -110,8 +111,11 @@ def _store_unless_sent_before(
         try:
             return _store(study, data, audit_context), True
         except _DuplicateInstance:
-            # Another request stored this instance between our check and our insert.
+            # Another request stored this instance between our check and our insert: it
+            # must be the same instance too, or this one is another patient's (a 409).
             existing = Study.objects.for_hospital(study.hospital).get(sop_instance_uid=study.sop_instance_uid)
+            if not same_instance(existing):
+                raise imaging.InstanceConflict from None
     _audit_uploaded(existing, audit_context, source=source, created=False)
     return existing, False
 

@@ -191,6 +191,11 @@ class HospitalAdmin(HospitalScopedAdmin):
     def get_prepopulated_fields(self, request, obj=None):
         return self.prepopulated_fields if self.is_platform_admin(request) else {}
 
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        shown = (services.CONSENT_FIELD, "is_active")
+        return judged_against_what_was_shown(form, shown) if obj is not None else form
+
     def save_model(self, request, obj, form, change):
         if change:
             self.check_hospital(request, obj)

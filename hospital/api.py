@@ -174,12 +174,16 @@ class TenantAPIMixin:
     def roles_for_method(self, method: str) -> frozenset[str]:
         return self.read_roles if method in permissions.SAFE_METHODS else self.write_roles
 
+    def dispatch(self, request, *args, **kwargs):
+        # The API speaks UTC to every caller: a portal session's hospital time zone
+        # (hospital.middleware) is for its pages. Overridden, not activated: activated, it
+        # stayed the thread's zone for the next request (one with no hospital).
+        with timezone.override(UTC):
+            return super().dispatch(request, *args, **kwargs)
+
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
         self.hospital, self.role = resolve_api_tenant(request)
-        # The API speaks UTC to every caller: a portal session's hospital time zone
-        # (hospital.middleware) is for its pages; the middleware restores it afterwards.
-        timezone.activate(UTC)
 
     def tenant_queryset(self, queryset):
         return queryset.for_hospital(self.hospital)

@@ -39,7 +39,9 @@ def update_hospital(hospital: Hospital, changed: Iterable[str], *, actor=None, r
     """Save a changed hospital. Training consent gets its own audit action."""
     changed = sorted(set(changed))
     with transaction.atomic():
-        hospital.save()
+        # Only what the form changed: a page opened before consent was withdrawn wrote the
+        # stale "consents" back with a time zone change, recorded as that admin's decision.
+        hospital.save(update_fields=saved_fields(hospital, changed))
         if CONSENT_FIELD in changed:
             audit.record(
                 Action.CONSENT_CHANGED,

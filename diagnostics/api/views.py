@@ -6,13 +6,14 @@ Thin views: the tenant gate is `hospital.api.TenantAPIMixin`, the work is done b
 
 from __future__ import annotations
 
+import base64
 import re
 import uuid
 from datetime import UTC, datetime, time
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
-from django.db.models import Prefetch, prefetch_related_objects
+from django.db.models import Prefetch, Q, prefetch_related_objects
 from django.http import Http404
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -20,10 +21,12 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, generics, status
-from rest_framework.pagination import CursorPagination
+from rest_framework.pagination import BasePagination
 from rest_framework.parsers import BaseParser, MultiPartParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from diagnostics import dicomweb, services
@@ -239,17 +242,60 @@ class StudyQueryMixin(TenantAPIMixin):
         return study
 
 
-class ChangesPagination(CursorPagination):
-    """`updated_since` reads: oldest change first, paged by a cursor after the last one read.
+class ChangesPagination(BasePagination):
+    """`updated_since` reads: oldest change first, paged by a cursor after the last study read.
 
-    Paged by number, newest first, a study that changed while an EMR read the pages moved
-    to the front and pushed an unread one back onto a page already read; the documented
-    rule (the largest `updated_at` seen, less a minute) then missed it for good (API
-    review). A change only ever moves a study after the cursor, so a pass misses none.
+    The cursor is that study's (updated_at, code), and the next page starts strictly after
+    it, so a study that changes while an EMR reads the pages moves after the cursor and is
+    read again later; none is skipped. Paged by number, newest first, a change pushed an
+    unread study back onto a page already read (API review); DRF's CursorPagination keys on
+    updated_at alone and skips by position within equal times, and a batch of results
+    shares one time, so a change there skipped an unread study too (diff review).
     """
 
-    ordering = ("updated_at", "id")
-    page_size_query_param = None
+    page_size = api_settings.PAGE_SIZE
+    cursor_query_param = "cursor"
+
+    def paginate_queryset(self, queryset, request, view=None):
+        self.request = request
+        after = self._cursor_of(request.query_params.get(self.cursor_query_param))
+        queryset = queryset.order_by("updated_at", "code")
+        if after is not None:
+            changed_at, code = after
+            queryset = queryset.filter(Q(updated_at__gt=changed_at) | Q(updated_at=changed_at, code__gt=code))
+        rows = list(queryset[: self.page_size + 1])
+        self.page, self.has_next = rows[: self.page_size], len(rows) > self.page_size
+        return self.page
+
+    def get_paginated_response(self, data):
+        return Response({"next": self._next_link(), "previous": None, "results": data})
+
+    def get_paginated_response_schema(self, schema):
+        return {
+            "type": "object",
+            "required": ["results"],
+            "properties": {
+                "next": {"type": "string", "nullable": True, "format": "uri"},
+                "previous": {"type": "string", "nullable": True, "format": "uri"},
+                "results": schema,
+            },
+        }
+
+    def _next_link(self) -> str | None:
+        if not self.has_next:
+            return None
+        last = self.page[-1]
+        token = base64.urlsafe_b64encode(f"{last.updated_at.isoformat()}|{last.code}".encode()).decode()
+        return replace_query_param(self.request.build_absolute_uri(), self.cursor_query_param, token)
+
+    def _cursor_of(self, token: str | None):
+        if not token:
+            return None
+        try:
+            changed_at, code = base64.urlsafe_b64decode(token.encode()).decode().split("|")
+            return datetime.fromisoformat(changed_at), uuid.UUID(code)
+        except (ValueError, UnicodeError) as exc:
+            raise exceptions.ValidationError("cursor is not one Pleura gave: follow the `next` link.") from exc
 
 
 class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
@@ -259,7 +305,8 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
     @property
     def paginator(self):
         if not hasattr(self, "_paginator"):
-            changes = "updated_since" in self.request.query_params
+            request = getattr(self, "request", None)
+            changes = request is not None and "updated_since" in request.query_params
             self._paginator = ChangesPagination() if changes else self.pagination_class()
         return self._paginator
 

@@ -563,3 +563,26 @@ def test_two_admins_removing_each_other_at_once_leave_one(client_for, hospital_a
 
     assert answers == [302, 302]
     assert Membership.objects.filter(role=Role.HOSPITAL_ADMIN, is_active=True).count() == 1
+
+
+def test_a_hospital_page_opened_before_consent_was_withdrawn_does_not_grant_it_again(
+    client_for, hospital_admin, hospital_a
+):
+    """Saved with a time zone change, the stale page wrote "consents" back and the audit
+    recorded it as this admin's decision (diff review)."""
+    from hospital import services
+
+    hospital_a.shares_reviews_for_training = True
+    hospital_a.save()
+    url = f"/admin/hospital/hospital/{hospital_a.pk}/change/"
+    client = client_for(hospital_admin)
+    opened = admin_form_data(client.get(url), time_zone="America/New_York")
+    hospital_a.shares_reviews_for_training = False  # meanwhile, on the consent page
+    services.update_hospital(hospital_a, [services.CONSENT_FIELD])
+
+    assert client.post(url, opened).status_code == 302
+
+    hospital_a.refresh_from_db()
+    assert (hospital_a.time_zone, hospital_a.shares_reviews_for_training) == ("America/New_York", False)
+    consent_events = AuditEvent.objects.filter(action="hospital.consent_changed").order_by("id")
+    assert [e.detail["shares_reviews_for_training"] for e in consent_events] == [False]

@@ -386,6 +386,36 @@ def test_changes_read_page_by_page_miss_none_that_change_meanwhile(caller, hospi
     assert read == [str(s.code) for s in (studies[0], studies[1], studies[2], studies[3], studies[0])]
 
 
+def test_changes_of_one_moment_read_page_by_page_miss_none(caller, hospital_a, monkeypatch):
+    """A batch's results share one updated_at; DRF's cursor skipped by position within it,
+    so a study of the batch changing meanwhile made an unread one be skipped (diff review)."""
+    from diagnostics.api.views import ChangesPagination
+
+    monkeypatch.setattr(ChangesPagination, "page_size", 2)
+    studies = _studies(hospital_a, 4)
+    one_moment = timezone.now() - timedelta(minutes=10)
+    Study.objects.update(updated_at=one_moment)
+    by_code = sorted(studies, key=lambda s: str(s.code))  # the order within one moment
+    client = caller("key_a")
+
+    page = client.get(STUDIES_URL, {"updated_since": (one_moment - timedelta(minutes=1)).isoformat()}).json()
+    read = [item["id"] for item in page["results"]]
+    Study.objects.filter(pk=by_code[0].pk).update(updated_at=timezone.now())  # a review, say
+    while page["next"]:
+        page = client.get(page["next"]).json()
+        read += [item["id"] for item in page["results"]]
+
+    assert read == [str(s.code) for s in (*by_code, by_code[0])]
+
+
+def test_a_cursor_pleura_did_not_give_is_a_clear_400(caller):
+    response = caller("key_a").get(STUDIES_URL, {"updated_since": "2026-01-01", "cursor": "bm90LWEtY3Vyc29y"})
+    assert (response.status_code, response.json()) == (
+        400,
+        {"detail": "cursor is not one Pleura gave: follow the `next` link."},
+    )
+
+
 def test_a_review_saved_after_the_prediction_is_read_back_as_a_change(caller, completed_a, radiologist):
     """An EMR reads what changed since its last read with `updated_since`: a radiologist's
     correction after the prediction must come back that way, as the prediction did."""

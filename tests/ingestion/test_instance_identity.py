@@ -112,3 +112,18 @@ def test_a_typed_patient_id_fills_in_a_header_without_one(emr):
     response = post_file(emr, CR_CHEST.read_bytes(), patient_id="MRN-7001")
     assert response.status_code == 202
     assert Study.objects.get().patient_id == "MRN-7001"
+
+
+def test_another_patients_instance_stored_meanwhile_is_still_refused(emr, stored, monkeypatch):
+    """The first copy committed between this upload's check and its insert: the insert's
+    unique constraint then handed back the first patient's study (200), never compared."""
+    from diagnostics import services
+
+    assert post_dicom_body(emr, DX_CHEST.read_bytes()).status_code == 202
+    files = stored()
+    monkeypatch.setattr(services, "_existing", lambda hospital, sop_uid: None)  # checked before it landed
+
+    response = post_dicom_body(emr, another_patients_instance_with_the_uid_of(DX_CHEST))
+
+    assert (response.status_code, response.json()) == (409, {"detail": CONFLICT})
+    assert Study.objects.count() == 1 and stored() == files

@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from PIL import Image
 
-from diagnostics import pipeline, services
+from diagnostics import media, pipeline, services
 from diagnostics.models import Prediction, Study
 from hospital.models import AuditEvent
 from mlcore import registry
@@ -1131,7 +1131,7 @@ def test_the_bucket_refusing_one_object_is_the_files_fault_and_not_reaching_it_i
     refused, failing = answer("AccessDenied", 403), answer("InternalError", 500)
     unreachable = EndpointConnectionError(endpoint_url="https://objects.hospital.example")
 
-    assert [pipeline._refused_object(e) for e in (refused, failing, unreachable, TimeoutError())] == [
+    assert [media.refused_object(e) for e in (refused, failing, unreachable, TimeoutError())] == [
         True,
         False,
         False,

@@ -348,3 +348,18 @@ def test_the_api_speaks_utc_to_a_portal_session_too(client_for, doctor, studies,
     Study.objects.filter(pk=late.pk).update(created_at=datetime(2026, 11, 24, 3, 30, tzinfo=UTC))
     body = client_for(doctor).get(f"/api/v1/studies/{late.code}/", HTTP_ACCEPT="application/json").json()
     assert body["created_at"] == "2026-11-24T03:30:00Z"
+
+
+def test_an_api_request_leaves_the_threads_time_zone_as_it_found_it(key_a):
+    """Activated for the API, UTC stayed the worker thread's zone for its next request."""
+    from django.utils import timezone as tz
+    from rest_framework.test import APIClient
+
+    emr = APIClient()
+    emr.credentials(HTTP_AUTHORIZATION=f"Bearer {key_a[1]}")
+    tz.activate("America/New_York")
+    try:
+        assert emr.get("/api/v1/studies/").status_code == 200
+        assert str(tz.get_current_timezone()) == "America/New_York"
+    finally:
+        tz.deactivate()
