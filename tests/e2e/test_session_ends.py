@@ -53,6 +53,8 @@ def test_an_upload_after_the_session_ended_says_so_and_is_sent_once_signed_in_ag
     expect(other_tab.get_by_role("heading", name="Worklist")).to_be_visible()
     result.get_by_role("button", name=f"Try again: {RADIOGRAPH.name}").click()
 
-    expect(page.locator(".upload-result--ok")).to_contain_text("Received and queued for analysis.")
+    expect(page.locator(".upload-result--ok")).to_contain_text(
+        "Received and queued for analysis · filed under patient ID MRN-SESSION-1."
+    )
     assert list(Study.objects.values_list("patient_id", flat=True)) == ["MRN-SESSION-1"]
     broker.purge()

@@ -40,7 +40,9 @@ def test_an_upload_while_the_storage_is_down_shows_why_and_is_sent_again_when_as
     settings.MEDIA_ROOT = mounted
     page.get_by_label("Patient ID (optional)").fill("MRN-SOMEONE-ELSE")
     result.get_by_role("button", name=f"Try again: {RADIOGRAPH.name}").click()
-    expect(page.locator(".upload-result--ok")).to_contain_text("Received and queued for analysis.")
+    expect(page.locator(".upload-result--ok")).to_contain_text(
+        "Received and queued for analysis · filed under patient ID MRN-RETRY-1."
+    )
     expect(page.locator(".upload-result--error")).to_have_count(0)
     assert list(Study.objects.values_list("patient_id", flat=True)) == ["MRN-RETRY-1"]
     broker.purge()  # the upload's message, for a worker this test does not run
