@@ -186,3 +186,18 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -
     if database["ENGINE"].endswith("sqlite3"):
         folder = Path(tempfile.mkdtemp(prefix="pleura-test-db-"))
         database.setdefault("TEST", {})["NAME"] = str(folder / "test.sqlite3")
+
+
+def storage_refuses(monkeypatch, study) -> None:
+    """The storage refuses to read `study`'s original (a permission, S3's 403), and reads
+    every other as usual."""
+    from diagnostics import imaging
+
+    real_read = imaging.read_original
+
+    def read_original(other):
+        if other.pk == study.pk:
+            raise PermissionError(13, "Permission denied")
+        return real_read(other)
+
+    monkeypatch.setattr(imaging, "read_original", read_original)

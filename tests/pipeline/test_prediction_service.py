@@ -25,6 +25,7 @@ from tests.conftest import (
     SHARED_DATA,
     files_limited_to,
     needs_postgresql,
+    storage_refuses,
     stored_files,
     unreachable_media_root,
 )
@@ -998,20 +999,13 @@ def test_one_unreadable_original_goes_back_alone_its_batch_is_predicted_and_it_f
     """A permission or a refused object is that file's, not an outage: the whole batch went
     back with it, through every retry, and the others waited for the sweeper. Alone, it
     was then taken for an outage for ever, never failed (diff review)."""
-    from diagnostics import imaging, tasks
+    from diagnostics import tasks
 
     settings.PIPELINE_MAX_ATTEMPTS = 2
     monkeypatch.setattr(pipeline, "retry_delay", lambda retries: 0)
     studies = [store_study(hospital_a, image) for image in _images(4)]
     culprit = studies[2]
-    real_read = imaging.read_original
-
-    def refuses_one(study):
-        if study.pk == culprit.pk:
-            raise PermissionError(13, "Permission denied")
-        return real_read(study)
-
-    monkeypatch.setattr(imaging, "read_original", refuses_one)
+    storage_refuses(monkeypatch, culprit)
 
     tasks.predict_studies.apply(args=[[studies[0].pk]], task_id="message-1")
 

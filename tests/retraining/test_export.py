@@ -13,7 +13,7 @@ from diagnostics import feedback
 from hospital.audit import Action
 from hospital.models import AuditEvent, Role
 from mlcore.preprocessing import gray_to_png, load_grayscale_file
-from tests.conftest import unreachable_media_root
+from tests.conftest import storage_refuses, unreachable_media_root
 from tests.retraining.conftest import (
     ACCESSION,
     BIRTH_DATE,
@@ -313,19 +313,10 @@ def test_a_file_the_storage_refuses_is_left_out_not_the_whole_export(tmp_path, c
     """One file the storage refuses (a permission, S3's 403) is that file's fault, as the
     pipeline judges it: it stopped every export, asking to try again when the storage
     answers, which it already did (diff review)."""
-    from diagnostics import imaging
-
     refused, readable = (stored_study(consenting, image) for image in REVIEW_IMAGES["normal"])
     for study in (refused, readable):
         review(study, radiologist, "normal")
-    real_read = imaging.read_original
-
-    def read_original(study):
-        if study.pk == refused.pk:
-            raise PermissionError(13, "Permission denied")
-        return real_read(study)
-
-    monkeypatch.setattr(imaging, "read_original", read_original)
+    storage_refuses(monkeypatch, refused)
     result = feedback.export_training_set(tmp_path / "export", holdout_fraction=0)
 
     assert (result.train_examples, result.undecodable_left_out) == (1, 1)
