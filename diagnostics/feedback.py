@@ -61,7 +61,8 @@ class ExportError(Exception):
 
 
 class _Undecodable(Exception):
-    """A stored original that is gone or no longer decodes: left out, not fatal."""
+    """A stored original that is gone, refused by the storage, or no longer decodes: left
+    out and counted, not fatal."""
 
 
 @dataclass
