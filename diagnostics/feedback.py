@@ -65,6 +65,11 @@ class _Undecodable(Exception):
     out and counted, not fatal."""
 
 
+class _Refused(_Undecodable):
+    """The storage refused this one file (a permission, S3's 403). Left out while other
+    files read: refused every time, it is the storage's credentials or policy, an outage."""
+
+
 @dataclass
 class ExportResult:
     out_dir: Path
@@ -225,16 +230,24 @@ def _decode_reviewed(studies: Iterable[Study], staging: Path) -> tuple[list[_Rev
     from mlcore.preprocessing import gray_to_png, pixel_sha256
 
     staging.mkdir()
-    images, undecodable = [], 0
+    images, undecodable, refused = [], 0, 0
     for study in studies:
         try:
             gray = _load_gray(study)
-        except _Undecodable:
+        except _Undecodable as exc:
             undecodable += 1
+            refused += isinstance(exc, _Refused)
             continue
         png = staging / export_name(study)
         png.write_bytes(gray_to_png(gray))
         images.append(_ReviewedImage(study=study, pixels=pixel_sha256(gray), png=png))
+    if refused and not images:
+        # Every file refused: an expired key, a bucket policy, a skewed clock (S3 answers
+        # all of them 403). Exported as nothing, a retraining would go ahead without them.
+        raise ExportError(
+            f"the storage refused every stored image ({refused}); nothing was exported: check its credentials "
+            "and policy, then try again"
+        )
     return images, undecodable
 
 
@@ -330,7 +343,7 @@ def _load_gray(study: Study):
         raise _Undecodable from exc
     except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
         if media.refused_object(exc):  # this file's fault (a permission, S3's 403), as the pipeline judges it
-            raise _Undecodable from exc
+            raise _Refused from exc
         raise ExportError(
             f"the stored images could not be read ({type(exc).__name__}); nothing was exported: try again "
             "when the storage answers"

@@ -188,15 +188,16 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -
         database.setdefault("TEST", {})["NAME"] = str(folder / "test.sqlite3")
 
 
-def storage_refuses(monkeypatch, study) -> None:
-    """The storage refuses to read `study`'s original (a permission, S3's 403), and reads
-    every other as usual."""
+def storage_refuses(monkeypatch, *studies) -> None:
+    """The storage refuses to read these studies' originals (a permission, S3's 403), and
+    reads every other as usual."""
     from diagnostics import imaging
 
     real_read = imaging.read_original
+    refused = {study.pk for study in studies}
 
     def read_original(other):
-        if other.pk == study.pk:
+        if other.pk in refused:
             raise PermissionError(13, "Permission denied")
         return real_read(other)
 

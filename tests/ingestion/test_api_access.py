@@ -4,6 +4,7 @@ the audit of every read."""
 
 from __future__ import annotations
 
+import base64
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -408,8 +409,19 @@ def test_changes_of_one_moment_read_page_by_page_miss_none(caller, hospital_a, m
     assert read == [str(s.code) for s in (*by_code, by_code[0])]
 
 
-def test_a_cursor_pleura_did_not_give_is_a_clear_400(caller):
-    response = caller("key_a").get(STUDIES_URL, {"updated_since": "2026-01-01", "cursor": "bm90LWEtY3Vyc29y"})
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "not-a-cursor",
+        # A time without a zone, and times at the ends of the calendar (500 on SQLite).
+        "2026-01-01T00:00:00|5b0c6a5e-1c4e-4f2e-9b3a-2f0e6c1d7a10",
+        "0001-01-01T00:00:00+01:00|5b0c6a5e-1c4e-4f2e-9b3a-2f0e6c1d7a10",
+        "9999-12-31T23:59:59-01:00|5b0c6a5e-1c4e-4f2e-9b3a-2f0e6c1d7a10",
+    ],
+)
+def test_a_cursor_pleura_did_not_give_is_a_clear_400(forged, caller):
+    cursor = base64.urlsafe_b64encode(forged.encode()).decode()
+    response = caller("key_a").get(STUDIES_URL, {"updated_since": "2026-01-01", "cursor": cursor})
     assert (response.status_code, response.json()) == (
         400,
         {"detail": "cursor is not one Pleura gave: follow the `next` link."},

@@ -320,3 +320,18 @@ def test_a_file_the_storage_refuses_is_left_out_not_the_whole_export(tmp_path, c
     result = feedback.export_training_set(tmp_path / "export", holdout_fraction=0)
 
     assert (result.train_examples, result.undecodable_left_out) == (1, 1)
+
+
+def test_a_storage_that_refuses_every_file_fails_the_export(tmp_path, consenting, radiologist, monkeypatch):
+    """S3 answers 403 to every object when its key expired or its policy changed: taken
+    file by file as each one's fault, the export came out empty and retraining went ahead
+    without the reviews (review of the mends)."""
+    first, second = (stored_study(consenting, image) for image in REVIEW_IMAGES["normal"])
+    for study in (first, second):
+        review(study, radiologist, "normal")
+    storage_refuses(monkeypatch, first, second)
+
+    with pytest.raises(feedback.ExportError, match=r"the storage refused every stored image \(2\); nothing"):
+        feedback.export_training_set(tmp_path / "export", holdout_fraction=0)
+    assert not (tmp_path / "export").exists()
+    assert not AuditEvent.objects.filter(action=Action.TRAINING_EXPORTED).exists()
