@@ -116,11 +116,22 @@ def _is_s3(storage) -> bool:
     return isinstance(storage, S3Storage)
 
 
+# S3's 403s that say the caller's credentials or clock are wrong: every object gets them,
+# so they are an outage of the storage, never one file's fault.
+_CREDENTIAL_REFUSALS = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "RequestTimeTooSkewed", "ExpiredToken", "InvalidToken"}
+)
+
+
 def refused_object(error: Exception) -> bool:
     """The storage answered and refused this object (the disk's permission, S3's 403):
-    the file's fault. Connection errors and timeouts are the storage's (an outage)."""
+    the file's fault. Connection errors and timeouts are the storage's (an outage), and so
+    is a 403 about the credentials (an expired key, a skewed clock): taken for each file's
+    fault, studies alone in their batch failed one after another while the key was wrong."""
     if isinstance(error, PermissionError):
         return True
     response = getattr(error, "response", None)  # botocore's ClientError
-    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(response, dict) else None
-    return status == 403
+    if not isinstance(response, dict):
+        return False
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status == 403 and response.get("Error", {}).get("Code") not in _CREDENTIAL_REFUSALS

@@ -1124,6 +1124,11 @@ def test_the_bucket_refusing_one_object_is_the_files_fault_and_not_reaching_it_i
 
     refused, failing = answer("AccessDenied", 403), answer("InternalError", 500)
     unreachable = EndpointConnectionError(endpoint_url="https://objects.hospital.example")
+    # Every object gets these: the key expired, or the clock is off (an outage, review of the mends).
+    credentials = [
+        answer(code, 403) for code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "RequestTimeTooSkewed")
+    ]
+    assert [media.refused_object(e) for e in credentials] == [False, False, False]
 
     assert [media.refused_object(e) for e in (refused, failing, unreachable, TimeoutError())] == [
         True,
