@@ -1,21 +1,38 @@
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
-from django.urls import reverse_lazy
+from django.urls import Resolver404, resolve, reverse, reverse_lazy
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from hospital import audit
-from hospital.tenancy import SESSION_KEY, active_memberships
+from hospital.tenancy import SESSION_KEY, active_memberships, resolve_membership
 
 
 class PleuraLoginView(auth_views.LoginView):
     template_name = "accounts/login.html"
     redirect_authenticated_user = True
+
+    def get_success_url(self):
+        """Where `next` points, unless the role the person signs in with may not open it:
+        a hospital admin sent on to the upload page landed on "Not allowed" (portal review).
+        Then the worklist, which every role opens."""
+        url = super().get_success_url()
+        try:
+            view = resolve(urlsplit(url).path).func
+        except Resolver404:
+            return url
+        allowed = getattr(view, "allowed_roles", None)
+        membership = resolve_membership(self.request) if allowed else None
+        if membership is not None and membership.role not in allowed:
+            return reverse("diagnostics:worklist")
+        return url
 
 
 class PleuraLogoutView(auth_views.LogoutView):

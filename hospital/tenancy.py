@@ -120,6 +120,7 @@ def role_required(*roles: str) -> Callable:
                 raise PermissionDenied("Your role does not allow this.")
             return view(request, *args, **kwargs)
 
+        wrapper.allowed_roles = frozenset(allowed)  # read by the sign-in page's redirect
         return wrapper
 
     return decorator

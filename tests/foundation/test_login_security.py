@@ -287,3 +287,12 @@ def test_production_cookies_are_secure():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "True", "True", "False"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("who", "lands_on"), [("hospital_admin", "/"), ("doctor", "/upload/")])
+def test_signing_in_goes_on_to_next_only_where_the_role_may_go(request, client, who, lands_on):
+    """A hospital admin sent on to the upload page landed on "Not allowed" (portal review)."""
+    user = request.getfixturevalue(who)
+    response = client.post(f"{LOGIN_URL}?next=/upload/", {"username": user.email, "password": PASSWORD})
+    assert (response.status_code, response["Location"]) == (302, lands_on)
