@@ -492,8 +492,8 @@ def _finish(batch: _Batch) -> list[int]:
     return done
 
 
-def _claim(requested: list[int], claim: str, holding: Collection[int] = ()) -> list[int]:
-    """Take up to MAX_BATCH studies, mark them ours and return their pks: one statement.
+def _claim(requested: list[int], owner: str, holding: Collection[int] = ()) -> list[int]:
+    """Take up to MAX_BATCH studies, mark them `owner`'s and return their pks: one statement.
 
     First the requested studies still waiting, then a dead worker's orphans (studies of
     this same message, redelivered, other than those this call's drain is `holding`),
@@ -504,11 +504,9 @@ def _claim(requested: list[int], claim: str, holding: Collection[int] = ()) -> l
     so there the statement itself is the lock.
     """
     now = timezone.now()
-    # Direct calls get an owner of their own, so what they won can be told apart too.
-    owner = claim or f"direct-{uuid.uuid4().hex}"
-    claimable = Q(status=STATUS.QUEUED)
-    if claim:
-        claimable |= Q(status=STATUS.PROCESSING, claimed_by=claim) & ~Q(pk__in=holding)
+    # A direct call's owner (`_begin`) is new, so it finds no orphans of its own.
+    orphans = Q(status=STATUS.PROCESSING, claimed_by=owner) & ~Q(pk__in=holding)
+    claimable = Q(status=STATUS.QUEUED) | orphans
     batch = Study.objects.filter(claimable).order_by(
         Case(When(pk__in=requested, then=0), When(status=STATUS.PROCESSING, then=1), default=2),
         F("queued_at").asc(nulls_first=True),
