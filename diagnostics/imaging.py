@@ -23,6 +23,7 @@ import logging
 import struct
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -133,8 +134,10 @@ class DecodedImage:
     metadata: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
-    @property
+    @cached_property
     def pixel_sha256(self) -> str:
+        # Read by the new study and, for an instance sent before, by the comparison with
+        # it: hashed once (megabytes of pixels).
         return pixel_sha256(self.gray)
 
 
