@@ -116,6 +116,17 @@ class InstanceConflict(RejectedUpload):
         )
 
 
+class IdempotencyKeyReused(RejectedUpload):
+    """An Idempotency-Key sent before with another file or identifiers: 422, nothing stored."""
+
+    def __init__(self):
+        super().__init__(
+            422,
+            "This Idempotency-Key was used before for a different file or different identifiers. "
+            "Send each new upload with a key of its own. Nothing was stored.",
+        )
+
+
 class PatientMismatch(RejectedUpload):
     """A typed patient ID that contradicts the DICOM header's: 409, nothing stored."""
 

@@ -91,6 +91,11 @@ class Study(models.Model):
     uploaded_by_key = models.ForeignKey(
         "hospital.IntegrationKey", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
+    # The `Idempotency-Key` header of the API request that stored this study: a request
+    # sent again with it (an EMR retrying after a timeout) gets this study back instead of
+    # storing a second copy, which DICOM's SOP Instance UID prevents but PNG and JPEG
+    # carry nothing to prevent. Unique within the hospital.
+    idempotency_key = models.CharField(max_length=128, blank=True)
 
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
     failure_reason = models.CharField(max_length=500, blank=True)
@@ -143,7 +148,12 @@ class Study(models.Model):
                 fields=["hospital", "sop_instance_uid"],
                 condition=~Q(sop_instance_uid=""),
                 name="one_study_per_sop_instance_per_hospital",
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["hospital", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="one_study_per_idempotency_key_per_hospital",
+            ),
         ]
         indexes = [
             models.Index(fields=["hospital", "status"]),

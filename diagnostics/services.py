@@ -44,6 +44,7 @@ def ingest_upload(
     request=None,
     dicom_only: bool = False,
     study_instance_uid: str = "",
+    idempotency_key: str = "",
 ) -> tuple[Study, bool]:
     """Validate, decode and store one uploaded file as a queued study of `hospital`.
 
@@ -55,11 +56,17 @@ def ingest_upload(
     already stored is touched by it.
     `dicom_only` refuses PNG and JPEG (DICOMweb takes DICOM instances only);
     `study_instance_uid` refuses an instance of any other study (STOW-RS to one study).
+    `idempotency_key` names the request: sent again with it, the same file and identifiers
+    get the study it stored (queued=False) and are not decoded again (`_sent_with_key`).
     """
     audit_context = {"request": request, "actor": user, "key": key, "hospital": hospital}
     try:
         patient_id = clean_identifier(patient_id, "patient_id")
         accession_number = clean_identifier(accession_number, "accession_number")
+        request_sent_before = _sent_with_key(hospital, idempotency_key, data, patient_id, accession_number)
+        if request_sent_before is not None:
+            _audit_uploaded(request_sent_before, audit_context, source=source, created=False, replayed=True)
+            return request_sent_before, False
         if dicom_only and imaging.sniff(data) != Study.Format.DICOM:
             raise RejectedUpload(415, "Only DICOM instances are accepted here, not PNG or JPEG images.")
         decoded = imaging.decode_upload(data)
@@ -74,7 +81,7 @@ def ingest_upload(
         raise
     build = partial(
         _build_study, hospital, decoded, data, source=source, user=user, key=key, patient_id=patient_id,
-        accession=accession_number,
+        accession=accession_number, idempotency_key=idempotency_key,
     )  # fmt: skip
     # A copy sent again refreshes what its header says, but an identifier someone typed
     # for the study is replaced only by one typed for the copy: the same instance's header
@@ -86,7 +93,7 @@ def ingest_upload(
             sent_before, build, data, audit_context, source=source, refreshed=refreshed,
             same_instance=partial(_same_instance, decoded=decoded, typed_patient_id=patient_id),
         )  # fmt: skip
-    except (StorageUnavailable, imaging.InstanceConflict) as exc:
+    except (StorageUnavailable, imaging.InstanceConflict, imaging.IdempotencyKeyReused) as exc:
         _audit_rejected(exc, audit_context, source=source, size=len(data))
         raise
     if queued:
@@ -111,13 +118,38 @@ def _store_unless_sent_before(
         try:
             return _store(study, data, audit_context), True
         except _DuplicateInstance:
-            # Another request stored this instance between our check and our insert: it
-            # must be the same instance too, or this one is another patient's (a 409).
-            existing = Study.objects.for_hospital(study.hospital).get(sop_instance_uid=study.sop_instance_uid)
-            if not same_instance(existing):
-                raise imaging.InstanceConflict from None
+            # Another request stored this request or this instance between our checks and
+            # our insert: the same request (a retry sent before the first was answered) gets
+            # its study; the same instance must be a copy, or it is another patient's (409).
+            existing = _sent_with_key(
+                study.hospital, study.idempotency_key, data, study.patient_id, study.accession_number
+            )
+            if existing is None:
+                existing = Study.objects.for_hospital(study.hospital).get(sop_instance_uid=study.sop_instance_uid)
+                if not same_instance(existing):
+                    raise imaging.InstanceConflict from None
     _audit_uploaded(existing, audit_context, source=source, created=False)
     return existing, False
+
+
+def _sent_with_key(
+    hospital: Hospital, idempotency_key: str, data: bytes, patient_id: str, accession: str
+) -> Study | None:
+    """The study an earlier request with this Idempotency-Key stored, if any; a key used
+    before for another file or other typed identifiers is refused (422): answered with
+    the earlier study, a new upload that reused a key would be lost without a word."""
+    if not idempotency_key:
+        return None
+    study = Study.objects.for_hospital(hospital).filter(idempotency_key=idempotency_key).first()
+    if study is None:
+        return None
+    same_request = study.original_sha256 == hashlib.sha256(data).hexdigest() and all(
+        not typed or typed == stored
+        for typed, stored in ((patient_id, study.patient_id), (accession, study.accession_number))
+    )
+    if not same_request:
+        raise imaging.IdempotencyKeyReused
+    return study
 
 
 def _check_typed_patient(decoded: DecodedImage, typed: str) -> None:
@@ -181,6 +213,7 @@ def _build_study(
     key: IntegrationKey | None,
     patient_id: str,
     accession: str,
+    idempotency_key: str,
 ) -> Study:
     fields = dict(decoded.metadata)
     # Values the caller typed win over the file's header (an EMR knows its own accession).
@@ -193,6 +226,7 @@ def _build_study(
         source=source,
         uploaded_by=user if getattr(user, "pk", None) else None,
         uploaded_by_key=key,
+        idempotency_key=idempotency_key,
         status=Study.Status.QUEUED,
         warnings=list(decoded.warnings),
         original_format=decoded.format,
@@ -205,7 +239,7 @@ def _build_study(
 
 
 class _DuplicateInstance(Exception):
-    """Another request stored the same SOP Instance UID first."""
+    """Another request stored the same SOP Instance UID, or used the same Idempotency-Key, first."""
 
 
 def _store(study: Study, data: bytes, audit_context: dict) -> Study:
@@ -221,7 +255,7 @@ def _store(study: Study, data: bytes, audit_context: dict) -> Study:
         transaction.on_commit(partial(tasks.enqueue_prediction, study.pk))
     except IntegrityError as exc:
         media.remove_file(study.original_file.storage, study.original_file.name)
-        if study.sop_instance_uid:
+        if study.sop_instance_uid or study.idempotency_key:
             raise _DuplicateInstance from exc
         raise
     except DatabaseError:

@@ -366,27 +366,49 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
             "failed may be sent again: its copy replaces the study's file and the same "
             "study is queued anew (202). 409 when that SOP Instance UID was sent before for "
             "other pixels, another patient or another study, and when `patient_id` contradicts "
-            "the DICOM header's Patient ID: nothing is stored."
+            "the DICOM header's Patient ID: nothing is stored. A PNG or JPEG carries no UID, so send "
+            "an `Idempotency-Key` header to make a retry safe: sent again with the same key, file and "
+            "identifiers, the request gets the study it stored (200) instead of storing a second copy."
         ),
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                str,
+                location=OpenApiParameter.HEADER,
+                description="Optional; a key of your own for this upload, unique within your hospital (a UUID). "
+                "A retry with the same key, file and identifiers answers 200 with the study the first request "
+                "stored; the same key with another file or other identifiers is refused (422). Kept with the "
+                "study: do not put patient data in it.",
+            )
+        ],
         request={"multipart/form-data": StudyUploadSerializer, "application/dicom": OpenApiTypes.BINARY},
         responses={
             202: OpenApiResponse(
                 StudySerializer,
                 description="Stored (or a failed study's instance stored again) and queued for prediction.",
             ),
-            200: OpenApiResponse(StudySerializer, description="Already stored (same SOP Instance UID), not failed."),
+            200: OpenApiResponse(
+                StudySerializer,
+                description="Already stored (same SOP Instance UID and not failed, or the same Idempotency-Key).",
+            ),
             409: OpenApiResponse(
                 ErrorSerializer,
                 description="The SOP Instance UID was sent before for another image or patient, or `patient_id` "
                 "contradicts the DICOM header's.",
             ),
-            **errors(400, 401, 403, 413, 415, 422, 429, 503),
+            **errors(400, 401, 403, 413, 415, 429, 503),
+            422: OpenApiResponse(
+                ErrorSerializer,
+                description="Truncated, corrupt, a DICOM object that is not an image, or an Idempotency-Key "
+                "used before for another file or other identifiers.",
+            ),
         },
         examples=[QUEUED_EXAMPLE, ERROR_EXAMPLE],
     )
     def post(self, request, *args, **kwargs):
         try:
             payload, identifiers = _upload_payload(request)
+            identifiers["idempotency_key"] = _idempotency_key(request)
         except exceptions.APIException as exc:
             # Refused before the service saw it (media type, size, form): audited all the same.
             audit.record(
@@ -410,6 +432,21 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
         headers = {"Location": request.build_absolute_uri(f"{request.path.rstrip('/')}/{study.code}/")}
         code = status.HTTP_202_ACCEPTED if queued else status.HTTP_200_OK
         return Response(StudySerializer(study).data, status=code, headers=headers)
+
+
+IDEMPOTENCY_KEY_MAX_LENGTH = 128
+_IDEMPOTENCY_KEY_RE = re.compile(rf"[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX_LENGTH}}}")
+
+
+def _idempotency_key(request) -> str:
+    """The request's `Idempotency-Key` header, or "" when it sends none."""
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if key and not _IDEMPOTENCY_KEY_RE.fullmatch(key):
+        raise exceptions.ValidationError(
+            f"The Idempotency-Key header must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters "
+            "without spaces (a UUID is a good key)."
+        )
+    return key
 
 
 def _upload_payload(request) -> tuple[bytes, dict]:

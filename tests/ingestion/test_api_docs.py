@@ -25,6 +25,9 @@ def test_schema_documents_every_endpoint_with_examples_and_key_auth(db):
     upload = schema["paths"]["/api/v1/studies/"]["post"]
     assert set(upload["requestBody"]["content"]) == {"multipart/form-data", "application/dicom"}
     assert {"200", "202", "400", "413", "415", "422"} <= set(upload["responses"])
+    idempotency = next(parameter for parameter in upload["parameters"] if parameter["name"] == "Idempotency-Key")
+    assert (idempotency["in"], idempotency.get("required", False)) == ("header", False)
+    assert "Idempotency-Key used before" in upload["responses"]["422"]["description"]
     examples = upload["responses"]["202"]["content"]["application/json"]["examples"]
     assert examples["JustUploaded:Queued,OutsideTheIntendedUse"]["value"]["status"] == "queued"
     assert schema["components"]["securitySchemes"]["IntegrationKey"] == {

@@ -1,0 +1,156 @@
+"""An EMR retrying an upload after a timeout. A DICOM instance is recognised by its SOP
+Instance UID, but a PNG or JPEG carries nothing of the kind, so each retry stored another
+copy (and another prediction on the worklist) until the API took an `Idempotency-Key`."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import pytest
+
+from diagnostics import imaging, services
+from diagnostics.models import Study
+from hospital.models import AuditEvent
+from tests.conftest import needs_postgresql
+from tests.ingestion.conftest import NORMAL_JPEG, PNEUMONIA_PNG, STUDIES_URL, post_file
+
+REUSED = imaging.IdempotencyKeyReused().detail
+KEY = "3f0c9a52-7d4e-4f7b-9a1e-5b2c8d6e0f11"
+
+
+def post_with_key(client, data: bytes, key: str = KEY, **fields):
+    upload = io.BytesIO(data)
+    upload.name = "upload.bin"
+    return client.post(STUDIES_URL, {"file": upload, **fields}, format="multipart", HTTP_IDEMPOTENCY_KEY=key)
+
+
+def test_a_retry_with_the_same_key_gets_the_study_the_first_request_stored(emr, stored):
+    first = post_with_key(emr, PNEUMONIA_PNG.read_bytes(), patient_id="MRN-1001")
+    after_first = stored()
+
+    retry = post_with_key(emr, PNEUMONIA_PNG.read_bytes(), patient_id="MRN-1001")
+
+    assert (first.status_code, retry.status_code) == (202, 200)
+    assert retry.json()["id"] == first.json()["id"]
+    assert retry["Location"] == first["Location"]
+    assert (stored().studies, stored().files) == (after_first.studies, after_first.files) == (1, after_first.files)
+    replay = AuditEvent.objects.filter(action="study.uploaded").latest("id")
+    assert (replay.detail["created"], replay.detail["replayed"]) == (False, True)
+
+
+def test_without_a_key_the_same_image_sent_twice_is_two_studies(emr):
+    """Two films of one patient can be pixel-identical only by a resend, but the API cannot
+    tell a resend from a second order without the sender saying so."""
+    assert [post_file(emr, PNEUMONIA_PNG.read_bytes()).status_code for _ in range(2)] == [202, 202]
+    assert Study.objects.count() == 2
+
+
+def test_a_retry_is_answered_without_decoding_the_file_again(emr, monkeypatch):
+    assert post_with_key(emr, PNEUMONIA_PNG.read_bytes()).status_code == 202
+
+    def no_decoding(data):
+        raise AssertionError("a retry must be answered from the stored study")
+
+    monkeypatch.setattr(imaging, "decode_upload", no_decoding)
+    assert post_with_key(emr, PNEUMONIA_PNG.read_bytes()).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("file", "fields"),
+    [(NORMAL_JPEG, {"patient_id": "MRN-1001"}), (PNEUMONIA_PNG, {"patient_id": "MRN-2002"}),
+     (PNEUMONIA_PNG, {"patient_id": "MRN-1001", "accession_number": "ACC-9"})],
+    ids=["another file", "another patient", "another accession"],
+)  # fmt: skip
+def test_a_key_used_before_for_another_upload_is_refused_and_nothing_is_stored(emr, stored, file, fields):
+    assert post_with_key(emr, PNEUMONIA_PNG.read_bytes(), patient_id="MRN-1001").status_code == 202
+    before = stored()
+
+    response = post_with_key(emr, file.read_bytes(), **fields)
+
+    assert (response.status_code, response.json()) == (422, {"detail": REUSED})
+    assert (stored().studies, stored().files) == (before.studies, before.files)
+    event = AuditEvent.objects.get(action="study.upload_rejected")
+    assert (event.detail["status_code"], event.detail["reason"]) == (422, REUSED)
+
+
+def test_the_same_key_in_another_hospital_is_another_upload(key_a, key_b, key_client, hospital_a, hospital_b):
+    a = post_with_key(key_client(key_a[1]), PNEUMONIA_PNG.read_bytes())
+    b = post_with_key(key_client(key_b[1]), PNEUMONIA_PNG.read_bytes())
+    assert (a.status_code, b.status_code) == (202, 202)
+    assert Study.objects.get(code=a.json()["id"]).hospital == hospital_a
+    assert Study.objects.get(code=b.json()["id"]).hospital == hospital_b
+
+
+@pytest.mark.parametrize("key", ["has a space", "x" * 129, "caf\u00e9", "tab\tkey"])
+def test_a_malformed_key_is_a_400_and_nothing_is_stored(emr, stored, key):
+    before = stored()
+    response = emr.post(
+        STUDIES_URL, PNEUMONIA_PNG.read_bytes(), content_type="application/octet-stream", HTTP_IDEMPOTENCY_KEY=key
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "detail": "The Idempotency-Key header must be 1 to 128 printable ASCII characters without spaces "
+        "(a UUID is a good key)."
+    }
+    assert stored() == before
+
+
+def test_a_retry_that_lands_while_the_first_is_being_stored_gets_its_study(hospital_a, stored, monkeypatch):
+    """Both requests looked before either was stored; the database constraint decides."""
+    data = PNEUMONIA_PNG.read_bytes()
+    first, _ = services.ingest_upload(hospital=hospital_a, data=data, source=Study.Source.API, idempotency_key=KEY)
+    files = stored().files
+    real_lookup, looked = services._sent_with_key, []
+
+    def looked_before_the_first_landed(*args):
+        looked.append(args)
+        return None if len(looked) == 1 else real_lookup(*args)
+
+    monkeypatch.setattr(services, "_sent_with_key", looked_before_the_first_landed)
+    study, queued = services.ingest_upload(hospital=hospital_a, data=data, source=Study.Source.API, idempotency_key=KEY)
+
+    assert (study.pk, queued, len(looked)) == (first.pk, False, 2)
+    assert Study.objects.count() == 1 and stored().files == files
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_requests_with_one_key_at_the_same_moment_make_one_study(hospital_a, stored, monkeypatch):
+    needs_postgresql("two requests writing at once (SQLite runs one writing transaction at a time)")
+    both_looked = threading.Barrier(2, timeout=30)
+    real_lookup = services._sent_with_key
+    calls = threading.local()
+
+    def look_then_wait(*args):
+        found = real_lookup(*args)
+        if not getattr(calls, "waited", False):
+            calls.waited = True
+            both_looked.wait()  # both requests have seen "not stored yet"
+        return found
+
+    monkeypatch.setattr(services, "_sent_with_key", look_then_wait)
+    data, results, errors = PNEUMONIA_PNG.read_bytes(), [], []
+
+    def upload():
+        from django.db import connections
+
+        try:
+            results.append(
+                services.ingest_upload(hospital=hospital_a, data=data, source=Study.Source.API, idempotency_key=KEY)
+            )
+        except Exception as exc:  # surfaced by the assertions below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=upload) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    assert sorted(queued for _, queued in results) == [False, True]
+    assert results[0][0].pk == results[1][0].pk
+    study = Study.objects.get()
+    assert stored().files == {study.original_file.name}
