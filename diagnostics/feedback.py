@@ -333,25 +333,18 @@ def _load_gray(study: Study):
     read raises ExportError: exported without those images, a retraining would go ahead
     on an empty or partial set and register it as a candidate.
     """
-    from diagnostics import imaging, media  # pydicom and its plugins: load them where used
+    from diagnostics import imaging  # pydicom and its plugins: load them where used
 
-    if not study.original_file:
-        raise _Undecodable
     try:
-        original = imaging.read_original(study)
-    except FileNotFoundError as exc:
+        return imaging.load_grayscale(study)
+    except imaging.StoredFileRefused as exc:  # this file's fault, as the pipeline judges it
+        raise _Refused from exc
+    except (imaging.StoredFileMissing, imaging.StoredFileUndecodable) as exc:
         raise _Undecodable from exc
-    except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
-        if media.refused_object(exc):  # this file's fault (a permission, S3's 403), as the pipeline judges it
-            raise _Refused from exc
+    except imaging.StoredFileUnreachable as exc:
         raise ExportError(
-            f"the stored images could not be read ({type(exc).__name__}); nothing was exported: try again "
-            "when the storage answers"
+            f"the stored images could not be read ({exc}); nothing was exported: try again when the storage answers"
         ) from exc
-    try:
-        return imaging.decode_upload(original).gray
-    except Exception as exc:  # decoders of hostile files raise anything
-        raise _Undecodable from exc
 
 
 def _place(out_dir: Path, example: _Example, held_out: bool) -> str:

@@ -352,6 +352,47 @@ def read_original(study) -> bytes:
         return handle.read()
 
 
-def load_grayscale(study) -> np.ndarray:
-    """Decode a stored study's original again, exactly as at upload (for the worker)."""
-    return decode_upload(read_original(study)).gray
+class StoredImageError(Exception):
+    """A stored original that could not be turned into grey pixels; the subclass says
+    whose fault it is, and each caller decides what that means for its work."""
+
+
+class StoredFileMissing(StoredImageError):
+    """No file, or the storage says it is gone: only sending the image again mends it."""
+
+
+class StoredFileRefused(StoredImageError):
+    """The storage answered and refused this one object (a permission, S3's 403)."""
+
+
+class StoredFileUnreachable(StoredImageError):
+    """The storage could not be read just now (an outage): the file may well be there."""
+
+
+class StoredFileUndecodable(StoredImageError):
+    """The file was read but no longer decodes (damaged, or a decoder that changed)."""
+
+
+def load_grayscale(study, *, passthrough: tuple[type[BaseException], ...] = ()) -> np.ndarray:
+    """Decode a stored study's original again, exactly as at upload (for the worker and
+    the training export), or raise the StoredImageError that says why not. Errors in
+    `passthrough` (a time limit, a lost database) are raised as they are."""
+    from diagnostics import media  # the storage's own words: a refusal or an outage
+
+    if not study.original_file:
+        raise StoredFileMissing("no file")
+    try:
+        data = read_original(study)
+    except passthrough:
+        raise
+    except FileNotFoundError as exc:
+        raise StoredFileMissing(type(exc).__name__) from exc
+    except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
+        unreadable = StoredFileRefused if media.refused_object(exc) else StoredFileUnreachable
+        raise unreadable(type(exc).__name__) from exc
+    try:
+        return decode_upload(data).gray
+    except passthrough:
+        raise
+    except Exception as exc:  # decoders of hostile files raise anything
+        raise StoredFileUndecodable(type(exc).__name__) from exc

@@ -673,23 +673,15 @@ def _decode_all(studies: list[Study]) -> tuple[list[Study], list[np.ndarray], li
 def _load_gray(study: Study) -> np.ndarray:
     from diagnostics import imaging  # the decoder pulls in pydicom and its plugins: load it where used
 
-    if not study.original_file:
-        raise PermanentStudyError(metrics.REASON_MISSING_FILE, MISSING_FILE_MESSAGE)
     try:
-        data = imaging.read_original(study)
-    except FileNotFoundError as exc:
+        return imaging.load_grayscale(study, passthrough=TRANSIENT_ERRORS)
+    except imaging.StoredFileMissing as exc:
         raise PermanentStudyError(metrics.REASON_MISSING_FILE, MISSING_FILE_MESSAGE) from exc
-    except TRANSIENT_ERRORS:
-        raise
-    except Exception as exc:  # whatever the backend raises (OSError on disk, botocore on S3)
-        unreadable = UnreadableFile if media.refused_object(exc) else StorageUnreachable
-        raise unreadable(f"study {study.code}: original unreadable ({type(exc).__name__})") from exc
-    try:
-        return imaging.decode_upload(data).gray
-    except TRANSIENT_ERRORS:
-        raise
-    except Exception as exc:  # decoders of hostile files raise anything; none is worth a retry
-        log.warning("study %s: stored original could not be decoded (%s)", study.code, type(exc).__name__)
+    except (imaging.StoredFileRefused, imaging.StoredFileUnreachable) as exc:
+        unreadable = UnreadableFile if isinstance(exc, imaging.StoredFileRefused) else StorageUnreachable
+        raise unreadable(f"study {study.code}: original unreadable ({exc})") from exc
+    except imaging.StoredFileUndecodable as exc:  # none is worth a retry
+        log.warning("study %s: stored original could not be decoded (%s)", study.code, exc)
         raise PermanentStudyError(metrics.REASON_UNDECODABLE, UNDECODABLE_MESSAGE) from exc
 
 
