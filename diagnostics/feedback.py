@@ -51,7 +51,7 @@ HOLDOUT_RULE = (
     "held back together if any of theirs is. Stable across exports, never used for training."
 )
 DEFAULT_HOLDOUT_FRACTION = 0.2
-HOLDOUT_FOLDER = "holdout"
+HOLDOUT_FOLDER = data.REVIEW_HOLDOUT_FOLDER
 MANIFEST = "manifest.json"
 FOLDER_FOR_LABEL = {Label.NORMAL: data.CLASSES[0], Label.PNEUMONIA: data.CLASSES[1]}
 
@@ -355,14 +355,7 @@ def _place(out_dir: Path, example: _Example, held_out: bool) -> str:
 
 def _folder_hash(out_dir: Path) -> str:
     """mlcore's data hash of every exported image (training and hold-out parts)."""
-    return data.data_hash(exported_samples(out_dir) + exported_samples(out_dir / HOLDOUT_FOLDER))
-
-
-def exported_samples(folder: Path) -> list[data.Sample]:
-    """The images of one part of an export (none is fine: a hospital may have no reviews yet)."""
-    if not any(path.is_file() for name in data.CLASSES for path in (folder / name).glob("*.png")):
-        return []
-    return data.scan_folder(folder)
+    return data.data_hash(data.scan_review_export(out_dir) + data.scan_review_export(out_dir / HOLDOUT_FOLDER))
 
 
 def _manifest(result: ExportResult, holdout_fraction: float, holdout_files: list[str]) -> dict:

@@ -56,6 +56,20 @@ def scan_folder(root: str | Path) -> list[Sample]:
     return samples
 
 
+# A review export (`diagnostics.feedback`) beside the training layout: NORMAL/ and
+# PNEUMONIA/ for training, and the same under holdout/ for the promotion gate.
+REVIEW_HOLDOUT_FOLDER = "holdout"
+
+
+def scan_review_export(folder: str | Path) -> list[Sample]:
+    """The PNG images of one part of a review export; none is fine (a hospital may have no
+    reviews yet), where `scan_folder` insists on a training set."""
+    folder = Path(folder)
+    if not any(path.is_file() for name in CLASSES for path in (folder / name).glob("*.png")):
+        return []
+    return scan_folder(folder)
+
+
 def _patient_groups(samples: list[Sample]) -> dict[str, list[Sample]]:
     """Patients joined by byte-identical files, so no image sits on both sides of the split."""
     parent: dict[str, str] = {}

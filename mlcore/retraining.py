@@ -87,7 +87,7 @@ def review_training_folder(export_dir: Path, locked: list[data.Sample], dest: Pa
     PNG, so no file hash matches it: it is recognised by its grey pixels. Trained on, it
     would flatter the candidate on the very set the gate compares it on.
     """
-    reviews = _exported(export_dir)
+    reviews = data.scan_review_export(export_dir)
     for class_name in data.CLASSES:
         (dest / class_name).mkdir(parents=True, exist_ok=True)
     if not reviews:
@@ -201,7 +201,7 @@ def retrain(options: RetrainOptions, *, actor=None) -> ModelVersion:
             kept = base_training_folder(data_dir, locked, base_dir)
             reviews, locked_reviews = review_training_folder(options.export_dir, locked, review_dir)
             description = _fine_tune(options, active, name, base_dir, review_dir if reviews else None, out_dir)
-        holdout = _exported(options.export_dir / "holdout")
+        holdout = data.scan_review_export(options.export_dir / data.REVIEW_HOLDOUT_FOLDER)
         _write_split(out_dir, kept + reviews, locked, options.seed)
         description = fit_operating_point(out_dir, description, locked, device=options.device)
         comparison = compare(
@@ -227,11 +227,6 @@ def _read_export_manifest(export_dir: Path) -> dict:
     if not path.is_file():
         raise RetrainingError(f"{path} not found: run export_training_set first")
     return json.loads(path.read_text())
-
-
-def _exported(folder: Path) -> list[data.Sample]:
-    has_images = any(p.is_file() for name in data.CLASSES for p in (folder / name).glob("*.png"))
-    return data.scan_folder(folder) if has_images else []
 
 
 def _fine_tune(
