@@ -14,6 +14,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import BaseUserCreationForm, UserChangeForm
+from django.db import transaction
 from django.shortcuts import redirect
 
 from accounts import services
@@ -152,10 +153,13 @@ class UserAdmin(HospitalScopedAdmin, DjangoUserAdmin):
             # here anyone holding an admin's open session could set a new one and keep it.
             # Compared as the object the admin would change ("01" is the same account as "1").
             return redirect("accounts:password_change")
-        response = super().user_change_password(request, id, form_url)
-        if request.method == "POST" and response.status_code == 302 and response.url != request.get_full_path():
-            user = self.get_object(request, id)
-            services.record_password_set(user, actor=request.user, request=request)
+        # The new password and its event, all or none: saved first and audited after, a failed
+        # audit write left the password changed with no trace of who changed it.
+        with transaction.atomic():
+            response = super().user_change_password(request, id, form_url)
+            if request.method == "POST" and response.status_code == 302 and response.url != request.get_full_path():
+                user = self.get_object(request, id)
+                services.record_password_set(user, actor=request.user, request=request)
         return response
 
     @admin.action(description="Deactivate selected users", permissions=["change"])

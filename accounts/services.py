@@ -17,7 +17,6 @@ from hospital import audit
 from hospital.audit import Action
 from hospital.models import Hospital, Membership
 from hospital.services import create_membership, saved_fields, sync_staff_flag
-from hospital.tenancy import admin_hospitals
 
 
 def normalize_email(email: str) -> str:
@@ -54,12 +53,11 @@ def update_user(user: User, changed: Iterable[str], *, actor=None, request=None)
         staff = sync_staff_flag(user) if {"is_superuser", "is_staff"} & set(changed) else None
         deactivated = "is_active" in changed and not user.is_active
         extra = {} if staff is None else {"staff": staff}
-        audit.record(
+        record_about_user(
             Action.USER_DEACTIVATED if deactivated else Action.USER_CHANGED,
+            user,
             request=request,
             actor=actor,
-            hospital=home_hospital_for(user, actor),
-            target=user,
             fields=changed,
             **extra,
         )
@@ -72,9 +70,7 @@ def deactivate_user(user: User, *, actor=None, request=None) -> bool:
         if not User.objects.filter(pk=user.pk, is_active=True).update(is_active=False):
             return False
         user.is_active = False
-        audit.record(
-            Action.USER_DEACTIVATED, request=request, actor=actor, hospital=home_hospital_for(user, actor), target=user
-        )
+        record_about_user(Action.USER_DEACTIVATED, user, request=request, actor=actor)
     return True
 
 
@@ -88,14 +84,7 @@ def set_password(user: User, password: str, *, actor=None, request=None) -> User
 
 
 def record_password_set(user: User, *, actor=None, request=None) -> None:
-    audit.record(
-        Action.USER_CHANGED,
-        request=request,
-        actor=actor,
-        hospital=home_hospital_for(user, actor),
-        target=user,
-        fields=["password"],
-    )
+    record_about_user(Action.USER_CHANGED, user, request=request, actor=actor, fields=["password"])
 
 
 def unlock_user(user: User, *, actor=None, request=None) -> bool:
@@ -108,28 +97,24 @@ def unlock_user(user: User, *, actor=None, request=None) -> bool:
     with transaction.atomic():
         User.objects.filter(pk=user.pk).update(locked_until=None, failed_login_count=0)
         user.refresh_from_db(fields=["locked_until", "failed_login_count"])
-        audit.record(
-            Action.USER_CHANGED,
-            request=request,
-            actor=actor,
-            hospital=home_hospital_for(user, actor),
-            target=user,
-            fields=["locked_until"],
-        )
+        record_about_user(Action.USER_CHANGED, user, request=request, actor=actor, fields=["locked_until"])
     return True
 
 
-def home_hospital_for(user: User, actor=None) -> Hospital | None:
-    """The hospital an event about `user` is filed under: one the actor administers
-    and the user belongs to, else the user's first hospital (None for platform users).
-    Hospitals the user works in now come first: filed under one they left, the event
-    would be read by its admins and missed by their current hospital's."""
-    working = Hospital.objects.filter(memberships__user=user, memberships__is_active=True)
-    hospitals = (working if working.exists() else Hospital.objects.filter(memberships__user=user)).order_by(
-        "name", "pk"
-    )
-    if actor is not None and getattr(actor, "pk", None) and not actor.is_superuser:
-        shared = hospitals.filter(pk__in=admin_hospitals(actor).values("pk")).first()
-        if shared is not None:
-            return shared
-    return hospitals.first()
+def hospitals_of(user: User) -> list[Hospital]:
+    """The hospitals an event about `user`'s account is filed under: every one the user
+    works in now, since each one's admins answer for the account there (filed under one,
+    the others never learned that their radiologist was deactivated or locked out); for
+    someone who has left them all, every one they worked in (a dismissed employee's tries
+    to come back belong in the trail of the hospitals that dismissed them)."""
+    hospitals = Hospital.objects.distinct().order_by("name", "pk")
+    # One filter() call: chained, the second condition could match another user's membership.
+    working = list(hospitals.filter(memberships__user=user, memberships__is_active=True))
+    return working or list(hospitals.filter(memberships__user=user))
+
+
+def record_about_user(action: str, user: User, *, actor=None, request=None, **fields) -> None:
+    """One event about `user`'s account in each hospital's trail (`hospitals_of`)."""
+    hospitals = hospitals_of(user) or [None]  # a platform account: the request's hospital, if any
+    events = [audit.build(action, request=request, actor=actor, hospital=h, target=user, **fields) for h in hospitals]
+    audit.record_all(events)

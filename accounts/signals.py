@@ -36,15 +36,9 @@ def _audit_failed_login(sender, credentials, request=None, **kwargs) -> None:
     email = str(credentials.get("username") or credentials.get("email") or "").strip().lower()
     target = User.objects.filter(email=email).first() if email else None
     locked = {"locked": True} if target is not None and is_locked(target, request) else {}
-    from accounts.services import home_hospital_for
+    from accounts.services import record_about_user
 
-    audit.record(
-        audit.Action.LOGIN_FAILED,
-        request=request,
-        # Not only hospitals the account works in now: a dismissed employee's tries to
-        # come back belong in the trail of the hospital that dismissed them.
-        hospital=home_hospital_for(target) if target is not None else None,
-        target=target,
-        outcome=audit.Outcome.FAILURE,
-        **locked,
-    )
+    if target is None:
+        audit.record(audit.Action.LOGIN_FAILED, request=request, outcome=audit.Outcome.FAILURE)
+        return
+    record_about_user(audit.Action.LOGIN_FAILED, target, request=request, outcome=audit.Outcome.FAILURE, **locked)

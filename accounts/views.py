@@ -5,12 +5,14 @@ from urllib.parse import urlsplit
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.urls import Resolver404, resolve, reverse, reverse_lazy
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
+from accounts.services import record_about_user
 from hospital import audit
 from hospital.tenancy import SESSION_KEY, active_memberships, resolve_membership
 
@@ -44,8 +46,11 @@ class PleuraPasswordChangeView(auth_views.PasswordChangeView):
     success_url = reverse_lazy("diagnostics:worklist")
 
     def form_valid(self, form):
-        response = super().form_valid(form)
-        audit.record(audit.Action.PASSWORD_CHANGED, request=self.request, target=self.request.user)
+        # The new password and its event, all or none (a password saved without its event is
+        # a change nobody can account for).
+        with transaction.atomic():
+            response = super().form_valid(form)
+            record_about_user(audit.Action.PASSWORD_CHANGED, self.request.user, request=self.request)
         messages.success(self.request, "Your password has been changed.")
         return response
 

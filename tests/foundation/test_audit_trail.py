@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 from django.db import DatabaseError, connection, transaction
+from django.test import Client
 from django.urls import reverse
 
 from hospital import audit
 from hospital.models import AppendOnlyError, AuditEvent, Membership, Role
-from tests.conftest import needs_postgresql
+from tests.conftest import PASSWORD, needs_postgresql
 
 
 @pytest.fixture
@@ -135,3 +136,65 @@ def test_an_admin_list_read_is_filed_under_each_hospital_whose_rows_it_showed(
 
     listed = AuditEvent.objects.filter(action="study.listed", actor_user=hospital_admin)
     assert [(e.hospital_id, e.detail["count"]) for e in listed] == [(hospital_a.pk, 2)]
+
+
+def test_an_event_about_a_user_of_two_hospitals_is_in_both_trails(superuser, shared_radiologist):
+    """Filed under the first hospital by name, St Mary's never learned that its radiologist
+    was deactivated or locked out (audit review)."""
+    from accounts import services
+
+    services.unlock_user(shared_radiologist, actor=superuser)
+    services.deactivate_user(shared_radiologist, actor=superuser)
+    Client().post(reverse("accounts:login"), {"username": shared_radiologist.email, "password": "wrong-guess-1"})
+
+    assert sorted(AuditEvent.objects.values_list("action", "hospital__slug", "target_id", "outcome")) == [
+        ("auth.login_failed", "riverside", str(shared_radiologist.code), "failure"),
+        ("auth.login_failed", "st-marys", str(shared_radiologist.code), "failure"),
+        ("user.changed", "riverside", str(shared_radiologist.code), "success"),
+        ("user.changed", "st-marys", str(shared_radiologist.code), "success"),
+        ("user.deactivated", "riverside", str(shared_radiologist.code), "success"),
+        ("user.deactivated", "st-marys", str(shared_radiologist.code), "success"),
+    ]
+
+
+@pytest.fixture
+def audit_writes_fail(monkeypatch):
+    """`audit_writes_fail()`: from then on every audit write fails, as a full disk or a lost
+    connection fails it."""
+
+    def refuse(*args, **kwargs):
+        raise DatabaseError("could not extend file")
+
+    def start():
+        monkeypatch.setattr(audit, "record", refuse)
+        monkeypatch.setattr(audit, "record_all", refuse)
+
+    return start
+
+
+def test_an_admins_password_reset_is_not_saved_without_its_event(client_for, hospital_admin, doctor, audit_writes_fail):
+    portal = client_for(hospital_admin)
+    portal.raise_request_exception = False
+    audit_writes_fail()
+    response = portal.post(
+        f"/admin/accounts/user/{doctor.pk}/password/",
+        {"password1": "another-long-passphrase-9", "password2": "another-long-passphrase-9", "usable_password": "true"},
+    )
+    doctor.refresh_from_db()
+    assert (response.status_code, doctor.check_password("another-long-passphrase-9")) == (500, False)
+
+
+def test_ones_own_password_change_is_not_saved_without_its_event(client_for, doctor, audit_writes_fail):
+    portal = client_for(doctor)
+    portal.raise_request_exception = False
+    audit_writes_fail()
+    response = portal.post(
+        reverse("accounts:password_change"),
+        {
+            "old_password": PASSWORD,
+            "new_password1": "another-long-passphrase-9",
+            "new_password2": "another-long-passphrase-9",
+        },
+    )
+    doctor.refresh_from_db()
+    assert (response.status_code, doctor.check_password(PASSWORD)) == (500, True)
