@@ -184,17 +184,32 @@ def export_training_set(
     result.data_sha256 = _folder_hash(out_dir)
     result.manifest = _manifest(result, holdout_fraction, holdout_files)
     (out_dir / MANIFEST).write_text(json.dumps(result.manifest, indent=2))
-    audit.record(
-        audit.Action.TRAINING_EXPORTED,
-        actor=actor,
-        examples=result.train_examples,
-        holdout=result.holdout_examples,
-        hospitals=result.per_hospital,
-        conflicts_left_out=conflicts,
-        undecodable_left_out=result.undecodable_left_out,
-        data_sha256=result.data_sha256,
-    )
+    _audit_exported(result, actor=actor, conflicts=conflicts)
     return result
+
+
+def _audit_exported(result: ExportResult, *, actor, conflicts: int) -> None:
+    """The platform's event with every hospital's counts, and one in each exported
+    hospital's own trail with its counts only: its admins gave the consent and answer for
+    what left, and the platform's event is shown to platform operators alone."""
+    events = [
+        audit.build(
+            audit.Action.TRAINING_EXPORTED,
+            actor=actor,
+            examples=result.train_examples,
+            holdout=result.holdout_examples,
+            hospitals=result.per_hospital,
+            conflicts_left_out=conflicts,
+            undecodable_left_out=result.undecodable_left_out,
+            data_sha256=result.data_sha256,
+        )
+    ]
+    exported = Hospital.objects.filter(slug__in=result.per_hospital).order_by("pk")
+    for hospital in exported:
+        counts = result.per_hospital[hospital.slug]
+        own = {"examples": counts["train"], "holdout": counts["holdout"], "data_sha256": result.data_sha256}
+        events.append(audit.build(audit.Action.TRAINING_EXPORTED, actor=actor, hospital=hospital, **own))
+    audit.record_all(events)
 
 
 STAGING_FOLDER = ".staging"

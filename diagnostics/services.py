@@ -415,6 +415,15 @@ def _read_original_for_display(study: Study) -> bytes:
         raise StoredImageUnavailable.because(exc, doing="read") from exc
 
 
+def record_refused_upload(*, request, hospital: Hospital, source: str, status_code: int, reason: str, **detail) -> None:
+    """An upload refused before it reached `ingest_upload` (its size, media type, body or
+    form), audited as the service audits its own refusals."""
+    audit.record(
+        Action.STUDY_UPLOAD_REJECTED, request=request, hospital=hospital, outcome=Outcome.FAILURE, source=source,
+        status_code=status_code, reason=reason, **detail,
+    )  # fmt: skip
+
+
 def _audit_rejected(exc: RejectedUpload, context: dict, *, source: str, size: int) -> None:
     audit.record(
         Action.STUDY_UPLOAD_REJECTED,

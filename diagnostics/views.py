@@ -28,7 +28,13 @@ from diagnostics.media import protected_file_response
 from diagnostics.models import Prediction, Review, Study
 from diagnostics.percent import probability_and_threshold
 from diagnostics.reviews import current_prediction, save_review
-from diagnostics.services import analyse_again, display_image_of, ingest_upload, may_analyse_again
+from diagnostics.services import (
+    analyse_again,
+    display_image_of,
+    ingest_upload,
+    may_analyse_again,
+    record_refused_upload,
+)
 from hospital import audit
 from hospital.models import Role
 from hospital.tenancy import get_object_for_request, has_role, role_required
@@ -196,7 +202,12 @@ def _ingest_one(request: HttpRequest, upload_file, identifiers: dict) -> dict:
     result = _no_result(upload_file)
     if upload_file.size > settings.MAX_UPLOAD_BYTES:
         limit_mb = settings.MAX_UPLOAD_BYTES // (1024 * 1024)
-        return {**result, "status": 413, "error": f"The file is larger than the {limit_mb} MB limit."}
+        words = f"The file is larger than the {limit_mb} MB limit."
+        record_refused_upload(
+            request=request, hospital=request.hospital, source=Study.Source.PORTAL, status_code=413, reason=words,
+            size=upload_file.size,
+        )  # fmt: skip
+        return {**result, "status": 413, "error": words}
     try:
         study, queued = ingest_upload(
             hospital=request.hospital,
@@ -378,8 +389,11 @@ def study_review(request: HttpRequest, code) -> HttpResponse:
     form = ReviewForm(request.POST, model_label=prediction.label)
     if not form.is_valid():
         context = _study_context(request, study, review_form=form)
-        template = "diagnostics/study_detail.html#reviews" if request.htmx else "diagnostics/study_detail.html"
-        return render(request, template, context, status=400)
+        if request.htmx:
+            return render(request, "diagnostics/study_detail.html#reviews", context, status=400)
+        # The whole study page again, the patient's details with it: a view like any other.
+        audit.record(audit.Action.STUDY_VIEWED, request=request, target=study)
+        return render(request, "diagnostics/study_detail.html", context, status=400)
     _, created = save_review(
         study=study,
         radiologist=request.user,

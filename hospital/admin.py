@@ -451,11 +451,18 @@ class AuditedReadsAdmin(HospitalScopedAdmin):
         response = super().change_view(request, object_id, form_url, extra_context)
         seen = getattr(response, "context_data", {}).get("original")  # the object the page shows
         if self.viewed_action and response.status_code == 200 and seen is not None:
-            audit.record(self.viewed_action, request=request, hospital=self.hospital_of(seen), target=seen, via="admin")
+            audit.record(
+                self.viewed_action, request=request, hospital=self.hospital_of(seen), target=seen, via="admin",
+                **self.viewed_detail(seen),
+            )  # fmt: skip
         return response
 
     def hospital_of(self, obj):
         return obj.hospital
+
+    def viewed_detail(self, obj) -> dict:
+        """What the viewed event says of the object besides its public id."""
+        return {}
 
 
 @admin.register(AuditEvent)
@@ -463,6 +470,7 @@ class AuditEventAdmin(AuditedReadsAdmin):
     """Read-only for everyone, superusers included: the trail is append-only."""
 
     listed_action = audit.Action.AUDIT_VIEWED
+    viewed_action = audit.Action.AUDIT_VIEWED
 
     hospital_admin_permissions = frozenset({VIEW})
     superuser_permissions = frozenset({VIEW})
@@ -483,3 +491,6 @@ class AuditEventAdmin(AuditedReadsAdmin):
     actions = None
     fields = [*list_display, "client_ip", "detail"]
     readonly_fields = fields
+
+    def viewed_detail(self, obj) -> dict:
+        return {"event": obj.pk}  # events have no public id: which one was read

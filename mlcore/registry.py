@@ -56,6 +56,7 @@ def _relative_to_weights_dir(path: Path) -> str:
         return str(path.resolve())
 
 
+@transaction.atomic  # the version and its event, or neither
 def register_from_dir(
     model_dir: Path, *, name: str | None = None, parent: ModelVersion | None = None, actor=None
 ) -> ModelVersion:

@@ -411,9 +411,9 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
             identifiers["idempotency_key"] = _idempotency_key(request)
         except exceptions.APIException as exc:
             # Refused before the service saw it (media type, size, form): audited all the same.
-            audit.record(
-                Action.STUDY_UPLOAD_REJECTED, request=request, hospital=self.hospital, outcome=audit.Outcome.FAILURE,
-                source=Study.Source.API, status_code=exc.status_code, reason=str(exc.detail),
+            services.record_refused_upload(
+                request=request, hospital=self.hospital, source=Study.Source.API, status_code=exc.status_code,
+                reason=str(exc.detail),
             )  # fmt: skip
             raise
         try:
@@ -620,20 +620,18 @@ class StowView(TenantAPIMixin, APIView):
         ],
     )
     def post(self, request, *args, study_instance_uid: str = "", **kwargs):
-        from diagnostics.dicom import is_uid  # pydicom and its plugins: loaded where used
-
-        if study_instance_uid and not is_uid(study_instance_uid):
-            raise exceptions.ParseError(
-                "The Study Instance UID in the URL is not a DICOM UID (digits and dots, at most 64 characters)."
-            )
-        _check_content_length(request, settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES)
-        body = _request_data(request)
-        if not isinstance(body, bytes | bytearray) or not body:
-            raise exceptions.ParseError("The request body is empty.")
         try:
-            parts = dicomweb.split_multipart_related(bytes(body), request.META.get("CONTENT_TYPE", ""))
-        except dicomweb.StowError as exc:
-            return Response({"detail": exc.detail}, status=exc.status_code)
+            parts = self._instance_parts(request, study_instance_uid)
+        except (exceptions.APIException, dicomweb.StowError) as exc:
+            # Refused before any instance was read (media type, size, body): audited as the
+            # instances' own refusals are.
+            services.record_refused_upload(
+                request=request, hospital=self.hospital, source=Study.Source.DICOMWEB, status_code=exc.status_code,
+                reason=str(exc.detail),
+            )  # fmt: skip
+            if isinstance(exc, dicomweb.StowError):
+                return Response({"detail": exc.detail}, status=exc.status_code)
+            raise
         result = dicomweb.store_instances(
             hospital=self.hospital,
             parts=parts,
@@ -644,3 +642,16 @@ class StowView(TenantAPIMixin, APIView):
         return Response(
             result.body, status=result.status_code, headers=result.headers, content_type=dicomweb.DICOM_JSON_MEDIA_TYPE
         )
+
+    def _instance_parts(self, request, study_instance_uid: str) -> list[dicomweb.Part]:
+        from diagnostics.dicom import is_uid  # pydicom and its plugins: loaded where used
+
+        if study_instance_uid and not is_uid(study_instance_uid):
+            raise exceptions.ParseError(
+                "The Study Instance UID in the URL is not a DICOM UID (digits and dots, at most 64 characters)."
+            )
+        _check_content_length(request, settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES)
+        body = _request_data(request)
+        if not isinstance(body, bytes | bytearray) or not body:
+            raise exceptions.ParseError("The request body is empty.")
+        return dicomweb.split_multipart_related(bytes(body), request.META.get("CONTENT_TYPE", ""))

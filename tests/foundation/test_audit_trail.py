@@ -198,3 +198,13 @@ def test_ones_own_password_change_is_not_saved_without_its_event(client_for, doc
     )
     doctor.refresh_from_db()
     assert (response.status_code, doctor.check_password(PASSWORD)) == (500, True)
+
+
+def test_opening_one_event_of_the_trail_in_the_admin_is_recorded(client_for, hospital_admin, hospital_a):
+    """The list was recorded, a single event's page was not (audit review)."""
+    read = audit.record(audit.Action.LOGIN, hospital=hospital_a)
+
+    assert client_for(hospital_admin).get(f"/admin/hospital/auditevent/{read.pk}/change/").status_code == 200
+
+    event = AuditEvent.objects.filter(actor_user=hospital_admin, action="audit.viewed").get()
+    assert (event.hospital, event.detail) == (hospital_a, {"via": "admin", "event": read.pk})

@@ -134,6 +134,11 @@ def test_malformed_requests_are_refused_as_a_whole(content_type, body, status, d
     # Plain JSON, not a DICOM JSON data set a strict DICOMweb client would try to read.
     assert response["Content-Type"] == "application/json"
     assert stored() == before
+    # Refused before any instance was read, and still in the trail as the REST API's are.
+    refused = AuditEvent.objects.get(action="study.upload_rejected")
+    assert (refused.outcome, refused.detail) == (
+        "failure", {"source": "dicomweb", "status_code": status, "reason": detail},
+    )  # fmt: skip
 
 
 def test_to_one_study_stores_its_instances_and_fails_the_others(emr, hospital_a, stored):

@@ -212,3 +212,14 @@ def test_outsiders_get_404_whatever_their_role(client_for, outsider, hospital_b,
 
 def test_review_endpoint_only_accepts_post(client_for, radiologist, study):
     assert client_for(radiologist).get(review_url(study)).status_code == 405
+
+
+def test_a_refused_review_shown_on_the_whole_study_page_is_recorded_as_a_view(client_for, radiologist, study):
+    """Without htmx the 400 is the study page, the patient's details on it, and no event
+    said who had seen them (audit review)."""
+    response = post_review(client_for(radiologist), study, {"verdict": "maybe"})
+
+    assert response.status_code == 400
+    assert study.patient_id in response.content.decode()
+    viewed = AuditEvent.objects.get(action=Action.STUDY_VIEWED)
+    assert (viewed.actor_user, viewed.target_id) == (radiologist, str(study.code))

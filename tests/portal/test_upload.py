@@ -142,3 +142,19 @@ def test_a_hospital_admin_uploads_nothing_and_is_not_offered_to(client_for, hosp
     assert Study.objects.count() == 0
     worklist = client.get(reverse("diagnostics:worklist")).content.decode()
     assert 'href="/upload/"' not in worklist
+
+
+def test_a_file_over_the_limit_is_refused_in_words_and_audited(client_for, doctor, hospital_a, settings):
+    """The REST API recorded its refusals, the portal did not record this one (audit review)."""
+    settings.MAX_UPLOAD_BYTES = 1024 * 1024
+    big = SimpleUploadedFile("big.jpeg", b"\xff\xd8" + b"\0" * (1024 * 1024), content_type="image/jpeg")
+
+    response = client_for(doctor).post(UPLOAD, {"files": big}, **HX)
+
+    assert response.status_code == 413
+    assert "The file is larger than the 1 MB limit." in response.content.decode()
+    event = AuditEvent.objects.get(action=Action.STUDY_UPLOAD_REJECTED)
+    assert (event.actor_user, event.hospital, event.outcome) == (doctor, hospital_a, "failure")
+    reason = "The file is larger than the 1 MB limit."
+    assert event.detail == {"source": "portal", "status_code": 413, "reason": reason, "size": 1024 * 1024 + 2}
+    assert Study.objects.count() == 0

@@ -188,3 +188,21 @@ def test_two_promotions_at_once_gate_the_second_against_the_first(active_model, 
         "pleura-tiny",
         winner,
     ]
+
+
+def test_a_version_is_not_registered_without_its_event(active_model, loop_settings, monkeypatch):
+    """Registered and then audited outside one transaction, a failed audit write left a
+    candidate nobody had a record of (audit review)."""
+    from django.db import DatabaseError
+
+    from hospital import audit
+
+    folder = copy_model_dir(loop_settings / active_model.name, loop_settings / "unrecorded", name="unrecorded")
+
+    def refuse(*args, **kwargs):
+        raise DatabaseError("could not extend file")
+
+    monkeypatch.setattr(audit, "record", refuse)
+    with pytest.raises(DatabaseError):
+        registry.register_from_dir(folder)
+    assert not ModelVersion.objects.filter(name="unrecorded").exists()
