@@ -103,6 +103,7 @@ def test_retraining_produces_a_compared_candidate_with_lineage(
     events = AuditEvent.objects.filter(pk__gt=before).order_by("id")
     assert [(e.action, e.actor_user) for e in events] == [
         (Action.TRAINING_EXPORTED, superuser),
+        (Action.TRAINING_EXPORTED, superuser),  # in the exported hospital's own trail
         (Action.MODEL_REGISTERED, superuser),
         (Action.MODEL_RETRAINED, superuser),
     ]
