@@ -62,11 +62,24 @@ API_NOT_FOUND = "No such address in Pleura's API: check the path against /api/v1
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     """A path nothing answers: machines get {"detail": ...} in JSON, like every other error
     of theirs (an EMR's mistyped path got the portal's HTML page), people the portal's page."""
+    from hospital.tenancy import NotInThisHospital  # hospital's modules import this one
+
+    if isinstance(exception, NotInThisHospital):
+        exception.record(request)
     if request.path.startswith(MACHINE_PATHS):
         response = JsonResponse({"detail": API_NOT_FOUND}, status=404)
         response["Cache-Control"] = "private, no-store"
         return response
     return defaults.page_not_found(request, exception)
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """Django's 403, kept in the trail (`access.denied`): a member trying what their role
+    may not do, an admin reaching for another hospital's page."""
+    from hospital.tenancy import record_denied  # hospital's modules import this one
+
+    record_denied(request)
+    return defaults.permission_denied(request, exception)
 
 
 def _unavailable_page(detail: str, retry_after_seconds: int) -> HttpResponse:

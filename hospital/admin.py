@@ -25,12 +25,11 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied
 from django.db import transaction
-from django.http import Http404
 from django.template.response import TemplateResponse
 
 from hospital import audit, services
 from hospital.models import AuditEvent, Hospital, IntegrationKey, Membership, Role
-from hospital.tenancy import admin_hospitals, for_hospitals
+from hospital.tenancy import NotInThisHospital, admin_hospitals, for_hospitals
 
 VIEW, ADD, CHANGE, DELETE = "view", "add", "change", "delete"
 
@@ -158,8 +157,9 @@ class HospitalScopedAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
 
     def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
-        # Outsiders get the same 404 as a row that does not exist: no hint either way.
-        raise Http404("No such object.")
+        # Outsiders get the same 404 as a row that does not exist: no hint either way, and
+        # the hospital whose row it is finds the try in its trail.
+        raise NotInThisHospital(self.model, {"pk": object_id}, via="admin")
 
 
 def _is_tenant_owned(model) -> bool:

@@ -8,6 +8,8 @@ import logging
 import time
 from datetime import UTC, timedelta
 
+from django.core.cache import caches
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from django.utils import timezone
@@ -19,7 +21,8 @@ from rest_framework.throttling import SimpleRateThrottle
 
 from config.cache import count_request
 from config.errors import DATABASE_RETRY_AFTER_SECONDS, ServiceUnavailable
-from hospital.models import Hospital, IntegrationKey, Role
+from hospital.models import Hospital, IntegrationKey, Role, hash_api_key
+from hospital.tenancy import NotInThisHospital, record_denied
 
 # Keys can do what an EMR integration needs: send studies and read results back.
 INTEGRATION_ROLE = "integration"
@@ -61,12 +64,36 @@ class IntegrationKeyAuthentication(BaseAuthentication):
         raw_key = header[1].decode("latin-1")
         key = IntegrationKey.find_usable(raw_key)
         if key is None:
+            _record_unusable_key(request._request, raw_key)  # DRF's request is still authenticating
             raise exceptions.AuthenticationFailed("This integration key is not valid or has been revoked.")
         _note_use(key)
         return IntegrationPrincipal(key), key
 
     def authenticate_header(self, request) -> str:
         return 'Bearer realm="pleura"'
+
+
+# A revoked key is recorded at most once a minute: an EMR left sending with one sends it
+# with every retry, and the trail needs to know that it does, not each time.
+REVOKED_KEY_RECORD_SECONDS = 60
+
+
+def _record_unusable_key(request, raw_key: str) -> None:
+    """A revoked key (or one of a deactivated hospital) still in use: in its hospital's
+    trail, since a decommissioned EMR still sending, or a key that leaked, is theirs to
+    chase. A key that never existed names no hospital, and is not recorded."""
+    key = IntegrationKey.objects.filter(key_hash=hash_api_key(raw_key)).select_related("hospital").first()
+    if key is None:
+        return
+    # Named by its hash, not its pk: a test database hands pks out again, Redis outlives it.
+    recorded_lately = f"pleura:unusable-key-recorded:{key.key_hash[:32]}"
+    try:
+        first_this_minute = caches["default"].add(recorded_lately, 1, REVOKED_KEY_RECORD_SECONDS)
+    except Exception:  # whatever the cache's client raises when Redis is down: record it
+        first_this_minute = True
+    if first_this_minute:
+        reason = "revoked key" if key.is_revoked else "inactive hospital"
+        record_denied(request, hospital=key.hospital, key=key, reason=reason)
 
 
 def _note_use(key: IntegrationKey) -> None:
@@ -214,6 +241,10 @@ def exception_handler(exc, context):
     if isinstance(exc, ServiceUnavailable):
         set_rollback()
         return Response({"detail": exc.detail}, status=503, headers={"Retry-After": str(exc.retry_after_seconds)})
+    if isinstance(exc, exceptions.PermissionDenied | DjangoPermissionDenied):
+        record_denied(context["request"])
+    elif isinstance(exc, NotInThisHospital):
+        exc.record(context["request"])
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

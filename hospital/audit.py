@@ -50,6 +50,7 @@ class Action(models.TextChoices):
     TRAINING_EXPORTED = "training.exported", "Training set exported"
     MODEL_RETRAINED = "model.retrained", "Model retrained"
     AUDIT_VIEWED = "audit.viewed", "Audit log viewed"
+    ACCESS_DENIED = "access.denied", "Access denied"
 
 
 def client_ip(request) -> str | None:

@@ -4,21 +4,28 @@
 - `get_object_for_request()` is the one view helper: outsiders get 404, never 403.
 - `role_required()` guards views: a member without the role gets 403, and a request
   from a page opened for another of the user's hospitals gets 409 (`switched_away`).
+- `record_denied()` keeps each refusal in the trail: an object of another hospital asked
+  for goes into the owning hospital's (`NotInThisHospital`), a role's 403 into the
+  caller's (config.errors and hospital.api call it for every 403).
 The DRF counterparts live in `hospital.api`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from functools import wraps
 from urllib.parse import urlsplit
 
-from django.core.exceptions import PermissionDenied
-from django.db import models
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import DatabaseError, models, transaction
 from django.http import Http404, HttpResponse
 from django.shortcuts import render
 
+from hospital import audit
 from hospital.models import Hospital, Membership, Role
+
+log = logging.getLogger(__name__)
 
 SESSION_KEY = "active_hospital"
 # The hospital a page was opened for, sent back by the page's own requests: htmx's (the
@@ -90,8 +97,44 @@ def get_object_for_request(request, queryset: models.QuerySet, **lookup) -> mode
     hospital = getattr(request, "hospital", None)
     obj = queryset.for_hospital(hospital).filter(**lookup).first() if hospital else None
     if obj is None:
-        raise Http404("No such object.")
+        raise NotInThisHospital(queryset.model, lookup, via="portal")
     return obj
+
+
+class NotInThisHospital(Http404):
+    """The 404 for an object of the tenant's that is not in the caller's hospital, or does
+    not exist: the caller cannot tell which. If another hospital owns it, the 404 handlers
+    (config.errors, hospital.api) record the try in that hospital's trail, once the
+    request's own transaction is over: recorded inside it (the admin's change page is one),
+    the event was rolled back with the refusal."""
+
+    def __init__(self, model: type[models.Model], lookup: dict, *, via: str, words: str = "No such object."):
+        super().__init__(words)
+        self.model, self.lookup, self.via = model, lookup, via
+
+    def record(self, request) -> None:
+        """Another hospital's doctor trying study codes left no trace where it mattered."""
+        if not any(field.name == "hospital" for field in self.model._meta.get_fields()):
+            return  # not a tenant's row (a user belongs to hospitals through memberships)
+        try:
+            elsewhere = self.model._default_manager.filter(**self.lookup).select_related("hospital").first()
+        except (ValueError, ValidationError):  # not a key at all: nobody's row
+            return
+        if elsewhere is not None:
+            record_denied(request, hospital=elsewhere.hospital, target=elsewhere, via=self.via)
+
+
+def record_denied(request, *, hospital: Hospital | None = None, target=None, **detail) -> None:
+    """One `access.denied` event (by default in the caller's hospital). A trail that cannot
+    be written does not turn the refusal into a 500: nothing was shown or changed."""
+    try:
+        with transaction.atomic():
+            audit.record(
+                audit.Action.ACCESS_DENIED, request=request, hospital=hospital, target=target,
+                outcome=audit.Outcome.DENIED, path=request.path, **detail,
+            )  # fmt: skip
+    except DatabaseError as exc:
+        log.warning("a refused request was not recorded: the audit trail could not be written (%s)", type(exc).__name__)
 
 
 def has_role(request, roles: Iterable[str]) -> bool:

@@ -37,6 +37,7 @@ from diagnostics.models import Prediction, Review, Study
 from hospital import audit
 from hospital.api import IntegrationPrincipal, TenantAPIMixin
 from hospital.audit import Action
+from hospital.tenancy import NotInThisHospital
 
 # Room for multipart headers and form fields around a file of MAX_UPLOAD_BYTES.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -238,7 +239,7 @@ class StudyQueryMixin(TenantAPIMixin):
             raise Http404("No such study.") from exc
         study = self.base_queryset().filter(code=code).first()
         if study is None:
-            raise Http404("No such study.")
+            raise NotInThisHospital(Study, {"code": code}, via="api", words="No such study.")
         return study
 
 

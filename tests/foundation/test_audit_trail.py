@@ -43,8 +43,13 @@ def test_admin_refuses_to_add_change_or_delete_an_event_even_for_superusers(requ
     response = client.post("/admin/hospital/auditevent/", {"action": "delete_selected", "_selected_action": [event.pk]})
     assert response.status_code in {200, 302}
     # (force_login added an auth.login event, and the readings audit.viewed ones)
-    untouched = AuditEvent.objects.exclude(action__in=["auth.login", "audit.viewed"])
+    untouched = AuditEvent.objects.exclude(action__in=["auth.login", "audit.viewed", "access.denied"])
     assert list(untouched.values_list("pk", "action", "outcome")) == [(event.pk, "study.viewed", "success")]
+    refused = AuditEvent.objects.filter(action="access.denied").order_by("id")
+    assert [(e.outcome, e.detail["path"]) for e in refused] == [
+        ("denied", change_url), ("denied", f"/admin/hospital/auditevent/{event.pk}/delete/"),
+        ("denied", "/admin/hospital/auditevent/add/"),
+    ]  # fmt: skip
 
 
 def _require_postgresql() -> None:

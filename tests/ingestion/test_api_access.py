@@ -151,13 +151,23 @@ def test_api_answers_are_kept_by_no_cache(who, path, accept, caller, completed_a
 
 @pytest.mark.parametrize("who", OUTSIDERS)
 @pytest.mark.parametrize("suffix", READ_PATHS)
-def test_outsiders_get_404_on_every_endpoint_and_nothing_is_logged_against_the_study(who, suffix, caller, completed_a):
-    events_before = AuditEvent.objects.filter(target_id=str(completed_a.code)).count()
-    response = caller(who).get(url(completed_a, suffix), HTTP_ACCEPT="image/png" if suffix else "application/json")
+def test_outsiders_get_404_on_every_endpoint_and_their_try_is_kept_in_the_owners_trail(
+    who, suffix, caller, completed_a, hospital_a
+):
+    """Nothing is shown or recorded as seen; the try itself is recorded where the study's
+    hospital reads it (it left no trace at all: audit review). A platform account with no
+    hospital is turned away before any study is looked up."""
+    client = caller(who)
+    seen_before = set(AuditEvent.objects.values_list("pk", flat=True))
+    response = client.get(url(completed_a, suffix), HTTP_ACCEPT="image/png" if suffix else "application/json")
     assert response.status_code == 404
     assert response["Content-Type"] == "application/json"
     assert "MRN-A1" not in response.content.decode()
-    assert AuditEvent.objects.filter(target_id=str(completed_a.code)).count() == events_before
+    tries = AuditEvent.objects.exclude(pk__in=seen_before)
+    expected = [] if who == "superuser" else [("access.denied", "denied", hospital_a.pk, str(completed_a.code))]
+    assert [(e.action, e.outcome, e.hospital_id, e.target_id) for e in tries] == expected
+    if who != "superuser":
+        assert tries.get().detail == {"path": url(completed_a, suffix), "via": "api"}
 
 
 @pytest.mark.parametrize("who", UNAUTHENTICATED)

@@ -1,0 +1,101 @@
+"""Refused access is kept in the trail (`access.denied`), where the hospital concerned
+reads it: another hospital's doctor or key trying study codes, a member trying what
+their role may not, a revoked key still sending. None of it left a trace (audit review)."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import DatabaseError
+from django.urls import reverse
+from rest_framework.test import APIClient
+
+from hospital import audit
+from hospital.models import AuditEvent
+
+REFUSED = "access.denied"
+
+
+def refusals() -> list[tuple]:
+    return [
+        (e.hospital.slug if e.hospital else None, e.actor_user, e.actor_key, e.target_id, e.detail)
+        for e in AuditEvent.objects.filter(action=REFUSED, outcome="denied").order_by("id")
+    ]
+
+
+@pytest.fixture
+def study_a(make_study, hospital_a):
+    return make_study(hospital_a, label="pneumonia", probability=0.8)
+
+
+@pytest.mark.parametrize("page", ["study_detail", "study_image", "study_heatmap"])
+def test_another_hospitals_doctor_gets_404_and_the_owner_sees_the_try(client_for, outsider, study_a, page):
+    path = reverse(f"diagnostics:{page}", args=[study_a.code])
+
+    assert client_for(outsider).get(path).status_code == 404
+
+    assert refusals() == [("st-marys", outsider, None, str(study_a.code), {"path": path, "via": "portal"})]
+    assert not AuditEvent.objects.filter(action__in=["study.viewed", "image.viewed"]).exists()
+
+
+def test_a_study_code_that_exists_nowhere_is_a_plain_404(client_for, outsider, study_a):
+    assert (
+        client_for(outsider).get(reverse("diagnostics:study_detail", args=[study_a.hospital.code])).status_code == 404
+    )
+    assert refusals() == []
+
+
+def test_a_review_refused_by_role_is_recorded_in_the_callers_hospital(client_for, doctor, study_a):
+    path = reverse("diagnostics:study_review", args=[study_a.code])
+
+    assert client_for(doctor).post(path, {"verdict": "agree"}).status_code == 403
+
+    assert refusals() == [("st-marys", doctor, None, "", {"path": path})]
+
+
+def test_another_hospitals_key_and_a_role_without_upload_are_recorded_by_the_api(
+    key_b, hospital_admin, client_for, study_a
+):
+    detail = f"/api/v1/studies/{study_a.code}/"
+    other = APIClient()
+    other.credentials(HTTP_AUTHORIZATION=f"Bearer {key_b[1]}")
+    admin = APIClient()
+    admin.force_login(hospital_admin)
+
+    assert other.get(detail).status_code == 404
+    assert admin.post("/api/v1/studies/", {}, format="multipart").status_code == 403
+
+    assert refusals() == [
+        ("st-marys", None, key_b[0], str(study_a.code), {"path": detail, "via": "api"}),
+        ("st-marys", hospital_admin, None, "", {"path": "/api/v1/studies/"}),
+    ]
+
+
+def test_a_revoked_key_still_sending_is_recorded_once_a_minute(key_a):
+    key, raw = key_a
+    key.revoke()
+    emr = APIClient()
+    emr.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+
+    assert [emr.get("/api/v1/studies/").status_code for _ in range(3)] == [401, 401, 401]
+
+    assert refusals() == [("st-marys", None, key, "", {"path": "/api/v1/studies/", "reason": "revoked key"})]
+
+
+def test_a_key_that_never_existed_names_no_hospital_and_is_not_recorded(db):
+    stranger = APIClient()
+    stranger.credentials(HTTP_AUTHORIZATION="Bearer not-a-key-of-anyone")
+    assert stranger.get("/api/v1/studies/").status_code == 401
+    assert refusals() == []
+
+
+def test_a_trail_that_cannot_be_written_still_refuses_with_403_not_500(client_for, doctor, study_a, monkeypatch):
+    portal = client_for(doctor)
+
+    def refuse(*args, **kwargs):
+        raise DatabaseError("could not extend file")
+
+    monkeypatch.setattr(audit, "record", refuse)
+    response = portal.post(reverse("diagnostics:study_review", args=[study_a.code]), {"verdict": "agree"})
+
+    assert response.status_code == 403
+    assert refusals() == []
