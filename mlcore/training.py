@@ -1,7 +1,8 @@
 """Training from scratch (or fine-tuning) on a NORMAL/PNEUMONIA folder, split by patient.
 
 Produces, in the output folder: weights.pt, model.json (everything the registry
-needs), split.json (the patient-level split manifest), history.json and a model card.
+needs, the per-epoch history among it), split.json (the patient-level split manifest),
+val_predictions.npz; `train_model` adds the model card and training.log.
 """
 
 from __future__ import annotations
@@ -279,6 +280,10 @@ def _finish(
         },
         "device": str(device),
         "torch": torch.__version__,
+        # Same seed and data give the same weights only with the same thread and worker
+        # counts (a reduction's order changes with them).
+        "torch_threads": torch.get_num_threads(),
+        "data_loader_workers": config.workers if config.workers is not None else _default_workers(device),
         "training_seconds": round(time.time() - started, 1),
         "history": history,
     }

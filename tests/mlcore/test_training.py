@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from django.core.management import CommandError, call_command
 
 from mlcore.calibration import calibrated_probability
@@ -21,10 +22,19 @@ def test_train_model_writes_every_artefact(tiny_model):
         "model_card.json",
         "model_card.md",
         "split.json",
+        "training.log",
         "val_predictions.npz",
         "weights.pt",
     ]
     description = json.loads((tiny_model / "model.json").read_text())
+    # What reproduces it: the same weights need the same threads and workers too (ML review).
+    assert (description["torch_threads"], description["data_loader_workers"]) == (torch.get_num_threads(), 0)
+    first, *epochs = (tiny_model / "training.log").read_text().splitlines()
+    ran_with = json.loads(first.removeprefix("# train_model "))
+    assert (ran_with["seed"], ran_with["epochs"], ran_with["threads"]) == (3, TINY_EPOCHS, torch.get_num_threads())
+    assert [line.split(" ", 2)[2].split(":")[0] for line in epochs[1 : 1 + TINY_EPOCHS]] == [
+        f"epoch {n}" for n in range(1, TINY_EPOCHS + 1)
+    ]
     assert description["name"] == TINY_NAME
     assert description["architecture"] == "resnet18"
     assert description["image_size"] == TINY_IMAGE_SIZE

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -46,10 +47,16 @@ class Command(BaseCommand):
         config = self._config(options)
         if options["threads"]:
             torch.set_num_threads(options["threads"])
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        # The run's log, on the output and beside the weights, its first line the options
+        # that reproduce it (the thread count among them: the result depends on it).
+        config.out_dir.mkdir(parents=True, exist_ok=True)
+        log_file = config.out_dir / "training.log"
+        log_file.write_text(f"# train_model {json.dumps(_options_of_the_run(options), sort_keys=True)}\n")
+        handlers = [logging.StreamHandler(sys.stdout), logging.FileHandler(log_file)]
         logger = logging.getLogger("mlcore.training")
-        logger.addHandler(handler)
+        for handler in handlers:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
         try:
@@ -57,7 +64,9 @@ class Command(BaseCommand):
         except (FileNotFoundError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
         finally:
-            logger.removeHandler(handler)
+            for handler in handlers:
+                logger.removeHandler(handler)
+                handler.close()
         write_card(description, config.out_dir)
         self.stdout.write(f"wrote {config.out_dir}/weights.pt (sha256 {description['weights_sha256']})")
 
@@ -90,3 +99,13 @@ class Command(BaseCommand):
             max_images=options["max_images"],
             progress=not options["no_progress"],
         )
+
+
+# Django's own options, which do not change what is trained.
+_DJANGO_OPTIONS = {"verbosity", "settings", "pythonpath", "traceback", "no_color", "force_color", "skip_checks"}
+
+
+def _options_of_the_run(options: dict) -> dict:
+    ran_with = {name: value for name, value in options.items() if name not in _DJANGO_OPTIONS}
+    ran_with["threads"] = torch.get_num_threads()  # as resolved, also when not given
+    return json.loads(json.dumps(ran_with, default=str))
