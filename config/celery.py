@@ -13,7 +13,12 @@ from pathlib import Path
 from celery import Celery
 from celery.signals import worker_process_shutdown
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
+# Production unless told otherwise: this module runs first whenever anything under config/
+# is imported (config/__init__.py), config.wsgi and config.asgi included, so a default of
+# its own wins over theirs. Defaulting to local here, gunicorn's `config.wsgi` started
+# with DEBUG on and the public development key (fresh-machine review). manage.py and
+# `make run` choose local for themselves.
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
 
 app = Celery("pleura")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -7,7 +7,7 @@ from pathlib import Path
 import dj_database_url
 
 from config.cache import redis_cache_settings
-from config.settings.env import env_bool, env_int, env_list, env_str
+from config.settings.env import env_bool, env_int, env_list, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 SHARED_DIR = BASE_DIR.parent / "shared"
@@ -164,7 +164,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_THROTTLE_RATES": {"integration_key": env_str("API_KEY_THROTTLE_RATE", "600/min")},
+    "DEFAULT_THROTTLE_RATES": {"integration_key": env_rate("API_KEY_THROTTLE_RATE", "600/min")},
     "EXCEPTION_HANDLER": "hospital.api.exception_handler",
 }
 SPECTACULAR_SETTINGS = {

@@ -129,3 +129,27 @@ def test_unknown_storage_backend_is_refused_at_start():
     result = _run(["-c", SETTINGS_DUMP], SECRET_KEY="x" * 60, STORAGE_BACKEND="ftp")
     assert result.returncode == 1
     assert "STORAGE_BACKEND must be 'filesystem' or 's3', not 'ftp'." in result.stderr
+
+
+@pytest.mark.parametrize("entry_point", ["config.wsgi", "config.asgi"])
+def test_the_server_entry_points_default_to_production_settings(entry_point):
+    """config/__init__.py loads the Celery app first, whose default of local settings won:
+    gunicorn started with DEBUG on and the public development key (fresh-machine review)."""
+    probe = f"import {entry_point}; from django.conf import settings; print(settings.SETTINGS_MODULE, settings.DEBUG)"
+    result = _run(["-c", probe], DJANGO_SETTINGS_MODULE=None, SECRET_KEY="k" * 50)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["config.settings.production", "False"]
+
+
+@pytest.mark.parametrize(
+    ("rate", "accepted"), [("banana", False), ("600", False), ("0/min", False), ("120/hour", True)]
+)
+def test_an_api_rate_pleura_cannot_read_stops_it_at_start_up(rate, accepted):
+    """A typo passed `check` and made every request with a key a 500 (fresh-machine review)."""
+    result = _run(["-c", SETTINGS_DUMP], SECRET_KEY="k" * 50, API_KEY_THROTTLE_RATE=rate)
+    assert result.returncode == (0 if accepted else 1)
+    if not accepted:
+        assert (
+            f"API_KEY_THROTTLE_RATE must be a number of requests per s, min, hour or day (600/min), not {rate!r}."
+            in (result.stderr)
+        )
