@@ -67,7 +67,7 @@ def _gradient(side: int, dtype) -> np.ndarray:
     return np.broadcast_to(row, (side, side)).copy()
 
 
-def _dicom(pixel_data: bytes, *, side: int, bits: int, syntax: str) -> bytes:
+def _dicom(pixel_data: bytes, *, side: int, bits: int, syntax: str, voi_lut: bool = False) -> bytes:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.uid import generate_uid
@@ -80,6 +80,11 @@ def _dicom(pixel_data: bytes, *, side: int, bits: int, syntax: str) -> bytes:
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated = ds.BitsStored = bits
     ds.HighBit, ds.PixelRepresentation = bits - 1, 0
+    if voi_lut:  # a gamma curve of 4096 entries of 12 bits
+        item = Dataset()
+        item.add_new(0x00283002, "US", [4096, 0, 12])
+        item.add_new(0x00283006, "US", np.rint(4095 * (np.arange(4096) / 4095) ** 0.6).astype(int).tolist())
+        ds.VOILUTSequence = [item]
     ds.PixelData = encapsulate([pixel_data])
     ds["PixelData"].VR = "OB"
     ds.file_meta = FileMetaDataset()
@@ -90,9 +95,9 @@ def _dicom(pixel_data: bytes, *, side: int, bits: int, syntax: str) -> bytes:
     return buffer.getvalue()
 
 
-def _rle_32_bit_frame(side: int) -> bytes:
-    """An RLE Lossless frame of 32-bit pixels, written as runs of 128 equal bytes: a few MB
-    on the wire for side x side x 4 bytes decoded."""
+def _rle_frame(side: int, bits: int) -> bytes:
+    """An RLE Lossless frame of 16- or 32-bit pixels, written as runs of 128 equal bytes: a
+    few MB on the wire for side x side x 2 or 4 bytes decoded."""
     count = side * side
     runs, rest = divmod(count, 128)
 
@@ -104,9 +109,10 @@ def _rle_32_bit_frame(side: int) -> bytes:
             body += bytes([257 - rest, 0])
         return bytes(body + b"\0" * (len(body) % 2))
 
-    # Big-endian byte planes: only the third varies.
-    segments = [segment(lambda run: 0), segment(lambda run: 0), segment(lambda run: run % 7 * 30)]
-    segments.append(segment(lambda run: 0))
+    # Big-endian byte planes: only the one above the lowest varies.
+    planes = bits // 8
+    segments = [segment(lambda run: run % 7 * 30) if plane == planes - 2 else segment(lambda run: 0)
+                for plane in range(planes)]  # fmt: skip
     offsets, offset = [], 64
     for body in segments:
         offsets.append(offset)
@@ -127,7 +133,13 @@ def build_cases(side: int, bomb_side: int) -> dict[str, bytes]:
         f"RGBA PNG {side}x{side}, half transparent": _png(Image.fromarray(half_transparent, "RGBA")),
         f"RGBA PNG {side}x{side}, opaque": _png(Image.fromarray(gray).convert("RGBA")),
         f"32-bit RLE DICOM {side}x{side}": _dicom(
-            _rle_32_bit_frame(side), side=side, bits=32, syntax="1.2.840.10008.1.2.5"
+            _rle_frame(side, 32), side=side, bits=32, syntax="1.2.840.10008.1.2.5"
+        ),
+        f"16-bit RLE DICOM {side}x{side}, no window": _dicom(
+            _rle_frame(side, 16), side=side, bits=16, syntax="1.2.840.10008.1.2.5"
+        ),
+        f"16-bit RLE DICOM {side}x{side} with a VOI LUT": _dicom(
+            _rle_frame(side, 16), side=side, bits=16, syntax="1.2.840.10008.1.2.5", voi_lut=True
         ),
         f"JPEG DICOM of {bomb_side}x{bomb_side} labelled 64x64": _dicom(
             jpeg.getvalue(), side=64, bits=8, syntax="1.2.840.10008.1.2.4.50"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import re
 import struct
 import warnings
@@ -168,6 +169,35 @@ def check_image_attributes(ds: Dataset) -> None:
             f"{limit // WIDE_PIXEL_COST:,} pixels for 32-bit images.",
         )
     _check_codestream_size(ds, columns, rows, frames)
+    _check_native_length(ds, rows * columns * frames * samples, bits_allocated)
+
+
+def _check_native_length(ds: Dataset, values: int, bits_allocated: int) -> None:
+    """Native pixel data must be as long as Rows, Columns, frames and bits say. pydicom
+    refuses less and, with a warning only, reads the start of more: a DICOM whose Columns
+    had been halved was stored as a garbled radiograph and predicted (ingestion review).
+    Some writers pad (pydicom's MR_small_padded.dcm carries one row more, 1.6%), so up to a
+    quarter more is read as padding; attributes that do not describe the image are off by
+    a factor (a halved Columns leaves twice the data)."""
+    syntax = UID(transfer_syntax(ds))
+    if not syntax.is_transfer_syntax or (syntax.is_compressed and syntax != DeflatedExplicitVRLittleEndian):
+        return  # encapsulated frames carry their own size (`_check_codestream_size`)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "YBR_FULL_422":
+        return  # subsampled: two values for each pair of pixels; pydicom checks these itself
+    expected = (values * bits_allocated + 7) // 8
+    held = len(ds.PixelData)
+    if held < expected:
+        raise RejectedUpload(
+            422,
+            f"The DICOM file is truncated: its pixel data holds {held:,} of the {expected:,} bytes its Rows, "
+            "Columns, frames and Bits Allocated call for.",
+        )
+    if held > expected + 1 + expected // 4:
+        raise RejectedUpload(
+            422,
+            f"The DICOM's pixel data holds {held:,} bytes, where its Rows, Columns, frames and Bits Allocated "
+            f"call for {expected:,}: its attributes do not describe its image.",
+        )
 
 
 # JPEG frame headers: SOF0-3, 5-7, 9-11, 13-15, and JPEG-LS's SOF55 (0xF7).
@@ -265,6 +295,7 @@ def to_grayscale(ds: Dataset) -> np.ndarray:
         raise RejectedUpload(422, f"The DICOM pixel data could not be decoded ({_encoding_name(ds)}).") from exc
     if arr.ndim not in (2, 3):
         raise RejectedUpload(422, "The DICOM pixel data does not have the shape its attributes describe.")
+    _check_finite_values(ds)
     try:
         return _display_values(arr, ds, photometric)
     except (RejectedUpload, MemoryError):
@@ -275,6 +306,25 @@ def to_grayscale(ds: Dataset) -> np.ndarray:
             "The DICOM's pixel values could not be turned into an image: its lookup tables or rescale "
             "attributes are malformed.",
         ) from exc
+
+
+def _check_finite_values(ds: Dataset) -> None:
+    """NaN or infinite rescale and window values (or a slope of 0) made numpy warn, not
+    fail: every pixel came out the same grey, was stored, and got a prediction
+    (ingestion review). Values that are not numbers at all are judged where they are read."""
+    for name in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+        value = ds.get(name)
+        for item in value if _is_multi(value) else [value]:
+            try:
+                number = float(item)
+            except (TypeError, ValueError):
+                continue
+            if not math.isfinite(number) or (name == "RescaleSlope" and number == 0):
+                raise RejectedUpload(
+                    422,
+                    "The DICOM's rescale or window attributes are not usable numbers (not a number, infinite, "
+                    "or a rescale slope of 0), so its pixel values cannot be shown.",
+                )
 
 
 def _display_values(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
@@ -317,9 +367,8 @@ def _monochrome_to_gray(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     temporaries peaked at 168 MB for 8 MB of pixels (4.5 MB with the table), so a
     request near MAX_IMAGE_PIXELS could take gigabytes.
     """
-    if arr.dtype.kind not in "iu" or arr.dtype.itemsize > 2 or ds.get("VOILUTSequence"):
-        # Wider or float pixels have too many values for a table. A VOI LUT is rare, and
-        # whether its input counts as integers depends on the values the image holds.
+    if arr.dtype.kind not in "iu" or arr.dtype.itemsize > 2:
+        # Wider or float pixels have too many values for a table.
         return _apply_voi(_mask_bits_stored(arr, ds), ds)
     patterns = np.dtype(f"u{arr.dtype.itemsize}")
     # Every bit pattern a pixel can have, as a value of the pixels' own type, in the
@@ -328,12 +377,20 @@ def _monochrome_to_gray(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     codes = arr.view(patterns)
 
     def occurring() -> np.ndarray:
-        return np.bincount(codes.ravel(), minlength=every_value.size).astype(bool)
+        # Marked a slice at a time: indexing (or bincount) turns the codes into 8-byte
+        # integers, 576 MB for a 60-megapixel image taken whole (ingestion review).
+        seen, flat = np.zeros(every_value.size, dtype=bool), codes.reshape(-1)
+        for start in range(0, flat.size, _OCCURRING_SLICE):
+            seen[flat[start : start + _OCCURRING_SLICE]] = True
+        return seen
 
     table = _apply_voi(_mask_bits_stored(every_value, ds), ds, occurring)
     if table.dtype == arr.dtype and np.array_equal(table, every_value):
         return arr.copy()  # 8-bit display values already: a lookup would change nothing
     return table[codes]
+
+
+_OCCURRING_SLICE = 1 << 22
 
 
 def _mask_bits_stored(arr: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -355,7 +412,7 @@ def _apply_voi(arr: np.ndarray, ds: Dataset, occurring: Callable[[], np.ndarray]
     `occurring()` says which of them the image holds, whose range is the image's own."""
     values = apply_modality_lut(arr, ds).astype(np.float64)
     if ds.get("VOILUTSequence"):
-        from_lut = _voi_lut(arr, ds)
+        from_lut = _voi_lut(arr, ds, occurring)
         if from_lut is not None:
             return from_lut
     window = _first_window(ds)
@@ -371,12 +428,18 @@ def _apply_voi(arr: np.ndarray, ds: Dataset, occurring: Callable[[], np.ndarray]
     return _scale(values, float(in_image.min()), float(in_image.max()))
 
 
-def _voi_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray | None:
-    """The first VOI LUT, scaled from its output range to 0..255; None if it is unusable."""
+def _voi_lut(arr: np.ndarray, ds: Dataset, occurring: Callable[[], np.ndarray] | None = None) -> np.ndarray | None:
+    """The first VOI LUT, scaled from its output range to 0..255; None if it is unusable.
+
+    With `occurring`, `arr` is every value a pixel may have (a table, as for a window):
+    pixel by pixel in 64-bit numbers, a 1.8 MB RLE file of 7745x7745 took 3 GB to decode
+    (ingestion review). Whether the LUT's input counts as integers is judged on the values
+    the image holds, as it was when the image itself was looked up."""
     try:
         modality = apply_modality_lut(arr, ds)
-        if modality.dtype.kind == "f" and np.all(np.mod(modality, 1) == 0):
-            modality = modality.astype(np.int64)
+        held = modality if occurring is None else modality[occurring()]
+        if modality.dtype.kind == "f" and np.all(np.mod(held, 1) == 0):
+            modality = np.rint(modality).astype(np.int64)
         lut_out = apply_voi_lut(modality, ds, index=0, prefer_lut=True)
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
     except (AttributeError, IndexError, KeyError, TypeError, ValueError):

@@ -60,6 +60,12 @@ def corrupt_middle(data: bytes) -> bytes:
     return data[:middle] + bytes(b ^ 0x5A for b in data[middle : middle + 400]) + data[middle + 400 :]
 
 
+UNUSABLE_NUMBERS = (
+    "The DICOM's rescale or window attributes are not usable numbers (not a number, infinite, or a rescale slope "
+    "of 0), so its pixel values cannot be shown."
+)
+
+
 def dicom_8bit(**attributes) -> bytes:
     return make_dicom(np.zeros((16, 16), dtype=np.uint8), **attributes)
 
@@ -155,9 +161,11 @@ CORPUS = [
     Bad("jpeg garbage body", lambda: b"\xff\xd8\xff\xe0" + b"\x13" * 500 + b"\xff\xd9", 422, NOT_DECODED_JPEG),
     Bad("jpeg corrupt scan", lambda: corrupt_middle(NORMAL_JPEG.read_bytes()), 422, NOT_DECODED_JPEG),
     Bad("truncated dicom", lambda: CR_CHEST.read_bytes()[:100_000], 422,
-        "The DICOM pixel data could not be decoded (Implicit VR Little Endian)."),
+        "The DICOM file is truncated: its pixel data holds 99,224 of the 387,200 bytes its Rows, Columns, "
+        "frames and Bits Allocated call for."),
     Bad("pydicom truncated MR", lambda: pydicom_file("MR_truncated.dcm").read_bytes(), 422,
-        "The DICOM pixel data could not be decoded (Explicit VR Little Endian)."),
+        "The DICOM file is truncated: its pixel data holds 8,130 of the 8,192 bytes its Rows, Columns, "
+        "frames and Bits Allocated call for."),
     Bad("truncated dicom header", lambda: pydicom_file("rtplan_truncated.dcm").read_bytes()[:700], 422,
         "This DICOM file (RT Plan Storage) has no pixel data: it is not an image."),
     Bad("dicom magic then garbage", lambda: b"\x00" * 128 + b"DICM" + b"\xff" * 300, 422,
@@ -186,7 +194,21 @@ CORPUS = [
     Bad("missing bits allocated", lambda: dicom_without("BitsAllocated"), 422,
         "The DICOM image lacks required attributes: BitsAllocated."),
     Bad("pixel data shorter than rows x columns", lambda: dicom_8bit(Rows=64), 422,
-        "The DICOM pixel data could not be decoded (Explicit VR Little Endian)."),
+        "The DICOM file is truncated: its pixel data holds 256 of the 1,024 bytes its Rows, Columns, "
+        "frames and Bits Allocated call for."),
+    # Columns halved, Rows halved: the data is twice or four times what they describe.
+    Bad("pixel data longer than rows x columns", lambda: dicom_8bit(Columns=8), 422,
+        "The DICOM's pixel data holds 256 bytes, where its Rows, Columns, frames and Bits Allocated call for "
+        "128: its attributes do not describe its image."),
+    # numpy only warns on NaN and infinity: every pixel came out one grey, and was predicted.
+    *[Bad(f"dicom {name}", lambda attributes=attributes: dicom_8bit(**attributes), 422, UNUSABLE_NUMBERS)
+      for name, attributes in {
+          "rescale slope NaN": {"RescaleSlope": "NaN", "RescaleIntercept": 0},
+          "rescale intercept -inf": {"RescaleSlope": 1, "RescaleIntercept": "-inf"},
+          "rescale slope 0": {"RescaleSlope": 0, "RescaleIntercept": 0},
+          "window center NaN": {"WindowCenter": "NaN", "WindowWidth": 100},
+          "window width inf": {"WindowCenter": 100, "WindowWidth": "inf"},
+      }.items()],
     Bad("huge rows and columns", lambda: dicom_8bit(Rows=65535, Columns=65535), 413,
         f"The DICOM image is 65535x65535 pixels x 1 frame(s), more than the limit of {LIMIT_PIXELS} pixels."),
     Bad("huge frame count", lambda: dicom_8bit(NumberOfFrames=300_000), 413,
