@@ -48,6 +48,13 @@ def png_text_bomb() -> bytes:
     return data[:33] + bomb + data[33:]
 
 
+def png_padded_with_chunks(count: int) -> bytes:
+    """A real PNG with `count` empty ancillary chunks before its image data: read one by
+    one, 8.7 million of them took 30 s of a web process's CPU."""
+    data = PNEUMONIA_PNG.read_bytes()
+    return data[:33] + png_chunk(b"tEXt", b"") * count + data[33:]
+
+
 def jpeg_with_size(width: int, height: int) -> bytes:
     data = bytearray(NORMAL_JPEG.read_bytes())
     sof = data.index(b"\xff\xc0")
@@ -144,6 +151,8 @@ CORPUS = [
     Bad("truncated png", lambda: PNEUMONIA_PNG.read_bytes()[:2000], 422,
         "The PNG file is truncated: it ends before its last chunk."),
     Bad("png corrupt pixels", lambda: corrupt_middle(PNEUMONIA_PNG.read_bytes()), 422, NOT_DECODED_PNG),
+    Bad("png padded with chunks", lambda: png_padded_with_chunks(1001), 422,
+        "The PNG file carries more than 1,000 chunks besides its image data."),
     Bad("png without header chunk", lambda: b"\x89PNG\r\n\x1a\n" + png_chunk(b"IEND", b""), 422,
         "The PNG file is corrupt: it does not start with an image header."),
     Bad("png polyglot with html after IEND", lambda: PNEUMONIA_PNG.read_bytes() + b"<html><script>x</script></html>",

@@ -427,3 +427,10 @@ def test_a_jpeg_with_a_malformed_exif_tag_beside_its_orientation_is_decoded_upri
     upright = decode_upload(_jpeg_with_exif(PORTRAIT, [_orientation(6)])).gray
     assert np.array_equal(decode_upload(malformed).gray, upright)
     assert upright.shape == (32, 48)
+
+
+def test_a_png_with_a_few_ancillary_chunks_still_decodes():
+    from tests.ingestion.test_bad_inputs import png_padded_with_chunks
+
+    padded = decode_upload(png_padded_with_chunks(990)).gray
+    np.testing.assert_array_equal(padded, decode_upload(PNEUMONIA_PNG.read_bytes()).gray)
