@@ -131,6 +131,12 @@ def check_image_attributes(ds: Dataset) -> None:
     if "PixelData" not in ds:
         other = "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
         what = sop_class_name(ds)
+        if not other and "Image Storage" in what:
+            # An image type without its pixels: cut short, or an element's length that
+            # swallowed them. Called "not an image", STOW said its type was not supported.
+            raise RejectedUpload(
+                422, f"This DICOM file ({what}) is an image but its pixel data is missing: it is truncated or damaged."
+            )
         raise NotAnImage(
             f"This DICOM file ({what}) "
             + ("holds floating-point data, not a radiograph." if other else "has no pixel data: it is not an image."),

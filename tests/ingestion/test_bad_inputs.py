@@ -198,7 +198,8 @@ CORPUS = [
     Bad("segmentation", lambda: pydicom_file("liver_1frame.dcm").read_bytes(), 422,
         "This DICOM file (Segmentation Storage) is not a radiograph."),
     Bad("missing pixel data", lambda: dicom_without("PixelData"), 422,
-        "This DICOM file (Secondary Capture Image Storage) has no pixel data: it is not an image."),
+        "This DICOM file (Secondary Capture Image Storage) is an image but its pixel data is missing: it is "
+        "truncated or damaged."),
     Bad("missing rows", lambda: dicom_without("Rows"), 422, "The DICOM image lacks required attributes: Rows."),
     Bad("missing bits allocated", lambda: dicom_without("BitsAllocated"), 422,
         "The DICOM image lacks required attributes: BitsAllocated."),

@@ -229,3 +229,18 @@ def test_a_part_whose_headers_never_end_is_refused():
         400,
         "A multipart body part has no blank line between its headers and content.",
     )
+
+
+def test_an_image_whose_pixel_data_is_missing_is_damaged_not_an_unsupported_class(emr, stored, tmp_path):
+    """Cut short before its Pixel Data, a radiograph was answered 0x0122 (SOP class not
+    supported), for a class Pleura supports (ingestion review)."""
+    data = DX_CHEST.read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: data.index(b"\xe0\x7f\x10\x00")])  # up to the Pixel Data element's tag
+    before = stored()
+
+    response = stow(emr, related_body(("application/dicom", cut.read_bytes())))
+
+    assert response.status_code == 409
+    assert response.json() == {"00081198": {"vr": "SQ", "Value": [failed(0xC000, cut)]}}
+    assert stored() == before
