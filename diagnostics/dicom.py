@@ -314,6 +314,12 @@ def to_grayscale(ds: Dataset) -> np.ndarray:
         ) from exc
 
 
+UNUSABLE_NUMBERS = (
+    "The DICOM's rescale or window attributes are not usable numbers (not a number, infinite, or a rescale slope "
+    "of 0), so its pixel values cannot be shown."
+)
+
+
 def _check_finite_values(ds: Dataset) -> None:
     """NaN or infinite rescale and window values (or a slope of 0) made numpy warn, not
     fail: every pixel came out the same grey, was stored, and got a prediction
@@ -326,11 +332,7 @@ def _check_finite_values(ds: Dataset) -> None:
             except (TypeError, ValueError):
                 continue
             if not math.isfinite(number) or (name == "RescaleSlope" and number == 0):
-                raise RejectedUpload(
-                    422,
-                    "The DICOM's rescale or window attributes are not usable numbers (not a number, infinite, "
-                    "or a rescale slope of 0), so its pixel values cannot be shown.",
-                )
+                raise RejectedUpload(422, UNUSABLE_NUMBERS)
 
 
 def _display_values(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
@@ -417,6 +419,9 @@ def _apply_voi(arr: np.ndarray, ds: Dataset, occurring: Callable[[], np.ndarray]
     """`arr` is the image, or with `occurring` every value a pixel may have: then
     `occurring()` says which of them the image holds, whose range is the image's own."""
     values = apply_modality_lut(arr, ds).astype(np.float64)
+    if not np.isfinite(values).all():
+        # Finite attributes may still overflow (a slope of 1e305): one flat grey again.
+        raise RejectedUpload(422, UNUSABLE_NUMBERS)
     if ds.get("VOILUTSequence"):
         from_lut = _voi_lut(arr, ds, occurring)
         if from_lut is not None:

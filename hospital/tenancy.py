@@ -120,7 +120,9 @@ class NotInThisHospital(Http404):
             elsewhere = self.model._default_manager.filter(**self.lookup).select_related("hospital").first()
         except (ValueError, ValidationError):  # not a key at all: nobody's row
             return
-        if elsewhere is not None:
+        # A platform row (no hospital) is nobody's trail to file it in: filed under the
+        # caller's own, it told another hospital's admin which rows are the platform's.
+        if elsewhere is not None and elsewhere.hospital is not None:
             record_denied(request, hospital=elsewhere.hospital, target=elsewhere, via=self.via)
 
 

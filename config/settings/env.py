@@ -62,7 +62,8 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
-_RATE = re.compile(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)")
+# DRF reads the period by its first letter: "600/min", "600/minutes" and "600/m" are one rate.
+_RATE = re.compile(r"[1-9][0-9]*/[smhd][a-z]*")
 
 
 def env_rate(name: str, default: str) -> str:

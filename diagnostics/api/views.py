@@ -443,7 +443,7 @@ def _idempotency_key(request) -> str:
     """The request's `Idempotency-Key` header, or "" when it sends none."""
     key = request.headers.get("Idempotency-Key", "").strip()
     if key and not _IDEMPOTENCY_KEY_RE.fullmatch(key):
-        raise exceptions.ValidationError(
+        raise exceptions.ParseError(
             f"The Idempotency-Key header must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters "
             "without spaces (a UUID is a good key)."
         )

@@ -142,7 +142,8 @@ def test_the_server_entry_points_default_to_production_settings(entry_point):
 
 
 @pytest.mark.parametrize(
-    ("rate", "accepted"), [("banana", False), ("600", False), ("0/min", False), ("120/hour", True)]
+    ("rate", "accepted"),
+    [("banana", False), ("600", False), ("0/min", False), ("120/hour", True), ("600/minutes", True)],
 )
 def test_an_api_rate_pleura_cannot_read_stops_it_at_start_up(rate, accepted):
     """A typo passed `check` and made every request with a key a 500 (fresh-machine review)."""

@@ -48,11 +48,11 @@ def png_text_bomb() -> bytes:
     return data[:33] + bomb + data[33:]
 
 
-def png_padded_with_chunks(count: int) -> bytes:
+def png_padded_with_chunks(count: int, kind: bytes = b"tEXt") -> bytes:
     """A real PNG with `count` empty ancillary chunks before its image data: read one by
     one, 8.7 million of them took 30 s of a web process's CPU."""
     data = PNEUMONIA_PNG.read_bytes()
-    return data[:33] + png_chunk(b"tEXt", b"") * count + data[33:]
+    return data[:33] + png_chunk(kind, b"") * count + data[33:]
 
 
 def jpeg_with_size(width: int, height: int) -> bytes:
@@ -153,6 +153,10 @@ CORPUS = [
     Bad("png corrupt pixels", lambda: corrupt_middle(PNEUMONIA_PNG.read_bytes()), 422, NOT_DECODED_PNG),
     Bad("png padded with chunks", lambda: png_padded_with_chunks(1001), 422,
         "The PNG file carries more than 1,000 chunks besides its image data."),
+    Bad("png padded with empty image data", lambda: png_padded_with_chunks(1001, kind=b"IDAT"), 422,
+        "The PNG file carries more than 1,000 chunks besides its image data."),
+    Bad("png with a second header", lambda: png_padded_with_chunks(1, kind=b"IHDR"), 422,
+        "The PNG file is corrupt: it has more than one image header."),
     Bad("png without header chunk", lambda: b"\x89PNG\r\n\x1a\n" + png_chunk(b"IEND", b""), 422,
         "The PNG file is corrupt: it does not start with an image header."),
     Bad("png polyglot with html after IEND", lambda: PNEUMONIA_PNG.read_bytes() + b"<html><script>x</script></html>",
@@ -218,6 +222,7 @@ CORPUS = [
           "rescale slope 0": {"RescaleSlope": 0, "RescaleIntercept": 0},
           "window center NaN": {"WindowCenter": "NaN", "WindowWidth": 100},
           "window width inf": {"WindowCenter": 100, "WindowWidth": "inf"},
+          "rescale that overflows": {"RescaleSlope": "1e307", "RescaleIntercept": 0},
       }.items()],
     Bad("huge rows and columns", lambda: dicom_8bit(Rows=65535, Columns=65535), 413,
         f"The DICOM image is 65535x65535 pixels x 1 frame(s), more than the limit of {LIMIT_PIXELS} pixels."),
