@@ -416,8 +416,8 @@ def _read_original_for_display(study: Study) -> bytes:
 
 
 def record_refused_upload(*, request, hospital: Hospital, source: str, status_code: int, reason: str, **detail) -> None:
-    """An upload refused before it reached `ingest_upload` (its size, media type, body or
-    form), audited as the service audits its own refusals."""
+    """An upload refused, by the service or before it reached `ingest_upload` (its size,
+    media type, body or form); `detail` may name the actor and key, as audit.record takes them."""
     audit.record(
         Action.STUDY_UPLOAD_REJECTED, request=request, hospital=hospital, outcome=Outcome.FAILURE, source=source,
         status_code=status_code, reason=reason, **detail,
@@ -425,15 +425,7 @@ def record_refused_upload(*, request, hospital: Hospital, source: str, status_co
 
 
 def _audit_rejected(exc: RejectedUpload, context: dict, *, source: str, size: int) -> None:
-    audit.record(
-        Action.STUDY_UPLOAD_REJECTED,
-        **context,
-        outcome=Outcome.FAILURE,
-        source=source,
-        status_code=exc.status_code,
-        reason=exc.detail,
-        size=size,
-    )
+    record_refused_upload(**context, source=source, status_code=exc.status_code, reason=exc.detail, size=size)
 
 
 def _audit_uploaded(study: Study, context: dict, *, source: str, created: bool, **detail) -> None:
