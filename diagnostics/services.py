@@ -57,14 +57,18 @@ def ingest_upload(
     `dicom_only` refuses PNG and JPEG (DICOMweb takes DICOM instances only);
     `study_instance_uid` refuses an instance of any other study (STOW-RS to one study).
     `idempotency_key` names the request: sent again with it, the same file and identifiers
-    get the study it stored (queued=False) and are not decoded again (`_sent_with_key`).
+    get the study it stored (queued=False) and are not decoded again (`_sent_with_key`),
+    unless that study failed: then it is a failed study sent again.
     """
     audit_context = {"request": request, "actor": user, "key": key, "hospital": hospital}
     try:
         patient_id = clean_identifier(patient_id, "patient_id")
         accession_number = clean_identifier(accession_number, "accession_number")
         request_sent_before = _sent_with_key(hospital, idempotency_key, data, patient_id, accession_number)
-        if request_sent_before is not None:
+        # A failed study is answered like a failed instance sent again (below): its
+        # failure message asks for the image again, and a retry that only echoed
+        # "failed" would never mend a missing file.
+        if request_sent_before is not None and request_sent_before.status != Study.Status.FAILED:
             _audit_uploaded(request_sent_before, audit_context, source=source, created=False, replayed=True)
             return request_sent_before, False
         if dicom_only and imaging.sniff(data) != Study.Format.DICOM:
@@ -73,7 +77,7 @@ def ingest_upload(
         if study_instance_uid and decoded.metadata.get("study_instance_uid") != study_instance_uid:
             raise imaging.OtherStudy
         _check_typed_patient(decoded, patient_id)
-        sent_before = _existing(hospital, decoded.metadata.get("sop_instance_uid", ""))
+        sent_before = request_sent_before or _existing(hospital, decoded.metadata.get("sop_instance_uid", ""))
         if sent_before is not None and not _same_instance(sent_before, decoded, patient_id):
             raise imaging.InstanceConflict
     except RejectedUpload as exc:
@@ -296,7 +300,10 @@ def _queue_again(failed: Study, resent: Study, data: bytes, audit_context: dict,
     another request queued it first, and this copy is removed.
     """
     replaced = [name for name in (failed.original_file.name, failed.display_image.name) if name]
-    fields = {name: getattr(resent, name) for name in {*_FROM_THE_FILE, *refreshed}}
+    # The study now answers to the copy's request: a late retry of the first request,
+    # whose file this copy replaces, is then recognised by its instance, not refused as
+    # a key reused for another file.
+    fields = {name: getattr(resent, name) for name in {*_FROM_THE_FILE, *refreshed, "idempotency_key"}}
     for name, value in fields.items():
         setattr(failed, name, value)  # the new file's name follows its format
     _write_original(failed, data, name=f"original-{uuid.uuid4().hex[:12]}")

@@ -7,13 +7,15 @@ from __future__ import annotations
 import io
 import threading
 
+import pydicom
 import pytest
 
-from diagnostics import imaging, services
+from diagnostics import imaging, pipeline, services
 from diagnostics.models import Study
 from hospital.models import AuditEvent
 from tests.conftest import needs_postgresql
-from tests.ingestion.conftest import NORMAL_JPEG, PNEUMONIA_PNG, STUDIES_URL, post_file
+from tests.ingestion.conftest import CR_CHEST, NORMAL_JPEG, PNEUMONIA_PNG, STUDIES_URL, post_file
+from tests.ingestion.test_sent_again import failed
 
 REUSED = imaging.IdempotencyKeyReused().detail
 KEY = "3f0c9a52-7d4e-4f7b-9a1e-5b2c8d6e0f11"
@@ -154,3 +156,50 @@ def test_two_requests_with_one_key_at_the_same_moment_make_one_study(hospital_a,
     assert results[0][0].pk == results[1][0].pk
     study = Study.objects.get()
     assert stored().files == {study.original_file.name}
+
+
+def failed_for_a_missing_file(study_id: str) -> Study:
+    study = Study.objects.get(code=study_id)
+    study.original_file.storage.delete(study.original_file.name)
+    return failed(study, Study.Failure.MISSING_FILE, pipeline.MISSING_FILE_MESSAGE)
+
+
+@pytest.mark.parametrize("file", [CR_CHEST, PNEUMONIA_PNG], ids=["dicom", "png"])
+def test_a_retry_of_a_study_that_failed_is_queued_again_with_its_copy(emr, stored, file):
+    """The failure message asks for the image again; echoing "failed" mended nothing."""
+    first = post_with_key(emr, file.read_bytes())
+    study = failed_for_a_missing_file(first.json()["id"])
+
+    retry = post_with_key(emr, file.read_bytes())
+
+    assert (retry.status_code, retry.json()["id"], retry.json()["status"]) == (202, str(study.code), "queued")
+    study.refresh_from_db()
+    assert (study.status, study.failure_code, study.idempotency_key) == ("queued", "", KEY)
+    with study.original_file.open("rb") as copy:
+        assert copy.read() == file.read_bytes()
+    assert (Study.objects.count(), stored().files) == (1, {study.original_file.name})
+
+
+def test_a_late_retry_of_the_first_request_after_another_copy_mended_the_study_gets_it(emr, stored):
+    """Another copy of the same instance (re-exported: other bytes, the same pixels) sent
+    under another key replaced the failed study's file; the first request's own retry
+    must still get its study, not a 422 for a key "reused for another file"."""
+    re_exported = pydicom.dcmread(CR_CHEST, force=True)
+    re_exported.StationName = "RE-EXPORT"
+    copy = io.BytesIO()
+    re_exported.save_as(copy)
+    assert copy.getvalue() != CR_CHEST.read_bytes()
+    first = post_with_key(emr, CR_CHEST.read_bytes())
+    study = failed_for_a_missing_file(first.json()["id"])
+    other_key = "9d1e7c3a-0b2f-4e58-8a61-2f4c7b9e0d33"
+    assert post_with_key(emr, copy.getvalue(), key=other_key).status_code == 202
+
+    late_retry = post_with_key(emr, CR_CHEST.read_bytes())
+
+    assert (late_retry.status_code, late_retry.json()["id"]) == (200, str(study.code))
+    study.refresh_from_db()
+    assert (study.status, study.idempotency_key) == ("queued", other_key)
+    with study.original_file.open("rb") as stored_copy:
+        assert stored_copy.read() == copy.getvalue()
+    assert (Study.objects.count(), stored().files) == (1, {study.original_file.name})
+    assert AuditEvent.objects.filter(action="study.upload_rejected").count() == 0
