@@ -14,6 +14,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import BaseUserCreationForm, UserChangeForm
+from django.contrib.messages.storage import default_storage
 from django.db import transaction
 from django.shortcuts import redirect
 
@@ -155,11 +156,18 @@ class UserAdmin(HospitalScopedAdmin, DjangoUserAdmin):
             return redirect("accounts:password_change")
         # The new password and its event, all or none: saved first and audited after, a failed
         # audit write left the password changed with no trace of who changed it.
-        with transaction.atomic():
-            response = super().user_change_password(request, id, form_url)
-            if request.method == "POST" and response.status_code == 302 and response.url != request.get_full_path():
-                user = self.get_object(request, id)
-                services.record_password_set(user, actor=request.user, request=request)
+        try:
+            with transaction.atomic():
+                response = super().user_change_password(request, id, form_url)
+                if request.method == "POST" and response.status_code == 302 and response.url != request.get_full_path():
+                    user = self.get_object(request, id)
+                    services.record_password_set(user, actor=request.user, request=request)
+        except Exception:
+            # Django queued "Password changed successfully." before the audit write failed;
+            # the message cookie outlives the 500, and the admin's next page said the reset
+            # rolled back here had happened. A fresh store keeps only messages from before.
+            request._messages = default_storage(request)
+            raise
         return response
 
     @admin.action(description="Deactivate selected users", permissions=["change"])
