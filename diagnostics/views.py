@@ -37,7 +37,7 @@ from diagnostics.services import (
 )
 from hospital import audit
 from hospital.models import Role
-from hospital.tenancy import get_object_for_request, has_role, role_required
+from hospital.tenancy import NotInThisHospital, get_object_for_request, has_role, role_required
 
 WORKLIST_PAGE_SIZE = 25
 # Studies a single worklist poll may ask about: one page's worth.
@@ -131,9 +131,11 @@ def worklist_updates(request: HttpRequest) -> HttpResponse:
     if not codes or len(codes) > MAX_POLLED_STUDIES:
         return HttpResponse(f"Ask for 1 to {MAX_POLLED_STUDIES} studies.", status=400, content_type="text/plain")
     rows = _name_rows(_worklist_queryset(request.hospital).filter(code__in=codes))
-    # Any code outside the active hospital: 404, and nothing about the others either.
+    # Any code outside the active hospital: 404, and nothing about the others either; a
+    # code of another hospital's study is kept in that hospital's trail.
     if len(rows) != len(codes):
-        raise Http404("No such study.")
+        missing = codes - {study.code for study in rows}
+        raise NotInThisHospital(Study, {"code__in": missing}, via="portal", words="No such study.")
     pending = [str(s.code) for s in rows if s.status in PENDING]
     settled = len(rows) - len(pending)
     if settled:

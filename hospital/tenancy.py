@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from functools import wraps
+from operator import attrgetter
 from urllib.parse import urlsplit
 
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -113,17 +114,29 @@ class NotInThisHospital(Http404):
         self.model, self.lookup, self.via = model, lookup, via
 
     def record(self, request) -> None:
-        """Another hospital's doctor trying study codes left no trace where it mattered."""
-        if not any(field.name == "hospital" for field in self.model._meta.get_fields()):
+        """Another hospital's doctor trying study codes left no trace where it mattered.
+        Each row the lookup names (the worklist's poll names several) is recorded in its
+        own hospital's trail; a hospital's own row, in that hospital's."""
+        if self.model is Hospital:
+            rows, owner = self.model._default_manager.filter(**self.lookup), lambda hospital: hospital
+        elif any(field.name == "hospital" for field in self.model._meta.get_fields()):
+            rows = self.model._default_manager.filter(**self.lookup).select_related("hospital")
+            owner = attrgetter("hospital")
+        else:
             return  # not a tenant's row (a user belongs to hospitals through memberships)
         try:
-            elsewhere = self.model._default_manager.filter(**self.lookup).select_related("hospital").first()
+            elsewhere = list(rows[:_MOST_ROWS_RECORDED])
         except (ValueError, ValidationError):  # not a key at all: nobody's row
             return
-        # A platform row (no hospital) is nobody's trail to file it in: filed under the
-        # caller's own, it told another hospital's admin which rows are the platform's.
-        if elsewhere is not None and elsewhere.hospital is not None:
-            record_denied(request, hospital=elsewhere.hospital, target=elsewhere, via=self.via)
+        for row in elsewhere:
+            # A platform row (no hospital) is nobody's trail to file it in: filed under the
+            # caller's own, it told another hospital's admin which rows are the platform's.
+            if owner(row) is not None:
+                record_denied(request, hospital=owner(row), target=row, via=self.via)
+
+
+# A lookup names one row, or the worklist's poll at most a page of them.
+_MOST_ROWS_RECORDED = 100
 
 
 def record_denied(request, *, hospital: Hospital | None = None, target=None, **detail) -> None:

@@ -99,3 +99,31 @@ def test_a_trail_that_cannot_be_written_still_refuses_with_403_not_500(client_fo
 
     assert response.status_code == 403
     assert refusals() == []
+
+
+def test_the_worklists_poll_for_other_hospitals_studies_is_recorded_by_each_owner(
+    client_for, outsider, study_a, make_study, hospital_a, hospital_b
+):
+    """The poll names several codes at once; a code of another hospital's study is as much
+    a try as asking for its page."""
+    second_a = make_study(hospital_a, label="normal", probability=0.1)
+    own = make_study(hospital_b, label="normal", probability=0.1)
+    path = reverse("diagnostics:worklist_updates")
+
+    codes = [str(study_a.code), str(second_a.code), str(own.code)]
+    assert client_for(outsider).get(path, {"s": codes}, HTTP_HX_REQUEST="true").status_code == 404
+
+    assert sorted(refusals(), key=lambda refusal: refusal[3]) == sorted(
+        [("st-marys", outsider, None, str(study.code), {"path": path, "via": "portal"}) for study in (study_a, second_a)],
+        key=lambda refusal: refusal[3],
+    )
+
+
+def test_another_hospitals_admin_page_for_a_hospital_is_recorded_in_that_hospitals_trail(
+    client_for, outsider_admin, hospital_a
+):
+    path = f"/admin/hospital/hospital/{hospital_a.pk}/change/"
+
+    assert client_for(outsider_admin).get(path).status_code == 404
+
+    assert refusals() == [("st-marys", outsider_admin, None, str(hospital_a.code), {"path": path, "via": "admin"})]
