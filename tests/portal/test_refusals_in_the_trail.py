@@ -113,10 +113,10 @@ def test_the_worklists_poll_for_other_hospitals_studies_is_recorded_by_each_owne
     codes = [str(study_a.code), str(second_a.code), str(own.code)]
     assert client_for(outsider).get(path, {"s": codes}, HTTP_HX_REQUEST="true").status_code == 404
 
-    assert sorted(refusals(), key=lambda refusal: refusal[3]) == sorted(
-        [("st-marys", outsider, None, str(study.code), {"path": path, "via": "portal"}) for study in (study_a, second_a)],
-        key=lambda refusal: refusal[3],
-    )
+    expected = [
+        ("st-marys", outsider, None, str(study.code), {"path": path, "via": "portal"}) for study in (study_a, second_a)
+    ]
+    assert sorted(refusals(), key=lambda refusal: refusal[3]) == sorted(expected, key=lambda refusal: refusal[3])
 
 
 def test_another_hospitals_admin_page_for_a_hospital_is_recorded_in_that_hospitals_trail(
