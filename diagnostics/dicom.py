@@ -182,9 +182,10 @@ def _check_native_length(ds: Dataset, values: int, bits_allocated: int) -> None:
     """Native pixel data must be as long as Rows, Columns, frames and bits say. pydicom
     refuses less and, with a warning only, reads the start of more: a DICOM whose Columns
     had been halved was stored as a garbled radiograph and predicted (ingestion review).
-    Some writers pad (pydicom's MR_small_padded.dcm carries one row more, 1.6%), so up to a
-    quarter more is read as padding; attributes that do not describe the image are off by
-    a factor (a halved Columns leaves twice the data)."""
+    Some writers pad (pydicom's MR_small_padded.dcm carries one row of zeros more, 1.6%),
+    so up to a quarter more zeros are read as padding; attributes that do not describe the
+    image are off by a factor (a halved Columns leaves twice the data), or leave pixels
+    past the end (a Columns one short)."""
     syntax = UID(transfer_syntax(ds))
     if not syntax.is_transfer_syntax or (syntax.is_compressed and syntax != DeflatedExplicitVRLittleEndian):
         return  # encapsulated frames carry their own size (`_check_codestream_size`)
@@ -198,12 +199,18 @@ def _check_native_length(ds: Dataset, values: int, bits_allocated: int) -> None:
             f"The DICOM file is truncated: its pixel data holds {held:,} of the {expected:,} bytes its Rows, "
             "Columns, frames and Bits Allocated call for.",
         )
-    if held > expected + 1 + expected // 4:
+    # Padding is zeros; data past the described image means the attributes are off, if
+    # only by one column (each row then starts a pixel later: the image read sheared).
+    if held > expected + 1 + expected // 4 or (held > expected + 1 and _holds_more_than_zeros(ds.PixelData, expected)):
         raise RejectedUpload(
             422,
             f"The DICOM's pixel data holds {held:,} bytes, where its Rows, Columns, frames and Bits Allocated "
             f"call for {expected:,}: its attributes do not describe its image.",
         )
+
+
+def _holds_more_than_zeros(pixel_data: bytes, start: int) -> bool:
+    return memoryview(pixel_data)[start:].tobytes().strip(b"\x00") != b""
 
 
 # JPEG frame headers: SOF0-3, 5-7, 9-11, 13-15, and JPEG-LS's SOF55 (0xF7).
@@ -323,10 +330,12 @@ UNUSABLE_NUMBERS = (
 def _check_finite_values(ds: Dataset) -> None:
     """NaN or infinite rescale and window values (or a slope of 0) made numpy warn, not
     fail: every pixel came out the same grey, was stored, and got a prediction
-    (ingestion review). Values that are not numbers at all are judged where they are read."""
+    (ingestion review). Values that are not numbers at all are judged where they are read.
+    Only the first window is used (`_first_window`), so only it must be usable."""
     for name in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
         value = ds.get(name)
-        for item in value if _is_multi(value) else [value]:
+        items = value if _is_multi(value) else [value]
+        for item in items[:1] if name.startswith("Window") else items:
             try:
                 number = float(item)
             except (TypeError, ValueError):

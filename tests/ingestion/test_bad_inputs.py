@@ -214,6 +214,12 @@ CORPUS = [
     Bad("pixel data longer than rows x columns", lambda: dicom_8bit(Columns=8), 422,
         "The DICOM's pixel data holds 256 bytes, where its Rows, Columns, frames and Bits Allocated call for "
         "128: its attributes do not describe its image."),
+    # Columns one short: a pixel is left over from each row, and each row starts a pixel
+    # later, the image read sheared; what pads an image is zeros.
+    Bad("one column fewer than the pixel data holds",
+        lambda: make_dicom(np.full((16, 16), 100, dtype=np.uint8), Columns=15), 422,
+        "The DICOM's pixel data holds 256 bytes, where its Rows, Columns, frames and Bits Allocated call for "
+        "240: its attributes do not describe its image."),
     # numpy only warns on NaN and infinity: every pixel came out one grey, and was predicted.
     *[Bad(f"dicom {name}", lambda attributes=attributes: dicom_8bit(**attributes), 422, UNUSABLE_NUMBERS)
       for name, attributes in {

@@ -215,6 +215,16 @@ def test_the_table_of_every_stored_value_changes_no_pixel(layout, steps):
     np.testing.assert_array_equal(decode_upload(data).gray, each_pixel)
 
 
+def test_only_the_first_window_is_used_so_a_second_that_is_not_a_number_is_no_reason_to_refuse():
+    pixels = np.random.default_rng(7).integers(0, 4095, size=(32, 32), endpoint=True, dtype=np.uint16)
+
+    two_windows = decode_upload(make_dicom(pixels, WindowCenter=[700, "NaN"], WindowWidth=[900, "inf"]))
+
+    np.testing.assert_array_equal(
+        two_windows.gray, decode_upload(make_dicom(pixels, WindowCenter=700, WindowWidth=900)).gray
+    )
+
+
 @pytest.mark.parametrize(
     ("photometric", "lut_shape", "expected"),
     [
