@@ -101,7 +101,7 @@ def unlock_user(user: User, *, actor=None, request=None) -> bool:
     return True
 
 
-def hospitals_of(user: User) -> list[Hospital]:
+def hospitals_answering_for(user: User) -> list[Hospital]:
     """The hospitals an event about `user`'s account is filed under: every one the user
     works in now, since each one's admins answer for the account there (filed under one,
     the others never learned that their radiologist was deactivated or locked out); for
@@ -114,7 +114,7 @@ def hospitals_of(user: User) -> list[Hospital]:
 
 
 def record_about_user(action: str, user: User, *, actor=None, request=None, **fields) -> None:
-    """One event about `user`'s account in each hospital's trail (`hospitals_of`)."""
-    hospitals = hospitals_of(user) or [None]  # a platform account: the request's hospital, if any
+    """One event about `user`'s account in each hospital's trail (`hospitals_answering_for`)."""
+    hospitals = hospitals_answering_for(user) or [None]  # a platform account: the request's hospital, if any
     events = [audit.build(action, request=request, actor=actor, hospital=h, target=user, **fields) for h in hospitals]
     audit.record_all(events)
