@@ -17,6 +17,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Collection
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -670,11 +671,48 @@ def _decode_all(studies: list[Study]) -> tuple[list[Study], list[np.ndarray], li
     return ready, grays, unreadable
 
 
+class _PixelBudget:
+    """At most `settings.PIPELINE_DECODE_PIXELS` pixels decoded at once by this process.
+
+    A batch's files are decoded by the storage threads, 8 at once, and decoding costs
+    memory by the pixel: 230 MB for a 16-bit DICOM at MAX_IMAGE_PIXELS, 905 MB for a
+    half-transparent RGBA PNG (docs/benchmarks.md). Eight such files at once took more
+    than the worker's memory limit (4 GiB in deploy/); radiographs of a few megapixels
+    still decode together. A file larger than the whole budget waits to decode alone.
+    Per process, as the threads are: a forked pool process starts with nothing held.
+    """
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._held, self._pid = 0, os.getpid()
+
+    @contextmanager
+    def holding(self, study: Study):
+        budget = max(settings.PIPELINE_DECODE_PIXELS, 1)  # 1 or less: one file at a time
+        # A study stored before its size was kept counts as the largest allowed.
+        pixels = min((study.rows or 0) * (study.columns or 0) or settings.MAX_IMAGE_PIXELS, budget)
+        with self._condition:
+            if self._pid != os.getpid():
+                self._held, self._pid = 0, os.getpid()
+            self._condition.wait_for(lambda: self._held + pixels <= budget)
+            self._held += pixels
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._held -= pixels
+                self._condition.notify_all()
+
+
+decode_budget = _PixelBudget()
+
+
 def _load_gray(study: Study) -> np.ndarray:
     from diagnostics import imaging  # the decoder pulls in pydicom and its plugins: load it where used
 
     try:
-        return imaging.load_grayscale(study, passthrough=TRANSIENT_ERRORS)
+        with decode_budget.holding(study):
+            return imaging.load_grayscale(study, passthrough=TRANSIENT_ERRORS)
     except imaging.StoredFileMissing as exc:
         raise PermanentStudyError(metrics.REASON_MISSING_FILE, MISSING_FILE_MESSAGE) from exc
     except (imaging.StoredFileRefused, imaging.StoredFileUnreachable) as exc:

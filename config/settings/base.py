@@ -241,6 +241,10 @@ PIPELINE_COALESCE_WAKE_UPS = env_bool("PIPELINE_COALESCE_WAKE_UPS", bool(REDIS_U
 # Files of one batch read and written at once (originals, heatmaps): with object storage
 # each is a network round trip, which one at a time add up for every batch. 1: in turn.
 PIPELINE_STORAGE_THREADS = env_int("PIPELINE_STORAGE_THREADS", 8)
+# Pixels a worker process decodes at once (diagnostics.pipeline._PixelBudget): decoding
+# costs memory by the pixel, so eight of the largest files at once could outgrow the
+# worker's memory. By default one image of the largest size accepted, or many radiographs.
+PIPELINE_DECODE_PIXELS = env_int("PIPELINE_DECODE_PIXELS", MAX_IMAGE_PIXELS)
 PIPELINE_STUCK_SECONDS = env_int("PIPELINE_STUCK_SECONDS", 300)
 PIPELINE_MAX_ATTEMPTS = env_int("PIPELINE_MAX_ATTEMPTS", 3)
 PIPELINE_SWEEP_SECONDS = env_int("PIPELINE_SWEEP_SECONDS", 60)

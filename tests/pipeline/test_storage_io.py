@@ -4,6 +4,7 @@ a network round trip, and one at a time they would set a GPU worker's pace."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from django.core.files.storage import FileSystemStorage
@@ -103,3 +104,51 @@ def test_studies_of_one_batch_reusing_one_prediction_each_get_its_heatmap(hospit
         assert prediction.reused_from == source
         with prediction.heatmap.open("rb") as handle:
             assert handle.read() == expected
+
+
+@pytest.fixture
+def decoding_watched(monkeypatch):
+    """Records how many files are being decoded at once; `meet(n)` makes each decode wait
+    for n of them to be decoding together (it fails after 10 s if they never are)."""
+    from diagnostics import imaging
+
+    real_decode, lock = imaging.load_grayscale, threading.Lock()
+    watched = {"now": 0, "most": 0, "meeting": None}
+
+    def decode(study, **options):
+        with lock:
+            watched["now"] += 1
+            watched["most"] = max(watched["most"], watched["now"])
+        try:
+            if watched["meeting"] is not None:
+                watched["meeting"].wait()
+            else:
+                time.sleep(0.05)  # room for another decode to start, if it may
+            return real_decode(study, **options)
+        finally:
+            with lock:
+                watched["now"] -= 1
+
+    monkeypatch.setattr(imaging, "load_grayscale", decode)
+    watched["meet"] = lambda parties: watched.update(meeting=threading.Barrier(parties, timeout=10))
+    return watched
+
+
+def test_a_batch_decodes_no_more_pixels_at_once_than_the_budget(three_studies, settings, decoding_watched):
+    """Decoding costs memory by the pixel; eight of the largest files at once outgrew a
+    worker's memory limit."""
+    sizes = [study.rows * study.columns for study in three_studies]
+    settings.PIPELINE_DECODE_PIXELS = max(sizes)  # any two together are over it
+
+    ready, grays, unreadable = pipeline._decode_all(three_studies)
+
+    assert (len(ready), len(grays), unreadable, decoding_watched["most"]) == (3, 3, [], 1)
+
+
+def test_within_the_budget_a_batchs_files_are_decoded_together(three_studies, settings, decoding_watched):
+    settings.PIPELINE_DECODE_PIXELS = sum(study.rows * study.columns for study in three_studies)
+    decoding_watched["meet"](3)
+
+    ready, _, _ = pipeline._decode_all(three_studies)
+
+    assert (len(ready), decoding_watched["most"]) == (3, 3)
