@@ -4,7 +4,8 @@
 
 Each file is built here, then decoded by `diagnostics.imaging.decode_upload` in a fresh
 Python process (so one case's peak cannot hide another's), which reports the growth of
-its peak resident memory over what importing the decoders cost, and the time taken.
+its peak resident memory over what importing the decoders cost, the time taken, and the
+growth the process kept once the decoded image was let go.
 The web pod's memory limit is 2 GiB for all its gunicorn workers (deploy/k8s), and the
 worker decodes the same stored original again: one upload must stay far below that.
 """
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 # The peak is the kernel's VmHWM, reset once the decoders are imported and the file read
 # (ru_maxrss would not do: Linux carries it over from the parent across exec).
 MEASURE = """
-import json, os, sys, time
+import json, os, sys, threading, time
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
 import django
 django.setup()
@@ -43,14 +44,23 @@ with open("/proc/self/clear_refs", "w") as clear:
     clear.write("5")  # the peak starts again from the current size
 before = kilobytes("VmRSS")
 start = time.perf_counter()
-try:
-    outcome = "decoded %dx%d" % imaging.decode_upload(data).gray.shape[::-1]
-except imaging.RejectedUpload as refusal:
-    outcome = f"refused {refusal.status_code}"
+outcome = []
+
+def upload():
+    try:
+        outcome.append("decoded %dx%d" % imaging.decode_upload(data).gray.shape[::-1])
+    except imaging.RejectedUpload as refusal:
+        outcome.append(f"refused {refusal.status_code}")
+
+# In a thread of its own, as gunicorn's threads (deploy/gunicorn.conf.py) decode uploads.
+thread = threading.Thread(target=upload)
+thread.start()
+thread.join()
 print(json.dumps({
-    "outcome": outcome,
+    "outcome": outcome[0],
     "peak_mb": (kilobytes("VmHWM") - before) / 1024,
     "seconds": time.perf_counter() - start,
+    "kept_mb": (kilobytes("VmRSS") - before) / 1024,
 }))
 """
 
@@ -159,8 +169,8 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=7700, help="pixels a side of the large images (60 MP: 7745)")
     parser.add_argument("--bomb-side", type=int, default=30000, help="pixels a side of the mislabelled JPEG")
     args = parser.parse_args()
-    print("| upload | file | outcome | peak RSS growth | time |")
-    print("|---|---|---|---|---|")
+    print("| upload | file | outcome | peak RSS growth | time | RSS kept after |")
+    print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="pleura-decode-") as folder:
         for name, data in build_cases(args.side, args.bomb_side).items():
             path = Path(folder) / "upload"
@@ -168,7 +178,7 @@ def main() -> None:
             figures = measure(path)
             print(
                 f"| {name} | {len(data) / 1e6:.2f} MB | {figures['outcome']} | "
-                f"{figures['peak_mb']:.0f} MB | {figures['seconds']:.2f} s |"
+                f"{figures['peak_mb']:.0f} MB | {figures['seconds']:.2f} s | {figures['kept_mb']:.0f} MB |"
             )
 
 
