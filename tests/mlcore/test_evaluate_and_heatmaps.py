@@ -87,6 +87,35 @@ def test_evaluating_the_validation_patients_reproduces_the_stored_auc(active_tin
     assert report["confusion_matrix"] == active_tiny.metrics["confusion_matrix"]
 
 
+def test_evaluating_the_images_sent_as_16_bit_counts_the_labels_that_changed(active_tiny):
+    """A 16-bit upload is stretched to its own range, an 8-bit one is not: the report says
+    what that does to the model's answers on the same pixels."""
+    from mlcore.data import scan_folder
+    from mlcore.evaluation import sent_as_16_bit
+
+    report = _evaluate(str(SMALL_DATA), "--as-16-bit")
+
+    _, engine = registry.get_active_engine("cpu")
+    grays = [load_grayscale_file(sample.path) for sample in scan_folder(SMALL_DATA)]
+    as_8_bit = engine.probabilities(engine.logits(grays))
+    as_16_bit = engine.probabilities(engine.logits([sent_as_16_bit(gray) for gray in grays]))
+    changed = int(np.sum((as_8_bit >= engine.spec.threshold) != (as_16_bit >= engine.spec.threshold)))
+    assert set(report) == REPORT_KEYS | {"sent_as", "labels_changed_from_8_bit", "largest_probability_change"}
+    assert (report["sent_as"], report["labels_changed_from_8_bit"]) == ("16-bit PNG", changed)
+    assert report["largest_probability_change"] == round(float(np.max(np.abs(as_8_bit - as_16_bit))), 4)
+    assert report["largest_probability_change"] > 0  # the stretch reaches the model
+
+
+def test_an_image_sent_as_16_bit_comes_back_stretched_to_its_own_range():
+    from mlcore.evaluation import sent_as_16_bit
+
+    gray = np.array([[10, 90], [60, 210]], dtype=np.uint8)
+
+    assert sent_as_16_bit(gray).tolist() == [[0, 102], [64, 255]]
+    full_range = np.array([[0, 128], [64, 255]], dtype=np.uint8)
+    assert sent_as_16_bit(full_range).tolist() == full_range.tolist()
+
+
 def test_evaluate_model_refuses_a_folder_without_class_folders_and_unknown_models(active_tiny, tmp_path):
     with pytest.raises(CommandError, match="must contain NORMAL/ and PNEUMONIA/ folders"):
         call_command("evaluate_model", str(tmp_path))

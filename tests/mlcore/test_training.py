@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -41,6 +42,7 @@ def test_train_model_writes_every_artefact(tiny_model):
     assert description["weights"] == "weights.pt"
     assert description["weights_sha256"] == file_sha256(tiny_model / "weights.pt")
     assert description["min_sensitivity"] == 0.95
+    assert description["hyperparameters"]["range_stretch"] == 0.5
     assert len(description["history"]) == TINY_EPOCHS
     assert description["best_epoch"] in (1, 2)
     assert description["temperature"] > 0
@@ -115,10 +117,11 @@ def test_training_is_reproducible_with_a_seed(tmp_path):
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--image-size", "16"], "--image-size at least 32"),
         (["--min-sensitivity", "1.5"], "--min-sensitivity must be in (0, 1]"),
+        (["--range-stretch", "1.5"], "--range-stretch must be in [0, 1]"),
     ],
 )
 def test_train_model_refuses_bad_arguments(tmp_path, arguments, message):
-    with pytest.raises(CommandError, match=message.replace("(", r"\(").replace("]", r"\]")):
+    with pytest.raises(CommandError, match=re.escape(message)):
         call_command("train_model", "--data", str(SMALL_DATA), "--out", str(tmp_path / "out"), *arguments)
     assert not (tmp_path / "out").exists()
 
@@ -150,3 +153,22 @@ def test_the_threshold_stays_on_the_corner_when_no_float_lies_between_the_scores
     threshold = threshold_for_sensitivity(targets, probabilities, min_sensitivity=1.0)
 
     assert list(probabilities >= threshold) == [False, False, True, True]
+
+
+def test_a_stretched_training_image_is_what_serving_makes_of_the_same_pixels_sent_deeper():
+    """Deeper uploads reach the model stretched to their own range; the stretch in
+    training must give the model the very input serving does (up to resizing's rounding)."""
+    from mlcore.evaluation import sent_as_16_bit
+    from mlcore.preprocessing import to_model_input
+    from mlcore.training import RandomRangeStretch
+
+    gray = np.linspace(40, 190, 64 * 64).reshape(64, 64).astype(np.uint8)
+
+    stretched = RandomRangeStretch(p=1.0)(to_model_input(gray, 64))
+
+    served = to_model_input(sent_as_16_bit(gray), 64)
+    assert torch.allclose(stretched, served, atol=2 / 255 / 0.25)
+    assert (float(stretched.min()), float(stretched.max())) == (-2.0, 2.0)
+    assert torch.equal(RandomRangeStretch(p=0.0)(to_model_input(gray, 64)), to_model_input(gray, 64))
+    flat = to_model_input(np.full((8, 8), 90, dtype=np.uint8), 8)
+    assert torch.equal(RandomRangeStretch(p=1.0)(flat), flat)

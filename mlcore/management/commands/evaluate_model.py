@@ -20,6 +20,10 @@ class Command(BaseCommand):
         )
         parser.add_argument("--model", default=None, help="version name (default: the active one)")
         parser.add_argument("--device", default=None)
+        parser.add_argument(
+            "--as-16-bit", action="store_true",
+            help="evaluate the same images sent as 16-bit PNGs, and count the labels that changed",
+        )  # fmt: skip
 
     def handle(self, *args, **options):
         folder = options["folder"]
@@ -33,7 +37,7 @@ class Command(BaseCommand):
                 engine = registry.get_engine(version, options["device"])
             else:
                 _, engine = registry.get_active_engine(options["device"])
-            report = evaluate_folder(engine, folder, options["out"])
+            report = evaluate_folder(engine, folder, options["out"], as_16_bit=options["as_16_bit"])
         except (registry.RegistryError, FileNotFoundError) as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(json.dumps(report, indent=2))

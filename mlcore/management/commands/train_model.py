@@ -40,6 +40,10 @@ class Command(BaseCommand):
         parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
         parser.add_argument("--init-weights", type=Path, default=None, help="start from these weights (fine-tuning)")
         parser.add_argument("--max-images", type=int, default=None, help="per class; for quick checks")
+        parser.add_argument(
+            "--range-stretch", type=float, default=0.5,
+            help="share of training images stretched to their own range, as deeper images are served (0 to 1)",
+        )  # fmt: skip
         parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
         parser.add_argument("--no-progress", action="store_true")
 
@@ -78,6 +82,8 @@ class Command(BaseCommand):
             raise CommandError("--epochs must be at least 1 and --image-size at least 32")
         if not 0 < options["min_sensitivity"] <= 1 or not 0 < options["val_fraction"] < 1:
             raise CommandError("--min-sensitivity must be in (0, 1] and --val-fraction in (0, 1)")
+        if not 0 <= options["range_stretch"] <= 1:
+            raise CommandError("--range-stretch must be in [0, 1]")
         return TrainConfig(
             data_dir=options["data"],
             out_dir=options["out"],
@@ -97,6 +103,7 @@ class Command(BaseCommand):
             init_weights=options["init_weights"],
             extra_data_dirs=options["extra_data"],
             max_images=options["max_images"],
+            range_stretch=options["range_stretch"],
             progress=not options["no_progress"],
         )
 
