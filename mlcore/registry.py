@@ -73,6 +73,11 @@ def register_from_dir(
     if file_sha256(weights) != description["weights_sha256"]:
         raise RegistryError(f"{weights} does not match the sha256 recorded in {description_path}")
     card_path = Path(model_dir) / "model_card.json"
+    metrics = description["validation_metrics"]
+    # Made by `compare_model` before registration (mlcore.retraining.COMPARISON_FILE).
+    comparison_path = Path(model_dir) / "comparison.json"
+    if comparison_path.is_file():
+        metrics = {**metrics, "comparison": json.loads(comparison_path.read_text())}
     name = name or description["name"]
     if ModelVersion.objects.filter(name=name).exists():
         raise RegistryError(f"a model version named {name!r} already exists")
@@ -85,7 +90,7 @@ def register_from_dir(
         threshold=description["threshold"],
         temperature=description["temperature"],
         logit_bias=description.get("logit_bias", 0.0),
-        metrics=description["validation_metrics"],
+        metrics=metrics,
         training_data=description["training_data"],
         card=json.loads(card_path.read_text()) if card_path.is_file() else {},
         parent=parent,

@@ -157,6 +157,34 @@ def compare(candidate: InferenceEngine, active: InferenceEngine, locked: list, h
 
 # --- The Django side ------------------------------------------------------------------
 
+# Beside a trained model's weights: its comparison with a registered version, which
+# `registry.register_from_dir` stores with it for the promotion gate.
+COMPARISON_FILE = "comparison.json"
+
+
+def compare_with_version(model_dir: Path, against: ModelVersion, *, device: str | None = None) -> dict:
+    """The model in `model_dir` (train_model's output) and the registered `against` on
+    the latter's locked validation set, each at its own threshold, written beside the
+    weights. A model trained anew rather than fine-tuned (a new shipped default) has no
+    other way to the gate: `retrain_model` makes this comparison for its candidates."""
+    description = json.loads((Path(model_dir) / registry.MODEL_DESCRIPTION).read_text())
+    if ModelVersion.objects.filter(weights_sha256=description["weights_sha256"]).exists():
+        raise RetrainingError(
+            f"{model_dir} is registered already: compare it before registering, so the comparison goes with it"
+        )
+    locked = locked_validation(
+        registry.resolve_weights_path(against).parent / SPLIT_FILE, Path(settings.TRAINING_DATA_DIR)
+    )
+    comparison = compare(
+        InferenceEngine(ModelSpec.from_description(model_dir, description), device=device),
+        registry.get_engine(against, device=device),
+        locked,
+        [],
+    )
+    comparison["against"] = {"name": against.name, "weights_sha256": against.weights_sha256}
+    (Path(model_dir) / COMPARISON_FILE).write_text(json.dumps(comparison, indent=2))
+    return comparison
+
 
 @dataclass
 class RetrainOptions:

@@ -12,7 +12,7 @@ from django.db import IntegrityError, transaction
 from hospital.audit import Action
 from hospital.models import AuditEvent
 from mlcore import registry
-from mlcore.engine import InferenceEngine
+from mlcore.engine import InferenceEngine, ModelSpec
 from mlcore.models import ModelVersion
 from mlcore.network import WeightsMismatchError
 from tests.mlcore.helpers import TINY_NAME, compare_with_active, copy_model_dir
@@ -283,3 +283,41 @@ def test_an_override_needs_a_reason_for_the_audit_trail(active_v1, make_model, s
         call_command("promote_model", "v2", "--override", "--actor", superuser.email)
 
     assert ModelVersion.objects.active().name == "v1"
+
+
+def test_a_model_trained_anew_is_compared_with_the_active_one_and_carries_it_to_the_gate(
+    weights_dir, tiny_model, settings
+):
+    """A new shipped default is trained, not fine-tuned: `compare_model` makes the comparison
+    `retrain_model` makes for its candidates, and registration carries it to the gate."""
+    from mlcore.promotion import gate_failures
+    from mlcore.retraining import evaluate_samples, locked_validation
+    from tests.mlcore.helpers import SMALL_DATA, train_tiny_model
+
+    settings.TRAINING_DATA_DIR = SMALL_DATA
+    call_command("ensure_default_model", stdout=io.StringIO())
+    active = ModelVersion.objects.active()
+    fresh = train_tiny_model(weights_dir / "fresh", name="fresh", seed=5)
+
+    printed = json.loads(_run("compare_model", str(fresh), "--device", "cpu"))
+
+    written = json.loads((fresh / "comparison.json").read_text())
+    locked = locked_validation(weights_dir / TINY_NAME / "split.json", SMALL_DATA)
+    fresh_engine = InferenceEngine(ModelSpec.from_description(fresh, json.loads((fresh / "model.json").read_text())))
+    assert printed == written
+    assert written["against"] == {"name": TINY_NAME, "weights_sha256": active.weights_sha256}
+    assert written["locked_validation_images"] == len(locked) > 0
+    assert written["candidate"] == json.loads(json.dumps(evaluate_samples(fresh_engine, locked)))
+    assert written["active"] == json.loads(json.dumps(evaluate_samples(registry.get_engine(active), locked)))
+
+    _run("register_model", str(fresh))
+    version = ModelVersion.objects.get(name="fresh")
+    assert version.metrics["comparison"] == written
+    new, old = written["candidate"], written["active"]
+    assert gate_failures(version, active) == [
+        f"{metric} {new[metric]:.4f} is worse than the active version's {old[metric]:.4f}"
+        for metric in ("roc_auc", "sensitivity", "specificity")
+        if new[metric] < old[metric]
+    ]
+    with pytest.raises(CommandError, match="is registered already: compare it before registering"):
+        call_command("compare_model", str(fresh), stdout=io.StringIO())
