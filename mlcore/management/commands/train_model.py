@@ -41,7 +41,7 @@ class Command(BaseCommand):
         parser.add_argument("--init-weights", type=Path, default=None, help="start from these weights (fine-tuning)")
         parser.add_argument("--max-images", type=int, default=None, help="per class; for quick checks")
         parser.add_argument(
-            "--range-stretch", type=float, default=0.5,
+            "--range-stretch", type=float, default=0.0,
             help="share of training images stretched to their own range, as deeper images are served (0 to 1)",
         )  # fmt: skip
         parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
