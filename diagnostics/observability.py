@@ -33,7 +33,8 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # Ids from the proxy are trusted only in this shape, so a client cannot inject text
 # (or PHI) into every log line of its request.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
-_PHI_FIELD = re.compile(r"patient", re.IGNORECASE)
+# Extras whose name says they may hold a patient identifier: redacted whoever logs them.
+_PHI_FIELD = re.compile(r"patient|accession|birth|mrn|physician", re.IGNORECASE)
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 

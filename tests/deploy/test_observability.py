@@ -6,6 +6,8 @@ import json
 import logging
 import re
 
+import pytest
+
 from diagnostics.observability import JsonFormatter, RequestIdFilter, request_id_var
 
 
@@ -81,6 +83,20 @@ def test_json_formatter_redacts_extra_fields_that_name_a_patient():
     assert json.loads(line)["PatientID"] == "[redacted]"
     assert "DOE" not in line
     assert "MRN-12345" not in line
+
+
+@pytest.mark.parametrize(
+    "field", ["accession_number", "AccessionNumber", "birth_date", "PatientBirthDate", "mrn", "ReferringPhysicianName"]
+)
+def test_json_formatter_redacts_other_identifiers_of_a_patient(field):
+    """The last net caught only names with "patient" in them (PHI review)."""
+    record = logging.LogRecord("pleura.test", logging.INFO, __file__, 1, "stored", (), None)
+    setattr(record, field, "ACC-PHI-5555")
+    record.study_code = "abc"
+
+    payload = json.loads(JsonFormatter().format(record))
+
+    assert (payload[field], payload["study_code"]) == ("[redacted]", "abc")
 
 
 class _IdCapture(logging.Handler):
