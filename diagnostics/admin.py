@@ -63,3 +63,11 @@ class StudyAdmin(AuditedReadsAdmin):
     date_hierarchy = "created_at"
     fields = OPERATIONAL_FIELDS
     readonly_fields = OPERATIONAL_FIELDS
+
+    def get_fields(self, request, obj=None):
+        # A hospital's admin matches a failure to the order by its accession number; a
+        # platform operator, who belongs to no hospital, reads every hospital's studies
+        # and has no order to match (PHI review).
+        if self.is_platform_admin(request):
+            return [name for name in OPERATIONAL_FIELDS if name != "accession_number"]
+        return OPERATIONAL_FIELDS

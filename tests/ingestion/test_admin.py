@@ -42,6 +42,17 @@ def test_hospital_admin_sees_a_study_read_only_without_patient_identifiers(clien
     assert own.status == Study.Status.QUEUED
 
 
+def test_a_platform_operator_sees_a_study_without_its_accession_number(client_for, superuser, studies):
+    """An operator of the platform reads every hospital's studies, and has no order to match."""
+    own, other = studies
+    for study, accession in ((own, "ACC-OWN"), (other, "ACC-OTHER")):
+        response = client_for(superuser).get(f"{LIST_URL}{study.pk}/change/")
+        assert response.status_code == 200
+        page = response.content.decode()
+        assert accession not in page
+        assert str(study.code) in page
+
+
 def test_another_hospitals_study_is_404_for_a_hospital_admin(client_for, hospital_admin, studies):
     _, other = studies
     assert client_for(hospital_admin).get(f"{LIST_URL}{other.pk}/change/").status_code == 404
