@@ -6,8 +6,10 @@ ids, counts, labels and reasons only.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 
 from hospital.models import AuditEvent, Hospital, IntegrationKey
@@ -54,11 +56,40 @@ class Action(models.TextChoices):
 
 
 def client_ip(request) -> str | None:
-    """The caller's address. Behind the proxy, nginx sets X-Real-IP; it is trusted only there."""
+    """The caller's address: the peer's, or the X-Real-IP header when the peer is one of
+    `TRUSTED_PROXIES` (the nginx in front of gunicorn, which sets it).
+
+    Taken from any peer, the header let a caller choose its address: a new one for each
+    guess got past the per-address login lock, and the trail kept the address it chose
+    (PHI and security review, probed against gunicorn directly, as another pod reaches it).
+    """
     if request is None:
         return None
     meta = getattr(request, "META", {})
-    return meta.get("HTTP_X_REAL_IP") or meta.get("REMOTE_ADDR") or None
+    peer = meta.get("REMOTE_ADDR") or None
+    forwarded = meta.get("HTTP_X_REAL_IP", "").strip()
+    if forwarded and peer and _is_trusted_proxy(peer) and _is_address(forwarded):
+        return forwarded
+    return peer
+
+
+def _is_trusted_proxy(peer: str) -> bool:
+    trusted = settings.TRUSTED_PROXIES
+    if "*" in trusted:
+        return True
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(network, strict=False) for network in trusted)
+
+
+def _is_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def record(action: str, **fields: Any) -> AuditEvent:

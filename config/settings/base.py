@@ -7,7 +7,7 @@ from pathlib import Path
 import dj_database_url
 
 from config.cache import redis_cache_settings
-from config.settings.env import env_bool, env_int, env_list, env_rate, env_str
+from config.settings.env import env_bool, env_int, env_list, env_networks, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 SHARED_DIR = BASE_DIR.parent / "shared"
@@ -16,6 +16,9 @@ SECRET_KEY = env_str("SECRET_KEY", "insecure-development-key-never-use-in-produc
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# Peers whose X-Real-IP header names the caller (hospital.audit.client_ip): addresses or
+# networks, "*" for any. The same proxies gunicorn trusts for X-Forwarded-Proto unless set.
+TRUSTED_PROXIES = env_networks("TRUSTED_PROXIES", env_networks("FORWARDED_ALLOW_IPS", ["127.0.0.1", "::1"]))
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -6,6 +6,7 @@ a deployment fails at start-up rather than silently running with a default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 
@@ -60,6 +61,20 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None or raw.strip() == "":
         return list(default)
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_networks(name: str, default: list[str]) -> list[str]:
+    """Addresses or networks ("10.0.0.0/8"), or "*": an entry that is neither stops the
+    start-up, where at the first request it would have made every request a 500."""
+    entries = env_list(name, default)
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name} must list IP addresses or networks (or *), not {entry!r}.") from exc
+    return entries
 
 
 # DRF reads the period by its first letter: "600/min", "600/minutes" and "600/m" are one rate.

@@ -5,7 +5,8 @@ Django has authorized the request and handed nginx a signed URL (X-Accel-Redirec
 object store that cannot be reached, or fails, is answered 503 with Retry-After (an outage,
 which EMRs and the portal's viewer retry), not nginx's 502, and a missing object is nginx's
 own 404, not the bucket's error document. Django here is a stand-in that only gives the
-redirect; the bucket is a stand-in too, or a port nobody listens on."""
+redirect (or says which caller nginx named); the bucket is a stand-in too, or a port nobody
+listens on."""
 
 from __future__ import annotations
 
@@ -44,11 +45,14 @@ def _free_port() -> int:
 
 
 class _StandIn(BaseHTTPRequestHandler):
-    """Django: /redirect/<target> answers with X-Accel-Redirect to <target>. The bucket:
+    """Django: /redirect/<target> answers with X-Accel-Redirect to <target>, /caller with
+    the X-Real-IP it was sent. The bucket:
     /bucket/ok.png is an object, /bucket/failing.png answers 500, anything else 404."""
 
     def do_GET(self):
-        if self.path.startswith("/redirect/"):
+        if self.path == "/caller":  # Django's view of who called: the X-Real-IP nginx sent
+            self._answer(200, (self.headers.get("X-Real-IP") or "").encode())
+        elif self.path.startswith("/redirect/"):
             self.send_response(200)
             self.send_header("X-Accel-Redirect", self.path.removeprefix("/redirect"))
             self.send_header("Content-Type", "image/png")
@@ -192,17 +196,26 @@ def nginx(request, tools, stand_in, https_buckets, tmp_path_factory):
         shipped = conf.read_text()
         assert SYSTEM_CAS in shipped or conf.name != ("pleura.conf" if tls else "nginx.conf"), conf
         conf.write_text(shipped.replace(SYSTEM_CAS, https_buckets.ca))
+    server, get = start_nginx(work, port, tls)
+    yield SimpleNamespace(get=get, stand_in=stand_in, security_headers=security_headers)
+    server.terminate()
+    server.wait(10)
+
+
+def start_nginx(work, port: int, tls: ssl.SSLContext | None):
+    """nginx run on `work`/nginx.conf, once it answers: (process, get), where
+    `get(path, headers)` -> (status, headers, body) of a GET through it."""
     server = subprocess.Popen(
         ["nginx", "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;"], stderr=subprocess.PIPE
     )
 
-    def get(path: str) -> tuple[int, http.client.HTTPMessage, bytes]:
+    def get(path: str, headers: dict | None = None) -> tuple[int, http.client.HTTPMessage, bytes]:
         if tls is None:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         else:
             connection = http.client.HTTPSConnection("127.0.0.1", port, context=tls, timeout=10)
         try:
-            connection.request("GET", path)
+            connection.request("GET", path, headers=headers or {})
             response = connection.getresponse()
             return response.status, response.headers, response.read()
         finally:
@@ -212,15 +225,12 @@ def nginx(request, tools, stand_in, https_buckets, tmp_path_factory):
     while True:
         try:
             get("/redirect/_protected/s3/none")
-            break
+            return server, get
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
                 pytest.fail(f"nginx did not start: {server.stderr.read().decode()}")
             time.sleep(0.1)
-    yield SimpleNamespace(get=get, stand_in=stand_in, security_headers=security_headers)
-    server.terminate()
-    server.wait(10)
 
 
 def _signed(host: str, key: str, scheme: str = "http") -> str:
@@ -270,3 +280,28 @@ def test_readiness_and_metrics_are_nginxs_own_404_from_outside(nginx, path):
     """/readyz names what is broken inside (broker, weights); probes ask gunicorn directly."""
     status, _, body = nginx.get(path)
     assert (status, b"404 Not Found" in body, b"NoSuchKey" in body) == (404, True, False)
+
+
+def test_the_caller_named_to_gunicorn_is_the_peer_not_a_header_the_caller_sent(nginx):
+    """Passed on from anyone, X-Real-IP let a caller choose its address, a new one for
+    each password guess; the peer here (127.0.0.1) is no proxy either configuration trusts."""
+    status, _, body = nginx.get("/caller", {"X-Real-IP": "203.0.113.9"})
+
+    assert (status, body) == (200, b"127.0.0.1")
+
+
+def test_behind_the_ingress_the_sidecar_passes_on_the_caller_the_ingress_named(tools, stand_in, tmp_path):
+    """The sidecar's peer is the Ingress controller, which names the caller: trusted here
+    as the shipped ranges trust the cluster's private addresses."""
+    port = _free_port()
+    config, _ = _k8s_sidecar_config(tmp_path, port, stand_in)
+    assert "set_real_ip_from 10.0.0.0/8;" in config
+    (tmp_path / "nginx.conf").write_text(config.replace("set_real_ip_from 10.0.0.0/8;", "set_real_ip_from 127.0.0.1;"))
+    server, get = start_nginx(tmp_path, port, None)
+    try:
+        status, _, body = get("/caller", {"X-Real-IP": "203.0.113.9"})
+    finally:
+        server.terminate()
+        server.wait(10)
+
+    assert (status, body) == (200, b"203.0.113.9")
