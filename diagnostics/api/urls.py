@@ -17,6 +17,7 @@ urlpatterns = [
     # POST to `studies` with a redirect that clients follow as a GET, answered 200 with the
     # list, and the study it sent would never be stored.
     re_path(r"^studies/?$", views.StudyListCreateView.as_view(), name="study-list"),
+    re_path(r"^studies/search/?$", views.StudySearchView.as_view(), name="study-search"),
     re_path(r"^studies/(?P<code>[^/]+)/?$", views.StudyDetailView.as_view(), name="study-detail"),
     re_path(r"^studies/(?P<code>[^/]+)/image/?$", views.StudyImageView.as_view(), name="study-image"),
     re_path(r"^studies/(?P<code>[^/]+)/heatmap/?$", views.StudyHeatmapView.as_view(), name="study-heatmap"),

@@ -19,10 +19,16 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import exceptions, generics, status
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
+from rest_framework import exceptions, generics, serializers, status
 from rest_framework.pagination import BasePagination
-from rest_framework.parsers import BaseParser, MultiPartParser
+from rest_framework.parsers import BaseParser, FormParser, JSONParser, MultiPartParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -304,6 +310,24 @@ class ChangesPagination(BasePagination):
             raise exceptions.ValidationError("cursor is not one Pleura gave: follow the `next` link.") from exc
 
 
+def _filtered(queryset, filters):
+    """The studies of `queryset` in the `status` and with the `accession_number` that
+    `filters` (a query string or a request body) name, when they name one."""
+    status_wanted = filters.get("status")
+    if status_wanted:
+        if status_wanted not in Study.Status.values:
+            choices = ", ".join(Study.Status.values)
+            raise exceptions.ValidationError(f"status must be one of: {choices}.")
+        queryset = queryset.filter(status=status_wanted)
+    if filters.get("accession_number"):
+        try:
+            accession = services.clean_identifier(filters["accession_number"], "accession_number")
+        except RejectedUpload as exc:  # a NUL would make PostgreSQL refuse the query (500)
+            raise exceptions.ValidationError(exc.detail) from exc
+        queryset = queryset.filter(accession_number=accession)
+    return queryset
+
+
 class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
     serializer_class = StudySerializer
     parser_classes = [MultiPartParser, DicomParser, OctetStreamParser]
@@ -317,19 +341,8 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
         return self._paginator
 
     def get_queryset(self):
-        queryset = self.base_queryset().order_by("-created_at", "-id")
         params = self.request.query_params
-        if params.get("status"):
-            if params["status"] not in Study.Status.values:
-                choices = ", ".join(Study.Status.values)
-                raise exceptions.ValidationError(f"status must be one of: {choices}.")
-            queryset = queryset.filter(status=params["status"])
-        if params.get("accession_number"):
-            try:
-                accession = services.clean_identifier(params["accession_number"], "accession_number")
-            except RejectedUpload as exc:  # a NUL would make PostgreSQL refuse the query (500)
-                raise exceptions.ValidationError(exc.detail) from exc
-            queryset = queryset.filter(accession_number=accession)
+        queryset = _filtered(self.base_queryset().order_by("-created_at", "-id"), params)
         if params.get("updated_since"):
             queryset = queryset.filter(updated_at__gte=_parse_since(params["updated_since"]))
         return queryset
@@ -338,7 +351,14 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
         summary="List the hospital's studies, newest first (with updated_since: oldest change first)",
         parameters=[
             OpenApiParameter("status", str, enum=Study.Status.values, description="Only studies in this status."),
-            OpenApiParameter("accession_number", str, description="Only studies with this accession number."),
+            OpenApiParameter(
+                "accession_number",
+                str,
+                deprecated=True,
+                description="Only studies with this accession number. Deprecated: an accession number in a URL "
+                "is kept by every proxy and log that keeps URLs (and in `next` links); send it to "
+                "`POST /api/v1/studies/search/` instead.",
+            ),
             OpenApiParameter(
                 "updated_since",
                 OpenApiTypes.DATETIME,
@@ -491,6 +511,47 @@ def _parse_since(value: str) -> datetime:
         return parsed.astimezone(UTC)
     except (OverflowError, ValueError) as exc:
         raise exceptions.ValidationError("updated_since is outside the dates Pleura can compare.") from exc
+
+
+class StudySearchView(StudyQueryMixin, generics.GenericAPIView):
+    """The list's filters in the body of a POST: an accession number in a URL is kept by
+    every proxy, gateway and log that keeps URLs, and DRF repeats it in `next` links (PHI
+    review). A read, so every role that may list studies may search them."""
+
+    parser_classes = [JSONParser, FormParser]
+
+    def roles_for_method(self, method: str) -> frozenset[str]:
+        return self.read_roles
+
+    @extend_schema(
+        summary="Find the hospital's studies by accession number (and status), newest first",
+        description=(
+            "The filters of `GET /api/v1/studies/` in a JSON or form body, so that no accession number "
+            "travels in a URL. Paged as the list is: POST the same body to the `next` link, which "
+            "carries only the page number."
+        ),
+        request=inline_serializer(
+            "StudySearch",
+            {
+                "accession_number": serializers.CharField(required=False, help_text="Only studies with it."),
+                "status": serializers.ChoiceField(Study.Status.values, required=False),
+            },
+        ),
+        parameters=[OpenApiParameter("page", int, description="The page, as the `next` link gives it.")],
+        responses={200: StudySerializer(many=True), **errors(400, 401, 404, 429, 503)},
+        examples=[STUDY_EXAMPLE],
+    )
+    def post(self, request, *args, **kwargs):
+        filters = request.data
+        if not hasattr(filters, "get"):
+            raise exceptions.ValidationError("The body must be an object of filters.")
+        for name in ("accession_number", "status"):
+            if filters.get(name) is not None and not isinstance(filters.get(name), str):
+                raise exceptions.ValidationError(f"{name} must be a string.")
+        queryset = _filtered(self.base_queryset().order_by("-created_at", "-id"), filters)
+        page = self.paginate_queryset(queryset)
+        audit.record(Action.STUDY_LISTED, request=request, hospital=self.hospital, count=len(page))
+        return self.get_paginated_response(StudySerializer(page, many=True).data)
 
 
 class StudyDetailView(StudyQueryMixin, APIView):

@@ -553,3 +553,59 @@ def test_a_path_nothing_answers_is_a_json_404_for_machines(path, caller, client,
     )
     portal = client.get("/no-such-page/")
     assert (portal.status_code, portal["Content-Type"].split(";")[0]) == (404, "text/html")
+
+
+SEARCH_URL = f"{STUDIES_URL}search/"
+
+
+def test_search_finds_studies_by_an_accession_number_that_never_enters_a_url(caller, hospital_a, monkeypatch):
+    """In the query string of the list, an accession number is kept by every proxy and log
+    that keeps URLs, and DRF repeats it in `next` (PHI review): the search takes it in the body."""
+    monkeypatch.setattr(PageNumberPagination, "page_size", 2)
+    same = [
+        ingest_upload(hospital=hospital_a, data=data, source=Study.Source.API, accession_number="ACC-PHI-5555")[0]
+        for data in (PNEUMONIA_PNG.read_bytes(), NORMAL_JPEG.read_bytes(), CR_CHEST.read_bytes())
+    ]
+    _studies(hospital_a, 2)  # other accession numbers
+    client = caller("key_a")
+
+    first = client.post(SEARCH_URL, {"accession_number": "ACC-PHI-5555"}, format="json")
+    second = client.post(first.json()["next"], {"accession_number": "ACC-PHI-5555"}, format="json")
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert [item["id"] for item in first.json()["results"] + second.json()["results"]] == [
+        str(study.code) for study in reversed(same)
+    ]
+    assert (first.json()["count"], first.json()["next"], second.json()["next"]) == (
+        3, f"http://testserver{SEARCH_URL}?page=2", None,
+    )  # fmt: skip
+    listed = AuditEvent.objects.filter(action="study.listed").order_by("id")
+    assert [(event.hospital, event.detail["count"]) for event in listed] == [(hospital_a, 2), (hospital_a, 1)]
+
+
+@pytest.mark.parametrize("who", READERS)
+def test_every_role_that_reads_studies_may_search_them(caller, study_a, who):
+    response = caller(who).post(SEARCH_URL, {"accession_number": "ACC-A1", "status": "queued"}, format="json")
+    assert (response.status_code, [item["id"] for item in response.json()["results"]]) == (200, [str(study_a.code)])
+
+
+def test_another_hospitals_key_finds_nothing_by_this_hospitals_accession_number(caller, study_a):
+    response = caller("key_b").post(
+        SEARCH_URL, "accession_number=ACC-A1", content_type="application/x-www-form-urlencoded"
+    )
+    assert (response.status_code, response.json()["count"], response.json()["results"]) == (200, 0, [])
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"accession_number": 5555}, "accession_number must be a string."),
+        (["ACC-A1"], "The body must be an object of filters."),
+        ({"accession_number": "ACC\u00001"},
+         "The accession number (accession_number) may contain printable ASCII characters only."),
+        ({"status": "done"}, "status must be one of: queued, processing, completed, failed."),
+    ],
+)  # fmt: skip
+def test_a_search_body_pleura_cannot_read_is_400_with_a_message(caller, body, detail):
+    response = caller("doctor").post(SEARCH_URL, body, format="json")
+    assert (response.status_code, response.json()) == (400, {"detail": detail})

@@ -12,6 +12,7 @@ def test_schema_documents_every_endpoint_with_examples_and_key_auth(db):
     schema = yaml.safe_load(response.content)
     assert set(schema["paths"]) == {
         "/api/v1/studies/",
+        "/api/v1/studies/search/",
         "/api/v1/studies/{code}/",
         "/api/v1/studies/{code}/image/",
         "/api/v1/studies/{code}/heatmap/",
@@ -30,6 +31,13 @@ def test_schema_documents_every_endpoint_with_examples_and_key_auth(db):
     assert "Idempotency-Key used before" in upload["responses"]["422"]["description"]
     examples = upload["responses"]["202"]["content"]["application/json"]["examples"]
     assert examples["JustUploaded:Queued,OutsideTheIntendedUse"]["value"]["status"] == "queued"
+    # An accession number is searched in a body, not a URL (PHI review).
+    search = schema["paths"]["/api/v1/studies/search/"]["post"]
+    assert set(search["requestBody"]["content"]) == {"application/json", "application/x-www-form-urlencoded"}
+    listed = schema["paths"]["/api/v1/studies/"]["get"]["parameters"]
+    by_accession = next(parameter for parameter in listed if parameter["name"] == "accession_number")
+    assert by_accession["deprecated"] is True
+    assert "POST /api/v1/studies/search/" in by_accession["description"]
     assert schema["components"]["securitySchemes"]["IntegrationKey"] == {
         "type": "http",
         "scheme": "bearer",
@@ -67,5 +75,5 @@ def test_every_operation_documents_the_throttle_and_the_outage_answers(db):
         for path, methods in schema["paths"].items()
         for method, operation in methods.items()
     }
-    assert len(operations) == 7
+    assert len(operations) == 8
     assert {key: {"429", "503"} <= codes for key, codes in operations.items()} == dict.fromkeys(operations, True)
