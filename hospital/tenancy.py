@@ -118,15 +118,15 @@ class NotInThisHospital(Http404):
         Each row the lookup names (the worklist's poll names several) is recorded in its
         own hospital's trail; a hospital's own row, in that hospital's."""
         if self.model is Hospital:
-            rows, owner = self.model._default_manager.filter(**self.lookup), lambda hospital: hospital
+            related, owner = [], lambda hospital: hospital
         elif any(field.name == "hospital" for field in self.model._meta.get_fields()):
-            rows = self.model._default_manager.filter(**self.lookup).select_related("hospital")
-            owner = attrgetter("hospital")
+            related, owner = ["hospital"], attrgetter("hospital")
         else:
             return  # not a tenant's row (a user belongs to hospitals through memberships)
         try:
+            rows = self.model._default_manager.filter(**self.lookup).select_related(*related)
             elsewhere = list(rows[:_MOST_ROWS_RECORDED])
-        except (ValueError, ValidationError):  # not a key at all: nobody's row
+        except (ValueError, ValidationError):  # not a key at all ("abc" for an id): nobody's row
             return
         for row in elsewhere:
             # A platform row (no hospital) is nobody's trail to file it in: filed under the

@@ -127,3 +127,13 @@ def test_another_hospitals_admin_page_for_a_hospital_is_recorded_in_that_hospita
     assert client_for(outsider_admin).get(path).status_code == 404
 
     assert refusals() == [("st-marys", outsider_admin, None, str(hospital_a.code), {"path": path, "via": "admin"})]
+
+
+@pytest.mark.parametrize("model", ["hospital/hospital", "diagnostics/study", "hospital/integrationkey"])
+def test_an_admin_page_for_an_id_that_is_not_one_is_a_plain_404(client_for, outsider_admin, model):
+    """Looking up "abc" as an id raised in the 404 handler itself: a 500 (diff review)."""
+    portal = client_for(outsider_admin)
+    portal.raise_request_exception = False
+
+    assert portal.get(f"/admin/{model}/abc/change/").status_code == 404
+    assert refusals() == []
