@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CLASSES = ("NORMAL", "PNEUMONIA")  # index = target (0 normal, 1 pneumonia)
+# Beside a trained model's weights: its comparison with a registered version (`compare_model`),
+# which registration stores for the promotion gate. Training removes one it finds: it was
+# made for the weights it replaces.
+COMPARISON_FILE = "comparison.json"
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 
 _PATIENT_PATTERNS = (

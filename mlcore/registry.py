@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from hospital import audit
+from mlcore.data import COMPARISON_FILE
 from mlcore.models import ModelVersion
 
 # torch is imported where an engine is built, not here: web processes use the registry
@@ -74,10 +75,14 @@ def register_from_dir(
         raise RegistryError(f"{weights} does not match the sha256 recorded in {description_path}")
     card_path = Path(model_dir) / "model_card.json"
     metrics = description["validation_metrics"]
-    # Made by `compare_model` before registration (mlcore.retraining.COMPARISON_FILE).
-    comparison_path = Path(model_dir) / "comparison.json"
+    comparison_path = Path(model_dir) / COMPARISON_FILE  # made by `compare_model`
     if comparison_path.is_file():
-        metrics = {**metrics, "comparison": json.loads(comparison_path.read_text())}
+        comparison = json.loads(comparison_path.read_text())
+        if comparison.get("candidate_weights_sha256") != description["weights_sha256"]:
+            raise RegistryError(
+                f"{comparison_path} was made for other weights than {weights.name}: run compare_model again"
+            )
+        metrics = {**metrics, "comparison": comparison}
     name = name or description["name"]
     if ModelVersion.objects.filter(name=name).exists():
         raise RegistryError(f"a model version named {name!r} already exists")

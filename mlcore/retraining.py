@@ -157,10 +157,6 @@ def compare(candidate: InferenceEngine, active: InferenceEngine, locked: list, h
 
 # --- The Django side ------------------------------------------------------------------
 
-# Beside a trained model's weights: its comparison with a registered version, which
-# `registry.register_from_dir` stores with it for the promotion gate.
-COMPARISON_FILE = "comparison.json"
-
 
 def compare_with_version(model_dir: Path, against: ModelVersion, *, device: str | None = None) -> dict:
     """The model in `model_dir` (train_model's output) and the registered `against` on
@@ -182,7 +178,10 @@ def compare_with_version(model_dir: Path, against: ModelVersion, *, device: str 
         [],
     )
     comparison["against"] = {"name": against.name, "weights_sha256": against.weights_sha256}
-    (Path(model_dir) / COMPARISON_FILE).write_text(json.dumps(comparison, indent=2))
+    # Whose comparison it is: registration refuses it beside other weights (trained again
+    # into the same folder, the old weights' figures reached the gate: diff review).
+    comparison["candidate_weights_sha256"] = description["weights_sha256"]
+    (Path(model_dir) / data.COMPARISON_FILE).write_text(json.dumps(comparison, indent=2))
     return comparison
 
 

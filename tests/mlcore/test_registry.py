@@ -306,6 +306,7 @@ def test_a_model_trained_anew_is_compared_with_the_active_one_and_carries_it_to_
     fresh_engine = InferenceEngine(ModelSpec.from_description(fresh, json.loads((fresh / "model.json").read_text())))
     assert printed == written
     assert written["against"] == {"name": TINY_NAME, "weights_sha256": active.weights_sha256}
+    assert written["candidate_weights_sha256"] == json.loads((fresh / "model.json").read_text())["weights_sha256"]
     assert written["locked_validation_images"] == len(locked) > 0
     assert written["candidate"] == json.loads(json.dumps(evaluate_samples(fresh_engine, locked)))
     assert written["active"] == json.loads(json.dumps(evaluate_samples(registry.get_engine(active), locked)))
@@ -321,3 +322,23 @@ def test_a_model_trained_anew_is_compared_with_the_active_one_and_carries_it_to_
     ]
     with pytest.raises(CommandError, match="is registered already: compare it before registering"):
         call_command("compare_model", str(fresh), stdout=io.StringIO())
+
+
+def test_a_comparison_made_for_other_weights_never_reaches_the_gate(weights_dir, settings):
+    """Trained again into the same folder, a model kept the comparison of the weights it
+    replaced, and the gate judged it by their figures (diff review)."""
+    from tests.mlcore.helpers import SMALL_DATA, train_tiny_model
+
+    settings.TRAINING_DATA_DIR = SMALL_DATA
+    call_command("ensure_default_model", stdout=io.StringIO())
+    folder = train_tiny_model(weights_dir / "again", name="again", seed=5)
+    _run("compare_model", str(folder), "--device", "cpu")
+    compared = (folder / "comparison.json").read_text()
+
+    train_tiny_model(folder, name="again", seed=11)  # the same folder, other weights
+
+    assert not (folder / "comparison.json").exists()
+    (folder / "comparison.json").write_text(compared)  # put back by hand, or copied with the folder
+    with pytest.raises(CommandError, match=r"comparison\.json was made for other weights than weights\.pt"):
+        call_command("register_model", str(folder), stdout=io.StringIO())
+    assert not ModelVersion.objects.filter(name="again").exists()

@@ -6,8 +6,9 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from mlcore import registry
+from mlcore.data import COMPARISON_FILE
 from mlcore.models import ModelVersion
-from mlcore.retraining import COMPARISON_FILE, RetrainingError, compare_with_version
+from mlcore.retraining import RetrainingError, compare_with_version
 
 
 class Command(BaseCommand):
