@@ -314,6 +314,11 @@ def _queue_again(failed: Study, resent: Study, data: bytes, audit_context: dict,
             if queued:
                 _audit_uploaded(failed, audit_context, source=resent.source, created=False, sent_again=True)
                 transaction.on_commit(partial(_remove_files, storage, replaced))
+    except IntegrityError as exc:
+        # The copy's Idempotency-Key was taken by another upload since it was looked up:
+        # the key was used for another file, as if that upload had come first (diff review).
+        media.remove_file(storage, written)
+        raise imaging.IdempotencyKeyReused from exc
     except BaseException:
         media.remove_file(storage, written)
         raise

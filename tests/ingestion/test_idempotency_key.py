@@ -203,3 +203,28 @@ def test_a_late_retry_of_the_first_request_after_another_copy_mended_the_study_g
         assert stored_copy.read() == copy.getvalue()
     assert (Study.objects.count(), stored().files) == (1, {study.original_file.name})
     assert AuditEvent.objects.filter(action="study.upload_rejected").count() == 0
+
+
+def test_a_copy_whose_key_another_upload_took_meanwhile_is_refused_and_the_failed_study_kept(emr, stored, monkeypatch):
+    """Between the lookup of the copy's key and the study taking it, another upload stored
+    another file under it: a 500 from the unique constraint (diff review), now the 422 it
+    would have met had that upload come first."""
+    first = post_with_key(emr, CR_CHEST.read_bytes())
+    study = failed_for_a_missing_file(first.json()["id"])
+    other_key = "9d1e7c3a-0b2f-4e58-8a61-2f4c7b9e0d33"
+    real_queue_again = services._queue_again
+
+    def another_upload_takes_the_key_first(*args, **kwargs):
+        services.ingest_upload(
+            hospital=study.hospital, data=PNEUMONIA_PNG.read_bytes(), source=Study.Source.API, idempotency_key=other_key
+        )
+        return real_queue_again(*args, **kwargs)
+
+    monkeypatch.setattr(services, "_queue_again", another_upload_takes_the_key_first)
+    response = post_with_key(emr, CR_CHEST.read_bytes(), key=other_key)
+
+    assert (response.status_code, response.json()) == (422, {"detail": REUSED})
+    study.refresh_from_db()
+    assert (study.status, study.idempotency_key) == ("failed", KEY)
+    png_study = Study.objects.get(idempotency_key=other_key)
+    assert stored().files == {png_study.original_file.name}  # the copy written for the study is removed
