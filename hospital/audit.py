@@ -57,7 +57,7 @@ class Action(models.TextChoices):
 
 def client_ip(request) -> str | None:
     """The caller's address: the peer's, or the X-Real-IP header when the peer is one of
-    `TRUSTED_PROXIES` (the nginx in front of gunicorn, which sets it).
+    `TRUSTED_PROXIES` (the nginx in front of gunicorn, which sets it) or a unix socket.
 
     Taken from any peer, the header let a caller choose its address: a new one for each
     guess got past the per-address login lock, and the trail kept the address it chose
@@ -68,7 +68,9 @@ def client_ip(request) -> str | None:
     meta = getattr(request, "META", {})
     peer = meta.get("REMOTE_ADDR") or None
     forwarded = meta.get("HTTP_X_REAL_IP", "").strip()
-    if forwarded and peer and _is_trusted_proxy(peer) and _is_address(forwarded):
+    # No peer address: gunicorn bound to a unix socket, which only this host can reach
+    # (gunicorn trusts it too).
+    if forwarded and (peer is None or _is_trusted_proxy(peer)) and _is_address(forwarded):
         return forwarded
     return peer
 

@@ -65,8 +65,11 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 def env_networks(name: str, default: list[str]) -> list[str]:
     """Addresses or networks ("10.0.0.0/8"), or "*": an entry that is neither stops the
-    start-up, where at the first request it would have made every request a 500."""
-    entries = env_list(name, default)
+    start-up, where at the first request it would have made every request a 500. Set to
+    nothing, the list is empty."""
+    raw = os.environ.get(name)
+    # Set but empty says "none", as gunicorn reads FORWARDED_ALLOW_IPS.
+    entries = list(default) if raw is None else [item.strip() for item in raw.split(",") if item.strip()]
     for entry in entries:
         if entry == "*":
             continue

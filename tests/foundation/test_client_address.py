@@ -32,6 +32,10 @@ def request_from(peer: str, real_ip: str | None = None):
         (["*"], "172.18.0.5", "203.0.113.9", "203.0.113.9"),  # Compose: only nginx reaches web
         (["127.0.0.1"], "127.0.0.1", "not an address", "127.0.0.1"),
         (["127.0.0.1"], "127.0.0.1", None, "127.0.0.1"),
+        # gunicorn on a unix socket names no peer: only this host reaches it (diff review).
+        (["127.0.0.1"], "", "203.0.113.9", "203.0.113.9"),
+        (["127.0.0.1"], "", None, None),
+        ([], "127.0.0.1", "203.0.113.9", "127.0.0.1"),
     ],
 )
 def test_x_real_ip_names_the_caller_only_when_a_trusted_proxy_sent_it(settings, trusted, peer, real_ip, seen):
@@ -59,6 +63,27 @@ def test_a_new_x_real_ip_for_each_guess_does_not_get_past_the_lock(client, docto
     assert set(AuditEvent.objects.filter(action="auth.login_failed").values_list("client_ip", flat=True)) == {
         "10.4.0.12"
     }
+
+
+@pytest.mark.parametrize(
+    ("environment", "trusted"),
+    [
+        ({}, ["127.0.0.1", "::1"]),
+        ({"FORWARDED_ALLOW_IPS": "*"}, ["*"]),
+        # Set to nothing, gunicorn trusts no peer; Pleura trusted localhost (diff review).
+        ({"FORWARDED_ALLOW_IPS": ""}, []),
+        ({"FORWARDED_ALLOW_IPS": "*", "TRUSTED_PROXIES": ""}, []),
+        ({"TRUSTED_PROXIES": "10.4.0.0/16, 127.0.0.1"}, ["10.4.0.0/16", "127.0.0.1"]),
+    ],
+)
+def test_trusted_proxies_are_read_as_gunicorn_reads_its_own(environment, trusted):
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); from django.conf import settings; "
+         "print(settings.TRUSTED_PROXIES)"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "config.settings.test", **environment},
+    )  # fmt: skip
+    assert (result.returncode, result.stdout.strip()) == (0, str(trusted)), result.stderr
 
 
 @pytest.mark.parametrize("entry", ["nginx", "10.0.0.0/33", "127.0.0.1,web"])
