@@ -34,7 +34,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # (or PHI) into every log line of its request.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 # Extras whose name says they may hold a patient identifier: redacted whoever logs them.
-_PHI_FIELD = re.compile(r"patient|accession|birth|mrn|physician", re.IGNORECASE)
+_PHI_FIELD = re.compile(r"patient|accession|birth|dob|mrn|ssn|physician", re.IGNORECASE)
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 

@@ -691,17 +691,24 @@ class _PixelBudget:
         budget = max(settings.PIPELINE_DECODE_PIXELS, 1)  # 1 or less: one file at a time
         # A study stored before its size was kept counts as the largest allowed.
         pixels = min((study.rows or 0) * (study.columns or 0) or settings.MAX_IMAGE_PIXELS, budget)
-        with self._condition:
-            if self._pid != os.getpid():
-                self._held, self._pid = 0, os.getpid()
-            self._condition.wait_for(lambda: self._held + pixels <= budget)
-            self._held += pixels
+        held = 0
         try:
+            with self._condition:
+                if self._pid != os.getpid():
+                    self._held, self._pid = 0, os.getpid()
+                self._condition.wait_for(lambda: self._held + pixels <= budget)
+                # Inside the try, and counted as held first: a time limit raised in between
+                # then gives back pixels never taken (one decode more may start, once),
+                # where taken outside it could have kept them for good, and every later
+                # decode of the process waiting.
+                held = pixels
+                self._held += pixels
             yield
         finally:
-            with self._condition:
-                self._held -= pixels
-                self._condition.notify_all()
+            if held:
+                with self._condition:
+                    self._held -= held
+                    self._condition.notify_all()
 
 
 decode_budget = _PixelBudget()

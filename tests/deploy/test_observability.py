@@ -86,7 +86,17 @@ def test_json_formatter_redacts_extra_fields_that_name_a_patient():
 
 
 @pytest.mark.parametrize(
-    "field", ["accession_number", "AccessionNumber", "birth_date", "PatientBirthDate", "mrn", "ReferringPhysicianName"]
+    "field",
+    [
+        "accession_number",
+        "AccessionNumber",
+        "birth_date",
+        "PatientBirthDate",
+        "dob",
+        "mrn",
+        "ssn",
+        "ReferringPhysicianName",
+    ],
 )
 def test_json_formatter_redacts_other_identifiers_of_a_patient(field):
     """The last net caught only names with "patient" in them (PHI review)."""
