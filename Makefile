@@ -15,14 +15,15 @@ $(BIN)/.installed: requirements.txt
 
 install: $(BIN)/.installed
 
+# umask 077: the database, media and broker under var/ hold patient data (config/settings/local.py).
 migrate: install
-	mkdir -p var/broker/out var/broker/processed var/broker/control var/media
-	$(BIN)/python manage.py migrate --noinput
+	umask 077; mkdir -p var/broker/out var/broker/processed var/broker/control var/media
+	umask 077; $(BIN)/python manage.py migrate --noinput
 
 ## make run: web server, Celery workers (inference, training) and beat with embedded defaults (SQLite, filesystem broker).
 run: migrate
-	$(BIN)/python manage.py seed_demo
-	$(BIN)/python manage.py ensure_default_model
+	umask 077; $(BIN)/python manage.py seed_demo
+	umask 077; $(BIN)/python manage.py ensure_default_model
 	bash scripts/run-local.sh $(HOST) $(PORT)
 
 ## make test: the whole suite (SQLite locally; PostgreSQL + Redis when DATABASE_URL / REDIS_URL are set).

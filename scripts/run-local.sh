@@ -11,6 +11,13 @@ cd "$(dirname "$0")/.."
 BIN="${VENV:-.venv}/bin"
 export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-config.settings.local}"
 
+# What Pleura writes under var/ (the database, originals, the broker's messages) holds
+# patient data: this user's alone, on a shared workstation too. Files an earlier run
+# wrote readable by others are made private as well.
+umask 077
+mkdir -p var
+chmod -R go= var
+
 # The filesystem transport does not create its folders; worker and beat need them.
 BROKER_DIR="${BROKER_DIR:-$PWD/var/broker}"
 export BROKER_DIR
