@@ -680,35 +680,46 @@ class _PixelBudget:
     than the worker's memory limit (4 GiB in deploy/); radiographs of a few megapixels
     still decode together. A file larger than the whole budget waits to decode alone.
     Per process, as the threads are: a forked pool process starts with nothing held.
+
+    A decode still running after `DECODE_HUNG_SECONDS` no longer counts. A decoder that
+    hangs keeps its thread (the time limit reaches only the task's own thread), and its
+    pixels, counted for ever, would have kept every later decode of the process waiting.
     """
 
     def __init__(self):
         self._condition = threading.Condition()
-        self._held, self._pid = 0, os.getpid()
+        self._holdings: dict[object, tuple[int, float]] = {}  # each decode's pixels and start
+        self._pid = os.getpid()
+
+    def _counted(self) -> int:
+        now = time.monotonic()
+        return sum(pixels for pixels, since in self._holdings.values() if now - since < DECODE_HUNG_SECONDS)
 
     @contextmanager
     def holding(self, study: Study):
         budget = max(settings.PIPELINE_DECODE_PIXELS, 1)  # 1 or less: one file at a time
         # A study stored before its size was kept counts as the largest allowed.
         pixels = min((study.rows or 0) * (study.columns or 0) or settings.MAX_IMAGE_PIXELS, budget)
-        held = 0
+        token = object()
         try:
             with self._condition:
                 if self._pid != os.getpid():
-                    self._held, self._pid = 0, os.getpid()
-                self._condition.wait_for(lambda: self._held + pixels <= budget)
-                # Inside the try, and counted as held first: a time limit raised in between
-                # then gives back pixels never taken (one decode more may start, once),
-                # where taken outside it could have kept them for good, and every later
-                # decode of the process waiting.
-                held = pixels
-                self._held += pixels
+                    self._holdings, self._pid = {}, os.getpid()
+                # Woken when a decode ends, and every second besides: a hung one's pixels
+                # stop counting with no decode ending.
+                while self._counted() + pixels > budget:
+                    self._condition.wait(timeout=1.0)
+                # Inside the try: a time limit raised while taking them still gives them back.
+                self._holdings[token] = (pixels, time.monotonic())
             yield
         finally:
-            if held:
-                with self._condition:
-                    self._held -= held
+            with self._condition:
+                if self._holdings.pop(token, None) is not None:
                     self._condition.notify_all()
+
+
+# Decodes take well under 2 s at MAX_IMAGE_PIXELS on the 2-core VM (bench/decode_memory.py).
+DECODE_HUNG_SECONDS = 60
 
 
 decode_budget = _PixelBudget()

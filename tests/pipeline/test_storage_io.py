@@ -152,3 +152,25 @@ def test_within_the_budget_a_batchs_files_are_decoded_together(three_studies, se
     ready, _, _ = pipeline._decode_all(three_studies)
 
     assert (len(ready), decoding_watched["most"]) == (3, 3)
+
+
+def test_a_decode_that_hangs_stops_holding_the_budget(three_studies, settings, monkeypatch):
+    """A hung decoder keeps its thread; counted for ever, its pixels kept every later
+    decode of the process waiting, and each batch then failed its time limit."""
+    hung, release = three_studies[0], threading.Event()
+    settings.PIPELINE_DECODE_PIXELS = hung.rows * hung.columns  # the hung one fills it
+    monkeypatch.setattr(pipeline, "DECODE_HUNG_SECONDS", 0.5)
+
+    def hang():
+        with pipeline.decode_budget.holding(hung):
+            release.wait(30)
+
+    stuck = threading.Thread(target=hang, daemon=True)
+    stuck.start()
+    try:
+        ready, _, _ = pipeline._decode_all(three_studies[1:])  # waits for the hung one to stop counting
+        assert [study.pk for study in ready] == [study.pk for study in three_studies[1:]]
+        assert stuck.is_alive()  # still hung, and no longer in the way
+    finally:
+        release.set()
+        stuck.join(10)
