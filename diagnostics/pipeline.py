@@ -718,7 +718,8 @@ class _PixelBudget:
                     self._condition.notify_all()
 
 
-# Decodes take well under 2 s at MAX_IMAGE_PIXELS on the 2-core VM (bench/decode_memory.py).
+# The largest files bench/decode_memory.py decodes take under 1.5 s on the 2-core VM; a
+# decode slower than this is taken for hung (and may then let one more decode start).
 DECODE_HUNG_SECONDS = 60
 
 
