@@ -18,6 +18,7 @@ Messages never quote values read from the file: those may be PHI.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import io
 import logging
@@ -420,10 +421,13 @@ class StoredFileUndecodable(StoredImageError):
     """The file was read but no longer decodes (damaged, or a decoder that changed)."""
 
 
-def load_grayscale(study, *, passthrough: tuple[type[BaseException], ...] = ()) -> np.ndarray:
+def load_grayscale(
+    study, *, passthrough: tuple[type[BaseException], ...] = (), decoding=contextlib.nullcontext
+) -> np.ndarray:
     """Decode a stored study's original again, exactly as at upload (for the worker and
     the training export), or raise the StoredImageError that says why not. Errors in
-    `passthrough` (a time limit, a lost database) are raised as they are."""
+    `passthrough` (a time limit, a lost database) are raised as they are. The decode,
+    not the read, runs inside `decoding()` (the worker's pixel budget)."""
     from diagnostics import media  # the storage's own words: a refusal or an outage
 
     if not study.original_file:
@@ -438,7 +442,8 @@ def load_grayscale(study, *, passthrough: tuple[type[BaseException], ...] = ()) 
         unreadable = StoredFileRefused if media.refused_object(exc) else StoredFileUnreachable
         raise unreadable(type(exc).__name__) from exc
     try:
-        return decode_upload(data).gray
+        with decoding():
+            return decode_upload(data).gray
     except passthrough:
         raise
     except Exception as exc:  # decoders of hostile files raise anything

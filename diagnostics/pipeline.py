@@ -730,8 +730,12 @@ def _load_gray(study: Study) -> np.ndarray:
     from diagnostics import imaging  # the decoder pulls in pydicom and its plugins: load it where used
 
     try:
-        with decode_budget.holding(study):
-            return imaging.load_grayscale(study, passthrough=TRANSIENT_ERRORS)
+        # The budget covers the decode only: a read stalled on the storage held it, and
+        # past DECODE_HUNG_SECONDS counted as hung, so the stalled reads then decoded
+        # together, uncounted (review of this stop's late fixes).
+        return imaging.load_grayscale(
+            study, passthrough=TRANSIENT_ERRORS, decoding=partial(decode_budget.holding, study)
+        )
     except imaging.StoredFileMissing as exc:
         raise PermanentStudyError(metrics.REASON_MISSING_FILE, MISSING_FILE_MESSAGE) from exc
     except (imaging.StoredFileRefused, imaging.StoredFileUnreachable) as exc:

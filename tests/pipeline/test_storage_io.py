@@ -112,10 +112,10 @@ def decoding_watched(monkeypatch):
     for n of them to be decoding together (it fails after 10 s if they never are)."""
     from diagnostics import imaging
 
-    real_decode, lock = imaging.load_grayscale, threading.Lock()
+    real_decode, lock = imaging.decode_upload, threading.Lock()
     watched = {"now": 0, "most": 0, "meeting": None}
 
-    def decode(study, **options):
+    def decode(data):
         with lock:
             watched["now"] += 1
             watched["most"] = max(watched["most"], watched["now"])
@@ -124,12 +124,12 @@ def decoding_watched(monkeypatch):
                 watched["meeting"].wait()
             else:
                 time.sleep(0.05)  # room for another decode to start, if it may
-            return real_decode(study, **options)
+            return real_decode(data)
         finally:
             with lock:
                 watched["now"] -= 1
 
-    monkeypatch.setattr(imaging, "load_grayscale", decode)
+    monkeypatch.setattr(imaging, "decode_upload", decode)
     watched["meet"] = lambda parties: watched.update(meeting=threading.Barrier(parties, timeout=10))
     return watched
 
@@ -174,3 +174,24 @@ def test_a_decode_that_hangs_stops_holding_the_budget(three_studies, settings, m
     finally:
         release.set()
         stuck.join(10)
+
+
+def test_a_read_stalled_on_the_storage_does_not_hold_the_budget(three_studies, settings, decoding_watched, monkeypatch):
+    """The budget covered the read too: stalled past DECODE_HUNG_SECONDS, reads counted as
+    hung decodes, and once the storage answered they decoded together, uncounted."""
+    from diagnostics import imaging
+
+    settings.PIPELINE_DECODE_PIXELS = max(study.rows * study.columns for study in three_studies)
+    monkeypatch.setattr(pipeline, "DECODE_HUNG_SECONDS", 0.2)
+    storage_answers, real_read = threading.Event(), imaging.read_original
+
+    def stalled_read(study):
+        storage_answers.wait(10)
+        return real_read(study)
+
+    monkeypatch.setattr(imaging, "read_original", stalled_read)
+    threading.Timer(1.0, storage_answers.set).start()  # a stall five times DECODE_HUNG_SECONDS
+
+    ready, _, _ = pipeline._decode_all(three_studies)
+
+    assert (len(ready), decoding_watched["most"]) == (3, 1)
