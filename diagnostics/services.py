@@ -315,10 +315,17 @@ def _queue_again(failed: Study, resent: Study, data: bytes, audit_context: dict,
                 _audit_uploaded(failed, audit_context, source=resent.source, created=False, sent_again=True)
                 transaction.on_commit(partial(_remove_files, storage, replaced))
     except IntegrityError as exc:
+        media.remove_file(storage, written)
         # The copy's Idempotency-Key was taken by another upload since it was looked up:
         # the key was used for another file, as if that upload had come first (diff review).
-        media.remove_file(storage, written)
-        raise imaging.IdempotencyKeyReused from exc
+        # Any other integrity error is not the caller's key, and is raised as it is.
+        key = fields.get("idempotency_key", "")
+        if (
+            key
+            and Study.objects.for_hospital(failed.hospital).filter(idempotency_key=key).exclude(pk=failed.pk).exists()
+        ):
+            raise imaging.IdempotencyKeyReused from exc
+        raise
     except BaseException:
         media.remove_file(storage, written)
         raise

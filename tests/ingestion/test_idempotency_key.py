@@ -228,3 +228,22 @@ def test_a_copy_whose_key_another_upload_took_meanwhile_is_refused_and_the_faile
     assert (study.status, study.idempotency_key) == ("failed", KEY)
     png_study = Study.objects.get(idempotency_key=other_key)
     assert stored().files == {png_study.original_file.name}  # the copy written for the study is removed
+
+
+def test_an_integrity_error_that_is_not_the_keys_is_not_called_a_reused_key(emr, hospital_a, monkeypatch):
+    """Mapped whatever its cause, a database error became a 422 "key used before", audited
+    so, for a copy sent with no key at all (review of this stop's late fixes)."""
+    from django.db import IntegrityError
+
+    study = failed_for_a_missing_file(post_file(emr, CR_CHEST.read_bytes()).json()["id"])
+
+    def broken(*args, **kwargs):
+        raise IntegrityError("insert or update violates foreign key constraint")
+
+    monkeypatch.setattr(services, "_queue_if_failed", broken)
+    with pytest.raises(IntegrityError):
+        services.ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source=Study.Source.API)
+
+    study.refresh_from_db()
+    assert study.status == "failed"
+    assert not AuditEvent.objects.filter(action="study.upload_rejected").exists()
