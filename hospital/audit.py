@@ -69,8 +69,9 @@ def client_ip(request) -> str | None:
     peer = meta.get("REMOTE_ADDR") or None
     forwarded = meta.get("HTTP_X_REAL_IP", "").strip()
     # No peer address: gunicorn bound to a unix socket, which only this host can reach
-    # (gunicorn trusts it too).
-    if forwarded and (peer is None or _is_trusted_proxy(peer)) and _is_address(forwarded):
+    # (gunicorn trusts it too); trusted unless no proxy is (TRUSTED_PROXIES set to nothing).
+    socket_peer = peer is None and bool(settings.TRUSTED_PROXIES)
+    if forwarded and (socket_peer or (peer is not None and _is_trusted_proxy(peer))) and _is_address(forwarded):
         return forwarded
     return peer
 

@@ -12,11 +12,12 @@ BIN="${VENV:-.venv}/bin"
 export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-config.settings.local}"
 
 # What Pleura writes under var/ (the database, originals, the broker's messages) holds
-# patient data: this user's alone, on a shared workstation too. Files an earlier run
-# wrote readable by others are made private as well.
+# patient data: this user's alone, on a shared workstation too. This user's files from an
+# earlier run are made private as well; another user's (an earlier `sudo make run`) are
+# left to their owner, as a chmod of them would stop the start here.
 umask 077
 mkdir -p var
-chmod -R go= var
+find var -user "$(id -u)" -exec chmod go= {} +
 
 # The filesystem transport does not create its folders; worker and beat need them.
 BROKER_DIR="${BROKER_DIR:-$PWD/var/broker}"

@@ -36,6 +36,7 @@ def request_from(peer: str, real_ip: str | None = None):
         (["127.0.0.1"], "", "203.0.113.9", "203.0.113.9"),
         (["127.0.0.1"], "", None, None),
         ([], "127.0.0.1", "203.0.113.9", "127.0.0.1"),
+        ([], "", "203.0.113.9", None),  # no proxy trusted: not a socket's either (late review)
     ],
 )
 def test_x_real_ip_names_the_caller_only_when_a_trusted_proxy_sent_it(settings, trusted, peer, real_ip, seen):
