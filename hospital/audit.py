@@ -7,6 +7,7 @@ ids, counts, labels and reasons only.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
@@ -68,23 +69,30 @@ def client_ip(request) -> str | None:
     meta = getattr(request, "META", {})
     peer = meta.get("REMOTE_ADDR") or None
     forwarded = meta.get("HTTP_X_REAL_IP", "").strip()
-    # No peer address: gunicorn bound to a unix socket, which only this host can reach
-    # (gunicorn trusts it too); trusted unless no proxy is (TRUSTED_PROXIES set to nothing).
-    socket_peer = peer is None and bool(settings.TRUSTED_PROXIES)
-    if forwarded and (socket_peer or (peer is not None and _is_trusted_proxy(peer))) and _is_address(forwarded):
+    if forwarded and _is_trusted_proxy(peer) and _is_address(forwarded):
         return forwarded
     return peer
 
 
-def _is_trusted_proxy(peer: str) -> bool:
+def _is_trusted_proxy(peer: str | None) -> bool:
     trusted = settings.TRUSTED_PROXIES
+    if peer is None:
+        # gunicorn bound to a unix socket, which only this host can reach (gunicorn trusts
+        # it too); trusted unless no proxy is (TRUSTED_PROXIES set to nothing).
+        return bool(trusted)
     if "*" in trusted:
         return True
     try:
         address = ipaddress.ip_address(peer)
     except ValueError:
         return False
-    return any(address in ipaddress.ip_network(network, strict=False) for network in trusted)
+    return any(address in network for network in _networks(tuple(trusted)))
+
+
+@lru_cache(maxsize=4)
+def _networks(trusted: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    # Parsed once, not for every request that names its caller (each login, each event).
+    return tuple(ipaddress.ip_network(network, strict=False) for network in trusted)
 
 
 def _is_address(value: str) -> bool:
