@@ -158,6 +158,27 @@ def compare(candidate: InferenceEngine, active: InferenceEngine, locked: list, h
 # --- The Django side ------------------------------------------------------------------
 
 
+def locked_validation_of(version: ModelVersion) -> list[data.Sample]:
+    """The version's locked validation set: its split's validation images, from the base data."""
+    split = registry.resolve_weights_path(version).parent / SPLIT_FILE
+    return locked_validation(split, Path(settings.TRAINING_DATA_DIR))
+
+
+def compare_with(
+    model_dir: Path, description: dict, against: ModelVersion, locked: list, holdout: list, device: str | None
+) -> dict:
+    """`compare`, of the model in `model_dir` and the registered `against`, naming the
+    version it was measured against: the gate accepts it only against that one."""
+    comparison = compare(
+        InferenceEngine(ModelSpec.from_description(model_dir, description), device=device),
+        registry.get_engine(against, device=device),
+        locked,
+        holdout,
+    )
+    comparison["against"] = {"name": against.name, "weights_sha256": against.weights_sha256}
+    return comparison
+
+
 def compare_with_version(model_dir: Path, against: ModelVersion, *, device: str | None = None) -> dict:
     """The model in `model_dir` (train_model's output) and the registered `against` on
     the latter's locked validation set, each at its own threshold, written beside the
@@ -168,16 +189,7 @@ def compare_with_version(model_dir: Path, against: ModelVersion, *, device: str 
         raise RetrainingError(
             f"{model_dir} is registered already: compare it before registering, so the comparison goes with it"
         )
-    locked = locked_validation(
-        registry.resolve_weights_path(against).parent / SPLIT_FILE, Path(settings.TRAINING_DATA_DIR)
-    )
-    comparison = compare(
-        InferenceEngine(ModelSpec.from_description(model_dir, description), device=device),
-        registry.get_engine(against, device=device),
-        locked,
-        [],
-    )
-    comparison["against"] = {"name": against.name, "weights_sha256": against.weights_sha256}
+    comparison = compare_with(model_dir, description, against, locked_validation_of(against), [], device)
     # Whose comparison it is: registration refuses it beside other weights (trained again
     # into the same folder, the old weights' figures reached the gate: diff review).
     comparison["candidate_weights_sha256"] = description["weights_sha256"]
@@ -213,8 +225,7 @@ def retrain(options: RetrainOptions, *, actor=None) -> ModelVersion:
         raise RetrainingError(f"a model version named {name!r} already exists")
     export_manifest = _read_export_manifest(options.export_dir)
     data_dir = Path(settings.TRAINING_DATA_DIR)
-    active_dir = registry.resolve_weights_path(active).parent
-    locked = locked_validation(active_dir / SPLIT_FILE, data_dir)
+    locked = locked_validation_of(active)
     out_dir = Path(settings.MODEL_WEIGHTS_DIR) / name
     try:
         # Creating the folder claims the name: of two runs for one name (a message delivered
@@ -231,14 +242,7 @@ def retrain(options: RetrainOptions, *, actor=None) -> ModelVersion:
         holdout = data.scan_review_export(options.export_dir / data.REVIEW_HOLDOUT_FOLDER)
         _write_split(out_dir, kept + reviews, locked, options.seed)
         description = fit_operating_point(out_dir, description, locked, device=options.device)
-        comparison = compare(
-            InferenceEngine(ModelSpec.from_description(out_dir, description), device=options.device),
-            registry.get_engine(active, device=options.device),
-            locked,
-            holdout,
-        )
-        # Which version it was measured against: the gate accepts it only against that one.
-        comparison["against"] = {"name": active.name, "weights_sha256": active.weights_sha256}
+        comparison = compare_with(out_dir, description, active, locked, holdout, options.device)
         lineage = _lineage(active, kept, reviews, holdout, export_manifest)
         lineage["review_examples_left_out_as_locked"] = locked_reviews
         _write_card(out_dir, description, lineage, comparison)
