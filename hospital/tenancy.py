@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Iterable
 from functools import wraps
 from operator import attrgetter
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -128,11 +129,11 @@ class NotInThisHospital(Http404):
             elsewhere = list(rows[:_MOST_ROWS_RECORDED])
         except (ValueError, ValidationError):  # not a key at all ("abc" for an id): nobody's row
             return
-        for row in elsewhere:
-            # A platform row (no hospital) is nobody's trail to file it in: filed under the
-            # caller's own, it told another hospital's admin which rows are the platform's.
-            if owner(row) is not None:
-                record_denied(request, hospital=owner(row), target=row, via=self.via)
+        # A platform row (no hospital) is nobody's trail to file it in: filed under the
+        # caller's own, it told another hospital's admin which rows are the platform's.
+        owned = [(owner(row), row) for row in elsewhere if owner(row) is not None]
+        if owned:
+            record_denied_all(request, owned, via=self.via)
 
 
 # A lookup names one row, or the worklist's poll at most a page of them.
@@ -140,14 +141,29 @@ _MOST_ROWS_RECORDED = 100
 
 
 def record_denied(request, *, hospital: Hospital | None = None, target=None, **detail) -> None:
-    """One `access.denied` event (by default in the caller's hospital). A trail that cannot
-    be written does not turn the refusal into a 500: nothing was shown or changed."""
+    """One `access.denied` event (by default in the caller's hospital)."""
+    record_denied_all(request, [(hospital, target)], **detail)
+
+
+def record_denied_all(request, refused: list[tuple[Hospital | None, Any]], **detail) -> None:
+    """An `access.denied` event for each (hospital, target) refused, in one insert: a poll
+    naming a page of another hospital's codes made three queries a code. A trail that
+    cannot be written does not turn the refusal into a 500: nothing was shown or changed."""
+    events = [
+        audit.build(
+            audit.Action.ACCESS_DENIED,
+            request=request,
+            hospital=hospital,
+            target=target,
+            outcome=audit.Outcome.DENIED,
+            path=request.path,
+            **detail,
+        )
+        for hospital, target in refused
+    ]
     try:
         with transaction.atomic():
-            audit.record(
-                audit.Action.ACCESS_DENIED, request=request, hospital=hospital, target=target,
-                outcome=audit.Outcome.DENIED, path=request.path, **detail,
-            )  # fmt: skip
+            audit.record_all(events)
     except DatabaseError as exc:
         log.warning("a refused request was not recorded: the audit trail could not be written (%s)", type(exc).__name__)
 
