@@ -310,18 +310,28 @@ class ChangesPagination(BasePagination):
             raise exceptions.ValidationError("cursor is not one Pleura gave: follow the `next` link.") from exc
 
 
+def _only_value(data, name: str):
+    """`data`'s value for `name` (None when absent), refused when a query string or form
+    names it twice: read as its last, two accession numbers searched one, and two patient
+    IDs stored the study under one of them, with no word said."""
+    values = data.getlist(name) if hasattr(data, "getlist") else [data[name]] if name in data else []
+    if len(values) > 1:
+        raise exceptions.ValidationError(f"{name} was sent {len(values)} times: send it once.")
+    return values[0] if values else None
+
+
 def _filtered(queryset, filters):
     """The studies of `queryset` in the `status` and with the `accession_number` that
     `filters` (a query string or a request body) name, when they name one."""
-    status_wanted = filters.get("status")
+    status_wanted = _only_value(filters, "status")
     if status_wanted:
         if status_wanted not in Study.Status.values:
             choices = ", ".join(Study.Status.values)
             raise exceptions.ValidationError(f"status must be one of: {choices}.")
         queryset = queryset.filter(status=status_wanted)
-    if filters.get("accession_number"):
+    if accession := _only_value(filters, "accession_number"):
         try:
-            accession = services.clean_identifier(filters["accession_number"], "accession_number")
+            accession = services.clean_identifier(accession, "accession_number")
         except RejectedUpload as exc:  # a NUL would make PostgreSQL refuse the query (500)
             raise exceptions.ValidationError(exc.detail) from exc
         queryset = queryset.filter(accession_number=accession)
@@ -343,8 +353,8 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
     def get_queryset(self):
         params = self.request.query_params
         queryset = _filtered(self.base_queryset().order_by("-created_at", "-id"), params)
-        if params.get("updated_since"):
-            queryset = queryset.filter(updated_at__gte=_parse_since(params["updated_since"]))
+        if since := _only_value(params, "updated_since"):
+            queryset = queryset.filter(updated_at__gte=_parse_since(since))
         return queryset
 
     @extend_schema(
@@ -480,6 +490,8 @@ def _upload_payload(request) -> tuple[bytes, dict]:
 
 
 def _multipart_payload(data) -> tuple[bytes, dict]:
+    if hasattr(data, "getlist") and len(data.getlist("file")) > 1:
+        raise exceptions.ParseError("Send one radiograph per request: this one has several 'file' parts.")
     upload = data.get("file")
     if isinstance(upload, str):
         raise exceptions.ParseError(
@@ -490,7 +502,7 @@ def _multipart_payload(data) -> tuple[bytes, dict]:
         raise exceptions.ParseError("Send the radiograph in a multipart field named 'file'.")
     if upload.size > settings.MAX_UPLOAD_BYTES:
         raise PayloadTooLarge(f"The file is larger than the {_limit_text()} limit.")
-    identifiers = {name: data.get(name, "") for name in ("patient_id", "accession_number")}
+    identifiers = {name: _only_value(data, name) or "" for name in ("patient_id", "accession_number")}
     return upload.read(), identifiers
 
 

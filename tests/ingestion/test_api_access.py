@@ -609,3 +609,14 @@ def test_another_hospitals_key_finds_nothing_by_this_hospitals_accession_number(
 def test_a_search_body_pleura_cannot_read_is_400_with_a_message(caller, body, detail):
     response = caller("doctor").post(SEARCH_URL, body, format="json")
     assert (response.status_code, response.json()) == (400, {"detail": detail})
+
+
+def test_a_filter_named_twice_is_400_not_its_last_value_searched(caller, study_a):
+    """Two accession numbers were searched as the last one, with no word said."""
+    search = caller("doctor").post(
+        SEARCH_URL, "accession_number=ACC-A1&accession_number=ACC-B2", content_type="application/x-www-form-urlencoded"
+    )
+    listed = caller("key_a").get(f"{STUDIES_URL}?status=queued&status=completed")
+
+    assert (search.status_code, search.json()) == (400, {"detail": "accession_number was sent 2 times: send it once."})
+    assert (listed.status_code, listed.json()) == (400, {"detail": "status was sent 2 times: send it once."})

@@ -401,6 +401,29 @@ def test_bad_identifiers_are_400_and_never_echoed(field, value, detail, key_a, k
     assert value not in str(event.detail)
 
 
+@pytest.mark.parametrize("field", ["patient_id", "accession_number"])
+def test_an_identifier_sent_twice_is_400_not_the_last_one_stored(field, key_a, key_client, stored):
+    """Read as its last value, a form with two patient IDs stored the study under one."""
+    before = stored()
+    response = post_file(key_client(key_a[1]), PNEUMONIA_PNG.read_bytes(), **{field: ["MRN-1", "MRN-2"]})
+    assert (response.status_code, response.json()) == (400, {"detail": f"{field} was sent 2 times: send it once."})
+    assert stored() == before
+    assert AuditEvent.objects.get(action="study.upload_rejected").detail["status_code"] == 400
+
+
+def test_two_files_in_one_upload_are_400_not_the_last_one_stored(key_a, key_client, stored):
+    files = []
+    for path in (PNEUMONIA_PNG, NORMAL_JPEG):
+        files.append(io.BytesIO(path.read_bytes()))
+        files[-1].name = path.name
+    before = stored()
+    response = key_client(key_a[1]).post(STUDIES_URL, {"file": files}, format="multipart")
+    assert (response.status_code, response.json()) == (
+        400, {"detail": "Send one radiograph per request: this one has several 'file' parts."},
+    )  # fmt: skip
+    assert stored() == before
+
+
 def test_rejection_audit_never_holds_phi(key_a, key_client):
     data = make_dicom(None, PatientName="Secret^Person", PatientID="MRN-SECRET", SOPInstanceUID=generate_uid())
     response = post_dicom_body(key_client(key_a[1]), data)
