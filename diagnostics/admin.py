@@ -67,7 +67,7 @@ class StudyAdmin(AuditedReadsAdmin):
     def get_fields(self, request, obj=None):
         # A hospital's admin matches a failure to the order by its accession number; a
         # platform operator, who belongs to no hospital, reads every hospital's studies
-        # and has no order to match (PHI review).
-        if self.is_platform_admin(request):
+        # and has no order to match (PHI review), except in a hospital they also administer.
+        if self.is_platform_admin(request) and (obj is None or not self.administers(request, obj.hospital_id)):
             return [name for name in OPERATIONAL_FIELDS if name != "accession_number"]
         return OPERATIONAL_FIELDS

@@ -55,6 +55,12 @@ class HospitalScopedAdmin(admin.ModelAdmin):
             request._pleura_admin_hospital_ids = list(admin_hospitals(request.user).values_list("pk", flat=True))
         return Hospital.objects.filter(pk__in=request._pleura_admin_hospital_ids)
 
+    def administers(self, request, hospital_id: int) -> bool:
+        """Whether the signed-in user is an admin of that hospital (a platform operator
+        may also be one)."""
+        self.admin_hospitals(request)
+        return hospital_id in request._pleura_admin_hospital_ids
+
     def is_platform_admin(self, request) -> bool:
         return bool(request.user.is_active and request.user.is_superuser)
 

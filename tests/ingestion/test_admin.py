@@ -6,6 +6,7 @@ import pytest
 
 from diagnostics.models import Study
 from diagnostics.services import ingest_upload
+from hospital.models import Membership, Role
 from tests.ingestion.conftest import CR_CHEST, TIBIA
 
 LIST_URL = "/admin/diagnostics/study/"
@@ -51,6 +52,17 @@ def test_a_platform_operator_sees_a_study_without_its_accession_number(client_fo
         page = response.content.decode()
         assert accession not in page
         assert str(study.code) in page
+
+
+def test_a_platform_operator_who_administers_a_hospital_sees_its_accession_numbers_only(
+    client_for, superuser, hospital_a, studies
+):
+    """Hiding accession numbers from the platform's view hid them from the operator's own
+    hospital too, where they match a failure to its order as any of its admins does."""
+    Membership.objects.create(user=superuser, hospital=hospital_a, role=Role.HOSPITAL_ADMIN)
+    own, other = studies
+    pages = [client_for(superuser).get(f"{LIST_URL}{study.pk}/change/").content.decode() for study in (own, other)]
+    assert ("ACC-OWN" in pages[0], "ACC-OTHER" in pages[1]) == (True, False)
 
 
 def test_another_hospitals_study_is_404_for_a_hospital_admin(client_for, hospital_admin, studies):
