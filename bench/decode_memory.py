@@ -26,23 +26,32 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The opening of every measuring script, run in a fresh interpreter: Django set up, the
+# decoders imported (their own imports are not the decode's), and `kilobytes`/`reset_peak`.
 # The peak is the kernel's VmHWM, reset once the decoders are imported and the file read
 # (ru_maxrss would not do: Linux carries it over from the parent across exec).
-MEASURE = """
+MEMORY_PROBE = """
 import json, os, sys, threading, time
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
 import django
 django.setup()
-from diagnostics import dicom, imaging  # noqa: F401 - the decoders' own imports are not the upload's
+from diagnostics import dicom, imaging, pipeline  # noqa: F401
 
 def kilobytes(field):
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
 
+def reset_peak():  # returns the resident size now, from which the peak starts again
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    return kilobytes("VmRSS")
+"""
+
+MEASURE = (
+    MEMORY_PROBE
+    + """
 data = open(sys.argv[1], "rb").read()
-with open("/proc/self/clear_refs", "w") as clear:
-    clear.write("5")  # the peak starts again from the current size
-before = kilobytes("VmRSS")
+before = reset_peak()
 start = time.perf_counter()
 outcome = []
 
@@ -63,6 +72,7 @@ print(json.dumps({
     "kept_mb": (kilobytes("VmRSS") - before) / 1024,
 }))
 """
+)
 
 
 def _png(image: Image.Image) -> bytes:
@@ -157,11 +167,16 @@ def build_cases(side: int, bomb_side: int) -> dict[str, bytes]:
     }
 
 
-def measure(path: Path) -> dict:
+def run_probe(script: str, *arguments) -> dict:
+    """The JSON line a measuring script prints last, run in a fresh interpreter."""
     result = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(path)], cwd=REPO, capture_output=True, text=True, check=True
+        [sys.executable, "-c", script, *map(str, arguments)], cwd=REPO, capture_output=True, text=True, check=True
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measure(path: Path) -> dict:
+    return run_probe(MEASURE, path)
 
 
 def main() -> None:

@@ -13,23 +13,15 @@ memory limit is 4 GiB in deploy/k8s, for the model as well.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from bench.decode_memory import build_cases
+from bench.decode_memory import MEMORY_PROBE, build_cases, run_probe
 
-REPO = Path(__file__).resolve().parent.parent
-
-MEASURE = """
-import json, os, sys, time
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
-import django
-django.setup()
+MEASURE = (
+    MEMORY_PROBE
+    + """
 from django.conf import settings
-from diagnostics import dicom, imaging, pipeline  # noqa: F401 - the decoders' own imports are not the batch's
 from diagnostics.models import Study
 
 media_root, files, side, budget = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -39,13 +31,7 @@ settings.PIPELINE_DECODE_PIXELS = budget
 # Unsaved studies: decoding a batch reads their files and touches no row.
 studies = [Study(original_file=f"upload-{n}", rows=side, columns=side) for n in range(files)]
 
-def kilobytes(field):
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
-
-with open("/proc/self/clear_refs", "w") as clear:
-    clear.write("5")  # the peak starts again from the current size
-before = kilobytes("VmRSS")
+before = reset_peak()
 start = time.perf_counter()
 ready, grays, unreadable = pipeline._decode_all(studies)
 print(json.dumps({
@@ -54,16 +40,13 @@ print(json.dumps({
     "seconds": time.perf_counter() - start,
 }))
 """
+)
 
 DEFAULT_CASE = "16-bit RLE DICOM {side}x{side} with a VOI LUT"
 
 
 def measure(media_root: Path, files: int, side: int, budget: int) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(media_root), str(files), str(side), str(budget)],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_probe(MEASURE, media_root, files, side, budget)
 
 
 def main() -> None:
