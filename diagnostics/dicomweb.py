@@ -74,19 +74,21 @@ def split_multipart_related(body: bytes, content_type: str) -> list[Part]:
     # Offsets into the body, not bytes.split and friends: each part's content is copied
     # once, where splitting, stripping and partitioning copied it four times over (a body
     # may hold 100 MB of instances).
-    found = _offsets(body, delimiter)
+    # A part more than allowed is enough to refuse: 100 MB of empty parts, all found and
+    # parsed first, took 30 s of CPU and 3.3 GB before the 413 (bad-input review).
+    found = _offsets(body, delimiter, most=MAX_INSTANCES + 2)
+    if len(found) > MAX_INSTANCES + 1:
+        raise StowError(413, f"At most {MAX_INSTANCES} instances may be sent in one request.")
     closing = found[-1] + len(delimiter) if found else 0
     if len(found) < 2 or not body.startswith(b"--", closing):
         raise StowError(400, "The multipart/related body is malformed: its closing boundary is missing.")
-    parts = [_parse_part(body, start + len(delimiter), end) for start, end in pairwise(found)]
-    if len(parts) > MAX_INSTANCES:
-        raise StowError(413, f"At most {MAX_INSTANCES} instances may be sent in one request.")
-    return parts
+    return [_parse_part(body, start + len(delimiter), end) for start, end in pairwise(found)]
 
 
-def _offsets(body: bytes, delimiter: bytes) -> list[int]:
+def _offsets(body: bytes, delimiter: bytes, *, most: int) -> list[int]:
+    """Where the delimiter occurs in `body`: the first `most` places."""
     found, at = [], body.find(delimiter)
-    while at != -1:
+    while at != -1 and len(found) < most:
         found.append(at)
         at = body.find(delimiter, at + len(delimiter))
     return found
