@@ -136,3 +136,11 @@ class StudyUploadSerializer(serializers.Serializer):
 
 class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
+
+
+class StudySearchSerializer(serializers.Serializer):
+    """The search's filters, as the schema and OPTIONS describe them (the view reads them
+    itself: each is refused with its own words)."""
+
+    accession_number = serializers.CharField(required=False, help_text="Only studies with it.")
+    status = serializers.ChoiceField(Study.Status.values, required=False)

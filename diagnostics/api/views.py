@@ -24,9 +24,8 @@ from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
     extend_schema,
-    inline_serializer,
 )
-from rest_framework import exceptions, generics, serializers, status
+from rest_framework import exceptions, generics, status
 from rest_framework.pagination import BasePagination
 from rest_framework.parsers import BaseParser, FormParser, JSONParser, MultiPartParser
 from rest_framework.renderers import JSONRenderer
@@ -36,7 +35,13 @@ from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from diagnostics import dicomweb, services
-from diagnostics.api.serializers import ErrorSerializer, StudySerializer, StudyUploadSerializer, shown_prediction
+from diagnostics.api.serializers import (
+    ErrorSerializer,
+    StudySearchSerializer,
+    StudySerializer,
+    StudyUploadSerializer,
+    shown_prediction,
+)
 from diagnostics.imaging import RejectedUpload
 from diagnostics.media import protected_file_response
 from diagnostics.models import Prediction, Review, Study
@@ -82,6 +87,17 @@ class OctetStreamParser(DicomParser):
     engines send it): its type is judged by its content, as every upload's is."""
 
     media_type = "application/octet-stream"
+
+
+class FiltersJSONParser(JSONParser):
+    """DRF's JSON parser, with a body nested past Python's recursion limit ("[" * 100000)
+    a 400 like any other unreadable JSON, not a 500 (bad-input review)."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError as exc:
+            raise exceptions.ParseError("JSON parse error - the body is nested too deeply.") from exc
 
 
 RAW_BODY_TYPES = frozenset({DicomParser.media_type, OctetStreamParser.media_type})
@@ -530,7 +546,9 @@ class StudySearchView(StudyQueryMixin, generics.GenericAPIView):
     every proxy, gateway and log that keeps URLs, and DRF repeats it in `next` links (PHI
     review). A read, so every role that may list studies may search them."""
 
-    parser_classes = [JSONParser, FormParser]
+    parser_classes = [FiltersJSONParser, FormParser]
+    # What OPTIONS describes: without one, DRF's metadata raised (a 500).
+    serializer_class = StudySearchSerializer
 
     def roles_for_method(self, method: str) -> frozenset[str]:
         return self.read_roles
@@ -542,13 +560,7 @@ class StudySearchView(StudyQueryMixin, generics.GenericAPIView):
             "travels in a URL. Paged as the list is: POST the same body to the `next` link, which "
             "carries only the page number."
         ),
-        request=inline_serializer(
-            "StudySearch",
-            {
-                "accession_number": serializers.CharField(required=False, help_text="Only studies with it."),
-                "status": serializers.ChoiceField(Study.Status.values, required=False),
-            },
-        ),
+        request=StudySearchSerializer,
         parameters=[OpenApiParameter("page", int, description="The page, as the `next` link gives it.")],
         responses={200: StudySerializer(many=True), **errors(400, 401, 404, 429, 503)},
         examples=[STUDY_EXAMPLE],

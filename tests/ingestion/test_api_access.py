@@ -620,3 +620,19 @@ def test_a_filter_named_twice_is_400_not_its_last_value_searched(caller, study_a
 
     assert (search.status_code, search.json()) == (400, {"detail": "accession_number was sent 2 times: send it once."})
     assert (listed.status_code, listed.json()) == (400, {"detail": "status was sent 2 times: send it once."})
+
+
+@pytest.mark.parametrize("body", ["[" * 100_000 + "]" * 100_000, '{"a":' * 50_000 + "1" + "}" * 50_000])
+def test_a_search_body_nested_past_pythons_limit_is_400_not_500(caller, body):
+    response = caller("key_a").generic("POST", SEARCH_URL, body, content_type="application/json")
+    assert (response.status_code, response.json()) == (
+        400, {"detail": "JSON parse error - the body is nested too deeply."},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("who", ["doctor", "key_a"])
+def test_options_on_the_search_describes_its_filters(caller, who):
+    """Answered 500: DRF's metadata asked the view for a serializer it did not have."""
+    response = caller(who).options(SEARCH_URL)
+    assert response.status_code == 200
+    assert sorted(response.json()["actions"]["POST"]) == ["accession_number", "status"]
