@@ -57,7 +57,7 @@ UID_MAX_LENGTH = 64
 # limit is MAX_IMAGE_PIXELS divided by it.
 WIDE_PIXEL_COST = 4
 _ALLOWED_BITS_ALLOCATED = frozenset({1, 8, 16, 32})
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def read_dataset(data: bytes) -> Dataset:
@@ -119,7 +119,7 @@ def _mb(n: int) -> str:
 def sop_class_name(ds: Dataset) -> str:
     """What the object is, in words: the SOP class name (e.g. "Basic Text SR Storage")."""
     uid = str(ds.get("SOPClassUID", "") or "")
-    if _UID_RE.match(uid):
+    if _UID_RE.fullmatch(uid):
         name = UID(uid).name
         return name if name != uid else f"SOP class {uid}"
     modality = str(ds.get("Modality", "") or "")
@@ -279,7 +279,7 @@ def _jpeg_frame_size(head: bytes) -> tuple[int, int] | None:
 
 def is_uid(value: str) -> bool:
     """A DICOM UID: digits and dots, at most 64 characters."""
-    return len(value) <= UID_MAX_LENGTH and bool(_UID_RE.match(value))
+    return len(value) <= UID_MAX_LENGTH and bool(_UID_RE.fullmatch(value))
 
 
 def _encoding_name(ds: Dataset) -> str:

@@ -32,7 +32,7 @@ from django.http import HttpRequest, HttpResponse
 REQUEST_ID_HEADER = "X-Request-ID"
 # Ids from the proxy are trusted only in this shape, so a client cannot inject text
 # (or PHI) into every log line of its request.
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
 # Extras whose name says they may hold a patient identifier: redacted whoever logs them.
 _PHI_FIELD = re.compile(r"patient|accession|birth|dob|mrn|ssn|physician", re.IGNORECASE)
 
@@ -59,7 +59,7 @@ def new_request_id() -> str:
 
 def _incoming_request_id(request: HttpRequest) -> str:
     candidate = request.headers.get(REQUEST_ID_HEADER, "")
-    return candidate if _VALID_REQUEST_ID.match(candidate) else new_request_id()
+    return candidate if _VALID_REQUEST_ID.fullmatch(candidate) else new_request_id()
 
 
 class RequestIdMiddleware:
@@ -156,7 +156,7 @@ def _attach_request_id(headers: dict | None = None, **kwargs) -> None:
 @signals.task_prerun.connect
 def _bind_task_request_id(task=None, **kwargs) -> None:
     request_id = getattr(task.request, "request_id", None) if task is not None else None
-    request_id_var.set(request_id if isinstance(request_id, str) and _VALID_REQUEST_ID.match(request_id) else None)
+    request_id_var.set(request_id if isinstance(request_id, str) and _VALID_REQUEST_ID.fullmatch(request_id) else None)
 
 
 @signals.task_postrun.connect

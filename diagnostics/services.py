@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 IDENTIFIER_MAX_LENGTH = 64
 # Patient IDs and accession numbers: printable, no control characters (they end up in
 # DICOM headers, HL7 messages and CSV exports).
-_IDENTIFIER_RE = re.compile(r"^[\x20-\x7e]*$")
+_IDENTIFIER_RE = re.compile(r"[\x20-\x7e]*")
 _IDENTIFIER_LABELS = {"patient_id": "patient ID", "accession_number": "accession number"}
 
 
@@ -188,7 +188,7 @@ def clean_identifier(value, name: str) -> str:
     field = f"The {_IDENTIFIER_LABELS.get(name, name)} ({name})"
     if len(value) > IDENTIFIER_MAX_LENGTH:
         raise RejectedUpload(400, f"{field} must be at most {IDENTIFIER_MAX_LENGTH} characters.")
-    if not _IDENTIFIER_RE.match(value):
+    if not _IDENTIFIER_RE.fullmatch(value):
         raise RejectedUpload(400, f"{field} may contain printable ASCII characters only.")
     return value
 

@@ -29,8 +29,10 @@ def test_request_id_from_the_proxy_is_kept(client):
     assert response["X-Request-ID"] == "5f0c7a1e2b3d4c5e"
 
 
-def test_malformed_request_id_is_replaced_so_clients_cannot_inject_log_text(client):
-    response = client.get("/healthz", HTTP_X_REQUEST_ID="DOE^JANE 1970-01-01 MRN 12345")
+@pytest.mark.parametrize("sent", ["DOE^JANE 1970-01-01 MRN 12345", "5f0c7a1e2b3d4c5e\n"])
+def test_malformed_request_id_is_replaced_so_clients_cannot_inject_log_text(client, sent):
+    """A final line break passed a pattern ending in `$` (bad-input review)."""
+    response = client.get("/healthz", HTTP_X_REQUEST_ID=sent)
     assert re.fullmatch(r"[0-9a-f]{32}", response["X-Request-ID"])
 
 

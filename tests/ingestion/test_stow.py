@@ -159,7 +159,8 @@ def test_to_one_study_stores_its_instances_and_fails_the_others(emr, hospital_a,
     )
 
 
-@pytest.mark.parametrize("study_uid", ["not-a-uid", "1.2.3a", "1." * 40 + "1"])
+# "1.2.3%0A": a UID pattern ending in `$` let a final line break through (bad-input review).
+@pytest.mark.parametrize("study_uid", ["not-a-uid", "1.2.3a", "1." * 40 + "1", "1.2.3%0A"])
 def test_to_one_study_refuses_a_url_that_names_no_uid(study_uid, emr, stored):
     before = stored()
     response = stow(emr, related_body(("application/dicom", CR_CHEST.read_bytes())), url=f"{STOW_URL}/{study_uid}")
