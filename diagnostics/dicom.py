@@ -35,7 +35,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from diagnostics.imaging import NotAnImage, RejectedUpload
+from diagnostics.imaging import NotAnImage, RejectedUpload, jpeg_markers
 
 # pydicom's own log lines can quote element values (patient names included): keep them out
 # of the logs, and do not let its validation warn about values we never store unchecked.
@@ -258,23 +258,15 @@ def codestream_size(head: bytes) -> tuple[int, int] | None:
 
 
 def _jpeg_frame_size(head: bytes) -> tuple[int, int] | None:
-    offset = 2
-    while offset + 4 <= len(head):
-        if head[offset] != 0xFF:
-            return None
-        marker = head[offset + 1]
-        if marker == 0xFF:  # fill byte
-            offset += 1
-            continue
+    # The walk refuses a frame padded with segments (the raster JPEG's walk): each
+    # segment was a step of a Python loop here too.
+    for marker, offset in jpeg_markers(head):
         if marker in _JPEG_FRAME_MARKERS:
             if offset + 9 > len(head):
                 return None
             rows, columns = struct.unpack(">HH", head[offset + 5 : offset + 9])
             return columns, rows
-        if marker == 0xDA:  # scan data before any frame header
-            return None
-        offset += 2 + int.from_bytes(head[offset + 2 : offset + 4], "big")
-    return None
+    return None  # scan data before any frame header, or none at all
 
 
 def is_uid(value: str) -> bool:

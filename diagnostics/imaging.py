@@ -22,8 +22,10 @@ import contextlib
 import ctypes
 import io
 import logging
+import re
 import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any
@@ -285,6 +287,8 @@ def _decode_raster(data: bytes, kind: str) -> DecodedImage:
         _check_png_structure(data)
     elif not data.rstrip(b"\x00\r\n").endswith(b"\xff\xd9"):
         raise RejectedUpload(422, "The JPEG is truncated or has extra data after the image (polyglot?).")
+    else:
+        _check_jpeg_structure(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -375,6 +379,54 @@ def _check_png_structure(data: bytes) -> None:
         raise RejectedUpload(422, "The PNG file is truncated.")
     if data[offset:].strip(b"\x00"):
         raise RejectedUpload(422, "The PNG file has extra data after the image ends (a polyglot file?).")
+
+
+# Segments (and stray or fill bytes) a JPEG may carry before its image data. Real files
+# carry a dozen, up to a few hundred with an ICC profile split in pieces; Pillow reads each
+# in a Python loop and keeps every APP segment: 26 million empty ones in 100 MB took 24 s
+# of a web process's CPU and 3.5 GB (bad-input review).
+JPEG_MAX_SEGMENTS = 1000
+_NOT_A_MARKER = re.compile(rb"[^\xff]+")
+# Markers with no length after them (JPEG's TEM, RSTn, SOI, EOI).
+_JPEG_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xDA)})
+# Reserved JPEG extensions (JPG, JPGn), which Pillow reads as having no length where the
+# standard gives them one: a walk that agrees with Pillow's refuses them.
+_JPEG_RESERVED_MARKERS = frozenset({0xC8, *range(0xF0, 0xFE)})
+
+
+def jpeg_markers(data: bytes) -> Iterator[tuple[int, int]]:
+    """(marker, offset) of each marker of a JPEG codestream after its SOI, up to and with its
+    first scan (SOS), as decoders walk them: stray bytes and fill bytes are skipped. These
+    count with the segments: past JPEG_MAX_SEGMENTS the file is refused (422), in strides
+    of C speed however it is padded."""
+    offset, steps = 2, 0
+    while offset + 1 < len(data):
+        if steps > JPEG_MAX_SEGMENTS:
+            raise RejectedUpload(
+                422, f"The JPEG image carries more than {JPEG_MAX_SEGMENTS:,} segments before its pixel data."
+            )
+        if stray := _NOT_A_MARKER.match(data, offset):
+            steps, offset = steps + stray.end() - offset, stray.end()
+            continue
+        marker, steps = data[offset + 1], steps + 1
+        if marker == 0xFF:  # a fill byte
+            offset += 1
+            continue
+        yield marker, offset
+        if marker == 0xDA:
+            return
+        if marker in _JPEG_STANDALONE_MARKERS:
+            offset += 2
+        else:  # a length under 2 is read as 2, as Pillow reads it
+            offset += 2 + max(2, int.from_bytes(data[offset + 2 : offset + 4], "big"))
+
+
+def _check_jpeg_structure(data: bytes) -> None:
+    """Walk the segments as Pillow will, before Pillow does: they are few, and none is one
+    that Pillow reads differently from the standard."""
+    for marker, _offset in jpeg_markers(data):
+        if marker in _JPEG_RESERVED_MARKERS:
+            raise RejectedUpload(422, "The JPEG file uses a reserved marker that Pleura does not read.")
 
 
 def _raster_to_gray(image: Image.Image) -> np.ndarray:

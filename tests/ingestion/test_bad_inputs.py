@@ -62,6 +62,15 @@ def jpeg_with_size(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+JPEG_SEGMENTS = "The JPEG image carries more than 1,000 segments before its pixel data."
+
+
+def jpeg_padded(padding: bytes) -> bytes:
+    """The normal chest JPEG with `padding` between its SOI and its first segment."""
+    data = NORMAL_JPEG.read_bytes()
+    return data[:2] + padding + data[2:]
+
+
 def corrupt_middle(data: bytes) -> bytes:
     middle = len(data) // 2
     return data[:middle] + bytes(b ^ 0x5A for b in data[middle : middle + 400]) + data[middle + 400 :]
@@ -173,6 +182,13 @@ CORPUS = [
         "The JPEG declares more pixels than allowed (a decompression bomb?)."),
     Bad("jpeg garbage body", lambda: b"\xff\xd8\xff\xe0" + b"\x13" * 500 + b"\xff\xd9", 422, NOT_DECODED_JPEG),
     Bad("jpeg corrupt scan", lambda: corrupt_middle(NORMAL_JPEG.read_bytes()), 422, NOT_DECODED_JPEG),
+    # Pillow read each segment, stray and fill byte in a Python loop: 26 million empty APP5
+    # segments took 24 s and 3.5 GB (bad-input review).
+    Bad("jpeg padded with empty segments", lambda: jpeg_padded(b"\xff\xe5\x00\x02" * 1001), 422, JPEG_SEGMENTS),
+    Bad("jpeg padded with fill bytes", lambda: jpeg_padded(b"\xff" * 1002), 422, JPEG_SEGMENTS),
+    Bad("jpeg padded with stray bytes", lambda: jpeg_padded(b"\xff\xe5\x00\x02" + b"\x00" * 1001), 422, JPEG_SEGMENTS),
+    Bad("jpeg with a reserved marker", lambda: jpeg_padded(b"\xff\xf0\x00\x04\x00\x00"), 422,
+        "The JPEG file uses a reserved marker that Pleura does not read."),
     Bad("truncated dicom", lambda: CR_CHEST.read_bytes()[:100_000], 422,
         "The DICOM file is truncated: its pixel data holds 99,224 of the 387,200 bytes its Rows, Columns, "
         "frames and Bits Allocated call for."),

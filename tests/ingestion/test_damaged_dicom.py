@@ -228,6 +228,23 @@ def test_a_frame_header_hidden_behind_a_64_kb_segment_is_still_read(emr, stored,
     assert stored() == before
 
 
+def test_a_frame_padded_with_empty_segments_is_refused_before_its_header_is_looked_for(emr, stored, monkeypatch):
+    """The frame header's search walked each segment in a Python loop: millions of empty
+    APP5 segments cost what they cost Pillow in a JPEG file (bad-input review)."""
+    frame = _jpeg_frame((64, 64))
+    padded = frame[:2] + b"\xff\xe5\x00\x02" * 1001 + frame[2:]
+    monkeypatch.setattr(dicom, "pixel_array", lambda *a, **k: pytest.fail("decoded before the check"))
+    before = stored()
+
+    response = post_dicom_body(emr, _dicom_of_frame(padded, (64, 64)))
+
+    assert (response.status_code, response.json()["detail"]) == (
+        422,
+        "The JPEG image carries more than 1,000 segments before its pixel data.",
+    )
+    assert stored() == before
+
+
 def test_a_compressed_frame_without_a_readable_header_is_refused_undecoded(emr, stored, monkeypatch):
     monkeypatch.setattr(dicom, "pixel_array", lambda *a, **k: pytest.fail("decoded before the check"))
     before = stored()
