@@ -30,11 +30,14 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     RLELossless,
 )
+from pydicom.values import converters as pydicom_converters
 
+from diagnostics import dicom_walk
 from diagnostics.imaging import NotAnImage, RejectedUpload, jpeg_markers
 
 # pydicom's own log lines can quote element values (patient names included): keep them out
@@ -62,7 +65,7 @@ _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 def read_dataset(data: bytes) -> Dataset:
     """Parse a DICOM file (with or without preamble and file meta); pixel data stays encoded."""
-    _guard_deflate_bomb(data)
+    _guard_parsing_cost(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -83,33 +86,61 @@ def read_dataset(data: bytes) -> Dataset:
     return ds
 
 
-def _guard_deflate_bomb(data: bytes) -> None:
-    """A deflated dataset is inflated whole by pydicom: bound it before pydicom sees it.
+def _guard_parsing_cost(data: bytes) -> None:
+    """Bound what pydicom will do before it does it: a deflated data set is inflated whole
+    (bounded here first), and every element and value is read in Python (counted here
+    first, `dicom_walk`).
 
     Every file with a preamble has its file meta read here (cheap): looking for the
     deflated syntax's UID in the first bytes only was passed by a meta padded past them.
     """
-    # The file meta follows a 128-byte preamble and "DICM", or (pydicom reads that too)
-    # starts the file at once with its group 0002.
-    if data[128:132] != b"DICM" and data[:2] != b"\x02\x00":
-        return  # no file meta, so nothing can declare the data set deflated
     stream = io.BytesIO(data)
     try:
         read_preamble(stream, True)
         meta = _read_file_meta_info(stream)
     except Exception as exc:
         raise RejectedUpload(422, "The DICOM file meta information is corrupt.") from exc
-    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-        return
+    data_set, start = data, stream.tell()
+    syntax = meta.get("TransferSyntaxUID")
+    if syntax == DeflatedExplicitVRLittleEndian:
+        data_set, start = _inflated(data[start:]), 0
+    implicit, little_endian = _encoding_pydicom_reads(data_set, start, syntax)
+    try:
+        dicom_walk.check_value_count(data_set, start, implicit=implicit, little_endian=little_endian)
+    except dicom_walk.TooManyValues as exc:
+        raise RejectedUpload(
+            422,
+            f"The DICOM file holds more than {dicom_walk.MAX_VALUES:,} data elements and values, or sequences "
+            f"nested more than {dicom_walk.MAX_DEPTH} deep: it is not a radiograph Pleura can read.",
+        ) from exc
+
+
+def _inflated(deflated: bytes) -> bytes:
     limit = settings.MAX_UPLOAD_BYTES
     try:
-        inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[stream.tell() :], limit + 1)
+        inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(deflated, limit + 1)
     except zlib.error as exc:
         raise RejectedUpload(422, "The deflated DICOM data set is corrupt and could not be inflated.") from exc
     if len(inflated) > limit:
         raise RejectedUpload(
             413, f"The deflated DICOM data set inflates to more than the {_mb(limit)} limit (a decompression bomb?)."
         )
+    return inflated
+
+
+def _encoding_pydicom_reads(data: bytes, start: int, syntax) -> tuple[bool, bool]:
+    """(implicit VR, little endian) as pydicom's dcmread settles them for the data set."""
+    if syntax is None:  # no file meta: pydicom looks at the first element's VR
+        vr = data[start + 4 : start + 6].decode("latin-1")
+        if vr not in pydicom_converters:
+            return True, True
+        group = int.from_bytes(data[start : start + 2], "little")
+        return False, group < 1024
+    if syntax == ImplicitVRLittleEndian:
+        return True, True
+    if syntax == ExplicitVRBigEndian:
+        return False, False
+    return False, True
 
 
 def _mb(n: int) -> str:
