@@ -23,8 +23,11 @@ from collections import Counter
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import FieldDoesNotExist, PermissionDenied
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied, ValidationError
 from django.db import transaction
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 
 from hospital import audit, services
@@ -34,7 +37,37 @@ from hospital.tenancy import NotInThisHospital, admin_hospitals, for_hospitals
 VIEW, ADD, CHANGE, DELETE = "view", "add", "change", "delete"
 
 
-class HospitalScopedAdmin(admin.ModelAdmin):
+class ReadableLookupsMixin:
+    """A list's address or action that names what no row can hold is refused as Django
+    refuses an unknown filter (its `?e=1` page, a message), not with a 500: a NUL in a
+    filter or search (PostgreSQL refuses it in a query), a year of 99999 or a day past
+    9999-12-31, a selected id that is not one (bad-input review)."""
+
+    def get_changelist_instance(self, request):
+        if any("\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists()):
+            raise IncorrectLookupParameters("A NUL character in the list's address.")
+        try:
+            return super().get_changelist_instance(request)
+        except (ValueError, OverflowError) as exc:  # dates out of range, raised building the query
+            raise IncorrectLookupParameters(str(exc)) from exc
+
+    def get_search_results(self, request, queryset, search_term):
+        # The autocomplete's search comes here too (with its term), not through the list.
+        if "\x00" in search_term:
+            return queryset.none(), False
+        return super().get_search_results(request, queryset, search_term)
+
+    def response_action(self, request, queryset):
+        try:
+            for value in request.POST.getlist(ACTION_CHECKBOX_NAME):
+                self.model._meta.pk.to_python(value)
+        except ValidationError:
+            self.message_user(request, "The items selected are not rows of this list: nothing done.", messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+        return super().response_action(request, queryset)
+
+
+class HospitalScopedAdmin(ReadableLookupsMixin, admin.ModelAdmin):
     """Base admin for tenant-owned models.
 
     - `hospital_lookup`: the path from the model to its Hospital (`"hospital"`,

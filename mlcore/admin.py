@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 
 from hospital import audit
+from hospital.admin import ReadableLookupsMixin
 from mlcore import registry
 from mlcore.models import ModelVersion
 
@@ -18,7 +19,7 @@ def _is_superuser(request) -> bool:
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin):
+class ModelVersionAdmin(ReadableLookupsMixin, admin.ModelAdmin):
     list_display = ["name", "status", "architecture", "image_size", "threshold", "auc", "sensitivity", "created_at"]
     list_filter = ["status", "architecture"]
     search_fields = ["name", "weights_sha256"]
