@@ -73,6 +73,24 @@ def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     return defaults.page_not_found(request, exception)
 
 
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """A request Django itself refused to read (more fields than DATA_UPLOAD_MAX_NUMBER_FIELDS,
+    a body past its size limit, a suspicious operation): machines get {"detail": ...} in
+    JSON, as for every other error of theirs (they got the portal's HTML page), people the
+    portal's page. The exception's own words are never repeated."""
+    if request.path.startswith(MACHINE_PATHS):
+        detail = _BAD_REQUEST_WORDS.get(type(exception).__name__, "The request is malformed and could not be read.")
+        return JsonResponse({"detail": detail}, status=400)
+    return defaults.bad_request(request, exception)
+
+
+_BAD_REQUEST_WORDS = {
+    "TooManyFieldsSent": "The request sends more fields than Pleura reads: send the few its documentation names.",
+    "TooManyFilesSent": "The request sends more files than Pleura reads: send one radiograph per request.",
+    "RequestDataTooBig": "The request's body is larger than Pleura reads at this address.",
+}
+
+
 def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
     """Django's 403, kept in the trail (`access.denied`): a member trying what their role
     may not do, an admin reaching for another hospital's page."""

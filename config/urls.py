@@ -8,6 +8,7 @@ from diagnostics import health, performance
 from diagnostics.metrics import metrics_view
 from hospital import consent
 
+handler400 = "config.errors.bad_request"
 handler403 = "config.errors.permission_denied"
 handler404 = "config.errors.page_not_found"
 handler500 = "config.errors.server_error"

@@ -636,3 +636,22 @@ def test_options_on_the_search_describes_its_filters(caller, who):
     response = caller(who).options(SEARCH_URL)
     assert response.status_code == 200
     assert sorted(response.json()["actions"]["POST"]) == ["accession_number", "status"]
+
+
+def test_a_request_django_refuses_to_read_is_answered_in_json_on_the_api(caller):
+    """More fields than Django reads got the portal's HTML page (bad-input review)."""
+    words = "The request sends more fields than Pleura reads: send the few its documentation names."
+    listed = caller("key_a").get(STUDIES_URL + "?" + "&".join(f"a{n}=1" for n in range(1001)))
+    searched = caller("key_a").post(
+        SEARCH_URL, "&".join(f"a{n}=1" for n in range(3000)), content_type="application/x-www-form-urlencoded"
+    )
+
+    for response in (listed, searched):
+        assert (response.status_code, response["Content-Type"], response.json()) == (
+            400, "application/json", {"detail": words},
+        )  # fmt: skip
+
+
+def test_a_person_still_gets_the_portals_page_for_such_a_request(client_for, doctor):
+    response = client_for(doctor).get("/?" + "&".join(f"a{n}=1" for n in range(1001)))
+    assert (response.status_code, response["Content-Type"].split(";")[0]) == (400, "text/html")
