@@ -431,7 +431,8 @@ def _begin(requested: list[int], claim: str, held: list[_Batch], in_model: set) 
         else:
             seen.add(key)
             to_compute.append(study)
-    batch.reused = _reuse_all(reusing)
+    batch.reused, not_reused = _reuse_all(reusing)
+    to_compute += not_reused
     batch.ready, batch.grays, unreadable = _decode_all(to_compute)
     if unreadable:
         # Each is tried again alone once this batch is done, counting an attempt, so a
@@ -595,7 +596,11 @@ def _store_duplicates(duplicates: list[Study], version: ModelVersion) -> list[in
         else:  # its twin failed or was taken by another worker: predict it on its own
             _release([study.pk], study.claimed_by)
             publish([study.pk])
-    return _store_all(_reuse_all(reusing))
+    reused, not_reused = _reuse_all(reusing)
+    for study in not_reused:  # its twin's heatmap could not be read: predicted on its own
+        _release([study.pk], study.claimed_by)
+        publish([study.pk])
+    return _store_all(reused)
 
 
 def _serving_engine():
@@ -830,11 +835,20 @@ def _reusable_predictions(studies: list[Study], version: ModelVersion) -> dict[t
     return earliest
 
 
-def _reuse_all(reusing: list[tuple[Study, Prediction]]) -> list[_Result]:
-    outcomes = storage_io.map(_reused_pair, reusing)
-    if (error := _first_error(outcomes)) is not None:
-        raise StorageUnreachable(f"an earlier heatmap could not be read ({type(error).__name__})") from error
-    return outcomes
+def _reuse_all(reusing: list[tuple[Study, Prediction]]) -> tuple[list[_Result], list[Study]]:
+    """The results reused, and the studies whose earlier heatmap could not be read, which
+    are computed instead. One unreadable heatmap (a permission, an object the bucket
+    refuses) raised for the whole batch, which went back without counting an attempt and,
+    claimed again first, took every later batch down with it: the queue stood still
+    (worker review). Gone, it was reused with no heatmap to show."""
+    reused, computed = [], []
+    for (study, _source), outcome in zip(reusing, storage_io.map(_reused_pair, reusing), strict=True):
+        if isinstance(outcome, Exception):
+            log.warning("earlier heatmap unreadable (%s): study %s is computed", type(outcome).__name__, study.pk)
+            computed.append(study)
+        else:
+            reused.append(outcome)
+    return reused, computed
 
 
 def _reused_pair(pair: tuple[Study, Prediction]) -> _Result:
@@ -857,11 +871,8 @@ def _reused(study: Study, source: Prediction) -> _Result:
     if source.heatmap:
         # Through the storage, not `source.heatmap.open()`: studies of one batch may share a
         # source, read in threads at once, and a FieldFile keeps the file it opened.
-        try:
-            with source.heatmap.storage.open(source.heatmap.name, "rb") as handle:
-                heatmap_png = handle.read()
-        except FileNotFoundError:
-            heatmap_png = None
+        with source.heatmap.storage.open(source.heatmap.name, "rb") as handle:
+            heatmap_png = handle.read()
     return _Result(study, prediction, heatmap_png, origin="reused")
 
 

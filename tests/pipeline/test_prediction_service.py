@@ -7,6 +7,7 @@ import re
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.core.cache import cache
@@ -580,6 +581,30 @@ def test_identical_pixels_in_the_same_hospital_reuse_the_earlier_prediction(hosp
     with reused.heatmap.open("rb") as a, first.heatmap.open("rb") as b:
         assert a.read() == b.read()
     assert AuditEvent.objects.get(action="prediction.made", target_id=str(again.code)).detail["reused"] is True
+
+
+@pytest.mark.parametrize("heatmap_becomes", ["a folder", "nothing"])
+def test_a_twin_whose_earlier_heatmap_cannot_be_read_is_computed_and_its_batch_completes(
+    hospital_a, tiny_model, heatmap_becomes
+):
+    """Unreadable (here a folder where the file was, as a permission or a bucket's refusal
+    would be), it raised for the whole batch, which went back without an attempt counted
+    and, claimed first again, took every later batch with it (worker review). Gone, the
+    twin was reused with no heatmap to show."""
+    original = store_study(hospital_a, PNEUMONIA_IMAGE)
+    pipeline.predict_studies([original.pk])
+    heatmap = Path(Prediction.objects.get(study=original).heatmap.path)
+    heatmap.unlink()
+    if heatmap_becomes == "a folder":
+        heatmap.mkdir()
+    twin = store_study(hospital_a, PNEUMONIA_IMAGE, patient_id="MRN-other")
+    others = [store_study(hospital_a, image) for image in OTHER_IMAGES[:2]]
+
+    assert sorted(pipeline.predict_studies([twin.pk])) == sorted([twin.pk, *(study.pk for study in others)])
+
+    computed = Prediction.objects.get(study=twin)
+    assert (computed.reused_from, bool(computed.heatmap)) == (None, True)
+    assert Study.objects.filter(status=COMPLETED).count() == 4
 
 
 def test_identical_pixels_twice_in_one_batch_are_computed_once(hospital_a, tiny_model):
