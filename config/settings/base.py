@@ -199,10 +199,24 @@ def filesystem_broker_options(broker_dir: Path) -> dict:
     }
 
 
+# Publishing at upload time must fail fast when the broker is down (the sweeper re-queues).
+CELERY_BROKER_CONNECTION_TIMEOUT = env_int("CELERY_BROKER_CONNECTION_TIMEOUT", 2)
+
+
+def redis_broker_options() -> dict:
+    """A broker that accepts connections but never answers (a failover, a dead NAT entry)
+    held each upload's publish for good, and so a web worker until gunicorn killed it
+    (worker review): blocking reads give up after `socket_timeout`, well above the 1 s
+    that a worker's BRPOP waits."""
+    return {
+        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 600),
+        "socket_timeout": env_int("CELERY_BROKER_SOCKET_TIMEOUT", 5),
+        "socket_connect_timeout": CELERY_BROKER_CONNECTION_TIMEOUT,
+    }
+
+
 CELERY_BROKER_TRANSPORT_OPTIONS = (
-    filesystem_broker_options(BROKER_DIR)
-    if CELERY_BROKER_URL.startswith("filesystem://")
-    else {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 600)}
+    filesystem_broker_options(BROKER_DIR) if CELERY_BROKER_URL.startswith("filesystem://") else redis_broker_options()
 )
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_IGNORE_RESULT = True
@@ -229,8 +243,6 @@ CELERY_WORKER_PROC_ALIVE_TIMEOUT = 60
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Publishing at upload time must fail fast when the broker is down (the sweeper re-queues).
-CELERY_BROKER_CONNECTION_TIMEOUT = env_int("CELERY_BROKER_CONNECTION_TIMEOUT", 2)
 # The pipeline: studies stuck in queued/processing longer than this are re-queued by the
 # sweeper (every PIPELINE_SWEEP_SECONDS), at most PIPELINE_MAX_ATTEMPTS times.
 # Studies one worker predicts in one batch (see diagnostics/pipeline.py for the measurements).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import re
+import socket
 import threading
 import time
 from datetime import timedelta
@@ -872,6 +873,36 @@ def test_enqueue_never_raises_when_the_broker_is_unreachable(hospital_a, monkeyp
     assert Study.objects.get(pk=study.pk).status == QUEUED
     assert "broker unreachable, 1 studies stay queued for the sweeper" in caplog.text
     assert "MRN-4242" not in caplog.text and "Doe" not in caplog.text
+
+
+def test_enqueue_gives_up_on_a_broker_that_accepts_but_never_answers(hospital_a, monkeypatch, caplog):
+    """With no socket timeout, the publish waited for good, and the upload's web worker
+    with it until gunicorn killed it (worker review). The join's bound only tells a hang
+    from an answer: the publish gives up after the settings' 5 s."""
+    from django.conf import settings as django_settings
+
+    from config.celery import app
+    from config.settings.base import redis_broker_options
+    from tests.pipeline.conftest import point_publisher_at
+
+    monkeypatch.undo()  # the real publish
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never replies
+    previous = (app.conf.broker_url, dict(app.conf.broker_transport_options or {}))
+    point_publisher_at(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", redis_broker_options())
+    outcome = []
+    try:
+        study = store_study(hospital_a, NORMAL_IMAGE)
+        publisher = threading.Thread(target=lambda: outcome.append(pipeline.enqueue_prediction(study.pk)))
+        publisher.start()
+        publisher.join(timeout=60)
+    finally:
+        silent.close()
+        point_publisher_at(*previous)
+
+    assert (outcome, redis_broker_options()["socket_timeout"]) == ([False], 5)
+    assert django_settings.CELERY_BROKER_CONNECTION_TIMEOUT == 2
+    assert Study.objects.get(pk=study.pk).status == QUEUED
+    assert "broker unreachable, 1 studies stay queued for the sweeper" in caplog.text
 
 
 def test_warm_up_runs_the_model_on_blank_images_of_its_input_size(tiny_model, monkeypatch):
