@@ -43,4 +43,5 @@ def test_the_study_page_and_the_worklist_show_a_study_just_below_the_threshold_b
     assert 'style="width: 92.0%"' in page  # the bar: the probability itself
     assert '<span class="result result--normal">Normal</span>' in worklist
     # Whole percents, or as many places as tell it from the threshold (two at most).
-    assert 'title="Probability of pneumonia (threshold 0.92)">&lt;92.00%</span>' in worklist
+    # Named in the cell: "Normal 92%" read as 92% sure it is normal (UX review).
+    assert 'title="Probability of pneumonia (threshold 0.92)">pneumonia &lt;92.00%</span>' in worklist
