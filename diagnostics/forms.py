@@ -101,6 +101,13 @@ class ReviewForm(forms.Form):
         cleaned = super().clean()
         verdict, label = cleaned.get("verdict"), cleaned.get("correct_label")
         if verdict == Review.Verdict.AGREE:
+            # Saved as the model's finding, another one chosen was dropped without a word (UX review).
+            if label and label != self.model_label:
+                self.add_error(
+                    "correct_label",
+                    "That is not the model's finding: choose 'Disagree' to correct it, "
+                    "or set no correct finding to agree.",
+                )
             cleaned["correct_label"] = self.model_label
         elif verdict == Review.Verdict.DISAGREE:
             if not label:

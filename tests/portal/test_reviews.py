@@ -113,6 +113,12 @@ def test_without_javascript_the_form_posts_and_redirects_back(client_for, radiol
             {"verdict": "disagree", "correct_label": "pneumonia"},
             "That is the model&#x27;s finding; choose &#x27;Agree&#x27; instead.",
         ),
+        # Saved as the model's finding, the one chosen was dropped without a word (UX review).
+        (
+            {"verdict": "agree", "correct_label": "normal"},
+            "That is not the model&#x27;s finding: choose &#x27;Disagree&#x27; to correct it, or set no correct "
+            "finding to agree.",
+        ),
         ({"verdict": "maybe"}, "Select a valid choice. maybe is not one of the available choices."),
         (
             {"verdict": "disagree", "correct_label": "normal", "note": "x" * 2001},
