@@ -96,6 +96,7 @@ def ingest_upload(
         study, queued = _store_unless_sent_before(
             sent_before, build, data, audit_context, source=source, refreshed=refreshed,
             same_instance=partial(_same_instance, decoded=decoded, typed_patient_id=patient_id),
+            typed={"patient_id": patient_id, "accession_number": accession_number},
         )  # fmt: skip
     except (StorageUnavailable, imaging.InstanceConflict, imaging.IdempotencyKeyReused) as exc:
         _audit_rejected(exc, audit_context, source=source, size=len(data))
@@ -107,12 +108,13 @@ def ingest_upload(
 
 def _store_unless_sent_before(
     existing: Study | None, build: Callable[[], Study], data: bytes, audit_context: dict, *, source: str,
-    refreshed: list[str], same_instance: Callable[[Study], bool],
+    refreshed: list[str], same_instance: Callable[[Study], bool], typed: dict[str, str],
 ) -> tuple[Study, bool]:  # fmt: skip
     """Store the study `build` makes and its file, unless its instance was sent before
-    (`existing`): then the study sent before, queued anew if it had failed. Returns
-    (study, queued). `build` hashes the file and its pixels, so a study sent before and
-    not failed, as an EMR's resends are, is answered without it."""
+    (`existing`): then the study sent before, queued anew if it had failed, with the
+    identifiers `typed` for the copy where it has none. Returns (study, queued). `build`
+    hashes the file and its pixels, so a study sent before and not failed, as an EMR's
+    resends are, is answered without it."""
     if existing is not None and existing.status == Study.Status.FAILED:
         if _queue_again(existing, build(), data, audit_context, refreshed=refreshed):
             return existing, True
@@ -132,8 +134,24 @@ def _store_unless_sent_before(
                 existing = Study.objects.for_hospital(study.hospital).get(sop_instance_uid=study.sop_instance_uid)
                 if not same_instance(existing):
                     raise imaging.InstanceConflict from None
-    _audit_uploaded(existing, audit_context, source=source, created=False)
+    filled = _fill_in_identifiers(existing, typed)
+    _audit_uploaded(existing, audit_context, source=source, created=False, **({"filled_in": filled} if filled else {}))
     return existing, False
+
+
+def _fill_in_identifiers(study: Study, typed: dict[str, str]) -> list[str]:
+    """The names of the identifiers typed for a copy that its study lacked, now its own.
+    A radiograph first sent with no patient ID, then again with one, was answered "already
+    received" with the ID dropped: the worklist never found it under that patient (UX
+    review). Only a blank is filled (a conditional update), never an identifier replaced:
+    one that contradicts the study's patient is refused before this (`_same_instance`)."""
+    filled = []
+    for name, value in typed.items():
+        blank = Study.objects.filter(pk=study.pk, **{name: ""})
+        if value and not getattr(study, name) and blank.update(**{name: value, "updated_at": timezone.now()}):
+            setattr(study, name, value)
+            filled.append(name)
+    return filled
 
 
 def _sent_with_key(

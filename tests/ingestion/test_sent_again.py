@@ -206,3 +206,29 @@ def test_a_picture_drawn_from_the_copy_being_replaced_is_not_kept(emr, stored):
     assert not any("display-" in name for name in stored().files)
     drawn = services.display_image_of(study)  # the next viewer draws from the new copy
     assert Study.objects.get(pk=study.pk).display_image.name == drawn.name
+
+
+def test_an_identifier_typed_for_a_copy_fills_in_a_study_that_has_none(client_for, doctor):
+    """Sent first with no patient ID (CR_CHEST's header names none), then again with one,
+    the radiograph was "already received" and the ID dropped: the worklist never found it
+    under that patient (UX review). A blank is filled; an identifier is never replaced
+    (CR_CHEST's header has its accession number)."""
+    client = client_for(doctor)
+
+    def upload(**typed):
+        with CR_CHEST.open("rb") as radiograph:
+            response = client.post(
+                reverse("diagnostics:upload"), {"files": radiograph, **typed}, HTTP_HX_REQUEST="true"
+            )
+        return response.status_code, Study.objects.get()
+
+    upload()
+    Study.objects.update(status=Study.Status.COMPLETED)
+    first_accession = Study.objects.get().accession_number
+    status_code, study = upload(patient_id="MRN-8001")
+    assert (status_code, study.status, study.patient_id) == (200, "completed", "MRN-8001")
+    _, study = upload(accession_number="ACC-8002")
+    assert (study.patient_id, study.accession_number) == ("MRN-8001", first_accession)
+
+    events = AuditEvent.objects.filter(action="study.uploaded").order_by("id")
+    assert [event.detail.get("filled_in") for event in events] == [None, ["patient_id"], None]
