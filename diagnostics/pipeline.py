@@ -404,8 +404,12 @@ def _begin(requested: list[int], claim: str, held: list[_Batch], in_model: set) 
     again.
     """
     holding_others = bool(held)
-    # Direct calls (no message) get an owner of their own, so what they won can be told apart too.
-    owner = claim or f"direct-{uuid.uuid4().hex}"
+    # Each batch's owner is its own: the message's id, then a part of its own. A message
+    # Celery delivers again while its first run is alive (a broker connection lost) runs
+    # twice at once; under one owner each run's changes passed for the other's, and the
+    # first stored a result of the version it had claimed under over the second's claim
+    # (worker review). Direct calls (no message) get an owner of their own too.
+    owner = f"{claim}{MESSAGE_SEPARATOR}{uuid.uuid4().hex[:12]}" if claim else f"direct-{uuid.uuid4().hex}"
     claimed = _claim(requested, owner, holding=_claimed_by(held))
     if not claimed:
         return None
@@ -494,6 +498,10 @@ def _finish(batch: _Batch) -> list[int]:
     return done
 
 
+# Between a message's id and the part of its owner that is the batch's own (`_begin`).
+MESSAGE_SEPARATOR = "#"
+
+
 def _claim(requested: list[int], owner: str, holding: Collection[int] = ()) -> list[int]:
     """Take up to MAX_BATCH studies, mark them `owner`'s and return their pks: one statement.
 
@@ -506,8 +514,12 @@ def _claim(requested: list[int], owner: str, holding: Collection[int] = ()) -> l
     so there the statement itself is the lock.
     """
     now = timezone.now()
-    # A direct call's owner (`_begin`) is new, so it finds no orphans of its own.
-    orphans = Q(status=STATUS.PROCESSING, claimed_by=owner) & ~Q(pk__in=holding)
+    # Orphans are the studies of any run of this owner's message (`_begin`), or, claimed
+    # before owners had a part of their own, of the message itself. A direct call's
+    # owner is new, so it finds none.
+    message = owner.split(MESSAGE_SEPARATOR, 1)[0]
+    of_this_message = Q(claimed_by=message) | Q(claimed_by__startswith=f"{message}{MESSAGE_SEPARATOR}")
+    orphans = Q(status=STATUS.PROCESSING) & of_this_message & ~Q(pk__in=holding)
     claimable = Q(status=STATUS.QUEUED) | orphans
     batch = Study.objects.filter(claimable).order_by(
         Case(When(pk__in=requested, then=0), When(status=STATUS.PROCESSING, then=1), default=2),

@@ -1232,8 +1232,26 @@ def test_a_worker_written_off_neither_fails_nor_puts_back_a_study_another_worker
     pipeline._release(stale.claimed, stale.owner, restarted=True)
 
     row = Study.objects.get(pk=study.pk)
-    assert (row.status, row.claimed_by, row.attempts) == (PROCESSING, "task-B", 1)
+    assert (row.status, row.claimed_by, row.attempts) == (PROCESSING, fresh.owner, 1)
+    assert fresh.owner.startswith("task-B#")
     assert pipeline._finish(fresh) == [study.pk]
+
+
+def test_a_message_delivered_again_while_its_first_run_is_alive_is_stored_once_by_the_run_that_holds_it(
+    hospital_a, tiny_model, _no_broker
+):
+    """A broker connection lost puts a running message back in the queue: two runs of one
+    message, under one owner, passed each other's checks, and the first stored the result
+    it computed under the version it had claimed with, over the second's claim (worker
+    review). The second run takes the study over as an orphan; the first stores nothing."""
+    study = store_study(hospital_a, NORMAL_IMAGE)
+    first = pipeline._begin([study.pk], "message-7", held=[], in_model=set())
+    second = pipeline._begin([study.pk], "message-7", held=[], in_model=set())
+
+    assert first.owner != second.owner
+    assert pipeline._finish(first) == []
+    assert pipeline._finish(second) == [study.pk]
+    assert (Study.objects.get(pk=study.pk).status, Prediction.objects.count()) == (COMPLETED, 1)
 
 
 def test_a_database_lost_while_storing_leaves_no_heatmap_behind(hospital_a, tiny_model, settings, monkeypatch):
