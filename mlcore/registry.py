@@ -140,8 +140,15 @@ def activate(
         raise RegistryError(f"{version.name} is already the active version")
     if from_status is not None and version.status != from_status:
         raise RegistryError(f"{version.name} is {version.get_status_display().lower()} now, not {from_status}")
-    if not resolve_weights_path(version).is_file():
-        raise RegistryError(f"weights for {version.name} are missing at {resolve_weights_path(version)}")
+    weights = resolve_weights_path(version)
+    if not weights.is_file():
+        raise RegistryError(f"weights for {version.name} are missing at {weights}")
+    from mlcore.network import file_sha256
+
+    # Changed since it was registered, the file would be refused by every worker's engine
+    # (its hash is checked on load), and the studies would wait with no model (worker review).
+    if file_sha256(weights) != version.weights_sha256:
+        raise RegistryError(f"weights for {version.name} at {weights} do not match the sha256 it was registered with")
     previous = ModelVersion.objects.active()
     if gated:
         from mlcore.promotion import gate_failures

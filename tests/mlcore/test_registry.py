@@ -196,6 +196,22 @@ def test_rollback_reactivates_a_retired_version_and_is_audited(active_v1, make_m
     assert event.detail == {"name": "v1", "previous": "v2", "reason": "drift"}
 
 
+def test_a_version_whose_weights_changed_since_registration_is_neither_promoted_nor_rolled_back_to(
+    active_v1, make_model
+):
+    """Only the file's presence was checked: a promoted version that no worker's engine
+    would load (its hash is checked there) left every study waiting with no model (worker
+    review)."""
+    _run("register_model", make_model("v2", roc_auc=0.95, sensitivity=0.96))
+    compare_with_active("v2")
+    with open(registry.resolve_weights_path(ModelVersion.objects.get(name="v2")), "ab") as weights:
+        weights.write(b"\0")
+
+    with pytest.raises(CommandError, match="do not match the sha256 it was registered with"):
+        call_command("promote_model", "v2")
+    assert ModelVersion.objects.active().name == "v1"
+
+
 def test_rollback_refuses_a_version_that_was_never_active(active_v1, make_model):
     _run("register_model", make_model("v2"))
     with pytest.raises(CommandError, match="v2 was never active; promote it instead"):
