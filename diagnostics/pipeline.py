@@ -751,8 +751,12 @@ def _load_gray(study: Study) -> np.ndarray:
         # past DECODE_HUNG_SECONDS counted as hung, so the stalled reads then decoded
         # together, uncounted (review of this stop's late fixes).
         return imaging.load_grayscale(
-            study, passthrough=TRANSIENT_ERRORS, decoding=partial(decode_budget.holding, study)
+            study, passthrough=(*TRANSIENT_ERRORS, MemoryError), decoding=partial(decode_budget.holding, study)
         )
+    except MemoryError as exc:
+        # The host's memory, not the file: failed as undecodable, a moment's pressure lost
+        # the study for good, with no Analyse again (worker review). It counts an attempt.
+        raise OutOfMemory(f"out of memory decoding study {study.code}") from exc
     except imaging.StoredFileMissing as exc:
         raise PermanentStudyError(metrics.REASON_MISSING_FILE, MISSING_FILE_MESSAGE) from exc
     except (imaging.StoredFileRefused, imaging.StoredFileUnreachable) as exc:

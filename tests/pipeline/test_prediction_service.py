@@ -1049,6 +1049,27 @@ def test_out_of_memory_even_on_one_image_fails_no_study_and_sends_them_back_rest
     assert list(Study.objects.values_list("status", "attempts", "failure_code")) == [(QUEUED, 1, "")] * 3
 
 
+def test_memory_run_out_while_decoding_fails_no_study_and_sends_them_back_restarted(
+    hospital_a, tiny_model, monkeypatch
+):
+    """Wrapped as any decoder error, a moment's memory pressure failed the study for good
+    as undecodable, with no Analyse again (worker review)."""
+    from diagnostics import imaging
+
+    studies = [store_study(hospital_a, image) for image in _images(2)]
+
+    def no_memory(data):
+        raise MemoryError
+
+    monkeypatch.setattr(imaging, "decode_upload", no_memory)
+
+    with pytest.raises(pipeline.TransientPipelineError) as raised:
+        pipeline.predict_studies([studies[0].pk])
+
+    assert sorted(raised.value.study_ids) == [s.pk for s in studies]
+    assert list(Study.objects.values_list("status", "attempts", "failure_code")) == [(QUEUED, 1, "")] * 2
+
+
 def test_one_unreadable_original_goes_back_alone_its_batch_is_predicted_and_it_fails_in_the_end(
     hospital_a, tiny_model, monkeypatch, settings
 ):
