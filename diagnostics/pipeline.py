@@ -1163,8 +1163,11 @@ def _give_up(study: Study, *, from_status: str) -> bool:
 
 
 def _requeue(study: Study, now) -> bool:
-    """A `processing` study whose worker died: one attempt spent."""
-    updated = Study.objects.filter(pk=study.pk, status=study.status, attempts=study.attempts).update(
+    """A `processing` study whose worker died: one attempt spent. Only under the claim
+    the sweep found stuck: released and claimed by a live worker meanwhile, it was put
+    back under that worker, whose work was then thrown away (worker review)."""
+    still_stuck = {"claimed_by": study.claimed_by, "started_at": study.started_at}
+    updated = Study.objects.filter(pk=study.pk, status=study.status, attempts=study.attempts, **still_stuck).update(
         status=STATUS.QUEUED,
         claimed_by="",
         attempts=F("attempts") + 1,

@@ -801,6 +801,21 @@ def test_shadow_candidate_predicts_silently_beside_the_active_model(hospital_a, 
     ]
 
 
+def test_the_sweeper_leaves_a_study_a_live_worker_claimed_after_it_was_found_stuck(hospital_a, _no_broker):
+    """Between the sweep's read and its update the stuck claim was released and a live
+    worker took the study: it was put back under that worker, whose work was thrown
+    away and an attempt spent (worker review)."""
+    study = store_study(hospital_a, NORMAL_IMAGE)
+    Study.objects.filter(pk=study.pk).update(
+        status=PROCESSING, started_at=timezone.now() - timedelta(minutes=10), claimed_by="dead"
+    )
+    as_the_sweep_read_it = Study.objects.get(pk=study.pk)
+    Study.objects.filter(pk=study.pk).update(claimed_by="alive", started_at=timezone.now())
+
+    assert pipeline._requeue(as_the_sweep_read_it, timezone.now()) is False
+    assert Study.objects.filter(pk=study.pk, status=PROCESSING, claimed_by="alive", attempts=0).exists()
+
+
 def test_sweeper_requeues_stuck_studies_and_gives_up_after_the_bound(hospital_a, _no_broker, settings):
     settings.PIPELINE_STUCK_SECONDS = 300
     settings.PIPELINE_MAX_ATTEMPTS = 3
