@@ -1,11 +1,12 @@
-"""The promotion gate: a candidate reaches doctors only if it measures at least as well."""
+"""The promotion gate: a candidate reaches doctors only if it measures no worse on every
+gated metric and better on at least one."""
 
 from __future__ import annotations
 
 from mlcore.models import ModelVersion
 
 # Specificity too: a candidate that calls every radiograph pneumonia keeps AUC and
-# sensitivity and loses specificity; it does not measure "at least as well".
+# sensitivity and loses specificity; it measures worse.
 GATED_METRICS = ("roc_auc", "sensitivity", "specificity")
 # Below this many reviewed hold-out cases, their AUC and sensitivity are too noisy to
 # veto a candidate (one case moves sensitivity by several points); they are still shown.
@@ -36,10 +37,15 @@ def gate_failures(candidate: ModelVersion, active: ModelVersion | None) -> list[
             f"{candidate.name} was compared with {compared_with.get('name') or 'another version'}, not with the "
             f"active version {active.name}; retrain from {active.name} to compare with it"
         ]
-    failures = _compare(comparison.get("candidate") or {}, comparison.get("active") or {}, "")
+    compared = [(comparison.get("candidate") or {}, comparison.get("active") or {}, "")]
     holdout = comparison.get("reviewed_holdout") or {}
     if holdout.get("images", 0) >= MIN_REVIEWED_HOLDOUT and (holdout.get("active") or {}).get("roc_auc") is not None:
-        failures += _compare(holdout.get("candidate") or {}, holdout["active"], "on reviewed cases: ")
+        compared.append((holdout.get("candidate") or {}, holdout["active"], "on reviewed cases: "))
+    failures = [failure for new, old, where in compared for failure in _compare(new, old, where)]
+    # Better models are promoted only when they measure better: one that ties on every
+    # metric would replace the version doctors have for nothing (worker review).
+    if not failures and not any(new[metric] > old[metric] for new, old, _ in compared for metric in GATED_METRICS):
+        failures.append(f"{candidate.name} measures no better than the active version {active.name} on any metric")
     return failures
 
 

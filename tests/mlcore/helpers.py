@@ -66,14 +66,19 @@ def copy_model_dir(source: Path, destination: Path, *, name: str | None = None) 
     return destination
 
 
-def compare_with_active(name: str) -> None:
+def compare_with_active(name: str, *, roc_auc_gain: float = 0.0) -> None:
     """Record what retraining records for the gate: the version `name` and the active one
-    measured on one locked set (here, the validation metrics each was registered with)."""
+    measured on one locked set (here, the validation metrics each was registered with,
+    the candidate's ROC AUC raised by `roc_auc_gain`: a version of the same weights
+    measures no better, and the gate refuses it)."""
     from mlcore.models import ModelVersion
 
     candidate, active = ModelVersion.objects.get(name=name), ModelVersion.objects.active()
+    measured = {**candidate.metrics}
+    if roc_auc_gain:
+        measured["roc_auc"] = measured["roc_auc"] + roc_auc_gain
     comparison = {
-        "candidate": candidate.metrics,
+        "candidate": measured,
         "active": active.metrics,
         "against": {"name": active.name, "weights_sha256": active.weights_sha256},
     }

@@ -51,9 +51,24 @@ def test_gate_refuses_candidate_worse_on_enough_reviewed_cases():
 @pytest.mark.django_db
 def test_gate_ignores_reviewed_holdout_too_small_to_judge():
     active = _version("active", ModelVersion.Status.ACTIVE, SAME, ACTIVE_WEIGHTS)
-    candidate = _version("candidate", ModelVersion.Status.CANDIDATE, _comparison(MIN_REVIEWED_HOLDOUT - 1, 0.85))
+    candidate = _version(
+        "candidate", ModelVersion.Status.CANDIDATE, _comparison(MIN_REVIEWED_HOLDOUT - 1, 0.85, roc_auc=0.995)
+    )
 
     assert gate_failures(candidate, active) == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("holdout_auc", "refused"), [(0.90, True), (0.91, False)])
+def test_a_candidate_that_measures_no_better_anywhere_is_refused(holdout_auc, refused):
+    """Not worse was enough: a candidate tying on every metric replaced the version doctors
+    had, for nothing (worker review). Better on the reviewed cases counts."""
+    active = _version("active", ModelVersion.Status.ACTIVE, SAME, ACTIVE_WEIGHTS)
+    candidate = _version("candidate", ModelVersion.Status.CANDIDATE, _comparison(MIN_REVIEWED_HOLDOUT, holdout_auc))
+
+    assert gate_failures(candidate, active) == (
+        ["candidate measures no better than the active version active on any metric"] if refused else []
+    )
 
 
 @pytest.mark.django_db

@@ -148,7 +148,7 @@ def test_two_promotions_at_once_gate_the_second_against_the_first(active_model, 
         folder = copy_model_dir(source, loop_settings / name, name=name)
         _shift_logits(folder / "weights.pt", shift * 1e-6)  # weights of its own, the same ranking
         registry.register_from_dir(folder)
-        compare_with_active(name)
+        compare_with_active(name, roc_auc_gain=0.001)
     both_ready = threading.Barrier(2, timeout=30)
     real_activate = registry.activate
 
