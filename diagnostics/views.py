@@ -78,6 +78,11 @@ def _worklist_queryset(hospital) -> QuerySet[Study]:
         current_threshold=Subquery(shown.values("threshold")[:1]),
         is_reviewed=Exists(reviews),
         is_disputed=Exists(reviews.filter(verdict=Review.Verdict.DISAGREE)),
+        # The latest correction, shown beside "Disputed": the list kept the model's red
+        # "Pneumonia" with nothing to say a radiologist had found otherwise (UX review).
+        corrected_label=Subquery(
+            reviews.filter(verdict=Review.Verdict.DISAGREE).order_by("-updated_at", "-id").values("correct_label")[:1]
+        ),
     )
 
 
