@@ -12,6 +12,7 @@ import sys
 
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 from django.template import loader
 from django.views import defaults
 
@@ -64,12 +65,18 @@ def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     of theirs (an EMR's mistyped path got the portal's HTML page), people the portal's page."""
     from hospital.tenancy import NotInThisHospital  # hospital's modules import this one
 
+    elsewhere = None
     if isinstance(exception, NotInThisHospital):
         exception.record(request)
+        if request.method == "GET" and "HX-Request" not in request.headers:  # a page, not a poll
+            elsewhere = exception.hospital_of_the_callers(request)
     if request.path.startswith(MACHINE_PATHS):
         response = JsonResponse({"detail": API_NOT_FOUND}, status=404)
         response["Cache-Control"] = "private, no-store"
         return response
+    if elsewhere is not None:  # one of the caller's own hospitals: offer to switch to it
+        context = {"elsewhere": elsewhere, "back_to": request.get_full_path()}
+        return render(request, "404.html", context, status=404)
     return defaults.page_not_found(request, exception)
 
 

@@ -19,7 +19,7 @@ from operator import attrgetter
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import FieldError, PermissionDenied, ValidationError
 from django.db import DatabaseError, models, transaction
 from django.http import Http404, HttpResponse
 from django.shortcuts import render
@@ -134,6 +134,22 @@ class NotInThisHospital(Http404):
         owned = [(owner(row), row) for row in elsewhere if owner(row) is not None]
         if owned:
             record_denied_all(request, owned, via=self.via)
+
+
+    def hospital_of_the_callers(self, request) -> Hospital | None:
+        """Another of the caller's own hospitals, when it owns the one row the portal asked
+        for: a study opened in one tab after a switch to another hospital in another was a
+        dead end, its address lost (UX review). None for anyone else's row."""
+        user = getattr(request, "user", None)
+        if self.via != "portal" or not getattr(user, "is_authenticated", False) or self.model is Hospital:
+            return None
+        try:
+            owners = list(self.model._default_manager.filter(**self.lookup).values_list("hospital", flat=True)[:2])
+        except (ValueError, ValidationError, FieldError):
+            return None
+        if len(owners) != 1:
+            return None
+        return next((m.hospital for m in active_memberships(user) if m.hospital_id == owners[0]), None)
 
 
 # A lookup names one row, or the worklist's poll at most a page of them.

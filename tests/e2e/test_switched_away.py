@@ -96,3 +96,22 @@ def test_consent_saved_after_switching_is_refused_and_one_click_goes_back_to_the
 
     expect(page).to_have_url(f"{live_server.url}/hospital/consent/")
     expect(page.get_by_text(f"Whether {page_hospital.name}'s reviewed studies")).to_be_visible()
+
+
+def test_a_study_reloaded_after_switching_offers_one_click_back_to_it(
+    chromium, live_server, screenshot, shared_radiologist, hospital_a, hospital_b, make_study
+):
+    """It was a plain 404, the study's address lost (UX review)."""
+    studies = {hospital: make_study(hospital, label="normal", probability=0.1) for hospital in (hospital_a, hospital_b)}
+    page, page_hospital, other, _ = open_for_the_active_hospital(
+        chromium, live_server, shared_radiologist, hospital_a, hospital_b, "/"
+    )
+    path = f"/studies/{studies[page_hospital].code}/"
+    page.goto(f"{live_server.url}{path}")
+
+    expect(page.get_by_text(f"This belongs to {page_hospital.name}, one of your hospitals")).to_be_visible()
+    screenshot(page, "23-study-of-another-of-ones-hospitals")
+    page.get_by_role("button", name=f"Switch to {page_hospital.name} and open it").click()
+
+    expect(page).to_have_url(f"{live_server.url}{path}")
+    expect(page.get_by_label("Active hospital")).to_have_value(str(page_hospital.code))

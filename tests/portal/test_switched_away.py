@@ -191,3 +191,29 @@ def test_a_page_of_a_hospital_the_user_left_says_so_and_names_no_other(
         "This page was opened for a hospital you no longer work in, so nothing was done. "
         f"Reload it to work in {hospital_b.name}.",
     )
+
+
+def test_a_study_of_another_of_the_users_hospitals_offers_to_switch_to_it_and_open_it(
+    switched, shared_radiologist, make_study, hospital_a, hospital_b
+):
+    """Reloaded after a switch to another hospital in another tab, a study's page was a
+    plain 404 with the study's address lost (UX review)."""
+    study = make_study(hospital_a, label="normal", probability=0.1)
+    path = reverse("diagnostics:study_detail", args=[study.code])
+    client = switched(shared_radiologist)
+
+    refused = client.get(path)
+
+    assert refused.status_code == 404
+    assert f"This belongs to {hospital_a.name}, one of your hospitals" in text(refused)
+    assert f'<input type="hidden" name="next" value="{path}">' in text(refused)
+    switched_back = client.post(reverse("accounts:switch_hospital"), {"hospital": str(hospital_a.code), "next": path})
+    assert (switched_back.status_code, switched_back["Location"]) == (302, path)
+    assert client.get(path).status_code == 200
+
+
+def test_a_study_of_a_hospital_the_user_does_not_work_in_offers_no_switch(client_for, outsider, make_study, hospital_a):
+    study = make_study(hospital_a, label="normal", probability=0.1)
+    refused = client_for(outsider).get(reverse("diagnostics:study_detail", args=[study.code]))
+    assert refused.status_code == 404
+    assert hospital_a.name not in text(refused) and "Switch to" not in text(refused)
