@@ -23,7 +23,7 @@ class WorklistFilterForm(forms.Form):
         required=False,
         max_length=64,
         widget=forms.TextInput(
-            attrs={"type": "search", "placeholder": "Accession or patient ID", "autocomplete": "off"}
+            attrs={"type": "search", "placeholder": "Exact accession or patient ID", "autocomplete": "off"}
         ),
     )
     status = forms.ChoiceField(label="Status", required=False, choices=[("", "Any status"), *Study.Status.choices])
