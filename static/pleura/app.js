@@ -49,6 +49,25 @@
     else if (words) notice("Pleura is temporarily unavailable. " + words);
     else notice("Something went wrong (" + status + "). Please try again.");
   });
+  // The CSRF token as the cookie holds it now: signing in again in another tab (after the
+  // session ended) rotates it, and the copy a page was served with would be refused.
+  document.addEventListener("htmx:configRequest", function (event) {
+    var cookie = document.cookie.split("; ").filter(function (c) { return c.indexOf("csrftoken=") === 0; })[0];
+    var form = event.detail.elt.closest && event.detail.elt.closest("form");
+    if (cookie && form && form.querySelector("[name=csrfmiddlewaretoken]")) {
+      event.detail.parameters.csrfmiddlewaretoken = cookie.slice("csrftoken=".length);
+    }
+  });
+  // A form holding typed work (a radiologist's review) is not thrown away when saving
+  // finds the session ended: the 401's HX-Redirect sent the whole window to the sign-in
+  // page, the verdict and note lost. The page stays, saying how to save it.
+  document.addEventListener("htmx:beforeOnLoad", function (event) {
+    var form = event.detail.elt.closest && event.detail.elt.closest("[data-keeps-typed-work]");
+    if (event.detail.xhr.status !== 401 || !form) return;
+    event.preventDefault();
+    var words = form.querySelector("[data-session-ended]");
+    if (words) { words.hidden = false; words.focus(); }
+  });
   // A swap that replaces the control a keyboard user was on (saving a review) puts the
   // focus where the answer is, the first field in error or the notice, marked
   // data-focus-after-swap; left alone it fell back to the top of the page.

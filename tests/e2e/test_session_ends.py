@@ -58,3 +58,39 @@ def test_an_upload_after_the_session_ended_says_so_and_is_sent_once_signed_in_ag
     )
     assert list(Study.objects.values_list("patient_id", flat=True)) == ["MRN-SESSION-1"]
     broker.purge()
+
+
+def test_a_review_saved_after_the_session_ended_is_kept_and_saved_once_signed_in_again(
+    chromium, live_server, screenshot, radiologist, hospital_a, make_study
+):
+    """The 401's redirect sent the whole window to the sign-in page, the verdict and the
+    note typed lost without a word (UX review)."""
+    from diagnostics.models import Review
+
+    study = make_study(hospital_a, label="pneumonia", probability=0.97)
+    page = sign_in(chromium, live_server, radiologist)
+    page.goto(f"{live_server.url}/studies/{study.code}/")
+    page.get_by_role("radio", name="Disagree").check()
+    page.locator("#id_correct_label").select_option("normal")
+    page.get_by_label("Note").fill("Thymus, not consolidation.")
+
+    Session.objects.all().delete()
+    page.get_by_role("button", name="Save review").click()
+
+    ended = page.locator("[data-session-ended]")
+    expect(ended).to_contain_text("Your session has ended, so this review was not saved.")
+    expect(page).to_have_url(f"{live_server.url}/studies/{study.code}/")
+    expect(page.get_by_label("Note")).to_have_value("Thymus, not consolidation.")
+    screenshot(page, "24-review-session-ended")
+    assert Review.objects.count() == 0
+
+    with page.context.expect_page() as opened:
+        ended.get_by_role("link", name="Sign in").click()
+    fill_in_sign_in(opened.value, radiologist)
+    expect(opened.value.get_by_role("heading", name="Worklist")).to_be_visible()
+    page.get_by_role("button", name="Save review").click()
+
+    expect(page.locator("#reviews")).to_contain_text("Review saved.")
+    assert list(Review.objects.values_list("verdict", "correct_label", "note")) == [
+        ("disagree", "normal", "Thymus, not consolidation.")
+    ]

@@ -103,7 +103,7 @@ def test_a_study_reloaded_after_switching_offers_one_click_back_to_it(
 ):
     """It was a plain 404, the study's address lost (UX review)."""
     studies = {hospital: make_study(hospital, label="normal", probability=0.1) for hospital in (hospital_a, hospital_b)}
-    page, page_hospital, other, _ = open_for_the_active_hospital(
+    page, page_hospital, _, _ = open_for_the_active_hospital(
         chromium, live_server, shared_radiologist, hospital_a, hospital_b, "/"
     )
     path = f"/studies/{studies[page_hospital].code}/"
