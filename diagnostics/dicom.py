@@ -65,14 +65,16 @@ _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 def read_dataset(data: bytes) -> Dataset:
     """Parse a DICOM file (with or without preamble and file meta); pixel data stays encoded."""
-    _guard_parsing_cost(data)
     try:
+        _guard_parsing_cost(data)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = dcmread(io.BytesIO(data), force=True)
             # pydicom parses lazily in places: touch every element so a broken file fails here.
             for _element in ds.iterall():
                 pass
+    except RejectedUpload:
+        raise
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError, zlib.error) as exc:
         raise RejectedUpload(422, "The DICOM file is truncated or corrupt and could not be read.") from exc
     except Exception as exc:  # pydicom raises many types on hostile input; all mean "unreadable".

@@ -387,8 +387,10 @@ def _check_png_structure(data: bytes) -> None:
 # of a web process's CPU and 3.5 GB (bad-input review).
 JPEG_MAX_SEGMENTS = 1000
 _NOT_A_MARKER = re.compile(rb"[^\xff]+")
-# Markers with no length after them (JPEG's TEM, RSTn, SOI, EOI).
-_JPEG_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xDA)})
+# Markers with no length after them (JPEG's TEM, RSTn, SOI, EOI), and FF00, which decoders
+# step over as two bytes: walked as having a length, it hid from this walk the segments
+# Pillow then read (diff review).
+_JPEG_STANDALONE_MARKERS = frozenset({0x00, 0x01, *range(0xD0, 0xDA)})
 # Reserved JPEG extensions (JPG, JPGn), which Pillow reads as having no length where the
 # standard gives them one: a walk that agrees with Pillow's refuses them.
 _JPEG_RESERVED_MARKERS = frozenset({0xC8, *range(0xF0, 0xFE)})

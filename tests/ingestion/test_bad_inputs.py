@@ -103,11 +103,11 @@ def many_empty_elements(count: int) -> bytes:
     )
 
 
-def sequence_of(item: bytes) -> bytes:
+def sequence_of(item: bytes, item_tag: int = 0xE000) -> bytes:
     """A private sequence of undefined length holding one item of undefined length."""
     return (
         struct.pack("<HH2sHI", 0x0029, 0x0010, b"SQ", 0, 0xFFFFFFFF)
-        + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + item + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+        + struct.pack("<HHI", 0xFFFE, item_tag, 0xFFFFFFFF) + item + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
         + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
     )  # fmt: skip
 
@@ -117,6 +117,13 @@ def nested_sequences(depth: int) -> bytes:
     for _ in range(depth):
         inner = sequence_of(inner)
     return inner
+
+
+def explicit_under_implicit_meta() -> bytes:
+    """pydicom reads the data set by its first element's VR, whatever the meta says."""
+    data = dicom_with_elements(many_empty_elements(100_001))
+    explicit, implicit = b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2\x00\x00\x00"
+    return data.replace(explicit, implicit, 1)
 
 
 def implicit_dicom_with_many_spacings() -> bytes:
@@ -252,6 +259,13 @@ CORPUS = [
     Bad("dicom with 100,001 elements in a sequence's item", lambda: dicom_with_elements(sequence_of(
         many_empty_elements(100_001))), 422, TOO_MANY_VALUES),
     Bad("dicom with sequences 33 deep", lambda: dicom_with_elements(nested_sequences(33)), 422, TOO_MANY_VALUES),
+    # Walks that lost their way where pydicom did not (diff review): an item under another
+    # tag, and a data set written explicit under a file meta that says implicit.
+    Bad("dicom with 100,001 elements in an item under another tag",
+        lambda: dicom_with_elements(sequence_of(many_empty_elements(100_001), item_tag=0xE001)), 422, TOO_MANY_VALUES),
+    Bad("dicom written explicit under an implicit meta", explicit_under_implicit_meta, 422, TOO_MANY_VALUES),
+    Bad("jpeg hiding segments behind FF00", lambda: jpeg_padded(
+        b"\xff\x00\xfe\xfe" + b"\xff\xe5\x00\x02" * 1001), 422, JPEG_SEGMENTS),
     Bad("dicom element longer than the file", truncated_element, 422,
         "This DICOM file (SOP class 1.2) has no pixel data: it is not an image."),
     Bad("dicom sequence where a uid belongs", sequence_as_uid, 422,

@@ -444,3 +444,24 @@ def test_a_png_with_a_few_ancillary_chunks_still_decodes():
 
     padded = decode_upload(png_padded_with_chunks(990)).gray
     np.testing.assert_array_equal(padded, decode_upload(PNEUMONIA_PNG.read_bytes()).gray)
+
+
+def test_an_implicit_vr_radiograph_with_two_full_voi_luts_is_read():
+    """LUT Data's dictionary VR is "US or OW": counted as numbers, two presets of 65,536
+    entries passed the 100,000 values the walk allows, and a real CR was refused (diff
+    review). pydicom keeps such a value as bytes."""
+    from pydicom.dataset import Dataset
+
+    presets = []
+    for n in range(2):
+        item = Dataset()
+        item.add_new(0x00283002, "US", [0, 0, 16])  # LUT Descriptor: 65,536 entries of 16 bits
+        item.add_new(0x00283006, "OW", (np.arange(65536, dtype=np.uint32) * (n + 1) % 65536).astype("<u2").tobytes())
+        presets.append(item)
+    data = make_dicom(
+        (np.arange(256 * 256, dtype=np.uint16) % 4096).reshape(256, 256),
+        transfer_syntax="1.2.840.10008.1.2",
+        VOILUTSequence=presets,
+    )
+
+    assert decode_upload(data).gray.shape == (256, 256)

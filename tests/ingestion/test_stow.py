@@ -263,3 +263,20 @@ def test_an_image_whose_pixel_data_is_missing_is_damaged_not_an_unsupported_clas
     assert response.status_code == 409
     assert response.json() == {"00081198": {"vr": "SQ", "Value": [failed(0xC000, cut)]}}
     assert stored() == before
+
+
+def test_an_instance_whose_last_element_header_is_cut_short_fails_alone_not_with_a_500(emr, stored):
+    """The value count read past the file's end and raised outside the parser's guard: a
+    500 for the whole STOW request (diff review)."""
+    import numpy as np
+
+    from tests.ingestion.conftest import make_dicom
+
+    cut_short = make_dicom((np.arange(256, dtype=np.uint16) * 16).reshape(16, 16)) + b"\x09\x00\x10\x10OB\x00\x00"
+    before = stored()
+
+    response = stow(emr, related_body(("application/dicom", cut_short), ("application/dicom", CR_CHEST.read_bytes())))
+
+    assert response.status_code == 202
+    assert response.json()["00081198"]["Value"] == [failed(0xC000)]
+    assert stored().studies == before.studies + 1
