@@ -381,6 +381,21 @@ def _result_not_the_one_seen(request: HttpRequest, study: Study, prediction: Pre
     return redirect(reverse("diagnostics:study_detail", args=[study.code]) + "#reviews")
 
 
+def _opened_by_someone_else(request: HttpRequest, study: Study) -> HttpResponse | None:
+    """409 when the review form was served to another user than the one signed in now.
+    A review kept through an ended session is saved after signing in again in another
+    tab (app.js sends the new CSRF token); signed in there as another radiologist, the
+    first one's finding was saved and audited as theirs (diff review)."""
+    opened_by = request.POST.get("signed_in_as", "")
+    if not opened_by or opened_by == str(request.user.code):
+        return None
+    words = "This page was opened by another user, so nothing was saved. Reload it to review as yourself."
+    if request.htmx:
+        return HttpResponse(words, status=409, content_type="text/plain; charset=utf-8")
+    messages.error(request, words)
+    return redirect(reverse("diagnostics:study_detail", args=[study.code]) + "#reviews")
+
+
 @never_cache
 @require_POST
 @role_required()
@@ -390,6 +405,8 @@ def study_review(request: HttpRequest, code) -> HttpResponse:
     study = _get_study(request, code)
     if not has_role(request, REVIEWER_ROLES):
         raise PermissionDenied("Only radiologists can review studies.")
+    if (refusal := _opened_by_someone_else(request, study)) is not None:
+        return refusal
     prediction = current_prediction(study)
     if (refusal := _result_not_the_one_seen(request, study, prediction)) is not None:
         return refusal

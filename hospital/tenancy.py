@@ -135,7 +135,6 @@ class NotInThisHospital(Http404):
         if owned:
             record_denied_all(request, owned, via=self.via)
 
-
     def hospital_of_the_callers(self, request) -> Hospital | None:
         """Another of the caller's own hospitals, when it owns the one row the portal asked
         for: a study opened in one tab after a switch to another hospital in another was a

@@ -49,11 +49,13 @@
     else if (words) notice("Pleura is temporarily unavailable. " + words);
     else notice("Something went wrong (" + status + "). Please try again.");
   });
-  // The CSRF token as the cookie holds it now: signing in again in another tab (after the
-  // session ended) rotates it, and the copy a page was served with would be refused.
+  // A form keeping typed work sends the CSRF token as the cookie holds it now: signing in
+  // again in another tab (after the session ended) rotates it, and the copy the page was
+  // served with would be refused. Only such a form, and its server checks that whoever
+  // signed in is whom the page was served to (a review's `signed_in_as`).
   document.addEventListener("htmx:configRequest", function (event) {
     var cookie = document.cookie.split("; ").filter(function (c) { return c.indexOf("csrftoken=") === 0; })[0];
-    var form = event.detail.elt.closest && event.detail.elt.closest("form");
+    var form = event.detail.elt.closest && event.detail.elt.closest("form[data-keeps-typed-work]");
     if (cookie && form && form.querySelector("[name=csrfmiddlewaretoken]")) {
       event.detail.parameters.csrfmiddlewaretoken = cookie.slice("csrftoken=".length);
     }

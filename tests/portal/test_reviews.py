@@ -229,3 +229,20 @@ def test_a_refused_review_shown_on_the_whole_study_page_is_recorded_as_a_view(cl
     assert study.patient_id in response.content.decode()
     viewed = AuditEvent.objects.get(action=Action.STUDY_VIEWED)
     assert (viewed.actor_user, viewed.target_id) == (radiologist, str(study.code))
+
+
+def test_a_review_form_served_to_another_user_saves_nothing(client_for, radiologist, hospital_a, study):
+    """Kept through an ended session and saved after someone else signed in in another tab,
+    the first radiologist's finding was saved and audited as the second's (diff review)."""
+    colleague = get_user_model().objects.create_user(email="second-reader@stmarys.example", password="x" * 16)
+    Membership.objects.create(user=colleague, hospital=hospital_a, role=Role.RADIOLOGIST)
+    data = {"verdict": "disagree", "correct_label": "normal", "signed_in_as": str(radiologist.code)}
+
+    response = post_review(client_for(colleague), study, data, **HX)
+
+    assert (response.status_code, response.content.decode()) == (
+        409, "This page was opened by another user, so nothing was saved. Reload it to review as yourself.",
+    )  # fmt: skip
+    assert Review.objects.count() == 0
+    own = post_review(client_for(radiologist), study, data, **HX)
+    assert (own.status_code, Review.objects.get().radiologist) == (200, radiologist)
