@@ -70,6 +70,14 @@
     var words = form.querySelector("[data-session-ended]");
     if (words) { words.hidden = false; words.focus(); }
   });
+  // Choosing "Agree" clears the correct finding, on screen: kept from an earlier
+  // disagreement, it contradicted the verdict and the review was refused for it.
+  document.addEventListener("change", function (event) {
+    var input = event.target;
+    if (input.name !== "verdict" || input.value !== "agree" || !input.closest(".review-form")) return;
+    var finding = input.form && input.form.querySelector("[name=correct_label]");
+    if (finding) finding.value = "";
+  });
   // A swap that replaces the control a keyboard user was on (saving a review) puts the
   // focus where the answer is, the first field in error or the notice, marked
   // data-focus-after-swap; left alone it fell back to the top of the page.
