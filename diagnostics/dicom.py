@@ -106,9 +106,9 @@ def _guard_parsing_cost(data: bytes) -> None:
     syntax = meta.get("TransferSyntaxUID")
     if syntax == DeflatedExplicitVRLittleEndian:
         data_set, start = _inflated(data[start:]), 0
-    implicit, little_endian = _encoding_pydicom_reads(data_set, start, syntax)
+    little_endian = _little_endian_as_pydicom_reads(data_set, start, syntax)
     try:
-        dicom_walk.check_value_count(data_set, start, implicit=implicit, little_endian=little_endian)
+        dicom_walk.check_value_count(data_set, start, little_endian=little_endian)
     except dicom_walk.TooManyValues as exc:
         raise RejectedUpload(
             422,
@@ -130,19 +130,13 @@ def _inflated(deflated: bytes) -> bytes:
     return inflated
 
 
-def _encoding_pydicom_reads(data: bytes, start: int, syntax) -> tuple[bool, bool]:
-    """(implicit VR, little endian) as pydicom's dcmread settles them for the data set."""
-    if syntax is None:  # no file meta: pydicom looks at the first element's VR
-        vr = data[start + 4 : start + 6].decode("latin-1")
-        if vr not in pydicom_converters:
-            return True, True
-        group = int.from_bytes(data[start : start + 2], "little")
-        return False, group < 1024
-    if syntax == ImplicitVRLittleEndian:
-        return True, True
-    if syntax == ExplicitVRBigEndian:
-        return False, False
-    return False, True
+def _little_endian_as_pydicom_reads(data: bytes, start: int, syntax) -> bool:
+    """The data set's byte order as pydicom's dcmread settles it. (Implicit or explicit VR
+    it settles again by the data set's first element, and so does the walk.)"""
+    if syntax is None:  # no file meta: an explicit first element of a group past 1023 is big endian
+        explicit = data[start + 4 : start + 6].decode("latin-1") in pydicom_converters
+        return not (explicit and int.from_bytes(data[start : start + 2], "little") >= 1024)
+    return syntax != ExplicitVRBigEndian
 
 
 def _mb(n: int) -> str:

@@ -138,9 +138,10 @@ def _encoding_of_data_set(data: bytes, at: int, end: int, implicit: bool, *, in_
     return not (0x40 < data[at + 4] < 0x5B and 0x40 < data[at + 5] < 0x5B)
 
 
-def check_value_count(data: bytes, start: int, *, implicit: bool, little_endian: bool) -> None:
+def check_value_count(data: bytes, start: int, *, little_endian: bool) -> None:
     """Raise TooManyValues when the data set from `start` holds more than MAX_VALUES values.
-    A command set (group 0000) before it is always implicit VR little endian."""
+    A command set (group 0000) before it is always implicit VR little endian; the data set's
+    own encoding is settled by its first element (`_encoding_of_data_set`)."""
     walk = _Walk(data, little_endian)
     at = start
     try:
@@ -148,6 +149,6 @@ def check_value_count(data: bytes, start: int, *, implicit: bool, little_endian:
             (length,) = struct.unpack_from("<I", data, at + 4)
             walk.spend(1)
             at += 8 + length
-        walk.data_set(at, len(data), implicit, 0)
+        walk.data_set(at, len(data), implicit=False, depth=0)  # `implicit` is decided at the top
     except struct.error:  # a header cut short by the file's end: pydicom refuses it as truncated
         return
