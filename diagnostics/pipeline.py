@@ -600,16 +600,11 @@ def _store_duplicates(duplicates: list[Study], version: ModelVersion) -> list[in
     if not duplicates:
         return []
     earlier = _reusable_predictions(duplicates, version)
-    reusing = []
-    for study in duplicates:
-        source = earlier.get((study.hospital_id, study.pixel_sha256))
-        if source is not None:
-            reusing.append((study, source))
-        else:  # its twin failed or was taken by another worker: predict it on its own
-            _release([study.pk], study.claimed_by)
-            publish([study.pk])
-    reused, not_reused = _reuse_all(reusing)
-    for study in not_reused:  # its twin's heatmap could not be read: predicted on its own
+    twins = [(study, earlier.get((study.hospital_id, study.pixel_sha256))) for study in duplicates]
+    reused, not_reused = _reuse_all([(study, source) for study, source in twins if source is not None])
+    # Its twin failed, was taken by another worker, or left a heatmap that could not be
+    # read: predicted on its own.
+    for study in [study for study, source in twins if source is None] + not_reused:
         _release([study.pk], study.claimed_by)
         publish([study.pk])
     return _store_all(reused)
