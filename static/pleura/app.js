@@ -49,15 +49,21 @@
     else if (words) notice("Pleura is temporarily unavailable. " + words);
     else notice("Something went wrong (" + status + "). Please try again.");
   });
-  // A form keeping typed work sends the CSRF token as the cookie holds it now: signing in
-  // again in another tab (after the session ended) rotates it, and the copy the page was
-  // served with would be refused. Only such a form, and its server checks that whoever
-  // signed in is whom the page was served to (a review's `signed_in_as`).
-  document.addEventListener("htmx:configRequest", function (event) {
+  // The CSRF token as the cookie holds it now ("" without one): signing in again in
+  // another tab (after the session ended) rotates it, and the copy a page was served
+  // with would be refused. upload.js sends it too.
+  function csrfToken() {
     var cookie = document.cookie.split("; ").filter(function (c) { return c.indexOf("csrftoken=") === 0; })[0];
+    return cookie ? cookie.slice("csrftoken=".length) : "";
+  }
+  window.pleuraCsrfToken = csrfToken;
+
+  // A form keeping typed work sends the current token. Only such a form, and its server
+  // checks that whoever signed in is whom the page was served to (a review's `signed_in_as`).
+  document.addEventListener("htmx:configRequest", function (event) {
     var form = event.detail.elt.closest && event.detail.elt.closest("form[data-keeps-typed-work]");
-    if (cookie && form && form.querySelector("[name=csrfmiddlewaretoken]")) {
-      event.detail.parameters.csrfmiddlewaretoken = cookie.slice("csrftoken=".length);
+    if (csrfToken() && form && form.querySelector("[name=csrfmiddlewaretoken]")) {
+      event.detail.parameters.csrfmiddlewaretoken = csrfToken();
     }
   });
   // A form holding typed work (a radiologist's review) is not thrown away when saving

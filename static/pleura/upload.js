@@ -107,11 +107,9 @@
       result.insertBefore(link, result.querySelector(".upload-result__retry"));
     }
 
-    // The CSRF token as the cookie holds it now: signing in again (in another tab, after
-    // the session ended) gives a new one, which the page's own copy would not match.
+    // The token as the cookie holds it now (app.js), else the page's own copy.
     function csrfToken() {
-      var cookie = document.cookie.split("; ").filter(function (c) { return c.indexOf("csrftoken=") === 0; })[0];
-      return cookie ? cookie.slice("csrftoken=".length) : typed("csrfmiddlewaretoken");
+      return window.pleuraCsrfToken() || typed("csrfmiddlewaretoken");
     }
 
     function send(job) {
