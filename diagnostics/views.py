@@ -375,6 +375,12 @@ def _result_not_the_one_seen(request: HttpRequest, study: Study, prediction: Pre
         else "The model's result on this study changed after you opened it, so nothing was saved. "
         "Reload the page to review the result now shown."
     )
+    return _review_refused(request, study, words)
+
+
+def _review_refused(request: HttpRequest, study: Study, words: str) -> HttpResponse:
+    """409 in `words` to the review form's htmx request; without JavaScript, the study's
+    page again with them."""
     if request.htmx:
         return HttpResponse(words, status=409, content_type="text/plain; charset=utf-8")
     messages.error(request, words)
@@ -390,10 +396,7 @@ def _opened_by_someone_else(request: HttpRequest, study: Study) -> HttpResponse 
     if not opened_by or opened_by == str(request.user.code):
         return None
     words = "This page was opened by another user, so nothing was saved. Reload it to review as yourself."
-    if request.htmx:
-        return HttpResponse(words, status=409, content_type="text/plain; charset=utf-8")
-    messages.error(request, words)
-    return redirect(reverse("diagnostics:study_detail", args=[study.code]) + "#reviews")
+    return _review_refused(request, study, words)
 
 
 @never_cache
