@@ -67,9 +67,9 @@ def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
 
     elsewhere = None
     if isinstance(exception, NotInThisHospital):
-        exception.record(request)
+        owners = exception.record(request)
         if request.method == "GET" and "HX-Request" not in request.headers:  # a page, not a poll
-            elsewhere = exception.hospital_of_the_callers(request)
+            elsewhere = exception.hospital_of_the_callers(request, owners)
     if request.path.startswith(MACHINE_PATHS):
         response = JsonResponse({"detail": API_NOT_FOUND}, status=404)
         response["Cache-Control"] = "private, no-store"

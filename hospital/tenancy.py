@@ -19,7 +19,7 @@ from operator import attrgetter
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.core.exceptions import FieldError, PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import DatabaseError, models, transaction
 from django.http import Http404, HttpResponse
 from django.shortcuts import render
@@ -114,41 +114,40 @@ class NotInThisHospital(Http404):
         super().__init__(words)
         self.model, self.lookup, self.via = model, lookup, via
 
-    def record(self, request) -> None:
+    def record(self, request) -> list[Hospital]:
         """Another hospital's doctor trying study codes left no trace where it mattered.
         Each row the lookup names (the worklist's poll names several) is recorded in its
-        own hospital's trail; a hospital's own row, in that hospital's."""
+        own hospital's trail; a hospital's own row, in that hospital's. Returns the
+        hospitals of the rows recorded, one per row."""
         if self.model is Hospital:
             related, owner = [], lambda hospital: hospital
         elif any(field.name == "hospital" for field in self.model._meta.get_fields()):
             related, owner = ["hospital"], attrgetter("hospital")
         else:
-            return  # not a tenant's row (a user belongs to hospitals through memberships)
+            return []  # not a tenant's row (a user belongs to hospitals through memberships)
         try:
             rows = self.model._default_manager.filter(**self.lookup).select_related(*related)
             elsewhere = list(rows[:_MOST_ROWS_RECORDED])
         except (ValueError, ValidationError):  # not a key at all ("abc" for an id): nobody's row
-            return
+            return []
         # A platform row (no hospital) is nobody's trail to file it in: filed under the
         # caller's own, it told another hospital's admin which rows are the platform's.
         owned = [(owner(row), row) for row in elsewhere if owner(row) is not None]
         if owned:
             record_denied_all(request, owned, via=self.via)
+        return [hospital for hospital, _row in owned]
 
-    def hospital_of_the_callers(self, request) -> Hospital | None:
-        """Another of the caller's own hospitals, when it owns the one row the portal asked
-        for: a study opened in one tab after a switch to another hospital in another was a
-        dead end, its address lost (UX review). None for anyone else's row."""
+    def hospital_of_the_callers(self, request, owners: list[Hospital]) -> Hospital | None:
+        """Another of the caller's own hospitals, when it owns (`owners`, as `record` found
+        them) the one row the portal asked for: a study opened in one tab after a switch to
+        another hospital in another was a dead end, its address lost (UX review). None for
+        anyone else's row."""
         user = getattr(request, "user", None)
         if self.via != "portal" or not getattr(user, "is_authenticated", False) or self.model is Hospital:
             return None
-        try:
-            owners = list(self.model._default_manager.filter(**self.lookup).values_list("hospital", flat=True)[:2])
-        except (ValueError, ValidationError, FieldError):
-            return None
         if len(owners) != 1:
             return None
-        return next((m.hospital for m in active_memberships(user) if m.hospital_id == owners[0]), None)
+        return next((m.hospital for m in active_memberships(user) if m.hospital_id == owners[0].pk), None)
 
 
 # A lookup names one row, or the worklist's poll at most a page of them.
