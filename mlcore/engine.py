@@ -65,6 +65,11 @@ class PredictionResult:
     heatmap_png: bytes | None = None
 
 
+class NonFiniteOutput(ArithmeticError):
+    """The network gave no number for an image (NaN), so there is no finding to give:
+    compared with the threshold, NaN is never above it and would read as "normal"."""
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """The device (or the host) ran out of memory: the images are not at fault, and the
     same images may well fit once other work lets go of it."""
@@ -145,6 +150,10 @@ class InferenceEngine:
         else:
             logits, cams = self.logits(grays), None
         probabilities = self.probabilities(logits)
+        if not np.isfinite(probabilities).all():
+            raise NonFiniteOutput(
+                f"{int(np.sum(~np.isfinite(probabilities)))} of {len(grays)} images gave no probability"
+            )
         heatmaps = [
             cam_to_size(cams[i], *_heatmap_shape(gray)) if cams is not None else None for i, gray in enumerate(grays)
         ]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import numpy as np
+import pytest
 import torch
 
-from mlcore.engine import InferenceEngine, ModelSpec
+from mlcore.engine import InferenceEngine, ModelSpec, NonFiniteOutput
+from mlcore.network import build_network, save_weights
 
 
 def _spec(model_dir) -> ModelSpec:
@@ -45,3 +49,16 @@ def test_a_cuda_engine_warms_up_every_batch_size_up_to_the_maximum(tiny_model, m
     assert engine.warm_up(max_batch=5) == 5
 
     assert seen == [[((64, 64), "uint8", 0)] * size for size in (1, 2, 3, 4, 5)]
+
+
+def test_an_image_the_network_gives_no_number_for_is_refused_not_read_as_normal(tiny_model, tmp_path):
+    # NaN compared with the threshold is never above it: the image would read "normal".
+    network = build_network("resnet18")
+    with torch.no_grad():
+        network.fc.bias.fill_(float("nan"))
+    path = tmp_path / "nan.pt"
+    spec = dataclasses.replace(_spec(tiny_model), weights_path=path, weights_sha256=save_weights(network, path))
+    engine = InferenceEngine(spec, device="cpu")
+
+    with pytest.raises(NonFiniteOutput, match="2 of 2 images gave no probability"):
+        engine.predict([np.zeros((64, 64), np.uint8), np.full((64, 64), 200, np.uint8)])

@@ -52,11 +52,18 @@ def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: f
 # --- Models and studies -------------------------------------------------------------
 
 
-def make_model_version(folder: Path, *, name: str, seed: int, image_size: int = 64, **fields) -> ModelVersion:
-    """A randomly initialised network of the real architecture: right for pipeline mechanics."""
+def make_model_version(
+    folder: Path, *, name: str, seed: int, image_size: int = 64, head_bias: float | None = None, **fields
+) -> ModelVersion:
+    """A randomly initialised network of the real architecture: right for pipeline mechanics.
+    `head_bias` sets the last layer's bias (NaN: a network that gives no number)."""
     torch.manual_seed(seed)
     path = folder / f"{name}.pt"
-    sha256 = save_weights(build_network("resnet18"), path)
+    network = build_network("resnet18")
+    if head_bias is not None:
+        with torch.no_grad():
+            network.fc.bias.fill_(head_bias)
+    sha256 = save_weights(network, path)
     fields.setdefault("status", ModelVersion.Status.ACTIVE)
     return ModelVersion.objects.create(
         name=name,

@@ -648,6 +648,31 @@ def test_undecodable_pixels_fail_the_study_alone_with_a_readable_reason(hospital
     assert "MRN-4242" not in str(event.detail)
 
 
+def test_a_model_that_gives_no_number_fails_the_study_instead_of_calling_it_normal(hospital_a, tiny_model, tmp_path):
+    ModelVersion.objects.filter(pk=tiny_model.pk).update(status=ModelVersion.Status.RETIRED)
+    make_model_version(tmp_path, name="nan-head", seed=1, head_bias=float("nan"))
+    studies = [store_study(hospital_a, image) for image in (NORMAL_IMAGE, PNEUMONIA_IMAGE)]
+
+    assert pipeline.predict_studies([study.pk for study in studies]) == []
+
+    assert sorted(Study.objects.filter(pk__in=[s.pk for s in studies]).values_list("status", "failure_code")) == [
+        (FAILED, "inference_error"),
+        (FAILED, "inference_error"),
+    ]
+    assert Prediction.objects.count() == 0
+
+
+def test_a_shadow_candidate_that_gives_no_number_stores_no_shadow_row_and_the_study_completes(
+    hospital_a, tiny_model, tmp_path
+):
+    make_model_version(tmp_path, name="nan-candidate", seed=1, head_bias=float("nan"), status="candidate", shadow=True)
+    study = store_study(hospital_a, NORMAL_IMAGE)
+
+    assert pipeline.predict_studies([study.pk]) == [study.pk]
+
+    assert list(Prediction.objects.values_list("model_version__name", "is_shadow")) == [("tiny-test", False)]
+
+
 def test_missing_original_file_fails_with_a_readable_reason(hospital_a, tiny_model):
     study = store_study(hospital_a, NORMAL_IMAGE)
     study.original_file.storage.delete(study.original_file.name)
