@@ -11,9 +11,10 @@ from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import models
 
-from hospital.models import AuditEvent, Hospital, IntegrationKey
+from hospital.models import AuditEvent, Hospital, IntegrationKey, Membership, Role
 
 Outcome = AuditEvent.Outcome
 
@@ -154,3 +155,38 @@ def _target_type(target: Any) -> str:
     if target is None:
         return ""
     return target._meta.model_name if hasattr(target, "_meta") else type(target).__name__.lower()
+
+
+# What a hospital's audit log calls each kind of target, beside the target's name.
+TARGET_KINDS = {"integrationkey": "EMR key", "modelversion": "model"}
+
+
+def name_targets(events: list[AuditEvent], hospital: Hospital) -> None:
+    """Set `target_name` on each event whose target this hospital can name: a user or a
+    membership of this hospital (by email), one of its EMR keys (by its name), or the
+    hospital itself; one query a kind. Others (studies, whose only names are PHI, and
+    anything of another hospital, such as the target of a refused request) keep their
+    public code, so no other hospital's user or key is named in this one's log."""
+    wanted: dict[str, set[str]] = {}
+    for event in events:
+        event.target_name = ""
+        event.target_kind = TARGET_KINDS.get(event.target_type, event.target_type)
+        if event.target_id:
+            wanted.setdefault(event.target_type, set()).add(event.target_id)
+    names: dict[tuple[str, str], str] = {}
+    if codes := wanted.get("user"):
+        users = get_user_model().objects.filter(code__in=codes, memberships__hospital=hospital).distinct()
+        names.update((("user", str(code)), email) for code, email in users.values_list("code", "email"))
+    if codes := wanted.get("membership"):
+        memberships = Membership.objects.filter(code__in=codes, hospital=hospital)
+        names.update(
+            (("membership", str(code)), f"{email} ({Role(role).label})")
+            for code, email, role in memberships.values_list("code", "user__email", "role")
+        )
+    if codes := wanted.get("integrationkey"):
+        keys = IntegrationKey.objects.filter(code__in=codes, hospital=hospital)
+        names.update((("integrationkey", str(code)), name) for code, name in keys.values_list("code", "name"))
+    if str(hospital.code) in wanted.get("hospital", ()):
+        names[("hospital", str(hospital.code))] = hospital.name
+    for event in events:
+        event.target_name = names.get((event.target_type, event.target_id), "")

@@ -80,6 +80,8 @@ def audit_log(request: HttpRequest) -> HttpResponse:
     # viewing itself is the newest event of the log it shows).
     audit.record(audit.Action.AUDIT_VIEWED, request=request, filters=sorted(form.public_params()))
     page = Paginator(events, AUDIT_PAGE_SIZE).get_page(form.cleaned_data.get("page") if form.is_valid() else 1)
+    page.object_list = list(page.object_list)
+    audit.name_targets(page.object_list, request.hospital)
     context = {
         "form": form,
         "page": page,

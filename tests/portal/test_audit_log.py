@@ -115,3 +115,30 @@ def test_a_study_sent_again_after_it_failed_reads_so(client_for, hospital_admin,
 
     uploads = re.findall(r"<td>(Study uploaded[^<]*) <span", html)
     assert uploads == ["Study uploaded again, after it failed", "Study uploaded"]
+
+
+def target_cells(html: str) -> list[str]:
+    fifth_cell = r"<tr>\s*<td><time.*?</td>" + r"\s*<td>.*?</td>" * 3 + r"\s*<td>(.*?)</td>"
+    cells = re.findall(fifth_cell, html, re.S)
+    return [re.sub(r"<[^>]+>", "", cell).strip() for cell in cells]
+
+
+def test_targets_of_this_hospital_are_named_and_others_keep_their_code(
+    client_for, hospital_admin, doctor, radiologist, outsider, hospital_a, key_a, key_b
+):
+    key, _ = key_a
+    for target in (doctor, radiologist.memberships.get(), key, hospital_a, outsider, key_b[0]):
+        audit.record(Action.USER_CHANGED, actor=hospital_admin, hospital=hospital_a, target=target)
+
+    html = client_for(hospital_admin).get(AUDIT, {"action": Action.USER_CHANGED}).content.decode()
+
+    # Newest first. Another hospital's user and key (the targets of refused requests) are
+    # not named in this hospital's log.
+    assert target_cells(html) == [
+        f"EMR key {str(key_b[0].code)[:12]}…",
+        f"user {str(outsider.code)[:12]}…",
+        "hospital St Mary&#x27;s Hospital",
+        "EMR key EMR St Mary&#x27;s",
+        "membership radiologist@stmarys.example (Radiologist)",
+        "user doctor@stmarys.example",
+    ]
