@@ -22,7 +22,8 @@ from accounts import services
 from accounts.models import User
 from hospital import services as hospital_services
 from hospital.admin import HospitalScopedAdmin, judged_against_what_was_shown
-from hospital.models import Hospital, Role
+from hospital.models import Hospital, Membership, Role
+from hospital.tenancy import admin_hospitals
 
 SUPERUSER_FIELDSETS = (
     (None, {"fields": ("email", "password")}),
@@ -65,9 +66,45 @@ class UserChangeAdminForm(_EmailMixin, UserChangeForm):
         fields = "__all__"
 
 
+class MembershipInline(admin.TabularInline):
+    """The user's hospitals and roles on their page, read only: a role is changed on the
+    membership's own page (the link), whose saving is audited and keeps each hospital an
+    admin. A hospital admin sees only memberships of the hospitals they run."""
+
+    model = Membership
+    verbose_name_plural = "Hospitals and roles (change one on its own page)"
+    fields = readonly_fields = ("hospital", "role", "is_active")
+    show_change_link = True
+    extra = 0
+    can_delete = False
+
+    def get_queryset(self, request):
+        memberships = super().get_queryset(request).select_related("hospital")
+        if request.user.is_superuser:
+            return memberships
+        return memberships.filter(hospital__in=admin_hospitals(request.user))
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return self.admin_site._registry[User].has_view_permission(request, obj)
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(User)
 class UserAdmin(HospitalScopedAdmin, DjangoUserAdmin):
     hospital_lookup = "memberships__hospital"
+    inlines = [MembershipInline]
+
+    def get_inlines(self, request, obj):
+        return self.inlines if obj is not None else []  # a new user's first hospital is in the form
+
     form = UserChangeAdminForm
     add_form = UserCreationAdminForm
     add_fieldsets = (
@@ -132,7 +169,10 @@ class UserAdmin(HospitalScopedAdmin, DjangoUserAdmin):
         class ScopedCreationForm(form):
             def __init__(self, *args, **inner):
                 super().__init__(*args, **inner)
-                self.fields["hospital"].queryset = hospitals.filter(is_active=True)
+                choices = hospitals.filter(is_active=True)
+                self.fields["hospital"].queryset = choices
+                if len(choices) == 1:  # the admin of one hospital has nothing to choose
+                    self.fields["hospital"].initial = choices[0].pk
 
         return ScopedCreationForm
 

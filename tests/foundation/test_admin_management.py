@@ -3,6 +3,7 @@ and nothing they post can widen their rights or reach another hospital."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -586,3 +587,38 @@ def test_a_hospital_page_opened_before_consent_was_withdrawn_does_not_grant_it_a
     assert (hospital_a.time_zone, hospital_a.shares_reviews_for_training) == ("America/New_York", False)
     consent_events = AuditEvent.objects.filter(action="hospital.consent_changed").order_by("id")
     assert [e.detail["shares_reviews_for_training"] for e in consent_events] == [False]
+
+
+# -- the user's page -------------------------------------------------------------------
+
+
+def inline_cells(html: str, field: str) -> list[str]:
+    cells = re.findall(rf'<td class="field-{field}">(.*?)</td>', html, re.S)
+    return [re.sub(r"<[^>]+>", "", cell).strip() for cell in cells]
+
+
+def test_a_users_page_lists_their_roles_in_the_admins_hospitals_each_linked_to_its_own_page(
+    client_for, hospital_admin, shared_radiologist, hospital_a
+):
+    membership = shared_radiologist.memberships.get(hospital=hospital_a)
+
+    html = client_for(hospital_admin).get(f"/admin/accounts/user/{shared_radiologist.pk}/change/").content.decode()
+
+    assert "Hospitals and roles" in html
+    assert inline_cells(html, "hospital") == ["St Mary&#x27;s Hospital"]
+    assert inline_cells(html, "role") == ["Radiologist"]
+    assert f'<a href="/admin/hospital/membership/{membership.pk}/change/" class="inlineviewlink">' in html
+    assert "Riverside Clinic" not in html  # their other hospital is not this admin's
+
+
+def test_a_platform_operator_sees_every_hospital_of_a_user_on_their_page(client_for, superuser, shared_radiologist):
+    html = client_for(superuser).get(f"/admin/accounts/user/{shared_radiologist.pk}/change/").content.decode()
+
+    assert inline_cells(html, "hospital") == ["Riverside Clinic", "St Mary&#x27;s Hospital"]
+
+
+def test_the_admin_of_one_hospital_finds_it_chosen_on_the_new_user_form(client_for, hospital_admin, hospital_a):
+    html = client_for(hospital_admin).get("/admin/accounts/user/add/").content.decode()
+
+    assert re.findall(r'<option value="(\d+)" selected>', html) == [str(hospital_a.pk)]
+    assert "Hospitals and roles" not in html
