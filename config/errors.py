@@ -107,6 +107,26 @@ def permission_denied(request: HttpRequest, exception: Exception) -> HttpRespons
     return defaults.permission_denied(request, exception)
 
 
+STALE_PAGE = (
+    "Pleura could not confirm that this came from one of its own pages. The page is out of date "
+    "if you signed in again since it was opened, here or in another tab: reload it, then try again. "
+    "If this keeps happening, your browser may be blocking Pleura's cookies."
+)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """Django's CSRF refusal, in words: most often a page opened before its user signed in
+    again (which rotates the token), in this tab or another. htmx requests get the words
+    as text for the page to show; Django's own page, and the portal's "your role does not
+    allow this" for every 403, sent people looking for a permission they had. Django logs
+    `reason` (django.security.csrf)."""
+    if "HX-Request" in request.headers:
+        return HttpResponse(STALE_PAGE, status=403, content_type="text/plain; charset=utf-8")
+    if request.path.startswith(MACHINE_PATHS):
+        return JsonResponse({"detail": STALE_PAGE}, status=403)
+    return render(request, "403_csrf.html", {"detail": STALE_PAGE}, status=403)
+
+
 def _unavailable_page(detail: str, retry_after_seconds: int) -> HttpResponse:
     # Rendered without the request: its context processors would query the database.
     page = loader.get_template("503.html").render({"detail": detail})

@@ -40,11 +40,12 @@
   document.addEventListener("htmx:responseError", function (event) {
     var xhr = event.detail.xhr, status = xhr.status;
     var words = status === 503 ? outageWords(xhr) : "";
-    if (status === 403) notice("Your role does not allow this action.");
-    // Switched hospital in another tab (hospital.tenancy.switched_away): its own words.
-    else if (status === 409 && (xhr.getResponseHeader("Content-Type") || "").indexOf("text/plain") === 0) {
-      notice(xhr.responseText);
-    }
+    var plainText = (xhr.getResponseHeader("Content-Type") || "").indexOf("text/plain") === 0;
+    // The server's own words: a page out of date since its user signed in again (403,
+    // config.errors.csrf_failure), a hospital switched in another tab (409,
+    // hospital.tenancy.switched_away).
+    if ((status === 403 || status === 409) && plainText) notice(xhr.responseText);
+    else if (status === 403) notice("Your role does not allow this action.");
     else if (status === 404) notice("This item is no longer available.");
     else if (words) notice("Pleura is temporarily unavailable. " + words);
     else notice("Something went wrong (" + status + "). Please try again.");

@@ -9,8 +9,9 @@ import pytest
 from django.contrib.sessions.models import Session
 from playwright.sync_api import expect
 
+from config.errors import STALE_PAGE
 from diagnostics.models import Study
-from tests.e2e.test_portal_journey import RADIOGRAPH, fill_in_sign_in, sign_in
+from tests.e2e.test_portal_journey import RADIOGRAPH, fill_in_sign_in, mark_page, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -94,3 +95,27 @@ def test_a_review_saved_after_the_session_ended_is_kept_and_saved_once_signed_in
     assert list(Review.objects.values_list("verdict", "correct_label", "note")) == [
         ("disagree", "normal", "Thymus, not consolidation.")
     ]
+
+
+def test_a_search_on_a_page_opened_before_signing_in_again_says_to_reload_it(
+    chromium, live_server, screenshot, doctor, hospital_a, make_study
+):
+    make_study(hospital_a, status=Study.Status.COMPLETED, label="normal", patient_id="MRN-RELOAD-1")
+    page = sign_in(chromium, live_server, doctor)
+    mark_page(page)
+
+    Session.objects.all().delete()
+    other_tab = page.context.new_page()
+    other_tab.goto(f"{live_server.url}/accounts/login/")
+    fill_in_sign_in(other_tab, doctor)  # signing in again rotates the CSRF token
+    expect(other_tab.get_by_role("heading", name="Worklist")).to_be_visible()
+    page.bring_to_front()
+    page.get_by_placeholder("Exact accession or patient ID").fill("MRN-RELOAD-1")
+
+    expect(page.locator("#toasts")).to_contain_text(STALE_PAGE)
+    screenshot(page, "25-page-out-of-date")
+    assert page.evaluate("window.__pleuraNoReload") is True  # the page and what was typed stay
+
+    page.reload()
+    page.get_by_placeholder("Exact accession or patient ID").fill("MRN-RELOAD-1")
+    expect(page.locator("#worklist-results tbody tr")).to_have_count(1)
