@@ -329,6 +329,7 @@ def test_dashboard_and_alerts_use_only_metrics_the_code_defines():
         "PleuraPredictionFailureRate",
         "PleuraNoWorker",
         "PleuraPipelineStalled",
+        "PleuraNoUsableModel",
         "PleuraHighRequestLatency",
     } <= names
 
