@@ -163,6 +163,9 @@ class Study(models.Model):
             # An EMR following changes (the API's `updated_since`): without it each poll read
             # the hospital's whole table (docs/benchmarks.md, seventeenth stop).
             models.Index(fields=["hospital", "updated_at"]),
+            # The API's search: by accession number, or by the DICOM study an EMR sent.
+            models.Index(fields=["hospital", "accession_number"]),
+            models.Index(fields=["hospital", "study_instance_uid"]),
         ]
 
     def __str__(self) -> str:

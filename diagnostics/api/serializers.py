@@ -74,6 +74,15 @@ class StudySerializer(serializers.ModelSerializer):
     prediction = serializers.SerializerMethodField()
     reviews = serializers.SerializerMethodField()
     warnings = serializers.SerializerMethodField()
+    study_instance_uid = serializers.CharField(
+        read_only=True, help_text="The DICOM Study Instance UID it was sent with; empty for a PNG or JPEG."
+    )
+    series_instance_uid = serializers.CharField(read_only=True, help_text="Its DICOM Series Instance UID, or empty.")
+    sop_instance_uid = serializers.CharField(
+        read_only=True,
+        help_text="Its DICOM SOP Instance UID, or empty: each instance Pleura receives is a study of its own, "
+        "so the views of one DICOM study are told apart by it.",
+    )
 
     class Meta:
         model = Study
@@ -83,6 +92,9 @@ class StudySerializer(serializers.ModelSerializer):
             "failure_reason",
             "failure_code",
             "accession_number",
+            "study_instance_uid",
+            "series_instance_uid",
+            "sop_instance_uid",
             "created_at",
             "updated_at",
             "image_url",
@@ -144,3 +156,9 @@ class StudySearchSerializer(serializers.Serializer):
 
     accession_number = serializers.CharField(required=False, help_text="Only studies with it.")
     status = serializers.ChoiceField(Study.Status.values, required=False)
+    study_instance_uid = serializers.CharField(
+        required=False, help_text="Only the instances of this DICOM study (0020,000D) Pleura received."
+    )
+    sop_instance_uid = serializers.CharField(
+        required=False, help_text="Only the study made from this DICOM instance (0008,0018)."
+    )

@@ -42,6 +42,7 @@ from diagnostics.api.serializers import (
     StudyUploadSerializer,
     shown_prediction,
 )
+from diagnostics.dicom import is_uid
 from diagnostics.imaging import RejectedUpload
 from diagnostics.media import protected_file_response
 from diagnostics.models import Prediction, Review, Study
@@ -194,13 +195,16 @@ STUDY_EXAMPLE = OpenApiExample(
         "failure_reason": "",
         "failure_code": "",
         "accession_number": "ACC-2025-000123",
+        "study_instance_uid": "1.2.826.0.1.3680043.8.498.10192837465",
+        "series_instance_uid": "1.2.826.0.1.3680043.8.498.10192837466",
+        "sop_instance_uid": "1.2.826.0.1.3680043.8.498.10192837467",
         "created_at": "2025-11-03T09:14:07.512Z",
         "updated_at": "2025-11-03T09:14:08.204Z",
         "prediction": {
             "label": "pneumonia",
             "probability": 0.912,
-            "threshold": 0.5,
-            "model_version": "densenet121-2025-10",
+            "threshold": 0.92,
+            "model_version": "pleura-resnet18-v1",
             "completed_at": "2025-11-03T09:14:08.204Z",
         },
         "reviews": [],
@@ -216,6 +220,9 @@ QUEUED_EXAMPLE = OpenApiExample(
         "failure_reason": "",
         "failure_code": "",
         "accession_number": "ACC-2025-000124",
+        "study_instance_uid": "",
+        "series_instance_uid": "",
+        "sop_instance_uid": "",
         "created_at": "2025-11-03T09:20:00Z",
         "updated_at": "2025-11-03T09:20:00Z",
         "prediction": None,
@@ -336,9 +343,29 @@ def _only_value(data, name: str):
     return values[0] if values else None
 
 
+# What the search and the list read; any other name is refused. A misspelt filter read as
+# none, and so did an empty one: the answer was every study of the hospital, newest first,
+# which an EMR takes for its patient's (EMR review).
+SEARCH_FILTERS = ("accession_number", "status", "study_instance_uid", "sop_instance_uid")
+LIST_PARAMETERS = ("status", "accession_number", "updated_since", "page", "cursor", "format")
+UID_FILTERS = ("study_instance_uid", "sop_instance_uid")
+
+
+def _refuse_unknown(names, known: tuple[str, ...]) -> None:
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise exceptions.ValidationError(
+            f"Pleura has no filter named {', '.join(unknown)}: the names it reads here are {', '.join(known)}."
+        )
+
+
 def _filtered(queryset, filters):
-    """The studies of `queryset` in the `status` and with the `accession_number` that
-    `filters` (a query string or a request body) name, when they name one."""
+    """The studies of `queryset` that `filters` (a query string or a request body) name:
+    by `status`, `accession_number`, and in a body the DICOM `study_instance_uid` or
+    `sop_instance_uid`. A filter sent empty is refused, not read as no filter."""
+    for name in SEARCH_FILTERS:
+        if name in filters and _only_value(filters, name) in (None, ""):
+            raise exceptions.ValidationError(f"{name} is empty: give it a value, or leave it out to mean any.")
     status_wanted = _only_value(filters, "status")
     if status_wanted:
         if status_wanted not in Study.Status.values:
@@ -351,6 +378,11 @@ def _filtered(queryset, filters):
         except RejectedUpload as exc:  # a NUL would make PostgreSQL refuse the query (500)
             raise exceptions.ValidationError(exc.detail) from exc
         queryset = queryset.filter(accession_number=accession)
+    for name in UID_FILTERS:
+        if uid := _only_value(filters, name):
+            if not is_uid(uid):
+                raise exceptions.ValidationError(f"{name} is not a DICOM UID (digits and dots, at most 64).")
+            queryset = queryset.filter(**{name: uid})
     return queryset
 
 
@@ -368,8 +400,15 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
 
     def get_queryset(self):
         params = self.request.query_params
+        # The UIDs are searched in a body only (POST .../search/), as accession numbers should be.
+        _refuse_unknown(params, LIST_PARAMETERS)
         queryset = _filtered(self.base_queryset().order_by("-created_at", "-id"), params)
-        if since := _only_value(params, "updated_since"):
+        if "updated_since" in params:
+            since = _only_value(params, "updated_since")
+            if not since:
+                raise exceptions.ValidationError(
+                    "updated_since is empty: give the largest updated_at read, less a minute."
+                )
             queryset = queryset.filter(updated_at__gte=_parse_since(since))
         return queryset
 
@@ -554,11 +593,12 @@ class StudySearchView(StudyQueryMixin, generics.GenericAPIView):
         return self.read_roles
 
     @extend_schema(
-        summary="Find the hospital's studies by accession number (and status), newest first",
+        summary="Find the hospital's studies by accession number or DICOM UIDs (and status), newest first",
         description=(
             "The filters of `GET /api/v1/studies/` in a JSON or form body, so that no accession number "
-            "travels in a URL. Paged as the list is: POST the same body to the `next` link, which "
-            "carries only the page number."
+            "travels in a URL, and the DICOM `study_instance_uid` and `sop_instance_uid`. A filter "
+            "Pleura does not know, or one sent empty, is refused (400). Paged as the list is: POST the "
+            "same body to the `next` link, which carries only the page number."
         ),
         request=StudySearchSerializer,
         parameters=[OpenApiParameter("page", int, description="The page, as the `next` link gives it.")],
@@ -569,7 +609,8 @@ class StudySearchView(StudyQueryMixin, generics.GenericAPIView):
         filters = request.data
         if not hasattr(filters, "get"):
             raise exceptions.ValidationError("The body must be an object of filters.")
-        for name in ("accession_number", "status"):
+        _refuse_unknown(filters, SEARCH_FILTERS)
+        for name in SEARCH_FILTERS:
             if filters.get(name) is not None and not isinstance(filters.get(name), str):
                 raise exceptions.ValidationError(f"{name} must be a string.")
         queryset = _filtered(self.base_queryset().order_by("-created_at", "-id"), filters)

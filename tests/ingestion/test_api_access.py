@@ -255,6 +255,9 @@ def test_detail_resource_shows_the_latest_non_shadow_prediction_reviews_and_warn
         "failure_reason": "",
         "failure_code": "",
         "accession_number": "ACC-A1",
+        "study_instance_uid": "1.2.392.200036.9125.0.199302241758.16",
+        "series_instance_uid": "1.2.392.200036.9125.0.199302241758.16",
+        "sop_instance_uid": "1.2.392.200036.9125.0.19950720112207",
         "created_at": completed_a.created_at.isoformat().replace("+00:00", "Z"),
         "updated_at": completed_a.updated_at.isoformat().replace("+00:00", "Z"),
         "image_url": f"/api/v1/studies/{completed_a.code}/image",
@@ -611,6 +614,57 @@ def test_a_search_body_pleura_cannot_read_is_400_with_a_message(caller, body, de
     assert (response.status_code, response.json()) == (400, {"detail": detail})
 
 
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"accesion_number": "NOPE-999"},
+         "Pleura has no filter named accesion_number: the names it reads here are accession_number, status, "
+         "study_instance_uid, sop_instance_uid."),
+        ({"accession_number": ""}, "accession_number is empty: give it a value, or leave it out to mean any."),
+        ({"accession_number": None}, "accession_number is empty: give it a value, or leave it out to mean any."),
+        ({"study_instance_uid": "1.2.3\n"}, "study_instance_uid is not a DICOM UID (digits and dots, at most 64)."),
+    ],
+)  # fmt: skip
+def test_a_misspelt_or_empty_filter_is_400_not_every_study_of_the_hospital(caller, study_a, body, detail):
+    """Read as no filter, each answered every study, newest first: an EMR takes the first for its patient's."""
+    response = caller("key_a").post(SEARCH_URL, body, format="json")
+    assert (response.status_code, response.json()) == (400, {"detail": detail})
+
+
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        ("updated_sinse=2030-01-01",
+         "Pleura has no filter named updated_sinse: the names it reads here are status, accession_number, "
+         "updated_since, page, cursor, format."),
+        ("sop_instance_uid=1.2.3",
+         "Pleura has no filter named sop_instance_uid: the names it reads here are status, accession_number, "
+         "updated_since, page, cursor, format."),
+        ("status=", "status is empty: give it a value, or leave it out to mean any."),
+        ("updated_since=", "updated_since is empty: give the largest updated_at read, less a minute."),
+    ],
+)  # fmt: skip
+def test_the_list_refuses_a_parameter_it_does_not_read_or_an_empty_filter(caller, study_a, query, detail):
+    response = caller("key_a").get(f"{STUDIES_URL}?{query}")
+    assert (response.status_code, response.json()) == (400, {"detail": detail})
+
+
+def test_an_emr_finds_each_view_of_a_dicom_study_by_its_own_uids(caller, hospital_a):
+    study, _ = ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source=Study.Source.API)
+    ingest_upload(hospital=hospital_a, data=NORMAL_JPEG.read_bytes(), source=Study.Source.API)
+    client = caller("key_a")
+
+    by_study = client.post(SEARCH_URL, {"study_instance_uid": study.study_instance_uid}, format="json").json()
+    by_instance = client.post(SEARCH_URL, {"sop_instance_uid": study.sop_instance_uid}, format="json").json()
+    elsewhere = caller("key_b").post(SEARCH_URL, {"sop_instance_uid": study.sop_instance_uid}, format="json").json()
+
+    assert [item["id"] for item in by_study["results"]] == [str(study.code)]
+    assert [(item["id"], item["sop_instance_uid"]) for item in by_instance["results"]] == [
+        (str(study.code), "1.2.392.200036.9125.0.19950720112207")
+    ]
+    assert elsewhere["results"] == []
+
+
 def test_a_filter_named_twice_is_400_not_its_last_value_searched(caller, study_a):
     """Two accession numbers were searched as the last one, with no word said."""
     search = caller("doctor").post(
@@ -635,7 +689,12 @@ def test_options_on_the_search_describes_its_filters(caller, who):
     """Answered 500: DRF's metadata asked the view for a serializer it did not have."""
     response = caller(who).options(SEARCH_URL)
     assert response.status_code == 200
-    assert sorted(response.json()["actions"]["POST"]) == ["accession_number", "status"]
+    assert sorted(response.json()["actions"]["POST"]) == [
+        "accession_number",
+        "sop_instance_uid",
+        "status",
+        "study_instance_uid",
+    ]
 
 
 def test_a_request_django_refuses_to_read_is_answered_in_json_on_the_api(caller):

@@ -46,7 +46,8 @@ def test_schema_documents_every_endpoint_with_examples_and_key_auth(db):
     detail = schema["components"]["schemas"]["Study"]["properties"]
     assert set(detail) == {
         "id", "status", "failure_reason", "failure_code", "accession_number", "created_at", "updated_at",
-        "image_url", "prediction", "reviews", "warnings",
+        "image_url", "prediction", "reviews", "warnings", "study_instance_uid", "series_instance_uid",
+        "sop_instance_uid",
     }  # fmt: skip
     # What the numbers mean, for an integrator who would otherwise compare with 0.5.
     prediction = schema["components"]["schemas"]["Prediction"]["properties"]

@@ -74,6 +74,9 @@ PYDICOM_PICTURES = [
 STUDY_FIELDS = {
     "id",
     "image_url",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
     "status",
     "failure_reason",
     "failure_code",
