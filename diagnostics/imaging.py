@@ -120,6 +120,17 @@ class InstanceConflict(RejectedUpload):
         )
 
 
+class AccessionConflict(RejectedUpload):
+    """An instance sent again with a typed accession number other than its study's: 409."""
+
+    def __init__(self):
+        super().__init__(
+            409,
+            "This instance was received before under another accession number, which Pleura keeps: a study "
+            "is not moved to another order by sending it again. Nothing was stored or changed.",
+        )
+
+
 class IdempotencyKeyReused(RejectedUpload):
     """An Idempotency-Key sent before with another file or identifiers: 422, nothing stored."""
 

@@ -80,6 +80,8 @@ def ingest_upload(
         sent_before = request_sent_before or _existing(hospital, decoded.metadata.get("sop_instance_uid", ""))
         if sent_before is not None and not _same_instance(sent_before, decoded, patient_id):
             raise imaging.InstanceConflict
+        if _moves_to_another_order(sent_before, accession_number):
+            raise imaging.AccessionConflict
     except RejectedUpload as exc:
         _audit_rejected(exc, audit_context, source=source, size=len(data))
         raise
@@ -196,6 +198,20 @@ def _same_instance(study: Study, decoded: DecodedImage, typed_patient_id: str) -
         (study.study_instance_uid, header.get("study_instance_uid", "")),
     ]
     return all(not stored or not sent or stored == sent for stored, sent in pairs)
+
+
+def _moves_to_another_order(sent_before: Study | None, typed_accession: str) -> bool:
+    """Whether a copy of a study (not failed) was typed another accession number than the
+    study's. It was answered 200 with the old one kept and the new one dropped, though the
+    API says a typed accession number replaces the header's (EMR review); a failed study
+    sent again takes the one typed, as it takes the new copy."""
+    return bool(
+        sent_before is not None
+        and sent_before.status != Study.Status.FAILED
+        and typed_accession
+        and sent_before.accession_number
+        and typed_accession != sent_before.accession_number
+    )
 
 
 def clean_identifier(value, name: str) -> str:

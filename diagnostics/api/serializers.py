@@ -142,7 +142,11 @@ class StudyUploadSerializer(serializers.Serializer):
         help_text="Fills in a DICOM header without a Patient ID; one that contradicts the header's is refused (409).",
     )
     accession_number = serializers.CharField(
-        required=False, allow_blank=True, max_length=64, help_text="Replaces the DICOM header's accession number."
+        required=False,
+        allow_blank=True,
+        max_length=64,
+        help_text="Replaces the DICOM header's accession number. An instance sent again under another "
+        "accession number than its study's is refused (409).",
     )
 
 

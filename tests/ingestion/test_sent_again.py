@@ -13,7 +13,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from diagnostics import pipeline, services, tasks
+from diagnostics import imaging, pipeline, services, tasks
 from diagnostics.models import Study
 from hospital.models import AuditEvent
 from tests.conftest import needs_postgresql
@@ -227,8 +227,26 @@ def test_an_identifier_typed_for_a_copy_fills_in_a_study_that_has_none(client_fo
     first_accession = Study.objects.get().accession_number
     status_code, study = upload(patient_id="MRN-8001")
     assert (status_code, study.status, study.patient_id) == (200, "completed", "MRN-8001")
-    _, study = upload(accession_number="ACC-8002")
-    assert (study.patient_id, study.accession_number) == ("MRN-8001", first_accession)
+    status_code, study = upload(accession_number="ACC-8002")  # another order: refused (below)
+    assert (status_code, study.patient_id, study.accession_number) == (409, "MRN-8001", first_accession)
 
     events = AuditEvent.objects.filter(action="study.uploaded").order_by("id")
-    assert [event.detail.get("filled_in") for event in events] == [None, ["patient_id"], None]
+    assert [event.detail.get("filled_in") for event in events] == [None, ["patient_id"]]
+
+
+def test_an_instance_sent_again_under_another_accession_number_is_409_and_keeps_its_study(emr, stored):
+    """It was answered 200 with the new accession number dropped, though the API says a
+    typed one replaces the header's: the EMR's search under the new order found nothing
+    (EMR review)."""
+    assert post_file(emr, CR_CHEST.read_bytes(), accession_number="ACC-FIRST").status_code == 202
+    Study.objects.update(status=Study.Status.COMPLETED)
+    before = stored()
+
+    again = post_file(emr, CR_CHEST.read_bytes(), accession_number="ACC-OTHER")
+    same = post_file(emr, CR_CHEST.read_bytes(), accession_number="ACC-FIRST")
+    untyped = post_file(emr, CR_CHEST.read_bytes())
+
+    assert (again.status_code, again.json()) == (409, {"detail": imaging.AccessionConflict().detail})
+    assert (same.status_code, untyped.status_code) == (200, 200)
+    assert list(Study.objects.values_list("accession_number", "status")) == [("ACC-FIRST", "completed")]
+    assert stored().files == before.files
