@@ -28,7 +28,16 @@ from diagnostics.services import ingest_upload
 from hospital.api import IntegrationKeyThrottle
 from hospital.models import AuditEvent, IntegrationKey
 from mlcore.models import ModelVersion
-from tests.ingestion.conftest import CR_CHEST, NORMAL_JPEG, PNEUMONIA_PNG, STUDIES_URL, TIBIA, decode_png, post_file
+from tests.ingestion.conftest import (
+    CR_CHEST,
+    NORMAL_JPEG,
+    PNEUMONIA_PNG,
+    STUDIES_URL,
+    TIBIA,
+    decode_png,
+    make_dicom,
+    post_file,
+)
 
 
 def rgba_png(width: int, height: int) -> bytes:
@@ -470,7 +479,7 @@ def test_a_review_saved_after_the_prediction_is_read_back_as_a_change(caller, co
         # A NUL made PostgreSQL refuse the query (500).
         (
             "?accession_number=ACC%001",
-            "The accession number (accession_number) may contain printable ASCII characters only.",
+            "The accession number (accession_number) may contain printable characters only, no control characters.",
         ),
         ("?accession_number=" + "A" * 65, "The accession number (accession_number) must be at most 64 characters."),
     ],
@@ -605,7 +614,7 @@ def test_another_hospitals_key_finds_nothing_by_this_hospitals_accession_number(
         ({"accession_number": 5555}, "accession_number must be a string."),
         (["ACC-A1"], "The body must be an object of filters."),
         ({"accession_number": "ACC\u00001"},
-         "The accession number (accession_number) may contain printable ASCII characters only."),
+         "The accession number (accession_number) may contain printable characters only, no control characters."),
         ({"status": "done"}, "status must be one of: queued, processing, completed, failed."),
     ],
 )  # fmt: skip
@@ -714,3 +723,16 @@ def test_a_request_django_refuses_to_read_is_answered_in_json_on_the_api(caller)
 def test_a_person_still_gets_the_portals_page_for_such_a_request(client_for, doctor):
     response = client_for(doctor).get("/?" + "&".join(f"a{n}=1" for n in range(1001)))
     assert (response.status_code, response["Content-Type"].split(";")[0]) == (400, "text/html")
+
+
+def test_an_accession_number_a_dicom_header_gives_in_latin_1_is_found_by_the_search(caller):
+    """Stored as the header said ("ACC-é1"), it was refused by the search as not ASCII: the
+    study could never be found by its order (EMR review)."""
+    gray = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
+    data = make_dicom(gray, SpecificCharacterSet="ISO_IR 100", AccessionNumber="ACC-é1")
+    client = caller("key_a")
+    assert post_file(client, data).status_code == 202
+
+    found = client.post(SEARCH_URL, {"accession_number": "ACC-é1"}, format="json")
+
+    assert (found.status_code, [item["accession_number"] for item in found.json()["results"]]) == (200, ["ACC-é1"])

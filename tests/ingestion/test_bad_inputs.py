@@ -466,11 +466,15 @@ def test_an_untyped_body_is_judged_by_its_content_as_every_upload_is(key_a, key_
     [
         ("patient_id", "M" * 65, "The patient ID (patient_id) must be at most 64 characters."),
         ("accession_number", "A" * 65, "The accession number (accession_number) must be at most 64 characters."),
-        ("patient_id", "MRN\x00-1", "The patient ID (patient_id) may contain printable ASCII characters only."),
+        (
+            "patient_id",
+            "MRN\x00-1",
+            "The patient ID (patient_id) may contain printable characters only, no control characters.",
+        ),
         (
             "accession_number",
             "ACC\n1",
-            "The accession number (accession_number) may contain printable ASCII characters only.",
+            "The accession number (accession_number) may contain printable characters only, no control characters.",
         ),
     ],
 )
