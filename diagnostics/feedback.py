@@ -78,6 +78,7 @@ class ExportResult:
     per_hospital: dict[str, dict[str, int]] = field(default_factory=dict)
     conflicts_left_out: int = 0
     undecodable_left_out: int = 0
+    outside_intended_use_left_out: int = 0
     data_sha256: str = ""
     manifest: dict = field(default_factory=dict)
 
@@ -117,14 +118,27 @@ def counted_reviews() -> QuerySet[Review]:
     )
 
 
-def reviewed_studies(hospitals: QuerySet[Hospital] | None = None) -> QuerySet[Study]:
-    """Studies of consenting hospitals (optionally narrowed to `hospitals`) with counted
-    reviews, each with those reviews."""
+def _with_counted_reviews(hospitals: QuerySet[Hospital] | None) -> QuerySet[Study]:
     allowed = consenting_hospitals()
     if hospitals is not None:
         allowed = allowed.filter(pk__in=hospitals.values("pk"))
+    return Study.objects.filter(hospital__in=allowed, pk__in=counted_reviews().values("study"))
+
+
+def outside_intended_use(hospitals: QuerySet[Hospital] | None = None) -> int:
+    """Reviewed studies left out of the export as outside the model's intended use."""
+    return _with_counted_reviews(hospitals).exclude(warnings=[]).count()
+
+
+def reviewed_studies(hospitals: QuerySet[Hospital] | None = None) -> QuerySet[Study]:
+    """Studies of consenting hospitals (optionally narrowed to `hospitals`) with counted
+    reviews, each with those reviews. Not a study flagged outside the intended use (not a
+    chest, an adult, a lateral view): the radiologist's label is true of that image, but
+    trained on, or in the gate's hold-out, it teaches or judges the model on images it is
+    not meant to read (ML review)."""
     return (
-        Study.objects.filter(hospital__in=allowed, pk__in=counted_reviews().values("study"))
+        _with_counted_reviews(hospitals)
+        .filter(warnings=[])
         .select_related("hospital")
         .prefetch_related(
             Prefetch(
@@ -170,7 +184,12 @@ def export_training_set(
         raise
     examples, conflicts = _examples(images)
     held_out = _held_out(examples, holdout_fraction)
-    result = ExportResult(out_dir=out_dir, conflicts_left_out=conflicts, undecodable_left_out=undecodable)
+    result = ExportResult(
+        out_dir=out_dir,
+        conflicts_left_out=conflicts,
+        undecodable_left_out=undecodable,
+        outside_intended_use_left_out=outside_intended_use(hospitals),
+    )
     holdout_files: list[str] = []
     for example in examples:
         relative = _place(out_dir, example, example.key in held_out)
@@ -390,6 +409,7 @@ def _manifest(result: ExportResult, holdout_fraction: float, holdout_files: list
         "hospitals": result.per_hospital,
         "conflicts_left_out": result.conflicts_left_out,
         "undecodable_left_out": result.undecodable_left_out,
+        "outside_intended_use_left_out": result.outside_intended_use_left_out,
         "data_sha256": result.data_sha256,
     }
 

@@ -340,3 +340,22 @@ def test_a_storage_that_refuses_every_file_fails_the_export(tmp_path, consenting
         feedback.export_training_set(tmp_path / "export", holdout_fraction=0)
     assert not (tmp_path / "export").exists()
     assert not AuditEvent.objects.filter(action=Action.TRAINING_EXPORTED).exists()
+
+
+def test_a_study_outside_the_intended_use_is_left_out_of_training_and_the_hold_out_and_counted(
+    tmp_path, consenting, radiologist
+):
+    """Flagged "not chest" or "adult", it was exported with its radiologist's label, into
+    training or the gate's hold-out (ML review)."""
+    flagged = stored_study(consenting, REVIEW_IMAGES["normal"][0], warnings=["not_chest", "adult"])
+    kept = stored_study(consenting, REVIEW_IMAGES["normal"][1], patient_id="MRN-2")
+    for study in (flagged, kept):
+        review(study, radiologist, "normal")
+    out = io.StringIO()
+
+    call_command("export_training_set", "--out", str(tmp_path / "export"), "--holdout-fraction", "0", stdout=out)
+
+    assert "exported 1 training and 0 hold-out examples of 1 hospital(s)" in out.getvalue()
+    assert "0 whose stored file is gone or no longer decodes, 1 outside the intended use;" in out.getvalue()
+    manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
+    assert (manifest["train"], manifest["outside_intended_use_left_out"]) == ({"normal": 1, "pneumonia": 0}, 1)

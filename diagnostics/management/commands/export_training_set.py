@@ -33,7 +33,8 @@ class Command(BaseCommand):
             f"exported {result.train_examples} training and {result.holdout_examples} hold-out examples "
             f"of {len(result.per_hospital)} hospital(s) to {result.out_dir}; "
             f"{result.conflicts_left_out} left out for tied reviews, "
-            f"{result.undecodable_left_out} whose stored file is gone or no longer decodes; "
+            f"{result.undecodable_left_out} whose stored file is gone or no longer decodes, "
+            f"{result.outside_intended_use_left_out} outside the intended use; "
             f"data sha256 {result.data_sha256}"
         )
 
