@@ -3,13 +3,16 @@ gated metric and better on at least one."""
 
 from __future__ import annotations
 
+import math
+
 from mlcore.models import ModelVersion
 
 # Specificity too: a candidate that calls every radiograph pneumonia keeps AUC and
 # sensitivity and loses specificity; it measures worse.
 GATED_METRICS = ("roc_auc", "sensitivity", "specificity")
-# Below this many reviewed hold-out cases, their AUC and sensitivity are too noisy to
-# veto a candidate (one case moves sensitivity by several points); they are still shown.
+# Below this many reviewed hold-out cases (of the class, for sensitivity and specificity),
+# their figures are too noisy to veto a candidate (one case moves sensitivity by several
+# points); they are still shown.
 MIN_REVIEWED_HOLDOUT = 30
 
 
@@ -37,23 +40,39 @@ def gate_failures(candidate: ModelVersion, active: ModelVersion | None) -> list[
             f"{candidate.name} was compared with {compared_with.get('name') or 'another version'}, not with the "
             f"active version {active.name}; retrain from {active.name} to compare with it"
         ]
-    compared = [(comparison.get("candidate") or {}, comparison.get("active") or {}, "")]
+    compared = [(comparison.get("candidate") or {}, comparison.get("active") or {}, "", GATED_METRICS)]
     holdout = comparison.get("reviewed_holdout") or {}
-    if holdout.get("images", 0) >= MIN_REVIEWED_HOLDOUT and (holdout.get("active") or {}).get("roc_auc") is not None:
-        compared.append((holdout.get("candidate") or {}, holdout["active"], "on reviewed cases: "))
-    failures = [failure for new, old, where in compared for failure in _compare(new, old, where)]
+    if judged := _judged_on_reviewed_cases(holdout):
+        compared.append((holdout.get("candidate") or {}, holdout["active"], "on reviewed cases: ", judged))
+    failures = [failure for new, old, where, metrics in compared for failure in _compare(new, old, where, metrics)]
     # Better models are promoted only when they measure better: one that ties on every
     # metric would replace the version doctors have for nothing (worker review).
-    if not failures and not any(new[metric] > old[metric] for new, old, _ in compared for metric in GATED_METRICS):
+    if not failures and not any(new[m] > old[m] for new, old, _, metrics in compared for m in metrics):
         failures.append(f"{candidate.name} measures no better than the active version {active.name} on any metric")
     return failures
 
 
-def _compare(new_metrics: dict, old_metrics: dict, where: str) -> list[str]:
+def _judged_on_reviewed_cases(holdout: dict) -> tuple[str, ...]:
+    """The gated metrics the reviewed hold-out has enough cases to judge: AUC on enough
+    images of both classes; sensitivity on enough pneumonia cases and specificity on
+    enough normal ones, each on its own. A hold-out of one class has no AUC, and its
+    sensitivity was ignored with it however much worse the candidate was (ML review)."""
+    matrix = (holdout.get("active") or {}).get("confusion_matrix") or {}
+    pneumonia, normal = matrix.get("tp", 0) + matrix.get("fn", 0), matrix.get("tn", 0) + matrix.get("fp", 0)
+    enough = {
+        "roc_auc": holdout.get("images", 0) >= MIN_REVIEWED_HOLDOUT and pneumonia > 0 and normal > 0,
+        "sensitivity": pneumonia >= MIN_REVIEWED_HOLDOUT,
+        "specificity": normal >= MIN_REVIEWED_HOLDOUT,
+    }
+    return tuple(metric for metric in GATED_METRICS if enough[metric])
+
+
+def _compare(new_metrics: dict, old_metrics: dict, where: str, metrics: tuple[str, ...]) -> list[str]:
     failures = []
-    for metric in GATED_METRICS:
+    for metric in metrics:
         new, old = new_metrics.get(metric), old_metrics.get(metric)
-        if new is None or old is None:
+        # NaN compares false both ways, so it was never worse (ML review): not a measure.
+        if not all(isinstance(value, int | float) and math.isfinite(value) for value in (new, old)):
             failures.append(f"{where}{metric} is not measured for both versions")
         elif new < old:
             failures.append(f"{where}{metric} {new:.4f} is worse than the active version's {old:.4f}")

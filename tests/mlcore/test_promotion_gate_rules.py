@@ -23,15 +23,22 @@ SAME = {"roc_auc": 0.99, "sensitivity": 0.96, "specificity": 0.9}
 ACTIVE_WEIGHTS = "a" * 64
 
 
+def _reviewed(pneumonia: int, normal: int, **figures) -> dict:
+    """Figures on a reviewed hold-out of so many cases of each class."""
+    matrix = {"tp": pneumonia, "fn": 0, "tn": normal, "fp": 0}
+    return {"roc_auc": 0.90, "sensitivity": 0.95, "specificity": 0.9, "confusion_matrix": matrix, **figures}
+
+
 def _comparison(holdout_images: int, holdout_candidate_auc: float, **candidate) -> dict:
+    pneumonia = holdout_images // 2
     return {
         "comparison": {
             "candidate": {**SAME, **candidate},
             "active": SAME,
             "reviewed_holdout": {
                 "images": holdout_images,
-                "candidate": {"roc_auc": holdout_candidate_auc, "sensitivity": 0.95, "specificity": 0.9},
-                "active": {"roc_auc": 0.90, "sensitivity": 0.95, "specificity": 0.9},
+                "candidate": _reviewed(pneumonia, holdout_images - pneumonia, roc_auc=holdout_candidate_auc),
+                "active": _reviewed(pneumonia, holdout_images - pneumonia),
             },
             "against": {"name": "active", "weights_sha256": ACTIVE_WEIGHTS},
         }
@@ -107,3 +114,30 @@ def test_a_version_never_compared_is_refused_whatever_its_own_validation_says():
         "(retrain_model makes that comparison)"
     ]
     assert gate_failures(candidate, None) == []
+
+
+@pytest.mark.django_db
+def test_a_reviewed_hold_out_of_one_class_still_judges_that_classs_figure():
+    """With no normal case there is no AUC, and the hold-out's sensitivity was ignored with
+    it: 0.50 against 0.97 passed (ML review)."""
+    active = _version("active", ModelVersion.Status.ACTIVE, SAME, ACTIVE_WEIGHTS)
+    comparison = _comparison(0, 0.9, roc_auc=0.995)
+    comparison["comparison"]["reviewed_holdout"] = {
+        "images": 60,
+        "candidate": _reviewed(60, 0, roc_auc=None, sensitivity=0.5, specificity=0.0),
+        "active": _reviewed(60, 0, roc_auc=None, sensitivity=0.97, specificity=0.0),
+    }
+    candidate = _version("candidate", ModelVersion.Status.CANDIDATE, comparison)
+
+    assert gate_failures(candidate, active) == [
+        "on reviewed cases: sensitivity 0.5000 is worse than the active version's 0.9700"
+    ]
+
+
+def test_a_figure_that_is_not_a_number_is_not_measured_and_refuses_the_candidate():
+    """NaN is never worse than anything, so it passed (ML review). The database refuses NaN
+    in JSON, so the versions are not saved here."""
+    active = ModelVersion(name="active", status=ModelVersion.Status.ACTIVE, weights_sha256=ACTIVE_WEIGHTS)
+    candidate = ModelVersion(name="candidate", metrics=_comparison(0, 0.9, roc_auc=float("nan"), sensitivity=0.97))
+
+    assert gate_failures(candidate, active) == ["roc_auc is not measured for both versions"]
