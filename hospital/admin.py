@@ -23,10 +23,12 @@ from collections import Counter
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import widgets
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import FieldDoesNotExist, PermissionDenied, ValidationError
 from django.db import transaction
+from django.db.models.constants import LOOKUP_SEP
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 
@@ -50,6 +52,25 @@ class ReadableLookupsMixin:
             return super().get_changelist_instance(request)
         except (ValueError, OverflowError) as exc:  # dates out of range, raised building the query
             raise IncorrectLookupParameters(str(exc)) from exc
+
+    def lookup_allowed(self, lookup, value, request=None):
+        """Only the list's own filters and date drill-down in its address. Django accepts a
+        lookup on any of a model's own fields: `?patient_id=MRN-…` found a patient in any
+        hospital for a platform operator, a character at a time with `__startswith` (and
+        `?key_hash__startswith=` a key's hash), and left the value in URLs and logs (admin
+        review). Refused, Django answers 400."""
+        for related in self.model._meta.related_fkey_lookups:  # a raw-id widget's popup
+            related = related() if callable(related) else related
+            if (lookup, value) in widgets.url_params_from_lookup_dict(related).items():
+                return True
+        filters = self.get_list_filter(request) if request is not None else self.list_filter
+        named = {item if isinstance(item, str) else item[0] for item in filters if isinstance(item, str | tuple)}
+        named |= {item.parameter_name for item in filters if isinstance(item, type)}
+        if self.date_hierarchy:
+            named.add(self.date_hierarchy.split(LOOKUP_SEP)[0])
+        if lookup.split(LOOKUP_SEP)[0] not in named:
+            return False
+        return super().lookup_allowed(lookup, value, request)
 
     def get_search_results(self, request, queryset, search_term):
         # The autocomplete's search comes here too (with its term), not through the list.
