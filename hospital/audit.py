@@ -47,6 +47,7 @@ class Action(models.TextChoices):
     PREDICTION_FAILED = "prediction.failed", "Prediction failed"
     REVIEW_SAVED = "review.saved", "Review saved"
     MODEL_REGISTERED = "model.registered", "Model registered"
+    MODEL_COMPARED = "model.compared", "Model compared with another"
     MODEL_PROMOTED = "model.promoted", "Model promoted"
     MODEL_PROMOTION_REFUSED = "model.promotion_refused", "Model promotion refused"
     MODEL_ROLLED_BACK = "model.rolled_back", "Model rolled back"

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CLASSES = ("NORMAL", "PNEUMONIA")  # index = target (0 normal, 1 pneumonia)
-# Beside a trained model's weights: its comparison with a registered version (`compare_model`),
-# which registration stores for the promotion gate. Training removes one it finds: it was
-# made for the weights it replaces.
+# What earlier versions of compare_model wrote beside the weights and registration stored
+# for the gate. It is never read now (anyone able to write the folder could edit it):
+# registration says so when it finds one, and `compare_model NAME` measures instead.
 COMPARISON_FILE = "comparison.json"
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 

@@ -13,7 +13,6 @@ from django.db import transaction
 from django.utils import timezone
 
 from hospital import audit
-from mlcore.data import COMPARISON_FILE
 from mlcore.models import ModelVersion
 
 # torch is imported where an engine is built, not here: web processes use the registry
@@ -74,15 +73,10 @@ def register_from_dir(
     if file_sha256(weights) != description["weights_sha256"]:
         raise RegistryError(f"{weights} does not match the sha256 recorded in {description_path}")
     card_path = Path(model_dir) / "model_card.json"
+    # Figures only: a comparison with the active version is what Pleura measures after
+    # registration (`compare_model NAME`), never a file beside the weights, which anyone
+    # able to write the folder could edit (ML review).
     metrics = description["validation_metrics"]
-    comparison_path = Path(model_dir) / COMPARISON_FILE  # made by `compare_model`
-    if comparison_path.is_file():
-        comparison = json.loads(comparison_path.read_text())
-        if comparison.get("candidate_weights_sha256") != description["weights_sha256"]:
-            raise RegistryError(
-                f"{comparison_path} was made for other weights than {weights.name}: run compare_model again"
-            )
-        metrics = {**metrics, "comparison": comparison}
     name = name or description["name"]
     if ModelVersion.objects.filter(name=name).exists():
         raise RegistryError(f"a model version named {name!r} already exists")

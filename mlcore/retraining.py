@@ -179,21 +179,54 @@ def compare_with(
     return comparison
 
 
-def compare_with_version(model_dir: Path, against: ModelVersion, *, device: str | None = None) -> dict:
-    """The model in `model_dir` (train_model's output) and the registered `against` on
-    the latter's locked validation set, each at its own threshold, written beside the
-    weights. A model trained anew rather than fine-tuned (a new shipped default) has no
-    other way to the gate: `retrain_model` makes this comparison for its candidates."""
-    description = json.loads((Path(model_dir) / registry.MODEL_DESCRIPTION).read_text())
-    if ModelVersion.objects.filter(weights_sha256=description["weights_sha256"]).exists():
+def trained_on_locked_images(model_dir: Path, locked: list[data.Sample]) -> int:
+    """How many of the locked validation images the model in `model_dir` trained on, by its
+    split.json: measured on those, it is judged on images it learned (ML review: a model
+    trained with another seed or validation fraction had 642 of the 786 in its training
+    set, and compare_model scored it there). RetrainingError without a split.json."""
+    split = Path(model_dir) / SPLIT_FILE
+    if not split.is_file():
+        raise RetrainingError(f"{split} is missing: what the model trained on is unknown, so it cannot be compared")
+    trained = set(json.loads(split.read_text())["train"]["files"])
+    return len(trained & {sample.relative_name for sample in locked})
+
+
+@transaction.atomic
+def compare_registered(
+    candidate: ModelVersion, against: ModelVersion, *, device: str | None = None, actor=None
+) -> dict:
+    """Measure the registered `candidate` and `against` on the latter's locked validation
+    set, each at its own threshold, and store it as the candidate's comparison, which the
+    promotion gate reads. A model trained anew rather than fine-tuned (a new shipped
+    default) gets its comparison here; `retrain_model` makes it for its candidates.
+
+    Pleura measures it: a comparison.json beside the weights was stored as it was, so one
+    edited by hand promoted weights the gate had refused (ML review)."""
+    if candidate.pk == against.pk:
+        raise RetrainingError(f"{candidate.name} cannot be compared with itself")
+    locked = locked_validation_of(against)
+    overlap = trained_on_locked_images(registry.resolve_weights_path(candidate).parent, locked)
+    if overlap:
         raise RetrainingError(
-            f"{model_dir} is registered already: compare it before registering, so the comparison goes with it"
+            f"{candidate.name} trained on {overlap} of the {len(locked)} locked validation images of "
+            f"{against.name}: measured there, it would be judged on images it learned. Train it on the base data "
+            f"less those images (its split.json's val part), as retrain_model does."
         )
-    comparison = compare_with(model_dir, description, against, locked_validation_of(against), [], device)
-    # Whose comparison it is: registration refuses it beside other weights (trained again
-    # into the same folder, the old weights' figures reached the gate: diff review).
-    comparison["candidate_weights_sha256"] = description["weights_sha256"]
-    (Path(model_dir) / data.COMPARISON_FILE).write_text(json.dumps(comparison, indent=2))
+    comparison = compare(
+        registry.get_engine(candidate, device=device), registry.get_engine(against, device=device), locked, []
+    )
+    comparison["against"] = {"name": against.name, "weights_sha256": against.weights_sha256}
+    candidate.metrics = {**candidate.metrics, "comparison": comparison}
+    candidate.save(update_fields=["metrics"])
+    audit.record(
+        audit.Action.MODEL_COMPARED,
+        actor=actor,
+        target=candidate,
+        name=candidate.name,
+        against=against.name,
+        locked_validation_images=len(locked),
+        gate_failures=gate_failures(candidate, against),
+    )
     return comparison
 
 

@@ -175,7 +175,6 @@ def train(config: TrainConfig) -> dict:
     generator = seed_everything(config.seed)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    (config.out_dir / data.COMPARISON_FILE).unlink(missing_ok=True)  # made for other weights
 
     samples = collect_samples(config)
     train_samples, val_samples = data.split_by_patient(samples, config.val_fraction, config.seed)

@@ -22,12 +22,12 @@ TINY_NAME = "pleura-tiny"
 _cache: dict[str, Path] = {}
 
 
-def train_tiny_model(out_dir: Path, *, name: str = TINY_NAME, seed: int = 3) -> Path:
+def train_tiny_model(out_dir: Path, *, name: str = TINY_NAME, seed: int = 3, data: Path = SMALL_DATA) -> Path:
     """A real `train_model` run on the 16 fixture radiographs (a few seconds on CPU)."""
     call_command(
         "train_model",
         "--data",
-        str(SMALL_DATA),
+        str(data),
         "--out",
         str(out_dir),
         "--name",

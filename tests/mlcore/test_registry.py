@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -12,7 +13,7 @@ from django.db import IntegrityError, transaction
 from hospital.audit import Action
 from hospital.models import AuditEvent
 from mlcore import registry
-from mlcore.engine import InferenceEngine, ModelSpec
+from mlcore.engine import InferenceEngine
 from mlcore.models import ModelVersion
 from mlcore.network import WeightsMismatchError
 from tests.mlcore.helpers import TINY_NAME, compare_with_active, copy_model_dir
@@ -301,60 +302,100 @@ def test_an_override_needs_a_reason_for_the_audit_trail(active_v1, make_model, s
     assert ModelVersion.objects.active().name == "v1"
 
 
-def test_a_model_trained_anew_is_compared_with_the_active_one_and_carries_it_to_the_gate(
-    weights_dir, tiny_model, settings
+def _trained_without_the_locked_set(weights_dir, tmp_path, name: str) -> Path:
+    """A model trained anew on the base data less the active version's locked validation set."""
+    from mlcore.retraining import base_training_folder, locked_validation
+    from tests.mlcore.helpers import SMALL_DATA, train_tiny_model
+
+    locked = locked_validation(weights_dir / TINY_NAME / "split.json", SMALL_DATA)
+    base_training_folder(SMALL_DATA, locked, tmp_path / "base")
+    return train_tiny_model(weights_dir / name, name=name, seed=5, data=tmp_path / "base")
+
+
+def test_a_model_trained_anew_is_measured_against_the_active_one_and_carries_it_to_the_gate(
+    weights_dir, tiny_model, settings, tmp_path
 ):
-    """A new shipped default is trained, not fine-tuned: `compare_model` makes the comparison
-    `retrain_model` makes for its candidates, and registration carries it to the gate."""
+    """A new shipped default is trained, not fine-tuned: registered, `compare_model`
+    measures it as `retrain_model` measures its candidates, and stores it for the gate."""
     from mlcore.promotion import gate_failures
     from mlcore.retraining import evaluate_samples, locked_validation
-    from tests.mlcore.helpers import SMALL_DATA, train_tiny_model
+    from tests.mlcore.helpers import SMALL_DATA
 
     settings.TRAINING_DATA_DIR = SMALL_DATA
     call_command("ensure_default_model", stdout=io.StringIO())
     active = ModelVersion.objects.active()
-    fresh = train_tiny_model(weights_dir / "fresh", name="fresh", seed=5)
+    fresh = _trained_without_the_locked_set(weights_dir, tmp_path, "fresh")
 
-    printed = json.loads(_run("compare_model", str(fresh), "--device", "cpu"))
+    registered = _run("register_model", str(fresh))
+    printed = json.loads(_run("compare_model", "fresh", "--device", "cpu"))
 
-    written = json.loads((fresh / "comparison.json").read_text())
-    locked = locked_validation(weights_dir / TINY_NAME / "split.json", SMALL_DATA)
-    fresh_engine = InferenceEngine(ModelSpec.from_description(fresh, json.loads((fresh / "model.json").read_text())))
-    assert printed == written
-    assert written["against"] == {"name": TINY_NAME, "weights_sha256": active.weights_sha256}
-    assert written["candidate_weights_sha256"] == json.loads((fresh / "model.json").read_text())["weights_sha256"]
-    assert written["locked_validation_images"] == len(locked) > 0
-    assert written["candidate"] == json.loads(json.dumps(evaluate_samples(fresh_engine, locked)))
-    assert written["active"] == json.loads(json.dumps(evaluate_samples(registry.get_engine(active), locked)))
-
-    _run("register_model", str(fresh))
+    assert f"next: compare_model fresh, which measures it against {TINY_NAME} for the gate" in registered
     version = ModelVersion.objects.get(name="fresh")
-    assert version.metrics["comparison"] == written
-    new, old = written["candidate"], written["active"]
-    assert gate_failures(version, active) == [
+    locked = locked_validation(weights_dir / TINY_NAME / "split.json", SMALL_DATA)
+    assert version.metrics["comparison"] == printed
+    assert printed["against"] == {"name": TINY_NAME, "weights_sha256": active.weights_sha256}
+    assert printed["locked_validation_images"] == len(locked) > 0
+    assert printed["candidate"] == json.loads(json.dumps(evaluate_samples(registry.get_engine(version), locked)))
+    assert printed["active"] == json.loads(json.dumps(evaluate_samples(registry.get_engine(active), locked)))
+    new, old = printed["candidate"], printed["active"]
+    failures = gate_failures(version, active)
+    assert [failure for failure in failures if "worse" in failure] == [
         f"{metric} {new[metric]:.4f} is worse than the active version's {old[metric]:.4f}"
         for metric in ("roc_auc", "sensitivity", "specificity")
         if new[metric] < old[metric]
     ]
-    with pytest.raises(CommandError, match="is registered already: compare it before registering"):
+    event = AuditEvent.objects.get(action="model.compared")
+    assert (event.target_id, event.detail["against"], event.detail["gate_failures"]) == (
+        str(version.code),
+        TINY_NAME,
+        failures,
+    )
+    with pytest.raises(CommandError, match="register the folder first"):
         call_command("compare_model", str(fresh), stdout=io.StringIO())
 
 
-def test_a_comparison_made_for_other_weights_never_reaches_the_gate(weights_dir, settings):
-    """Trained again into the same folder, a model kept the comparison of the weights it
-    replaced, and the gate judged it by their figures (diff review)."""
+def test_a_comparison_json_beside_the_weights_is_never_taken_for_a_measure(weights_dir, tiny_model, settings, tmp_path):
+    """Registration stored the file as it was: edited by hand to raise the candidate's
+    figures, it promoted weights the gate had refused (ML review)."""
+    from tests.mlcore.helpers import SMALL_DATA
+
+    settings.TRAINING_DATA_DIR = SMALL_DATA
+    call_command("ensure_default_model", stdout=io.StringIO())
+    active = ModelVersion.objects.active()
+    folder = _trained_without_the_locked_set(weights_dir, tmp_path, "edited")
+    flattering = {"roc_auc": 1.0, "sensitivity": 1.0, "specificity": 1.0}
+    (folder / "comparison.json").write_text(
+        json.dumps({"candidate": flattering, "active": active.metrics, "against": {"name": active.name,
+                    "weights_sha256": active.weights_sha256}})
+    )  # fmt: skip
+
+    output = _run("register_model", str(folder))
+
+    assert "comparison.json beside the weights was not read" in output
+    version = ModelVersion.objects.get(name="edited")
+    assert "comparison" not in version.metrics
+    with pytest.raises(CommandError, match="was never compared with the active version"):
+        call_command("promote_model", "edited", stdout=io.StringIO())
+
+
+def test_a_model_that_trained_on_the_locked_set_is_not_compared_there(weights_dir, tiny_model, settings):
+    """Trained with another seed on the same data, 642 of the 786 locked images were in its
+    training set, and compare_model judged it on them (ML review)."""
+    from mlcore.retraining import locked_validation
     from tests.mlcore.helpers import SMALL_DATA, train_tiny_model
 
     settings.TRAINING_DATA_DIR = SMALL_DATA
     call_command("ensure_default_model", stdout=io.StringIO())
-    folder = train_tiny_model(weights_dir / "again", name="again", seed=5)
-    _run("compare_model", str(folder), "--device", "cpu")
-    compared = (folder / "comparison.json").read_text()
+    folder = train_tiny_model(weights_dir / "leaky", name="leaky", seed=5)
+    locked = {sample.relative_name for sample in locked_validation(weights_dir / TINY_NAME / "split.json", SMALL_DATA)}
+    overlap = len(set(json.loads((folder / "split.json").read_text())["train"]["files"]) & locked)
+    _run("register_model", str(folder))
 
-    train_tiny_model(folder, name="again", seed=11)  # the same folder, other weights
+    with pytest.raises(CommandError) as refused:
+        call_command("compare_model", "leaky", stdout=io.StringIO())
 
-    assert not (folder / "comparison.json").exists()
-    (folder / "comparison.json").write_text(compared)  # put back by hand, or copied with the folder
-    with pytest.raises(CommandError, match=r"comparison\.json was made for other weights than weights\.pt"):
-        call_command("register_model", str(folder), stdout=io.StringIO())
-    assert not ModelVersion.objects.filter(name="again").exists()
+    assert overlap > 0
+    assert str(refused.value).startswith(
+        f"leaky trained on {overlap} of the {len(locked)} locked validation images of {TINY_NAME}: measured there"
+    )
+    assert "comparison" not in ModelVersion.objects.get(name="leaky").metrics

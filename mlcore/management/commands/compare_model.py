@@ -6,27 +6,30 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from mlcore import registry
-from mlcore.data import COMPARISON_FILE
 from mlcore.models import ModelVersion
-from mlcore.retraining import RetrainingError, compare_with_version
+from mlcore.retraining import RetrainingError, compare_registered
 
 
 class Command(BaseCommand):
     help = (
-        "Compare a trained model folder with a registered version on that version's locked validation set, and "
-        f"write {COMPARISON_FILE} beside its weights: registered afterwards, it carries the comparison the "
-        "promotion gate reads."
+        "Measure a registered candidate and a version (by default the active one) on that version's locked "
+        "validation set, and store it as the candidate's comparison, which promote_model's gate reads."
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("model_dir", type=Path, help="the output folder of train_model")
+        parser.add_argument("name", help="the registered candidate (register_model DIR registers a folder)")
         parser.add_argument("--against", default=None, help="version name (default: the active one)")
         parser.add_argument("--device", default=None)
 
     def handle(self, *args, **options):
-        model_dir = options["model_dir"]
-        if not (model_dir / registry.MODEL_DESCRIPTION).is_file():
-            raise CommandError(f"{model_dir / registry.MODEL_DESCRIPTION} not found: is it the output of train_model?")
+        candidate = ModelVersion.objects.filter(name=options["name"]).first()
+        if candidate is None:
+            hint = (
+                ": register the folder first (register_model DIR), then compare_model NAME"
+                if Path(options["name"]).is_dir()
+                else ""
+            )
+            raise CommandError(f"no model version named {options['name']!r}{hint}")
         against = (
             ModelVersion.objects.filter(name=options["against"]).first()
             if options["against"]
@@ -37,7 +40,7 @@ class Command(BaseCommand):
                 f"no model version named {options['against']!r}" if options["against"] else "no active model version"
             )
         try:
-            comparison = compare_with_version(model_dir, against, device=options["device"])
+            comparison = compare_registered(candidate, against, device=options["device"])
         except (RetrainingError, registry.RegistryError, FileNotFoundError) as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(json.dumps(comparison, indent=2))

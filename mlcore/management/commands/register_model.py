@@ -5,6 +5,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from mlcore import registry
+from mlcore.data import COMPARISON_FILE
 from mlcore.models import ModelVersion
 
 
@@ -41,3 +42,11 @@ class Command(BaseCommand):
         except registry.RegistryError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"registered {version.name} ({version.status}), sha256 {version.weights_sha256}")
+        if active is not None:
+            self.stdout.write(
+                f"next: compare_model {version.name}, which measures it against {active.name} for the gate"
+            )
+        if (Path(options["model_dir"]) / COMPARISON_FILE).is_file():
+            self.stdout.write(
+                f"{COMPARISON_FILE} beside the weights was not read: the gate trusts only what Pleura measures"
+            )
