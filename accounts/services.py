@@ -44,6 +44,8 @@ def create_user(
 
 def update_user(user: User, changed: Iterable[str], *, actor=None, request=None) -> User:
     changed = sorted(set(changed))
+    if not changed:  # a save that changed nothing read as a change in the trail (admin review)
+        return user
     if "email" in changed:
         user.email = normalize_email(user.email)
     with transaction.atomic():
@@ -51,10 +53,12 @@ def update_user(user: User, changed: Iterable[str], *, actor=None, request=None)
         # admin has since switched off (hospital.services.update_membership).
         user.save(update_fields=saved_fields(user, changed))
         staff = sync_staff_flag(user) if {"is_superuser", "is_staff"} & set(changed) else None
-        deactivated = "is_active" in changed and not user.is_active
+        switched = "is_active" in changed
         extra = {} if staff is None else {"staff": staff}
         record_about_user(
-            Action.USER_DEACTIVATED if deactivated else Action.USER_CHANGED,
+            (Action.USER_REACTIVATED if user.is_active else Action.USER_DEACTIVATED)
+            if switched
+            else Action.USER_CHANGED,
             user,
             request=request,
             actor=actor,

@@ -28,9 +28,11 @@ class Action(models.TextChoices):
     USER_CREATED = "user.created", "User created"
     USER_CHANGED = "user.changed", "User changed"
     USER_DEACTIVATED = "user.deactivated", "User deactivated"
+    USER_REACTIVATED = "user.reactivated", "User reactivated"
     MEMBERSHIP_CREATED = "membership.created", "Membership created"
     MEMBERSHIP_CHANGED = "membership.changed", "Membership changed"
     MEMBERSHIP_DEACTIVATED = "membership.deactivated", "Membership deactivated"
+    MEMBERSHIP_REACTIVATED = "membership.reactivated", "Membership reactivated"
     KEY_CREATED = "key.created", "Integration key created"
     KEY_CHANGED = "key.changed", "Integration key changed"
     KEY_REVOKED = "key.revoked", "Integration key revoked"
@@ -164,7 +166,7 @@ TARGET_KINDS = {"integrationkey": "EMR key", "modelversion": "model"}
 
 def name_targets(events: list[AuditEvent], hospital: Hospital) -> None:
     """Set `target_name` on each event whose target this hospital can name: a user or a
-    membership of this hospital (by email), one of its EMR keys (by its name), or the
+    membership of this hospital (by email), one of its EMR keys (by its name now), or the
     hospital itself; one query a kind. Others (studies, whose only names are PHI, and
     anything of another hospital, such as the target of a refused request) keep their
     public code, so no other hospital's user or key is named in this one's log."""
@@ -179,11 +181,10 @@ def name_targets(events: list[AuditEvent], hospital: Hospital) -> None:
         users = get_user_model().objects.filter(code__in=codes, memberships__hospital=hospital).distinct()
         names.update((("user", str(code)), email) for code, email in users.values_list("code", "email"))
     if codes := wanted.get("membership"):
+        # By its user only: the role today is not the one an older event set (admin review).
         memberships = Membership.objects.filter(code__in=codes, hospital=hospital)
-        names.update(
-            (("membership", str(code)), f"{email} ({Role(role).label})")
-            for code, email, role in memberships.values_list("code", "user__email", "role")
-        )
+        rows = memberships.values_list("code", "user__email")
+        names.update((("membership", str(code)), email) for code, email in rows)
     if codes := wanted.get("integrationkey"):
         keys = IntegrationKey.objects.filter(code__in=codes, hospital=hospital)
         names.update((("integrationkey", str(code)), name) for code, name in keys.values_list("code", "name"))
@@ -191,3 +192,6 @@ def name_targets(events: list[AuditEvent], hospital: Hospital) -> None:
         names[("hospital", str(hospital.code))] = hospital.name
     for event in events:
         event.target_name = names.get((event.target_type, event.target_id), "")
+        # A membership's event records the role it left; shown, as today's may differ.
+        role = event.detail.get("role") if event.target_type == "membership" else None
+        event.role_label = Role(role).label if role in Role.values else ""

@@ -123,10 +123,13 @@ def update_membership(membership: Membership, changed: Iterable[str], *, actor=N
     """Save only the `changed` fields: a form opened before another admin removed the
     member wrote its stale "active" back with a role change, and let them back in."""
     changed = sorted(set(changed))
+    if not changed:  # a save that changed nothing read as a change in the trail (admin review)
+        return membership
     with transaction.atomic():
         membership.save(update_fields=saved_fields(membership, changed))
-        deactivated = "is_active" in changed and not membership.is_active
-        action = Action.MEMBERSHIP_DEACTIVATED if deactivated else Action.MEMBERSHIP_CHANGED
+        action = Action.MEMBERSHIP_CHANGED
+        if "is_active" in changed:
+            action = Action.MEMBERSHIP_REACTIVATED if membership.is_active else Action.MEMBERSHIP_DEACTIVATED
         _record_membership(action, membership, actor=actor, request=request, fields=changed)
     return membership
 

@@ -622,3 +622,35 @@ def test_the_admin_of_one_hospital_finds_it_chosen_on_the_new_user_form(client_f
 
     assert re.findall(r'<option value="(\d+)" selected>', html) == [str(hospital_a.pk)]
     assert "Hospitals and roles" not in html
+
+
+def test_a_save_that_changes_nothing_leaves_nothing_in_the_trail(client_for, hospital_admin, doctor):
+    """Both read as changes in the hospital's audit log (admin review)."""
+    client = client_for(hospital_admin)
+    for url in (
+        f"/admin/accounts/user/{doctor.pk}/change/",
+        f"/admin/hospital/membership/{doctor.memberships.get().pk}/change/",
+    ):
+        assert client.post(url, admin_form_data(client.get(url))).status_code == 302
+
+    assert _events("user.changed") + _events("membership.changed") == []
+
+
+def test_reactivating_an_account_or_a_membership_is_recorded_as_such(client_for, hospital_admin, doctor):
+    from accounts import services as accounts_services
+    from hospital import services
+
+    membership = doctor.memberships.get()
+    accounts_services.deactivate_user(doctor)
+    services.deactivate_membership(membership)
+    client = client_for(hospital_admin)
+    for url in (f"/admin/accounts/user/{doctor.pk}/change/", f"/admin/hospital/membership/{membership.pk}/change/"):
+        assert client.post(url, admin_form_data(client.get(url), is_active="on")).status_code == 302
+
+    assert [
+        (e.action, e.detail["fields"]) for e in _events("user.reactivated") + _events("membership.reactivated")
+    ] == [
+        ("user.reactivated", ["is_active"]),
+        ("membership.reactivated", ["is_active"]),
+    ]
+    assert _events("user.changed") + _events("membership.changed") == []
