@@ -37,6 +37,12 @@ HOSPITAL_ADMIN_FIELDSETS = (
     ("Access", {"fields": ("is_active", "is_staff")}),
     ("Activity", {"fields": ("last_login", "date_joined", "locked_until", "code")}),
 )
+# Why a hospital admin may see an account but not change it (UserAdmin.fully_managed).
+SHARED_ACCOUNT_WORDS = (
+    "This account also works at another hospital (or is a platform account), so its password, name and "
+    "active status are changed by a Pleura platform operator. To stop their access here, deactivate their "
+    "membership of your hospital under Memberships."
+)
 ACTIVITY_FIELDS = ("last_login", "date_joined", "locked_until", "failed_login_count", "code")
 
 
@@ -137,7 +143,13 @@ class UserAdmin(HospitalScopedAdmin, DjangoUserAdmin):
     def get_fieldsets(self, request, obj=None):
         if obj is None:
             return self.add_fieldsets
-        return SUPERUSER_FIELDSETS if self.is_platform_admin(request) else HOSPITAL_ADMIN_FIELDSETS
+        if self.is_platform_admin(request):
+            return SUPERUSER_FIELDSETS
+        if not self.fully_managed(request, obj):
+            # Read only to this admin: no "Reset password" that ends on a 403 (admin review),
+            # and the words saying why and what they can do.
+            return ((None, {"fields": ("email",), "description": SHARED_ACCOUNT_WORDS}), *HOSPITAL_ADMIN_FIELDSETS[1:])
+        return HOSPITAL_ADMIN_FIELDSETS
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
@@ -189,6 +201,11 @@ class UserAdmin(HospitalScopedAdmin, DjangoUserAdmin):
 
     def user_change_password(self, request, id, form_url=""):
         target = self.get_object(request, unquote(id))
+        if target is not None and not self.has_change_permission(request, target):
+            # Someone this admin may see but not change: their page, with why, not a 403
+            # page saying their role does not allow it (admin review).
+            self.message_user(request, SHARED_ACCOUNT_WORDS, messages.WARNING)
+            return redirect("admin:accounts_user_change", target.pk)
         if target is not None and target.pk == request.user.pk:
             # One's own password only on the portal's page, which asks for the current one:
             # here anyone holding an admin's open session could set a new one and keep it.
@@ -212,13 +229,31 @@ class UserAdmin(HospitalScopedAdmin, DjangoUserAdmin):
 
     @admin.action(description="Deactivate selected users", permissions=["change"])
     def deactivate_selected(self, request, queryset):
-        users = [user for user in queryset if self.fully_managed(request, user)]
+        users = self._changeable(request, queryset)
+        if any(user.pk == request.user.pk for user in users):
+            # One tick too many signed the admin out for good (admin review): another admin
+            # deactivates them, or they step down through their own membership.
+            users = [user for user in users if user.pk != request.user.pk]
+            self.message_user(
+                request, "Your own account was left active: another admin deactivates it.", messages.WARNING
+            )
         self.deactivate_keeping_an_admin(
             request, users, services.deactivate_user, lambda user: {"users": [user.pk]}, noun="user(s)"
         )
 
     @admin.action(description="Unlock selected accounts", permissions=["change"])
     def unlock_selected(self, request, queryset):
-        users = [user for user in queryset if self.fully_managed(request, user)]
+        users = self._changeable(request, queryset)
         count = sum(services.unlock_user(user, actor=request.user, request=request) for user in users)
         self.message_user(request, f"{count} account(s) unlocked.", messages.SUCCESS)
+
+    def _changeable(self, request, queryset) -> list[User]:
+        """The selected users this admin may change; says how many were left, and why (a
+        bare "0 user(s) deactivated." said nothing: admin review)."""
+        users = list(queryset)
+        changeable = [user for user in users if self.fully_managed(request, user)]
+        if len(changeable) < len(users):
+            self.message_user(
+                request, f"{len(users) - len(changeable)} left as they were. {SHARED_ACCOUNT_WORDS}", messages.WARNING
+            )
+        return changeable

@@ -296,19 +296,26 @@ class MembershipAddForm(forms.ModelForm):
         from accounts.models import User
         from accounts.services import normalize_email
 
-        user = User.objects.filter(email=normalize_email(email), is_active=True).first()
+        user = User.objects.filter(email=normalize_email(email)).first()
         if user is None:
-            self.add_error("email", "No active account uses this email address. Create the user instead.")
+            self.add_error("email", "No account uses this email address. Create the user instead.")
         elif user.is_superuser:
             self.add_error("email", "Platform accounts are managed by platform operators.")
-        elif hospital is not None and Membership.objects.filter(user=user, hospital=hospital).exists():
-            self.add_error("email", f"This person is already a member of {hospital.name}.")
         elif self.administered is not None and user.memberships.exclude(hospital__in=self.administered).exists():
             self.add_error(
                 "email",
                 "This person's account also belongs to another hospital, whose admins manage it. "
                 "A Pleura platform operator can add them here.",
             )
+        elif not user.is_active:
+            # "Create the user" sent the admin to a form saying the email was taken (admin review).
+            self.add_error(
+                "email",
+                "This account was deactivated. To bring them back, tick Active on their page under Users, then "
+                "give them a membership here if they have none.",
+            )
+        elif hospital is not None and Membership.objects.filter(user=user, hospital=hospital).exists():
+            self.add_error("email", f"This person is already a member of {hospital.name}.")
         else:
             self.instance.user = user
 

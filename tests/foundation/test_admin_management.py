@@ -120,8 +120,12 @@ def test_an_admin_of_both_hospitals_adds_a_member_of_one_to_the_other(client_for
 @pytest.mark.parametrize(
     ("who", "message"),
     [
-        ("nobody@nowhere.example", "No active account uses this email address. Create the user instead."),
-        ("inactive", "No active account uses this email address. Create the user instead."),
+        ("nobody@nowhere.example", "No account uses this email address. Create the user instead."),
+        (
+            "inactive",
+            "This person's account also belongs to another hospital, whose admins manage it. "
+            "A Pleura platform operator can add them here.",
+        ),
         ("superuser", "Platform accounts are managed by platform operators."),
         ("doctor", "This person is already a member of St Mary's Hospital."),
     ],
@@ -447,8 +451,12 @@ def test_deactivating_every_admin_at_once_keeps_the_last_one(client_for, hospita
         follow=True,
     )
 
-    assert [str(m) for m in users.context["messages"]] == ["1 user(s) deactivated.", LEFT_WITHOUT]
-    assert User.objects.filter(pk__in=[hospital_admin.pk, second_admin.pk], is_active=True).count() == 1
+    # Their own account is never theirs to deactivate in bulk (one tick too many signed them out).
+    assert [str(m) for m in users.context["messages"]] == [
+        "Your own account was left active: another admin deactivates it.",
+        "1 user(s) deactivated.",
+    ]
+    assert list(User.objects.filter(pk__in=[hospital_admin.pk, second_admin.pk], is_active=True)) == [hospital_admin]
 
 
 def test_the_memberships_bulk_deactivation_keeps_the_last_admin_too(client_for, hospital_admin, second_admin):
@@ -654,3 +662,42 @@ def test_reactivating_an_account_or_a_membership_is_recorded_as_such(client_for,
         ("membership.reactivated", ["is_active"]),
     ]
     assert _events("user.changed") + _events("membership.changed") == []
+
+
+def test_a_bulk_action_on_someone_who_also_works_elsewhere_says_why_they_were_left(
+    client_for, hospital_admin, shared_radiologist
+):
+    """A green "0 user(s) deactivated." said nothing of why (admin review)."""
+    from accounts.admin import SHARED_ACCOUNT_WORDS
+
+    response = client_for(hospital_admin).post(
+        "/admin/accounts/user/",
+        {"action": "deactivate_selected", "_selected_action": [shared_radiologist.pk]},
+        follow=True,
+    )
+
+    assert [str(m) for m in response.context["messages"]] == [
+        f"1 left as they were. {SHARED_ACCOUNT_WORDS}",
+        "0 user(s) deactivated.",
+    ]
+    assert User.objects.get(pk=shared_radiologist.pk).is_active
+
+
+def test_adding_someone_whose_account_was_deactivated_says_how_to_bring_them_back(
+    client_for, hospital_admin, doctor, hospital_a
+):
+    """Membership said "create the user", and creating the user said the email was taken (admin review)."""
+    from accounts import services
+
+    services.deactivate_user(doctor)
+
+    response = client_for(hospital_admin).post(
+        "/admin/hospital/membership/add/",
+        {"email": doctor.email, "hospital": hospital_a.pk, "role": Role.DOCTOR, "is_active": "on"},
+    )
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["email"] == [
+        "This account was deactivated. To bring them back, tick Active on their page under Users, then give them a "
+        "membership here if they have none."
+    ]

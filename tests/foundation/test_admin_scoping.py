@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from accounts.admin import SHARED_ACCOUNT_WORDS
 from accounts.models import User
 from hospital import audit
 from hospital.models import AuditEvent, IntegrationKey, Membership
@@ -168,7 +169,12 @@ def test_hospital_admin_sees_a_shared_radiologist_read_only(client_for, hospital
     assert response.status_code == 403
     shared_radiologist.refresh_from_db()
     assert (shared_radiologist.email, shared_radiologist.is_active) == ("reader@both.example", True)
-    assert client.get(f"/admin/accounts/user/{shared_radiologist.pk}/password/").status_code == 403
+    # No "Reset password" on their page, and its address leads back to it, saying why.
+    page = client.get(url).content.decode()
+    assert "password/" not in page and SHARED_ACCOUNT_WORDS.split(",")[0] in page
+    reset = client.get(f"/admin/accounts/user/{shared_radiologist.pk}/password/", follow=True)
+    assert reset.redirect_chain == [(url, 302)]
+    assert [str(m) for m in reset.context["messages"]] == [SHARED_ACCOUNT_WORDS]
 
 
 def test_hospital_admin_index_lists_the_foundation_models_but_not_groups(client_for, hospital_admin):
