@@ -14,6 +14,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import BaseUserCreationForm, UserChangeForm
+from django.contrib.auth.models import Group
 from django.contrib.messages.storage import default_storage
 from django.db import transaction
 from django.shortcuts import redirect
@@ -25,10 +26,13 @@ from hospital.admin import HospitalScopedAdmin, judged_against_what_was_shown
 from hospital.models import Hospital, Membership, Role
 from hospital.tenancy import admin_hospitals
 
+# Staff status follows from a hospital-admin membership (hospital.services.sync_staff_flag)
+# and access from roles, not Django's groups and permissions: offered here, a ticked box
+# said "changed successfully" and was set back (admin review).
 SUPERUSER_FIELDSETS = (
     (None, {"fields": ("email", "password")}),
     ("Personal info", {"fields": ("first_name", "last_name")}),
-    ("Access", {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")}),
+    ("Access", {"fields": ("is_active", "is_staff", "is_superuser")}),
     ("Activity", {"fields": ("last_login", "date_joined", "locked_until", "failed_login_count", "code")}),
 )
 HOSPITAL_ADMIN_FIELDSETS = (
@@ -103,6 +107,10 @@ class MembershipInline(admin.TabularInline):
         return False
 
 
+# Access comes from hospital roles (hospital.Membership); Django's groups grant nothing here.
+admin.site.unregister(Group)
+
+
 @admin.register(User)
 class UserAdmin(HospitalScopedAdmin, DjangoUserAdmin):
     hospital_lookup = "memberships__hospital"
@@ -154,8 +162,6 @@ class UserAdmin(HospitalScopedAdmin, DjangoUserAdmin):
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
-        if self.is_platform_admin(request):
-            return ACTIVITY_FIELDS
         return ("is_staff", *ACTIVITY_FIELDS)
 
     def get_form(self, request, obj=None, **kwargs):

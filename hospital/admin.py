@@ -240,7 +240,9 @@ class HospitalAdmin(HospitalScopedAdmin):
     prepopulated_fields = {"slug": ["name"]}
 
     def get_fields(self, request, obj=None):
-        return ["name", "slug", "is_active", "time_zone", "shares_reviews_for_training", "code", "created_at"]
+        fields = ["name", "slug", "is_active", "time_zone", "shares_reviews_for_training"]
+        # Not on the add form: the code shown there was a default never saved (admin review).
+        return fields if obj is None else [*fields, "code", "created_at"]
 
     def get_readonly_fields(self, request, obj=None):
         if self.is_platform_admin(request):

@@ -701,3 +701,20 @@ def test_adding_someone_whose_account_was_deactivated_says_how_to_bring_them_bac
         "This account was deactivated. To bring them back, tick Active on their page under Users, then give them a "
         "membership here if they have none."
     ]
+
+
+def test_the_operators_user_form_offers_only_controls_that_take_effect(client_for, superuser, doctor):
+    """Staff status ticked on a doctor said "changed successfully" and was set back (it
+    follows from a hospital-admin membership); groups and permissions grant nothing here."""
+    client = client_for(superuser)
+    url = f"/admin/accounts/user/{doctor.pk}/change/"
+    form = client.get(url).context["adminform"].form
+
+    assert ("is_staff" in form.fields, "is_superuser" in form.fields) == (False, True)
+    assert not {"groups", "user_permissions"} & set(form.fields)
+    assert client.get("/admin/auth/group/").status_code == 404
+
+
+def test_the_new_hospital_form_shows_no_code_it_would_not_keep(client_for, superuser):
+    html = client_for(superuser).get("/admin/hospital/hospital/add/").content.decode()
+    assert 'class="form-row field-code"' not in html and "field-name" in html
