@@ -13,6 +13,9 @@ handler403 = "config.errors.permission_denied"
 handler404 = "config.errors.page_not_found"
 handler500 = "config.errors.server_error"
 
+admin.site.site_header = "Pleura administration"
+admin.site.site_title = "Pleura administration"
+
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

@@ -186,6 +186,8 @@ class HospitalScopedAdmin(ReadableLookupsMixin, admin.ModelAdmin):
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.related_model is Hospital and not self.is_platform_admin(request):
             kwargs["queryset"] = self.admin_hospitals(request)
+            if len(request._pleura_admin_hospital_ids) == 1:  # the admin of one hospital has nothing to choose
+                kwargs["initial"] = request._pleura_admin_hospital_ids[0]
         elif db_field.related_model is Hospital:
             kwargs["queryset"] = Hospital.objects.filter(is_active=True)
         elif db_field.related_model._meta.label == "accounts.User" and not self.is_platform_admin(request):

@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(tra
 RADIOGRAPH = SHARED_DATA / "chest_xray" / "train" / "PNEUMONIA" / "person1000_bacteria_2931.jpeg"
 LAPTOP = {"width": 1366, "height": 900}
 TABLET = {"width": 820, "height": 1180}
+PHONE = {"width": 390, "height": 844}
 # Worklist rows poll every 3 s; the worker loads the model once, then predicts in well under a second.
 SETTLE_MS = 90_000
 
