@@ -442,6 +442,7 @@ class IntegrationKeyAdmin(HospitalScopedAdmin):
     list_select_related = ["hospital"]
     actions = ["revoke_selected"]
     key_created_template = "admin/hospital/integrationkey/key_created.html"
+    revoke_confirmation_template = "admin/hospital/integrationkey/revoke_confirmation.html"
 
     def get_fields(self, request, obj=None):
         if obj is None:
@@ -476,10 +477,19 @@ class IntegrationKeyAdmin(HospitalScopedAdmin):
 
     @admin.action(description="Revoke selected keys", permissions=[CHANGE])
     def revoke_selected(self, request, queryset):
-        count = sum(
-            services.revoke_integration_key(key, actor=request.user, request=request)
-            for key in queryset.select_related("hospital")
-        )
+        keys = list(queryset.select_related("hospital"))
+        if request.POST.get("confirmed") != "yes":
+            # One wrong tick cut off a hospital's EMR at once (admin review): the keys are
+            # named first, with what still uses them, as Django names what a delete removes.
+            context = {
+                **self.admin_site.each_context(request),
+                "opts": self.opts,
+                "title": "Revoke these integration keys?",
+                "keys": keys,
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            }
+            return TemplateResponse(request, self.revoke_confirmation_template, context)
+        count = sum(services.revoke_integration_key(key, actor=request.user, request=request) for key in keys)
         self.message_user(request, f"{count} key(s) revoked.", messages.SUCCESS)
 
 

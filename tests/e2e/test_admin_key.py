@@ -29,3 +29,19 @@ def test_a_new_key_fits_a_phone_and_is_copied_whole(chromium, live_server, scree
     copied = page.evaluate("navigator.clipboard.readText()")
     assert copied == key.inner_text().strip()
     assert IntegrationKey.objects.get(name="EMR production").key_hash == hash_api_key(copied)
+
+
+def test_revoking_a_key_asks_first_then_cuts_it_off(chromium, live_server, screenshot, hospital_admin, key_a):
+    page = sign_in(chromium, live_server, hospital_admin)
+    page.goto(f"{live_server.url}/admin/hospital/integrationkey/")
+    page.locator(f'input[name="_selected_action"][value="{key_a[0].pk}"]').check()
+    page.locator('select[name="action"]').select_option("revoke_selected")
+    page.locator('button[name="index"]').click()
+
+    expect(page.locator("#content")).to_contain_text("EMR St Mary's (St Mary's Hospital")
+    screenshot(page, "27-admin-revoke-confirmation")
+    assert IntegrationKey.objects.get(pk=key_a[0].pk).revoked_at is None
+    page.get_by_role("button", name="Yes, revoke 1 key").click()
+
+    expect(page.locator(".messagelist")).to_contain_text("1 key(s) revoked.")
+    assert IntegrationKey.objects.get(pk=key_a[0].pk).revoked_at is not None

@@ -331,7 +331,7 @@ def test_hospital_admin_revokes_only_their_keys_once(client_for, hospital_admin,
     for _ in range(2):
         response = client.post(
             "/admin/hospital/integrationkey/",
-            {"action": "revoke_selected", "_selected_action": [key_a[0].pk, key_b[0].pk]},
+            {"action": "revoke_selected", "_selected_action": [key_a[0].pk, key_b[0].pk], "confirmed": "yes"},
         )
         assert response.status_code == 302
     assert IntegrationKey.objects.get(pk=key_a[0].pk).revoked_at is not None
@@ -718,3 +718,19 @@ def test_the_operators_user_form_offers_only_controls_that_take_effect(client_fo
 def test_the_new_hospital_form_shows_no_code_it_would_not_keep(client_for, superuser):
     html = client_for(superuser).get("/admin/hospital/hospital/add/").content.decode()
     assert 'class="form-row field-code"' not in html and "field-name" in html
+
+
+def test_revoking_keys_asks_first_naming_each_key_and_its_last_use(client_for, hospital_admin, key_a):
+    """One wrong tick cut off a hospital's EMR at once (admin review)."""
+    client = client_for(hospital_admin)
+
+    asked = client.post(
+        "/admin/hospital/integrationkey/", {"action": "revoke_selected", "_selected_action": [key_a[0].pk]}
+    )
+
+    html = asked.content.decode()
+    assert asked.status_code == 200
+    assert "<strong>EMR St Mary&#x27;s</strong> (St Mary&#x27;s Hospital" in html and "never used" in html
+    assert 'value="Yes, revoke 1 key"' in html
+    assert IntegrationKey.objects.get(pk=key_a[0].pk).revoked_at is None
+    assert _events("key.revoked") == []
