@@ -61,6 +61,15 @@ class PayloadTooLarge(exceptions.APIException):
     default_code = "payload_too_large"
 
 
+class LengthRequired(exceptions.APIException):
+    status_code = status.HTTP_411_LENGTH_REQUIRED
+    default_detail = (
+        "Send the body with a Content-Length header: a chunked body sent straight to Pleura's application "
+        "server (not through its nginx) reaches it empty."
+    )
+    default_code = "length_required"
+
+
 def _limit_text() -> str:
     return f"{settings.MAX_UPLOAD_BYTES / (1024 * 1024):g} MB"
 
@@ -121,6 +130,9 @@ class DicomJSONRenderer(JSONRenderer):
 
 def _check_content_length(request, limit: int) -> None:
     """Refuse an oversized body from its declared length, before reading any of it."""
+    if not request.META.get("CONTENT_LENGTH") and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        # WSGI reads no body without a length: answered "The file is empty." (EMR review).
+        raise LengthRequired
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError as exc:
@@ -670,7 +682,11 @@ class StudyHeatmapView(_PNGView):
     def file_of(self, study: Study):
         prediction = shown_prediction(study)
         if prediction is None or not prediction.heatmap:
-            raise Http404("This study has no heatmap yet.")
+            # "Yet" only while one may come: a failed study's answer implied it would (EMR review).
+            if study.status in (Study.Status.QUEUED, Study.Status.PROCESSING):
+                raise Http404("This study has no heatmap yet: it is still being analysed.")
+            outcome = "failed" if study.status == Study.Status.FAILED else "made none"
+            raise Http404(f"This study has no heatmap: its analysis {outcome}.")
         return prediction.heatmap
 
 

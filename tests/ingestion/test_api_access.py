@@ -322,7 +322,17 @@ def test_heatmap_is_404_until_a_shown_prediction_exists(caller, study_a):
     add_prediction(study_a, model_version("shadow-only", shadow=True), probability=0.3, is_shadow=True)
     response = caller("doctor").get(url(study_a, "heatmap"), HTTP_ACCEPT="image/png")
     assert response.status_code == 404
-    assert response.json() == {"detail": "This study has no heatmap yet."}
+    assert response.json() == {"detail": "This study has no heatmap yet: it is still being analysed."}
+
+
+def test_a_failed_studys_heatmap_is_404_without_a_yet(caller, study_a):
+    """ "No heatmap yet" told the EMR one would come (EMR review)."""
+    Study.objects.filter(pk=study_a.pk).update(status=Study.Status.FAILED)
+    response = caller("key_a").get(url(study_a, "heatmap"), HTTP_ACCEPT="image/png")
+    assert (response.status_code, response.json()) == (
+        404,
+        {"detail": "This study has no heatmap: its analysis failed."},
+    )
 
 
 def test_image_is_the_stored_display_png(caller, study_a):

@@ -541,3 +541,20 @@ def test_32_bit_images_have_a_quarter_of_the_pixel_limit(settings, emr, stored):
     )
     assert stored() == before
     assert [post_dicom_body(emr, data).status_code for data in (narrow, small_wide)] == [202, 202]
+
+
+def test_a_chunked_body_without_a_length_is_411_not_an_empty_file(emr, stored):
+    """Sent straight to gunicorn, a chunked upload reached Django empty and was answered
+    "The file is empty." (EMR review); through nginx, which buffers it, it has a length."""
+    before = stored()
+    response = emr.generic(
+        "POST",
+        STUDIES_URL,
+        CR_CHEST.read_bytes(),
+        content_type="application/dicom",
+        HTTP_TRANSFER_ENCODING="chunked",
+        CONTENT_LENGTH="",
+    )
+    assert response.status_code == 411
+    assert response.json()["detail"].startswith("Send the body with a Content-Length header")
+    assert stored() == before
