@@ -26,7 +26,7 @@ from drf_spectacular.utils import (
     extend_schema,
 )
 from rest_framework import exceptions, generics, status
-from rest_framework.pagination import BasePagination
+from rest_framework.pagination import BasePagination, PageNumberPagination
 from rest_framework.parsers import BaseParser, FormParser, JSONParser, MultiPartParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -398,8 +398,24 @@ def _filtered(queryset, filters):
     return queryset
 
 
+class StudyListPagination(PageNumberPagination):
+    """Pages of the list, and the schema of both kinds of page it answers: numbered, with
+    `count`, and the change feed's (`updated_since`), paged by a cursor without one. The
+    schema said `count` was always there, and clients generated from it failed on the
+    feed's pages (EMR review)."""
+
+    def get_paginated_response_schema(self, schema):
+        described = super().get_paginated_response_schema(schema)
+        described["required"] = ["results"]
+        described["properties"]["count"]["description"] = (
+            "Studies matching, on numbered pages; absent on the change feed's pages (with updated_since)."
+        )
+        return described
+
+
 class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
     serializer_class = StudySerializer
+    pagination_class = StudyListPagination
     parser_classes = [MultiPartParser, DicomParser, OctetStreamParser]
 
     @property

@@ -78,3 +78,12 @@ def test_every_operation_documents_the_throttle_and_the_outage_answers(db):
     }
     assert len(operations) == 8
     assert {key: {"429", "503"} <= codes for key, codes in operations.items()} == dict.fromkeys(operations, True)
+
+
+def test_the_lists_page_schema_fits_the_change_feeds_pages_too(db):
+    """`count` was required, and the change feed's pages have none (EMR review)."""
+    schema = yaml.safe_load(APIClient().get("/api/v1/schema/").content)
+    listed = schema["paths"]["/api/v1/studies/"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    page = schema["components"]["schemas"][listed["$ref"].split("/")[-1]]
+    assert page["required"] == ["results"]
+    assert "absent on the change feed's pages" in page["properties"]["count"]["description"]
