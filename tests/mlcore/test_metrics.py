@@ -34,3 +34,30 @@ def test_every_figure_of_the_report_is_the_hand_worked_one():
 def test_one_class_only_has_no_ranking_figures():
     report = classification_report(np.array([1, 1]), np.array([0.8, 0.4]), threshold=0.5)
     assert (report["roc_auc"], report["pr_auc"], report["sensitivity"], report["specificity"]) == (None, None, 0.5, 0.0)
+
+
+def test_calibration_on_scores_it_separates_perfectly_stays_within_its_bounds():
+    """It collapsed to T 0.063, b 38.7: most images at a probability of exactly 1.0 (ML review)."""
+    from mlcore.calibration import BIAS_RANGE, TEMPERATURE_RANGE, calibrated_probability, fit_temperature
+
+    logits = np.array([-9.0, -7.5, -6.0, -5.0, 4.0, 5.5, 7.0, 8.0, 9.0, 10.0])
+    targets = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+
+    temperature, bias = fit_temperature(logits, targets)
+
+    assert temperature == TEMPERATURE_RANGE[0]
+    assert BIAS_RANGE[0] <= bias <= BIAS_RANGE[1]
+    assert calibrated_probability(logits, temperature, bias).max() < 1.0
+
+
+def test_calibration_of_overlapping_scores_is_the_unbounded_fit():
+    from mlcore.calibration import fit_temperature
+
+    # Two normal classes, means -3 and 3, sd 4: the true log-odds are 3 x / 8, so T = 8 / 3.
+    rng = np.random.default_rng(0)
+    targets = np.repeat([0, 1], 2000)
+    logits = rng.normal(loc=np.where(targets == 1, 3.0, -3.0), scale=4.0)
+
+    temperature, bias = fit_temperature(logits, targets)
+
+    assert abs(temperature - 8 / 3) < 0.25 and abs(bias) < 0.15
