@@ -272,18 +272,43 @@ def retrain(options: RetrainOptions, *, actor=None) -> ModelVersion:
             kept = base_training_folder(data_dir, locked, base_dir)
             reviews, locked_reviews = review_training_folder(options.export_dir, locked, review_dir)
             description = _fine_tune(options, active, name, base_dir, review_dir if reviews else None, out_dir)
-        holdout = data.scan_review_export(options.export_dir / data.REVIEW_HOLDOUT_FOLDER)
+        holdout, learned_before = _not_learned_before(
+            data.scan_review_export(options.export_dir / data.REVIEW_HOLDOUT_FOLDER), active
+        )
         _write_split(out_dir, kept + reviews, locked, options.seed)
         description = fit_operating_point(out_dir, description, locked, device=options.device)
         comparison = compare_with(out_dir, description, active, locked, holdout, options.device)
         lineage = _lineage(active, kept, reviews, holdout, export_manifest)
         lineage["review_examples_left_out_as_locked"] = locked_reviews
+        lineage["reviewed_holdout_left_out_as_learned"] = learned_before
+        lineage[LEARNED_REVIEW_PIXELS] = sorted({_pixels(sample) for sample in reviews})
         _write_card(out_dir, description, lineage, comparison)
         return _register(out_dir, name, active, lineage, comparison, actor)
     except BaseException:
         # Nothing half-written stays behind under a name the next attempt will want.
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
+
+
+# In a version's lineage: the pixels of the reviewed images it was fine-tuned on.
+LEARNED_REVIEW_PIXELS = "review_pixel_sha256"
+
+
+def _not_learned_before(holdout: list[data.Sample], active: ModelVersion) -> tuple[list[data.Sample], int]:
+    """The reviewed hold-out less the images the active version or any of its ancestors was
+    fine-tuned on; (kept, number left out). Which patients an export holds out depends on
+    its fraction and the secret key, so an image trained on by one generation could be
+    held out by the next export and judge the gate on what the model learned (ML review)."""
+    learned: set[str] = set()
+    version, seen = active, set()
+    while version is not None and version.pk not in seen:  # up the lineage, once each
+        seen.add(version.pk)
+        learned.update((version.training_data.get("lineage") or {}).get(LEARNED_REVIEW_PIXELS, []))
+        version = version.parent
+    if not learned:
+        return holdout, 0
+    kept = [sample for sample in holdout if _pixels(sample) not in learned]
+    return kept, len(holdout) - len(kept)
 
 
 def _read_export_manifest(export_dir: Path) -> dict:

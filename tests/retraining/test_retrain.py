@@ -68,6 +68,11 @@ def test_retraining_produces_a_compared_candidate_with_lineage(
     assert lineage["parent"] == "pleura-tiny"
     assert (lineage["base_examples"], lineage["review_examples"]) == (16 - len(locked_files), 2)
     assert (lineage["review_examples_normal"], lineage["review_examples_pneumonia"]) == (1, 1)
+    from mlcore.preprocessing import load_grayscale_file, pixel_sha256
+
+    assert lineage["review_pixel_sha256"] == sorted(
+        pixel_sha256(load_grayscale_file(REVIEW_IMAGES[label][0].read_bytes())) for label in ("pneumonia", "normal")
+    )
     assert lineage["review_hospitals"] == {"st-marys": {"train": 2, "holdout": 0}}  # never Riverside
     manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
     assert lineage["review_data_sha256"] == manifest["data_sha256"]
@@ -181,3 +186,33 @@ def test_retrain_task_has_its_own_queue_is_acknowledged_on_receipt_and_is_idempo
     # A redelivered message for a candidate that already exists does nothing.
     assert tasks.retrain_model.run("pleura-tiny") is None
     assert not AuditEvent.objects.filter(action=Action.TRAINING_EXPORTED).exists()
+
+
+def test_a_reviewed_image_an_earlier_generation_learned_is_not_in_the_gates_hold_out(
+    tmp_path, active_model, hospital_a, radiologist
+):
+    """Which patients an export holds out depends on its fraction and the secret key: an
+    image one generation was fine-tuned on could be held out by the next export and judge
+    the gate on what the model had learned (ML review)."""
+    from diagnostics import feedback
+    from mlcore.preprocessing import load_grayscale_file, pixel_sha256
+
+    hospital_a.shares_reviews_for_training = True
+    hospital_a.save()
+    learned, fresh = REVIEW_IMAGES["normal"][0], REVIEW_IMAGES["pneumonia"][0]
+    review(stored_study(hospital_a, learned, patient_id="MRN-1"), radiologist, "normal")
+    review(stored_study(hospital_a, fresh, patient_id="MRN-2"), radiologist, "pneumonia")
+    learned_pixels = pixel_sha256(load_grayscale_file(learned.read_bytes()))
+    active_model.training_data = {**active_model.training_data, "lineage": {"review_pixel_sha256": [learned_pixels]}}
+    active_model.save(update_fields=["training_data"])
+
+    version = feedback.retrain_from_reviews(
+        name="pleura-tiny-ft4", export_dir=tmp_path / "export", holdout_fraction=0.999, epochs=1, batch_size=4
+    )
+
+    manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
+    assert manifest["holdout"]["normal"] + manifest["holdout"]["pneumonia"] == 2  # both held out by this export
+    lineage = version.training_data["lineage"]
+    assert (lineage["reviewed_holdout_examples"], lineage["reviewed_holdout_left_out_as_learned"]) == (1, 1)
+    assert version.metrics["comparison"]["reviewed_holdout"]["images"] == 1
+    assert lineage["review_pixel_sha256"] == []  # it trained on no review: both were held out
