@@ -13,7 +13,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
-from django.contrib.auth.forms import BaseUserCreationForm, UserChangeForm
+from django.contrib.auth.forms import AdminPasswordChangeForm, BaseUserCreationForm, UserChangeForm
 from django.contrib.auth.models import Group
 from django.contrib.messages.storage import default_storage
 from django.db import transaction
@@ -70,6 +70,17 @@ class UserCreationAdminForm(_EmailMixin, BaseUserCreationForm):
         fields = ("email", "first_name", "last_name")
 
 
+class PasswordResetAdminForm(AdminPasswordChangeForm):
+    """An admin's password reset without Django's "Password-based authentication: Disabled"
+    choice, offered for SSO or LDAP, which Pleura does not have: chosen, it left an
+    account no one could sign in to (admin review)."""
+
+    def __init__(self, user, *args, **kwargs):
+        super().__init__(user, *args, **kwargs)
+        self.fields.pop("usable_password", None)
+        self.fields["password1"].required = self.fields["password2"].required = True
+
+
 class UserChangeAdminForm(_EmailMixin, UserChangeForm):
     class Meta:
         model = User
@@ -121,6 +132,7 @@ class UserAdmin(HospitalScopedAdmin, DjangoUserAdmin):
 
     form = UserChangeAdminForm
     add_form = UserCreationAdminForm
+    change_password_form = PasswordResetAdminForm
     add_fieldsets = (
         (None, {"classes": ("wide",), "fields": ("email", "first_name", "last_name", "password1", "password2")}),
         ("First hospital", {"fields": ("hospital", "role")}),

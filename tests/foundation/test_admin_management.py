@@ -734,3 +734,17 @@ def test_revoking_keys_asks_first_naming_each_key_and_its_last_use(client_for, h
     assert 'value="Yes, revoke 1 key"' in html
     assert IntegrationKey.objects.get(pk=key_a[0].pk).revoked_at is None
     assert _events("key.revoked") == []
+
+
+def test_a_password_reset_cannot_switch_password_sign_in_off(client_for, hospital_admin, doctor):
+    """Django offers "Password-based authentication: Disabled" for SSO or LDAP, which Pleura
+    lacks: chosen, the account could never sign in again (admin review)."""
+    url = f"/admin/accounts/user/{doctor.pk}/password/"
+    client = client_for(hospital_admin)
+    assert "usable_password" not in client.get(url).context["form"].fields
+
+    response = client.post(url, {"usable_password": "false"})
+
+    assert response.status_code == 200  # the passwords are required
+    doctor.refresh_from_db()
+    assert doctor.has_usable_password() and doctor.check_password(PASSWORD)
