@@ -207,11 +207,18 @@ class HospitalScopedAdmin(ReadableLookupsMixin, admin.ModelAdmin):
         )
 
     def get_list_filter(self, request):
-        # A hospital filter would list every hospital's name to a hospital admin.
+        # Django's hospital filter lists every hospital's name: a hospital admin gets one
+        # listing only the hospitals their rows are in, and only when they run several.
         filters = super().get_list_filter(request)
         if self.is_platform_admin(request):
             return filters
-        return [item for item in filters if item not in {self.hospital_lookup, "hospital"}]
+        several = len(self.admin_hospitals(request)) > 1
+        hospital_filters = {self.hospital_lookup, "hospital"}
+        return [
+            (item, admin.RelatedOnlyFieldListFilter) if item in hospital_filters else item
+            for item in filters
+            if item not in hospital_filters or several
+        ]
 
     def save_model(self, request, obj, form, change):
         if self.hospital_lookup == "hospital":

@@ -217,3 +217,25 @@ def test_every_foundation_admin_page_renders_for_hospital_admins_and_superusers(
     for user in (hospital_admin, superuser):
         client = client_for(user)
         assert {url: client.get(url).status_code for url in pages} == dict.fromkeys(pages, 200)
+
+
+def test_an_admin_of_two_hospitals_filters_by_them_and_sees_no_other_hospitals_name(
+    client_for, hospital_admin, hospital_a, hospital_b, doctor, outsider
+):
+    """They had no hospital filter at all (admin review); Django's own lists every hospital."""
+    from hospital.models import Hospital, Membership, Role
+
+    third = Hospital.objects.create(name="Hillside Infirmary", slug="hillside")
+    Membership.objects.create(user=hospital_admin, hospital=hospital_b, role=Role.HOSPITAL_ADMIN)
+    client = client_for(hospital_admin)
+
+    page = client.get("/admin/hospital/membership/").content.decode()
+    filtered = client.get(f"/admin/hospital/membership/?hospital__id__exact={hospital_b.pk}")
+
+    assert "Riverside Clinic" in page and "St Mary&#x27;s Hospital" in page and third.name not in page
+    assert {str(row.hospital) for row in filtered.context["cl"].result_list} == {"Riverside Clinic"}
+
+
+def test_an_admin_of_one_hospital_has_no_hospital_filter(client_for, hospital_admin, hospital_b):
+    page = client_for(hospital_admin).get("/admin/hospital/membership/").content.decode()
+    assert "By hospital" not in page and "Riverside Clinic" not in page
