@@ -206,6 +206,14 @@ class HospitalScopedAdmin(ReadableLookupsMixin, admin.ModelAdmin):
             User.objects.filter(is_superuser=False), self.admin_hospitals(request), "memberships__hospital"
         )
 
+    def get_list_display(self, request):
+        # The admin of one hospital reads its name on every row for nothing, and the
+        # column pushed the lists past a 1280 px screen (admin review).
+        columns = super().get_list_display(request)
+        if self.is_platform_admin(request) or len(self.admin_hospitals(request)) > 1:
+            return columns
+        return [column for column in columns if column != "hospital"]
+
     def get_list_filter(self, request):
         # Django's hospital filter lists every hospital's name: a hospital admin gets one
         # listing only the hospitals their rows are in, and only when they run several.

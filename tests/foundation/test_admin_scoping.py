@@ -239,3 +239,10 @@ def test_an_admin_of_two_hospitals_filters_by_them_and_sees_no_other_hospitals_n
 def test_an_admin_of_one_hospital_has_no_hospital_filter(client_for, hospital_admin, hospital_b):
     page = client_for(hospital_admin).get("/admin/hospital/membership/").content.decode()
     assert "By hospital" not in page and "Riverside Clinic" not in page
+
+
+def test_the_admin_of_one_hospital_reads_no_hospital_column(client_for, hospital_admin, superuser, key_a):
+    """Its name on every row pushed the lists past a 1280 px screen (admin review)."""
+    mine = client_for(hospital_admin).get("/admin/hospital/integrationkey/").context["cl"].list_display
+    assert "hospital" not in mine
+    assert "hospital" in client_for(superuser).get("/admin/hospital/integrationkey/").context["cl"].list_display
