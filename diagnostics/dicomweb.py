@@ -128,7 +128,9 @@ def store_instances(
     storage_down = False
     for part in parts:
         if part.content_type != DICOM_MEDIA_TYPE:
-            failed.append(_failed_item(None, FAILURE_CANNOT_UNDERSTAND))
+            # Named by its UIDs when it is DICOM all the same (labelled application/octet-stream):
+            # a failure naming no instance left the sender to guess which part it was (EMR review).
+            failed.append(_failed_item(_uids_of(part.data), FAILURE_CANNOT_UNDERSTAND))
             continue
         try:
             study, _queued = services.ingest_upload(

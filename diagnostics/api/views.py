@@ -739,8 +739,12 @@ class StowView(TenantAPIMixin, APIView):
             "instance was stored, 202 when some failed, 409 when none was stored (503 with "
             "Retry-After when that was because the image storage is unavailable); "
             "Failed SOP Sequence items carry a Failure Reason (0xA700 out of resources, "
-            "0xC000 cannot understand, 0x0122 SOP class not supported, and 0xA901 when "
-            "an instance sent to /dicomweb/studies/{StudyInstanceUID} belongs to another study)."
+            "0xC000 cannot understand, 0x0122 SOP class not supported, 0x0110 processing failure, "
+            "0x0111 a SOP Instance UID received before for another image or patient, and 0xA901 when "
+            "an instance sent to /dicomweb/studies/{StudyInstanceUID} belongs to another study). "
+            "A part not labelled application/dicom fails with 0xC000, named by its SOP UIDs when it "
+            "is DICOM all the same; one that cannot be read as DICOM fails without them, which only "
+            "its header could give: the order of the failures is the order of the parts."
         ),
         request={"multipart/related": OpenApiTypes.BINARY},
         responses={

@@ -280,3 +280,12 @@ def test_an_instance_whose_last_element_header_is_cut_short_fails_alone_not_with
     assert response.status_code == 202
     assert response.json()["00081198"]["Value"] == [failed(0xC000)]
     assert stored().studies == before.studies + 1
+
+
+def test_a_dicom_part_labelled_octet_stream_fails_naming_its_instance(emr, stored):
+    """It failed naming no instance, so the sender could not tell which part it was (EMR review)."""
+    before = stored()
+    response = stow(emr, related_body(("application/octet-stream", CR_CHEST.read_bytes())))
+    assert response.status_code == 409
+    assert response.json()["00081198"]["Value"] == [failed(0xC000, CR_CHEST)]
+    assert stored() == before
