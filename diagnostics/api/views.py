@@ -495,7 +495,12 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
                 "study: do not put patient data in it.",
             )
         ],
-        request={"multipart/form-data": StudyUploadSerializer, "application/dicom": OpenApiTypes.BINARY},
+        request={
+            "multipart/form-data": StudyUploadSerializer,
+            "application/dicom": OpenApiTypes.BINARY,
+            # Read as the others are, by content (EMR review: undocumented, though it worked).
+            "application/octet-stream": OpenApiTypes.BINARY,
+        },
         responses={
             202: OpenApiResponse(
                 StudySerializer,

@@ -24,7 +24,11 @@ def test_schema_documents_every_endpoint_with_examples_and_key_auth(db):
         "dicomweb_store_study_instances",
     ]
     upload = schema["paths"]["/api/v1/studies/"]["post"]
-    assert set(upload["requestBody"]["content"]) == {"multipart/form-data", "application/dicom"}
+    assert set(upload["requestBody"]["content"]) == {
+        "multipart/form-data",
+        "application/dicom",
+        "application/octet-stream",
+    }
     assert {"200", "202", "400", "413", "415", "422"} <= set(upload["responses"])
     idempotency = next(parameter for parameter in upload["parameters"] if parameter["name"] == "Idempotency-Key")
     assert (idempotency["in"], idempotency.get("required", False)) == ("header", False)
