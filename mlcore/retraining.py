@@ -273,7 +273,7 @@ def retrain(options: RetrainOptions, *, actor=None) -> ModelVersion:
             reviews, locked_reviews = review_training_folder(options.export_dir, locked, review_dir)
             description = _fine_tune(options, active, name, base_dir, review_dir if reviews else None, out_dir)
         holdout, learned_before = _not_learned_before(
-            data.scan_review_export(options.export_dir / data.REVIEW_HOLDOUT_FOLDER), active
+            data.scan_review_export(options.export_dir / data.REVIEW_HOLDOUT_FOLDER), active, kept
         )
         _write_split(out_dir, kept + reviews, locked, options.seed)
         description = fit_operating_point(out_dir, description, locked, device=options.device)
@@ -294,19 +294,23 @@ def retrain(options: RetrainOptions, *, actor=None) -> ModelVersion:
 LEARNED_REVIEW_PIXELS = "review_pixel_sha256"
 
 
-def _not_learned_before(holdout: list[data.Sample], active: ModelVersion) -> tuple[list[data.Sample], int]:
-    """The reviewed hold-out less the images the active version or any of its ancestors was
-    fine-tuned on; (kept, number left out). Which patients an export holds out depends on
-    its fraction and the secret key, so an image trained on by one generation could be
-    held out by the next export and judge the gate on what the model learned (ML review)."""
-    learned: set[str] = set()
+def _not_learned_before(
+    holdout: list[data.Sample], active: ModelVersion, base: list[data.Sample]
+) -> tuple[list[data.Sample], int]:
+    """The reviewed hold-out less the images the models learned: those the active version
+    or any of its ancestors was fine-tuned on, and the `base` training images (a training
+    radiograph uploaded as a study comes back re-encoded, so by its pixels); (kept, number
+    left out). Which patients an export holds out depends on its fraction and the secret
+    key, so an image trained on by one generation could be held out by the next export and
+    judge the gate on what the model learned (ML review)."""
+    if not holdout:
+        return holdout, 0
+    learned: set[str] = {_pixels(sample) for sample in base}
     version, seen = active, set()
     while version is not None and version.pk not in seen:  # up the lineage, once each
         seen.add(version.pk)
         learned.update((version.training_data.get("lineage") or {}).get(LEARNED_REVIEW_PIXELS, []))
         version = version.parent
-    if not learned:
-        return holdout, 0
     kept = [sample for sample in holdout if _pixels(sample) not in learned]
     return kept, len(holdout) - len(kept)
 

@@ -216,3 +216,24 @@ def test_a_reviewed_image_an_earlier_generation_learned_is_not_in_the_gates_hold
     assert (lineage["reviewed_holdout_examples"], lineage["reviewed_holdout_left_out_as_learned"]) == (1, 1)
     assert version.metrics["comparison"]["reviewed_holdout"]["images"] == 1
     assert lineage["review_pixel_sha256"] == []  # it trained on no review: both were held out
+
+
+def test_a_base_training_image_reviewed_as_a_study_is_not_in_the_gates_hold_out(
+    tmp_path, active_model, hospital_a, radiologist
+):
+    """Both models trained on it: held out, it judged the gate in sample (ML review)."""
+    from diagnostics import feedback
+    from tests.mlcore.helpers import SMALL_DATA
+
+    hospital_a.shares_reviews_for_training = True
+    hospital_a.save()
+    trained_file = _split(active_model)["train"]["files"][0]
+    review(stored_study(hospital_a, SMALL_DATA / trained_file, patient_id="MRN-1"), radiologist, "pneumonia")
+    review(stored_study(hospital_a, REVIEW_IMAGES["normal"][0], patient_id="MRN-2"), radiologist, "normal")
+
+    version = feedback.retrain_from_reviews(
+        name="pleura-tiny-ft5", export_dir=tmp_path / "export", holdout_fraction=0.999, epochs=1, batch_size=4
+    )
+
+    lineage = version.training_data["lineage"]
+    assert (lineage["reviewed_holdout_examples"], lineage["reviewed_holdout_left_out_as_learned"]) == (1, 1)
