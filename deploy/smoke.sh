@@ -195,7 +195,7 @@ wait_for 90 "the worker serving its metrics" curl -fsS "http://127.0.0.1:$WORKER
 
 log "/readyz from gunicorn, and closed to the outside by nginx"
 READY="$(curl -sS --max-time 30 "http://127.0.0.1:$WEB_PORT/readyz")"
-[[ "$READY" == '{"status": "ok", "checks": {"database": "ok", "broker": "ok", "model": "ok"}}' ]] ||
+[[ "$READY" == '{"status": "ok", "checks": {"database": "ok", "migrations": "ok", "broker": "ok", "model": "ok"}}' ]] ||
     fail "/readyz answered $READY"
 OUTSIDE="$("${CURL[@]}" -o /dev/null -w '%{http_code}' "$ORIGIN/readyz")"
 [[ "$OUTSIDE" == 404 ]] || fail "/readyz through nginx answered $OUTSIDE, not 404"

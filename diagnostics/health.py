@@ -5,12 +5,16 @@ hostname, a path, a version name or anything about patients.
 
 - `/healthz`: the process answers HTTP. Nothing else is touched, so a slow database
   never gets a healthy pod killed.
-- `/readyz`: this process can do its job: the database answers and the active model's
-  weights file is present with the sha256 recorded in the registry. It also says whether
-  the Celery broker accepts a connection, but a broker that does not leaves the process
-  ready ("degraded", still 200): uploads made meanwhile are stored, and the sweeper
-  queues them once the broker is back. Failing readiness for it would take every web
-  pod out of the load balancer, and with them the uploads that outage was meant to spare.
+- `/readyz`: this process can do its job: the database answers and holds every
+  migration this code needs (a pod of new code started before the migrate job finished
+  answered ready and then 500 to every upload: ops review). It also says whether the
+  Celery broker accepts a connection and whether the active model's weights file is
+  present with the sha256 the registry recorded, but neither leaves the process unready
+  ("degraded", still 200): a web process runs no model, uploads made meanwhile are
+  stored, and the sweeper queues them once the broker is back or workers predict them
+  once a model loads. Failing readiness for either took every web pod out of the load
+  balancer, and with them the portal and the uploads (ops review); the alerts
+  PleuraPipelineStalled and PleuraNoUsableModel say what is out.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import threading
 from pathlib import Path
 
 from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
@@ -34,8 +39,8 @@ logger = logging.getLogger(__name__)
 BROKER_TIMEOUT_SECONDS = 2.0
 
 OK = "ok"
-# Without these this process cannot take a request; the broker is reported, not required.
-REQUIRED_CHECKS = ("database", "model")
+# Without these this process cannot take a request; the broker and the model are reported.
+REQUIRED_CHECKS = ("database", "migrations")
 
 # (path, mtime_ns, size) -> sha256: hashing ~50 MB of weights on every probe would cost
 # ~0.1 s of CPU each time, so a file is hashed again only when it changes.
@@ -52,7 +57,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_safe
 def readyz(request: HttpRequest) -> JsonResponse:
-    checks = {"database": _check_database(), "broker": _check_broker(), "model": _check_model()}
+    database = _check_database()
+    migrations = _check_migrations() if database == OK else "unknown"
+    checks = {"database": database, "migrations": migrations, "broker": _check_broker(), "model": _check_model()}
     if any(checks[name] != OK for name in REQUIRED_CHECKS):
         return JsonResponse({"status": "unavailable", "checks": checks}, status=503)
     status = OK if all(result == OK for result in checks.values()) else "degraded"
@@ -67,6 +74,27 @@ def _check_database() -> str:
     except Exception:
         logger.warning("readyz: database unreachable", exc_info=True)
         return "unreachable"
+    return OK
+
+
+# Set once this process has found every migration applied: they are never unapplied under
+# running code, so the plan is not worked out again on every probe.
+_migrated = threading.Event()
+
+
+def _check_migrations() -> str:
+    if _migrated.is_set():
+        return OK
+    try:
+        executor = MigrationExecutor(connection)
+        pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    except Exception:
+        logger.warning("readyz: migrations could not be read", exc_info=True)
+        return "unreachable"
+    if pending:
+        logger.warning("readyz: %d migrations are not applied yet", len(pending))
+        return "pending"
+    _migrated.set()
     return OK
 
 
