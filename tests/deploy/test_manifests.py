@@ -387,3 +387,31 @@ def test_the_images_collectstatic_step_runs_with_only_what_the_dockerfile_gives_
     assert image_env == {"DJANGO_SETTINGS_MODULE": "config.settings.production"}
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "static" / "staticfiles.json").is_file()
+
+
+def test_every_job_the_alerts_and_dashboard_name_is_a_job_of_compose_and_of_kubernetes():
+    """On Kubernetes the pods were scraped under a generic job, so PleuraWebDown and
+    PleuraNoWorker, which name pleura-web and pleura-worker, fired for good (ops review).
+    Both Kubernetes recipes name a job after the pod's app.kubernetes.io/name."""
+    text = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    text += (DEPLOY / "grafana" / "dashboards" / "pleura.json").read_text().replace('\\"', '"')
+    named = set(re.findall(r'job(?:=|=~)"([^"]+)"', text))
+    alternatives = {name for pattern in named for name in re.split(r"[|]", pattern.replace(".*", ""))}
+
+    compose_jobs = {job["job_name"] for job in _docs(DEPLOY / "prometheus" / "prometheus.yml")[0]["scrape_configs"]}
+    pods = {
+        doc["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+        for path in (DEPLOY / "k8s" / "base").glob("*.yaml")
+        for doc in _docs(path)
+        if doc and doc.get("kind") == "Deployment"
+    }
+    for name in alternatives:
+        assert any(job.startswith(name) for job in compose_jobs), name
+        assert any(pod.startswith(name) for pod in pods), name
+
+    (scrape,) = _docs(DEPLOY / "prometheus" / "kubernetes.yml")[0]["scrape_configs"]
+    assert {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"], "target_label": "job"} in scrape[
+        "relabel_configs"
+    ]
+    monitors = _docs(DEPLOY / "k8s" / "monitoring" / "podmonitors.yaml")
+    assert {monitor["spec"]["jobLabel"] for monitor in monitors} == {"app.kubernetes.io/name"}
