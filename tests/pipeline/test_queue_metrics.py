@@ -30,6 +30,7 @@ def scrape() -> dict[str, float]:
 
 def test_an_empty_queue_reports_no_study_and_no_age(db):
     assert scrape() == {
+        "pleura_database_up": 1.0,
         'pleura_queue_depth{status="queued"}': 0.0,
         'pleura_queue_depth{status="processing"}': 0.0,
         'pleura_queue_oldest_age_seconds{status="queued"}': 0.0,
@@ -45,11 +46,28 @@ def test_the_oldest_unfinished_study_of_each_status_gives_the_age_and_finished_o
             Study.objects.filter(pk=study.pk).update(status=status, created_at=NOW - timedelta(minutes=minutes))
 
     assert scrape() == {
+        "pleura_database_up": 1.0,
         'pleura_queue_depth{status="queued"}': 2.0,
         'pleura_queue_depth{status="processing"}': 1.0,
         'pleura_queue_oldest_age_seconds{status="queued"}': 1200.0,
         'pleura_queue_oldest_age_seconds{status="processing"}': 420.0,
     }
+
+
+def test_a_database_that_cannot_be_reached_is_a_figure_not_a_failed_scrape(client, db, monkeypatch):
+    """/metrics answered 503: the web target read as down, PleuraWebDown blamed the web and
+    the request figures vanished from the dashboard during the outage (ops review)."""
+    from django.db import OperationalError
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError("connection to server at 127.0.0.1 failed")
+
+    monkeypatch.setattr(Study.objects, "filter", unreachable)
+
+    assert scrape() == {"pleura_database_up": 0.0}
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert b"pleura_database_up 0.0" in response.content
 
 
 def _counted(name: str) -> dict[str, float]:
