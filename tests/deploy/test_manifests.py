@@ -415,3 +415,29 @@ def test_every_job_the_alerts_and_dashboard_name_is_a_job_of_compose_and_of_kube
     ]
     monitors = _docs(DEPLOY / "k8s" / "monitoring" / "podmonitors.yaml")
     assert {monitor["spec"]["jobLabel"] for monitor in monitors} == {"app.kubernetes.io/name"}
+
+
+def test_stopping_a_pod_or_container_lets_its_work_in_hand_finish():
+    """The web's 30 s default equalled gunicorn's graceful timeout, and Compose's 10 s cut
+    uploads in flight; workers were killed before a task's hard time limit (ops review)."""
+    from django.conf import settings
+
+    graceful = int(re.search(r"graceful_timeout = (\d+)", (DEPLOY / "gunicorn.conf.py").read_text()).group(1))
+    deployments = {
+        doc["metadata"]["name"]: doc["spec"]["template"]["spec"]
+        for path in (DEPLOY / "k8s" / "base").glob("*.yaml")
+        for doc in _docs(path)
+        if doc and doc.get("kind") == "Deployment"
+    }
+    web = deployments["pleura-web"]
+    pause = max(int(c["lifecycle"]["preStop"]["exec"]["command"][-1]) for c in web["containers"])
+    assert web["terminationGracePeriodSeconds"] > pause + graceful
+    for name in ("pleura-worker", "pleura-worker-gpu"):
+        assert deployments[name]["terminationGracePeriodSeconds"] > settings.CELERY_TASK_TIME_LIMIT
+
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    assert int(compose["web"]["stop_grace_period"].rstrip("s")) > graceful
+    for name in ("worker", "worker-gpu"):
+        assert int(compose[name]["stop_grace_period"].rstrip("s")) > settings.CELERY_TASK_TIME_LIMIT
+    # Docker's default json-file driver never rotates: every service's logs are bounded.
+    assert all(service["logging"]["options"]["max-size"] for service in compose.values())
