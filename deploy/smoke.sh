@@ -281,6 +281,13 @@ sleep 1
 grep -q "\"request_id\": \"$REQUEST_ID\"" "$WORK/web.log" || fail "web log has no line for request $REQUEST_ID"
 grep -q "\"request_id\": \"$REQUEST_ID\"" "$WORK/worker.log" || fail "worker log has no line for request $REQUEST_ID"
 grep -q "\"request_id\":\"$REQUEST_ID\"" "$WORK/nginx/access.log" || fail "nginx log has no line for request $REQUEST_ID"
+# A caller's request id in a shape Django refuses is replaced in nginx's log too, by the id
+# Django answers with: the two logs meet on one id.
+"${CURL[@]}" -D "$WORK/forged.headers" -o /dev/null -H 'X-Request-ID: forged"id; rm -rf /' "$ORIGIN/healthz"
+FORGED_ANSWER="$(awk 'tolower($1) == "x-request-id:" {print $2}' "$WORK/forged.headers" | tr -d '\r')"
+sleep 1
+! grep -q 'forged' "$WORK/nginx/access.log" || fail "nginx logged a request id Django refused"
+grep -q "\"request_id\":\"$FORGED_ANSWER\"" "$WORK/nginx/access.log" || fail "nginx and Django disagree on a replaced request id"
 python - "$WORK/web.log" "$WORK/worker.log" <<'PY'
 import json, sys
 for path in sys.argv[1:]:
