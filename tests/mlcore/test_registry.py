@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -162,7 +163,7 @@ def test_override_needs_a_superuser_actor(active_v1, make_model, doctor, superus
     compare_with_active("v2")
     with pytest.raises(CommandError, match="--override needs --actor EMAIL of a superuser"):
         call_command("promote_model", "v2", "--override")
-    with pytest.raises(CommandError, match="only a superuser may override the promotion gate"):
+    with pytest.raises(CommandError, match="only a superuser may override: it skips the promotion gate"):
         call_command("promote_model", "v2", "--override", "--actor", doctor.email)
     assert ModelVersion.objects.active().name == "v1"
     assert _events(Action.MODEL_PROMOTED, "v2") == []
@@ -213,10 +214,10 @@ def test_a_version_whose_weights_changed_since_registration_is_neither_promoted_
     assert ModelVersion.objects.active().name == "v1"
 
 
-def test_rollback_refuses_a_version_that_was_never_active(active_v1, make_model):
+def test_rollback_refuses_a_version_that_was_never_active(active_v1, make_model, superuser):
     _run("register_model", make_model("v2"))
     with pytest.raises(CommandError, match="v2 was never active; promote it instead"):
-        call_command("promote_model", "v2", "--rollback")
+        call_command("promote_model", "v2", "--rollback", "--actor", superuser.email, "--reason", "drift")
     with pytest.raises(CommandError, match="v1 is already the active version"):
         call_command("promote_model", "v1")
     with pytest.raises(CommandError, match="no model version named 'v7'"):
@@ -399,3 +400,28 @@ def test_a_model_that_trained_on_the_locked_set_is_not_compared_there(weights_di
         f"leaky trained on {overlap} of the {len(locked)} locked validation images of {TINY_NAME}: measured there"
     )
     assert "comparison" not in ModelVersion.objects.get(name="leaky").metrics
+
+
+@pytest.mark.parametrize(
+    ("who", "reason", "refusal"),
+    [
+        (None, "drift", "--rollback needs --actor EMAIL of a superuser"),
+        ("hospital_admin", "drift", "only a superuser may rollback: it skips the promotion gate"),
+        ("superuser", " ", "--rollback needs --reason: why the gate is skipped, for the audit trail"),
+    ],
+)
+def test_a_rollback_skips_the_gate_so_it_needs_a_superuser_and_a_reason(
+    request, active_v1, make_model, who, reason, refusal
+):
+    """A candidate the gate had refused, overridden once and rolled back from, came back
+    to doctors by a bare rollback, with no one named and no reason (learning-loop review)."""
+    _run("register_model", make_model("v2", roc_auc=0.95, sensitivity=0.96))
+    compare_with_active("v2", roc_auc_gain=0.001)
+    _run("promote_model", "v2")
+    actor = ["--actor", request.getfixturevalue(who).email] if who else []
+
+    with pytest.raises(CommandError, match=re.escape(refusal)):
+        call_command("promote_model", "v1", "--rollback", *actor, "--reason", reason)
+
+    assert ModelVersion.objects.active().name == "v2"
+    assert _events(Action.MODEL_ROLLED_BACK) == []

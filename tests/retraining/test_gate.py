@@ -76,7 +76,7 @@ def test_gate_refuses_a_candidate_worse_on_the_locked_validation_set(active_mode
     assert any(f.startswith("sensitivity 0.0000 is worse") for f in event.detail["failures"])
 
 
-def test_gate_accepts_a_better_candidate_and_rollback_restores_the_previous(active_model, loop_settings):
+def test_gate_accepts_a_better_candidate_and_rollback_restores_the_previous(active_model, loop_settings, superuser):
     # The weak model calls every radiograph pneumonia; the trained one is a candidate again.
     constant = constant_model(loop_settings, active_model, threshold=0.1)
     registry.activate(constant)
@@ -100,7 +100,9 @@ def test_gate_accepts_a_better_candidate_and_rollback_restores_the_previous(acti
         "reason": "",
     }
 
-    call_command("promote_model", constant.name, "--rollback", "--reason", "regression reported")
+    call_command(
+        "promote_model", constant.name, "--rollback", "--actor", superuser.email, "--reason", "regression reported"
+    )
     assert ModelVersion.objects.active() == constant
     assert ModelVersion.objects.get(pk=trained.pk).status == ModelVersion.Status.RETIRED
     rolled_back = AuditEvent.objects.get(action=Action.MODEL_ROLLED_BACK)

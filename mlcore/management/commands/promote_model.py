@@ -16,9 +16,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("name", help="model version name")
-        parser.add_argument("--rollback", action="store_true", help="re-activate a retired (earlier) version")
+        parser.add_argument(
+            "--rollback", action="store_true", help="re-activate a retired (earlier) version (superusers only)"
+        )
         parser.add_argument("--override", action="store_true", help="promote despite the gate (superusers only)")
-        parser.add_argument("--actor", default=None, help="email of the person promoting (required with --override)")
+        parser.add_argument(
+            "--actor", default=None, help="email of the person promoting (required with --override and --rollback)"
+        )
         parser.add_argument("--reason", default="", help="why; recorded in the audit trail")
 
     def handle(self, *args, **options):
@@ -59,15 +63,19 @@ class Command(BaseCommand):
         self.stdout.write(f"promoted {version.name}")
 
     def _actor(self, options):
+        # A rollback skips the gate as an override does: a version the gate had refused,
+        # once overridden and rolled back from, came back to doctors with no one named and
+        # no reason (learning-loop review). Both need a superuser and a reason.
+        bypass = "--override" if options["override"] else "--rollback" if options["rollback"] else ""
         if not options["actor"]:
-            if options["override"]:
-                raise CommandError("--override needs --actor EMAIL of a superuser")
+            if bypass:
+                raise CommandError(f"{bypass} needs --actor EMAIL of a superuser")
             return None
         user = get_user_model().objects.filter(email=options["actor"].lower(), is_active=True).first()
         if user is None:
             raise CommandError(f"no active user {options['actor']!r}")
-        if options["override"] and not user.is_superuser:
-            raise CommandError("only a superuser may override the promotion gate")
-        if options["override"] and not options["reason"].strip():
-            raise CommandError("--override needs --reason: why the gate's refusal is set aside, for the audit trail")
+        if bypass and not user.is_superuser:
+            raise CommandError(f"only a superuser may {bypass.lstrip('-')}: it skips the promotion gate")
+        if bypass and not options["reason"].strip():
+            raise CommandError(f"{bypass} needs --reason: why the gate is skipped, for the audit trail")
         return user
