@@ -12,7 +12,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Exists, OuterRef, QuerySet, Subquery
+from django.db.models import Count, Exists, OuterRef, QuerySet, Subquery
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -68,6 +68,10 @@ def warning_text(code: str) -> str:
     return WARNINGS.get(code, str(code).replace("_", " ").capitalize() + ".")
 
 
+def _count_of(rows: QuerySet) -> Subquery:
+    return Subquery(rows.order_by().values("study").annotate(n=Count("pk")).values("n")[:1])
+
+
 def _worklist_queryset(hospital) -> QuerySet[Study]:
     """The hospital's studies with their current result and review state, in one query."""
     shown = Prediction.objects.shown().filter(study=OuterRef("pk")).order_by("-created_at", "-id")
@@ -78,6 +82,10 @@ def _worklist_queryset(hospital) -> QuerySet[Study]:
         current_threshold=Subquery(shown.values("threshold")[:1]),
         is_reviewed=Exists(reviews),
         is_disputed=Exists(reviews.filter(verdict=Review.Verdict.DISAGREE)),
+        # How many of how many: when radiologists split, "radiologist: Normal" read as the
+        # radiologists' finding, though another had agreed with the model (learning-loop review).
+        reviews_count=_count_of(reviews),
+        disputes_count=_count_of(reviews.filter(verdict=Review.Verdict.DISAGREE)),
         # The latest correction, shown beside "Disputed": the list kept the model's red
         # "Pneumonia" with nothing to say a radiologist had found otherwise (UX review).
         corrected_label=Subquery(

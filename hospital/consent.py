@@ -20,8 +20,9 @@ class ConsentForm(forms.Form):
     shares_reviews_for_training = forms.BooleanField(
         label="Share this hospital's reviewed studies to train Pleura's models",
         required=False,
-        help_text="Only de-identified pixels and the radiologists' labels leave the hospital's data; "
-        "no names, IDs, dates or DICOM headers.",
+        help_text="Only the pixels and the radiologists' labels leave the hospital's data: no names, IDs, "
+        "dates or DICOM headers. Text printed into the image itself (a name or ID burned into the film) "
+        "is not removed: leave sharing off if your radiographs carry it.",
     )
 
 

@@ -366,3 +366,17 @@ def test_an_api_request_leaves_the_threads_time_zone_as_it_found_it(key_a):
         assert str(tz.get_current_timezone()) == "America/New_York"
     finally:
         tz.deactivate()
+
+
+def test_radiologists_who_split_are_counted_beside_the_correction(
+    client_for, doctor, radiologist, shared_radiologist, studies
+):
+    """ "Disputed · radiologist: Pneumonia" read as the radiologists' finding, though another
+    had agreed with the model (learning-loop review)."""
+    Review.objects.create(study=studies["normal"], radiologist=radiologist, verdict="agree", correct_label="normal")
+    Review.objects.create(
+        study=studies["normal"], radiologist=shared_radiologist, verdict="disagree", correct_label="pneumonia"
+    )
+    html = client_for(doctor).get(WORKLIST).content.decode()
+    normal_row = re.search(rf'<tr id="study-{studies["normal"].code}".*?</tr>', html, re.S).group(0)
+    assert 'Disputed</span> <span class="small">1 of 2 radiologists: <strong>Pneumonia</strong>' in normal_row

@@ -56,3 +56,10 @@ def test_other_hospitals_admin_changes_only_their_own_hospital(client_for, outsi
     assert list(AuditEvent.objects.filter(action=Action.CONSENT_CHANGED).values_list("hospital__slug", flat=True)) == [
         "riverside"
     ]
+
+
+def test_the_consent_page_says_text_burned_into_the_image_leaves_with_it(client_for, hospital_admin):
+    """It promised "no names, IDs, dates", and an image with a name printed on the film was
+    exported as it was (learning-loop review)."""
+    html = client_for(hospital_admin).get("/hospital/consent/").content.decode()
+    assert "Text printed into the image itself (a name or ID burned into the film) is not removed" in html
