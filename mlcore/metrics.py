@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,3 +94,73 @@ def operating_point(logits: np.ndarray, targets: np.ndarray, min_sensitivity: fl
     probabilities = calibrated_probability(logits, temperature, bias)
     threshold = threshold_for_sensitivity(targets, probabilities, min_sensitivity)
     return OperatingPoint(temperature, bias, threshold, classification_report(targets, probabilities, threshold))
+
+
+# How sure "better" must be (the promotion gate): a one-sided 5% level.
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def paired_evidence(
+    targets: np.ndarray,
+    candidate: np.ndarray,
+    candidate_threshold: float,
+    active: np.ndarray,
+    active_threshold: float,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> dict:
+    """Whether the candidate's lead over the active model on these images is more than
+    chance, each at its own threshold: for sensitivity (pneumonia images) and specificity
+    (normal ones), the images only one of them labels right and the exact one-sided
+    McNemar p-value of the candidate's lead; for ROC AUC, the 2.5th percentile of the
+    candidate's gain over class-stratified bootstrap resamples (None without both classes).
+
+    A candidate right on one image more (a threshold refitted on the gate's own images put
+    back the one the active model's rounding lost) was "better" (learning-loop review)."""
+    targets = np.asarray(targets).astype(int)
+    right_candidate = (np.asarray(candidate) >= candidate_threshold).astype(int) == targets
+    right_active = (np.asarray(active) >= active_threshold).astype(int) == targets
+    evidence: dict = {}
+    for name, target in (("pneumonia", 1), ("normal", 0)):
+        of_class = targets == target
+        only_candidate = int(np.sum(of_class & right_candidate & ~right_active))
+        only_active = int(np.sum(of_class & right_active & ~right_candidate))
+        evidence[name] = {
+            "only_candidate_right": only_candidate,
+            "only_active_right": only_active,
+            "p_value": round(_one_sided_sign_test(only_candidate, only_candidate + only_active), 6),
+        }
+    evidence["roc_auc_gain_lower_95"] = _auc_gain_lower_bound(targets, candidate, active, resamples, seed)
+    return evidence
+
+
+def _one_sided_sign_test(successes: int, trials: int) -> float:
+    """P(X >= successes) for X ~ Binomial(trials, 1/2): McNemar's exact test, one-sided."""
+    if trials == 0:
+        return 1.0
+    return float(sum(math.comb(trials, k) for k in range(successes, trials + 1)) / 2**trials)
+
+
+def _auc_gain_lower_bound(targets, candidate, active, resamples: int, seed: int) -> float | None:
+    positives, negatives = np.flatnonzero(targets == 1), np.flatnonzero(targets == 0)
+    if not positives.size or not negatives.size:
+        return None
+    rng = np.random.default_rng(seed)
+    candidate, active = np.asarray(candidate, dtype=np.float64), np.asarray(active, dtype=np.float64)
+    gains = np.empty(resamples)
+    for i in range(resamples):
+        pos = rng.choice(positives, positives.size)
+        neg = rng.choice(negatives, negatives.size)
+        gains[i] = _auc(candidate[pos], candidate[neg]) - _auc(active[pos], active[neg])
+    return round(float(np.percentile(gains, 2.5)), 6)
+
+
+def _auc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
+    """ROC AUC by ranks (Mann-Whitney), ties counted half."""
+    _, group, counts = np.unique(
+        np.concatenate([positive_scores, negative_scores]), return_inverse=True, return_counts=True
+    )
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[group]  # 1-based, tied scores share their average rank
+    n_pos, n_neg = positive_scores.size, negative_scores.size
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -1,5 +1,5 @@
 """The promotion gate: a candidate reaches doctors only if it measures no worse on every
-gated metric and better on at least one."""
+gated metric and better on at least one, by more than chance."""
 
 from __future__ import annotations
 
@@ -40,16 +40,44 @@ def gate_failures(candidate: ModelVersion, active: ModelVersion | None) -> list[
             f"{candidate.name} was compared with {compared_with.get('name') or 'another version'}, not with the "
             f"active version {active.name}; retrain from {active.name} to compare with it"
         ]
-    compared = [(comparison.get("candidate") or {}, comparison.get("active") or {}, "", GATED_METRICS)]
+    compared = [(comparison, "", GATED_METRICS)]
     holdout = comparison.get("reviewed_holdout") or {}
     if judged := _judged_on_reviewed_cases(holdout):
-        compared.append((holdout.get("candidate") or {}, holdout["active"], "on reviewed cases: ", judged))
-    failures = [failure for new, old, where, metrics in compared for failure in _compare(new, old, where, metrics)]
+        compared.append((holdout, "on reviewed cases: ", judged))
+    failures = [
+        failure
+        for part, where, metrics in compared
+        for failure in _compare(part.get("candidate") or {}, part.get("active") or {}, where, metrics)
+    ]
     # Better models are promoted only when they measure better: one that ties on every
-    # metric would replace the version doctors have for nothing (worker review).
-    if not failures and not any(new[m] > old[m] for new, old, _, metrics in compared for m in metrics):
-        failures.append(f"{candidate.name} measures no better than the active version {active.name} on any metric")
+    # metric would replace the version doctors have for nothing (worker review), and so
+    # would one ahead by chance: right on one image more, its threshold refitted on the
+    # gate's own images, it was promoted (learning-loop review).
+    if not failures and not any(
+        _better_beyond_chance(part, metric) for part, _, metrics in compared for metric in metrics
+    ):
+        failures.append(
+            f"{candidate.name} measures no better than the active version {active.name} on any metric beyond "
+            "chance (sensitivity and specificity by McNemar's exact test, AUC by a bootstrap, at 5%)"
+        )
     return failures
+
+
+# A lead counts when chance would give one as large at most this often (one-sided).
+SIGNIFICANCE = 0.05
+_CLASS_OF = {"sensitivity": "pneumonia", "specificity": "normal"}
+
+
+def _better_beyond_chance(part: dict, metric: str) -> bool:
+    """Whether the candidate leads on `metric` by more than chance, by the comparison's
+    paired evidence (mlcore.metrics.paired_evidence); none, no lead counts."""
+    new, old, paired = part.get("candidate") or {}, part.get("active") or {}, part.get("paired") or {}
+    if not (new.get(metric) is not None and old.get(metric) is not None and new[metric] > old[metric]):
+        return False
+    if metric == "roc_auc":
+        lower = paired.get("roc_auc_gain_lower_95")
+        return lower is not None and lower > 0
+    return (paired.get(_CLASS_OF[metric]) or {}).get("p_value", 1.0) <= SIGNIFICANCE
 
 
 def _judged_on_reviewed_cases(holdout: dict) -> tuple[str, ...]:

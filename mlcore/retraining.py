@@ -30,7 +30,7 @@ from mlcore import data, registry
 from mlcore.card import build_card, render_markdown
 from mlcore.engine import InferenceEngine, ModelSpec
 from mlcore.evaluation import folder_logits
-from mlcore.metrics import classification_report, operating_point
+from mlcore.metrics import classification_report, operating_point, paired_evidence
 from mlcore.models import ModelVersion
 from mlcore.preprocessing import load_grayscale_file, pixel_sha256
 from mlcore.promotion import gate_failures
@@ -141,17 +141,26 @@ def fit_operating_point(out_dir: Path, description: dict, locked: list[data.Samp
 
 
 def compare(candidate: InferenceEngine, active: InferenceEngine, locked: list, holdout: list) -> dict:
-    """Both models on the same locked validation set, and on the held-back reviewed cases."""
+    """Both models on the same locked validation set, and on the held-back reviewed cases,
+    each with the paired evidence of whether the candidate's lead is more than chance."""
     return {
-        "candidate": evaluate_samples(candidate, locked),
-        "active": evaluate_samples(active, locked),
-        "reviewed_holdout": {
-            "images": len(holdout),
-            "candidate": evaluate_samples(candidate, holdout),
-            "active": evaluate_samples(active, holdout),
-        },
+        **_both_on(candidate, active, locked),
+        "reviewed_holdout": {"images": len(holdout), **_both_on(candidate, active, holdout)},
         "locked_validation_images": len(locked),
         "locked_validation_sha256": data.data_hash(locked),
+    }
+
+
+def _both_on(candidate: InferenceEngine, active: InferenceEngine, samples: list[data.Sample]) -> dict:
+    if not samples:
+        return {"candidate": None, "active": None}
+    targets = np.array([sample.target for sample in samples])
+    scored = [(engine, engine.probabilities(folder_logits(engine, samples))) for engine in (candidate, active)]
+    (new, new_scores), (old, old_scores) = scored
+    return {
+        "candidate": classification_report(targets, new_scores, new.spec.threshold),
+        "active": classification_report(targets, old_scores, old.spec.threshold),
+        "paired": paired_evidence(targets, new_scores, new.spec.threshold, old_scores, old.spec.threshold),
     }
 
 

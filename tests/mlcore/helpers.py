@@ -69,17 +69,21 @@ def copy_model_dir(source: Path, destination: Path, *, name: str | None = None) 
 def compare_with_active(name: str, *, roc_auc_gain: float = 0.0) -> None:
     """Record what retraining records for the gate: the version `name` and the active one
     measured on one locked set (here, the validation metrics each was registered with,
-    the candidate's ROC AUC raised by `roc_auc_gain`: a version of the same weights
-    measures no better, and the gate refuses it)."""
+    the candidate's ROC AUC raised by `roc_auc_gain`, with paired evidence putting half
+    of its AUC lead beyond chance: a version of the same weights measures no better, and
+    the gate refuses it)."""
     from mlcore.models import ModelVersion
 
     candidate, active = ModelVersion.objects.get(name=name), ModelVersion.objects.active()
     measured = {**candidate.metrics}
     if roc_auc_gain:
         measured["roc_auc"] = measured["roc_auc"] + roc_auc_gain
+    no_lead = {"only_candidate_right": 0, "only_active_right": 0, "p_value": 1.0}
+    auc_gain = measured["roc_auc"] - active.metrics["roc_auc"]
     comparison = {
         "candidate": measured,
         "active": active.metrics,
+        "paired": {"pneumonia": no_lead, "normal": no_lead, "roc_auc_gain_lower_95": round(auc_gain / 2, 6)},
         "against": {"name": active.name, "weights_sha256": active.weights_sha256},
     }
     candidate.metrics = {**candidate.metrics, "comparison": comparison}

@@ -29,16 +29,26 @@ def _reviewed(pneumonia: int, normal: int, **figures) -> dict:
     return {"roc_auc": 0.90, "sensitivity": 0.95, "specificity": 0.9, "confusion_matrix": matrix, **figures}
 
 
+def _paired(auc_gain: float) -> dict:
+    """Paired evidence (mlcore.metrics.paired_evidence) putting half of an AUC lead beyond
+    chance, and no lead on either class's images."""
+    no_lead = {"only_candidate_right": 0, "only_active_right": 0, "p_value": 1.0}
+    return {"pneumonia": no_lead, "normal": no_lead, "roc_auc_gain_lower_95": auc_gain / 2}
+
+
 def _comparison(holdout_images: int, holdout_candidate_auc: float, **candidate) -> dict:
     pneumonia = holdout_images // 2
+    locked = {**SAME, **candidate}
     return {
         "comparison": {
-            "candidate": {**SAME, **candidate},
+            "candidate": locked,
             "active": SAME,
+            "paired": _paired(locked["roc_auc"] - SAME["roc_auc"]),
             "reviewed_holdout": {
                 "images": holdout_images,
                 "candidate": _reviewed(pneumonia, holdout_images - pneumonia, roc_auc=holdout_candidate_auc),
                 "active": _reviewed(pneumonia, holdout_images - pneumonia),
+                "paired": _paired(holdout_candidate_auc - 0.90),
             },
             "against": {"name": "active", "weights_sha256": ACTIVE_WEIGHTS},
         }
@@ -74,7 +84,12 @@ def test_a_candidate_that_measures_no_better_anywhere_is_refused(holdout_auc, re
     candidate = _version("candidate", ModelVersion.Status.CANDIDATE, _comparison(MIN_REVIEWED_HOLDOUT, holdout_auc))
 
     assert gate_failures(candidate, active) == (
-        ["candidate measures no better than the active version active on any metric"] if refused else []
+        [
+            "candidate measures no better than the active version active on any metric beyond chance "
+            "(sensitivity and specificity by McNemar's exact test, AUC by a bootstrap, at 5%)"
+        ]
+        if refused
+        else []
     )
 
 
@@ -141,3 +156,34 @@ def test_a_figure_that_is_not_a_number_is_not_measured_and_refuses_the_candidate
     candidate = ModelVersion(name="candidate", metrics=_comparison(0, 0.9, roc_auc=float("nan"), sensitivity=0.97))
 
     assert gate_failures(candidate, active) == ["roc_auc is not measured for both versions"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("only_candidate_right", "only_active_right", "refused"), [(1, 0, True), (4, 1, True), (9, 0, False)]
+)
+def test_a_lead_in_sensitivity_counts_only_beyond_chance(only_candidate_right, only_active_right, refused):
+    """Right on one pneumonia image more (its threshold refitted on the gate's own images put
+    back the one the active model's rounding lost), a candidate was promoted as better
+    (learning-loop review). McNemar's exact one-sided test: 1-0 and 4-1 are chance, 9-0 is not."""
+    from mlcore.metrics import paired_evidence
+
+    targets = [1] * 20 + [0] * 10
+    active = [0.9] * 10 + [0.1] * (only_candidate_right) + [0.9] * (10 - only_candidate_right) + [0.1] * 10
+    candidate = [0.9] * 20 + [0.1] * 10
+    for i in range(only_active_right):  # pneumonia images only the active model finds
+        candidate[i] = 0.1
+    evidence = paired_evidence(targets, candidate, 0.5, active, 0.5)
+    sensitivity = {
+        "candidate": sum(p >= 0.5 for p in candidate[:20]) / 20,
+        "active": sum(p >= 0.5 for p in active[:20]) / 20,
+    }
+    comparison = _comparison(0, 0.9)
+    comparison["comparison"]["candidate"]["sensitivity"] = sensitivity["candidate"]
+    comparison["comparison"]["active"] = {**SAME, "sensitivity": sensitivity["active"]}
+    comparison["comparison"]["paired"] = evidence
+    active_version = _version("active", ModelVersion.Status.ACTIVE, SAME, ACTIVE_WEIGHTS)
+    candidate_version = _version("candidate", ModelVersion.Status.CANDIDATE, comparison)
+
+    assert evidence["pneumonia"]["only_candidate_right"] == only_candidate_right
+    assert (gate_failures(candidate_version, active_version) != []) is refused

@@ -76,8 +76,11 @@ def test_gate_refuses_a_candidate_worse_on_the_locked_validation_set(active_mode
     assert any(f.startswith("sensitivity 0.0000 is worse") for f in event.detail["failures"])
 
 
-def test_gate_accepts_a_better_candidate_and_rollback_restores_the_previous(active_model, loop_settings, superuser):
+def test_a_candidate_ahead_only_by_chance_is_refused_and_an_override_then_a_rollback_are_audited(
+    active_model, loop_settings, superuser
+):
     # The weak model calls every radiograph pneumonia; the trained one is a candidate again.
+    # On the six locked images it leads, but no lead on six images is beyond chance.
     constant = constant_model(loop_settings, active_model, threshold=0.1)
     registry.activate(constant)
     trained = ModelVersion.objects.get(pk=active_model.pk)
@@ -87,18 +90,20 @@ def test_gate_accepts_a_better_candidate_and_rollback_restores_the_previous(acti
     assert comparison["candidate"]["roc_auc"] > comparison["active"]["roc_auc"] == 0.5
     assert comparison["candidate"]["sensitivity"] >= comparison["active"]["sensitivity"] == 1.0
     assert comparison["candidate"]["specificity"] >= comparison["active"]["specificity"] == 0.0
+    paired = comparison["paired"]
+    assert paired["normal"]["p_value"] > 0.05 and paired["roc_auc_gain_lower_95"] <= 0
 
-    call_command("promote_model", trained.name)
+    with pytest.raises(CommandError, match="on any metric beyond chance"):
+        call_command("promote_model", trained.name)
+    call_command("promote_model", trained.name, "--override", "--actor", superuser.email, "--reason", "drill")
     assert ModelVersion.objects.active() == trained
     assert ModelVersion.objects.get(pk=constant.pk).status == ModelVersion.Status.RETIRED
     promoted = AuditEvent.objects.filter(action=Action.MODEL_PROMOTED).order_by("-id").first()
-    assert promoted.detail == {
-        "name": trained.name,
-        "previous": constant.name,
-        "override": False,
-        "gate_failures": [],
-        "reason": "",
-    }
+    assert (promoted.detail["override"], promoted.detail["reason"], len(promoted.detail["gate_failures"])) == (
+        True,
+        "drill",
+        1,
+    )
 
     call_command(
         "promote_model", constant.name, "--rollback", "--actor", superuser.email, "--reason", "regression reported"
