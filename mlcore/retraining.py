@@ -284,6 +284,10 @@ def retrain(options: RetrainOptions, *, actor=None) -> ModelVersion:
         holdout, learned_before = _not_learned_before(
             data.scan_review_export(options.export_dir / data.REVIEW_HOLDOUT_FOLDER), active, kept
         )
+        # What the fine-tune read, not what the folders held: with --max-images the card said
+        # 4430 base images and 10 reviews were learned from 80 images of which no review
+        # (learning-loop review).
+        kept, reviews = _read_by_the_fine_tune(out_dir, kept), _read_by_the_fine_tune(out_dir, reviews)
         _write_split(out_dir, kept + reviews, locked, options.seed)
         description = fit_operating_point(out_dir, description, locked, device=options.device)
         comparison = compare_with(out_dir, description, active, locked, holdout, options.device)
@@ -354,6 +358,13 @@ def _fine_tune(
     )
     log.info("fine-tuning %s from %s (%d review folders)", name, active.name, len(reviews))
     return train(config)
+
+
+def _read_by_the_fine_tune(out_dir: Path, samples: list[data.Sample]) -> list[data.Sample]:
+    """The `samples` train() read (either part of its own split), by its split.json."""
+    split = json.loads((out_dir / SPLIT_FILE).read_text())
+    read = set(split["train"]["files"]) | set(split["val"]["files"])
+    return [sample for sample in samples if sample.relative_name in read]
 
 
 def _write_split(out_dir: Path, trained_on: list[data.Sample], locked: list[data.Sample], seed: int) -> None:

@@ -237,3 +237,31 @@ def test_a_base_training_image_reviewed_as_a_study_is_not_in_the_gates_hold_out(
 
     lineage = version.training_data["lineage"]
     assert (lineage["reviewed_holdout_examples"], lineage["reviewed_holdout_left_out_as_learned"]) == (1, 1)
+
+
+def test_the_lineage_of_a_fine_tune_on_fewer_images_counts_what_it_read(
+    tmp_path, active_model, hospital_a, radiologist
+):
+    """With --max-images the card said every base image and review was learned from, though
+    the fine-tune read a handful and no review (learning-loop review)."""
+    from diagnostics import feedback
+
+    hospital_a.shares_reviews_for_training = True
+    hospital_a.save()
+    review(stored_study(hospital_a, REVIEW_IMAGES["normal"][0], patient_id="MRN-1"), radiologist, "normal")
+    review(stored_study(hospital_a, REVIEW_IMAGES["pneumonia"][0], patient_id="MRN-2"), radiologist, "pneumonia")
+
+    version = feedback.retrain_from_reviews(
+        name="pleura-tiny-ft6", export_dir=tmp_path / "export", holdout_fraction=0, epochs=1, batch_size=4, max_images=2
+    )
+
+    fine_tune = _split(version, retraining.FINE_TUNE_SPLIT_FILE)
+    read = fine_tune["train"]["files"] + fine_tune["val"]["files"]
+    lineage = version.training_data["lineage"]
+    assert len(read) == 4  # two of each class
+    assert (lineage["base_examples"], lineage["review_examples"]) == (
+        sum("/rv-" not in name for name in read),
+        sum("/rv-" in name for name in read),
+    )
+    assert len(lineage["review_pixel_sha256"]) == lineage["review_examples"]
+    assert sorted(_split(version)["train"]["files"]) == sorted(read)
