@@ -425,3 +425,10 @@ def test_a_rollback_skips_the_gate_so_it_needs_a_superuser_and_a_reason(
 
     assert ModelVersion.objects.active().name == "v2"
     assert _events(Action.MODEL_ROLLED_BACK) == []
+    # The try is kept in the trail, with who tried where they were named.
+    [refused] = _events(Action.MODEL_PROMOTION_REFUSED)
+    assert (refused.outcome, refused.detail["failures"], refused.actor_user) == (
+        "denied",
+        [refusal],
+        request.getfixturevalue(who) if who else None,
+    )

@@ -31,7 +31,20 @@ class Command(BaseCommand):
             raise CommandError(f"no model version named {options['name']!r}")
         if version.status == ModelVersion.Status.ACTIVE:
             raise CommandError(f"{version.name} is already the active version")
-        actor = self._actor(options)
+        try:
+            actor = self._actor(options)
+        except _BypassRefused as refused:
+            # Someone tried to skip the gate and was not allowed: kept in the trail, as a
+            # refusal by the gate is (learning-loop review: three such tries left nothing).
+            audit.record(
+                audit.Action.MODEL_PROMOTION_REFUSED,
+                actor=refused.user,
+                target=version,
+                outcome=audit.Outcome.DENIED,
+                name=version.name,
+                failures=[str(refused)],
+            )
+            raise
         try:
             if options["rollback"]:
                 if version.status != ModelVersion.Status.RETIRED:
@@ -69,13 +82,23 @@ class Command(BaseCommand):
         bypass = "--override" if options["override"] else "--rollback" if options["rollback"] else ""
         if not options["actor"]:
             if bypass:
-                raise CommandError(f"{bypass} needs --actor EMAIL of a superuser")
+                raise _BypassRefused(f"{bypass} needs --actor EMAIL of a superuser")
             return None
         user = get_user_model().objects.filter(email=options["actor"].lower(), is_active=True).first()
         if user is None:
+            if bypass:
+                raise _BypassRefused(f"no active user {options['actor']!r}")
             raise CommandError(f"no active user {options['actor']!r}")
         if bypass and not user.is_superuser:
-            raise CommandError(f"only a superuser may {bypass.lstrip('-')}: it skips the promotion gate")
+            raise _BypassRefused(f"only a superuser may {bypass.lstrip('-')}: it skips the promotion gate", user)
         if bypass and not options["reason"].strip():
-            raise CommandError(f"{bypass} needs --reason: why the gate is skipped, for the audit trail")
+            raise _BypassRefused(f"{bypass} needs --reason: why the gate is skipped, for the audit trail", user)
         return user
+
+
+class _BypassRefused(CommandError):
+    """A try to skip the promotion gate (--override, --rollback) that is not allowed."""
+
+    def __init__(self, message: str, user=None):
+        super().__init__(message)
+        self.user = user
