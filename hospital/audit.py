@@ -192,6 +192,8 @@ def name_targets(events: list[AuditEvent], hospital: Hospital) -> None:
         names[("hospital", str(hospital.code))] = hospital.name
     for event in events:
         event.target_name = names.get((event.target_type, event.target_id), "")
+        if event.target_type == "modelversion":  # not a hospital's: named by its event
+            event.target_name = str(event.detail.get("name", ""))
         # A membership's event records the role it left; shown, as today's may differ.
         role = event.detail.get("role") if event.target_type == "membership" else None
         event.role_label = Role(role).label if role in Role.values else ""

@@ -159,10 +159,26 @@ def activate(
         status=ModelVersion.Status.ACTIVE, promoted_at=timezone.now(), shadow=False
     )
     version.refresh_from_db()
-    audit.record(
-        action, actor=actor, target=version, name=version.name, previous=previous.name if previous else None, **detail
+    record_for_its_hospitals(
+        action, version, actor=actor, name=version.name, previous=previous.name if previous else None, **detail
     )
     return version
+
+
+def record_for_its_hospitals(action: str, version: ModelVersion, *, actor=None, **detail) -> None:
+    """The platform's event about `version`, and the same in the trail of each hospital
+    whose reviews it was fine-tuned on (its lineage's `review_hospitals`): their admins gave
+    the consent, and saw the export in their trail but never what was built from it, nor
+    that it reached their doctors (learning-loop review)."""
+    from hospital.models import Hospital
+
+    lineage = (version.training_data or {}).get("lineage") or {}
+    trained_on = [slug for slug, counts in (lineage.get("review_hospitals") or {}).items() if counts.get("train")]
+    hospitals = Hospital.objects.filter(slug__in=trained_on).order_by("pk") if trained_on else []
+    audit.record_all(
+        [audit.build(action, actor=actor, target=version, **detail)]
+        + [audit.build(action, actor=actor, hospital=hospital, target=version, **detail) for hospital in hospitals]
+    )
 
 
 class _EngineCache:

@@ -435,10 +435,10 @@ def _register(out_dir: Path, name: str, active: ModelVersion, lineage: dict, com
     version.training_data = {**version.training_data, "lineage": lineage}
     version.save(update_fields=["metrics", "training_data"])
     failures = gate_failures(version, active)
-    audit.record(
+    registry.record_for_its_hospitals(
         audit.Action.MODEL_RETRAINED,
+        version,
         actor=actor,
-        target=version,
         name=version.name,
         parent=active.name,
         review_examples=lineage["review_examples"],

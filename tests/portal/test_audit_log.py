@@ -144,3 +144,17 @@ def test_targets_of_this_hospital_are_named_and_others_keep_their_code(
         "membership radiologist@stmarys.example as Doctor",
         "user doctor@stmarys.example",
     ]
+
+
+def test_a_model_built_from_the_hospitals_reviews_is_named_in_its_log(client_for, hospital_admin, hospital_a):
+    from mlcore.models import ModelVersion
+
+    version = ModelVersion.objects.create(
+        name="pleura-ft-7", architecture="resnet18", image_size=64, weights_path="w.pt", weights_sha256="0" * 64,
+        threshold=0.5,
+    )  # fmt: skip
+    audit.record(Action.MODEL_PROMOTED, hospital=hospital_a, target=version, name=version.name)
+
+    html = client_for(hospital_admin).get(AUDIT, {"action": Action.MODEL_PROMOTED}).content.decode()
+
+    assert target_cells(html) == ["model pleura-ft-7"]

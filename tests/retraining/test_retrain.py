@@ -111,7 +111,9 @@ def test_retraining_produces_a_compared_candidate_with_lineage(
         (Action.TRAINING_EXPORTED, superuser),  # in the exported hospital's own trail
         (Action.MODEL_REGISTERED, superuser),
         (Action.MODEL_RETRAINED, superuser),
+        (Action.MODEL_RETRAINED, superuser),  # in the trail of the hospital whose reviews it learned
     ]
+    assert [event.hospital for event in events.filter(action=Action.MODEL_RETRAINED)] == [None, hospital_a]
     retrained = events.last()
     assert retrained.target_id == str(candidate.code)
     assert retrained.detail == {
@@ -125,6 +127,11 @@ def test_retraining_produces_a_compared_candidate_with_lineage(
     from mlcore.promotion import gate_failures
 
     assert retrained.detail["gate_failures"] == gate_failures(candidate, active_model)
+
+    # Reaching doctors, it is in that hospital's trail too, named in its audit log.
+    registry.activate(candidate, actor=superuser)
+    promoted = AuditEvent.objects.filter(action=Action.MODEL_PROMOTED, target_id=str(candidate.code)).order_by("id")
+    assert list(promoted.values_list("hospital", flat=True)) == [None, hospital_a.pk]
 
 
 def test_retraining_without_consent_trains_on_no_review(tmp_path, active_model, hospital_a, radiologist):
