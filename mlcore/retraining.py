@@ -213,6 +213,14 @@ def compare_registered(
     edited by hand promoted weights the gate had refused (ML review)."""
     if candidate.pk == against.pk:
         raise RetrainingError(f"{candidate.name} cannot be compared with itself")
+    if (candidate.training_data or {}).get("lineage"):
+        # Its comparison holds the reviewed hold-out, which only retraining has: measured
+        # again here on the locked set alone, a candidate refused on reviewed cases became
+        # promotable without an override (diff review).
+        raise RetrainingError(
+            f"{candidate.name} was retrained from reviews and compared then, on the reviewed hold-out too: "
+            f"retrain from the active version to compare again"
+        )
     locked = locked_validation_of(against)
     overlap = trained_on_locked_images(registry.resolve_weights_path(candidate).parent, locked)
     if overlap:

@@ -432,3 +432,25 @@ def test_a_rollback_skips_the_gate_so_it_needs_a_superuser_and_a_reason(
         [refusal],
         request.getfixturevalue(who) if who else None,
     )
+
+
+def test_a_retrained_candidate_is_not_compared_again_without_its_reviewed_hold_out(
+    weights_dir, tiny_model, settings, tmp_path
+):
+    """Measured again on the locked set alone, a candidate refused on reviewed cases lost
+    that refusal and was promotable without an override (diff review)."""
+    from tests.mlcore.helpers import SMALL_DATA
+
+    settings.TRAINING_DATA_DIR = SMALL_DATA
+    call_command("ensure_default_model", stdout=io.StringIO())
+    _run("register_model", str(_trained_without_the_locked_set(weights_dir, tmp_path, "retrained")))
+    version = ModelVersion.objects.get(name="retrained")
+    refused_on_reviews = {"reviewed_holdout": {"images": 32}, "candidate": {}, "active": {}}
+    version.metrics = {**version.metrics, "comparison": refused_on_reviews}
+    version.training_data = {**version.training_data, "lineage": {"parent": TINY_NAME}}
+    version.save()
+
+    with pytest.raises(CommandError, match="was retrained from reviews and compared then"):
+        call_command("compare_model", "retrained", stdout=io.StringIO())
+
+    assert ModelVersion.objects.get(name="retrained").metrics["comparison"] == refused_on_reviews
