@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 
 import prometheus_client
-from django.db import DatabaseError
+from django.db import Error as DatabaseError  # InterfaceError (a connection already closed) too
 from django.db.models import Count, Min
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone

@@ -364,7 +364,8 @@ UID_FILTERS = ("study_instance_uid", "sop_instance_uid")
 
 
 def _refuse_unknown(names, known: tuple[str, ...]) -> None:
-    unknown = sorted(set(names) - set(known))
+    # A form posted with a session (the browsable API) carries its CSRF token.
+    unknown = sorted(set(names) - set(known) - {"csrfmiddlewaretoken"})
     if unknown:
         raise exceptions.ValidationError(
             f"Pleura has no filter named {', '.join(unknown)}: the names it reads here are {', '.join(known)}."

@@ -668,6 +668,13 @@ def test_the_list_refuses_a_parameter_it_does_not_read_or_an_empty_filter(caller
     assert (response.status_code, response.json()) == (400, {"detail": detail})
 
 
+def test_a_search_form_posted_with_a_session_may_carry_its_csrf_token(caller, study_a):
+    response = caller("doctor").post(
+        SEARCH_URL, "accession_number=ACC-A1&csrfmiddlewaretoken=abc", content_type="application/x-www-form-urlencoded"
+    )
+    assert (response.status_code, [item["id"] for item in response.json()["results"]]) == (200, [str(study_a.code)])
+
+
 def test_an_emr_finds_each_view_of_a_dicom_study_by_its_own_uids(caller, hospital_a):
     study, _ = ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source=Study.Source.API)
     ingest_upload(hospital=hospital_a, data=NORMAL_JPEG.read_bytes(), source=Study.Source.API)
