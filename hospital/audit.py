@@ -172,7 +172,6 @@ def name_targets(events: list[AuditEvent], hospital: Hospital) -> None:
     public code, so no other hospital's user or key is named in this one's log."""
     wanted: dict[str, set[str]] = {}
     for event in events:
-        event.target_name = ""
         event.target_kind = TARGET_KINDS.get(event.target_type, event.target_type)
         if event.target_id:
             wanted.setdefault(event.target_type, set()).add(event.target_id)
