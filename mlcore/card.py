@@ -16,8 +16,8 @@ LIMITATIONS = [
     "Training images were 224 x 224 and squashed to a square; fine detail below that resolution is not used.",
     "Validation figures come from held-out patients of the same source; performance on other hospitals' "
     "equipment and populations must be checked with radiologist reviews before relying on it.",
-    "Trained from scratch (no ImageNet weights were available offline).",
 ]
+FROM_SCRATCH = "Trained from scratch (no ImageNet weights were available offline)."
 
 
 def build_card(description: dict) -> dict:
@@ -27,7 +27,11 @@ def build_card(description: dict) -> dict:
         "architecture": description["architecture"],
         "input": f"{description['image_size']} x {description['image_size']} grayscale, squashed, normalised",
         "intended_use": INTENDED_USE,
-        "limitations": LIMITATIONS,
+        # A fine-tune starts from its parent's weights (learning-loop review: its card said
+        # "trained from scratch").
+        "limitations": LIMITATIONS
+        if description["hyperparameters"].get("init_weights")
+        else [*LIMITATIONS, FROM_SCRATCH],
         "training_data": description["training_data"],
         "split": "by patient (file-name prefixes, duplicate files kept together), stratified, seeded; see split.json",
         "hyperparameters": description["hyperparameters"],

@@ -414,9 +414,8 @@ def _markdown_lineage(lineage: dict, comparison: dict) -> str:
         for who in ("candidate", "active"):
             m = part.get(who)
             if m:
-                rows.append(
-                    f"| {label} | {who} | {m['images']} | {m['roc_auc']} | {m['sensitivity']} | {m['specificity']} |"
-                )
+                figures = " | ".join(_figure(m, metric) for metric in ("roc_auc", "sensitivity", "specificity"))
+                rows.append(f"| {label} | {who} | {m['images']} | {figures} |")
     return "\n".join(
         [
             "## Lineage",
@@ -434,6 +433,16 @@ def _markdown_lineage(lineage: dict, comparison: dict) -> str:
             "",
         ]
     )
+
+
+def _figure(report: dict, metric: str) -> str:
+    """A card's figure, or "not measured" where the set has no case of its class: a
+    hold-out of one normal image showed sensitivity 0.0 for both models (learning-loop review)."""
+    matrix = report.get("confusion_matrix") or {}
+    cases = {"sensitivity": ("tp", "fn"), "specificity": ("tn", "fp")}.get(metric)
+    if report.get(metric) is None or (cases and not sum(matrix.get(key, 0) for key in cases)):
+        return "not measured"
+    return str(report[metric])
 
 
 @transaction.atomic

@@ -223,6 +223,12 @@ def test_a_reviewed_image_an_earlier_generation_learned_is_not_in_the_gates_hold
     assert (lineage["reviewed_holdout_examples"], lineage["reviewed_holdout_left_out_as_learned"]) == (1, 1)
     assert version.metrics["comparison"]["reviewed_holdout"]["images"] == 1
     assert lineage["review_pixel_sha256"] == []  # it trained on no review: both were held out
+    # The one held-out image is a pneumonia case: no specificity, said so, not "0.0"; and
+    # a fine-tune is not "trained from scratch" (learning-loop review).
+    card = (registry.resolve_weights_path(version).parent / "model_card.md").read_text()
+    hold_out_rows = [row for row in card.splitlines() if row.startswith("| Reviewed hold-out |")]
+    assert [row.rsplit("|", 2)[-2].strip() for row in hold_out_rows] == ["not measured", "not measured"]
+    assert "Trained from scratch" not in card
 
 
 def test_a_base_training_image_reviewed_as_a_study_is_not_in_the_gates_hold_out(
