@@ -31,6 +31,7 @@ from django.db import transaction
 from django.db.models.constants import LOOKUP_SEP
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.utils import timezone
 
 from hospital import audit, services
 from hospital.models import AuditEvent, Hospital, IntegrationKey, Membership, Role
@@ -436,7 +437,13 @@ class IntegrationKeyForm(forms.ModelForm):
 
     class Meta:
         model = IntegrationKey
-        fields = ["hospital", "name"]
+        fields = ["hospital", "name", "expires_at"]
+
+    def clean_expires_at(self):
+        expires_at = self.cleaned_data.get("expires_at")
+        if expires_at is not None and expires_at <= timezone.now() and "expires_at" in self.changed_data:
+            raise ValidationError("Choose a moment in the future; to stop a key now, revoke it.")
+        return expires_at
 
     def clean(self):
         cleaned = super().clean()
@@ -451,7 +458,7 @@ class IntegrationKeyForm(forms.ModelForm):
 @admin.register(IntegrationKey)
 class IntegrationKeyAdmin(HospitalScopedAdmin):
     form = IntegrationKeyForm
-    list_display = ["name", "hospital", "prefix", "created_at", "last_used_at", "revoked_at"]
+    list_display = ["name", "hospital", "prefix", "created_at", "last_used_at", "expires_at", "revoked_at"]
     list_filter = ["hospital"]
     search_fields = ["name", "prefix"]
     list_select_related = ["hospital"]
@@ -461,8 +468,8 @@ class IntegrationKeyAdmin(HospitalScopedAdmin):
 
     def get_fields(self, request, obj=None):
         if obj is None:
-            return ["hospital", "name"]
-        return ["hospital", "name", "prefix", "created_by", "created_at", "last_used_at", "revoked_at"]
+            return ["hospital", "name", "expires_at"]
+        return ["hospital", "name", "prefix", "created_by", "created_at", "last_used_at", "expires_at", "revoked_at"]
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:

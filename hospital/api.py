@@ -65,7 +65,10 @@ class IntegrationKeyAuthentication(BaseAuthentication):
         key = IntegrationKey.find_usable(raw_key)
         if key is None:
             _record_unusable_key(request._request, raw_key)  # DRF's request is still authenticating
-            raise exceptions.AuthenticationFailed("This integration key is not valid or has been revoked.")
+            raise exceptions.AuthenticationFailed(
+                "This integration key is not valid, has expired or has been revoked: ask your hospital's "
+                "Pleura admin for a new one."
+            )
         _note_use(key)
         return IntegrationPrincipal(key), key
 
@@ -79,7 +82,7 @@ REVOKED_KEY_RECORD_SECONDS = 60
 
 
 def _record_unusable_key(request, raw_key: str) -> None:
-    """A revoked key (or one of a deactivated hospital) still in use: in its hospital's
+    """A revoked or expired key (or one of a deactivated hospital) still in use: in its hospital's
     trail, since a decommissioned EMR still sending, or a key that leaked, is theirs to
     chase. A key that never existed names no hospital, and is not recorded."""
     key = IntegrationKey.objects.filter(key_hash=hash_api_key(raw_key)).select_related("hospital").first()
@@ -92,7 +95,7 @@ def _record_unusable_key(request, raw_key: str) -> None:
     except Exception:  # whatever the cache's client raises when Redis is down: record it
         first_this_minute = True
     if first_this_minute:
-        reason = "revoked key" if key.is_revoked else "inactive hospital"
+        reason = "revoked key" if key.is_revoked else "expired key" if key.is_expired else "inactive hospital"
         record_denied(request, hospital=key.hospital, key=key, reason=reason)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connections, models, router
+from django.db.models.functions import Now
 from django.utils import timezone
 
 
@@ -90,7 +91,10 @@ def hash_api_key(raw_key: str) -> str:
 
 class IntegrationKeyQuerySet(models.QuerySet):
     def usable(self) -> IntegrationKeyQuerySet:
-        return self.filter(revoked_at__isnull=True, hospital__is_active=True)
+        # Now() is the database's clock when the query runs, so the lookup compiled once
+        # (_UsableKeyLookup) still refuses a key the moment it expires.
+        not_expired = models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=Now())
+        return self.filter(not_expired, revoked_at__isnull=True, hospital__is_active=True)
 
 
 class IntegrationKey(models.Model):
@@ -107,6 +111,10 @@ class IntegrationKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # A hospital's rule for how long a credential lives (EMR review: keys lived until revoked).
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="Refused from this moment on; empty: until revoked."
+    )
 
     objects = IntegrationKeyQuerySet.as_manager()
 
@@ -120,6 +128,10 @@ class IntegrationKey(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
 
     def set_new_secret(self) -> str:
         """Give this (unsaved) key a fresh secret and return its raw value, which is never stored."""

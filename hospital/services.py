@@ -174,8 +174,15 @@ def issue_integration_key(key: IntegrationKey, *, actor=None, request=None) -> s
         key.created_by = actor
     with transaction.atomic():
         key.save()
+        expiry = {"expires_at": key.expires_at.isoformat()} if key.expires_at else {}
         audit.record(
-            Action.KEY_CREATED, request=request, actor=actor, hospital=key.hospital, target=key, prefix=key.prefix
+            Action.KEY_CREATED,
+            request=request,
+            actor=actor,
+            hospital=key.hospital,
+            target=key,
+            prefix=key.prefix,
+            **expiry,
         )
     return raw_key
 

@@ -748,3 +748,29 @@ def test_a_password_reset_cannot_switch_password_sign_in_off(client_for, hospita
     assert response.status_code == 200  # the passwords are required
     doctor.refresh_from_db()
     assert doctor.has_usable_password() and doctor.check_password(PASSWORD)
+
+
+def test_a_key_is_given_an_expiry_in_the_future_and_its_creation_records_it(client_for, hospital_admin, hospital_a):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    client = client_for(hospital_admin)
+    past = (timezone.now() - timedelta(days=1)).strftime("%Y-%m-%d")
+    refused = client.post(
+        "/admin/hospital/integrationkey/add/",
+        {"hospital": hospital_a.pk, "name": "EMR", "expires_at_0": past, "expires_at_1": "00:00:00"},
+    )
+    assert refused.context["adminform"].form.errors["expires_at"] == [
+        "Choose a moment in the future; to stop a key now, revoke it."
+    ]
+
+    future = (timezone.now() + timedelta(days=365)).strftime("%Y-%m-%d")
+    client.post(
+        "/admin/hospital/integrationkey/add/",
+        {"hospital": hospital_a.pk, "name": "EMR", "expires_at_0": future, "expires_at_1": "00:00:00"},
+    )
+    key = IntegrationKey.objects.get(name="EMR")
+    (created,) = _events("key.created")
+    assert created.detail["expires_at"] == key.expires_at.isoformat()
+    assert key.expires_at.strftime("%Y-%m-%d") == future

@@ -198,8 +198,33 @@ def test_unauthenticated_callers_cannot_list_or_upload(who, caller, completed_a,
 
 def test_revoked_key_message(caller, completed_a):
     response = caller("revoked_key").get(url(completed_a))
-    assert response.json() == {"detail": "This integration key is not valid or has been revoked."}
+    assert response.json() == {"detail": UNUSABLE_KEY}
     assert response["WWW-Authenticate"] == 'Bearer realm="pleura"'
+
+
+UNUSABLE_KEY = (
+    "This integration key is not valid, has expired or has been revoked: "
+    "ask your hospital's Pleura admin for a new one."
+)
+
+
+def test_an_expired_key_is_refused_from_that_moment_and_its_hospital_is_told(key_client, key_a, completed_a):
+    """Keys lived until revoked: a hospital's rule for how long a credential lives had no
+    place (EMR review)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    key, raw = key_a
+    IntegrationKey.objects.filter(pk=key.pk).update(expires_at=timezone.now() + timedelta(minutes=5))
+    assert key_client(raw).get(url(completed_a)).status_code == 200
+    IntegrationKey.objects.filter(pk=key.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+
+    response = key_client(raw).get(url(completed_a))
+
+    assert (response.status_code, response.json()) == (401, {"detail": UNUSABLE_KEY})
+    denied = AuditEvent.objects.filter(action="access.denied", hospital=key.hospital).last()
+    assert denied.detail["reason"] == "expired key"
 
 
 def test_key_last_use_is_written_at_most_once_a_minute(caller, key_a, completed_a):
