@@ -45,3 +45,13 @@ def test_revoking_a_key_asks_first_then_cuts_it_off(chromium, live_server, scree
 
     expect(page.locator(".messagelist")).to_contain_text("1 key(s) revoked.")
     assert IntegrationKey.objects.get(pk=key_a[0].pk).revoked_at is not None
+
+
+def test_a_users_page_shows_their_hospitals_and_roles(chromium, live_server, screenshot, hospital_admin, doctor):
+    page = sign_in(chromium, live_server, hospital_admin)
+    page.goto(f"{live_server.url}/admin/accounts/user/{doctor.pk}/change/")
+
+    inline = page.locator("#memberships-group")
+    expect(inline).to_contain_text("Hospitals and roles")
+    expect(inline.locator("td.field-role")).to_have_text("Doctor")
+    screenshot(page, "28-admin-user-roles")
