@@ -99,7 +99,12 @@ def ingest_upload(
             same_instance=partial(_same_instance, decoded=decoded, typed_patient_id=patient_id),
             typed={"patient_id": patient_id, "accession_number": accession_number},
         )  # fmt: skip
-    except (StorageUnavailable, imaging.InstanceConflict, imaging.IdempotencyKeyReused) as exc:
+    except (
+        StorageUnavailable,
+        imaging.InstanceConflict,
+        imaging.AccessionConflict,
+        imaging.IdempotencyKeyReused,
+    ) as exc:
         _audit_rejected(exc, audit_context, source=source, size=len(data))
         raise
     if queued:
@@ -135,6 +140,8 @@ def _store_unless_sent_before(
                 existing = Study.objects.for_hospital(study.hospital).get(sop_instance_uid=study.sop_instance_uid)
                 if not same_instance(existing):
                     raise imaging.InstanceConflict from None
+                if _moves_to_another_order(existing, typed.get("accession_number", "")):
+                    raise imaging.AccessionConflict from None
     filled = _fill_in_identifiers(existing, typed)
     _audit_uploaded(existing, audit_context, source=source, created=False, **({"filled_in": filled} if filled else {}))
     return existing, False

@@ -250,3 +250,18 @@ def test_an_instance_sent_again_under_another_accession_number_is_409_and_keeps_
     assert (same.status_code, untyped.status_code) == (200, 200)
     assert list(Study.objects.values_list("accession_number", "status")) == [("ACC-FIRST", "completed")]
     assert stored().files == before.files
+
+
+def test_a_copy_racing_the_first_upload_under_another_accession_number_is_409_too(emr, stored, monkeypatch):
+    """Stored by another request between this one's check and its insert, the instance's
+    study was answered 200 with the typed accession number dropped (diff review)."""
+    assert post_file(emr, CR_CHEST.read_bytes(), accession_number="ACC-FIRST").status_code == 202
+    before = stored()
+    monkeypatch.setattr(services, "_existing", lambda hospital, sop_uid: None)  # not yet seen: the race
+
+    again = post_file(emr, CR_CHEST.read_bytes(), accession_number="ACC-OTHER")
+
+    assert (again.status_code, again.json()) == (409, {"detail": imaging.AccessionConflict().detail})
+    assert list(Study.objects.values_list("accession_number", flat=True)) == ["ACC-FIRST"]
+    assert stored().files == before.files
+    assert AuditEvent.objects.filter(action="study.upload_rejected").count() == 1
