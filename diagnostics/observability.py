@@ -90,19 +90,40 @@ def _log_request(request: HttpRequest, status: int, started: float) -> None:
     if request.path in ("/healthz", "/readyz", "/metrics"):
         return  # probes and scrapes every few seconds would drown the useful lines
     level = logging.WARNING if status >= 500 else logging.INFO
+    path = loggable_path(request)
     request_logger.log(
         level,
         "%s %s %s",
         request.method,
-        request.path,
+        path,
         status,
         extra={
             "http_method": request.method,
-            "http_path": request.path,
+            "http_path": path,
             "http_status": status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
         },
     )
+
+
+_CODE_OR_UID = re.compile(r"[0-9a-fA-F-]{32,36}|[0-9.]{1,64}")
+UNSERVED_PATH = "(a path Pleura does not serve)"
+
+
+def loggable_path(request: HttpRequest) -> str:
+    """The path, with any value in it that is neither a Pleura code (a UUID) nor a DICOM UID
+    written as "<not a code>", and a path no route serves written as its first segment only:
+    an EMR that put a patient's ID where a study's code belongs put it in every log line
+    (security review)."""
+    match = getattr(request, "resolver_match", None)
+    if match is None:
+        first = request.path.strip("/").split("/", 1)[0]
+        return f"/{first}/… {UNSERVED_PATH}" if first.isascii() and first.isalpha() else UNSERVED_PATH
+    path = request.path
+    for value in match.kwargs.values():
+        if not _CODE_OR_UID.fullmatch(str(value)):
+            path = path.replace(str(value), "<not a code>")
+    return path
 
 
 class RequestIdFilter(logging.Filter):

@@ -10,6 +10,7 @@ import uuid
 
 from django.conf import settings
 from django.contrib import messages
+from django.core.cache import caches
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count, Exists, OuterRef, QuerySet, Subquery
@@ -153,10 +154,28 @@ def worklist_updates(request: HttpRequest) -> HttpResponse:
     settled = len(rows) - len(pending)
     if settled:
         # A result reaches the page here: recorded as the worklist's own reading is. A
-        # settled row leaves the poller, so each is recorded once; rows still pending
-        # carry no result and are re-sent every 3 s, which would bury the trail.
+        # settled row leaves the poller, so each is recorded once.
         audit.record(audit.Action.STUDY_LISTED, request=request, via="worklist update", count=settled)
+    if first_seen := _first_polled_in_this_session(request, pending):
+        # Rows still pending carry the patient's details too, and are re-sent every 3 s:
+        # recorded once a session each, which does not bury the trail (security review:
+        # a study's code alone read its patient's name and ID without a trace).
+        audit.record(audit.Action.STUDY_LISTED, request=request, via="worklist update, pending", count=first_seen)
     return render(request, "diagnostics/worklist.html#updates", {"rows": rows, "pending_codes": pending})
+
+
+def _first_polled_in_this_session(request: HttpRequest, codes: list[str]) -> int:
+    """How many of `codes` this session's polls show for the first time, remembered in the
+    cache (Redis in production): written to the session, a poll would extend it, and a
+    page left open would never be signed out for idleness. Without the cache, each counts."""
+    session = request.session.session_key or ""
+    first = 0
+    for code in codes:
+        try:
+            first += caches["default"].add(f"pleura:polled:{session}:{code}", 1, settings.SESSION_COOKIE_AGE)
+        except Exception:  # the cache's client when Redis is down: the trail errs on recording
+            first += 1
+    return first
 
 
 @never_cache
@@ -424,10 +443,13 @@ def study_review(request: HttpRequest, code) -> HttpResponse:
     form = ReviewForm(request.POST, model_label=prediction.label)
     if not form.is_valid():
         context = _study_context(request, study, review_form=form)
+        # The study's reviews again (the htmx part) or its whole page: a view like any other;
+        # the part's notes were read without a trace (security review).
+        audit.record(
+            audit.Action.STUDY_VIEWED, request=request, target=study, **({"part": "reviews"} if request.htmx else {})
+        )
         if request.htmx:
             return render(request, "diagnostics/study_detail.html#reviews", context, status=400)
-        # The whole study page again, the patient's details with it: a view like any other.
-        audit.record(audit.Action.STUDY_VIEWED, request=request, target=study)
         return render(request, "diagnostics/study_detail.html", context, status=400)
     _, created = save_review(
         study=study,

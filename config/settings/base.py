@@ -296,6 +296,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # Django's "Not Found: <path>" and other 4xx lines repeat the raw path, whatever an
+        # EMR put in it; pleura.request logs each request with its path made safe.
+        "django.request": {"level": "ERROR"},
         # Pillow logs each short EXIF value at DEBUG, and a JPEG's ImageDescription or Artist
         # may name the patient: LOG_LEVEL=DEBUG must not put it in the logs.
         "PIL": {"level": "INFO"},

@@ -134,3 +134,27 @@ def test_patient_identifiers_never_reach_the_logs(client, doctor, radiologist, a
     for identifier in PHI:
         assert identifier.lower() not in rendered.lower(), f"{identifier} reached the logs"
     assert all(json.loads(JsonFormatter().format(r))["logger"] == r.name for r in caplog.records)
+
+
+def test_a_patient_id_sent_where_a_code_belongs_never_reaches_the_logs(client, doctor, key_a, caplog):
+    """An interface engine that put a patient's ID in a study's URL, or a media type of its
+    own making, put it in every log line (security review)."""
+    from rest_framework.test import APIClient
+
+    caplog.set_level(logging.DEBUG)
+    emr = APIClient()
+    emr.credentials(HTTP_AUTHORIZATION=f"Bearer {key_a[1]}")
+    assert emr.get(f"/api/v1/studies/{DICOM_PATIENT_ID}/").status_code == 404
+    assert emr.post("/dicomweb/studies/", b"x", content_type=f"application/x-{FAMILY}").status_code == 415
+    client.force_login(doctor)
+    assert client.get(f"/studies/{TYPED_PATIENT_ID}/").status_code == 404
+
+    paths = [r.http_path for r in caplog.records if r.name == "pleura.request"]
+    rendered = "\n".join(_every_rendering(record) for record in caplog.records)
+    assert paths == [
+        "/api/v1/studies/<not a code>/",
+        "/dicomweb/studies/",
+        "/studies/… (a path Pleura does not serve)",
+    ]
+    for identifier in PHI:
+        assert identifier.lower() not in rendered.lower(), f"{identifier} reached the logs"

@@ -432,6 +432,8 @@ NOT_ACCEPTED = (
         # A file name in a parameter may name the patient: neither answered nor audited.
         ('text/plain; name="DOE_JANE_MRN0001_19600101.dcm"', b"hello", 415, NOT_ACCEPTED.format('"text/plain"')),
         ("text/DOE JANE 1960", b"hello", 415, NOT_ACCEPTED.format("of this request")),
+        # A type of the sender's own making may carry a patient's name or ID (security review).
+        ("application/x-Zebediah-ZQX7781", b"hello", 415, NOT_ACCEPTED.format("of this request")),
         ("multipart/form-data; boundary=xyz", b"--xyz--\r\n", 400,
          "Send the radiograph in a multipart field named 'file'."),
         ("multipart/form-data", b"garbage", 400,

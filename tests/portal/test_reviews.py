@@ -131,6 +131,9 @@ def test_invalid_reviews_are_a_clear_400_and_change_nothing(client_for, radiolog
     assert response.status_code == 400
     assert message in response.content.decode()
     assert Review.objects.count() == 0 and ReviewRevision.objects.count() == 0
+    # The reviews part it answers with shows the study's reviews: a view, recorded (security review).
+    viewed = AuditEvent.objects.filter(action="study.viewed", target_id=str(study.code), detail__part="reviews")
+    assert viewed.count() == 1
 
 
 @pytest.mark.parametrize("verdict", [{"verdict": "agree"}, {"verdict": "disagree", "correct_label": "pneumonia"}])
