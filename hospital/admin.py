@@ -322,11 +322,9 @@ class MembershipAddForm(forms.ModelForm):
         elif user.is_superuser:
             self.add_error("email", "Platform accounts are managed by platform operators.")
         elif self.administered is not None and user.memberships.exclude(hospital__in=self.administered).exists():
-            self.add_error(
-                "email",
-                "This person's account also belongs to another hospital, whose admins manage it. "
-                "A Pleura platform operator can add them here.",
-            )
+            # Not why: that would tell this hospital's admin where else the person works
+            # (security review).
+            self.add_error("email", "A hospital admin cannot add this account. A Pleura platform operator can.")
         elif not user.is_active:
             # "Create the user" sent the admin to a form saying the email was taken (admin review).
             self.add_error(

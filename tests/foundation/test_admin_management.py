@@ -84,10 +84,8 @@ def test_a_member_of_another_hospital_is_added_by_a_platform_operator_not_a_hosp
     refused = client.post("/admin/hospital/membership/add/", add)
 
     assert refused.context["adminform"].form.errors == {
-        "email": [
-            "This person's account also belongs to another hospital, whose admins manage it. "
-            "A Pleura platform operator can add them here."
-        ]
+        # Not why: that would say where else the person works (security review).
+        "email": ["A hospital admin cannot add this account. A Pleura platform operator can."]
     }
     assert list(outsider.memberships.values_list("hospital__slug", flat=True)) == ["riverside"]
     assert client_for(outsider_admin).get(f"/admin/accounts/user/{outsider.pk}/password/").status_code == 200
@@ -121,11 +119,7 @@ def test_an_admin_of_both_hospitals_adds_a_member_of_one_to_the_other(client_for
     ("who", "message"),
     [
         ("nobody@nowhere.example", "No account uses this email address. Create the user instead."),
-        (
-            "inactive",
-            "This person's account also belongs to another hospital, whose admins manage it. "
-            "A Pleura platform operator can add them here.",
-        ),
+        ("inactive", "A hospital admin cannot add this account. A Pleura platform operator can."),
         ("superuser", "Platform accounts are managed by platform operators."),
         ("doctor", "This person is already a member of St Mary's Hospital."),
     ],
