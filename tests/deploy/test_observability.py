@@ -123,13 +123,28 @@ class _IdCapture(logging.Handler):
         self.records.append(record)
 
 
-def test_djangos_own_error_lines_carry_the_request_id(client, db):
+def test_djangos_own_error_lines_carry_the_request_id_and_its_4xx_lines_are_off(db, monkeypatch):
+    """Django's "Not Found: <path>" repeated the raw path, whatever an EMR put in it
+    (security review): its 4xx lines are off, pleura.request logs the path made safe, and
+    its 5xx lines still come, with the request id."""
+    from django.test import Client
+
+    from diagnostics import health
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    client = Client(raise_request_exception=False)
     capture = _IdCapture()
     logging.getLogger().addHandler(capture)
     try:
         client.get("/no-such-page/", HTTP_X_REQUEST_ID="req-notfound-42")
+        monkeypatch.setattr(health, "JsonResponse", broken)
+        client.get("/healthz", HTTP_X_REQUEST_ID="req-broken-43")
     finally:
         logging.getLogger().removeHandler(capture)
-    not_found = [r for r in capture.records if r.name == "django.request"]
-    assert [(r.getMessage(), r.request_id) for r in not_found] == [("Not Found: /no-such-page/", "req-notfound-42")]
+    django_lines = [(r.getMessage(), r.request_id) for r in capture.records if r.name == "django.request"]
+    assert django_lines == [("Internal Server Error: /healthz", "req-broken-43")]
+    ours = [(r.getMessage(), r.request_id) for r in capture.records if r.name == "pleura.request"]
+    assert ours[0] == ("GET (a path Pleura does not serve) 404", "req-notfound-42")
     assert request_id_var.get() is None
