@@ -24,7 +24,6 @@ from accounts.models import User
 from hospital import services as hospital_services
 from hospital.admin import HospitalScopedAdmin, judged_against_what_was_shown
 from hospital.models import Hospital, Membership, Role
-from hospital.tenancy import admin_hospitals
 
 # Staff status follows from a hospital-admin membership (hospital.services.sync_staff_flag)
 # and access from roles, not Django's groups and permissions: offered here, a ticked box
@@ -100,10 +99,8 @@ class MembershipInline(admin.TabularInline):
     can_delete = False
 
     def get_queryset(self, request):
-        memberships = super().get_queryset(request).select_related("hospital")
-        if request.user.is_superuser:
-            return memberships
-        return memberships.filter(hospital__in=admin_hospitals(request.user))
+        # Through the memberships' own admin, the one gate that scopes them.
+        return self.admin_site._registry[Membership].get_queryset(request).select_related("hospital")
 
     def has_view_permission(self, request, obj=None) -> bool:
         return self.admin_site._registry[User].has_view_permission(request, obj)

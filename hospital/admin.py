@@ -105,16 +105,18 @@ class HospitalScopedAdmin(ReadableLookupsMixin, admin.ModelAdmin):
 
     # -- scope ---------------------------------------------------------------
     def admin_hospitals(self, request):
-        """Hospitals the signed-in user administers (cached on the request)."""
+        """Hospitals the signed-in user administers (their ids cached on the request)."""
+        return Hospital.objects.filter(pk__in=self.admin_hospital_ids(request))
+
+    def admin_hospital_ids(self, request) -> list[int]:
         if not hasattr(request, "_pleura_admin_hospital_ids"):
             request._pleura_admin_hospital_ids = list(admin_hospitals(request.user).values_list("pk", flat=True))
-        return Hospital.objects.filter(pk__in=request._pleura_admin_hospital_ids)
+        return request._pleura_admin_hospital_ids
 
     def administers(self, request, hospital_id: int) -> bool:
         """Whether the signed-in user is an admin of that hospital (a platform operator
         may also be one)."""
-        self.admin_hospitals(request)
-        return hospital_id in request._pleura_admin_hospital_ids
+        return hospital_id in self.admin_hospital_ids(request)
 
     def is_platform_admin(self, request) -> bool:
         return bool(request.user.is_active and request.user.is_superuser)
@@ -187,8 +189,8 @@ class HospitalScopedAdmin(ReadableLookupsMixin, admin.ModelAdmin):
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.related_model is Hospital and not self.is_platform_admin(request):
             kwargs["queryset"] = self.admin_hospitals(request)
-            if len(request._pleura_admin_hospital_ids) == 1:  # the admin of one hospital has nothing to choose
-                kwargs["initial"] = request._pleura_admin_hospital_ids[0]
+            if len(ids := self.admin_hospital_ids(request)) == 1:  # the admin of one hospital has nothing to choose
+                kwargs["initial"] = ids[0]
         elif db_field.related_model is Hospital:
             kwargs["queryset"] = Hospital.objects.filter(is_active=True)
         elif db_field.related_model._meta.label == "accounts.User" and not self.is_platform_admin(request):
@@ -211,7 +213,7 @@ class HospitalScopedAdmin(ReadableLookupsMixin, admin.ModelAdmin):
         # The admin of one hospital reads its name on every row for nothing, and the
         # column pushed the lists past a 1280 px screen (admin review).
         columns = super().get_list_display(request)
-        if self.is_platform_admin(request) or len(self.admin_hospitals(request)) > 1:
+        if self.is_platform_admin(request) or len(self.admin_hospital_ids(request)) > 1:
             return columns
         return [column for column in columns if column != "hospital"]
 
@@ -221,7 +223,7 @@ class HospitalScopedAdmin(ReadableLookupsMixin, admin.ModelAdmin):
         filters = super().get_list_filter(request)
         if self.is_platform_admin(request):
             return filters
-        several = len(self.admin_hospitals(request)) > 1
+        several = len(self.admin_hospital_ids(request)) > 1
         hospital_filters = {self.hospital_lookup, "hospital"}
         return [
             (item, admin.RelatedOnlyFieldListFilter) if item in hospital_filters else item
