@@ -16,7 +16,7 @@ from accounts.models import User
 from hospital import audit
 from hospital.audit import Action
 from hospital.models import Hospital, Membership
-from hospital.services import create_membership, saved_fields, sync_staff_flag
+from hospital.services import change_action, create_membership, saved_fields, sync_staff_flag
 
 
 def normalize_email(email: str) -> str:
@@ -53,12 +53,9 @@ def update_user(user: User, changed: Iterable[str], *, actor=None, request=None)
         # admin has since switched off (hospital.services.update_membership).
         user.save(update_fields=saved_fields(user, changed))
         staff = sync_staff_flag(user) if {"is_superuser", "is_staff"} & set(changed) else None
-        switched = "is_active" in changed
         extra = {} if staff is None else {"staff": staff}
         record_about_user(
-            (Action.USER_REACTIVATED if user.is_active else Action.USER_DEACTIVATED)
-            if switched
-            else Action.USER_CHANGED,
+            change_action(user, changed, "user"),
             user,
             request=request,
             actor=actor,

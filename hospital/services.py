@@ -127,11 +127,25 @@ def update_membership(membership: Membership, changed: Iterable[str], *, actor=N
         return membership
     with transaction.atomic():
         membership.save(update_fields=saved_fields(membership, changed))
-        action = Action.MEMBERSHIP_CHANGED
-        if "is_active" in changed:
-            action = Action.MEMBERSHIP_REACTIVATED if membership.is_active else Action.MEMBERSHIP_DEACTIVATED
+        action = change_action(membership, changed, "membership")
         _record_membership(action, membership, actor=actor, request=request, fields=changed)
     return membership
+
+
+# (changed, reactivated, deactivated) for each kind of account row.
+_CHANGE_ACTIONS = {
+    "user": (Action.USER_CHANGED, Action.USER_REACTIVATED, Action.USER_DEACTIVATED),
+    "membership": (Action.MEMBERSHIP_CHANGED, Action.MEMBERSHIP_REACTIVATED, Action.MEMBERSHIP_DEACTIVATED),
+}
+
+
+def change_action(instance, changed: list[str], kind: str) -> str:
+    """The audit action of a saved change to a user or membership (`kind`): switched off
+    or on, it is a deactivation or a reactivation, not a plain change (admin review)."""
+    plain, reactivated, deactivated = _CHANGE_ACTIONS[kind]
+    if "is_active" not in changed:
+        return plain
+    return reactivated if instance.is_active else deactivated
 
 
 def saved_fields(instance, changed: Iterable[str]) -> list[str]:
