@@ -108,8 +108,12 @@ def evaluate_samples(engine: InferenceEngine, samples: list[data.Sample]) -> dic
     if not samples:
         return None
     targets = [s.target for s in samples]
-    probabilities = engine.probabilities(folder_logits(engine, samples))
-    return classification_report(targets, probabilities, engine.spec.threshold)
+    return classification_report(targets, _scores(engine, samples), engine.spec.threshold)
+
+
+def _scores(engine: InferenceEngine, samples: list[data.Sample]) -> np.ndarray:
+    """The engine's calibrated probabilities of pneumonia for these images, in order."""
+    return engine.probabilities(folder_logits(engine, samples))
 
 
 def fit_operating_point(out_dir: Path, description: dict, locked: list[data.Sample], device: str | None) -> dict:
@@ -155,12 +159,12 @@ def _both_on(candidate: InferenceEngine, active: InferenceEngine, samples: list[
     if not samples:
         return {"candidate": None, "active": None}
     targets = np.array([sample.target for sample in samples])
-    scored = [(engine, engine.probabilities(folder_logits(engine, samples))) for engine in (candidate, active)]
-    (new, new_scores), (old, old_scores) = scored
+    new_scores, old_scores = _scores(candidate, samples), _scores(active, samples)
+    new_threshold, old_threshold = candidate.spec.threshold, active.spec.threshold
     return {
-        "candidate": classification_report(targets, new_scores, new.spec.threshold),
-        "active": classification_report(targets, old_scores, old.spec.threshold),
-        "paired": paired_evidence(targets, new_scores, new.spec.threshold, old_scores, old.spec.threshold),
+        "candidate": classification_report(targets, new_scores, new_threshold),
+        "active": classification_report(targets, old_scores, old_threshold),
+        "paired": paired_evidence(targets, new_scores, new_threshold, old_scores, old_threshold),
     }
 
 
@@ -174,16 +178,11 @@ def locked_validation_of(version: ModelVersion) -> list[data.Sample]:
 
 
 def compare_with(
-    model_dir: Path, description: dict, against: ModelVersion, locked: list, holdout: list, device: str | None
+    candidate: InferenceEngine, against: ModelVersion, locked: list, holdout: list, device: str | None
 ) -> dict:
-    """`compare`, of the model in `model_dir` and the registered `against`, naming the
+    """`compare`, of the `candidate` engine and the registered `against`, naming the
     version it was measured against: the gate accepts it only against that one."""
-    comparison = compare(
-        InferenceEngine(ModelSpec.from_description(model_dir, description), device=device),
-        registry.get_engine(against, device=device),
-        locked,
-        holdout,
-    )
+    comparison = compare(candidate, registry.get_engine(against, device=device), locked, holdout)
     comparison["against"] = {"name": against.name, "weights_sha256": against.weights_sha256}
     return comparison
 
@@ -229,10 +228,7 @@ def compare_registered(
             f"{against.name}: measured there, it would be judged on images it learned. Train it on the base data "
             f"less those images (its split.json's val part), as retrain_model does."
         )
-    comparison = compare(
-        registry.get_engine(candidate, device=device), registry.get_engine(against, device=device), locked, []
-    )
-    comparison["against"] = {"name": against.name, "weights_sha256": against.weights_sha256}
+    comparison = compare_with(registry.get_engine(candidate, device=device), against, locked, [], device)
     candidate.metrics = {**candidate.metrics, "comparison": comparison}
     candidate.save(update_fields=["metrics"])
     audit.record(
@@ -295,10 +291,12 @@ def retrain(options: RetrainOptions, *, actor=None) -> ModelVersion:
         # What the fine-tune read, not what the folders held: with --max-images the card said
         # 4430 base images and 10 reviews were learned from 80 images of which no review
         # (learning-loop review).
-        kept, reviews = _read_by_the_fine_tune(out_dir, kept), _read_by_the_fine_tune(out_dir, reviews)
+        read = _read_by_the_fine_tune(out_dir)
+        kept, reviews = [s for s in kept if s.relative_name in read], [s for s in reviews if s.relative_name in read]
         _write_split(out_dir, kept + reviews, locked, options.seed)
         description = fit_operating_point(out_dir, description, locked, device=options.device)
-        comparison = compare_with(out_dir, description, active, locked, holdout, options.device)
+        candidate = InferenceEngine(ModelSpec.from_description(out_dir, description), device=options.device)
+        comparison = compare_with(candidate, active, locked, holdout, options.device)
         lineage = _lineage(active, kept, reviews, holdout, export_manifest)
         lineage["review_examples_left_out_as_locked"] = locked_reviews
         lineage["reviewed_holdout_left_out_as_learned"] = learned_before
@@ -368,11 +366,10 @@ def _fine_tune(
     return train(config)
 
 
-def _read_by_the_fine_tune(out_dir: Path, samples: list[data.Sample]) -> list[data.Sample]:
-    """The `samples` train() read (either part of its own split), by its split.json."""
+def _read_by_the_fine_tune(out_dir: Path) -> set[str]:
+    """The names of the images train() read (either part of its own split), by its split.json."""
     split = json.loads((out_dir / SPLIT_FILE).read_text())
-    read = set(split["train"]["files"]) | set(split["val"]["files"])
-    return [sample for sample in samples if sample.relative_name in read]
+    return set(split["train"]["files"]) | set(split["val"]["files"])
 
 
 def _write_split(out_dir: Path, trained_on: list[data.Sample], locked: list[data.Sample], seed: int) -> None:
