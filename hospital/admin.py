@@ -20,6 +20,7 @@ pages are not scoped.
 from __future__ import annotations
 
 from collections import Counter
+from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
@@ -430,6 +431,9 @@ class MembershipAdmin(HospitalScopedAdmin):
             )
 
 
+KEY_LIFETIME_LIMIT = timedelta(days=10 * 365)
+
+
 class IntegrationKeyForm(forms.ModelForm):
     """A key's name is unique within its hospital. Renaming a key, whose hospital is
     read-only, Django's own check leaves out (it checks only the form's fields), and the
@@ -441,8 +445,17 @@ class IntegrationKeyForm(forms.ModelForm):
 
     def clean_expires_at(self):
         expires_at = self.cleaned_data.get("expires_at")
-        if expires_at is not None and expires_at <= timezone.now() and "expires_at" in self.changed_data:
+        if expires_at is None or "expires_at" not in self.changed_data:
+            return expires_at
+        if expires_at <= timezone.now():
             raise ValidationError("Choose a moment in the future; to stop a key now, revoke it.")
+        # 31 December 9999 west of UTC is the year 10000 in the database, which Python cannot
+        # read back: the key list and every call with the key answered 500 (code review).
+        if expires_at > timezone.now() + KEY_LIFETIME_LIMIT:
+            raise ValidationError(
+                f"Choose a moment within {KEY_LIFETIME_LIMIT.days // 365} years; "
+                f"for a key that does not expire, leave this empty."
+            )
         return expires_at
 
     def clean(self):

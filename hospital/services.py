@@ -202,15 +202,15 @@ def issue_integration_key(key: IntegrationKey, *, actor=None, request=None) -> s
 
 
 def update_integration_key(key: IntegrationKey, changed: Iterable[str], *, actor=None, request=None) -> IntegrationKey:
+    """Save only the `changed` fields, as for memberships: the whole row written back from
+    a form opened before a revocation brought the revoked key back (code review)."""
+    changed = sorted(set(changed))
+    if not changed:
+        return key
     with transaction.atomic():
-        key.save()
+        key.save(update_fields=saved_fields(key, changed))
         audit.record(
-            Action.KEY_CHANGED,
-            request=request,
-            actor=actor,
-            hospital=key.hospital,
-            target=key,
-            fields=sorted(set(changed)),
+            Action.KEY_CHANGED, request=request, actor=actor, hospital=key.hospital, target=key, fields=changed
         )
     return key
 

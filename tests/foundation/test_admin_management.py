@@ -380,6 +380,31 @@ def test_renaming_a_key_to_a_name_its_hospital_uses_is_a_form_error_not_a_500(cl
     assert _events("key.changed") == []
 
 
+def test_a_key_renamed_as_it_is_revoked_stays_revoked(hospital_admin, key_a):
+    """The change view loads the key, another admin revokes it, the rename is saved: the
+    whole row written back brought the revoked key back to life (code review)."""
+    from hospital import services
+
+    loaded_by_the_change_view = IntegrationKey.objects.get(pk=key_a[0].pk)
+    assert services.revoke_integration_key(IntegrationKey.objects.get(pk=key_a[0].pk))
+    loaded_by_the_change_view.name = "Renamed"
+
+    services.update_integration_key(loaded_by_the_change_view, ["name"], actor=hospital_admin)
+
+    key = IntegrationKey.objects.get(pk=key_a[0].pk)
+    assert (key.name, key.revoked_at is not None) == ("Renamed", True)
+    assert IntegrationKey.objects.usable().filter(pk=key.pk).exists() is False
+
+
+def test_saving_a_key_page_unchanged_records_nothing(client_for, hospital_admin, key_a):
+    url = f"/admin/hospital/integrationkey/{key_a[0].pk}/change/"
+    client = client_for(hospital_admin)
+
+    assert client.post(url, admin_form_data(client.get(url))).status_code == 302
+
+    assert _events("key.changed") == []
+
+
 def test_the_bulk_deactivation_leaves_a_platform_accounts_membership_as_the_form_does(
     client_for, hospital_admin, superuser, doctor, hospital_a
 ):
@@ -768,3 +793,23 @@ def test_a_key_is_given_an_expiry_in_the_future_and_its_creation_records_it(clie
     (created,) = _events("key.created")
     assert created.detail["expires_at"] == key.expires_at.isoformat()
     assert key.expires_at.strftime("%Y-%m-%d") == future
+
+
+def test_a_key_expiring_in_the_year_9999_is_refused_as_a_form_error(client_for, hospital_admin, hospital_a):
+    """West of UTC, 31 December 9999 is stored as the year 10000, which Python cannot read
+    back: the key list and every call with the key answered 500 (code review)."""
+    hospital_a.time_zone = "America/New_York"
+    hospital_a.save()
+    client = client_for(hospital_admin)
+
+    refused = client.post(
+        "/admin/hospital/integrationkey/add/",
+        {"hospital": hospital_a.pk, "name": "EMR", "expires_at_0": "9999-12-31", "expires_at_1": "23:59:59"},
+    )
+
+    assert refused.status_code == 200
+    assert refused.context["adminform"].form.errors["expires_at"] == [
+        "Choose a moment within 10 years; for a key that does not expire, leave this empty."
+    ]
+    assert not IntegrationKey.objects.filter(name="EMR").exists()
+    assert client.get("/admin/hospital/integrationkey/").status_code == 200
