@@ -27,6 +27,7 @@ CHEST_JPEG = SHARED_DATA / "chest_xray" / "train" / "NORMAL" / "IM-0115-0001.jpe
 FAMILY, GIVEN = "Quillfeather", "Zebedee"
 DICOM_PATIENT_ID = "PHI-LOG-99317"
 TYPED_PATIENT_ID = "MRN-TYPED-55120"
+NUMERIC_PATIENT_ID = "0012345678"
 BIRTH_DATE = "19410307"
 # The portal's form always sends its two text fields, empty when not typed.
 NO_IDS = {"patient_id": "", "accession_number": ""}
@@ -145,6 +146,10 @@ def test_a_patient_id_sent_where_a_code_belongs_never_reaches_the_logs(client, d
     emr = APIClient()
     emr.credentials(HTTP_AUTHORIZATION=f"Bearer {key_a[1]}")
     assert emr.get(f"/api/v1/studies/{DICOM_PATIENT_ID}/").status_code == 404
+    # Many hospitals' patient IDs are all digits: they passed for DICOM UIDs (code review).
+    assert emr.get(f"/api/v1/studies/{NUMERIC_PATIENT_ID}/heatmap/").status_code == 404
+    dicom = "multipart/related; type=application/dicom; boundary=x"
+    assert emr.post(f"/dicomweb/studies/{NUMERIC_PATIENT_ID}", b"", content_type=dicom).status_code == 400
     assert emr.post("/dicomweb/studies/", b"x", content_type=f"application/x-{FAMILY}").status_code == 415
     client.force_login(doctor)
     assert client.get(f"/studies/{TYPED_PATIENT_ID}/").status_code == 404
@@ -153,8 +158,10 @@ def test_a_patient_id_sent_where_a_code_belongs_never_reaches_the_logs(client, d
     rendered = "\n".join(_every_rendering(record) for record in caplog.records)
     assert paths == [
         "/api/v1/studies/<not a code>/",
+        "/api/v1/studies/<not a code>/heatmap/",
+        "/dicomweb/studies/<not a code>",
         "/dicomweb/studies/",
         "/studies/… (a path Pleura does not serve)",
     ]
-    for identifier in PHI:
+    for identifier in (*PHI, NUMERIC_PATIENT_ID):
         assert identifier.lower() not in rendered.lower(), f"{identifier} reached the logs"
