@@ -297,6 +297,14 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in _proc(pid, f"task/{pid}/children").split()]
 
 
+def peak_resident_mib(pid: int) -> float | None:
+    """The most resident memory the process has held (VmHWM), in MiB; None if unreadable."""
+    for line in _proc(pid, "status").splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
 def _pin_services(redis_url: str, cpus: set[int]) -> tuple[dict[int, set[int]], list[str]]:
     """Move PostgreSQL and Redis onto `cpus` (new backends inherit the postmaster's
     cores); returns each moved process's former cores, and which services moved."""
@@ -723,6 +731,8 @@ def _run(args, workdir: Path) -> dict:
             raws.append(raw())
             loads.append(load)
             rounds.append(_round(load, combined_raw(raws[-2:])))
+        # What CELERY_WORKER_MAX_MEMORY_PER_CHILD_MIB is set against (config/settings/base.py).
+        worker_peaks = [peak_resident_mib(pid) for pid in _children(services[1].pid)]
     raw_pooled, load_pooled = combined_raw(raws), pooled_load(loads)
     return {
         "model": version.name if model_dir else "random-initialised resnet18, 224 px",
@@ -753,6 +763,7 @@ def _run(args, workdir: Path) -> dict:
         "ratio_to_raw": round(load_pooled["images_per_s"] / raw_pooled["sustained_images_per_second"], 2),
         "round_ratios": [load_round["ratio_to_raw"] for load_round in rounds],
         "ratio_to_raw_best_batch": round(load_pooled["images_per_s"] / raw_pooled["images_per_second"], 2),
+        "worker_pool_peak_rss_mib": worker_peaks,
     }
 
 
@@ -822,6 +833,8 @@ def render(result: dict, command: str) -> str:
             f"| raw, best single batch | {result['raw_best_batch_images_per_s']} images/s |",
             f"| end-to-end / raw sustained (target >= 0.8) | {result['ratio_to_raw']} |",
             f"| end-to-end / raw best batch | {result['ratio_to_raw_best_batch']} |",
+            f"| worker pool processes' peak resident memory at the end | "
+            f"{', '.join(f'{peak} MiB' for peak in result.get('worker_pool_peak_rss_mib', []))} |",
             "",
             "| round | images/s | p95 | last upload answered | web CPUs busy while uploading | model share "
             "| worker busy | worker CPUs busy | worker busy with messages after the last prediction "

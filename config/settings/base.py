@@ -242,6 +242,12 @@ CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 120)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 180)
 # Loading torch and the weights in a fresh pool process takes longer than Celery's 4 s default.
 CELERY_WORKER_PROC_ALIVE_TIMEOUT = 60
+# A pool process whose resident memory has grown past this after a task is replaced by a
+# fresh one (which loads the model again), so a leak in a decoder or in torch cannot grow
+# until the kernel kills the worker mid-batch. billiard compares the process's peak resident
+# memory. An inference pool process peaked at 887 MiB on the CPU through 128 uploads of
+# 2048-pixel DICOM, and bench/inference.py at 1.2 GiB on CUDA (docs/benchmarks.md). 0: off.
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = env_int("CELERY_WORKER_MAX_MEMORY_PER_CHILD_MIB", 2048, minimum=0) * 1024 or None
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -77,6 +77,8 @@ def test_production_refuses_the_example_secret_key():
 @pytest.mark.parametrize(("variable", "value", "message"), [
     ("ALLOWED_HOSTS", "", "ALLOWED_HOSTS is required: the public host name(s), comma separated."),
     ("LOG_FORMAT", "xml", "LOG_FORMAT must be 'json' or 'plain', not 'xml'."),
+    ("CELERY_WORKER_MAX_MEMORY_PER_CHILD_MIB", "-1",
+     "CELERY_WORKER_MAX_MEMORY_PER_CHILD_MIB must be at least 0, not '-1'."),
 ])  # fmt: skip
 def test_production_names_a_missing_or_wrong_setting_instead_of_a_traceback_later(variable, value, message):
     result = _run(["-c", SETTINGS_DUMP], SECRET_KEY="x" * 60, **{variable: value})

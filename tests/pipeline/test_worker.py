@@ -322,6 +322,22 @@ def test_uploads_while_a_wake_up_waits_send_no_message_and_the_worker_predicts_t
     assert status_of(later) == COMPLETED
 
 
+def test_a_pool_process_grown_past_its_memory_bound_is_replaced_and_the_next_study_completes(
+    hospital_a, tiny_model, start_worker
+):
+    # A bound of 1 MiB: every pool process has outgrown it after its first task.
+    worker = start_worker(CELERY_WORKER_MAX_MEMORY_PER_CHILD_MIB="1")
+    [first_process] = worker.pool_pids()
+    study = upload(hospital_a, PNEUMONIA_IMAGE)
+    wait_for(lambda: settled(study), 60, what="prediction")
+    wait_for(lambda: worker.pool_pids() and first_process not in worker.pool_pids(), 30, what="the process replaced")
+
+    later = upload(hospital_a, NORMAL_IMAGE)
+    wait_for(lambda: settled(later), 90, what="the study after the replacement")
+    assert [status_of(study), status_of(later)] == [COMPLETED, COMPLETED]
+    assert f"pool process {first_process} replaced: its peak resident memory" in worker.log()
+
+
 def test_each_pool_process_takes_an_equal_share_of_the_cores(hospital_a, tiny_model, start_worker):
     # Torch's default is a thread per core in every process: two pool processes would run
     # twice as many busy threads as cores.
