@@ -246,6 +246,35 @@ def decode_upload(data: bytes) -> DecodedImage:
     return decoded
 
 
+# A radiograph's grey levels spread over much of the scale (a standard deviation of about
+# 60 on a training image, and 2.0 with its 256 levels squeezed into 8); one shade
+# throughout, give or take compression noise, is a blank frame or an export error.
+MIN_GREY_SPREAD = 1.0
+MIN_SIDE = 32
+
+
+def check_content(gray: np.ndarray) -> None:
+    """Refuse, at upload, a picture that shows nothing: the model read blank, uniform and
+    1-pixel images as pneumonia at 99.99% (ingestion review), and a doctor or an EMR would
+    see that label with nothing to say the picture was empty. Not part of decoding, which
+    the portal's display of a stored study repeats."""
+    height, width = gray.shape
+    if min(height, width) < MIN_SIDE:
+        raise RejectedUpload(
+            422,
+            f"The image is {width}x{height} pixels: too small to be a radiograph (at least {MIN_SIDE} pixels a "
+            f"side). Send the full-size image.",
+        )
+    # A strided sample: the spread of a 40-megapixel image without a float copy of it.
+    step = max(1, int((gray.size / 1_000_000) ** 0.5))
+    if float(gray[::step, ::step].std()) < MIN_GREY_SPREAD:
+        raise RejectedUpload(
+            422,
+            "The image is one shade of grey throughout: it shows no anatomy. Check the export from the "
+            "modality or the PACS, and send the radiograph itself.",
+        )
+
+
 # Smaller images are the everyday radiographs: nothing worth returning, and no call.
 _TRIM_AFTER_PIXELS = 16_000_000
 

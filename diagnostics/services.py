@@ -73,6 +73,7 @@ def ingest_upload(
         if dicom_only and imaging.sniff(data) != Study.Format.DICOM:
             raise RejectedUpload(415, "Only DICOM instances are accepted here, not PNG or JPEG images.")
         decoded = imaging.decode_upload(data)
+        imaging.check_content(decoded.gray)
         if study_instance_uid and decoded.metadata.get("study_instance_uid") != study_instance_uid:
             raise imaging.OtherStudy
         _check_typed_patient(decoded, patient_id)

@@ -150,6 +150,13 @@ def decode_png(data: bytes) -> np.ndarray:
         return np.asarray(image)
 
 
+def a_picture(rows: int = 64, columns: int = 64, dtype=np.uint8) -> np.ndarray:
+    """Pixels with something in them (a diagonal ramp): uploads of one shade, or smaller
+    than 32 pixels a side, are refused (imaging.check_content)."""
+    ramp = np.add.outer(np.arange(rows), np.arange(columns)) * (np.iinfo(dtype).max // (rows + columns))
+    return ramp.astype(dtype)
+
+
 def make_dicom(
     pixels: np.ndarray | None,
     *,

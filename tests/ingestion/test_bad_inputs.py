@@ -16,13 +16,16 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from diagnostics.imaging import decode_upload
 from hospital.models import AuditEvent
 from tests.ingestion.conftest import (
     CR_CHEST,
     NORMAL_JPEG,
     PNEUMONIA_PNG,
     STUDIES_URL,
+    a_picture,
     make_dicom,
+    png_of,
     post_dicom_body,
     post_file,
     pydicom_file,
@@ -457,7 +460,7 @@ def test_an_untyped_body_is_judged_by_its_content_as_every_upload_is(key_a, key_
     response = key_client(key_a[1]).generic(
         "POST",
         STUDIES_URL,
-        make_dicom(np.arange(256, dtype=np.uint8).reshape(16, 16)),
+        make_dicom(a_picture()),
         content_type="application/octet-stream",
     )
     assert response.status_code == 202
@@ -526,18 +529,18 @@ def test_rejection_audit_never_holds_phi(key_a, key_client):
 def test_32_bit_images_have_a_quarter_of_the_pixel_limit(settings, emr, stored):
     """32-bit values are windowed pixel by pixel in 64-bit floats: a 7700x7700 one, inside
     the pixel limit, took 2.1 GB to decode (reviewer's probe)."""
-    settings.MAX_IMAGE_PIXELS = 4000
+    settings.MAX_IMAGE_PIXELS = 8000
     before = stored()
-    wide = make_dicom(np.arange(40 * 40, dtype=np.uint32).reshape(40, 40) * 1000)
-    narrow = make_dicom(np.arange(40 * 40, dtype=np.uint16).reshape(40, 40))
-    small_wide = make_dicom(np.arange(30 * 30, dtype=np.uint32).reshape(30, 30) * 1000)
+    wide = make_dicom(np.arange(50 * 50, dtype=np.uint32).reshape(50, 50) * 1000)
+    narrow = make_dicom(np.arange(50 * 50, dtype=np.uint16).reshape(50, 50))
+    small_wide = make_dicom(np.arange(40 * 40, dtype=np.uint32).reshape(40, 40) * 1000)
 
     refused = post_dicom_body(emr, wide)
 
     assert (refused.status_code, refused.json()) == (
         413,
         {
-            "detail": "The DICOM image is 40x40 pixels of 32 bits, more than the limit of 1,000 pixels "
+            "detail": "The DICOM image is 50x50 pixels of 32 bits, more than the limit of 2,000 pixels "
             "for 32-bit images."
         },
     )
@@ -560,3 +563,44 @@ def test_a_chunked_body_without_a_length_is_411_not_an_empty_file(emr, stored):
     assert response.status_code == 411
     assert response.json()["detail"].startswith("Send the body with a Content-Length header")
     assert stored() == before
+
+
+ONE_SHADE = "The image is one shade of grey throughout: it shows no anatomy. Check the export from the modality or the PACS, and send the radiograph itself."  # noqa: E501
+
+
+@pytest.mark.parametrize(
+    ("upload", "detail"),
+    [
+        (lambda: png_of(np.zeros((224, 224), np.uint8)), ONE_SHADE),
+        (lambda: png_of(np.full((224, 224), 255, np.uint8)), ONE_SHADE),
+        (lambda: png_of(np.full((224, 224), 128, np.uint8)), ONE_SHADE),
+        (lambda: make_dicom(np.zeros((256, 256), np.uint16), BodyPartExamined="CHEST"), ONE_SHADE),
+        (
+            lambda: png_of(np.zeros((1, 1), np.uint8)),
+            "The image is 1x1 pixels: too small to be a radiograph (at least 32 pixels a side). "
+            "Send the full-size image.",
+        ),
+        (
+            lambda: png_of((np.arange(5000) % 256).astype(np.uint8).reshape(1, 5000)),
+            "The image is 5000x1 pixels: too small to be a radiograph (at least 32 pixels a side). "
+            "Send the full-size image.",
+        ),
+    ],
+    ids=["black", "white", "grey", "blank DICOM", "1x1", "1x5000"],
+)
+def test_a_picture_that_shows_nothing_is_refused_not_labelled(upload, detail, emr, stored):
+    """The model labelled blank, one-shade and one-pixel pictures pneumonia at 99.99%, with
+    no warning, and an EMR would have read that label (ingestion review)."""
+    before = stored()
+
+    response = post_file(emr, upload())
+
+    assert (response.status_code, response.json()) == (422, {"detail": detail})
+    assert stored() == before
+
+
+def test_a_faint_radiograph_is_not_taken_for_one_shade(emr):
+    """A real radiograph squeezed into 8 grey levels still has something in it."""
+    faint = (decode_upload(NORMAL_JPEG.read_bytes()).gray // 32 + 100).astype(np.uint8)
+
+    assert post_file(emr, png_of(faint)).status_code == 202

@@ -18,11 +18,11 @@ from pydicom.sequence import Sequence
 from diagnostics import dicom, services
 from diagnostics.models import Study
 from hospital.models import AuditEvent
-from tests.ingestion.conftest import STUDIES_URL, make_dicom, post_dicom_body
+from tests.ingestion.conftest import STUDIES_URL, a_picture, make_dicom, post_dicom_body
 from tests.ingestion.test_stow import related_body, stow
 
-GRAY16 = (np.arange(256, dtype=np.uint16) * 16).reshape(16, 16)
-GRAY8 = np.arange(256, dtype=np.uint8).reshape(16, 16)
+GRAY16 = a_picture(dtype=np.uint16)
+GRAY8 = a_picture()
 MALFORMED = (
     "The DICOM's pixel values could not be turned into an image: its lookup tables or rescale attributes are malformed."
 )
@@ -149,7 +149,7 @@ def _encapsulated(image_format: str, size: tuple[int, int], label: tuple[int, in
     from pydicom.encaps import encapsulate
 
     buffer = io.BytesIO()
-    Image.new("L", size, 128).save(buffer, image_format)
+    Image.fromarray(a_picture(size[1], size[0])).save(buffer, image_format)
     columns, rows = label
     return make_dicom(
         np.zeros((rows, columns), dtype=np.uint8), transfer_syntax=syntax, PixelData=encapsulate([buffer.getvalue()])
