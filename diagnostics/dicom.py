@@ -368,11 +368,11 @@ def _display_values(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarra
         return _colour_to_gray(arr, ds, photometric)
     if photometric == "PALETTE COLOR":
         return _colour_to_gray(_apply_palette(arr, ds), ds, "RGB")
-    gray = _monochrome_to_gray(arr, ds)
     # One inversion, named either way: the image modules require Presentation LUT Shape
     # INVERSE exactly when Photometric Interpretation is MONOCHROME1 (PS3.3 C.8.11.6.1.2),
     # so it restates that inversion; it does not undo it (a DX chest came out a negative).
     inverse = photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
+    gray = _monochrome_to_gray(arr, ds, padding_shade=255 if inverse else 0)
     return 255 - gray if inverse else gray
 
 
@@ -392,9 +392,10 @@ def _decoding_options(photometric: str) -> dict[str, bool]:
     return {}
 
 
-def _monochrome_to_gray(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+def _monochrome_to_gray(arr: np.ndarray, ds: Dataset, padding_shade: int = 0) -> np.ndarray:
     """Stored values -> 8-bit display values: bits stored, modality LUT, then the VOI LUT,
-    the window or the image's own range.
+    the window or the image's own range. Padding (`_padding`) is shown as `padding_shade`,
+    black once the caller has applied any inversion.
 
     Pixels of 8 or 16 bits can hold at most 65,536 different values, so every step is
     worked out once for each possible value, and the image is one lookup in that table.
@@ -405,7 +406,12 @@ def _monochrome_to_gray(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """
     if arr.dtype.kind not in "iu" or arr.dtype.itemsize > 2:
         # Wider or float pixels have too many values for a table.
-        return _apply_voi(_mask_bits_stored(arr, ds), ds)
+        masked = _mask_bits_stored(arr, ds)
+        padding = _padding(masked, ds)
+        gray = _apply_voi(masked, ds, padding=padding)
+        if padding is not None:
+            gray[padding] = padding_shade
+        return gray
     patterns = np.dtype(f"u{arr.dtype.itemsize}")
     # Every bit pattern a pixel can have, as a value of the pixels' own type, in the
     # order of the patterns: the pixel with pattern p is mapped by table[p].
@@ -420,7 +426,11 @@ def _monochrome_to_gray(arr: np.ndarray, ds: Dataset) -> np.ndarray:
             seen[flat[start : start + _OCCURRING_SLICE]] = True
         return seen
 
-    table = _apply_voi(_mask_bits_stored(every_value, ds), ds, occurring)
+    masked = _mask_bits_stored(every_value, ds)
+    padding = _padding(masked, ds)
+    table = _apply_voi(masked, ds, occurring, padding)
+    if padding is not None:
+        table[padding] = padding_shade
     if table.dtype == arr.dtype and np.array_equal(table, every_value):
         return arr.copy()  # 8-bit display values already: a lookup would change nothing
     return table[codes]
@@ -443,9 +453,32 @@ def _mask_bits_stored(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     return values
 
 
-def _apply_voi(arr: np.ndarray, ds: Dataset, occurring: Callable[[], np.ndarray] | None = None) -> np.ndarray:
+def _padding(masked: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    """Which of `masked` (stored values, bits above Bits Stored removed) are Pixel Padding
+    Value, or within Pixel Padding Range Limit of it (PS3.3 C.7.5.1.1.2): the area outside
+    the detector, or around a collimated exposure, that holds no patient. None without
+    padding. Counted in the image's range, a border of 0 in 12-bit pixels washed the lungs
+    out, and one of 4095 darkened them; either turned a normal film into pneumonia at 1.0
+    (ingestion review)."""
+    value, limit = ds.get("PixelPaddingValue"), ds.get("PixelPaddingRangeLimit")
+    try:
+        low = high = int(value)
+        if limit is not None:
+            low, high = sorted((low, int(limit)))
+    except (TypeError, ValueError):  # absent, or an ambiguous VR left as bytes
+        return None
+    return (masked >= low) & (masked <= high)
+
+
+def _apply_voi(
+    arr: np.ndarray,
+    ds: Dataset,
+    occurring: Callable[[], np.ndarray] | None = None,
+    padding: np.ndarray | None = None,
+) -> np.ndarray:
     """`arr` is the image, or with `occurring` every value a pixel may have: then
-    `occurring()` says which of them the image holds, whose range is the image's own."""
+    `occurring()` says which of them the image holds, whose range is the image's own,
+    padding (a mask over `arr`) left out."""
     values = apply_modality_lut(arr, ds).astype(np.float64)
     if not np.isfinite(values).all():
         # Finite attributes may still overflow (a slope of 1e305): one flat grey again.
@@ -463,7 +496,12 @@ def _apply_voi(arr: np.ndarray, ds: Dataset, occurring: Callable[[], np.ndarray]
         # Already 8-bit display values: keep them, so a PNG saved from this image and the
         # DICOM itself give the model exactly the same pixels.
         return arr.astype(np.uint8)
-    in_image = values if occurring is None else values[occurring()]
+    held = None if occurring is None else occurring()
+    if padding is not None:
+        held = ~padding if held is None else held & ~padding
+    in_image = values if held is None else values[held]
+    if in_image.size == 0:  # nothing but padding
+        return np.zeros(values.shape, dtype=np.uint8)
     return _scale(values, float(in_image.min()), float(in_image.max()))
 
 

@@ -465,3 +465,33 @@ def test_an_implicit_vr_radiograph_with_two_full_voi_luts_is_read():
     )
 
     assert decode_upload(data).gray.shape == (256, 256)
+
+
+@pytest.mark.parametrize("padding_value", [0, 4095])
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_pixel_padding_is_left_out_of_the_range_and_shown_black(padding_value, photometric):
+    """Counted in the image's own range, a border of padding washed the lungs out (0) or
+    darkened them (4095), and turned a normal film into pneumonia at 1.0 (ingestion review)."""
+    lungs = (1000 + np.add.outer(np.arange(64), np.arange(96)) * 5).astype(np.uint16)  # 1000..2790
+    padded = np.full((64, 176), padding_value, dtype=np.uint16)
+    padded[:, 40:136] = lungs
+    bits = {"BitsStored": 12, "HighBit": 11, "PhotometricInterpretation": photometric}
+
+    alone = decode_upload(make_dicom(lungs, **bits)).gray
+    gray = decode_upload(make_dicom(padded, PixelPaddingValue=padding_value, **bits)).gray
+
+    np.testing.assert_array_equal(gray[:, 40:136], alone)
+    assert (gray[:, :40] == 0).all() and (gray[:, 136:] == 0).all()
+
+
+def test_a_pixel_padding_range_covers_every_value_between_its_limits():
+    picture = (1000 + np.add.outer(np.arange(64), np.arange(64)) * 10).astype(np.uint16)
+    padded = picture.copy()
+    padded[:, :8] = np.arange(64)[:, None] % 5  # values 0 to 4, all padding
+    gray = decode_upload(
+        make_dicom(padded, BitsStored=12, HighBit=11, PixelPaddingValue=0, PixelPaddingRangeLimit=4)
+    ).gray
+
+    assert (gray[:, :8] == 0).all()
+    # The picture alone sets the range (1080 to 2260): with the padding in it, 1080 was 122.
+    assert (gray[:, 8:].min(), gray[:, 8:].max()) == (0, 255)
