@@ -48,6 +48,8 @@ pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 # Modalities the model was validated on: computed and digital radiography.
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX"})
 CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG"})
+# View Position (0018,5101): posterior-anterior and anterior-posterior, with any modifier.
+FRONTAL_VIEWS = ("PA", "AP")
 # SOP classes that carry pixel data but are not pictures a radiologist reads.
 NON_IMAGE_PIXEL_CLASSES = frozenset(
     {
@@ -675,4 +677,17 @@ def intended_use_warnings(meta: dict[str, Any], age_years: float | None = None) 
         codes.append("not_radiograph")
     if age_years is not None and age_years >= ADULT_AGE_YEARS:
         codes.append("adult")
+    # Only frontal films were learned: a lateral view was labelled with no word (ingestion review).
+    if meta.get("view_position") and not meta["view_position"].startswith(FRONTAL_VIEWS):
+        codes.append("not_frontal")
     return codes
+
+
+def frame_warnings(ds: Dataset) -> list[str]:
+    """The first frame is the one predicted and shown (`to_grayscale`): the others were
+    dropped without a word (ingestion review)."""
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        frames = 1
+    return ["first_frame_only"] if frames > 1 else []

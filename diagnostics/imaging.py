@@ -49,6 +49,8 @@ WARNINGS = {
     "not_chest": "The body part examined is not the chest: the model is validated on chest radiographs only.",
     "not_radiograph": "The modality is not CR or DX: the model is validated on plain radiographs only.",
     "adult": "The patient is an adult: the model learned from children's chest radiographs (aged 1 to 5) only.",
+    "not_frontal": "The view is not frontal (PA or AP): the model learned from frontal chest radiographs only.",
+    "first_frame_only": "The DICOM holds several frames: only the first was analysed, and it is the one shown.",
 }
 
 # Formats we can name when refusing them (first bytes -> what it is).
@@ -311,7 +313,8 @@ def _decode_dicom(data: bytes) -> DecodedImage:
         gray = dicom.to_grayscale(ds)
         meta = dicom.metadata(ds)
         meta["rows"], meta["columns"] = gray.shape
-        return DecodedImage("dcm", gray, meta, dicom.intended_use_warnings(meta, dicom.patient_age_years(ds)))
+        warnings = [*dicom.intended_use_warnings(meta, dicom.patient_age_years(ds)), *dicom.frame_warnings(ds)]
+        return DecodedImage("dcm", gray, meta, warnings)
     except (RejectedUpload, MemoryError):
         raise
     except Exception as exc:  # a hostile or broken header reaches code that trusts its types

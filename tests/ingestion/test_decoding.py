@@ -395,6 +395,28 @@ def test_a_child_is_not_flagged_and_an_adult_is():
     assert intended_use_warnings(child, None) == []
 
 
+@pytest.mark.parametrize(
+    ("view", "warnings"),
+    [("PA", []), ("AP", []), ("AP SUPINE", []), ("", []), ("LL", ["not_frontal"]), ("RL", ["not_frontal"])],
+)
+def test_a_view_that_is_not_frontal_is_flagged(view, warnings):
+    """The model learned frontal films only: a lateral got a label with no word (ingestion review)."""
+    assert intended_use_warnings({"body_part": "CHEST", "modality": "DX", "view_position": view}, 4.0) == warnings
+
+
+def test_a_multi_frame_dicom_says_only_its_first_frame_was_analysed():
+    decoded = decode_upload(pydicom_file("SC_rgb_rle_2frame.dcm").read_bytes())
+
+    assert decoded.warnings[-1] == "first_frame_only"
+    assert decode_upload(pydicom_file("SC_rgb_rle.dcm").read_bytes()).warnings[-1:] != ["first_frame_only"]
+    assert imaging.describe_warnings(["first_frame_only"]) == [
+        {
+            "code": "first_frame_only",
+            "message": "The DICOM holds several frames: only the first was analysed, and it is the one shown.",
+        }
+    ]
+
+
 def _jpeg_with_exif(gray: np.ndarray, entries: list[tuple[int, int, int, bytes]]) -> bytes:
     """A JPEG whose EXIF block holds exactly these (tag, type, count, 4-byte value) entries."""
     ifd = struct.pack("<H", len(entries))

@@ -97,6 +97,11 @@ def expected_warnings(ds) -> list[str]:
     age = patient_age_years(ds)  # its own rules are tested in test_decoding.py
     if age is not None and age >= 18:
         codes.append("adult")
+    view = str(ds.get("ViewPosition", "") or "").upper()
+    if view and not view.startswith(("PA", "AP")):
+        codes.append("not_frontal")
+    if int(ds.get("NumberOfFrames") or 1) > 1:
+        codes.append("first_frame_only")
     return codes
 
 
