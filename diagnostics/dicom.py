@@ -318,6 +318,25 @@ def check_uids(ds: Dataset) -> None:
             raise RejectedUpload(422, f"The DICOM {name} is longer than {UID_MAX_LENGTH} characters.")
 
 
+# The identifiers a study is filed and found under, with the rules a typed one meets
+# (services.clean_identifier): cut to length, two patients whose IDs shared their first 64
+# characters were filed under one, and control characters reached HL7 and CSV exports
+# (ingestion review). Words only: the value is the patient's.
+HEADER_IDENTIFIERS = {"PatientID": "Patient ID", "AccessionNumber": "Accession Number"}
+IDENTIFIER_MAX_LENGTH = 64
+
+
+def check_identifiers(ds: Dataset) -> None:
+    for keyword, label in HEADER_IDENTIFIERS.items():
+        value = _text(ds, keyword, max_length=None)
+        if len(value) > IDENTIFIER_MAX_LENGTH:
+            raise RejectedUpload(
+                422, f"The DICOM {label} is longer than {IDENTIFIER_MAX_LENGTH} characters, so it cannot be filed."
+            )
+        if not value.isprintable():
+            raise RejectedUpload(422, f"The DICOM {label} holds control characters, so it cannot be filed.")
+
+
 def to_grayscale(ds: Dataset) -> np.ndarray:
     """The first frame as the 8-bit grayscale the model reads (and the portal displays)."""
     photometric = str(ds.get("PhotometricInterpretation", "") or "").upper()
@@ -628,7 +647,7 @@ def metadata(ds: Dataset) -> dict[str, Any]:
     }
 
 
-def _text(ds: Dataset, keyword: str, max_length: int, *, upper: bool = False) -> str:
+def _text(ds: Dataset, keyword: str, max_length: int | None, *, upper: bool = False) -> str:
     value = ds.get(keyword)
     if value is None:
         return ""

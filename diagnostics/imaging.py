@@ -310,6 +310,7 @@ def _decode_dicom(data: bytes) -> DecodedImage:
         ds = dicom.read_dataset(data)
         dicom.check_image_attributes(ds)
         dicom.check_uids(ds)
+        dicom.check_identifiers(ds)
         gray = dicom.to_grayscale(ds)
         meta = dicom.metadata(ds)
         meta["rows"], meta["columns"] = gray.shape

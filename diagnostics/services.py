@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from config.db import insert_together
 from diagnostics import imaging, media, metrics, tasks
+from diagnostics.dicom import IDENTIFIER_MAX_LENGTH
 from diagnostics.imaging import DecodedImage, RejectedUpload, StorageUnavailable
 from diagnostics.media import StoredImageUnavailable
 from diagnostics.models import Study
@@ -24,7 +25,6 @@ from hospital.models import AuditEvent, Hospital, IntegrationKey
 
 logger = logging.getLogger(__name__)
 
-IDENTIFIER_MAX_LENGTH = 64
 # Patient IDs and accession numbers: printable, no control characters (they end up in
 # DICOM headers, HL7 messages and CSV exports). Not ASCII only: a DICOM header in
 # ISO_IR 100 or UTF-8 stores "ACC-é1", which a search refused for ever (EMR review).

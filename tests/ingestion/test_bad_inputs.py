@@ -17,6 +17,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from diagnostics.imaging import decode_upload
+from diagnostics.models import Study
 from hospital.models import AuditEvent
 from tests.ingestion.conftest import (
     CR_CHEST,
@@ -604,3 +605,36 @@ def test_a_faint_radiograph_is_not_taken_for_one_shade(emr):
     faint = (decode_upload(NORMAL_JPEG.read_bytes()).gray // 32 + 100).astype(np.uint8)
 
     assert post_file(emr, png_of(faint)).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("header", "detail"),
+    [
+        ({"PatientID": "MRN\x1b[2J\r\nEVIL"}, "The DICOM Patient ID holds control characters, so it cannot be filed."),
+        ({"AccessionNumber": "ACC\tX"}, "The DICOM Accession Number holds control characters, so it cannot be filed."),
+        (
+            {"PatientID": "M" * 65},
+            "The DICOM Patient ID is longer than 64 characters, so it cannot be filed.",
+        ),
+        (
+            {"AccessionNumber": "A" * 300},
+            "The DICOM Accession Number is longer than 64 characters, so it cannot be filed.",
+        ),
+    ],
+    ids=["control characters", "a tab", "65 characters", "300 characters"],
+)
+def test_identifiers_from_the_header_meet_the_rules_of_typed_ones(header, detail, emr, stored):
+    """Cut to 64 characters, two patients whose IDs shared a prefix were filed under one;
+    control characters were kept, though refused when typed (ingestion review)."""
+    before = stored()
+
+    response = post_dicom_body(emr, make_dicom(a_picture(), **header))
+
+    assert (response.status_code, response.json()) == (422, {"detail": detail})
+    assert stored() == before
+
+
+def test_a_header_identifier_of_64_characters_with_its_padding_is_filed(emr):
+    response = post_dicom_body(emr, make_dicom(a_picture(), PatientID="M" * 63 + "1 "))
+    assert response.status_code == 202
+    assert Study.objects.get().patient_id == "M" * 63 + "1"
