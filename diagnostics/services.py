@@ -231,6 +231,10 @@ def clean_identifier(value, name: str) -> str:
         raise RejectedUpload(400, f"{field} must be at most {IDENTIFIER_MAX_LENGTH} characters.")
     if not value.isprintable():
         raise RejectedUpload(400, f"{field} may contain printable characters only, no control characters.")
+    # Django reads form fields as UTF-8 and puts U+FFFD where bytes are not: "M\xe9RN" in
+    # Latin-1 was stored as "M\ufffdRN", which no search finds (ingestion review).
+    if "\ufffd" in value:
+        raise RejectedUpload(400, f"{field} is not valid UTF-8 text: send it encoded as UTF-8.")
     return value
 
 

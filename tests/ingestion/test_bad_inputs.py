@@ -638,3 +638,26 @@ def test_a_header_identifier_of_64_characters_with_its_padding_is_filed(emr):
     response = post_dicom_body(emr, make_dicom(a_picture(), PatientID="M" * 63 + "1 "))
     assert response.status_code == 202
     assert Study.objects.get().patient_id == "M" * 63 + "1"
+
+
+def test_an_identifier_that_is_not_utf8_is_400_not_stored_altered(emr, stored):
+    """A Latin-1 "MéRN" was read as "M\ufffdRN" and filed so, where no search finds it, and
+    the EMR was never told (ingestion review)."""
+    boundary = b"pleura-latin-1"
+    body = b"".join(
+        [
+            b"--" + boundary + b'\r\nContent-Disposition: form-data; name="patient_id"\r\n\r\nM\xe9RN-L1\r\n',
+            b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n',
+            b"Content-Type: image/png\r\n\r\n" + PNEUMONIA_PNG.read_bytes() + b"\r\n",
+            b"--" + boundary + b"--\r\n",
+        ]
+    )
+    before = stored()
+
+    response = emr.generic("POST", STUDIES_URL, body, content_type=f"multipart/form-data; boundary={boundary.decode()}")
+
+    assert (response.status_code, response.json()) == (
+        400,
+        {"detail": "The patient ID (patient_id) is not valid UTF-8 text: send it encoded as UTF-8."},
+    )
+    assert stored() == before
