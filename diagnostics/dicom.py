@@ -67,6 +67,10 @@ _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 def read_dataset(data: bytes) -> Dataset:
     """Parse a DICOM file (with or without preamble and file meta); pixel data stays encoded."""
+    if data.startswith(b"DICM"):
+        # Its preamble cut off, the file starts with the magic that follows one: read as
+        # data, it was refused as a file without pixels (ingestion review).
+        data = bytes(128) + data
     try:
         _guard_parsing_cost(data)
         with warnings.catch_warnings():

@@ -661,3 +661,15 @@ def test_an_identifier_that_is_not_utf8_is_400_not_stored_altered(emr, stored):
         {"detail": "The patient ID (patient_id) is not valid UTF-8 text: send it encoded as UTF-8."},
     )
     assert stored() == before
+
+
+def test_a_dicom_whose_preamble_was_cut_off_is_read_as_with_it(emr):
+    """Starting with "DICM", it was refused as "no pixel data: not an image" (ingestion review)."""
+    whole = make_dicom(a_picture(), PatientID="MRN-CUT")
+    assert whole[128:132] == b"DICM"
+
+    response = post_dicom_body(emr, whole[128:])
+
+    assert response.status_code == 202, response.json()
+    study = Study.objects.get()
+    assert (study.patient_id, study.pixel_sha256) == ("MRN-CUT", decode_upload(whole).pixel_sha256)
