@@ -1,23 +1,7 @@
 from django.conf import settings
-from django.contrib.postgres.operations import AddIndexConcurrently
 from django.db import migrations, models
-from django.db.migrations.operations import AddIndex
 
-
-class AddIndexConcurrentlyOnPostgreSQL(AddIndexConcurrently):
-    """CREATE INDEX CONCURRENTLY on PostgreSQL, so uploads and the pipeline go on writing
-    studies while a large table is indexed; a plain CREATE INDEX elsewhere (SQLite, for
-    `make run` and the tests), which has no such statement."""
-
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if schema_editor.connection.vendor == "postgresql":
-            return super().database_forwards(app_label, schema_editor, from_state, to_state)
-        return AddIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
-
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        if schema_editor.connection.vendor == "postgresql":
-            return super().database_backwards(app_label, schema_editor, from_state, to_state)
-        return AddIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
+from config.concurrent_index import AddIndexConcurrentlyOnPostgreSQL
 
 
 class Migration(migrations.Migration):

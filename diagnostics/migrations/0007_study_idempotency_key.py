@@ -3,8 +3,11 @@
 from django.conf import settings
 from django.db import migrations, models
 
+from config.concurrent_index import AddConstraintConcurrentlyOnPostgreSQL
+
 
 class Migration(migrations.Migration):
+    atomic = False  # CREATE INDEX CONCURRENTLY cannot run in a transaction
 
     dependencies = [
         ('diagnostics', '0006_study_resent_at'),
@@ -18,7 +21,7 @@ class Migration(migrations.Migration):
             name='idempotency_key',
             field=models.CharField(blank=True, max_length=128),
         ),
-        migrations.AddConstraint(
+        AddConstraintConcurrentlyOnPostgreSQL(
             model_name='study',
             constraint=models.UniqueConstraint(condition=models.Q(('idempotency_key', ''), _negated=True), fields=('hospital', 'idempotency_key'), name='one_study_per_idempotency_key_per_hospital'),
         ),

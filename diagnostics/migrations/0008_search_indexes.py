@@ -3,8 +3,11 @@
 from django.conf import settings
 from django.db import migrations, models
 
+from config.concurrent_index import AddIndexConcurrentlyOnPostgreSQL
+
 
 class Migration(migrations.Migration):
+    atomic = False  # CREATE INDEX CONCURRENTLY cannot run in a transaction
 
     dependencies = [
         ('diagnostics', '0007_study_idempotency_key'),
@@ -13,11 +16,11 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddIndex(
+        AddIndexConcurrentlyOnPostgreSQL(
             model_name='study',
             index=models.Index(fields=['hospital', 'accession_number'], name='diagnostics_hospita_7a32a4_idx'),
         ),
-        migrations.AddIndex(
+        AddIndexConcurrentlyOnPostgreSQL(
             model_name='study',
             index=models.Index(fields=['hospital', 'study_instance_uid'], name='diagnostics_hospita_359f3f_idx'),
         ),

@@ -70,3 +70,52 @@ def test_studies_failed_before_codes_were_kept_get_the_code_of_their_message():
         unknown: "",
         completed: "",
     }
+
+
+# Tables that grow with every study. Their indexes from the first release (0001 to 0004)
+# were built on tables a new installation has empty; every later one meets a table in use.
+GROWING_TABLES = {("diagnostics", "study"), ("diagnostics", "prediction"), ("diagnostics", "review")}
+FIRST_RELEASE = {"diagnostics": "0004"}
+
+
+def test_indexes_added_to_a_growing_table_after_the_first_release_are_built_concurrently():
+    """0007 and 0008 built theirs with a plain CREATE INDEX, which made every upload, claim
+    and result wait until the index was built (code review)."""
+    from django.db.migrations import AddConstraint, AddIndex
+    from django.db.migrations.loader import MigrationLoader
+
+    from config.concurrent_index import AddConstraintConcurrentlyOnPostgreSQL as ConcurrentConstraint
+    from config.concurrent_index import AddIndexConcurrentlyOnPostgreSQL as ConcurrentIndex
+
+    plain = []
+    checked = 0
+    for (app, name), migration in MigrationLoader(None, ignore_no_migrations=True).disk_migrations.items():
+        if app not in FIRST_RELEASE or name[:4] <= FIRST_RELEASE[app]:
+            continue
+        for operation in migration.operations:
+            if isinstance(operation, AddIndex | AddConstraint) and (app, operation.model_name) in GROWING_TABLES:
+                checked += 1
+                concurrent = isinstance(operation, ConcurrentIndex | ConcurrentConstraint)
+                if not concurrent or migration.atomic:
+                    plain.append(f"{app}.{name}: {operation.describe()}")
+    assert checked == 4  # 0005, 0007, and 0008's two
+    assert plain == []
+
+
+@pytest.mark.django_db
+def test_the_concurrent_operations_write_what_the_plain_ones_would_on_postgresql():
+    if connection.vendor != "postgresql":
+        pytest.skip("CONCURRENTLY is PostgreSQL's (the plain statement elsewhere)")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'diagnostics_study' AND indexname = ANY(%s)",
+            [["one_study_per_idempotency_key_per_hospital", "diagnostics_hospita_7a32a4_idx"]],
+        )
+        indexes = dict(cursor.fetchall())
+    assert indexes == {
+        "one_study_per_idempotency_key_per_hospital": "CREATE UNIQUE INDEX one_study_per_idempotency_key_per_hospital "
+        "ON public.diagnostics_study USING btree (hospital_id, idempotency_key) "
+        "WHERE (NOT ((idempotency_key)::text = ''::text))",
+        "diagnostics_hospita_7a32a4_idx": "CREATE INDEX diagnostics_hospita_7a32a4_idx ON public.diagnostics_study "
+        "USING btree (hospital_id, accession_number)",
+    }
