@@ -6,18 +6,23 @@ from django.contrib.auth.signals import user_logged_in, user_logged_out, user_lo
 from django.dispatch import receiver
 
 from hospital import audit
-from hospital.tenancy import active_memberships
+from hospital.tenancy import active_memberships, resolve_membership
 
 
-def _first_hospital(user):
-    # Filed under the hospital the new session opens on, so its admins see it.
-    membership = active_memberships(user).first() if user is not None else None
+def _opened_hospital(request, user):
+    # Filed under the hospital the new session opens on, so its admins see it: the one the
+    # session names (accounts.views.PleuraLoginView), else the first.
+    if request is not None and getattr(request, "user", None) == user:  # login() sets it where it can
+        membership = resolve_membership(request)
+    else:
+        membership = active_memberships(user).first() if user is not None else None
     return membership.hospital if membership else None
 
 
 @receiver(user_logged_in)
 def _audit_login(sender, request, user, **kwargs) -> None:
-    audit.record(audit.Action.LOGIN, request=request, actor=user, hospital=_first_hospital(user), target=user)
+    hospital = _opened_hospital(request, user)
+    audit.record(audit.Action.LOGIN, request=request, actor=user, hospital=hospital, target=user)
 
 
 @receiver(user_logged_out)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
@@ -16,10 +17,42 @@ from accounts.services import record_about_user
 from hospital import audit
 from hospital.tenancy import SESSION_KEY, active_memberships, resolve_membership
 
+# Which of a person's hospitals this browser last worked in: a session that ended (idle
+# time out) took its choice with it, and signing in again opened the first hospital by
+# name, where the page kept open for another refused its review as "switched in another
+# tab" (portal review). A hospital's code, not a patient's data.
+LAST_HOSPITAL_COOKIE = "pleura_last_hospital"
+LAST_HOSPITAL_SECONDS = 90 * 24 * 3600
+
+
+def remember_hospital(response: HttpResponse, code: str) -> None:
+    response.set_cookie(
+        LAST_HOSPITAL_COOKIE,
+        code,
+        max_age=LAST_HOSPITAL_SECONDS,
+        secure=settings.SESSION_COOKIE_SECURE,
+        httponly=True,
+        samesite="Lax",
+    )
+
 
 class PleuraLoginView(auth_views.LoginView):
     template_name = "accounts/login.html"
     redirect_authenticated_user = True
+
+    def form_valid(self, form):
+        """Open the hospital this browser last worked in, if it is one of the person's
+        (else the first by name), and remember the one opened."""
+        remembered = self.request.COOKIES.get(LAST_HOSPITAL_COOKIE, "")
+        if remembered:
+            self.request.session[SESSION_KEY] = remembered  # before the login, which files its event there
+        response = super().form_valid(form)
+        if remembered:
+            self.request.session[SESSION_KEY] = remembered  # a login after another person's starts afresh
+        membership = resolve_membership(self.request)  # the remembered one only if it is theirs
+        if membership is not None:
+            remember_hospital(response, str(membership.hospital.code))
+        return response
 
     def get_success_url(self):
         """Where `next` points, unless the role the person signs in with may not open it:
@@ -70,4 +103,6 @@ def switch_hospital(request: HttpRequest) -> HttpResponse:
     next_url = request.POST.get("next", "")
     if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
         next_url = reverse_lazy("diagnostics:worklist")
-    return redirect(next_url)
+    response = redirect(next_url)
+    remember_hospital(response, str(membership.hospital.code))
+    return response

@@ -81,3 +81,48 @@ def test_switching_to_a_hospital_one_does_not_belong_to_is_404(client_for, docto
     response = client.post(reverse("accounts:switch_hospital"), {"hospital": str(hospital_b.code)})
     assert response.status_code == 404
     assert "Riverside Clinic" not in client.get(reverse("diagnostics:worklist")).content.decode()
+
+
+def _sign_in(client, user):
+    response = client.post(reverse("accounts:login"), {"username": user.email, "password": PASSWORD})
+    assert response.status_code == 302
+    return response
+
+
+def test_signing_in_again_opens_the_hospital_this_browser_last_worked_in(shared_radiologist, hospital_a, hospital_b):
+    """The session ended (idle), and signing in again opened the first hospital by name: the
+    review kept open for the other was refused as "switched in another tab" (portal review)."""
+    from django.test import Client
+
+    from accounts.views import LAST_HOSPITAL_COOKIE
+    from hospital.models import AuditEvent
+    from hospital.tenancy import active_memberships
+
+    first = active_memberships(shared_radiologist).first().hospital
+    other = hospital_b if first == hospital_a else hospital_a
+    browser = Client()
+    _sign_in(browser, shared_radiologist)
+    browser.post(reverse("accounts:switch_hospital"), {"hospital": str(other.code)})
+    remembered = browser.cookies[LAST_HOSPITAL_COOKIE]
+    assert (remembered.value, remembered["httponly"], remembered["samesite"]) == (str(other.code), True, "Lax")
+
+    # The session is gone; the browser keeps its cookies.
+    after_the_time_out = Client()
+    after_the_time_out.cookies[LAST_HOSPITAL_COOKIE] = remembered.value
+    _sign_in(after_the_time_out, shared_radiologist)
+
+    assert after_the_time_out.get(reverse("diagnostics:worklist")).context["active_hospital"] == other
+    assert AuditEvent.objects.filter(action="auth.login").latest("pk").hospital == other
+
+
+def test_a_remembered_hospital_the_person_does_not_work_in_is_ignored(doctor, hospital_a, hospital_b):
+    from django.test import Client
+
+    from accounts.views import LAST_HOSPITAL_COOKIE
+
+    browser = Client()
+    browser.cookies[LAST_HOSPITAL_COOKIE] = str(hospital_b.code)  # another person's, on a shared workstation
+    _sign_in(browser, doctor)
+
+    assert browser.get(reverse("diagnostics:worklist")).context["active_hospital"] == hospital_a
+    assert browser.cookies[LAST_HOSPITAL_COOKIE].value == str(hospital_a.code)
