@@ -27,13 +27,18 @@ class WorklistFilterForm(forms.Form):
         ),
     )
     status = forms.ChoiceField(label="Status", required=False, choices=[("", "Any status"), *Study.Status.choices])
-    label = forms.ChoiceField(label="Result", required=False, choices=[("", "Any result"), *Label.choices])
+    label = forms.ChoiceField(label="Model result", required=False, choices=[("", "Any model result"), *Label.choices])
+    # "Result" filtered on the model's label alone: a pneumonia a radiologist found where the
+    # model said normal was missing from a search for pneumonia (portal review).
+    finding = forms.ChoiceField(
+        label="Radiologist finding", required=False, choices=[("", "Any or none"), *Label.choices]
+    )
     reviewed = forms.ChoiceField(label="Review", required=False, choices=REVIEWED_CHOICES)
     date_from = forms.DateField(label="Received from", required=False, widget=forms.DateInput(attrs={"type": "date"}))
     date_to = forms.DateField(label="Received to", required=False, widget=forms.DateInput(attrs={"type": "date"}))
     page = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
 
-    PUBLIC_FIELDS = ("status", "label", "reviewed", "date_from", "date_to")
+    PUBLIC_FIELDS = ("status", "label", "finding", "reviewed", "date_from", "date_to")
 
     def clean(self) -> dict:
         cleaned = super().clean()
@@ -51,6 +56,9 @@ class WorklistFilterForm(forms.Form):
             queryset = queryset.filter(status=status)
         if label := data.get("label"):
             queryset = queryset.filter(current_label=label)
+        if finding := data.get("finding"):
+            # Any radiologist's current review: with two who split, the study is found under both.
+            queryset = queryset.filter(Exists(Review.objects.filter(study=OuterRef("pk"), correct_label=finding)))
         if data.get("reviewed") == "yes":
             queryset = queryset.filter(Exists(Review.objects.filter(study=OuterRef("pk"))))
         elif data.get("reviewed") == "no":

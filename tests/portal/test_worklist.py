@@ -82,12 +82,21 @@ def test_htmx_request_gets_only_the_results_fragment(client_for, doctor, studies
         ({"status": "failed"}, ["failed"]),
         ({"label": "pneumonia"}, ["pneumonia"]),
         ({"label": "normal"}, ["normal"]),
-        ({"reviewed": "yes"}, ["normal"]),
-        ({"reviewed": "no"}, ["failed", "pneumonia", "processing", "queued"]),
+        ({"reviewed": "yes"}, ["normal", "pneumonia"]),
+        ({"reviewed": "no"}, ["failed", "processing", "queued"]),
+        # What the radiologists found, whatever the model said (portal review).
+        ({"finding": "pneumonia"}, ["normal"]),
+        ({"finding": "normal"}, ["pneumonia"]),
+        ({"label": "normal", "finding": "pneumonia"}, ["normal"]),
     ],
 )
 def test_filters_narrow_the_list(client_for, doctor, radiologist, studies, filters, expected):
-    Review.objects.create(study=studies["normal"], radiologist=radiologist, verdict="agree", correct_label="normal")
+    Review.objects.create(
+        study=studies["normal"], radiologist=radiologist, verdict="disagree", correct_label="pneumonia"
+    )
+    Review.objects.create(
+        study=studies["pneumonia"], radiologist=radiologist, verdict="disagree", correct_label="normal"
+    )
     html = client_for(doctor).get(WORKLIST, filters, **HX).content.decode()
     assert row_codes(html) == [str(studies[k].code) for k in expected]
 
