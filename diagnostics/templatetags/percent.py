@@ -8,6 +8,7 @@ register = template.Library()
 
 
 @register.filter
-def percent_of(probability: float, threshold: float) -> str:
-    """The worklist's whole-percent probability, on its label's side of `threshold`."""
-    return probability_and_threshold(probability, threshold, places=0)[0]
+def percents_of(probability: float, threshold: float) -> tuple[str, str]:
+    """The worklist's whole-percent probability, on its label's side of `threshold`, and
+    the threshold to as many places."""
+    return probability_and_threshold(probability, threshold, places=0)
