@@ -122,6 +122,17 @@ class InstanceConflict(RejectedUpload):
         )
 
 
+class SamePixelsOtherPatient(RejectedUpload):
+    """Pixels filed before under another patient ID of the hospital: 409, nothing stored."""
+
+    def __init__(self):
+        super().__init__(
+            409,
+            "This image was received before for another patient: the same pixels are filed under another patient "
+            "ID. Check that it is the right patient's image. Nothing was stored.",
+        )
+
+
 class AccessionConflict(RejectedUpload):
     """An instance sent again with a typed accession number other than its study's: 409."""
 

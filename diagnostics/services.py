@@ -80,6 +80,8 @@ def ingest_upload(
         sent_before = request_sent_before or _existing(hospital, decoded.metadata.get("sop_instance_uid", ""))
         if sent_before is not None and not _same_instance(sent_before, decoded, patient_id):
             raise imaging.InstanceConflict
+        if sent_before is None and _filed_under_another_patient(hospital, decoded, patient_id):
+            raise imaging.SamePixelsOtherPatient
         if _moves_to_another_order(sent_before, accession_number):
             raise imaging.AccessionConflict
     except RejectedUpload as exc:
@@ -205,6 +207,18 @@ def _same_instance(study: Study, decoded: DecodedImage, typed_patient_id: str) -
         (study.study_instance_uid, header.get("study_instance_uid", "")),
     ]
     return all(not stored or not sent or stored == sent for stored, sent in pairs)
+
+
+def _filed_under_another_patient(hospital: Hospital, decoded: DecodedImage, typed_patient_id: str) -> bool:
+    """Whether these pixels are a study of another patient ID of the hospital. A PNG or
+    JPEG has no SOP Instance UID to catch it by: one film uploaded for three patients was
+    filed under each, and the later ones were given the first one's result (portal review).
+    A study or an upload without a patient ID contradicts none."""
+    patient_id = typed_patient_id or decoded.metadata.get("patient_id", "")
+    if not patient_id:
+        return False
+    same_pixels = Study.objects.for_hospital(hospital).filter(pixel_sha256=decoded.pixel_sha256)
+    return same_pixels.exclude(patient_id="").exclude(patient_id=patient_id).exists()
 
 
 def _moves_to_another_order(sent_before: Study | None, typed_accession: str) -> bool:
