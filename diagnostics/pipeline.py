@@ -309,8 +309,6 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
             done += completed
             if alone_next and in_time:
                 ahead = _begin([], claim, held, in_model=set())  # holding nothing
-            elif batch.released:
-                publish(batch.released)  # past the deadline: a message of their own takes them
             batch, first = ahead, False
     except (*TRANSIENT_ERRORS, ModelUnavailable, StorageUnreachable, OutOfMemory) as exc:
         postponed = _claimed_by(held)
@@ -443,7 +441,7 @@ def _begin(requested: list[int], claim: str, held: list[_Batch], in_model: set) 
         # file that stays unreadable fails after PIPELINE_MAX_ATTEMPTS instead of holding
         # back every batch it lands in through all their retries.
         put_back = [study.pk for study in unreadable]
-        _release(put_back, batch.owner, restarted=True)
+        _release_to_any_worker(put_back, batch.owner, restarted=True)
         batch.released += put_back
         batch.claimed = [pk for pk in batch.claimed if pk not in put_back]
     if batch.grays:
@@ -467,7 +465,7 @@ def _alone_after_a_restart(studies: list[Study], batch: _Batch, holding_others: 
         return studies
     if holding_others:
         batch.released = [study.pk for study in restarted_studies]
-        _release(batch.released, batch.owner)
+        _release_to_any_worker(batch.released, batch.owner)
         kept = [study for study in studies if study.attempts == 0]
         batch.claimed = [study.pk for study in kept]
         return kept
@@ -478,9 +476,18 @@ def _alone_after_a_restart(studies: list[Study], batch: _Batch, holding_others: 
         _give_up(restarted, from_status=STATUS.PROCESSING)
     batch.released = [study.pk for study in studies if study is not restarted]
     if batch.released:
-        _release(batch.released, batch.owner)
+        _release_to_any_worker(batch.released, batch.owner)
         batch.claimed = [restarted.pk]
     return [] if gave_up else [restarted]
+
+
+def _release_to_any_worker(study_ids: list[int], owner: str, *, restarted: bool = False) -> None:
+    """Put studies back in the queue with a message of their own, so an idle worker or pool
+    process takes them now: left for this drain to take once its restarted study was done,
+    they waited as long as that study hung (a read of a stalled mount: four soft time
+    limits, with a pool process idle beside it; pipeline review)."""
+    _release(study_ids, owner, restarted=restarted)
+    publish(study_ids)
 
 
 def _finish(batch: _Batch) -> list[int]:

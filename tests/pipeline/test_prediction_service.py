@@ -224,9 +224,9 @@ def test_a_backlog_whose_first_claim_holds_a_restarted_study_still_wakes_another
 
     assert pipeline.predict_studies([studies[0].pk]) == [studies[0].pk]
 
-    # The first message, the wake-up for the backlog, and the study put back beside the
-    # restarted one, which the deadline left to a message of its own.
-    assert _no_broker == [[studies[0].pk], [], [studies[1].pk]]
+    # The first message, the study put back beside the restarted one, with a message of its
+    # own from the moment it was put back, and the wake-up for the backlog.
+    assert _no_broker == [[studies[0].pk], [studies[1].pk], []]
 
 
 def test_a_drain_stopped_at_its_deadline_leaves_a_wake_up_waiting_for_the_studies_left(

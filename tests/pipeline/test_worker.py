@@ -269,6 +269,27 @@ def test_a_study_that_kills_every_worker_holding_it_is_given_up_and_the_others_c
     assert list(Prediction.objects.filter(study__in=others).values_list("batch_size", flat=True)) == [1] * 3
 
 
+def test_studies_put_back_beside_a_restarted_one_that_hangs_are_taken_by_an_idle_process(
+    hospital_a, tiny_model, start_worker
+):
+    """A restarted study is predicted alone, and the others claimed with it go back to the
+    queue. They waited for the drain to take them after it: as long as the restarted
+    study's read hung (a stalled mount), four soft time limits, with a pool process idle
+    beside it (pipeline review)."""
+    worker = start_worker(concurrency=2, CELERY_TASK_SOFT_TIME_LIMIT="60", CELERY_TASK_TIME_LIMIT="90")
+    hung, *others = _upload_batch(hospital_a, 3)
+    Study.objects.filter(pk=hung.pk).update(attempts=1)  # cut short once before
+    os.remove(hung.original_file.path)
+    os.mkfifo(hung.original_file.path)  # opened for reading, it waits for a writer that never comes
+
+    pipeline.publish([hung.pk, *(study.pk for study in others)])
+
+    wait_for(lambda: all(settled(study) for study in others), 45, what="the others, by the idle process")
+    assert [status_of(study) for study in others] == [COMPLETED, COMPLETED]
+    assert status_of(hung) == PROCESSING  # still hanging: nobody waited for it
+    assert len(worker.pool_pids()) == 2
+
+
 def test_whole_worker_killed_mid_prediction_a_new_worker_and_the_sweeper_complete_it(
     hospital_a, slow_model, start_worker
 ):
