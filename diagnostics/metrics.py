@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import prometheus_client
 from django.db import Error as DatabaseError  # InterfaceError (a connection already closed) too
 from django.db.models import Count, Min
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
@@ -54,10 +55,15 @@ FAILURES = Counter("pleura_prediction_failures", "Studies failed by the pipeline
 RETRIES = Counter(
     "pleura_pipeline_retries", "Batches put back for a retry, by cause; no study fails for these.", ["reason"]
 )
+RETRIES_EXHAUSTED = Counter(
+    "pleura_pipeline_retries_exhausted",
+    "Messages that used up their retries, by the last cause: their studies wait for the sweeper.",
+    ["reason"],
+)
 
 
 class QueueDepthCollector:
-    """Studies waiting or in progress, and how long ago the oldest of them was uploaded,
+    """Studies waiting or in progress, and how long ago the oldest of them was queued,
     read from the database at scrape time (one query).
 
     The age is the signal of a stalled pipeline that no process reports itself: with
@@ -72,7 +78,7 @@ class QueueDepthCollector:
         depth = GaugeMetricFamily("pleura_queue_depth", "Studies queued or processing right now.", labels=["status"])
         oldest = GaugeMetricFamily(
             "pleura_queue_oldest_age_seconds",
-            "Seconds since the oldest study queued or processing was uploaded (0 when there is none).",
+            "Seconds since the oldest study queued or processing was queued (0 when there is none).",
             labels=["status"],
         )
         statuses = (Study.Status.QUEUED.value, Study.Status.PROCESSING.value)
@@ -84,7 +90,9 @@ class QueueDepthCollector:
                 row["status"]: row
                 for row in Study.objects.filter(status__in=statuses)
                 .values("status")
-                .annotate(n=Count("id"), since=Min("created_at"))
+                # Since it was queued: a failed study analysed again, days after its upload,
+                # read as days in the queue and fired the stall alert (pipeline review).
+                .annotate(n=Count("id"), since=Min(Coalesce("queued_at", "created_at")))
                 .order_by()
             }
         except DatabaseError:
@@ -109,8 +117,11 @@ def record_failure(reason: str) -> None:
     FAILURES.labels(reason=reason if reason in FAILURE_REASONS else REASON_INFERENCE_ERROR).inc()
 
 
-def record_retry(reason: str) -> None:
-    RETRIES.labels(reason=reason if reason in RETRY_REASONS else "database").inc()
+def record_retry(reason: str, *, exhausted: bool = False) -> None:
+    """A batch put back for a retry, or, `exhausted`, one whose message has no retry left:
+    counted as a retry too, the retries read one more than Celery made (pipeline review)."""
+    counter = RETRIES_EXHAUSTED if exhausted else RETRIES
+    counter.labels(reason=reason if reason in RETRY_REASONS else "database").inc()
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:

@@ -23,7 +23,7 @@ def predict_studies(self, study_ids: list[int]) -> int:
     try:
         return len(pipeline.predict_studies(study_ids, claim=self.request.id or ""))
     except pipeline.TransientPipelineError as exc:
-        metrics.record_retry(exc.reason)
+        metrics.record_retry(exc.reason, exhausted=self.request.retries >= self.max_retries)
         # Retry with the ids actually claimed: drained studies are not lost with the retry.
         raise self.retry(
             args=[exc.study_ids], exc=exc.__cause__ or exc, countdown=pipeline.retry_delay(self.request.retries)

@@ -1,5 +1,5 @@
 """The queue gauges /metrics reads from the database at scrape time: how many studies are
-queued or processing, and how long ago the oldest of each was uploaded."""
+queued or processing, and how long ago the oldest of each was queued."""
 
 from __future__ import annotations
 
@@ -39,11 +39,12 @@ def test_an_empty_queue_reports_no_study_and_no_age(db):
 
 
 def test_the_oldest_unfinished_study_of_each_status_gives_the_age_and_finished_ones_count_for_nothing(hospital_a):
-    uploaded_minutes_ago = {"queued": [20, 3], "processing": [7], "completed": [90], "failed": [60]}
-    for status, ages in uploaded_minutes_ago.items():
+    queued_minutes_ago = {"queued": [20, 3], "processing": [7], "completed": [90], "failed": [60]}
+    for status, ages in queued_minutes_ago.items():
         for minutes in ages:
             study = store_study(hospital_a, NORMAL_IMAGE if minutes % 2 else PNEUMONIA_IMAGE)
-            Study.objects.filter(pk=study.pk).update(status=status, created_at=NOW - timedelta(minutes=minutes))
+            at = NOW - timedelta(minutes=minutes)
+            Study.objects.filter(pk=study.pk).update(status=status, created_at=at, queued_at=at)
 
     assert scrape() == {
         "pleura_database_up": 1.0,
@@ -52,6 +53,15 @@ def test_the_oldest_unfinished_study_of_each_status_gives_the_age_and_finished_o
         'pleura_queue_oldest_age_seconds{status="queued"}': 1200.0,
         'pleura_queue_oldest_age_seconds{status="processing"}': 420.0,
     }
+
+
+def test_a_study_queued_again_long_after_its_upload_is_as_old_as_its_wait(hospital_a):
+    """A failed study analysed again days after its upload read as days in the queue, and
+    the stall alert fired (pipeline review)."""
+    study = store_study(hospital_a, NORMAL_IMAGE)
+    Study.objects.filter(pk=study.pk).update(created_at=NOW - timedelta(days=2), queued_at=NOW - timedelta(seconds=30))
+
+    assert scrape()['pleura_queue_oldest_age_seconds{status="queued"}'] == 30.0
 
 
 @pytest.mark.parametrize("lost", ["OperationalError", "InterfaceError"])
@@ -92,12 +102,16 @@ def test_a_batch_retried_is_counted_as_a_retry_and_no_study_as_failed(hospital_a
     monkeypatch.setattr(pipeline, "retry_delay", lambda retries: 0)
     failures_before = _counted("pleura_prediction_failures_total")
     retries_before = _counted("pleura_pipeline_retries_total")
+    exhausted_before = _counted("pleura_pipeline_retries_exhausted_total")
 
     tasks.predict_studies.apply(args=[[study.pk]])
 
     assert _counted("pleura_prediction_failures_total") == failures_before
     retries = _counted("pleura_pipeline_retries_total")
-    assert retries["model_unavailable"] - retries_before.get("model_unavailable", 0) == pipeline.MAX_RETRIES + 1
+    # Celery retried MAX_RETRIES times; the last try, with none left, is not one (pipeline review).
+    assert retries["model_unavailable"] - retries_before.get("model_unavailable", 0) == pipeline.MAX_RETRIES
+    exhausted = _counted("pleura_pipeline_retries_exhausted_total")
+    assert exhausted["model_unavailable"] - exhausted_before.get("model_unavailable", 0) == 1
     study.refresh_from_db()
     assert (study.status, study.attempts) == ("queued", 0)
 
