@@ -61,9 +61,11 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError, BrokerError, SoftTimeLimit
 UNDECODABLE_MESSAGE = "The image's pixel data could not be decoded, so no prediction was made. Please upload it again."
 MISSING_FILE_MESSAGE = "The stored image file is missing, so no prediction was made. Please upload the image again."
 INFERENCE_ERROR_MESSAGE = "The model could not analyse this image. Please upload it again or contact an administrator."
+# The page offers "Analyse again" right below it: "upload it again" made a second study of
+# the same image (portal review).
 GAVE_UP_MESSAGE = (
-    "This study could not be processed after {attempts} attempts. Please upload it again; "
-    "if this keeps happening, contact your Pleura administrator."
+    "This study could not be processed after {attempts} attempts. Analyse it again from its page, or send the "
+    "image again; if this keeps happening, contact your Pleura administrator."
 )
 
 
@@ -1146,7 +1148,10 @@ def sweep_stuck_studies(now=None) -> SweepResult:
             if _send_again(study, now):
                 requeued.append(study.pk)
         elif study.attempts >= settings.PIPELINE_MAX_ATTEMPTS:
-            if _give_up(study, from_status=study.status):
+            # Cut short once more, as a worker taking it over would count it: both ways,
+            # it was tried PIPELINE_MAX_ATTEMPTS + 1 times (the first, and that many
+            # restarts), where the sweeper's words said one fewer (pipeline review).
+            if _give_up(study, from_status=study.status, attempts=study.attempts + 1):
                 gave_up.append(study.pk)
         elif _requeue(study, now):
             requeued.append(study.pk)
@@ -1157,11 +1162,12 @@ def sweep_stuck_studies(now=None) -> SweepResult:
     return SweepResult(requeued=requeued, gave_up=gave_up)
 
 
-def _give_up(study: Study, *, from_status: str) -> bool:
+def _give_up(study: Study, *, from_status: str, attempts: int | None = None) -> bool:
     """Fail a study restarted too often (by the sweeper, or after its workers died), unless
-    it was claimed anew since it was read."""
-    message = GAVE_UP_MESSAGE.format(attempts=study.attempts)
-    return _fail(study, metrics.REASON_GAVE_UP, message, from_status=from_status, attempts=study.attempts)
+    it was claimed anew since it was read. `attempts`: the tries, if not its count."""
+    attempts = study.attempts if attempts is None else attempts
+    message = GAVE_UP_MESSAGE.format(attempts=attempts)
+    return _fail(study, metrics.REASON_GAVE_UP, message, from_status=from_status, attempts=attempts)
 
 
 def _requeue(study: Study, now) -> bool:

@@ -252,7 +252,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # The pipeline: studies stuck in queued/processing longer than this are re-queued by the
-# sweeper (every PIPELINE_SWEEP_SECONDS), at most PIPELINE_MAX_ATTEMPTS times.
+# sweeper (every PIPELINE_SWEEP_SECONDS), at most PIPELINE_MAX_ATTEMPTS times: a study is
+# tried that many times and once more, then fails, "after PIPELINE_MAX_ATTEMPTS + 1 attempts".
 # Studies one worker predicts in one batch (see diagnostics/pipeline.py for the measurements).
 PIPELINE_MAX_BATCH = env_int("PIPELINE_MAX_BATCH", 16)
 # How long one message may go on predicting batches while more studies keep arriving
