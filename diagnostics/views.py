@@ -7,13 +7,14 @@ members without the right role 403. HTMX requests get a partial of the same temp
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib import messages
 from django.core.cache import caches
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Count, Exists, OuterRef, QuerySet, Subquery
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -37,7 +38,7 @@ from diagnostics.services import (
     record_refused_upload,
 )
 from hospital import audit
-from hospital.models import Role
+from hospital.models import AuditEvent, Role
 from hospital.tenancy import NotInThisHospital, get_object_for_request, has_role, role_required
 
 WORKLIST_PAGE_SIZE = 25
@@ -309,6 +310,7 @@ def _percents(prediction: Prediction | None) -> dict:
 def _timeline(study: Study, prediction: Prediction | None, reviews: list[Review]) -> list[dict]:
     uploader = study.uploaded_by or study.uploaded_by_key
     events = [{"at": study.created_at, "what": "Uploaded", "who": str(uploader or study.get_source_display())}]
+    events += _earlier_rounds(study)
     if study.queued_at:
         events.append({"at": study.queued_at, "what": "Queued for analysis", "who": ""})
     if study.started_at:
@@ -323,6 +325,37 @@ def _timeline(study: Study, prediction: Prediction | None, reviews: list[Review]
         for r in reviews
     ]
     return events + sorted(reviewed, key=lambda e: e["at"])
+
+
+# What happened to a study before it was queued this time, from its hospital's trail.
+_EARLIER_ROUND_EVENTS = {
+    audit.Action.PREDICTION_FAILED.value: "Analysis failed",
+    audit.Action.STUDY_ANALYSED_AGAIN.value: "Analysed again",
+}
+
+
+def _earlier_rounds(study: Study) -> list[dict]:
+    """Failures and requests to analyse again before the study's last queueing: with only
+    its current round on the page, a study analysed again read as freshly uploaded, its
+    failure and who asked for the new analysis gone (portal review). Read from the trail
+    between the upload and that queueing, which is one moment for most studies."""
+    if not study.queued_at or study.queued_at <= study.created_at + timedelta(seconds=1):
+        return []  # queued with its upload: no earlier round, and no query
+    failed, analysed_again = _EARLIER_ROUND_EVENTS
+    earlier = (
+        AuditEvent.objects.for_hospital(study.hospital)
+        # The request that queued it again records it just after: a minute's margin, where
+        # a failure after the queueing is this round's own, shown from the study.
+        .filter(created_at__gte=study.created_at, created_at__lte=study.queued_at + timedelta(minutes=1))
+        .filter(target_type="study", target_id=str(study.code))
+        .filter(Q(action=failed, created_at__lt=study.queued_at) | Q(action=analysed_again))
+        .select_related("actor_user")
+        .order_by("created_at", "id")
+    )
+    return [
+        {"at": event.created_at, "what": _EARLIER_ROUND_EVENTS[event.action], "who": str(event.actor_user or "")}
+        for event in earlier
+    ]
 
 
 def _get_study(request: HttpRequest, code) -> Study:

@@ -115,3 +115,27 @@ def test_the_hospital_admin_may_not_and_an_outsider_learns_nothing(client_for, h
     assert analyse_again(client_for(outsider), study).status_code == 404
     assert Study.objects.values_list("status", flat=True).get(pk=study.pk) == "failed"
     assert not AuditEvent.objects.filter(action="study.analysed_again").exists()
+
+
+def test_the_timeline_keeps_the_failure_and_who_asked_to_analyse_again(client_for, doctor, failed_study):
+    """Once analysed again, the page read like a fresh upload: the failure and who asked
+    for the new analysis were gone from it (portal review)."""
+    import re
+    from datetime import timedelta
+
+    from hospital import audit
+
+    study = failed_study()
+    uploaded = timezone.now() - timedelta(minutes=10)
+    Study.objects.filter(pk=study.pk).update(created_at=uploaded, queued_at=uploaded)
+    study.refresh_from_db()
+    audit.record(audit.Action.PREDICTION_FAILED, hospital=study.hospital, target=study, reason="gave_up")
+    client = client_for(doctor)
+    assert analyse_again(client, study).status_code == 302
+
+    page = client.get(reverse("diagnostics:study_detail", args=[study.code])).content.decode()
+
+    timeline = page[page.index('id="timeline-heading"') :]
+    steps = re.findall(r"</time><span>([^<]+?)(?: <span|</span>)", timeline)
+    assert steps[:4] == ["Uploaded", "Analysis failed", "Analysed again", "Queued for analysis"]
+    assert doctor.email in timeline
