@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from hospital.tenancy import TenantQuerySet
 
@@ -167,6 +169,16 @@ class Study(models.Model):
             models.Index(fields=["hospital", "accession_number"]),
             models.Index(fields=["hospital", "study_instance_uid"]),
         ]
+
+    @property
+    def waits_longer_than_usual(self) -> bool:
+        """Queued, or in a worker, longer than the sweeper lets a study wait: a study queued
+        for hours through an outage read "Waiting for analysis" like one queued a second
+        ago (portal review)."""
+        since = self.started_at if self.status == self.Status.PROCESSING else self.queued_at
+        if self.status not in (self.Status.QUEUED, self.Status.PROCESSING) or since is None:
+            return False
+        return timezone.now() - since > timedelta(seconds=settings.PIPELINE_STUCK_SECONDS)
 
     def __str__(self) -> str:
         return f"Study {self.code}"

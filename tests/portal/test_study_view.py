@@ -221,3 +221,28 @@ def test_every_role_of_the_hospital_can_read_every_page(client_for, request, stu
     # Uploading is clinical work, as in the API (tests/portal/test_upload.py).
     assert client.get(reverse("diagnostics:upload")).status_code == (403 if role == "hospital_admin" else 200)
     assert client.get(url("study_image", study)).status_code == 200
+
+
+def test_a_study_waiting_longer_than_the_sweeper_waits_says_so(client_for, doctor, make_study, hospital_a, settings):
+    """Queued for hours through an outage, it read "Waiting for analysis" like one queued a
+    second ago, and the upload page promises seconds (portal review)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.PIPELINE_STUCK_SECONDS = 300
+    waiting = make_study(hospital_a, status=Study.Status.QUEUED)
+    just_now = make_study(hospital_a, status=Study.Status.QUEUED)
+    Study.objects.filter(pk=waiting.pk).update(queued_at=timezone.now() - timedelta(minutes=6))
+    Study.objects.filter(pk=just_now.pk).update(queued_at=timezone.now() - timedelta(minutes=4))
+    client = client_for(doctor)
+
+    def page(study):
+        return client.get(reverse("diagnostics:study_detail", args=[study.code])).content.decode()
+
+    assert "Waiting longer than usual, since " in page(waiting)
+    assert "the analysis service is busy or stopped. The image is kept" in page(waiting)
+    assert "Waiting longer than usual" not in page(just_now)
+    assert "Waiting for analysis; this page updates by itself." in page(just_now)
+    worklist = client.get(reverse("diagnostics:worklist")).content.decode()
+    assert worklist.count('<div class="small warning-text">waiting since ') == 1
