@@ -27,12 +27,10 @@ class WorklistFilterForm(forms.Form):
         ),
     )
     status = forms.ChoiceField(label="Status", required=False, choices=[("", "Any status"), *Study.Status.choices])
-    label = forms.ChoiceField(label="Model result", required=False, choices=[("", "Any model result"), *Label.choices])
+    label = forms.ChoiceField(label="Model says", required=False, choices=[("", "Any"), *Label.choices])
     # "Result" filtered on the model's label alone: a pneumonia a radiologist found where the
     # model said normal was missing from a search for pneumonia (portal review).
-    finding = forms.ChoiceField(
-        label="Radiologist finding", required=False, choices=[("", "Any or none"), *Label.choices]
-    )
+    finding = forms.ChoiceField(label="Radiologist found", required=False, choices=[("", "Any"), *Label.choices])
     reviewed = forms.ChoiceField(label="Review", required=False, choices=REVIEWED_CHOICES)
     date_from = forms.DateField(label="Received from", required=False, widget=forms.DateInput(attrs={"type": "date"}))
     date_to = forms.DateField(label="Received to", required=False, widget=forms.DateInput(attrs={"type": "date"}))

@@ -170,6 +170,9 @@ class Study(models.Model):
             models.Index(fields=["hospital", "study_instance_uid"]),
         ]
 
+    def __str__(self) -> str:
+        return f"Study {self.code}"
+
     @property
     def waits_longer_than_usual(self) -> bool:
         """Queued, or in a worker, longer than the sweeper lets a study wait: a study queued
@@ -179,9 +182,6 @@ class Study(models.Model):
         if self.status not in (self.Status.QUEUED, self.Status.PROCESSING) or since is None:
             return False
         return timezone.now() - since > timedelta(seconds=settings.PIPELINE_STUCK_SECONDS)
-
-    def __str__(self) -> str:
-        return f"Study {self.code}"
 
 
 class PredictionQuerySet(models.QuerySet):

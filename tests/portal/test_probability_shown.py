@@ -44,4 +44,7 @@ def test_the_study_page_and_the_worklist_show_a_study_just_below_the_threshold_b
     assert '<span class="result result--normal">Normal</span>' in worklist
     # Whole percents, or as many places as tell it from the threshold (two at most).
     # Named in the cell: "Normal 92%" read as 92% sure it is normal (UX review).
-    assert '<span class="prob">pneumonia &lt;92.00%<span class="prob__threshold"> · threshold 92.00%</span>' in worklist
+    assert (
+        '<span class="prob"><span class="prob__value">pneumonia &lt;92.00%</span> '
+        '<span class="prob__threshold">· threshold 92.00%</span>'
+    ) in worklist

@@ -59,7 +59,10 @@ def test_rows_show_status_result_probability_review_and_intended_use_flag(client
     normal_row = re.search(rf'<tr id="study-{studies["normal"].code}".*?</tr>', html, re.S).group(0)
     assert "Normal</span>" in normal_row and "Disputed" in normal_row
     # The threshold in words a touch or keyboard user reads too, not in a title (portal review).
-    assert '<span class="prob">pneumonia 8%<span class="prob__threshold"> · threshold 42%</span></span>' in normal_row
+    assert (
+        '<span class="prob"><span class="prob__value">pneumonia 8%</span> '
+        '<span class="prob__threshold">· threshold 42%</span></span>'
+    ) in normal_row
     # The correction itself, not only that there is one (UX review).
     assert "radiologist: <strong>Pneumonia</strong>" in normal_row
     assert "radiologist:" not in pneumonia_row
