@@ -170,3 +170,9 @@ def test_doctor_uploads_watches_opens_radiologist_disagrees_outsider_is_refused(
     screenshot(tablet, "10-tablet-worklist")
     tablet.goto(f"{live_server.url}/studies/{study.code}/")
     screenshot(tablet, "11-tablet-study")
+    # A phone hides the email, never the role (portal review: neither was shown).
+    phone = sign_in(chromium, live_server, tablet_reader, viewport=PHONE)
+    expect(phone.locator(".account__role")).to_be_visible()
+    expect(phone.locator(".account__role")).to_have_text("Radiologist")
+    expect(phone.locator(".account__email")).to_be_hidden()
+    screenshot(phone, "29-phone-worklist")
