@@ -152,17 +152,18 @@ def worklist_updates(request: HttpRequest) -> HttpResponse:
         missing = codes - {study.code for study in rows}
         raise NotInThisHospital(Study, {"code__in": missing}, via="portal", words="No such study.")
     pending = [str(s.code) for s in rows if s.status in PENDING]
-    settled = len(rows) - len(pending)
+    settled = [study for study in rows if study.status not in PENDING]
     if settled:
         # A result reaches the page here: recorded as the worklist's own reading is. A
         # settled row leaves the poller, so each is recorded once.
-        audit.record(audit.Action.STUDY_LISTED, request=request, via="worklist update", count=settled)
+        audit.record(audit.Action.STUDY_LISTED, request=request, via="worklist update", count=len(settled))
     if first_seen := _first_polled_in_this_session(request, pending):
         # Rows still pending carry the patient's details too, and are re-sent every 3 s:
         # recorded once a session each, which does not bury the trail (security review:
         # a study's code alone read its patient's name and ID without a trace).
         audit.record(audit.Action.STUDY_LISTED, request=request, via="worklist update, pending", count=first_seen)
-    return render(request, "diagnostics/worklist.html#updates", {"rows": rows, "pending_codes": pending})
+    context = {"rows": rows, "pending_codes": pending, "settled": settled}
+    return render(request, "diagnostics/worklist.html#updates", context)
 
 
 def _first_polled_in_this_session(request: HttpRequest, codes: list[str]) -> int:

@@ -92,6 +92,10 @@ def test_doctor_uploads_watches_opens_radiologist_disagrees_outsider_is_refused(
     assert still_same_page(page), "the row must update in place, not by reloading the page"
     expect(row.locator(".result")).to_have_text(re.compile(r"^(Pneumonia|Normal)$"))
     expect(page.locator("#worklist-poller")).not_to_have_attribute("hx-trigger", "every 3s")
+    # Said in the live region too: the row changed out of band (portal review).
+    announcer = page.locator("#worklist-announcer")
+    expect(announcer).to_have_text(re.compile(r"^MRN-E2E-1: analysed, (pneumonia|normal)\. $"))
+    expect(announcer).to_have_attribute("aria-live", "polite")
     screenshot(page, "04-worklist-completed")
 
     # --- Opens it and toggles the heatmap ---------------------------------------------
