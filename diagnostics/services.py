@@ -127,7 +127,9 @@ def _store_unless_sent_before(
     if existing is not None and existing.status == Study.Status.FAILED:
         if _queue_again(existing, build(), data, audit_context, refreshed=refreshed):
             return existing, True
-        existing.refresh_from_db()  # another request queued it first
+        existing.refresh_from_db()  # another request queued it first, under the order it typed
+        if _moves_to_another_order(existing, typed.get("accession_number", "")):
+            raise imaging.AccessionConflict  # this one's typed number was dropped (code review)
     if existing is None:
         study = build()
         try:

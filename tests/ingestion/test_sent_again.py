@@ -290,3 +290,22 @@ def test_the_same_film_for_another_patient_is_409_and_for_the_same_or_none_is_ta
     # The same patient again, or no patient named: nothing to contradict.
     assert [post_file(emr, film, **fields).status_code for fields in ({"patient_id": "MRN-1"}, {})] == [202, 202]
     assert sorted(Study.objects.values_list("patient_id", flat=True)) == ["", "MRN-1", "MRN-1"]
+
+
+def test_a_copy_of_a_failed_study_beaten_to_it_under_another_accession_number_is_409(
+    emr, failed_study, stored, monkeypatch
+):
+    """Another request queued the failed study again, under its own accession number, just
+    before this one: this one was answered 200 with its typed number dropped (code review)."""
+
+    def beaten_to_it(failed, resent, data, audit_context, *, refreshed):
+        # The other request's copy, queued first: this one's conditional update finds it queued.
+        Study.objects.filter(pk=failed.pk).update(status=Study.Status.QUEUED, accession_number="ACC-WINNER")
+        return False
+
+    monkeypatch.setattr(services, "_queue_again", beaten_to_it)
+
+    again = post_file(emr, CR_CHEST.read_bytes(), accession_number="ACC-LOSER")
+
+    assert (again.status_code, again.json()) == (409, {"detail": imaging.AccessionConflict().detail})
+    assert Study.objects.get().accession_number == "ACC-WINNER"
