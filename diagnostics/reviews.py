@@ -14,6 +14,10 @@ def current_prediction(study: Study) -> Prediction | None:
     return study.predictions.shown().select_related("model_version").order_by("-created_at", "-id").first()
 
 
+class ResultChangedMeanwhile(Exception):
+    """The study's result is no longer the one the review was given for."""
+
+
 @transaction.atomic
 def save_review(
     *,
@@ -23,6 +27,7 @@ def save_review(
     correct_label: str,
     note: str = "",
     request=None,
+    seen_prediction: Prediction | None = None,
 ) -> tuple[Review, bool]:
     """Create or replace the radiologist's review and append a revision.
 
@@ -30,8 +35,16 @@ def save_review(
     double submit update the same row instead of creating a second one; the same review
     sent again (a double click) changes nothing, so it is no revision, no audit event, and
     no change for an EMR following `updated_at`.
+
+    The study's row is locked first: two submits at once both found no such review and
+    both saved a revision and an event, and a result stored between the caller's check and
+    this save got a review given for the one before (code review). With `seen_prediction`,
+    ResultChangedMeanwhile if the result is another now.
     """
+    list(Study.objects.select_for_update().filter(pk=study.pk).values_list("pk", flat=True))
     prediction = current_prediction(study)
+    if seen_prediction is not None and (prediction is None or prediction.pk != seen_prediction.pk):
+        raise ResultChangedMeanwhile
     same = Review.objects.filter(
         study=study, radiologist=radiologist, prediction=prediction, verdict=verdict,
         correct_label=correct_label, note=note,

@@ -29,7 +29,7 @@ from diagnostics.imaging import WARNINGS, RejectedUpload
 from diagnostics.media import protected_file_response
 from diagnostics.models import Prediction, Review, Study
 from diagnostics.percent import probability_and_threshold
-from diagnostics.reviews import current_prediction, save_review
+from diagnostics.reviews import ResultChangedMeanwhile, current_prediction, save_review
 from diagnostics.services import (
     analyse_again,
     display_image_of,
@@ -489,14 +489,18 @@ def study_review(request: HttpRequest, code) -> HttpResponse:
         if request.htmx:
             return render(request, "diagnostics/study_detail.html#reviews", context, status=400)
         return render(request, "diagnostics/study_detail.html", context, status=400)
-    _, created = save_review(
-        study=study,
-        radiologist=request.user,
-        verdict=form.cleaned_data["verdict"],
-        correct_label=form.cleaned_data["correct_label"],
-        note=form.cleaned_data["note"],
-        request=request,
-    )
+    try:
+        _, created = save_review(
+            study=study,
+            radiologist=request.user,
+            verdict=form.cleaned_data["verdict"],
+            correct_label=form.cleaned_data["correct_label"],
+            note=form.cleaned_data["note"],
+            request=request,
+            seen_prediction=prediction,
+        )
+    except ResultChangedMeanwhile:
+        return _result_not_the_one_seen(request, study, current_prediction(study))
     if not request.htmx:
         messages.success(request, "Your review has been saved.")
         return redirect(reverse("diagnostics:study_detail", args=[study.code]) + "#reviews")

@@ -249,3 +249,77 @@ def test_a_review_form_served_to_another_user_saves_nothing(client_for, radiolog
     assert Review.objects.count() == 0
     own = post_review(client_for(radiologist), study, data, **HX)
     assert (own.status_code, Review.objects.get().radiologist) == (200, radiologist)
+
+
+def test_a_result_stored_between_the_check_and_the_save_refuses_the_review(client_for, radiologist, study, monkeypatch):
+    """The view checked the result the form was shown with, then the save read the result
+    again: one stored in between got the review given for the one before (code review)."""
+    from diagnostics import views
+    from mlcore.models import ModelVersion
+    from tests.portal.conftest import add_prediction
+
+    client = client_for(radiologist)
+    seen = study.predictions.get().pk
+    checked = views._result_not_the_one_seen
+
+    def a_new_result_right_after_the_check(request, study_, prediction):
+        refusal = checked(request, study_, prediction)
+        other = ModelVersion.objects.create(
+            name="pleura-resnet18-next", architecture="resnet18-gray", image_size=224, weights_path="next.pt",
+            weights_sha256="1" * 64, threshold=0.42, status=ModelVersion.Status.CANDIDATE,
+        )  # fmt: skip
+        add_prediction(study_, other, label="normal", probability=0.1)
+        monkeypatch.setattr(views, "_result_not_the_one_seen", checked)
+        return refusal
+
+    monkeypatch.setattr(views, "_result_not_the_one_seen", a_new_result_right_after_the_check)
+
+    response = client.post(review_url(study), {"verdict": "agree", "reviewed_prediction": seen}, **HX)
+
+    assert response.status_code == 409
+    assert response.content.decode().startswith("The model's result on this study changed after you opened it")
+    assert Review.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_same_review_submitted_twice_at_once_is_one_revision_and_one_event(radiologist, study, monkeypatch):
+    """Both submits found no such review and both saved a revision and an event (code
+    review): the study's row is locked first, so the second finds the first's review."""
+    import contextlib
+    import threading
+
+    from django.db import connections
+
+    from diagnostics import reviews
+    from tests.conftest import needs_postgresql
+
+    needs_postgresql("two requests writing at once (SQLite runs one writing transaction at a time)")
+    both_read = threading.Barrier(2, timeout=2)  # broken when the other waits on the lock
+    read = reviews.current_prediction
+
+    def read_then_wait_for_the_other(study_):
+        prediction = read(study_)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_read.wait()
+        return prediction
+
+    monkeypatch.setattr(reviews, "current_prediction", read_then_wait_for_the_other)
+    errors = []
+
+    def submit():
+        try:
+            reviews.save_review(study=study, radiologist=radiologist, verdict="agree", correct_label="pneumonia")
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=submit) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert errors == []
+    assert (Review.objects.count(), ReviewRevision.objects.count()) == (1, 1)
+    assert AuditEvent.objects.filter(action=Action.REVIEW_SAVED).count() == 1
