@@ -1173,14 +1173,18 @@ def _give_up(study: Study, *, from_status: str, attempts: int | None = None) -> 
 def _requeue(study: Study, now) -> bool:
     """A `processing` study whose worker died: one attempt spent. Only under the claim
     the sweep found stuck: released and claimed by a live worker meanwhile, it was put
-    back under that worker, whose work was then thrown away (worker review)."""
+    back under that worker, whose work was then thrown away (worker review).
+
+    It keeps the moment it was queued, which the queue's age is measured from: set anew at
+    each re-queue, workers dying on every claim kept that age under the stall alert's 15
+    minutes while studies went unanalysed (diff review). Its message goes out now, hence
+    `resent_at`, which the sweeper waits from."""
     still_stuck = {"claimed_by": study.claimed_by, "started_at": study.started_at}
     updated = Study.objects.filter(pk=study.pk, status=study.status, attempts=study.attempts, **still_stuck).update(
         status=STATUS.QUEUED,
         claimed_by="",
         attempts=F("attempts") + 1,
-        queued_at=now,
-        resent_at=None,
+        resent_at=now,
         started_at=None,
         updated_at=now,
     )

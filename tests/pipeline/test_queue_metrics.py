@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
 
 from diagnostics.metrics import QueueDepthCollector
@@ -146,3 +147,28 @@ def test_a_study_put_back_and_claimed_again_is_one_queue_wait(hospital_a, tiny_m
     assert pipeline.predict_studies([study.pk]) == [study.pk]
 
     assert waits() - before == 1
+
+
+def test_a_study_the_sweeper_puts_back_keeps_its_age_in_the_queue(hospital_a, settings):
+    """Re-queued with a new queueing time, a study whose worker died on every claim never
+    reached the stall alert's 15 minutes while it went unanalysed (diff review)."""
+    from diagnostics import pipeline
+
+    settings.PIPELINE_STUCK_SECONDS = 300
+    study = store_study(hospital_a, NORMAL_IMAGE)
+    now = timezone.now()
+    Study.objects.filter(pk=study.pk).update(
+        status="processing", queued_at=now - timedelta(minutes=20), started_at=now - timedelta(minutes=7)
+    )
+    collector = QueueDepthCollector(clock=lambda: now)
+
+    assert pipeline.sweep_stuck_studies(now=now).requeued == [study.pk]
+
+    registry = CollectorRegistry()
+    registry.register(collector)
+    ages = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in generate_latest(registry).decode().splitlines()
+        if line.startswith("pleura_queue_oldest_age_seconds")
+    }
+    assert ages['pleura_queue_oldest_age_seconds{status="queued"}'] == 1200.0
