@@ -330,15 +330,20 @@ HEADER_IDENTIFIERS = {"PatientID": "Patient ID", "AccessionNumber": "Accession N
 IDENTIFIER_MAX_LENGTH = 64
 
 
-def check_identifiers(ds: Dataset) -> None:
+def identifier_problem(ds: Dataset) -> str:
+    """Why the header's identifiers cannot be filed, or "". Judged at upload only
+    (services.ingest_upload): a study stored before the rule is decoded as ever by the
+    worker, the portal's picture and the export (diff review)."""
     for keyword, label in HEADER_IDENTIFIERS.items():
         value = _text(ds, keyword, max_length=None)
         if len(value) > IDENTIFIER_MAX_LENGTH:
-            raise RejectedUpload(
-                422, f"The DICOM {label} is longer than {IDENTIFIER_MAX_LENGTH} characters, so it cannot be filed."
-            )
+            return f"The DICOM {label} is longer than {IDENTIFIER_MAX_LENGTH} characters, so it cannot be filed."
         if not value.isprintable():
-            raise RejectedUpload(422, f"The DICOM {label} holds control characters, so it cannot be filed.")
+            return f"The DICOM {label} holds control characters, so it cannot be filed."
+        # pydicom puts U+FFFD where the bytes are not of the character set declared (diff review).
+        if "\ufffd" in value:
+            return f"The DICOM {label} is not valid text in the file's character set, so it cannot be filed."
+    return ""
 
 
 def to_grayscale(ds: Dataset) -> np.ndarray:

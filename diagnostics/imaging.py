@@ -172,6 +172,7 @@ class DecodedImage:
     gray: np.ndarray  # uint8, H x W
     metadata: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    identifier_problem: str = ""  # why a new upload's header identifiers cannot be filed
 
     @cached_property
     def pixel_sha256(self) -> str:
@@ -321,12 +322,11 @@ def _decode_dicom(data: bytes) -> DecodedImage:
         ds = dicom.read_dataset(data)
         dicom.check_image_attributes(ds)
         dicom.check_uids(ds)
-        dicom.check_identifiers(ds)
         gray = dicom.to_grayscale(ds)
         meta = dicom.metadata(ds)
         meta["rows"], meta["columns"] = gray.shape
         warnings = [*dicom.intended_use_warnings(meta, dicom.patient_age_years(ds)), *dicom.frame_warnings(ds)]
-        return DecodedImage("dcm", gray, meta, warnings)
+        return DecodedImage("dcm", gray, meta, warnings, identifier_problem=dicom.identifier_problem(ds))
     except (RejectedUpload, MemoryError):
         raise
     except Exception as exc:  # a hostile or broken header reaches code that trusts its types

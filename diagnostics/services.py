@@ -74,6 +74,8 @@ def ingest_upload(
             raise RejectedUpload(415, "Only DICOM instances are accepted here, not PNG or JPEG images.")
         decoded = imaging.decode_upload(data)
         imaging.check_content(decoded.gray)
+        if decoded.identifier_problem:
+            raise RejectedUpload(422, decoded.identifier_problem)
         if study_instance_uid and decoded.metadata.get("study_instance_uid") != study_instance_uid:
             raise imaging.OtherStudy
         _check_typed_patient(decoded, patient_id)

@@ -673,3 +673,33 @@ def test_a_dicom_whose_preamble_was_cut_off_is_read_as_with_it(emr):
     assert response.status_code == 202, response.json()
     study = Study.objects.get()
     assert (study.patient_id, study.pixel_sha256) == ("MRN-CUT", decode_upload(whole).pixel_sha256)
+
+
+def test_a_header_identifier_not_valid_in_its_character_set_is_refused(emr, stored):
+    """pydicom reads bytes that are not UTF-8 in an ISO_IR 192 header as U+FFFD: "MéRN-77"
+    in Latin-1 was filed as "M\ufffdRN-77", which no search finds (diff review)."""
+    data = make_dicom(a_picture(), SpecificCharacterSet="ISO_IR 192", PatientID="MXRN-77")
+    data = data.replace(b"MXRN-77", b"M\xe9RN-77")
+    before = stored()
+
+    response = post_dicom_body(emr, data)
+
+    assert (response.status_code, response.json()) == (
+        422,
+        {"detail": "The DICOM Patient ID is not valid text in the file's character set, so it cannot be filed."},
+    )
+    assert stored() == before
+
+
+def test_a_study_stored_before_the_identifier_rules_is_still_decoded_and_shown(emr):
+    """The rules were judged in the decoder the worker, the picture and the export share:
+    a study stored with a long ID before them failed as "could not be decoded" (diff review)."""
+    from diagnostics.imaging import load_grayscale
+
+    assert post_dicom_body(emr, make_dicom(a_picture(), PatientID="MRN-1")).status_code == 202
+    study = Study.objects.get()
+    stored_before_the_rules = make_dicom(a_picture(), PatientID="Q" * 70)
+    study.original_file.storage.delete(study.original_file.name)
+    study.original_file.storage.save(study.original_file.name, io.BytesIO(stored_before_the_rules))
+
+    np.testing.assert_array_equal(load_grayscale(study), a_picture())
