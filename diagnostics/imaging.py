@@ -51,6 +51,8 @@ WARNINGS = {
     "adult": "The patient is an adult: the model learned from children's chest radiographs (aged 1 to 5) only.",
     "not_frontal": "The view is not frontal (PA or AP): the model learned from frontal chest radiographs only.",
     "first_frame_only": "The DICOM holds several frames: only the first was analysed, and it is the one shown.",
+    "same_film_other_patient": "The same image is filed under another patient ID of this hospital: check which "
+    "patient it belongs to before acting on this result.",
 }
 
 # Formats we can name when refusing them (first bytes -> what it is).
@@ -119,17 +121,6 @@ class InstanceConflict(RejectedUpload):
             409,
             "An instance with this SOP Instance UID was already received for a different image or patient. "
             "Each DICOM instance needs a UID of its own: check the sending device. Nothing was stored.",
-        )
-
-
-class SamePixelsOtherPatient(RejectedUpload):
-    """Pixels filed before under another patient ID of the hospital: 409, nothing stored."""
-
-    def __init__(self):
-        super().__init__(
-            409,
-            "This image was received before for another patient: the same pixels are filed under another patient "
-            "ID. Check that it is the right patient's image. Nothing was stored.",
         )
 
 

@@ -82,8 +82,9 @@ def ingest_upload(
         sent_before = request_sent_before or _existing(hospital, decoded.metadata.get("sop_instance_uid", ""))
         if sent_before is not None and not _same_instance(sent_before, decoded, patient_id):
             raise imaging.InstanceConflict
-        if sent_before is None and _filed_under_another_patient(hospital, decoded, patient_id):
-            raise imaging.SamePixelsOtherPatient
+        same_film = [] if sent_before is not None else _same_film_of_other_patients(hospital, decoded, patient_id)
+        if same_film:
+            decoded.warnings.append(SAME_FILM_WARNING)
         if _moves_to_another_order(sent_before, accession_number):
             raise imaging.AccessionConflict
     except RejectedUpload as exc:
@@ -114,6 +115,8 @@ def ingest_upload(
         raise
     if queued:
         metrics.STUDIES_RECEIVED.labels(source=source).inc()
+    if same_film and SAME_FILM_WARNING in study.warnings:
+        _flag_same_film(same_film)
     return study, queued
 
 
@@ -213,16 +216,32 @@ def _same_instance(study: Study, decoded: DecodedImage, typed_patient_id: str) -
     return all(not stored or not sent or stored == sent for stored, sent in pairs)
 
 
-def _filed_under_another_patient(hospital: Hospital, decoded: DecodedImage, typed_patient_id: str) -> bool:
-    """Whether these pixels are a study of another patient ID of the hospital. A PNG or
-    JPEG has no SOP Instance UID to catch it by: one film uploaded for three patients was
-    filed under each, and the later ones were given the first one's result (portal review).
-    A study or an upload without a patient ID contradicts none."""
+# One film filed under two patients: a PNG or JPEG has no SOP Instance UID to catch it by,
+# and one film uploaded for three patients was filed under each, the later ones given the
+# first one's result, with no word (portal review). Refused, the right patient's film could
+# never be analysed once the wrong one had it, since no study can be withdrawn (diff
+# review): both are taken and both say so, and neither goes into the training export.
+SAME_FILM_WARNING = "same_film_other_patient"
+
+
+def _same_film_of_other_patients(hospital: Hospital, decoded: DecodedImage, typed_patient_id: str) -> list[int]:
+    """The hospital's studies of these pixels under another patient ID. A study or an
+    upload without a patient ID contradicts none."""
     patient_id = typed_patient_id or decoded.metadata.get("patient_id", "")
     if not patient_id:
-        return False
+        return []
     same_pixels = Study.objects.for_hospital(hospital).filter(pixel_sha256=decoded.pixel_sha256)
-    return same_pixels.exclude(patient_id="").exclude(patient_id=patient_id).exists()
+    return list(same_pixels.exclude(patient_id="").exclude(patient_id=patient_id).values_list("pk", flat=True))
+
+
+def _flag_same_film(study_ids: list[int]) -> None:
+    """Add the warning to these studies, each unless it has it (a conditional update, as
+    their warnings read)."""
+    for study in Study.objects.filter(pk__in=study_ids).only("pk", "warnings"):
+        if SAME_FILM_WARNING not in study.warnings:
+            Study.objects.filter(pk=study.pk, warnings=study.warnings).update(
+                warnings=[*study.warnings, SAME_FILM_WARNING], updated_at=timezone.now()
+            )
 
 
 def _moves_to_another_order(sent_before: Study | None, typed_accession: str) -> bool:

@@ -267,29 +267,26 @@ def test_a_copy_racing_the_first_upload_under_another_accession_number_is_409_to
     assert AuditEvent.objects.filter(action="study.upload_rejected").count() == 1
 
 
-def test_the_same_film_for_another_patient_is_409_and_for_the_same_or_none_is_taken(emr, stored):
+def test_the_same_film_for_another_patient_is_taken_and_both_studies_say_so(emr, stored):
     """A PNG or JPEG has no SOP Instance UID: one film uploaded for three patients was filed
-    under each, and the later ones were given the first one's result (portal review)."""
+    under each with no word (portal review). Refused, the right patient's film could never
+    be analysed once the wrong one had it (diff review): both are taken and flagged."""
     from tests.ingestion.conftest import PNEUMONIA_JPEG
 
     film = PNEUMONIA_JPEG.read_bytes()
-    assert post_file(emr, film, patient_id="MRN-1").status_code == 202
-    before = stored()
+    first = post_file(emr, film, patient_id="MRN-WRONG")
+    second = post_file(emr, film, patient_id="MRN-RIGHT")
 
-    other_patient = post_file(emr, film, patient_id="MRN-2")
-
-    assert (other_patient.status_code, other_patient.json()) == (
-        409,
-        {
-            "detail": "This image was received before for another patient: the same pixels are filed under another "
-            "patient ID. Check that it is the right patient's image. Nothing was stored."
-        },
-    )
-    assert stored() == before
-    assert AuditEvent.objects.get(action="study.upload_rejected").detail["status_code"] == 409
-    # The same patient again, or no patient named: nothing to contradict.
-    assert [post_file(emr, film, **fields).status_code for fields in ({"patient_id": "MRN-1"}, {})] == [202, 202]
-    assert sorted(Study.objects.values_list("patient_id", flat=True)) == ["", "MRN-1", "MRN-1"]
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert [w["code"] for w in second.json()["warnings"]] == ["same_film_other_patient"]
+    assert dict(Study.objects.values_list("patient_id", "warnings")) == {
+        "MRN-WRONG": ["same_film_other_patient"],
+        "MRN-RIGHT": ["same_film_other_patient"],
+    }
+    # No patient named contradicts none; the same patient again is still one of two.
+    unnamed = post_file(emr, film)
+    assert (unnamed.status_code, unnamed.json()["warnings"]) == (202, [])
+    assert Study.objects.count() == 3
 
 
 def test_a_copy_of_a_failed_study_beaten_to_it_under_another_accession_number_is_409(
