@@ -23,11 +23,15 @@ def probability_and_threshold(probability: float, threshold: float, places: int 
             break
     else:
         return f"<{limit:.{shown_places}f}", f"{limit:.{shown_places}f}"
-    step = 10.0**-shown_places
-    if shown >= 100 and probability < 1:
-        text = f">{100 - step:.{shown_places}f}"
-    elif shown <= 0 < probability:
-        text = f"<{step:.{shown_places}f}"
-    else:
-        text = f"{shown:.{shown_places}f}"
-    return text, f"{limit:.{shown_places}f}"
+    return _bounded(probability, shown, shown_places), _bounded(threshold, limit, shown_places)
+
+
+def _bounded(value: float, shown: float, places: int) -> str:
+    """`shown` (value in percent, rounded) as text, never "100" for a value below 1 nor "0"
+    above 0: a threshold of 0.996 read "threshold 100%" (diff review)."""
+    step = 10.0**-places
+    if shown >= 100 and value < 1:
+        return f">{100 - step:.{places}f}"
+    if shown <= 0 < value:
+        return f"<{step:.{places}f}"
+    return f"{shown:.{places}f}"

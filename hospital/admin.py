@@ -431,7 +431,9 @@ class MembershipAdmin(HospitalScopedAdmin):
             )
 
 
-KEY_LIFETIME_LIMIT = timedelta(days=10 * 365)
+# Ten years, leap days included: 365-day years refused an expiry ten calendar years ahead
+# less a day (diff review).
+KEY_LIFETIME_LIMIT = timedelta(days=3653)
 
 
 class IntegrationKeyForm(forms.ModelForm):

@@ -798,6 +798,10 @@ def test_a_key_is_given_an_expiry_in_the_future_and_its_creation_records_it(clie
 def test_a_key_expiring_in_the_year_9999_is_refused_as_a_form_error(client_for, hospital_admin, hospital_a):
     """West of UTC, 31 December 9999 is stored as the year 10000, which Python cannot read
     back: the key list and every call with the key answered 500 (code review)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
     hospital_a.time_zone = "America/New_York"
     hospital_a.save()
     client = client_for(hospital_admin)
@@ -813,3 +817,12 @@ def test_a_key_expiring_in_the_year_9999_is_refused_as_a_form_error(client_for, 
     ]
     assert not IntegrationKey.objects.filter(name="EMR").exists()
     assert client.get("/admin/hospital/integrationkey/").status_code == 200
+
+    # Ten calendar years ahead less a day, leap days and all, is taken (diff review).
+    today = timezone.localdate()
+    ten_years = today.replace(year=today.year + 10, day=min(today.day, 28)) - timedelta(days=1)
+    client.post(
+        "/admin/hospital/integrationkey/add/",
+        {"hospital": hospital_a.pk, "name": "EMR", "expires_at_0": ten_years.isoformat(), "expires_at_1": "00:00:00"},
+    )
+    assert IntegrationKey.objects.filter(name="EMR").exists()

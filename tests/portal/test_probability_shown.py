@@ -23,6 +23,9 @@ SHIPPED_THRESHOLD = 0.9200189097249897  # mlcore/weights/pleura-resnet18-v1/mode
         (0.9996, SHIPPED_THRESHOLD, 1, (">99.9", "92.0")),
         (0.00004, 0.5, 1, ("<0.1", "50.0")),
         (1.0, 0.5, 0, ("100", "50")),
+        # A threshold near 1 never reads 100 (diff review).
+        (0.997, 0.996, 0, (">99", ">99")),
+        (0.5, 0.996, 0, ("50", ">99")),
     ],
 )
 def test_a_probability_reads_on_its_labels_side_of_the_threshold(probability, threshold, places, shown):
