@@ -6,6 +6,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import AuthenticationForm
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
@@ -36,9 +37,28 @@ def remember_hospital(response: HttpResponse, code: str) -> None:
     )
 
 
+class SignInForm(AuthenticationForm):
+    """Django's, whose refusal also names the lockout: a doctor who typed the right password
+    after a few wrong ones was told it was wrong, and tried resets (fresh-machine review).
+    The same words whether a lockout applies or not, so they tell an attacker nothing."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        minutes = max(1, settings.LOGIN_LOCKOUT_SECONDS // 60)
+        self.error_messages = {
+            **self.error_messages,
+            "invalid_login": (
+                "Please enter a correct email address and password. After several failed attempts, signing in is "
+                f"blocked for up to {minutes} minutes, even with the right password: wait, or ask your hospital's "
+                "admin."
+            ),
+        }
+
+
 class PleuraLoginView(auth_views.LoginView):
     template_name = "accounts/login.html"
     redirect_authenticated_user = True
+    authentication_form = SignInForm
 
     def form_valid(self, form):
         """Open the hospital this browser last worked in, if it is one of the person's

@@ -32,6 +32,23 @@ def test_wrong_password_shows_a_clear_error(client, doctor):
     assert "Please enter a correct email address and password." in response.content.decode()
 
 
+def test_the_right_password_refused_by_the_lockout_is_not_called_wrong_alone(client, doctor, settings):
+    """A doctor who typed the right password after a few wrong ones was told it was wrong,
+    and tried resets (fresh-machine review); the words are the same with or without a
+    lockout, so they tell an attacker nothing."""
+    settings.LOGIN_LOCKOUT_SECONDS = 900
+    for _ in range(settings.LOGIN_LOCKOUT_THRESHOLD + 1):
+        client.post(LOGIN, {"username": doctor.email, "password": "wrong-password-123"})
+
+    response = client.post(LOGIN, {"username": doctor.email, "password": PASSWORD})
+
+    assert response.status_code == 200
+    assert (
+        "Please enter a correct email address and password. After several failed attempts, signing in is blocked "
+        "for up to 15 minutes, even with the right password: wait, or ask your hospital&#x27;s admin."
+    ) in response.content.decode()
+
+
 def test_logout_is_a_post_form_and_ends_the_session(client_for, doctor):
     client = client_for(doctor)
     html = client.get(reverse("diagnostics:worklist")).content.decode()
