@@ -32,7 +32,7 @@ def gate_failures(candidate: ModelVersion, active: ModelVersion | None) -> list[
     if not comparison:
         return [
             f"{candidate.name} was never compared with the active version {active.name} on its locked validation "
-            "set (retrain_model makes that comparison)"
+            "set: `compare_model NAME` measures it (retrain_model does for its own candidates)"
         ]
     compared_with = comparison.get("against") or {}
     if compared_with.get("weights_sha256") != active.weights_sha256:

@@ -125,8 +125,8 @@ def test_a_version_never_compared_is_refused_whatever_its_own_validation_says():
     candidate = _version("candidate", ModelVersion.Status.CANDIDATE, {"roc_auc": 1.0, "sensitivity": 1.0})
 
     assert gate_failures(candidate, active) == [
-        "candidate was never compared with the active version active on its locked validation set "
-        "(retrain_model makes that comparison)"
+        "candidate was never compared with the active version active on its locked validation set: "
+        "`compare_model NAME` measures it (retrain_model does for its own candidates)"
     ]
     assert gate_failures(candidate, None) == []
 

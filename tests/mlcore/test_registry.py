@@ -161,8 +161,10 @@ def test_gate_accepts_a_better_candidate_and_retires_the_active_one(active_v1, m
 def test_override_needs_a_superuser_actor(active_v1, make_model, doctor, superuser):
     _run("register_model", make_model("v2", roc_auc=0.80, sensitivity=0.90))
     compare_with_active("v2")
-    with pytest.raises(CommandError, match="--override needs --actor EMAIL of a superuser"):
+    with pytest.raises(CommandError, match="--override needs --actor EMAIL of a superuser") as refused:
         call_command("promote_model", "v2", "--override")
+    # Printed as "CommandError: ...", not under a private class's name (fresh-machine review).
+    assert type(refused.value) is CommandError
     with pytest.raises(CommandError, match="only a superuser may override: it skips the promotion gate"):
         call_command("promote_model", "v2", "--override", "--actor", doctor.email)
     assert ModelVersion.objects.active().name == "v1"

@@ -44,7 +44,9 @@ class Command(BaseCommand):
                 name=version.name,
                 failures=[str(refused)],
             )
-            raise
+            # As a plain CommandError: Django prints the class's name, "_BypassRefused: ..."
+            # (fresh-machine review).
+            raise CommandError(str(refused)) from None
         try:
             if options["rollback"]:
                 if version.status != ModelVersion.Status.RETIRED:
