@@ -216,13 +216,7 @@ def train(config: TrainConfig) -> dict:
         pin_memory=device.type == "cuda",
     )
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=config.learning_rate,
-        epochs=config.epochs,
-        steps_per_epoch=max(1, len(loader)),
-        pct_start=0.2,
-    )
+    scheduler = one_cycle(optimizer, config.learning_rate, config.epochs, steps_per_epoch=max(1, len(loader)))
 
     history: list[dict] = []
     best = {"auc": -math.inf, "epoch": 0, "state": None}
@@ -322,3 +316,17 @@ def _finish(
     (config.out_dir / "model.json").write_text(json.dumps(description, indent=2))
     log.info("validation: %s", json.dumps(point.metrics))
     return description
+
+
+WARM_UP_SHARE = 0.2
+
+
+def one_cycle(optimizer, max_lr: float, epochs: int, steps_per_epoch: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The learning-rate schedule: a fifth of the steps warming up, then annealing. torch
+    ends the warm-up at share x steps - 1, which at 5 steps is step 0 itself, and its first
+    step divided by zero (`train_model --max-images 100`, fresh-machine review): there, a
+    little more warm-up."""
+    share = WARM_UP_SHARE if WARM_UP_SHARE * epochs * steps_per_epoch != 1 else 1.5 * WARM_UP_SHARE
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=share
+    )

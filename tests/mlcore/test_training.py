@@ -173,3 +173,18 @@ def test_a_stretched_training_image_is_what_serving_makes_of_the_same_pixels_sen
     assert torch.equal(RandomRangeStretch(p=0.0)(to_model_input(gray, 64)), to_model_input(gray, 64))
     flat = to_model_input(np.full((8, 8), 90, dtype=np.uint8), 8)
     assert torch.equal(RandomRangeStretch(p=1.0)(flat), flat)
+
+
+@pytest.mark.parametrize("steps", range(1, 41))
+def test_the_learning_rate_schedule_runs_through_any_number_of_steps(steps):
+    """At 5 steps torch's warm-up ended at step 0 and its first step divided by zero
+    (`train_model --max-images 100`, fresh-machine review)."""
+    from mlcore.training import one_cycle
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([weight], lr=1e-3)
+    schedule = one_cycle(optimizer, 1e-3, epochs=1, steps_per_epoch=steps)
+    for _ in range(steps):
+        optimizer.step()
+        schedule.step()
+    assert 0 < optimizer.param_groups[0]["lr"] <= 1e-3
