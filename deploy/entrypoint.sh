@@ -11,7 +11,9 @@ export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-config.settings.product
 prepare_metrics_dir() {
     if [[ -n "${PROMETHEUS_MULTIPROC_DIR:-}" ]]; then
         mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
-        find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -delete
+        # A file another process of the same folder removes meanwhile is no reason to stop
+        # (fresh-machine review: the worker exited, saying only "cannot delete").
+        find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -delete || true
     fi
 }
 

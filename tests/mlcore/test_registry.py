@@ -288,7 +288,7 @@ def test_serving_versions_are_the_active_one_and_the_newest_shadow_candidate_in_
 
 def test_register_model_does_not_activate_past_the_gate_when_a_version_is_active(active_v1, make_model):
     """--activate would serve doctors a model never compared with the one they have."""
-    with pytest.raises(CommandError, match="v1 is active: register without --activate, then promote_model"):
+    with pytest.raises(CommandError, match="v1 is active: register without --activate, then compare_model NAME"):
         call_command("register_model", make_model("v2", roc_auc=0.5, sensitivity=0.1), "--activate")
 
     assert ModelVersion.objects.active().name == "v1"

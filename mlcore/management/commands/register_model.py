@@ -33,7 +33,7 @@ class Command(BaseCommand):
             # Activating here would skip the promotion gate: doctors would be served a model
             # never compared with the one they have.
             raise CommandError(
-                f"{active.name} is active: register without --activate, then promote_model, which compares them"
+                f"{active.name} is active: register without --activate, then compare_model NAME and promote_model NAME"
             )
         try:
             version = registry.register_from_dir(options["model_dir"], name=options["name"], parent=parent)
