@@ -20,7 +20,9 @@ hostname, a path, a version name or anything about patients.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import threading
 from pathlib import Path
 
@@ -129,7 +131,32 @@ def _check_model() -> str:
     if digest != version.weights_sha256:
         logger.error("readyz: weights file of the active model does not match its recorded sha256")
         return "weights hash mismatch"
+    if not _operating_point_as_described(version, resolve_weights_path(version).parent / "model.json"):
+        logger.error("readyz: the active model's threshold or calibration differs from its model.json")
+        return "operating point differs from model.json"
     return OK
+
+
+# Its own rounding aside, a registered version's operating point is its model.json's.
+_OPERATING_POINT = (("threshold", 0.0), ("temperature", 1.0), ("logit_bias", 0.0))
+
+
+def _operating_point_as_described(version: ModelVersion, description_path: Path) -> bool:
+    """Whether the version's threshold and calibration are those of the model.json beside
+    its weights (when that file describes these weights). A migration taken back and
+    forward again left the calibration at its default: the shipped model missed 48
+    pneumonias of the validation set instead of 20, and nothing said so (fresh-machine
+    review)."""
+    try:
+        description = json.loads(description_path.read_text())
+    except (OSError, ValueError):
+        return True  # nothing to compare with
+    if description.get("weights_sha256") != version.weights_sha256:
+        return True
+    return all(
+        math.isclose(float(description.get(name, default)), float(getattr(version, name)), rel_tol=1e-9, abs_tol=1e-12)
+        for name, default in _OPERATING_POINT
+    )
 
 
 def file_sha256(path: Path) -> str:

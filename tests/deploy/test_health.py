@@ -124,3 +124,26 @@ def test_weights_hash_is_cached_until_the_file_changes(weights):
     # A new mtime (a replaced file) is hashed again.
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert file_sha256(weights) == hashlib.sha256(weights.read_bytes()).hexdigest() != first
+
+
+def test_readyz_is_degraded_when_the_active_models_calibration_is_not_its_model_json(client, db, weights):
+    """A migration taken back and forward again left the calibration at its default: the
+    shipped model missed 48 pneumonias of the validation set instead of 20, and nothing said
+    so (fresh-machine review)."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    description = {"weights_sha256": digest, "threshold": 0.5, "temperature": 1.03, "logit_bias": 2.48}
+    (weights.parent / "model.json").write_text(json.dumps(description))
+    version = _activate(weights, digest)
+    ModelVersion.objects.filter(pk=version.pk).update(temperature=1.03, logit_bias=2.48)
+    assert client.get("/readyz").json()["checks"]["model"] == "ok"
+
+    ModelVersion.objects.filter(pk=version.pk).update(logit_bias=0.0)  # what migrating back and forth leaves
+    response = client.get("/readyz")
+
+    assert (response.status_code, response.json()["checks"]["model"]) == (
+        200,
+        "operating point differs from model.json",
+    )
