@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from config.cache import redis_cache_settings
 from config.settings.env import env_bool, env_int, env_list, env_networks, env_rate, env_str
@@ -186,6 +187,11 @@ SPECTACULAR_SETTINGS = {
 
 # Celery. The database is the source of truth for study status, so no result backend.
 REDIS_URL = env_str("REDIS_URL", "")
+if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+    # http://x passed `check --deploy`, the release gate, and failed at the first upload.
+    raise ImproperlyConfigured(
+        f"REDIS_URL must start with redis://, rediss:// or unix://, not {REDIS_URL.split(':', 1)[0]!r}:."
+    )
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
 BROKER_DIR = Path(env_str("BROKER_DIR", str(BASE_DIR / "var" / "broker")))
 

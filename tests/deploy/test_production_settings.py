@@ -77,6 +77,8 @@ def test_production_refuses_the_example_secret_key():
 @pytest.mark.parametrize(("variable", "value", "message"), [
     ("ALLOWED_HOSTS", "", "ALLOWED_HOSTS is required: the public host name(s), comma separated."),
     ("LOG_FORMAT", "xml", "LOG_FORMAT must be 'json' or 'plain', not 'xml'."),
+    ("REDIS_URL", "http://cache.example:6379/0",
+     "REDIS_URL must start with redis://, rediss:// or unix://, not 'http':."),
     ("CELERY_WORKER_MAX_MEMORY_PER_CHILD_MIB", "-1",
      "CELERY_WORKER_MAX_MEMORY_PER_CHILD_MIB must be at least 0, not '-1'."),
 ])  # fmt: skip
