@@ -110,6 +110,11 @@ def test_command_refuses_a_named_hospital_without_consent(tmp_path, consenting, 
     out = io.StringIO()
     call_command("export_training_set", "--out", str(tmp_path / "y"), "--hospital", "st-marys", stdout=out)
     assert "exported 0 training and 0 hold-out examples of 0 hospital(s)" in out.getvalue()
+    # Why, where it read as a broken export (fresh-machine review).
+    assert out.getvalue().endswith(
+        "no hospital's reviews were exported: none that consents to training use has reviewed studies "
+        "(a hospital admin gives consent on the portal's Training consent page)\n"
+    )
 
 
 def test_command_will_not_overwrite_a_folder_that_is_not_an_export(tmp_path, consenting):

@@ -14,6 +14,7 @@ from hospital.audit import Action
 from hospital.models import AuditEvent
 from mlcore import registry, retraining
 from mlcore.models import ModelVersion
+from mlcore.promotion import gate_failures
 from tests.retraining.conftest import REVIEW_IMAGES, review, stored_study
 
 pytestmark = pytest.mark.slow
@@ -51,6 +52,14 @@ def test_retraining_produces_a_compared_candidate_with_lineage(
         stdout=out,
     )
     assert "registered candidate pleura-tiny-ft1 (parent pleura-tiny)" in out.getvalue()
+    # The gate's verdict, whichever it is, never a bare "promote with" (fresh-machine review).
+    verdict = gate_failures(ModelVersion.objects.get(name="pleura-tiny-ft1"), active_model)
+    expected = (
+        ["the promotion gate would refuse it:", *(f"  - {reason}" for reason in verdict)]
+        if verdict
+        else ["the promotion gate would accept it: manage.py promote_model pleura-tiny-ft1"]
+    )
+    assert out.getvalue().splitlines()[-len(expected) :] == expected
 
     candidate = ModelVersion.objects.get(name="pleura-tiny-ft1")
     assert (candidate.status, candidate.parent, candidate.shadow) == ("candidate", active_model, False)
@@ -124,8 +133,6 @@ def test_retraining_produces_a_compared_candidate_with_lineage(
         "review_data_sha256": manifest["data_sha256"],
         "gate_failures": retrained.detail["gate_failures"],
     }
-    from mlcore.promotion import gate_failures
-
     assert retrained.detail["gate_failures"] == gate_failures(candidate, active_model)
 
     # Reaching doctors, it is in that hospital's trail too, named in its audit log.

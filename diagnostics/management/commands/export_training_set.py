@@ -37,6 +37,12 @@ class Command(BaseCommand):
             f"{result.outside_intended_use_left_out} outside the intended use; "
             f"data sha256 {result.data_sha256}"
         )
+        if not result.per_hospital:
+            # Nothing to say why, it read as a broken export (fresh-machine review).
+            self.stdout.write(
+                "no hospital's reviews were exported: none that consents to training use has reviewed studies "
+                "(a hospital admin gives consent on the portal's Training consent page)"
+            )
 
 
 def hospitals_from_slugs(slugs: list[str]):

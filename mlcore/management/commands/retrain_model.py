@@ -12,6 +12,8 @@ from django.db import transaction
 from diagnostics import feedback
 from diagnostics.management.commands.export_training_set import hospitals_from_slugs
 from mlcore import retraining, tasks
+from mlcore.models import ModelVersion
+from mlcore.promotion import gate_failures
 
 
 class Command(BaseCommand):
@@ -66,12 +68,19 @@ class Command(BaseCommand):
         for who in ("candidate", "active"):
             m = comparison[who]
             self.stdout.write(f"  locked validation, {who}: AUC {m['roc_auc']}, sensitivity {m['sensitivity']}")
-        self.stdout.write(f"promote with: manage.py promote_model {version.name}")
+        # The gate's verdict, not an invitation: a candidate worse on every figure was
+        # followed by "promote with" (fresh-machine review).
+        refusals = gate_failures(version, ModelVersion.objects.active())
+        if refusals:
+            self.stdout.write("the promotion gate would refuse it:")
+            for reason in refusals:
+                self.stdout.write(f"  - {reason}")
+        else:
+            self.stdout.write(f"the promotion gate would accept it: manage.py promote_model {version.name}")
 
     def _queue(self, options, actor) -> None:
         if options["hospital"] or options["export_dir"] or options["max_images"]:
             raise CommandError("--queue runs the default export: drop --hospital, --export-dir and --max-images")
-        from mlcore.models import ModelVersion
 
         active = ModelVersion.objects.active()
         if active is None:
