@@ -51,6 +51,31 @@ def require_service(url: str | None, name: str) -> str:
     return url
 
 
+def at_once(call, copies: int = 2) -> tuple[list, list[Exception]]:
+    """`copies` calls of `call()`, each in a thread (a database connection) of its own,
+    started together: what they returned, and whatever they raised."""
+    import threading
+
+    from django.db import connections
+
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(call())
+        except Exception as exc:  # surfaced by the caller's assertions
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run) for _ in range(copies)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results, errors
+
+
 def stored_files(media_root: Path) -> frozenset[str]:
     """The names of the files under `media_root`, as the storage names them."""
     return frozenset(str(path.relative_to(media_root)) for path in Path(media_root).rglob("*") if path.is_file())

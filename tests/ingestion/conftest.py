@@ -4,7 +4,6 @@ snapshot of what is stored (database rows and files) to prove refusals change no
 from __future__ import annotations
 
 import io
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import numpy as np
 import pytest
 from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
-from django.db import connections
 from PIL import Image
 from pydicom.data import get_testdata_file
 from rest_framework.test import APIClient
@@ -21,7 +19,14 @@ from diagnostics import services
 from diagnostics.models import Study
 from hospital.api import IntegrationKeyThrottle
 from hospital.models import AuditEvent
-from tests.conftest import FIXTURES, SHARED_DATA, delete_redis_cache_keys, stored_files, unreachable_media_root
+from tests.conftest import (
+    FIXTURES,
+    SHARED_DATA,
+    at_once,
+    delete_redis_cache_keys,
+    stored_files,
+    unreachable_media_root,
+)
 
 INGESTION_FIXTURES = FIXTURES / "ingestion"
 NORMAL_JPEG = INGESTION_FIXTURES / "chest-normal.jpeg"
@@ -208,19 +213,4 @@ def make_dicom(
 def ingest_at_once(hospital, data: bytes, copies: int = 2) -> tuple[list, list[Exception]]:
     """`copies` uploads of `data`, each in a thread (a connection) of its own, started
     together: their results, (study, queued), and whatever they raised."""
-    results, errors = [], []
-
-    def upload():
-        try:
-            results.append(services.ingest_upload(hospital=hospital, data=data, source=Study.Source.API))
-        except Exception as exc:  # surfaced by the caller's assertions
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=upload) for _ in range(copies)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    return results, errors
+    return at_once(lambda: services.ingest_upload(hospital=hospital, data=data, source=Study.Source.API), copies)

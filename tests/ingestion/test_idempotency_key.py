@@ -13,7 +13,7 @@ import pytest
 from diagnostics import imaging, pipeline, services
 from diagnostics.models import Study
 from hospital.models import AuditEvent
-from tests.conftest import needs_postgresql
+from tests.conftest import at_once, needs_postgresql
 from tests.ingestion.conftest import CR_CHEST, NORMAL_JPEG, PNEUMONIA_PNG, STUDIES_URL, post_file
 from tests.ingestion.test_sent_again import failed
 
@@ -131,25 +131,11 @@ def test_two_requests_with_one_key_at_the_same_moment_make_one_study(hospital_a,
         return found
 
     monkeypatch.setattr(services, "_sent_with_key", look_then_wait)
-    data, results, errors = PNEUMONIA_PNG.read_bytes(), [], []
+    data = PNEUMONIA_PNG.read_bytes()
 
-    def upload():
-        from django.db import connections
-
-        try:
-            results.append(
-                services.ingest_upload(hospital=hospital_a, data=data, source=Study.Source.API, idempotency_key=KEY)
-            )
-        except Exception as exc:  # surfaced by the assertions below
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=upload) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    results, errors = at_once(
+        lambda: services.ingest_upload(hospital=hospital_a, data=data, source=Study.Source.API, idempotency_key=KEY)
+    )
 
     assert errors == []
     assert sorted(queued for _, queued in results) == [False, True]

@@ -288,10 +288,8 @@ def test_the_same_review_submitted_twice_at_once_is_one_revision_and_one_event(r
     import contextlib
     import threading
 
-    from django.db import connections
-
     from diagnostics import reviews
-    from tests.conftest import needs_postgresql
+    from tests.conftest import at_once, needs_postgresql
 
     needs_postgresql("two requests writing at once (SQLite runs one writing transaction at a time)")
     both_read = threading.Barrier(2, timeout=2)  # broken when the other waits on the lock
@@ -304,21 +302,10 @@ def test_the_same_review_submitted_twice_at_once_is_one_revision_and_one_event(r
         return prediction
 
     monkeypatch.setattr(reviews, "current_prediction", read_then_wait_for_the_other)
-    errors = []
 
-    def submit():
-        try:
-            reviews.save_review(study=study, radiologist=radiologist, verdict="agree", correct_label="pneumonia")
-        except Exception as exc:  # surfaced by the assertion below
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=submit) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    _, errors = at_once(
+        lambda: reviews.save_review(study=study, radiologist=radiologist, verdict="agree", correct_label="pneumonia")
+    )
 
     assert errors == []
     assert (Review.objects.count(), ReviewRevision.objects.count()) == (1, 1)
