@@ -54,6 +54,7 @@ WARNINGS = {
     "same_film_other_patient": "The same image is filed under another patient ID of this hospital: check which "
     "patient it belongs to before acting on this result.",
 }
+WARNING_CHOICES = list(WARNINGS.items())  # the API schema's WarningCodeEnum
 
 # Formats we can name when refusing them (first bytes -> what it is).
 _FOREIGN_MAGIC = [

@@ -182,7 +182,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"LabelEnum": "diagnostics.models.Label"},
+    "ENUM_NAME_OVERRIDES": {
+        "LabelEnum": "diagnostics.models.Label",
+        "WarningCodeEnum": "diagnostics.imaging.WARNING_CHOICES",
+    },
 }
 
 # Celery. The database is the source of truth for study status, so no result backend.

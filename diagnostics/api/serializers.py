@@ -55,7 +55,13 @@ class ReviewSerializer(serializers.ModelSerializer):
 
 
 class WarningSerializer(serializers.Serializer):
-    code = serializers.CharField()
+    # Named in the schema: three codes came in this release, and an integrator matching
+    # codes had no list to read them from.
+    code = serializers.ChoiceField(
+        choices=imaging.WARNING_CHOICES,
+        help_text="Why the result is outside what the model was validated on, or needs a check; each study with "
+        "a warning is left out of the training export.",
+    )
     message = serializers.CharField()
 
 

@@ -62,6 +62,13 @@ def test_schema_documents_every_endpoint_with_examples_and_key_auth(db):
         "undecodable", "missing_file", "inference_error", "gave_up",
     ]  # fmt: skip
     assert "only sending the image again can mend it" in detail["failure_code"]["description"]
+    # Every warning code, for an integrator matching them.
+    warning = schema["components"]["schemas"]["Warning"]["properties"]["code"]
+    assert warning["allOf"] == [{"$ref": "#/components/schemas/WarningCodeEnum"}]
+    assert schema["components"]["schemas"]["WarningCodeEnum"]["enum"] == [
+        "not_chest", "not_radiograph", "adult", "not_frontal", "first_frame_only", "same_film_other_patient",
+    ]  # fmt: skip
+    assert "* `not_frontal` - The view is not frontal (PA or AP)" in warning["description"]
 
 
 def test_swagger_ui_is_served_from_our_own_static_files(db):
