@@ -118,8 +118,9 @@ def record_failure(reason: str) -> None:
 
 
 def record_retry(reason: str, *, exhausted: bool = False) -> None:
-    """A batch put back for a retry, or, `exhausted`, one whose message has no retry left:
-    counted as a retry too, the retries read one more than Celery made (pipeline review)."""
+    """A batch put back for a retry; or, `exhausted`, one whose message had no retry left,
+    counted apart: counted as a retry, it made the retries one more than Celery's
+    (pipeline review)."""
     counter = RETRIES_EXHAUSTED if exhausted else RETRIES
     counter.labels(reason=reason if reason in RETRY_REASONS else "database").inc()
 
