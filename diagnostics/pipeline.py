@@ -367,6 +367,16 @@ class _ThreadsOfThisProcess:
                 self._key = (os.getpid(), threads)
             return self._pool
 
+    def abandon(self) -> None:
+        """Leave the pool to its threads and make a new one next time: a thread hung on a
+        read (a stalled mount) never comes back, and each such hang left the process one
+        storage thread fewer for good (pipeline review). The hung thread stays; the pool
+        is whole again."""
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool, self._key = None, None
+
 
 class _ModelRunner:
     """The thread that runs this process's models, one call after another.
@@ -649,7 +659,13 @@ class _StorageIO:
         threads = settings.PIPELINE_STORAGE_THREADS
         if len(items) < 2 or threads < 2:  # a study at idle waits for no thread
             return [_outcome(function, item) for item in items]
-        return list(self._threads.pool(threads).map(_outcome, [function] * len(items), items))
+        try:
+            return list(self._threads.pool(threads).map(_outcome, [function] * len(items), items))
+        except BaseException:
+            # Interrupted while waiting (the task's soft time limit): some of its threads
+            # may never come back.
+            self._threads.abandon()
+            raise
 
 
 def _outcome(function, item):

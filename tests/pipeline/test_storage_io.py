@@ -195,3 +195,35 @@ def test_a_read_stalled_on_the_storage_does_not_hold_the_budget(three_studies, s
     ready, _, _ = pipeline._decode_all(three_studies)
 
     assert (len(ready), decoding_watched["most"]) == (3, 1)
+
+
+def test_a_read_that_hangs_past_the_time_limit_leaves_the_next_batch_every_storage_thread(settings):
+    """Interrupted by the soft time limit while a read hung (a stalled mount), the pool kept
+    that thread for good: each hang left the process one storage thread fewer (pipeline
+    review). The pool is left to it, and the next batch gets a whole one."""
+    import signal
+
+    settings.PIPELINE_STORAGE_THREADS = 2
+    storage_io = pipeline._StorageIO()
+    never = threading.Event()
+
+    class TimeLimit(Exception):
+        pass
+
+    def time_limit(signum, frame):
+        raise TimeLimit
+
+    previous = signal.signal(signal.SIGALRM, time_limit)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(TimeLimit):
+            storage_io.map(lambda item: never.wait() if item == "hangs" else item, ["hangs", "reads"])
+        both_at_once = threading.Barrier(2, timeout=5)
+
+        outcomes = storage_io.map(lambda item: both_at_once.wait() is not None and item, ["next", "batch"])
+
+        assert outcomes == ["next", "batch"]  # two threads at once: the hung one is not one of them
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        never.set()
