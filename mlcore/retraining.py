@@ -99,8 +99,17 @@ def review_training_folder(export_dir: Path, locked: list[data.Sample], dest: Pa
     return kept, len(reviews) - len(kept)
 
 
+# Pixel hashes by file hash: the same bytes show the same pixels. A retraining hashed each
+# review's pixels twice (against the locked set, then for its lineage), and a training
+# worker decoded the 4,000-odd base images anew at each retraining.
+_PIXELS_OF_FILE: dict[str, str] = {}
+
+
 def _pixels(sample: data.Sample) -> str:
-    return pixel_sha256(load_grayscale_file(sample.path))
+    pixels = _PIXELS_OF_FILE.get(sample.sha256)
+    if pixels is None:
+        pixels = _PIXELS_OF_FILE[sample.sha256] = pixel_sha256(load_grayscale_file(sample.path))
+    return pixels
 
 
 def evaluate_samples(engine: InferenceEngine, samples: list[data.Sample]) -> dict | None:

@@ -285,3 +285,26 @@ def test_the_lineage_of_a_fine_tune_on_fewer_images_counts_what_it_read(
     )
     assert len(lineage["review_pixel_sha256"]) == lineage["review_examples"]
     assert sorted(_split(version)["train"]["files"]) == sorted(read)
+
+
+def test_a_files_pixels_are_decoded_once_however_often_they_are_compared(tmp_path, monkeypatch):
+    """A review was hashed against the locked set, then again for the lineage; the base
+    images at every retraining of a worker's life."""
+    import hashlib
+    import shutil
+
+    from mlcore import data
+
+    source = sorted((settings.TRAINING_DATA_DIR / "NORMAL").glob("*.jpeg"))[0]
+    copy = tmp_path / "copy.jpeg"  # the same bytes elsewhere, as a review linked for training
+    shutil.copy(source, copy)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    decoded = []
+    load = retraining.load_grayscale_file
+    monkeypatch.setattr(retraining, "load_grayscale_file", lambda path: decoded.append(path) or load(path))
+    monkeypatch.setattr(retraining, "_PIXELS_OF_FILE", {})
+
+    first = retraining._pixels(data.Sample(source, 0, "p", digest))
+    again = retraining._pixels(data.Sample(copy, 0, "p", digest))
+
+    assert (first, again, decoded) == (first, first, [source])
