@@ -436,12 +436,7 @@ def _monochrome_to_gray(arr: np.ndarray, ds: Dataset, padding_shade: int = 0) ->
     """
     if arr.dtype.kind not in "iu" or arr.dtype.itemsize > 2:
         # Wider or float pixels have too many values for a table.
-        masked = _mask_bits_stored(arr, ds)
-        padding = _padding(masked, ds)
-        gray = _apply_voi(masked, ds, padding=padding)
-        if padding is not None:
-            gray[padding] = padding_shade
-        return gray
+        return _display_of(_mask_bits_stored(arr, ds), ds, padding_shade)
     patterns = np.dtype(f"u{arr.dtype.itemsize}")
     # Every bit pattern a pixel can have, as a value of the pixels' own type, in the
     # order of the patterns: the pixel with pattern p is mapped by table[p].
@@ -456,11 +451,7 @@ def _monochrome_to_gray(arr: np.ndarray, ds: Dataset, padding_shade: int = 0) ->
             seen[flat[start : start + _OCCURRING_SLICE]] = True
         return seen
 
-    masked = _mask_bits_stored(every_value, ds)
-    padding = _padding(masked, ds)
-    table = _apply_voi(masked, ds, occurring, padding)
-    if padding is not None:
-        table[padding] = padding_shade
+    table = _display_of(_mask_bits_stored(every_value, ds), ds, padding_shade, occurring)
     if table.dtype == arr.dtype and np.array_equal(table, every_value):
         return arr.copy()  # 8-bit display values already: a lookup would change nothing
     return table[codes]
@@ -481,6 +472,18 @@ def _mask_bits_stored(arr: np.ndarray, ds: Dataset) -> np.ndarray:
         sign = 1 << (bits_stored - 1)
         values = (values ^ sign) - sign
     return values
+
+
+def _display_of(
+    masked: np.ndarray, ds: Dataset, padding_shade: int, occurring: Callable[[], np.ndarray] | None = None
+) -> np.ndarray:
+    """`_apply_voi` of these stored values, their padding left out of the range and shown
+    as `padding_shade`."""
+    padding = _padding(masked, ds)
+    gray = _apply_voi(masked, ds, occurring, padding)
+    if padding is not None:
+        gray[padding] = padding_shade
+    return gray
 
 
 def _padding(masked: np.ndarray, ds: Dataset) -> np.ndarray | None:
