@@ -330,18 +330,30 @@ HEADER_IDENTIFIERS = {"PatientID": "Patient ID", "AccessionNumber": "Accession N
 IDENTIFIER_MAX_LENGTH = 64
 
 
+def identifier_rule_broken(value: str) -> str | None:
+    """The rule a patient ID or accession number breaks, typed, sent in a form or read from
+    a header, or None: "too_long", "control_characters", or "not_text" (U+FFFD, which
+    Django and pydicom put where bytes are not of the character set read)."""
+    if len(value) > IDENTIFIER_MAX_LENGTH:
+        return "too_long"
+    if not value.isprintable():
+        return "control_characters"
+    if "\ufffd" in value:
+        return "not_text"
+    return None
+
+
 def identifier_problem(ds: Dataset) -> str:
     """Why the header's identifiers cannot be filed, or "". Judged at upload only
     (services.ingest_upload): a study stored before the rule is decoded as ever by the
     worker, the portal's picture and the export (diff review)."""
     for keyword, label in HEADER_IDENTIFIERS.items():
-        value = _text(ds, keyword, max_length=None)
-        if len(value) > IDENTIFIER_MAX_LENGTH:
+        broken = identifier_rule_broken(_text(ds, keyword, max_length=None))
+        if broken == "too_long":
             return f"The DICOM {label} is longer than {IDENTIFIER_MAX_LENGTH} characters, so it cannot be filed."
-        if not value.isprintable():
+        if broken == "control_characters":
             return f"The DICOM {label} holds control characters, so it cannot be filed."
-        # pydicom puts U+FFFD where the bytes are not of the character set declared (diff review).
-        if "\ufffd" in value:
+        if broken == "not_text":
             return f"The DICOM {label} is not valid text in the file's character set, so it cannot be filed."
     return ""
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from config.db import insert_together
 from diagnostics import imaging, media, metrics, tasks
-from diagnostics.dicom import IDENTIFIER_MAX_LENGTH
+from diagnostics.dicom import IDENTIFIER_MAX_LENGTH, identifier_rule_broken
 from diagnostics.imaging import DecodedImage, RejectedUpload, StorageUnavailable
 from diagnostics.media import StoredImageUnavailable
 from diagnostics.models import Study
@@ -264,13 +264,13 @@ def clean_identifier(value, name: str) -> str:
     value = "" if value is None else str(value).strip()
     # The words for the doctor who typed it, the field's name for the EMR that sent it.
     field = f"The {_IDENTIFIER_LABELS.get(name, name)} ({name})"
-    if len(value) > IDENTIFIER_MAX_LENGTH:
+    broken = identifier_rule_broken(value)
+    if broken == "too_long":
         raise RejectedUpload(400, f"{field} must be at most {IDENTIFIER_MAX_LENGTH} characters.")
-    if not value.isprintable():
+    if broken == "control_characters":
         raise RejectedUpload(400, f"{field} may contain printable characters only, no control characters.")
-    # Django reads form fields as UTF-8 and puts U+FFFD where bytes are not: "M\xe9RN" in
-    # Latin-1 was stored as "M\ufffdRN", which no search finds (ingestion review).
-    if "\ufffd" in value:
+    if broken == "not_text":
+        # A Latin-1 "M\xe9RN" was stored as "M\ufffdRN", which no search finds (ingestion review).
         raise RejectedUpload(400, f"{field} is not valid UTF-8 text: send it encoded as UTF-8.")
     return value
 
