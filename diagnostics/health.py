@@ -114,7 +114,7 @@ def _check_broker() -> str:
 
 def _check_model() -> str:
     # Imported here: the registry pulls in torch, which a liveness probe must not wait for.
-    from mlcore.registry import resolve_weights_path
+    from mlcore.registry import MODEL_DESCRIPTION, resolve_weights_path
 
     try:
         version = ModelVersion.objects.active()
@@ -123,15 +123,16 @@ def _check_model() -> str:
         return "unreachable"
     if version is None:
         return "no active model"
+    weights = resolve_weights_path(version)
     try:
-        digest = file_sha256(resolve_weights_path(version))
+        digest = file_sha256(weights)
     except OSError:
         logger.warning("readyz: weights file of the active model cannot be read")
         return "weights missing"
     if digest != version.weights_sha256:
         logger.error("readyz: weights file of the active model does not match its recorded sha256")
         return "weights hash mismatch"
-    if not _operating_point_as_described(version, resolve_weights_path(version).parent / "model.json"):
+    if not _operating_point_as_described(version, weights.parent / MODEL_DESCRIPTION):
         logger.error("readyz: the active model's threshold or calibration differs from its model.json")
         return "operating point differs from model.json"
     return OK

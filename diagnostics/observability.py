@@ -110,12 +110,13 @@ def _log_request(request: HttpRequest, status: int, started: float) -> None:
 # DICOM UID has a root and a suffix at least: a patient's ID is neither, even when it is all
 # digits, as many are (code review). The admin's ids are database keys, its app labels
 # names; any other parameter (the admin's catch-all `url`) is never written.
+_DATABASE_ID = re.compile(r"[0-9]{1,20}")
 _LOGGABLE_PARAMETERS = {
     "code": re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"),
     "study_instance_uid": re.compile(r"(?=.{3,64}$)[0-9]+(\.[0-9]+)+"),
-    "object_id": re.compile(r"[0-9]{1,20}"),
-    "id": re.compile(r"[0-9]{1,20}"),
-    "content_type_id": re.compile(r"[0-9]{1,20}"),
+    "object_id": _DATABASE_ID,
+    "id": _DATABASE_ID,
+    "content_type_id": _DATABASE_ID,
     "app_label": re.compile(r"[a-z_]{1,100}"),
 }
 UNSERVED_PATH = "(a path Pleura does not serve)"

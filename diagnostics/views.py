@@ -342,14 +342,16 @@ def _earlier_rounds(study: Study) -> list[dict]:
     between the upload and that queueing, which is one moment for most studies."""
     if not study.queued_at or study.queued_at <= study.created_at + timedelta(seconds=1):
         return []  # queued with its upload: no earlier round, and no query
-    failed, analysed_again = _EARLIER_ROUND_EVENTS
     earlier = (
         AuditEvent.objects.for_hospital(study.hospital)
         # The request that queued it again records it just after: a minute's margin, where
         # a failure after the queueing is this round's own, shown from the study.
         .filter(created_at__gte=study.created_at, created_at__lte=study.queued_at + timedelta(minutes=1))
         .filter(target_type="study", target_id=str(study.code))
-        .filter(Q(action=failed, created_at__lt=study.queued_at) | Q(action=analysed_again))
+        .filter(
+            Q(action=audit.Action.PREDICTION_FAILED, created_at__lt=study.queued_at)
+            | Q(action=audit.Action.STUDY_ANALYSED_AGAIN)
+        )
         .select_related("actor_user")
         .order_by("created_at", "id")
     )
