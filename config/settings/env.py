@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import zoneinfo
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -95,4 +96,15 @@ def env_rate(name: str, default: str) -> str:
         raise ImproperlyConfigured(
             f"{name} must be a number of requests per s, min, hour or day (600/min), not {raw!r}."
         )
+    return raw
+
+
+def env_timezone(name: str, default: str) -> str:
+    """An IANA time zone ("Europe/Paris"): Django refuses any other with a bare ValueError,
+    which no start-up message explains."""
+    raw = env_str(name, default).strip()
+    try:
+        zoneinfo.ZoneInfo(raw)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError) as exc:
+        raise ImproperlyConfigured(f"{name} must be an IANA time zone such as Europe/Paris, not {raw!r}.") from exc
     return raw

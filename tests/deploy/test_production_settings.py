@@ -81,11 +81,24 @@ def test_production_refuses_the_example_secret_key():
      "REDIS_URL must start with redis://, rediss:// or unix://, not 'http':."),
     ("CELERY_WORKER_MAX_MEMORY_PER_CHILD_MIB", "-1",
      "CELERY_WORKER_MAX_MEMORY_PER_CHILD_MIB must be at least 0, not '-1'."),
+    ("TIME_ZONE", "Europe/Pariss", "TIME_ZONE must be an IANA time zone such as Europe/Paris, not 'Europe/Pariss'."),
 ])  # fmt: skip
 def test_production_names_a_missing_or_wrong_setting_instead_of_a_traceback_later(variable, value, message):
     result = _run(["-c", SETTINGS_DUMP], SECRET_KEY="x" * 60, **{variable: value})
     assert result.returncode == 1
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("SECRET_KEY", None, "The environment variable SECRET_KEY is required."),
+    ("TIME_ZONE", "Mars/Olympus", "TIME_ZONE must be an IANA time zone such as Europe/Paris, not 'Mars/Olympus'."),
+])  # fmt: skip
+def test_manage_py_says_which_setting_is_wrong_in_one_line_without_a_traceback(variable, value, message):
+    """`check --deploy` is the installer's first command: a traceback read as a crash
+    (fresh-machine review)."""
+    result = _run(["manage.py", "check", "--deploy"], **{"SECRET_KEY": "x" * 60, variable: value})
+    assert result.returncode == 1
+    assert result.stderr == f"Pleura's settings refused the environment: {message}\n"
 
 
 def test_production_accepts_its_own_addresses_for_probes_and_scrapes():
