@@ -35,7 +35,9 @@ class Label(models.TextChoices):
 
 
 class StudyQuerySet(TenantQuerySet):
-    pass
+    def filed(self) -> StudyQuerySet:
+        """Studies not withdrawn as filed in error."""
+        return self.filter(withdrawn_at__isnull=True)
 
 
 class Study(models.Model):
@@ -139,6 +141,19 @@ class Study(models.Model):
     resent_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # Filed in error (another patient's film, a test shot): kept, as a medical record must
+    # be, but out of the worklist, reviews and training, and its instance free to be sent
+    # again under the right patient (diagnostics.withdrawal).
+    withdrawn_at = models.DateTimeField(null=True, blank=True)
+    # No index on these: nothing looks studies up by who withdrew them, and building one
+    # would stop uploads while it is built (config/concurrent_index.py).
+    withdrawn_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
+    )
+    withdrawn_by_key = models.ForeignKey(
+        "hospital.IntegrationKey", on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
+    )
+    withdrawal_reason = models.CharField(max_length=300, blank=True)
 
     objects = StudyQuerySet.as_manager()
 
@@ -146,10 +161,11 @@ class Study(models.Model):
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "studies"
         constraints = [
+            # A withdrawn study's instance may be filed again, under the right patient.
             models.UniqueConstraint(
                 fields=["hospital", "sop_instance_uid"],
-                condition=~Q(sop_instance_uid=""),
-                name="one_study_per_sop_instance_per_hospital",
+                condition=~Q(sop_instance_uid="") & Q(withdrawn_at__isnull=True),
+                name="one_filed_study_per_sop_instance_per_hospital",
             ),
             models.UniqueConstraint(
                 fields=["hospital", "idempotency_key"],
@@ -172,6 +188,10 @@ class Study(models.Model):
 
     def __str__(self) -> str:
         return f"Study {self.code}"
+
+    @property
+    def is_withdrawn(self) -> bool:
+        return self.withdrawn_at is not None
 
     @property
     def waits_longer_than_usual(self) -> bool:

@@ -18,6 +18,10 @@ class ResultChangedMeanwhile(Exception):
     """The study's result is no longer the one the review was given for."""
 
 
+class StudyWithdrawn(Exception):
+    """The study was withdrawn as filed in error: it takes no reviews."""
+
+
 @transaction.atomic
 def save_review(
     *,
@@ -39,9 +43,12 @@ def save_review(
     The study's row is locked first: two submits at once both found no such review and
     both saved a revision and an event, and a result stored between the caller's check and
     this save got a review given for the one before (code review). With `seen_prediction`,
-    ResultChangedMeanwhile if the result is another now.
+    ResultChangedMeanwhile if the result is another now; StudyWithdrawn if the study is
+    withdrawn.
     """
-    list(Study.objects.select_for_update().filter(pk=study.pk).values_list("pk", flat=True))
+    locked = Study.objects.select_for_update().filter(pk=study.pk).values_list("withdrawn_at", flat=True)
+    if any(withdrawn_at is not None for withdrawn_at in locked):
+        raise StudyWithdrawn
     prediction = current_prediction(study)
     if seen_prediction is not None and (prediction is None or prediction.pk != seen_prediction.pk):
         raise ResultChangedMeanwhile

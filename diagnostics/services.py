@@ -10,6 +10,7 @@ from collections.abc import Callable
 from functools import partial
 
 from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import F
 from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 
@@ -81,7 +82,9 @@ def ingest_upload(
         _check_typed_patient(decoded, patient_id)
         sent_before = request_sent_before or _existing(hospital, decoded.metadata.get("sop_instance_uid", ""))
         if sent_before is not None and not _same_instance(sent_before, decoded, patient_id):
-            raise imaging.InstanceConflict
+            if not sent_before.is_withdrawn:
+                raise imaging.InstanceConflict
+            sent_before = None  # filed again, under the right patient: a study of its own
         same_film = [] if sent_before is not None else _same_film_of_other_patients(hospital, decoded, patient_id)
         if same_film:
             decoded.warnings.append(SAME_FILM_WARNING)
@@ -129,7 +132,7 @@ def _store_unless_sent_before(
     identifiers `typed` for the copy where it has none. Returns (study, queued). `build`
     hashes the file and its pixels, so a study sent before and not failed, as an EMR's
     resends are, is answered without it."""
-    if existing is not None and existing.status == Study.Status.FAILED:
+    if existing is not None and existing.status == Study.Status.FAILED and not existing.is_withdrawn:
         if _queue_again(existing, build(), data, audit_context, refreshed=refreshed):
             return existing, True
         existing.refresh_from_db()  # another request queued it first, under the order it typed
@@ -147,7 +150,9 @@ def _store_unless_sent_before(
                 study.hospital, study.idempotency_key, data, study.patient_id, study.accession_number
             )
             if existing is None:
-                existing = Study.objects.for_hospital(study.hospital).get(sop_instance_uid=study.sop_instance_uid)
+                existing = (
+                    Study.objects.for_hospital(study.hospital).filed().get(sop_instance_uid=study.sop_instance_uid)
+                )
                 if not same_instance(existing):
                     raise imaging.InstanceConflict from None
                 if _moves_to_another_order(existing, typed.get("accession_number", "")):
@@ -219,8 +224,9 @@ def _same_instance(study: Study, decoded: DecodedImage, typed_patient_id: str) -
 # One film filed under two patients: a PNG or JPEG has no SOP Instance UID to catch it by,
 # and one film uploaded for three patients was filed under each, the later ones given the
 # first one's result, with no word (portal review). Refused, the right patient's film could
-# never be analysed once the wrong one had it, since no study can be withdrawn (diff
-# review): both are taken and both say so, and neither goes into the training export.
+# not be analysed while the wrong one had it (diff review): both are taken and both say
+# so, neither goes into the training export, and withdrawing the wrong one
+# (diagnostics.withdrawal) takes the warning off the right one.
 SAME_FILM_WARNING = "same_film_other_patient"
 
 
@@ -230,7 +236,7 @@ def _same_film_of_other_patients(hospital: Hospital, decoded: DecodedImage, type
     patient_id = typed_patient_id or decoded.metadata.get("patient_id", "")
     if not patient_id:
         return []
-    same_pixels = Study.objects.for_hospital(hospital).filter(pixel_sha256=decoded.pixel_sha256)
+    same_pixels = Study.objects.for_hospital(hospital).filed().filter(pixel_sha256=decoded.pixel_sha256)
     return list(same_pixels.exclude(patient_id="").exclude(patient_id=patient_id).values_list("pk", flat=True))
 
 
@@ -276,7 +282,8 @@ def clean_identifier(value, name: str) -> str:
 
 
 def _existing(hospital: Hospital, sop_uid: str) -> Study | None:
-    """The hospital's study of this SOP Instance UID, if it was sent before.
+    """The hospital's study of this SOP Instance UID, if it was sent before: the filed one,
+    else the last one withdrawn (a copy of which is answered with it, still withdrawn).
 
     Almost every instance is new, so the question is asked as `exists()`, whose query
     names no column: fetching the whole row cost a DICOM upload about 0.86 ms of CPU
@@ -286,7 +293,9 @@ def _existing(hospital: Hospital, sop_uid: str) -> Study | None:
     if not sop_uid:
         return None
     sent_before = Study.objects.for_hospital(hospital).filter(sop_instance_uid=sop_uid)
-    return sent_before.first() if sent_before.exists() else None
+    if not sent_before.exists():
+        return None
+    return sent_before.order_by(F("withdrawn_at").desc(nulls_first=True), "-pk").first()
 
 
 def _build_study(
@@ -425,7 +434,9 @@ _NEEDS_A_NEW_COPY = (Study.Failure.MISSING_FILE, Study.Failure.UNDECODABLE)
 
 def may_analyse_again(study: Study) -> bool:
     """Whether the portal offers to queue this study again with the file it holds."""
-    return study.status == Study.Status.FAILED and study.failure_code not in _NEEDS_A_NEW_COPY
+    return (
+        study.status == Study.Status.FAILED and study.failure_code not in _NEEDS_A_NEW_COPY and not study.is_withdrawn
+    )
 
 
 def analyse_again(study: Study, *, request=None) -> bool:
@@ -446,7 +457,8 @@ def _queue_if_failed(study: Study, **changes) -> bool:
     """From failed to queued (a conditional update: one request wins), with no failure and
     no attempts, and queued for prediction when the transaction commits."""
     now = timezone.now()
-    queued = Study.objects.filter(pk=study.pk, status=Study.Status.FAILED).update(
+    # Never a withdrawn study: withdrawn while this was asked, it stays as it was left.
+    queued = Study.objects.filter(pk=study.pk, status=Study.Status.FAILED, withdrawn_at__isnull=True).update(
         **changes, status=Study.Status.QUEUED, failure_reason="", failure_code="", attempts=0, claimed_by="",
         queued_at=now, resent_at=None, started_at=None, completed_at=None, updated_at=now,
     )  # fmt: skip

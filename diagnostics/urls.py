@@ -16,4 +16,5 @@ urlpatterns = [
     path("studies/<uuid:code>/heatmap/", views.study_heatmap, name="study_heatmap"),
     path("studies/<uuid:code>/review/", views.study_review, name="study_review"),
     path("studies/<uuid:code>/analyse-again/", views.study_analyse_again, name="study_analyse_again"),
+    path("studies/<uuid:code>/withdraw/", views.study_withdraw, name="study_withdraw"),
 ]

@@ -29,7 +29,7 @@ from diagnostics.imaging import WARNINGS, RejectedUpload
 from diagnostics.media import protected_file_response
 from diagnostics.models import Prediction, Review, Study
 from diagnostics.percent import probability_and_threshold
-from diagnostics.reviews import ResultChangedMeanwhile, current_prediction, save_review
+from diagnostics.reviews import ResultChangedMeanwhile, StudyWithdrawn, current_prediction, save_review
 from diagnostics.services import (
     analyse_again,
     display_image_of,
@@ -37,6 +37,7 @@ from diagnostics.services import (
     may_analyse_again,
     record_refused_upload,
 )
+from diagnostics.withdrawal import WithdrawalRefused, withdraw_study
 from hospital import audit
 from hospital.models import AuditEvent, Role
 from hospital.tenancy import NotInThisHospital, get_object_for_request, has_role, role_required
@@ -111,7 +112,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
         # No rows rather than every row: the controls would still show the filters asked for.
         template = "diagnostics/worklist.html#results" if request.htmx else "diagnostics/worklist.html"
         return render(request, template, {"form": form, "page": None}, status=400)
-    studies = form.apply(_worklist_queryset(request.hospital))
+    studies = form.apply(_worklist_queryset(request.hospital).filed())
     page = Paginator(studies, WORKLIST_PAGE_SIZE).get_page(form.cleaned_data.get("page"))
     audit.record(audit.Action.STUDY_LISTED, request=request, page=page.number, count=len(page.object_list))
     context = {
@@ -266,12 +267,14 @@ def _ingest_one(request: HttpRequest, upload_file, identifiers: dict) -> dict:
     return {**result, "status": 201 if queued else 200, "study": study, "queued": queued}
 
 
-def _study_context(request: HttpRequest, study: Study, review_form: ReviewForm | None = None) -> dict:
+def _study_context(
+    request: HttpRequest, study: Study, review_form: ReviewForm | None = None, withdraw_error: str = ""
+) -> dict:
     prediction = current_prediction(study)
     reviews = list(study.reviews.select_related("radiologist").prefetch_related("revisions"))
     is_radiologist = has_role(request, REVIEWER_ROLES)
     # A review agrees or disagrees with a result the radiologist has seen: none before it.
-    can_review = is_radiologist and prediction is not None
+    can_review = is_radiologist and prediction is not None and not study.is_withdrawn
     can_analyse_again = has_role(request, CLINICAL_ROLES) and may_analyse_again(study)
     own = next((r for r in reviews if r.radiologist_id == request.user.pk), None)
     if can_review and review_form is None:
@@ -290,6 +293,8 @@ def _study_context(request: HttpRequest, study: Study, review_form: ReviewForm |
         "can_review": can_review,
         "is_radiologist": is_radiologist,
         "can_analyse_again": can_analyse_again,
+        "can_withdraw": has_role(request, CLINICAL_ROLES) and not study.is_withdrawn,
+        "withdraw_error": withdraw_error,
         "review_form": review_form,
         "warnings": [warning_text(code) for code in study.warnings or []],
         **_percents(prediction),
@@ -321,11 +326,14 @@ def _timeline(study: Study, prediction: Prediction | None, reviews: list[Review]
     if study.status == Study.Status.FAILED:
         events.append({"at": study.completed_at or study.updated_at, "what": "Analysis failed", "who": ""})
     # Pipeline steps in the order they happen; reviews after them, oldest first.
-    reviewed = [
+    later = [
         {"at": r.updated_at, "what": f"Reviewed: {r.get_verdict_display().lower()}", "who": str(r.radiologist)}
         for r in reviews
     ]
-    return events + sorted(reviewed, key=lambda e: e["at"])
+    if study.is_withdrawn:
+        withdrawn_by = study.withdrawn_by or study.withdrawn_by_key
+        later.append({"at": study.withdrawn_at, "what": "Withdrawn as filed in error", "who": str(withdrawn_by or "")})
+    return events + sorted(later, key=lambda e: e["at"])
 
 
 # What happened to a study before it was queued this time, from its hospital's trail.
@@ -362,7 +370,8 @@ def _earlier_rounds(study: Study) -> list[dict]:
 
 
 def _get_study(request: HttpRequest, code) -> Study:
-    return get_object_for_request(request, Study.objects.select_related("uploaded_by", "uploaded_by_key"), code=code)
+    studies = Study.objects.select_related("uploaded_by", "uploaded_by_key", "withdrawn_by", "withdrawn_by_key")
+    return get_object_for_request(request, studies, code=code)
 
 
 @never_cache
@@ -426,6 +435,26 @@ def study_analyse_again(request: HttpRequest, code) -> HttpResponse:
     if not has_role(request, CLINICAL_ROLES):
         raise PermissionDenied("Only doctors and radiologists can have a study analysed again.")
     analyse_again(study, request=request)
+    return redirect("diagnostics:study_detail", code=study.code)
+
+
+@never_cache
+@require_POST
+@role_required()
+def study_withdraw(request: HttpRequest, code) -> HttpResponse:
+    """Withdraw a study filed in error (diagnostics.withdrawal), with the reason typed.
+    Asked again of a withdrawn study (a second click, another doctor), it only shows it."""
+    study = _get_study(request, code)  # outsiders: 404, before anything about roles
+    if not has_role(request, CLINICAL_ROLES):
+        raise PermissionDenied("Only doctors and radiologists can withdraw a study.")
+    try:
+        withdrawn = withdraw_study(study, reason=request.POST.get("reason", ""), user=request.user, request=request)
+    except WithdrawalRefused as exc:
+        audit.record(audit.Action.STUDY_VIEWED, request=request, target=study)
+        context = _study_context(request, study, withdraw_error=str(exc))
+        return render(request, "diagnostics/study_detail.html", context, status=400)
+    if withdrawn:
+        messages.success(request, "The study is withdrawn. Upload the film again under the right patient if needed.")
     return redirect("diagnostics:study_detail", code=study.code)
 
 
@@ -503,6 +532,9 @@ def study_review(request: HttpRequest, code) -> HttpResponse:
         )
     except ResultChangedMeanwhile:
         return _result_not_the_one_seen(request, study, current_prediction(study))
+    except StudyWithdrawn:
+        words = "This study was withdrawn as filed in error, so it takes no reviews and nothing was saved."
+        return _review_refused(request, study, words)
     if not request.htmx:
         messages.success(request, "Your review has been saved.")
         return redirect(reverse("diagnostics:study_detail", args=[study.code]) + "#reviews")

@@ -42,6 +42,7 @@ class Action(models.TextChoices):
     STUDY_UPLOADED = "study.uploaded", "Study uploaded"
     STUDY_UPLOAD_REJECTED = "study.upload_rejected", "Upload rejected"
     STUDY_ANALYSED_AGAIN = "study.analysed_again", "Study queued to be analysed again"
+    STUDY_WITHDRAWN = "study.withdrawn", "Study withdrawn as filed in error"
     STUDY_VIEWED = "study.viewed", "Study viewed"
     STUDY_LISTED = "study.listed", "Studies listed"
     IMAGE_VIEWED = "study.image_viewed", "Image viewed"

@@ -90,6 +90,15 @@ class StudySerializer(serializers.ModelSerializer):
         "so the views of one DICOM study are told apart by it.",
     )
 
+    withdrawn_at = serializers.DateTimeField(
+        read_only=True,
+        allow_null=True,
+        help_text="When the study was withdrawn as filed in error (POST .../withdraw/), or null. A withdrawn "
+        "study is kept, but takes no reviews and is never used for training; its instance may be sent again, "
+        "under the right patient, as a new study.",
+    )
+    withdrawal_reason = serializers.CharField(read_only=True, help_text="Why it was withdrawn, or empty.")
+
     class Meta:
         model = Study
         fields = [
@@ -107,6 +116,8 @@ class StudySerializer(serializers.ModelSerializer):
             "prediction",
             "reviews",
             "warnings",
+            "withdrawn_at",
+            "withdrawal_reason",
         ]
 
     def get_image_url(self, study: Study) -> str:
@@ -153,6 +164,14 @@ class StudyUploadSerializer(serializers.Serializer):
         max_length=64,
         help_text="Replaces the DICOM header's accession number. An instance sent again under another "
         "accession number than its study's is refused (409).",
+    )
+
+
+class WithdrawalSerializer(serializers.Serializer):
+    """The body of a withdrawal (documentation; the view reads it itself)."""
+
+    reason = serializers.CharField(
+        max_length=300, help_text='Why the study is withdrawn, for example "another patient\'s film".'
     )
 
 

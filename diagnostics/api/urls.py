@@ -21,6 +21,7 @@ urlpatterns = [
     re_path(r"^studies/(?P<code>[^/]+)/?$", views.StudyDetailView.as_view(), name="study-detail"),
     re_path(r"^studies/(?P<code>[^/]+)/image/?$", views.StudyImageView.as_view(), name="study-image"),
     re_path(r"^studies/(?P<code>[^/]+)/heatmap/?$", views.StudyHeatmapView.as_view(), name="study-heatmap"),
+    re_path(r"^studies/(?P<code>[^/]+)/withdraw/?$", views.StudyWithdrawView.as_view(), name="study-withdraw"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     # The split view serves its set-up script as a file of this site: the CSP nginx sends
     # (script-src 'self') blocks the inline one of SpectacularSwaggerView, leaving a blank page.

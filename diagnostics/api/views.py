@@ -40,12 +40,14 @@ from diagnostics.api.serializers import (
     StudySearchSerializer,
     StudySerializer,
     StudyUploadSerializer,
+    WithdrawalSerializer,
     shown_prediction,
 )
 from diagnostics.dicom import is_uid
 from diagnostics.imaging import RejectedUpload
 from diagnostics.media import protected_file_response
 from diagnostics.models import Prediction, Review, Study
+from diagnostics.withdrawal import WithdrawalRefused, withdraw_study
 from hospital import audit
 from hospital.api import IntegrationPrincipal, TenantAPIMixin
 from hospital.audit import Action
@@ -672,6 +674,38 @@ class StudyDetailView(StudyQueryMixin, APIView):
     def get(self, request, code: str):
         study = self.get_study(code)
         audit.record(Action.STUDY_VIEWED, request=request, hospital=self.hospital, target=study, via="api")
+        return Response(StudySerializer(study).data)
+
+
+class StudyWithdrawView(StudyQueryMixin, APIView):
+    parser_classes = [FiltersJSONParser, FormParser]
+    serializer_class = WithdrawalSerializer
+
+    @extend_schema(
+        summary="Withdraw a study filed in error (another patient's film, a test image, a duplicate)",
+        description=(
+            "The study is kept, with who withdrew it, when and why, but takes no reviews and is never used "
+            "for training; its DICOM instance may then be sent again, under the right patient, as a new "
+            "study. Withdrawing is final. Asked again of a withdrawn study, the answer is the study as it "
+            "is, unchanged (200)."
+        ),
+        request=WithdrawalSerializer,
+        responses={200: StudySerializer, **errors(400, 401, 403, 404, 429, 503)},
+    )
+    def post(self, request, code: str):
+        study = self.get_study(code)
+        body = request.data
+        if not hasattr(body, "get"):
+            raise exceptions.ValidationError("The body must be an object with a reason.")
+        if unknown := sorted(set(body) - {"reason", "csrfmiddlewaretoken"}):
+            raise exceptions.ValidationError(f"A withdrawal reads only a reason, not {', '.join(unknown)}.")
+        if body.get("reason") is not None and not isinstance(body.get("reason"), str):
+            raise exceptions.ValidationError("reason must be a string.")
+        try:
+            withdraw_study(study, reason=body.get("reason", ""), request=request, **_caller(request))
+        except WithdrawalRefused as exc:
+            raise exceptions.ValidationError(str(exc)) from exc
+        study = self.get_study(code)
         return Response(StudySerializer(study).data)
 
 

@@ -315,6 +315,8 @@ def test_detail_resource_shows_the_latest_non_shadow_prediction_reviews_and_warn
             }
         ],
         "warnings": [],
+        "withdrawn_at": None,
+        "withdrawal_reason": "",
     }
     assert "MRN-A1" not in str(body)
 

@@ -16,6 +16,7 @@ def test_schema_documents_every_endpoint_with_examples_and_key_auth(db):
         "/api/v1/studies/{code}/",
         "/api/v1/studies/{code}/image/",
         "/api/v1/studies/{code}/heatmap/",
+        "/api/v1/studies/{code}/withdraw/",
         "/dicomweb/studies/",
         "/dicomweb/studies/{study_instance_uid}/",
     }
@@ -51,7 +52,7 @@ def test_schema_documents_every_endpoint_with_examples_and_key_auth(db):
     assert set(detail) == {
         "id", "status", "failure_reason", "failure_code", "accession_number", "created_at", "updated_at",
         "image_url", "prediction", "reviews", "warnings", "study_instance_uid", "series_instance_uid",
-        "sop_instance_uid",
+        "sop_instance_uid", "withdrawn_at", "withdrawal_reason",
     }  # fmt: skip
     # What the numbers mean, for an integrator who would otherwise compare with 0.5.
     prediction = schema["components"]["schemas"]["Prediction"]["properties"]
@@ -87,7 +88,7 @@ def test_every_operation_documents_the_throttle_and_the_outage_answers(db):
         for path, methods in schema["paths"].items()
         for method, operation in methods.items()
     }
-    assert len(operations) == 8
+    assert len(operations) == 9
     assert {key: {"429", "503"} <= codes for key, codes in operations.items()} == dict.fromkeys(operations, True)
 
 

@@ -83,6 +83,8 @@ STUDY_FIELDS = {
     "prediction",
     "reviews",
     "warnings",
+    "withdrawn_at",
+    "withdrawal_reason",
 }
 
 

@@ -1,0 +1,103 @@
+"""Withdrawing a study filed in error from its page: doctors and radiologists, with a
+reason; the study is kept, says so, and leaves the worklist, reviews and re-analysis."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from diagnostics.models import Review, Study
+from hospital.models import AuditEvent
+from tests.portal.test_reviews import post_review
+
+FORM = 'action="/studies/{code}/withdraw/"'
+NOTICE = "Withdrawn as filed in error"
+
+
+@pytest.fixture
+def study(make_study, hospital_a):
+    return make_study(hospital_a, label="pneumonia", probability=0.8)
+
+
+def page(client, study: Study) -> str:
+    return client.get(reverse("diagnostics:study_detail", args=[study.code])).content.decode()
+
+
+def withdraw(client, study: Study, reason: str = "Another patient's film"):
+    return client.post(reverse("diagnostics:study_withdraw", args=[study.code]), {"reason": reason})
+
+
+@pytest.mark.parametrize("who", ["doctor", "radiologist"])
+def test_a_clinician_withdraws_a_study_and_its_page_says_so_and_by_whom(who, request, client_for, study):
+    user = request.getfixturevalue(who)
+    client = client_for(user)
+    assert FORM.format(code=study.code) in page(client, study)
+
+    response = withdraw(client, study)
+
+    assert (response.status_code, response["Location"]) == (302, f"/studies/{study.code}/")
+    study.refresh_from_db()
+    assert (study.withdrawn_by, study.withdrawal_reason) == (user, "Another patient's film")
+    html = page(client, study)
+    assert f"{NOTICE}</strong> on {timezone.localtime(study.withdrawn_at):%d %b %Y %H:%M} by {user}" in html
+    assert "Another patient&#x27;s film." in html
+    assert FORM.format(code=study.code) not in html
+    assert AuditEvent.objects.get(action="study.withdrawn").actor_user == user
+
+
+def test_a_withdrawn_study_leaves_the_worklist(client_for, doctor, study, make_study, hospital_a):
+    kept = make_study(hospital_a, label="normal", probability=0.1)
+    client = client_for(doctor)
+
+    withdraw(client, study)
+
+    html = client.get(reverse("diagnostics:worklist")).content.decode()
+    assert str(kept.code) in html
+    assert str(study.code) not in html
+
+
+def test_a_withdrawn_study_offers_no_review_and_takes_none(client_for, radiologist, doctor, study):
+    withdraw(client_for(doctor), study)
+    client = client_for(radiologist)
+
+    response = post_review(client, study, {"verdict": "agree"}, HTTP_HX_REQUEST="true", HTTP_HX_TARGET="reviews")
+
+    assert (response.status_code, response.content.decode()) == (
+        409, "This study was withdrawn as filed in error, so it takes no reviews and nothing was saved.",
+    )  # fmt: skip
+    assert not Review.objects.exists()
+    assert 'name="verdict"' not in page(client, study)
+
+
+def test_a_withdrawn_failed_study_is_not_analysed_again(client_for, doctor, make_study, hospital_a):
+    study = make_study(hospital_a, status=Study.Status.FAILED, failure_code=Study.Failure.GAVE_UP, attempts=3)
+    client = client_for(doctor)
+    withdraw(client, study)
+
+    response = client.post(reverse("diagnostics:study_analyse_again", args=[study.code]))
+
+    assert response.status_code == 302
+    assert Study.objects.values_list("status", "attempts").get(pk=study.pk) == ("failed", 3)
+    assert "Analyse again</button>" not in page(client, study)
+
+
+def test_a_withdrawal_without_a_reason_is_400_with_the_form_open_and_nothing_changes(client_for, doctor, study):
+    response = withdraw(client_for(doctor), study, reason="  ")
+
+    html = response.content.decode()
+    assert response.status_code == 400
+    assert "<details open>" in html
+    assert (
+        '<p id="withdraw-error" class="field-error" role="alert">'
+        "Say why the study is withdrawn (for example: another patient&#x27;s film).</p>"
+    ) in html
+    study.refresh_from_db()
+    assert study.withdrawn_at is None
+
+
+def test_a_hospital_admin_may_not_withdraw_and_an_outsider_learns_nothing(client_for, hospital_admin, outsider, study):
+    assert withdraw(client_for(hospital_admin), study).status_code == 403
+    assert withdraw(client_for(outsider), study).status_code == 404
+    study.refresh_from_db()
+    assert study.withdrawn_at is None
