@@ -364,3 +364,20 @@ def test_a_study_outside_the_intended_use_is_left_out_of_training_and_the_hold_o
     assert "0 whose stored file is gone or no longer decodes, 1 outside the intended use;" in out.getvalue()
     manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
     assert (manifest["train"], manifest["outside_intended_use_left_out"]) == ({"normal": 1, "pneumonia": 0}, 1)
+
+
+def test_a_study_withdrawn_as_filed_in_error_labels_nothing(tmp_path, consenting, radiologist, doctor):
+    """Its film may be another patient's: its radiologist's label is not of this image's
+    patient, and the study left the worklist for that reason."""
+    from diagnostics.withdrawal import withdraw_study
+
+    withdrawn = stored_study(consenting, REVIEW_IMAGES["normal"][0])
+    kept = stored_study(consenting, REVIEW_IMAGES["normal"][1], patient_id="MRN-2")
+    for study in (withdrawn, kept):
+        review(study, radiologist, "normal")
+    withdraw_study(withdrawn, reason="Another patient's film", user=doctor)
+
+    result = feedback.export_training_set(tmp_path / "export", holdout_fraction=0)
+
+    assert result.train == {"normal": 1}
+    assert [p.read_bytes() for p in _files(tmp_path / "export" / "NORMAL")] == [_png(REVIEW_IMAGES["normal"][1])]
