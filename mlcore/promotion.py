@@ -35,7 +35,10 @@ def gate_failures(candidate: ModelVersion, active: ModelVersion | None) -> list[
             "set: `compare_model NAME` measures it (retrain_model does for its own candidates)"
         ]
     compared_with = comparison.get("against") or {}
-    if compared_with.get("weights_sha256") != active.weights_sha256:
+    # The version itself, not its weights alone: a copy of the active weights registered
+    # with a split.json of hand-picked images and another threshold was compared with, and
+    # the gate took its flattering figures as the active version's (ML review).
+    if (compared_with.get("code"), compared_with.get("weights_sha256")) != (str(active.code), active.weights_sha256):
         return [
             f"{candidate.name} was compared with {compared_with.get('name') or 'another version'}, not with the "
             f"active version {active.name}; retrain from {active.name} to compare with it"

@@ -192,7 +192,11 @@ def compare_with(
     """`compare`, of the `candidate` engine and the registered `against`, naming the
     version it was measured against: the gate accepts it only against that one."""
     comparison = compare(candidate, registry.get_engine(against, device=device), locked, holdout)
-    comparison["against"] = {"name": against.name, "weights_sha256": against.weights_sha256}
+    comparison["against"] = {
+        "name": against.name,
+        "code": str(against.code),
+        "weights_sha256": against.weights_sha256,
+    }
     return comparison
 
 

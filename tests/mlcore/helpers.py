@@ -84,7 +84,7 @@ def compare_with_active(name: str, *, roc_auc_gain: float = 0.0) -> None:
         "candidate": measured,
         "active": active.metrics,
         "paired": {"pneumonia": no_lead, "normal": no_lead, "roc_auc_gain_lower_95": round(auc_gain / 2, 6)},
-        "against": {"name": active.name, "weights_sha256": active.weights_sha256},
+        "against": {"name": active.name, "code": str(active.code), "weights_sha256": active.weights_sha256},
     }
     candidate.metrics = {**candidate.metrics, "comparison": comparison}
     candidate.save(update_fields=["metrics"])

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from mlcore.models import ModelVersion
@@ -8,6 +10,8 @@ from mlcore.promotion import MIN_REVIEWED_HOLDOUT, gate_failures
 
 def _version(name: str, status: str, metrics: dict, weights_sha256: str = "0" * 64) -> ModelVersion:
     return ModelVersion.objects.create(
+        # "active" is the version _comparison names as measured against.
+        code=ACTIVE_CODE if name == "active" else uuid.uuid4(),
         name=name,
         architecture="resnet18",
         image_size=64,
@@ -21,6 +25,7 @@ def _version(name: str, status: str, metrics: dict, weights_sha256: str = "0" * 
 
 SAME = {"roc_auc": 0.99, "sensitivity": 0.96, "specificity": 0.9}
 ACTIVE_WEIGHTS = "a" * 64
+ACTIVE_CODE = uuid.UUID("00000000-0000-4000-8000-00000000000a")
 
 
 def _reviewed(pneumonia: int, normal: int, **figures) -> dict:
@@ -50,7 +55,7 @@ def _comparison(holdout_images: int, holdout_candidate_auc: float, **candidate) 
                 "active": _reviewed(pneumonia, holdout_images - pneumonia),
                 "paired": _paired(holdout_candidate_auc - 0.90),
             },
-            "against": {"name": "active", "weights_sha256": ACTIVE_WEIGHTS},
+            "against": {"name": "active", "code": str(ACTIVE_CODE), "weights_sha256": ACTIVE_WEIGHTS},
         }
     }
 
@@ -118,6 +123,24 @@ def test_a_candidate_compared_with_an_earlier_active_version_is_refused():
 
 
 @pytest.mark.django_db
+def test_a_candidate_compared_with_a_copy_of_the_active_weights_is_refused():
+    """The gate knew the version compared with by its weights alone: a copy of the active
+    weights registered with a split.json of hand-picked locked images and another threshold
+    was compared with, and its flattering figures passed for the active version's, with no
+    override (ML review)."""
+    active = _version("active", ModelVersion.Status.ACTIVE, SAME, ACTIVE_WEIGHTS)
+    copy = _version("active-copy", ModelVersion.Status.CANDIDATE, SAME, ACTIVE_WEIGHTS)
+    measured = _comparison(0, 0.9, roc_auc=0.995)
+    measured["comparison"]["against"] = {"name": copy.name, "code": str(copy.code), "weights_sha256": ACTIVE_WEIGHTS}
+    candidate = _version("candidate", ModelVersion.Status.CANDIDATE, measured)
+
+    assert gate_failures(candidate, active) == [
+        "candidate was compared with active-copy, not with the active version active; retrain from active to "
+        "compare with it"
+    ]
+
+
+@pytest.mark.django_db
 def test_a_version_never_compared_is_refused_whatever_its_own_validation_says():
     """Each version's own validation metrics come from different images, with a threshold
     fitted on them: they compare nothing."""
@@ -152,7 +175,9 @@ def test_a_reviewed_hold_out_of_one_class_still_judges_that_classs_figure():
 def test_a_figure_that_is_not_a_number_is_not_measured_and_refuses_the_candidate():
     """NaN is never worse than anything, so it passed (ML review). The database refuses NaN
     in JSON, so the versions are not saved here."""
-    active = ModelVersion(name="active", status=ModelVersion.Status.ACTIVE, weights_sha256=ACTIVE_WEIGHTS)
+    active = ModelVersion(
+        name="active", code=ACTIVE_CODE, status=ModelVersion.Status.ACTIVE, weights_sha256=ACTIVE_WEIGHTS
+    )
     candidate = ModelVersion(name="candidate", metrics=_comparison(0, 0.9, roc_auc=float("nan"), sensitivity=0.97))
 
     assert gate_failures(candidate, active) == ["roc_auc is not measured for both versions"]

@@ -336,7 +336,7 @@ def test_a_model_trained_anew_is_measured_against_the_active_one_and_carries_it_
     version = ModelVersion.objects.get(name="fresh")
     locked = locked_validation(weights_dir / TINY_NAME / "split.json", SMALL_DATA)
     assert version.metrics["comparison"] == printed
-    assert printed["against"] == {"name": TINY_NAME, "weights_sha256": active.weights_sha256}
+    assert printed["against"] == {"name": TINY_NAME, "code": str(active.code), "weights_sha256": active.weights_sha256}
     assert printed["locked_validation_images"] == len(locked) > 0
     assert printed["candidate"] == json.loads(json.dumps(evaluate_samples(registry.get_engine(version), locked)))
     assert printed["active"] == json.loads(json.dumps(evaluate_samples(registry.get_engine(active), locked)))

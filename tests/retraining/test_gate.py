@@ -52,7 +52,9 @@ def compare_for_gate(candidate: ModelVersion, active: ModelVersion) -> dict:
         registry.resolve_weights_path(active).parent / retraining.SPLIT_FILE, settings.TRAINING_DATA_DIR
     )
     comparison = retraining.compare(registry.get_engine(candidate), registry.get_engine(active), locked, [])
-    comparison["against"] = {"name": active.name, "weights_sha256": active.weights_sha256}  # as retrain() records
+    comparison["against"] = {  # as retrain() records
+        "name": active.name, "code": str(active.code), "weights_sha256": active.weights_sha256,
+    }  # fmt: skip
     candidate.metrics = {**candidate.metrics, "comparison": comparison}
     candidate.save(update_fields=["metrics"])
     return comparison
