@@ -643,7 +643,8 @@ class StudySearchView(StudyQueryMixin, generics.GenericAPIView):
         description=(
             "The filters of `GET /api/v1/studies/` in a JSON or form body, so that no accession number "
             "travels in a URL, and the DICOM `study_instance_uid` and `sop_instance_uid`. A filter "
-            "Pleura does not know, or one sent empty, is refused (400). Paged as the list is: POST the "
+            "Pleura does not know, or one sent empty, is refused (400), as are a search with no filter and "
+            "filters in the URL. Paged as the list is: POST the "
             "same body to the `next` link, which carries only the page number."
         ),
         request=StudySearchSerializer,
@@ -655,7 +656,18 @@ class StudySearchView(StudyQueryMixin, generics.GenericAPIView):
         filters = request.data
         if not hasattr(filters, "get"):
             raise exceptions.ValidationError("The body must be an object of filters.")
+        # Filters in the URL were ignored, and the search answered every study of the
+        # hospital (EMR review); they belong in the body, which no proxy or log keeps.
+        if in_url := sorted(set(request.query_params) - {"page", "format"}):
+            raise exceptions.ValidationError(
+                f"The search reads its filters from the body, not the URL ({', '.join(in_url)}): send them as "
+                "JSON or a form."
+            )
         _refuse_unknown(filters, SEARCH_FILTERS)
+        if not any(name in filters for name in SEARCH_FILTERS):
+            raise exceptions.ValidationError(
+                f"Give at least one filter ({', '.join(SEARCH_FILTERS)}): to read every study, GET /api/v1/studies/."
+            )
         for name in SEARCH_FILTERS:
             if filters.get(name) is not None and not isinstance(filters.get(name), str):
                 raise exceptions.ValidationError(f"{name} must be a string.")

@@ -505,6 +505,27 @@ def test_a_review_saved_after_the_prediction_is_read_back_as_a_change(caller, co
 
 
 @pytest.mark.parametrize(
+    ("query", "body", "detail"),
+    [
+        ("?accession_number=NOPE-XYZ", None,
+         "The search reads its filters from the body, not the URL (accession_number): send them as JSON or a form."),
+        ("?status=failed&foo=1", {"accession_number": "ACC-A1"},
+         "The search reads its filters from the body, not the URL (foo, status): send them as JSON or a form."),
+        ("", {}, "Give at least one filter (accession_number, status, study_instance_uid, sop_instance_uid): to read "
+         "every study, GET /api/v1/studies/."),
+        ("", None, "Give at least one filter (accession_number, status, study_instance_uid, sop_instance_uid): to "
+         "read every study, GET /api/v1/studies/."),
+    ],
+)  # fmt: skip
+def test_a_search_with_its_filters_in_the_url_or_none_at_all_is_400_not_every_study(
+    caller, study_a, query, body, detail
+):
+    """Both answered every study of the hospital, newest first (EMR review)."""
+    response = caller("key_a").post(f"{SEARCH_URL}{query}", body, format="json")
+    assert (response.status_code, response.json()) == (400, {"detail": detail})
+
+
+@pytest.mark.parametrize(
     ("query", "detail"),
     [
         ("?status=done", "status must be one of: queued, processing, completed, failed."),
