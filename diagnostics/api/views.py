@@ -468,8 +468,9 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
             OpenApiParameter(
                 "updated_since",
                 OpenApiTypes.DATETIME,
-                description="ISO 8601; studies changed at or after this time (their `updated_at`): a new "
-                "status, prediction or review. The answer is then ordered by `updated_at`, oldest first, and "
+                description="ISO 8601 (a date, or a time without a zone, is UTC); studies changed at or after "
+                "this time (their `updated_at`): a new status, prediction, review or withdrawal. The answer is "
+                "then ordered by `updated_at`, oldest first, and "
                 "paged by a cursor: follow `next` to the end (`count` is absent), then ask again with the last "
                 "`updated_at` read, less a minute.",
             ),
@@ -619,7 +620,9 @@ def _parse_since(value: str) -> datetime:
         raise exceptions.ValidationError("updated_since must be an ISO 8601 date or date-time.")
     try:
         if timezone.is_naive(parsed):
-            parsed = timezone.make_aware(parsed, timezone.get_default_timezone())
+            # UTC, as the API speaks: the server's TIME_ZONE west of UTC skipped the changes
+            # of the hours between (EMR review).
+            parsed = parsed.replace(tzinfo=UTC)
         # In UTC, as the database compares it: 0001-01-01T00:00+01:00 has no UTC time.
         return parsed.astimezone(UTC)
     except (OverflowError, ValueError) as exc:

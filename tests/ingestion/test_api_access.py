@@ -8,7 +8,7 @@ import base64
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import numpy as np
@@ -396,6 +396,22 @@ def test_list_is_newest_first_and_paginated(caller, hospital_a, monkeypatch):
     second = client.get(first["next"]).json()
     assert [item["id"] for item in second["results"]] == [str(studies[0].code)]
     assert second["next"] is None
+
+
+@pytest.mark.parametrize("since", ["2030-01-02", "2030-01-02T00:00:00", "2030-01-02T00:00:00Z"])
+def test_a_date_or_time_without_a_zone_in_updated_since_is_utc_whatever_the_servers_zone(
+    caller, hospital_a, settings, since
+):
+    """Read in TIME_ZONE (New York), a feed starting from a date missed five hours of changes (EMR review)."""
+    settings.TIME_ZONE = "America/New_York"
+    studies = _studies(hospital_a, 2)
+    moments = [datetime(2030, 1, 1, 23, 59, tzinfo=UTC), datetime(2030, 1, 2, 0, 1, tzinfo=UTC)]
+    for study, moment in zip(studies, moments, strict=True):
+        Study.objects.filter(pk=study.pk).update(updated_at=moment)
+
+    response = caller("key_a").get(STUDIES_URL, {"updated_since": since})
+
+    assert [item["id"] for item in response.json()["results"]] == [str(studies[1].code)]
 
 
 def test_list_filters_by_status_accession_and_updated_since(caller, hospital_a):
