@@ -29,6 +29,8 @@ from django.core.signals import request_finished
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
 
+from config.safe_paths import loggable_path
+
 REQUEST_ID_HEADER = "X-Request-ID"
 # Ids from the proxy are trusted only in this shape, so a client cannot inject text
 # (or PHI) into every log line of its request.
@@ -104,39 +106,6 @@ def _log_request(request: HttpRequest, status: int, started: float) -> None:
             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
         },
     )
-
-
-# What each URL parameter may hold to be logged as it is. A study's code is a UUID, and a
-# DICOM UID has a root and a suffix at least: a patient's ID is neither, even when it is all
-# digits, as many are (code review). The admin's ids are database keys, its app labels
-# names; any other parameter (the admin's catch-all `url`) is never written.
-_DATABASE_ID = re.compile(r"[0-9]{1,20}")
-_LOGGABLE_PARAMETERS = {
-    "code": re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"),
-    "study_instance_uid": re.compile(r"(?=.{3,64}$)[0-9]+(\.[0-9]+)+"),
-    "object_id": _DATABASE_ID,
-    "id": _DATABASE_ID,
-    "content_type_id": _DATABASE_ID,
-    "app_label": re.compile(r"[a-z_]{1,100}"),
-}
-UNSERVED_PATH = "(a path Pleura does not serve)"
-
-
-def loggable_path(request: HttpRequest) -> str:
-    """The path, with any value in it that its parameter does not expect (a UUID where a
-    study's code belongs) written as "<not a code>", and a path no route serves written as
-    its first segment only: an EMR that put a patient's ID where a study's code belongs put
-    it in every log line (security review)."""
-    match = getattr(request, "resolver_match", None)
-    if match is None:
-        first = request.path.strip("/").split("/", 1)[0]
-        return f"/{first}/… {UNSERVED_PATH}" if first.isascii() and first.isalpha() else UNSERVED_PATH
-    path = request.path
-    for name, value in match.kwargs.items():
-        expected = _LOGGABLE_PARAMETERS.get(name)
-        if expected is None or not expected.fullmatch(str(value)):
-            path = path.replace(str(value), "<not a code>")
-    return path
 
 
 class RequestIdFilter(logging.Filter):

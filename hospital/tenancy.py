@@ -24,6 +24,7 @@ from django.db import DatabaseError, models, transaction
 from django.http import Http404, HttpResponse
 from django.shortcuts import render
 
+from config.safe_paths import loggable_path
 from hospital import audit
 from hospital.models import Hospital, Membership, Role
 
@@ -170,7 +171,8 @@ def record_denied_all(request, refused: list[tuple[Hospital | None, Any]], **det
             hospital=hospital,
             target=target,
             outcome=audit.Outcome.DENIED,
-            path=request.path,
+            # The trail is append-only: a patient's ID put in a URL could never leave it.
+            path=loggable_path(request),
             **detail,
         )
         for hospital, target in refused

@@ -12,8 +12,11 @@ import uuid
 import pydicom
 import pytest
 import torch
+from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
 
+from config.safe_paths import SafePathFilter
 from diagnostics import pipeline
 from diagnostics.models import Study
 from diagnostics.observability import JsonFormatter, RequestIdFilter
@@ -78,6 +81,7 @@ def active_model(db, tmp_path) -> ModelVersion:
 def _every_rendering(record: logging.LogRecord) -> str:
     """The record as every handler could write it: message, args, extras, JSON, traceback."""
     RequestIdFilter().filter(record)
+    SafePathFilter().filter(record)
     parts = [record.getMessage(), repr(record.args), repr(vars(record)), JsonFormatter().format(record)]
     if record.exc_info:
         parts.append(logging.Formatter().formatException(record.exc_info))
@@ -153,6 +157,9 @@ def test_a_patient_id_sent_where_a_code_belongs_never_reaches_the_logs(client, d
     assert emr.post("/dicomweb/studies/", b"x", content_type=f"application/x-{FAMILY}").status_code == 415
     client.force_login(doctor)
     assert client.get(f"/studies/{TYPED_PATIENT_ID}/").status_code == 404
+    # Django's own warning of a refused CSRF check names the path (security review).
+    anonymous = Client(enforce_csrf_checks=True)
+    assert anonymous.post(f"/admin/diagnostics/study/{FAMILY}-{DICOM_PATIENT_ID}/change/").status_code == 403
 
     paths = [r.http_path for r in caplog.records if r.name == "pleura.request"]
     rendered = "\n".join(_every_rendering(record) for record in caplog.records)
@@ -162,6 +169,11 @@ def test_a_patient_id_sent_where_a_code_belongs_never_reaches_the_logs(client, d
         "/dicomweb/studies/<not a code>",
         "/dicomweb/studies/",
         "/studies/… (a path Pleura does not serve)",
+        "/admin/diagnostics/study/<not a code>/change/",
     ]
+    csrf = next(record for record in caplog.records if record.name == "django.security.csrf")
+    assert csrf.getMessage() == "Forbidden (CSRF cookie not set.): /admin/diagnostics/study/<not a code>/change/"
+    # The filter is the console handler's: every line written passes it.
+    assert settings.LOGGING["handlers"]["console"]["filters"] == ["request_id", "safe_path"]
     for identifier in (*PHI, NUMERIC_PATIENT_ID):
         assert identifier.lower() not in rendered.lower(), f"{identifier} reached the logs"

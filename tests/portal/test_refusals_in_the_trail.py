@@ -156,3 +156,22 @@ def test_an_admin_page_for_an_id_that_is_not_one_is_a_plain_404(client_for, outs
 
     assert portal.get(f"/admin/{model}/abc/change/").status_code == 404
     assert refusals() == []
+
+
+def test_a_patient_id_put_in_a_refused_url_never_enters_the_append_only_trail(key_a, hospital_admin):
+    """The trail kept `request.path` as it was, where the logs write it made safe: an ID put
+    where a study's code belongs could never be taken out of it again (security review)."""
+    key, raw = key_a
+    key.revoke()
+    emr = APIClient()
+    emr.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    admin = APIClient()
+    admin.force_login(hospital_admin)
+
+    assert emr.get("/api/v1/studies/MRN-77441-QUILLON/").status_code == 401
+    assert admin.post("/dicomweb/studies/QUILLON-77441", b"", content_type="application/dicom").status_code == 403
+
+    assert [detail["path"] for *_, detail in refusals()] == [
+        "/api/v1/studies/<not a code>/",
+        "/dicomweb/studies/<not a code>",
+    ]
