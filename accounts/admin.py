@@ -121,6 +121,7 @@ admin.site.unregister(Group)
 
 @admin.register(User)
 class UserAdmin(HospitalScopedAdmin, DjangoUserAdmin):
+    change_user_password_template = "admin/accounts/user/change_password.html"
     hospital_lookup = "memberships__hospital"
     inlines = [MembershipInline]
 
