@@ -192,8 +192,9 @@ def has_role(request, roles: Iterable[str]) -> bool:
 def role_required(*roles: str) -> Callable:
     """View decorator: signed-in members of the active hospital with one of `roles`.
 
-    Someone with no membership at all gets 404 (they have no hospital to look into);
-    a member whose role is not allowed gets 403.
+    Someone with no active membership at all gets a page saying so (403), whatever the
+    page asked for: a 404 sent them "back to the worklist", the same 404 (admin review).
+    A member whose role is not allowed gets 403.
     """
     allowed = set(roles) or {role.value for role in Role}
 
@@ -203,7 +204,7 @@ def role_required(*roles: str) -> Callable:
             if not request.user.is_authenticated:
                 return _to_sign_in(request)
             if getattr(request, "membership", None) is None:
-                raise Http404("No hospital.")
+                return render(request, "accounts/no_hospital.html", status=403)
             if (refusal := switched_away(request)) is not None:
                 return refusal
             if request.membership.role not in allowed:

@@ -18,7 +18,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from accounts.models import User
-from hospital.models import AuditEvent
+from hospital.models import AuditEvent, Membership
 from tests.conftest import PASSWORD, REPO_ROOT
 
 LOGIN_URL = "/accounts/login/"
@@ -210,6 +210,39 @@ def test_inactive_user_cannot_log_in(client, doctor):
     User.objects.filter(pk=doctor.pk).update(is_active=False)
     assert _login(client, doctor.email, PASSWORD).status_code == 200
     assert "_auth_user_id" not in client.session
+
+
+def test_a_person_whose_every_membership_was_ended_is_told_so_at_sign_in(client, doctor):
+    """Ending the membership is how an admin ends a person's access: signed in all the same,
+    they landed on a 404 whose "Back to the worklist" was the same 404 (admin review)."""
+    Membership.objects.filter(user=doctor).update(is_active=False)
+
+    response = _login(client, doctor.email, PASSWORD)
+
+    assert response.status_code == 200
+    assert "_auth_user_id" not in client.session
+    assert (
+        "This account is no longer an active member of any hospital in Pleura, so there is nothing to open: "
+        "ask your hospital&#x27;s admin to restore your access."
+    ) in response.content.decode()
+    assert not AuditEvent.objects.filter(action="auth.login").exists()
+
+
+def test_a_session_whose_membership_ends_is_shown_why_and_may_sign_out(client, doctor):
+    _login(client, doctor.email, PASSWORD)
+    Membership.objects.filter(user=doctor).update(is_active=False)
+
+    response = client.get("/")
+
+    html = response.content.decode()
+    assert response.status_code == 403
+    assert "your account is no longer an active member of any hospital in Pleura" in html
+    assert '<form method="post" action="/accounts/logout/">' in html
+
+
+def test_a_platform_operator_signing_in_at_the_portal_goes_to_the_admin(client, superuser):
+    response = _login(client, superuser.email, PASSWORD)
+    assert (response.status_code, response["Location"]) == (302, "/admin/")
 
 
 def test_session_expires_after_the_idle_time_and_each_request_extends_it(client, doctor):

@@ -344,8 +344,11 @@ def test_a_page_request_after_the_session_ended_sends_the_window_to_sign_in_and_
     assert response.content.decode() == "Your session has ended. Please sign in again."
 
 
-def test_superuser_without_membership_gets_404(client_for, superuser):
-    assert client_for(superuser).get(WORKLIST).status_code == 404
+def test_superuser_without_membership_is_told_so_and_sent_to_the_admin(client_for, superuser):
+    response = client_for(superuser).get(WORKLIST)
+    assert response.status_code == 403
+    assert "a platform operator with no hospital membership" in response.content.decode()
+    assert '<a class="btn btn--primary" href="/admin/">Open the admin</a>' in response.content.decode()
 
 
 def test_the_shared_radiologist_sees_the_hospital_picked_in_the_switcher(client_for, shared_radiologist, studies):
