@@ -33,7 +33,7 @@ def test_the_docs_render_every_operation_under_the_shipped_csp(chromium, live_se
     page.goto(f"{live_server.url}/api/v1/docs/")
 
     expect(page.locator(".opblock").first).to_be_visible()
-    # The list, search, upload, a study, its image and heatmap, and two DICOMweb stores.
-    assert page.locator(".opblock").count() == 8
+    # The list, search, upload, a study, its image, heatmap and withdrawal, and two DICOMweb stores.
+    assert page.locator(".opblock").count() == 9
     assert refused == []
     screenshot(page, "22-api-docs")

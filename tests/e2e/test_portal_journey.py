@@ -112,7 +112,9 @@ def test_doctor_uploads_watches_opens_radiologist_disagrees_outsider_is_refused(
     screenshot(page, "05-study")
     page.get_by_label("Heatmap", exact=True).check()
     expect(heatmap).to_be_visible()
-    assert heatmap.evaluate("img => img.complete && img.naturalWidth") == image.evaluate("img => img.naturalWidth")
+    # Fetched when switched on (loading="lazy"): then as wide as the radiograph.
+    wait_for(lambda: heatmap.evaluate("img => img.complete && img.naturalWidth > 0"), 10, what="heatmap loaded")
+    assert heatmap.evaluate("img => img.naturalWidth") == image.evaluate("img => img.naturalWidth")
     page.get_by_label("Heatmap opacity").fill("80")
     assert heatmap.evaluate("img => getComputedStyle(img).opacity") == "0.8"
     page.get_by_role("button", name="Zoom in").click()
