@@ -19,16 +19,27 @@ def _opened_hospital(request, user):
     return membership.hospital if membership else None
 
 
+# A session is in the trail of every hospital the person works in, as any event about their
+# account is (README): filed under the one it opened alone, the others read their films
+# being opened in a session that never began, and got a login with no logout (admin review).
+
+
 @receiver(user_logged_in)
 def _audit_login(sender, request, user, **kwargs) -> None:
-    hospital = _opened_hospital(request, user)
-    audit.record(audit.Action.LOGIN, request=request, actor=user, hospital=hospital, target=user)
+    from accounts.services import record_about_user
+
+    opened = _opened_hospital(request, user)
+    record_about_user(
+        audit.Action.LOGIN, user, actor=user, request=request, **({"opened": opened.slug} if opened else {})
+    )
 
 
 @receiver(user_logged_out)
 def _audit_logout(sender, request, user, **kwargs) -> None:
+    from accounts.services import record_about_user
+
     if user is not None:
-        audit.record(audit.Action.LOGOUT, request=request, actor=user, target=user)
+        record_about_user(audit.Action.LOGOUT, user, actor=user, request=request)
 
 
 @receiver(user_login_failed)

@@ -206,6 +206,22 @@ def test_logout_is_audited(client, doctor):
     assert (event.actor_user, event.target_id) == (doctor, str(doctor.code))
 
 
+def test_a_session_is_in_the_trail_of_every_hospital_the_person_works_in(client, shared_radiologist):
+    """Filed under the hospital it opened alone, the other's trail read its films opened in a
+    session that never began, and the first got a login with no logout (admin review)."""
+    _login(client, shared_radiologist.email, PASSWORD)
+    opened = client.get("/").context["active_hospital"]
+    assert client.post("/accounts/logout/").status_code == 302
+
+    events = AuditEvent.objects.filter(action__in=["auth.login", "auth.logout"]).order_by("id")
+    assert [(event.action, event.hospital.slug, event.actor_user, event.detail) for event in events] == [
+        ("auth.login", "riverside", shared_radiologist, {"opened": opened.slug}),
+        ("auth.login", "st-marys", shared_radiologist, {"opened": opened.slug}),
+        ("auth.logout", "riverside", shared_radiologist, {}),
+        ("auth.logout", "st-marys", shared_radiologist, {}),
+    ]
+
+
 def test_inactive_user_cannot_log_in(client, doctor):
     User.objects.filter(pk=doctor.pk).update(is_active=False)
     assert _login(client, doctor.email, PASSWORD).status_code == 200
