@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from mlcore import data, plots
-from mlcore.engine import InferenceEngine
+from mlcore.engine import InferenceEngine, NonFiniteOutput
 from mlcore.metrics import classification_report
 from mlcore.preprocessing import load_grayscale_file
 
@@ -22,7 +22,14 @@ def folder_logits(engine: InferenceEngine, samples: list[data.Sample], *, as_16_
     for start in range(0, len(samples), EVAL_BATCH_SIZE):
         chunk = samples[start : start + EVAL_BATCH_SIZE]
         logits.append(engine.logits([read(s.path) for s in chunk]))
-    return np.concatenate(logits) if logits else np.zeros(0)
+    logits = np.concatenate(logits) if logits else np.zeros(0)
+    if not np.isfinite(logits).all():
+        # Measured, NaN reached the metrics' library as a traceback (ML review); it is no figure.
+        raise NonFiniteOutput(
+            f"{engine.spec.name} gives no probability for {int(np.sum(~np.isfinite(logits)))} of {len(samples)} "
+            "images (its weights hold values that are not numbers), so it cannot be measured"
+        )
+    return logits
 
 
 def sent_as_16_bit(gray: np.ndarray) -> np.ndarray:

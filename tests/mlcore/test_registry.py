@@ -404,6 +404,35 @@ def test_a_model_that_trained_on_the_locked_set_is_not_compared_there(weights_di
     assert "comparison" not in ModelVersion.objects.get(name="leaky").metrics
 
 
+def test_a_model_that_gives_no_numbers_is_refused_in_words_not_a_traceback(weights_dir, tiny_model, settings, tmp_path):
+    """NaN logits reached the metrics' library, and compare_model ended in its traceback (ML review)."""
+    import torch
+
+    from mlcore.network import build_network, load_weights, save_weights
+    from tests.mlcore.helpers import SMALL_DATA
+
+    settings.TRAINING_DATA_DIR = SMALL_DATA
+    call_command("ensure_default_model", stdout=io.StringIO())
+    folder = _trained_without_the_locked_set(weights_dir, tmp_path, "broken")
+    description = json.loads((folder / "model.json").read_text())
+    network = load_weights(build_network(description["architecture"]), folder / description["weights"])
+    with torch.no_grad():
+        network.fc.bias.fill_(float("nan"))
+    description["weights_sha256"] = save_weights(network, folder / description["weights"])
+    (folder / "model.json").write_text(json.dumps(description))
+    _run("register_model", str(folder))
+
+    with pytest.raises(CommandError) as refused:
+        call_command("compare_model", "broken", stdout=io.StringIO())
+
+    assert re.fullmatch(
+        r"broken gives no probability for (\d+) of \1 images \(its weights hold values that are not numbers\), "
+        r"so it cannot be measured",
+        str(refused.value),
+    )
+    assert "comparison" not in ModelVersion.objects.get(name="broken").metrics
+
+
 @pytest.mark.parametrize(
     ("who", "reason", "refusal"),
     [

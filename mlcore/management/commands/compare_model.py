@@ -6,6 +6,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from mlcore import registry
+from mlcore.engine import NonFiniteOutput
 from mlcore.models import ModelVersion
 from mlcore.retraining import RetrainingError, compare_registered
 
@@ -41,6 +42,6 @@ class Command(BaseCommand):
             )
         try:
             comparison = compare_registered(candidate, against, device=options["device"])
-        except (RetrainingError, registry.RegistryError, FileNotFoundError) as exc:
+        except (RetrainingError, registry.RegistryError, FileNotFoundError, NonFiniteOutput) as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(json.dumps(comparison, indent=2))

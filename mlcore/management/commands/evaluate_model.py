@@ -6,6 +6,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from mlcore import registry
+from mlcore.engine import NonFiniteOutput
 from mlcore.evaluation import evaluate_folder
 from mlcore.models import ModelVersion
 
@@ -38,6 +39,6 @@ class Command(BaseCommand):
             else:
                 _, engine = registry.get_active_engine(options["device"])
             report = evaluate_folder(engine, folder, options["out"], as_16_bit=options["as_16_bit"])
-        except (registry.RegistryError, FileNotFoundError) as exc:
+        except (registry.RegistryError, FileNotFoundError, NonFiniteOutput) as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(json.dumps(report, indent=2))

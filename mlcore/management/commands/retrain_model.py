@@ -12,6 +12,7 @@ from django.db import transaction
 from diagnostics import feedback
 from diagnostics.management.commands.export_training_set import hospitals_from_slugs
 from mlcore import retraining, tasks
+from mlcore.engine import NonFiniteOutput
 from mlcore.models import ModelVersion
 from mlcore.promotion import gate_failures
 
@@ -61,7 +62,13 @@ class Command(BaseCommand):
                     device=options["device"],
                     max_images=options["max_images"],
                 )
-        except (retraining.RetrainingError, feedback.ExportError, FileNotFoundError, ValueError) as exc:
+        except (
+            retraining.RetrainingError,
+            feedback.ExportError,
+            FileNotFoundError,
+            ValueError,
+            NonFiniteOutput,
+        ) as exc:
             raise CommandError(str(exc)) from exc
         comparison = version.metrics["comparison"]
         self.stdout.write(f"registered candidate {version.name} (parent {version.parent.name})")
