@@ -14,15 +14,18 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.uid import generate_uid
 
 from diagnostics.imaging import decode_upload
 from diagnostics.models import Study
 from hospital.models import AuditEvent
+from tests.conftest import SHARED_DATA
 from tests.ingestion.conftest import (
     CR_CHEST,
     NORMAL_JPEG,
     PNEUMONIA_PNG,
+    SHARED_DICOM,
     STUDIES_URL,
     a_picture,
     make_dicom,
@@ -605,6 +608,64 @@ def test_a_faint_radiograph_is_not_taken_for_one_shade(emr):
     faint = (decode_upload(NORMAL_JPEG.read_bytes()).gray // 32 + 100).astype(np.uint8)
 
     assert post_file(emr, png_of(faint)).status_code == 202
+
+
+NOISE = (
+    "The image is noise, not a radiograph: neighbouring pixels change as much as distant ones, where anatomy "
+    "changes smoothly. The file may be damaged in its pixel data; send it again from the modality or the PACS."
+)
+
+
+def _jpeg2000_damaged_past_its_header() -> bytes:
+    """A lossless JPEG 2000 DICOM whose codestream after its header has every 7th byte
+    flipped: it decodes without a word, into blobs (EMR review)."""
+    from pydicom.encaps import encapsulate, generate_fragmented_frames
+
+    dataset = pydicom.dcmread(SHARED_DICOM / "RG3-J2KR-tibia-cr.dcm")
+    (frame,) = [b"".join(fragments) for fragments in generate_fragmented_frames(dataset.PixelData, number_of_frames=1)]
+    codestream = bytearray(frame)
+    for index in range(codestream.find(b"\xff\x93") + 2, len(codestream), 7):  # after the start of data
+        codestream[index] ^= 0x5A
+    dataset.PixelData = encapsulate([bytes(codestream)])
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "upload",
+    [
+        lambda: png_of(np.random.default_rng(0).integers(0, 256, (512, 512)).astype(np.uint8)),
+        _jpeg2000_damaged_past_its_header,
+    ],
+    ids=["random pixels", "damaged JPEG 2000"],
+)
+def test_a_picture_of_noise_is_refused_not_labelled(upload, emr, stored):
+    """The model read random pixels as pneumonia at 99.5%, and a damaged JPEG 2000 as normal
+    at 80%, with no warning (EMR review)."""
+    before = stored()
+
+    response = post_file(emr, upload())
+
+    assert (response.status_code, response.json()) == (422, {"detail": NOISE})
+    assert stored() == before
+
+
+def test_no_radiograph_of_the_training_set_nor_a_noisy_small_one_is_taken_for_noise():
+    """The bound's margin, on every radiograph Pleura has (imaging.MAX_NEIGHBOUR_CHANGE)."""
+    from diagnostics.imaging import MAX_NEIGHBOUR_CHANGE, neighbour_change
+
+    films = sorted((SHARED_DATA / "chest_xray").rglob("*.jpeg")) + sorted(SHARED_DICOM.iterdir())
+    changes = {film.name: neighbour_change(decode_upload(film.read_bytes()).gray) for film in films}
+    film = decode_upload(PNEUMONIA_PNG.read_bytes()).gray.astype(float)
+    rng = np.random.default_rng(0)
+    for side in (64, 128, 224):
+        small = np.asarray(Image.fromarray(film.astype(np.uint8)).resize((side, side), Image.BICUBIC))
+        noisy = np.clip(small + rng.normal(0, 10, small.shape), 0, 255).astype(np.uint8)
+        changes[f"{side} px with noise"] = neighbour_change(noisy)
+
+    assert len(changes) > 5000
+    assert {name: change for name, change in changes.items() if change > MAX_NEIGHBOUR_CHANGE / 1.2} == {}
 
 
 @pytest.mark.parametrize(

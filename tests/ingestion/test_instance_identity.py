@@ -31,7 +31,9 @@ def another_patients_instance_with_the_uid_of(path) -> bytes:
     dataset.PatientName = "Other^Patient"
     dataset.PatientID = "MRN-OTHER-999"
     dataset.StudyInstanceUID = generate_uid()
-    dataset.PixelData = np.frombuffer(dataset.PixelData, dtype=np.uint8)[::-1].tobytes()
+    # Another film: this one upside down (bytes reversed, a 16-bit image became noise).
+    rows = np.frombuffer(dataset.PixelData, dtype=f"<u{dataset.BitsAllocated // 8}").reshape(dataset.Rows, -1)
+    dataset.PixelData = np.ascontiguousarray(rows[::-1]).tobytes()
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=False)
     return buffer.getvalue()
