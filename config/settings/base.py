@@ -178,6 +178,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Chest X-ray pneumonia detection: ingestion of studies and their results.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # A request's own components: shared with the responses, an upload's `file` was a URI, and
+    # generated clients sent a URL as text (EMR review).
+    "COMPONENT_SPLIT_REQUEST": True,
     # Swagger UI served from our own static files: the docs work without internet.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

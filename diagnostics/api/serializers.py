@@ -119,6 +119,9 @@ class StudySerializer(serializers.ModelSerializer):
             "withdrawn_at",
             "withdrawal_reason",
         ]
+        # All of it is Pleura's to set: read-only, and so required in the schema's answers, where
+        # typed clients made `status` optional and writable (EMR review).
+        read_only_fields = fields
 
     def get_image_url(self, study: Study) -> str:
         return reverse("api:study-image", kwargs={"code": study.code})

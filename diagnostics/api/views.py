@@ -193,6 +193,9 @@ ERRORS = {
     404: OpenApiResponse(ErrorSerializer, description="No such study in your hospital."),
     413: OpenApiResponse(ErrorSerializer, description="Larger than MAX_UPLOAD_BYTES or MAX_IMAGE_PIXELS."),
     415: OpenApiResponse(ErrorSerializer, description="Not PNG, JPEG or DICOM (judged by content)."),
+    411: OpenApiResponse(
+        ErrorSerializer, description="A body sent without a Content-Length (chunked): its size must be known first."
+    ),
     422: OpenApiResponse(ErrorSerializer, description="Truncated, corrupt, or a DICOM object that is not an image."),
     429: OpenApiResponse(
         ErrorSerializer,
@@ -233,6 +236,8 @@ STUDY_EXAMPLE = OpenApiExample(
         },
         "reviews": [],
         "warnings": [],
+        "withdrawn_at": None,
+        "withdrawal_reason": "",
     },
     response_only=True,
 )
@@ -257,6 +262,8 @@ QUEUED_EXAMPLE = OpenApiExample(
                 "message": "The body part examined is not the chest: the model is validated on chest radiographs only.",
             }
         ],
+        "withdrawn_at": None,
+        "withdrawal_reason": "",
     },
     response_only=True,
     status_codes=["200", "202"],
@@ -411,7 +418,27 @@ def _filtered(queryset, filters):
     return queryset
 
 
-class StudyListPagination(PageNumberPagination):
+class StudyPages(PageNumberPagination):
+    """Numbered pages of studies; a page that is not one is a 400 in words, where DRF's 404
+    "Invalid page." read as "no such study" (EMR review)."""
+
+    def paginate_queryset(self, queryset, request, view=None):
+        try:
+            return super().paginate_queryset(queryset, request, view)
+        except exceptions.NotFound as exc:
+            raise exceptions.ValidationError(
+                "page must be the number of a page there is, as the `next` and `previous` links give them."
+            ) from exc
+
+    def get_paginated_response_schema(self, schema):
+        described = super().get_paginated_response_schema(schema)
+        # DRF's own examples named another API's URL (EMR review).
+        for link, page in (("next", 4), ("previous", 2)):
+            described["properties"][link]["example"] = f"https://pleura.hospital.example/api/v1/studies/?page={page}"
+        return described
+
+
+class StudyListPagination(StudyPages):
     """Pages of the list, and the schema of both kinds of page it answers: numbered, with
     `count`, and the change feed's (`updated_since`), paged by a cursor without one. The
     schema said `count` was always there, and clients generated from it failed on the
@@ -443,6 +470,11 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
         params = self.request.query_params
         # The UIDs are searched in a body only (POST .../search/), as accession numbers should be.
         _refuse_unknown(params, LIST_PARAMETERS)
+        # Each kind of page has its own: the other's was ignored without a word (EMR review).
+        if "cursor" in params and "updated_since" not in params:
+            raise exceptions.ValidationError("cursor pages the change feed: send it with updated_since, as next does.")
+        if "page" in params and "updated_since" in params:
+            raise exceptions.ValidationError("The change feed is paged by cursor: follow `next`, with no page.")
         queryset = _filtered(self.base_queryset().order_by("-created_at", "-id"), params)
         if "updated_since" in params:
             since = _only_value(params, "updated_since")
@@ -455,6 +487,7 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
 
     @extend_schema(
         summary="List the hospital's studies, newest first (with updated_since: oldest change first)",
+        description="Paged by number; with `updated_since`, the change feed, paged by a cursor.",
         parameters=[
             OpenApiParameter("status", str, enum=Study.Status.values, description="Only studies in this status."),
             OpenApiParameter(
@@ -529,7 +562,7 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
                 description="The SOP Instance UID was sent before for another image or patient, or `patient_id` "
                 "contradicts the DICOM header's.",
             ),
-            **errors(400, 401, 403, 413, 415, 429, 503),
+            **errors(400, 401, 403, 411, 413, 415, 429, 503),
             422: OpenApiResponse(
                 ErrorSerializer,
                 description="Truncated, corrupt, a DICOM object that is not an image, or an Idempotency-Key "
@@ -635,6 +668,7 @@ class StudySearchView(StudyQueryMixin, generics.GenericAPIView):
     review). A read, so every role that may list studies may search them."""
 
     parser_classes = [FiltersJSONParser, FormParser]
+    pagination_class = StudyPages
     # What OPTIONS describes: without one, DRF's metadata raised (a 500).
     serializer_class = StudySearchSerializer
 
@@ -683,6 +717,7 @@ class StudySearchView(StudyQueryMixin, generics.GenericAPIView):
 class StudyDetailView(StudyQueryMixin, APIView):
     @extend_schema(
         summary="One study: status, prediction, reviews, warnings",
+        description="The study of this `id` in your hospital, as the list gives it.",
         responses={200: StudySerializer, **errors(401, 404, 429, 503)},
         examples=[STUDY_EXAMPLE, QUEUED_EXAMPLE],
     )
@@ -744,6 +779,7 @@ class _PNGView(StudyQueryMixin, APIView):
 
 @extend_schema(
     summary="The radiograph as an 8-bit PNG (windowed, at most 1024 px on the long side)",
+    description="The picture doctors see in the portal, drawn from the stored original.",
     responses={(200, "image/png"): OpenApiTypes.BINARY, **errors(401, 404, 429, 503)},
 )
 class StudyImageView(_PNGView):
@@ -755,6 +791,8 @@ class StudyImageView(_PNGView):
 
 @extend_schema(
     summary="The Grad-CAM heatmap of the shown prediction (transparent PNG overlay)",
+    description="The size of the radiograph's PNG; 404 while the study has no prediction, or when the model drew "
+    "no heatmap.",
     responses={(200, "image/png"): OpenApiTypes.BINARY, **errors(401, 404, 429, 503)},
 )
 class StudyHeatmapView(_PNGView):
@@ -812,11 +850,13 @@ class StowView(TenantAPIMixin, APIView):
             "its header could give: the order of the failures is the order of the parts."
         ),
         request={"multipart/related": OpenApiTypes.BINARY},
+        # The answer is DICOM JSON whatever `?format=` says (DRF's own parameter, documented by default).
+        parameters=[OpenApiParameter("format", exclude=True)],
         responses={
             (200, dicomweb.DICOM_JSON_MEDIA_TYPE): OpenApiTypes.OBJECT,
             (202, dicomweb.DICOM_JSON_MEDIA_TYPE): OpenApiTypes.OBJECT,
             (409, dicomweb.DICOM_JSON_MEDIA_TYPE): OpenApiTypes.OBJECT,
-            **errors(400, 401, 403, 413, 415, 429, 503),
+            **errors(400, 401, 403, 411, 413, 415, 429, 503),
         },
         examples=[
             OpenApiExample(

@@ -485,6 +485,32 @@ def test_changes_of_one_moment_read_page_by_page_miss_none(caller, hospital_a, m
 
 
 @pytest.mark.parametrize(
+    ("url", "detail"),
+    [
+        (f"{STUDIES_URL}?page=abc", "page must be the number of a page there is, as the `next` and `previous` links "
+         "give them."),
+        (f"{STUDIES_URL}?page=999", "page must be the number of a page there is, as the `next` and `previous` links "
+         "give them."),
+        (f"{STUDIES_URL}?cursor=zzz", "cursor pages the change feed: send it with updated_since, as next does."),
+        (f"{STUDIES_URL}?updated_since=2026-01-01&page=2",
+         "The change feed is paged by cursor: follow `next`, with no page."),
+    ],
+)  # fmt: skip
+def test_a_page_that_is_not_one_is_400_not_404_or_ignored(caller, study_a, url, detail):
+    """A 404 "Invalid page." read as "no such study", and the other kind of page's
+    parameter was ignored (EMR review)."""
+    response = caller("key_a").get(url)
+    assert (response.status_code, response.json()) == (400, {"detail": detail})
+
+
+def test_a_search_page_that_is_not_one_is_400(caller, study_a):
+    response = caller("key_a").post(f"{SEARCH_URL}?page=7", {"accession_number": "ACC-A1"}, format="json")
+    assert (response.status_code, response.json()) == (
+        400, {"detail": "page must be the number of a page there is, as the `next` and `previous` links give them."},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
     "forged",
     [
         "not-a-cursor",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import yaml
 from rest_framework.test import APIClient
 
@@ -54,6 +56,21 @@ def test_schema_documents_every_endpoint_with_examples_and_key_auth(db):
         "image_url", "prediction", "reviews", "warnings", "study_instance_uid", "series_instance_uid",
         "sop_instance_uid", "withdrawn_at", "withdrawal_reason",
     }  # fmt: skip
+    # Pleura sets every field: read-only, so required in answers (EMR review).
+    assert schema["components"]["schemas"]["Study"]["required"] == sorted(detail)
+    assert all(field.get("readOnly") for name, field in detail.items() if "$ref" not in field and "allOf" not in field)
+    # An upload's file is bytes, not a URL; no operation is described by a base class's docstring;
+    # no example names another API; STOW answers DICOM JSON whatever ?format= says.
+    assert schema["components"]["schemas"]["StudyUploadRequest"]["properties"]["file"] == {
+        "type": "string", "format": "binary",
+        "description": "The radiograph: PNG, JPEG or DICOM (type is detected from content).",
+    }  # fmt: skip
+    served = json.dumps(schema)
+    assert "Base for every tenant-owned endpoint" not in served
+    assert "api.example.org" not in served
+    stow = schema["paths"]["/dicomweb/studies/"]["post"]
+    assert "format" not in [parameter["name"] for parameter in stow.get("parameters", [])]
+    assert "411" in stow["responses"] and "411" in upload["responses"]
     # What the numbers mean, for an integrator who would otherwise compare with 0.5.
     prediction = schema["components"]["schemas"]["Prediction"]["properties"]
     assert "never with 0.5" in prediction["threshold"]["description"]
