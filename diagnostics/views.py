@@ -294,6 +294,7 @@ def _study_context(
         "is_radiologist": is_radiologist,
         "can_analyse_again": can_analyse_again,
         "can_withdraw": has_role(request, CLINICAL_ROLES) and not study.is_withdrawn,
+        "can_read_trail": has_role(request, (Role.HOSPITAL_ADMIN,)),
         "withdraw_error": withdraw_error,
         "review_form": review_form,
         "warnings": [warning_text(code) for code in study.warnings or []],

@@ -12,7 +12,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from accounts.models import User
 from hospital import audit
-from hospital.models import AuditEvent, Role
+from hospital.models import AuditEvent, IntegrationKey, Role
 from hospital.tenancy import role_required
 
 AUDIT_PAGE_SIZE = 50
@@ -24,15 +24,22 @@ class AuditFilterForm(forms.Form):
     user = forms.ModelChoiceField(
         label="User", required=False, queryset=User.objects.none(), to_field_name="code", empty_label="Anyone"
     )
+    key = forms.ModelChoiceField(
+        label="EMR key", required=False, queryset=IntegrationKey.objects.none(), to_field_name="code", empty_label="Any"
+    )
     action = forms.ChoiceField(label="Action", required=False, choices=[("", "Any action"), *audit.Action.choices])
+    # A study's public code (its page's address): "who opened this patient's film" is asked
+    # of one study, whose code is no PHI (admin review).
+    study = forms.UUIDField(label="Study code", required=False)
     date_from = forms.DateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
     date_to = forms.DateField(label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}))
     page = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
 
     def __init__(self, *args, hospital, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        # Only people who belong (or belonged) to this hospital can be picked.
+        # Only people who belong (or belonged) to this hospital can be picked, and its own keys.
         self.fields["user"].queryset = User.objects.filter(memberships__hospital=hospital).distinct()
+        self.fields["key"].queryset = IntegrationKey.objects.filter(hospital=hospital).order_by("name")
 
     def clean(self) -> dict:
         cleaned = super().clean()
@@ -45,6 +52,10 @@ class AuditFilterForm(forms.Form):
         data = self.cleaned_data
         if data.get("user"):
             events = events.filter(actor_user=data["user"])
+        if data.get("key"):
+            events = events.filter(actor_key=data["key"])
+        if data.get("study"):
+            events = events.filter(target_type="study", target_id=str(data["study"]))
         if data.get("action"):
             events = events.filter(action=data["action"])
         if data.get("date_from"):
@@ -57,11 +68,22 @@ class AuditFilterForm(forms.Form):
         if not self.is_valid():
             return {}
         params = {
-            key: str(self.cleaned_data[key]) for key in ("action", "date_from", "date_to") if self.cleaned_data.get(key)
+            key: str(self.cleaned_data[key])
+            for key in ("action", "study", "date_from", "date_to")
+            if self.cleaned_data.get(key)
         }
-        if self.cleaned_data.get("user"):
-            params["user"] = str(self.cleaned_data["user"].code)
+        for chosen in ("user", "key"):
+            if self.cleaned_data.get(chosen):
+                params[chosen] = str(self.cleaned_data[chosen].code)
         return params
+
+
+def _detail_value(value) -> str:
+    if isinstance(value, list | tuple):
+        return ", ".join(str(item) for item in value) or "—"
+    if isinstance(value, dict):
+        return ", ".join(f"{name} {_detail_value(inner)}" for name, inner in value.items()) or "—"
+    return str(value)
 
 
 @never_cache
@@ -82,6 +104,10 @@ def audit_log(request: HttpRequest) -> HttpResponse:
     page = Paginator(events, AUDIT_PAGE_SIZE).get_page(form.cleaned_data.get("page") if form.is_valid() else 1)
     page.object_list = list(page.object_list)
     audit.name_targets(page.object_list, request.hospital)
+    for event in page.object_list:
+        # What the event's detail says (public ids, counts, labels: never PHI, hospital.audit):
+        # a heatmap's viewing read as the image's, and an agreement as a disagreement (admin review).
+        event.detail_items = sorted((str(name), _detail_value(value)) for name, value in (event.detail or {}).items())
     context = {
         "form": form,
         "page": page,

@@ -137,8 +137,8 @@ def test_targets_of_this_hospital_are_named_and_others_keep_their_code(
     # Newest first. Another hospital's user and key (the targets of refused requests) are
     # not named in this hospital's log.
     assert target_cells(html) == [
-        f"EMR key {str(key_b[0].code)[:12]}…",
-        f"user {str(outsider.code)[:12]}…",
+        f"EMR key {key_b[0].code}",
+        f"user {outsider.code}",
         "hospital St Mary&#x27;s Hospital",
         "EMR key EMR St Mary&#x27;s",
         "membership radiologist@stmarys.example as Doctor",
@@ -158,3 +158,37 @@ def test_a_model_built_from_the_hospitals_reviews_is_named_in_its_log(client_for
     html = client_for(hospital_admin).get(AUDIT, {"action": Action.MODEL_PROMOTED}).content.decode()
 
     assert target_cells(html) == ["model pleura-ft-7"]
+
+
+def test_who_opened_one_study_and_what_an_emr_key_did_are_answered_with_the_detail_shown(
+    client_for, hospital_admin, doctor, radiologist, key_a, make_study, hospital_a
+):
+    """ "Who looked at this patient's film?" needed the Django admin: the log had no study or
+    key filter, and never showed an event's detail, so a heatmap's viewing read as the
+    image's and an agreement as a disagreement (admin review)."""
+    study, other = make_study(hospital_a), make_study(hospital_a)
+    audit.record(Action.IMAGE_VIEWED, actor=doctor, hospital=hospital_a, target=study, image="heatmap")
+    audit.record(Action.REVIEW_SAVED, actor=radiologist, hospital=hospital_a, target=study, verdict="agree")
+    audit.record(Action.IMAGE_VIEWED, actor=doctor, hospital=hospital_a, target=other, image="display")
+    audit.record(Action.STUDY_VIEWED, key=key_a[0], hospital=hospital_a, target=other, via="api")
+    client = client_for(hospital_admin)
+
+    by_study = client.get(AUDIT, {"study": str(study.code)}, **HX).content.decode()
+    by_key = client.get(AUDIT, {"key": str(key_a[0].code)}, **HX).content.decode()
+
+    assert action_cells(by_study) == ["review.saved", "study.image_viewed"]
+    assert '<span class="detail-item"><span class="muted">image</span> heatmap</span>' in by_study
+    assert '<span class="detail-item"><span class="muted">verdict</span> agree</span>' in by_study
+    assert f'<span class="mono small">{study.code}</span>' in by_study  # whole, where it was cut to 12
+    assert action_cells(by_key) == ["study.viewed"]
+    assert "Key: EMR St Mary" in by_key
+    page = client.get(reverse("diagnostics:study_detail", args=[study.code])).content.decode()
+    assert f'<a href="{AUDIT}?study={study.code}">Who opened or changed this study</a>' in page
+    doctors_page = client_for(doctor).get(reverse("diagnostics:study_detail", args=[study.code])).content.decode()
+    assert "Who opened or changed this study" not in doctors_page
+
+
+def test_a_study_code_that_is_not_one_is_400_in_words(client_for, hospital_admin):
+    response = client_for(hospital_admin).get(AUDIT, {"study": "MRN-1234"}, **HX)
+    assert response.status_code == 400
+    assert "<p>Study code: Enter a valid UUID.</p>" in response.content.decode()
