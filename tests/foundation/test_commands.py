@@ -216,3 +216,83 @@ def test_seed_demo_logins_only_prints_and_changes_nothing(db):
     assert out.splitlines()[0] == f"Demo logins (password for all: {DEMO_PASSWORD}):"
     assert len(out.splitlines()) == 7
     assert User.objects.count() == Hospital.objects.count() == 0
+
+
+def test_an_operator_revokes_a_leaked_key_from_the_command_line_and_it_is_audited(hospital_a, key_a, superuser):
+    key, raw_key = key_a
+    out = StringIO()
+
+    call_command("revoke_api_key", "--hospital", "st-marys", "--prefix", f"{key.prefix}…", "--actor", superuser.email,
+                 stdout=out)  # fmt: skip
+    call_command("revoke_api_key", "--hospital", "st-marys", "--prefix", key.prefix, "--actor", superuser.email,
+                 stdout=out)  # fmt: skip
+
+    key.refresh_from_db()
+    assert out.getvalue().splitlines() == [
+        f"Revoked the key \"EMR St Mary's\" ({key.prefix}) of St Mary's Hospital: every call with it is now refused.",
+        f"The key \"EMR St Mary's\" ({key.prefix}) of St Mary's Hospital was already revoked, on "
+        f"{key.revoked_at:%Y-%m-%d %H:%M} UTC.",
+    ]
+    assert IntegrationKey.find_usable(raw_key) is None
+    (event,) = AuditEvent.objects.filter(action="key.revoked")
+    assert (event.hospital, event.actor_user, event.target_id) == (hospital_a, superuser, str(key.code))
+
+
+@pytest.mark.parametrize(
+    ("prefix", "actor", "message"),
+    [
+        ("plr_nope", "SUPERUSER", "St Mary's Hospital has no integration key with prefix 'plr_nope'."),
+        ("KEY", "admin@stmarys.example",
+         "--actor must be the email of an active superuser, not 'admin@stmarys.example'."),
+    ],
+)  # fmt: skip
+def test_a_revocation_the_command_cannot_make_says_why_and_changes_nothing(
+    hospital_a, key_a, superuser, hospital_admin, prefix, actor, message
+):
+    key = key_a[0]
+    arguments = {"SUPERUSER": superuser.email, "KEY": key.prefix}
+    with pytest.raises(CommandError, match=re.escape(message)):
+        call_command("revoke_api_key", "--hospital", "st-marys", "--prefix", arguments.get(prefix, prefix),
+                     "--actor", arguments.get(actor, actor))  # fmt: skip
+    key.refresh_from_db()
+    assert key.revoked_at is None
+
+
+def test_an_operator_exports_one_hospitals_trail_for_the_days_asked_owner_only(
+    tmp_path, hospital_a, hospital_b, doctor, outsider, superuser
+):
+    import csv
+    import json
+    from datetime import UTC, datetime
+
+    from hospital import audit
+
+    hospital_a.time_zone = "America/New_York"
+    hospital_a.save()
+    for moment, hospital, actor in [
+        (datetime(2026, 3, 1, 4, 59, tzinfo=UTC), hospital_a, doctor),  # 28 Feb in New York
+        (datetime(2026, 3, 1, 5, 0, tzinfo=UTC), hospital_a, doctor),  # 1 March there
+        (datetime(2026, 3, 2, 12, 0, tzinfo=UTC), hospital_b, outsider),  # another hospital's
+        (datetime(2026, 3, 3, 4, 59, tzinfo=UTC), hospital_a, doctor),  # still 2 March there
+        (datetime(2026, 3, 3, 5, 0, tzinfo=UTC), hospital_a, doctor),  # 3 March there
+    ]:
+        event = audit.build(audit.Action.IMAGE_VIEWED, actor=actor, hospital=hospital, image="heatmap")
+        event.created_at = moment
+        event.save()
+    out = tmp_path / "trail.csv"
+
+    call_command("export_audit_trail", "--hospital", "st-marys", "--since", "2026-03-01", "--until", "2026-03-02",
+                 "--out", str(out), "--actor", superuser.email, stdout=StringIO())  # fmt: skip
+
+    rows = list(csv.DictReader(out.open()))
+    assert [(row["time_utc"], row["actor"], json.loads(row["detail"])) for row in rows] == [
+        ("2026-03-01T05:00:00+00:00", doctor.email, {"image": "heatmap"}),
+        ("2026-03-03T04:59:00+00:00", doctor.email, {"image": "heatmap"}),
+    ]
+    assert out.stat().st_mode & 0o777 == 0o600
+    exported = AuditEvent.objects.get(action="audit.viewed")
+    assert (exported.hospital, exported.actor_user, exported.detail) == (
+        hospital_a, superuser, {"exported": 2, "since": "2026-03-01", "until": "2026-03-02"},
+    )  # fmt: skip
+    with pytest.raises(CommandError, match="exists already: name a new file"):
+        call_command("export_audit_trail", "--hospital", "st-marys", "--out", str(out), "--actor", superuser.email)

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from hospital.management.commands._helpers import hospital_by_slug
+from hospital.models import IntegrationKey
+from hospital.services import revoke_integration_key
+
+
+class Command(BaseCommand):
+    help = (
+        "Revoke an EMR's integration key at once (a key leaked, a system retired): from then on every call "
+        "with it is refused (401). The hospital admin does the same in the admin; this is for an operator "
+        "when no admin can be reached. Audited under the hospital, with the operator named."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--hospital", required=True, help="The hospital's slug.")
+        parser.add_argument("--prefix", required=True, help="The key's prefix (plr_...), as the admin lists it.")
+        parser.add_argument("--actor", required=True, help="Email of the superuser revoking it, for the audit trail.")
+
+    def handle(self, *args, hospital: str, prefix: str, actor: str, **options):
+        operator = get_user_model().objects.filter(email=actor.strip().lower(), is_active=True).first()
+        if operator is None or not operator.is_superuser:
+            raise CommandError(f"--actor must be the email of an active superuser, not {actor!r}.")
+        target = hospital_by_slug(hospital)
+        # As the admin shows it ("plr_AbCd1234…") or bare.
+        key = IntegrationKey.objects.filter(hospital=target, prefix=prefix.strip().rstrip("…")).first()
+        if key is None:
+            raise CommandError(f"{target.name} has no integration key with prefix {prefix!r}.")
+        if not revoke_integration_key(key, actor=operator):
+            self.stdout.write(
+                f"The key {key.name!r} ({key.prefix}) of {target.name} was already revoked, on "
+                f"{key.revoked_at:%Y-%m-%d %H:%M} UTC."
+            )
+            return
+        self.stdout.write(
+            f"Revoked the key {key.name!r} ({key.prefix}) of {target.name}: every call with it is now refused."
+        )
