@@ -13,6 +13,7 @@ from django.utils import timezone
 from accounts.models import User
 from config.cache import count_request
 from hospital.audit import client_ip
+from hospital.tenancy import memberships_now
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,17 @@ class LockoutModelBackend(ModelBackend):
             return user
         register_failed_login(user, counter_down=attempt is None)
         return None
+
+    def user_can_authenticate(self, user) -> bool:
+        """Active, and a member of a hospital (platform operators excepted): ending every
+        membership is how an admin ends a person's access. Refused here, the portal's and
+        the admin's sign-in answer as to a wrong password, count the try and file it in the
+        trail of the hospitals that ended it, and a session still open ends at its next
+        request (diff review: refused after the password was checked, the sign-in said the
+        password was right and recorded nothing, and the admin's sign-in let them in)."""
+        if not super().user_can_authenticate(user):
+            return False
+        return user.is_superuser or bool(memberships_now(user))
 
 
 def _account_locked(user: User) -> bool:

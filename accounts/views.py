@@ -7,7 +7,6 @@ from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
@@ -53,20 +52,7 @@ class SignInForm(AuthenticationForm):
                 f"blocked for up to {minutes} minutes, even with the right password: wait, or ask your hospital's "
                 "admin."
             ),
-            "no_hospital": (
-                "This account is no longer an active member of any hospital in Pleura, so there is nothing to "
-                "open: ask your hospital's admin to restore your access."
-            ),
         }
-
-    def confirm_login_allowed(self, user) -> None:
-        """Refused, beside an inactive account, one whose every membership was ended (how an
-        admin ends a person's access to their hospital): signed in, it landed on a 404
-        that sent it "back to the worklist", the same 404 (admin review). Platform
-        operators work in the admin, with no membership."""
-        super().confirm_login_allowed(user)
-        if not user.is_superuser and not active_memberships(user).exists():
-            raise ValidationError(self.error_messages["no_hospital"], code="no_hospital")
 
 
 class PleuraLoginView(auth_views.LoginView):

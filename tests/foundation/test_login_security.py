@@ -228,32 +228,35 @@ def test_inactive_user_cannot_log_in(client, doctor):
     assert "_auth_user_id" not in client.session
 
 
-def test_a_person_whose_every_membership_was_ended_is_told_so_at_sign_in(client, doctor):
+@pytest.mark.parametrize("sign_in_page", [LOGIN_URL, "/admin/login/"])
+def test_a_person_whose_every_membership_was_ended_cannot_sign_in_and_the_try_is_in_the_trail(
+    client, hospital_admin, hospital_a, sign_in_page
+):
     """Ending the membership is how an admin ends a person's access: signed in all the same,
-    they landed on a 404 whose "Back to the worklist" was the same 404 (admin review)."""
-    Membership.objects.filter(user=doctor).update(is_active=False)
+    they landed on a 404 (admin review); then refused after the password was checked, the
+    page said the password was right, nothing was recorded, and the admin let them in
+    (diff review). Answered as a wrong password, counted, and filed where it was ended."""
+    Membership.objects.filter(user=hospital_admin).update(is_active=False)
 
-    response = _login(client, doctor.email, PASSWORD)
+    right = client.post(sign_in_page, {"username": hospital_admin.email, "password": PASSWORD})
+    wrong = client.post(sign_in_page, {"username": hospital_admin.email, "password": WRONG})
 
-    assert response.status_code == 200
+    assert (right.status_code, wrong.status_code) == (200, 200)
     assert "_auth_user_id" not in client.session
-    assert (
-        "This account is no longer an active member of any hospital in Pleura, so there is nothing to open: "
-        "ask your hospital&#x27;s admin to restore your access."
-    ) in response.content.decode()
+    assert right.context["form"].errors == wrong.context["form"].errors
+    assert [(event.hospital, event.target_id) for event in _failures()] == [(hospital_a, str(hospital_admin.code))] * 2
     assert not AuditEvent.objects.filter(action="auth.login").exists()
+    hospital_admin.refresh_from_db()
+    assert hospital_admin.failed_login_count == 2
 
 
-def test_a_session_whose_membership_ends_is_shown_why_and_may_sign_out(client, doctor):
+def test_a_session_whose_last_membership_ends_ends_at_its_next_request(client, doctor):
     _login(client, doctor.email, PASSWORD)
     Membership.objects.filter(user=doctor).update(is_active=False)
 
     response = client.get("/")
 
-    html = response.content.decode()
-    assert response.status_code == 403
-    assert "your account is no longer an active member of any hospital in Pleura" in html
-    assert '<form method="post" action="/accounts/logout/">' in html
+    assert (response.status_code, response["Location"]) == (302, "/accounts/login/?next=/")
 
 
 def test_a_platform_operator_signing_in_at_the_portal_goes_to_the_admin(client, superuser):
