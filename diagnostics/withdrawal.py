@@ -2,19 +2,24 @@
 
 A withdrawn study is kept, as a medical record must be, with who withdrew it, when and
 why, and its picture and result stay readable on its own page. It leaves the worklist,
-takes no reviews, is not analysed again and never goes into the training export; its
-DICOM instance may be sent again and filed under the right patient
-(`services.ingest_upload`). Withdrawing is final: a study withdrawn by mistake is sent
-again.
+takes no reviews, cannot be sent for analysis again (one already under way finishes, for
+the record) and never goes into the training export. Withdrawing is final. Its DICOM
+instance sent again with other identifiers (the right patient's) is a study of its own;
+an exact copy is answered with the withdrawn study (`services._existing`), so an EMR
+sending its message again does not file the error again. A film withdrawn by mistake
+comes back under a new SOP Instance UID, or as a PNG or JPEG.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from diagnostics.models import Study
-from diagnostics.services import SAME_FILM_WARNING
+from diagnostics.services import settle_same_film_warnings
 from hospital import audit
 from hospital.models import IntegrationKey
 
@@ -42,6 +47,7 @@ def withdraw_study(study: Study, *, reason: str, user=None, key: IntegrationKey 
     True if this call withdrew it; False if it already was, and then nothing changes.
     WithdrawalRefused for a reason that cannot be kept."""
     reason = clean_reason(reason)
+    _lock_same_film(study)
     now = timezone.now()
     withdrawn = Study.objects.filter(pk=study.pk, withdrawn_at__isnull=True).update(
         withdrawn_at=now, withdrawn_by=user, withdrawn_by_key=key, withdrawal_reason=reason, updated_at=now
@@ -49,29 +55,26 @@ def withdraw_study(study: Study, *, reason: str, user=None, key: IntegrationKey 
     study.refresh_from_db()
     if not withdrawn:
         return False
+    cleared = settle_same_film_warnings(study.hospital_id, study.pixel_sha256)
+    # Again once committed: an upload of these pixels stored meanwhile is seen then.
+    transaction.on_commit(partial(settle_same_film_warnings, study.hospital_id, study.pixel_sha256))
     # The reason is free text and may name the patient: it stays on the study, out of the trail.
     audit.record(
-        audit.Action.STUDY_WITHDRAWN, request=request, actor=user, key=key, hospital=study.hospital, target=study
-    )
-    _clear_same_film_warnings(study)
+        audit.Action.STUDY_WITHDRAWN, request=request, actor=user, key=key, hospital=study.hospital, target=study,
+        **({"same_film_warnings_cleared": cleared} if cleared else {}),
+    )  # fmt: skip
     return True
 
 
-def _clear_same_film_warnings(withdrawn: Study) -> None:
-    """The same-film warning leaves the studies of `withdrawn`'s pixels that no other filed
-    study contradicts any more: the right patient's film, warned only because the wrong
-    one held the same pixels, goes back into the training export."""
-    if not withdrawn.pixel_sha256:
-        return
-    same_pixels = list(
-        Study.objects.for_hospital(withdrawn.hospital)
-        .filed()
-        .filter(pixel_sha256=withdrawn.pixel_sha256)
-        .only("pk", "patient_id", "warnings")
-    )
-    patients = {study.patient_id for study in same_pixels if study.patient_id}
-    for study in same_pixels:
-        if SAME_FILM_WARNING in study.warnings and patients <= {study.patient_id}:
-            Study.objects.filter(pk=study.pk, warnings=study.warnings).update(
-                warnings=[code for code in study.warnings if code != SAME_FILM_WARNING], updated_at=timezone.now()
-            )
+def _lock_same_film(study: Study) -> None:
+    """Lock the study and the filed studies of its pixels, in the order of their ids: two
+    films of one picture withdrawn at once each locked its own row, then waited for the
+    other's to clear its warning, and PostgreSQL broke the deadlock with a 503 (withdrawal
+    review)."""
+    rows = Study.objects.filter(pk=study.pk)
+    if study.pixel_sha256:
+        rows = Study.objects.filter(
+            Q(pk=study.pk)
+            | Q(hospital_id=study.hospital_id, pixel_sha256=study.pixel_sha256, withdrawn_at__isnull=True)
+        )
+    list(rows.select_for_update().order_by("pk").values_list("pk", flat=True))

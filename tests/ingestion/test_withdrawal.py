@@ -13,7 +13,17 @@ from rest_framework.test import APIClient
 from diagnostics import pipeline
 from diagnostics.models import Study
 from hospital.models import AuditEvent
-from tests.ingestion.conftest import CR_CHEST, DX_CHEST, PNEUMONIA_JPEG, STUDIES_URL, post_dicom_body, post_file
+from tests.conftest import needs_postgresql
+from tests.ingestion.conftest import (
+    CR_CHEST,
+    DX_CHEST,
+    PNEUMONIA_JPEG,
+    STUDIES_URL,
+    a_picture,
+    make_dicom,
+    post_dicom_body,
+    post_file,
+)
 from tests.ingestion.test_instance_identity import another_patients_instance_with_the_uid_of
 from tests.ingestion.test_sent_again import failed
 
@@ -167,3 +177,100 @@ def test_a_film_filed_under_three_patients_keeps_its_warning_while_two_remain(em
         ("MRN-2", ["same_film_other_patient"]),
         ("MRN-3", ["same_film_other_patient"]),
     ]
+
+
+def test_a_copy_of_a_withdrawn_instance_is_answered_with_it_once_the_right_patients_is_filed(emr):
+    """An EMR sending its first message again got a 409 telling the site to check its device,
+    once the right patient's instance was filed (withdrawal review)."""
+    original = DX_CHEST.read_bytes()
+    assert post_dicom_body(emr, original).status_code == 202
+    wrong = Study.objects.get()
+    withdraw(emr, wrong)
+    instance = another_patients_instance_with_the_uid_of(DX_CHEST)
+    right = post_dicom_body(emr, instance).json()
+
+    again = post_dicom_body(emr, original)
+    withdraw(emr, Study.objects.get(code=right["id"]))
+    after_both = post_dicom_body(emr, original)
+
+    assert (again.status_code, again.json()["id"]) == (200, str(wrong.code))
+    assert (after_both.status_code, after_both.json()["id"]) == (200, str(wrong.code))
+    assert Study.objects.count() == 2
+
+
+def test_an_instance_withdrawn_for_want_of_a_patient_id_is_filed_anew_under_the_one_typed(emr):
+    """A copy with the ID typed was answered with the withdrawn study, and the ID written into
+    the record withdrawn for the record (diff review)."""
+    unnamed = make_dicom(a_picture(), PatientID="")
+    assert post_dicom_body(emr, unnamed).status_code == 202
+    withdrawn = Study.objects.get()
+    withdraw(emr, withdrawn, {"reason": "No patient ID"})
+
+    refiled = post_file(emr, unnamed, patient_id="MRN-RIGHT")
+
+    assert refiled.status_code == 202
+    assert refiled.json()["id"] != str(withdrawn.code)
+    assert dict(Study.objects.values_list("code", "patient_id")) == {
+        withdrawn.code: "", Study.objects.get(code=refiled.json()["id"]).code: "MRN-RIGHT",
+    }  # fmt: skip
+
+
+def test_an_upload_stored_while_its_contradiction_was_withdrawn_loses_the_warning_at_the_commit(
+    emr, hospital_a, doctor, django_capture_on_commit_callbacks
+):
+    """The withdrawal cleared what it saw, and the right patient's upload, checked before the
+    withdrawal and stored after its clearing, kept a warning nothing cleared (withdrawal review)."""
+    from diagnostics.withdrawal import withdraw_study
+
+    film = PNEUMONIA_JPEG.read_bytes()
+    post_file(emr, film, patient_id="MRN-WRONG")
+    wrong = Study.objects.get()
+    with django_capture_on_commit_callbacks(execute=False) as after_commit:
+        withdraw_study(wrong, reason=REASON, user=doctor)
+        # The upload that found the wrong film still filed, stored after the clearing:
+        post_file(emr, film, patient_id="MRN-RIGHT")
+        right = Study.objects.get(patient_id="MRN-RIGHT")
+        Study.objects.filter(pk=right.pk).update(warnings=["same_film_other_patient"])
+
+    for callback in after_commit:
+        callback()
+
+    right.refresh_from_db()
+    assert right.warnings == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_films_of_one_picture_withdrawn_at_once_are_both_withdrawn(hospital_a, doctor, radiologist):
+    """Each locked its own row, then waited for the other's: PostgreSQL broke the deadlock,
+    and one doctor was told the database was down (withdrawal review)."""
+    import threading
+
+    from django.db import connections
+
+    from diagnostics import services
+    from diagnostics.withdrawal import withdraw_study
+
+    needs_postgresql("two withdrawals in two transactions at once")
+    film = PNEUMONIA_JPEG.read_bytes()
+    for patient in ("MRN-1", "MRN-2"):
+        services.ingest_upload(hospital=hospital_a, data=film, source=Study.Source.API, patient_id=patient)
+    studies = list(Study.objects.order_by("pk"))
+    together, errors = threading.Barrier(2, timeout=30), []
+
+    def withdraw_one(study, user):
+        try:
+            together.wait()
+            withdraw_study(study, reason=REASON, user=user)
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=withdraw_one, args=pair) for pair in zip(studies, (doctor, radiologist))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    assert Study.objects.filter(withdrawn_at__isnull=False).count() == 2
