@@ -152,6 +152,10 @@ def worklist_updates(request: HttpRequest) -> HttpResponse:
     if len(rows) != len(codes):
         missing = codes - {study.code for study in rows}
         raise NotInThisHospital(Study, {"code__in": missing}, via="portal", words="No such study.")
+    # A row withdrawn since the page showed it leaves it: kept, its result was announced as
+    # the patient's, whose film it may not be (withdrawal review).
+    withdrawn = [study for study in rows if study.is_withdrawn]
+    rows = [study for study in rows if not study.is_withdrawn]
     pending = [str(s.code) for s in rows if s.status in PENDING]
     settled = [study for study in rows if study.status not in PENDING]
     if settled:
@@ -163,7 +167,7 @@ def worklist_updates(request: HttpRequest) -> HttpResponse:
         # recorded once a session each, which does not bury the trail (security review:
         # a study's code alone read its patient's name and ID without a trace).
         audit.record(audit.Action.STUDY_LISTED, request=request, via="worklist update, pending", count=first_seen)
-    context = {"rows": rows, "pending_codes": pending, "settled": settled}
+    context = {"rows": rows, "pending_codes": pending, "settled": settled, "withdrawn": withdrawn}
     return render(request, "diagnostics/worklist.html#updates", context)
 
 

@@ -101,3 +101,23 @@ def test_a_hospital_admin_may_not_withdraw_and_an_outsider_learns_nothing(client
     assert withdraw(client_for(outsider), study).status_code == 404
     study.refresh_from_db()
     assert study.withdrawn_at is None
+
+
+def test_a_row_withdrawn_while_the_worklist_polls_it_leaves_the_list_and_the_polling(
+    client_for, doctor, make_study, hospital_a
+):
+    """The open worklist kept polling the row, swapped its result in when the worker was done,
+    and announced it as the patient's, whose film it may not be (withdrawal review)."""
+    queued = make_study(hospital_a, status=Study.Status.QUEUED, patient_id="MRN-POLL")
+    client = client_for(doctor)
+    withdraw(client, queued)
+    Study.objects.filter(pk=queued.pk).update(status=Study.Status.COMPLETED)
+
+    body = client.get(
+        reverse("diagnostics:worklist_updates"), {"s": [str(queued.code)]}, HTTP_HX_REQUEST="true"
+    ).content.decode()
+
+    assert f'<template><tr id="study-{queued.code}" hx-swap-oob="delete"></tr></template>' in body
+    assert 'hx-swap-oob="true"' not in body
+    assert "MRN-POLL: withdrawn as filed in error. </div>" in body
+    assert "hx-get" not in body  # nothing left to poll
