@@ -444,19 +444,27 @@ def study_analyse_again(request: HttpRequest, code) -> HttpResponse:
 
 
 @never_cache
-@require_POST
+@require_http_methods(["GET", "POST"])
 @role_required()
 def study_withdraw(request: HttpRequest, code) -> HttpResponse:
     """Withdraw a study filed in error (diagnostics.withdrawal), with the reason typed.
-    Asked again of a withdrawn study (a second click, another doctor), it only shows it."""
+    Asked again of a withdrawn study (a second click, another doctor), it only shows it.
+    A refusal shows the study's page again with the text typed and the form in focus; that
+    page's address is this one, so reloading it (a GET) goes back to the study's."""
     study = _get_study(request, code)  # outsiders: 404, before anything about roles
+    if request.method == "GET":
+        return redirect(reverse("diagnostics:study_detail", args=[study.code]) + "#withdraw")
     if not has_role(request, CLINICAL_ROLES):
         raise PermissionDenied("Only doctors and radiologists can withdraw a study.")
+    typed = request.POST.getlist("reason")
     try:
-        withdrawn = withdraw_study(study, reason=request.POST.get("reason", ""), user=request.user, request=request)
+        if len(typed) > 1:
+            raise WithdrawalRefused("The reason was sent twice: send it once.")
+        withdrawn = withdraw_study(study, reason=typed[0] if typed else "", user=request.user, request=request)
     except WithdrawalRefused as exc:
         audit.record(audit.Action.STUDY_VIEWED, request=request, target=study)
         context = _study_context(request, study, withdraw_error=str(exc))
+        context["withdraw_reason"] = typed[0] if typed else ""
         return render(request, "diagnostics/study_detail.html", context, status=400)
     if withdrawn:
         messages.success(request, "The study is withdrawn. Upload the film again under the right patient if needed.")

@@ -12,6 +12,7 @@ comes back under a new SOP Instance UID, or as a PNG or JPEG.
 
 from __future__ import annotations
 
+import unicodedata
 from functools import partial
 
 from django.db import transaction
@@ -31,7 +32,10 @@ class WithdrawalRefused(ValueError):
 
 
 def clean_reason(value) -> str:
-    reason = " ".join(str(value or "").split())
+    # Invisible format characters (a soft hyphen, a zero-width space) come with text pasted
+    # from a word processor: dropped, where they refused the reason (UX review).
+    visible = "".join(char for char in str(value or "") if unicodedata.category(char) != "Cf")
+    reason = " ".join(visible.split())
     if not reason:
         raise WithdrawalRefused("Say why the study is withdrawn (for example: another patient's film).")
     if len(reason) > REASON_MAX_LENGTH:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import uuid
+
 from django import forms
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
@@ -16,6 +19,7 @@ from hospital.models import AuditEvent, IntegrationKey, Role
 from hospital.tenancy import role_required
 
 AUDIT_PAGE_SIZE = 50
+_STUDY_CODE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 class AuditFilterForm(forms.Form):
@@ -29,8 +33,8 @@ class AuditFilterForm(forms.Form):
     )
     action = forms.ChoiceField(label="Action", required=False, choices=[("", "Any action"), *audit.Action.choices])
     # A study's public code (its page's address): "who opened this patient's film" is asked
-    # of one study, whose code is no PHI (admin review).
-    study = forms.UUIDField(label="Study code", required=False)
+    # of one study, whose code is no PHI (admin review). Its page's address pasted is taken.
+    study = forms.CharField(label="Study code", required=False, max_length=300)
     date_from = forms.DateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
     date_to = forms.DateField(label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}))
     page = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
@@ -40,6 +44,15 @@ class AuditFilterForm(forms.Form):
         # Only people who belong (or belonged) to this hospital can be picked, and its own keys.
         self.fields["user"].queryset = User.objects.filter(memberships__hospital=hospital).distinct()
         self.fields["key"].queryset = IntegrationKey.objects.filter(hospital=hospital).order_by("name")
+
+    def clean_study(self) -> uuid.UUID | None:
+        typed = self.cleaned_data.get("study", "").strip()
+        if not typed:
+            return None
+        found = _STUDY_CODE.search(typed)
+        if found is None:
+            raise forms.ValidationError("Paste a study's code, or the address of its page (…/studies/<code>/).")
+        return uuid.UUID(found.group(0))
 
     def clean(self) -> dict:
         cleaned = super().clean()

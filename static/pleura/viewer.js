@@ -90,7 +90,10 @@
     retry.className = "btn btn--small";
     retry.textContent = "Try again";
     notice.append(text, retry);
-    stage.after(notice);  // outside the stage, whose pointer capture would take the button's clicks
+    // Above the stage, under the tools: below it, the notice of a heatmap switched on was out
+    // of view, and the map read as blank (UX review). Outside the stage, whose pointer
+    // capture would take the button's clicks.
+    stage.before(notice);
     var failures = [], attempts = 0;  // [{img, what, order, status}], status 0 until known
 
     function show() {

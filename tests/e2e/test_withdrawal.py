@@ -28,7 +28,7 @@ def test_a_doctor_withdraws_a_study_filed_under_the_wrong_patient(
 
     notice = page.locator(".withdrawn-notice")
     expect(notice).to_contain_text("Withdrawn as filed in error on ")
-    expect(notice).to_contain_text(f"by {doctor}: Another patient's film.")
+    expect(notice).to_contain_text(f"by {doctor}. Reason given: Another patient's film")
     expect(page.get_by_role("button", name="Withdraw study")).to_have_count(0)
     screenshot(page, "31-study-withdrawn")
     page.goto(f"{live_server.url}/")

@@ -619,7 +619,10 @@ def test_every_read_is_audited_with_the_caller(caller, completed_a, key_a, docto
     viewed = AuditEvent.objects.get(action="study.viewed")
     assert (viewed.actor_key, viewed.target_id, viewed.detail) == (key_a[0], str(completed_a.code), {"via": "api"})
     images = AuditEvent.objects.filter(action="study.image_viewed").order_by("id")
-    assert [(e.actor_user, e.detail) for e in images] == [(doctor, {"kind": "image"}), (doctor, {"kind": "heatmap"})]
+    assert [(e.actor_user, e.detail) for e in images] == [
+        (doctor, {"image": "display", "via": "api"}),
+        (doctor, {"image": "heatmap", "via": "api"}),
+    ]
 
 
 def test_integration_keys_are_throttled_per_key_and_sessions_are_not(caller, monkeypatch):

@@ -30,10 +30,11 @@ from tests.ingestion.test_sent_again import failed
 REASON = "Another patient's film"
 
 
-def withdraw(client: APIClient, study: Study, body: dict | None = None):
-    return client.post(
-        f"{STUDIES_URL}{study.code}/withdraw/", {"reason": REASON} if body is None else body, format="json"
-    )
+def withdraw(client: APIClient, study: Study, body: dict | str | None = None):
+    url = f"{STUDIES_URL}{study.code}/withdraw/"
+    if isinstance(body, str):  # a form body, as written
+        return client.post(url, body, content_type="application/x-www-form-urlencoded")
+    return client.post(url, {"reason": REASON} if body is None else body, format="json")
 
 
 def test_the_emr_withdraws_a_study_and_reads_it_back_withdrawn_with_its_reason(emr, key_a):
@@ -76,6 +77,7 @@ def test_withdrawing_a_withdrawn_study_again_changes_nothing(emr):
         ({"reason": 5}, {"detail": "reason must be a string."}),
         ({"reason": REASON, "patient_id": "MRN-1"}, {"detail": "A withdrawal reads only a reason, not patient_id."}),
         (["not", "an", "object"], {"detail": "The body must be an object with a reason."}),
+        ("reason=a&reason=b", {"detail": "The reason was sent twice: send it once."}),
     ],
 )
 def test_a_withdrawal_pleura_cannot_keep_is_400_in_words_and_changes_nothing(emr, body, answer):

@@ -188,7 +188,18 @@ def test_who_opened_one_study_and_what_an_emr_key_did_are_answered_with_the_deta
     assert "Who opened or changed this study" not in doctors_page
 
 
-def test_a_study_code_that_is_not_one_is_400_in_words(client_for, hospital_admin):
-    response = client_for(hospital_admin).get(AUDIT, {"study": "MRN-1234"}, **HX)
-    assert response.status_code == 400
-    assert "<p>Study code: Enter a valid UUID.</p>" in response.content.decode()
+def test_a_study_code_that_is_not_one_is_400_in_words_and_a_pasted_address_is_taken(
+    client_for, hospital_admin, doctor, make_study, hospital_a
+):
+    study = make_study(hospital_a)
+    audit.record(Action.STUDY_VIEWED, actor=doctor, hospital=hospital_a, target=study)
+    client = client_for(hospital_admin)
+
+    refused = client.get(AUDIT, {"study": "MRN-1234"}, **HX)
+    pasted = client.get(AUDIT, {"study": f"https://pleura.example/studies/{study.code}/"}, **HX)
+
+    assert refused.status_code == 400
+    assert (
+        "<p>Study code: Paste a study&#x27;s code, or the address of its page (…/studies/&lt;code&gt;/).</p>"
+    ) in refused.content.decode()
+    assert action_cells(pasted.content.decode()) == ["study.viewed"]

@@ -40,8 +40,9 @@ def test_a_clinician_withdraws_a_study_and_its_page_says_so_and_by_whom(who, req
     study.refresh_from_db()
     assert (study.withdrawn_by, study.withdrawal_reason) == (user, "Another patient's film")
     html = page(client, study)
-    assert f"{NOTICE}</strong> on {timezone.localtime(study.withdrawn_at):%d %b %Y %H:%M} by {user}" in html
-    assert "Another patient&#x27;s film." in html
+    assert f"{NOTICE}</strong> on {timezone.localtime(study.withdrawn_at):%d %b %Y %H:%M} by {user}." in html
+    assert "Reason given: Another patient&#x27;s film<br>" in html
+    assert '<span class="badge badge--failed">Withdrawn</span>' in html
     assert FORM.format(code=study.code) not in html
     assert AuditEvent.objects.get(action="study.withdrawn").actor_user == user
 
@@ -94,6 +95,37 @@ def test_a_withdrawal_without_a_reason_is_400_with_the_form_open_and_nothing_cha
     ) in html
     study.refresh_from_db()
     assert study.withdrawn_at is None
+
+
+def test_a_refused_withdrawal_keeps_the_text_typed_in_focus_and_its_address_leads_back(client_for, doctor, study):
+    """The text came back empty, the error sat far down the page, and reloading the address
+    the form had posted to gave a blank 405 (UX review)."""
+    client = client_for(doctor)
+    url = reverse("diagnostics:study_withdraw", args=[study.code])
+
+    twice = client.post(
+        url, "reason=Another%20film&reason=A%20duplicate", content_type="application/x-www-form-urlencoded"
+    )
+    reloaded = client.get(url)
+
+    html = twice.content.decode()
+    assert twice.status_code == 400
+    assert 'aria-describedby="withdraw-error" autofocus>Another film</textarea>' in html
+    assert "The reason was sent twice: send it once." in html
+    assert (reloaded.status_code, reloaded["Location"]) == (302, f"/studies/{study.code}/#withdraw")
+
+
+def test_invisible_characters_pasted_with_the_reason_are_dropped_not_refused(client_for, doctor, study):
+    withdraw(client_for(doctor), study, reason="Another patient\u00ad's film\u200b, scanned twice")
+    study.refresh_from_db()
+    assert study.withdrawal_reason == "Another patient's film, scanned twice"
+
+
+def test_a_radiologist_is_told_why_a_withdrawn_study_takes_no_review(client_for, doctor, radiologist, study):
+    withdraw(client_for(doctor), study)
+    html = page(client_for(radiologist), study)
+    assert "This study was withdrawn as filed in error, so it takes no reviews." in html
+    assert "once the model&#x27;s result is shown" not in html
 
 
 def test_a_hospital_admin_may_not_withdraw_and_an_outsider_learns_nothing(client_for, hospital_admin, outsider, study):
