@@ -109,8 +109,11 @@ def counted_reviews() -> QuerySet[Review]:
     """Reviews whose radiologist still works at the study's hospital as a radiologist (an
     active account, and an active radiologist membership there): one deactivated (left,
     suspended, an account taken over), or whose role was corrected to another, labels
-    nothing any more."""
+    nothing any more; nor does a review of a study withdrawn as filed in error, whose film
+    may be another patient's (in the export and the performance page alike: the page
+    counted them, diff review)."""
     return Review.objects.filter(
+        study__withdrawn_at__isnull=True,
         radiologist__is_active=True,
         radiologist__memberships__hospital=F("study__hospital"),
         radiologist__memberships__is_active=True,

@@ -97,6 +97,19 @@ def test_radiologist_sees_own_hospital_confusion_for_active_and_shadow(client_fo
     assert "MRN-SECRET" not in content and "Secret Patient" not in content
 
 
+def test_a_study_withdrawn_as_filed_in_error_leaves_the_figures(client_for, radiologist, doctor, reviewed):
+    """Its radiologists' labels kept counting in the confusion matrix (diff review)."""
+    from diagnostics.models import Study
+    from diagnostics.withdrawal import withdraw_study
+
+    false_positive = Study.objects.get(hospital__slug="st-marys", patient_id="MRN-SECRET-1")
+    withdraw_study(false_positive, reason="A test image", user=doctor)
+
+    content = client_for(radiologist).get(URL).content.decode()
+    assert _row(content, "v1") == {"tp": 1, "fn": 1, "fp": 0, "tn": 1}
+    assert 'data-testid="labelled">3</strong> studies with a reference label' in content
+
+
 def test_agreement_figures_per_version(client_for, hospital_admin, reviewed):
     from diagnostics.performance import reviewed_set, version_stats
 
