@@ -4,8 +4,12 @@ A plain CREATE INDEX holds a lock that makes every insert and update of the tabl
 until the index is built: on `diagnostics_study` that is every upload, claim and result
 for as long as the build takes (code review: a write waited on 0008's index until its
 lock timeout). CREATE INDEX CONCURRENTLY lets them go on, but cannot run in a
-transaction, so a migration using these sets `atomic = False`. SQLite (`make run`, the
-tests) has no such statement and gets the plain one.
+transaction, so a migration using these sets `atomic = False`, and holds nothing else:
+its other operations would be committed one by one before a build that may still fail. A
+build that failed (cancelled by a timeout, or a deploy stopped) leaves its index INVALID
+under its name, and the next run drops that leftover before building again (diff review:
+`migrate` could not be run twice). SQLite (`make run`, the tests) has no such statement
+and gets the plain one.
 """
 
 from __future__ import annotations
@@ -15,9 +19,37 @@ from django.db import migrations
 from django.db.migrations.operations import AddIndex
 
 
+def _drop_invalid_leftover(schema_editor, name: str) -> None:
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT 1 FROM pg_index JOIN pg_class ON pg_class.oid = pg_index.indexrelid "
+            "WHERE pg_class.relname = %s AND NOT pg_index.indisvalid",
+            [name],
+        )
+        leftover = cursor.fetchone() is not None
+    if leftover:
+        schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {schema_editor.quote_name(name)}")
+
+
+def _build_constraint_concurrently(operation, app_label, schema_editor, state, constraint) -> None:
+    model = state.apps.get_model(app_label, operation.model_name)
+    if not operation.allow_migrate_model(schema_editor.connection.alias, model):
+        return
+    _drop_invalid_leftover(schema_editor, constraint.name)
+    statement = constraint.create_sql(model, schema_editor)
+    schema_editor.execute(str(statement).replace("CREATE UNIQUE INDEX", "CREATE UNIQUE INDEX CONCURRENTLY", 1))
+
+
+def _drop_constraint_concurrently(operation, app_label, schema_editor, state, name: str) -> None:
+    model = state.apps.get_model(app_label, operation.model_name)
+    if operation.allow_migrate_model(schema_editor.connection.alias, model):
+        schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {schema_editor.quote_name(name)}")
+
+
 class AddIndexConcurrentlyOnPostgreSQL(AddIndexConcurrently):
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         if schema_editor.connection.vendor == "postgresql":
+            _drop_invalid_leftover(schema_editor, self.index.name)
             return super().database_forwards(app_label, schema_editor, from_state, to_state)
         return AddIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
 
@@ -34,8 +66,27 @@ class AddConstraintConcurrentlyOnPostgreSQL(migrations.AddConstraint):
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         if schema_editor.connection.vendor != "postgresql":
             return super().database_forwards(app_label, schema_editor, from_state, to_state)
-        model = to_state.apps.get_model(app_label, self.model_name)
-        if not self.allow_migrate_model(schema_editor.connection.alias, model):
-            return
-        statement = self.constraint.create_sql(model, schema_editor)
-        schema_editor.execute(str(statement).replace("CREATE UNIQUE INDEX", "CREATE UNIQUE INDEX CONCURRENTLY", 1))
+        _build_constraint_concurrently(self, app_label, schema_editor, to_state, self.constraint)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            return super().database_backwards(app_label, schema_editor, from_state, to_state)
+        _drop_constraint_concurrently(self, app_label, schema_editor, from_state, self.constraint.name)
+
+
+class RemoveConstraintConcurrentlyOnPostgreSQL(migrations.RemoveConstraint):
+    """A conditional unique constraint dropped concurrently, and built again concurrently
+    when the migration is reversed: reversed, a plain RemoveConstraint builds the index
+    with the lock every upload waits on (diff review)."""
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            return super().database_forwards(app_label, schema_editor, from_state, to_state)
+        _drop_constraint_concurrently(self, app_label, schema_editor, from_state, self.name)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            return super().database_backwards(app_label, schema_editor, from_state, to_state)
+        model_state = to_state.models[app_label, self.model_name_lower]
+        constraint = model_state.get_constraint_by_name(self.name)
+        _build_constraint_concurrently(self, app_label, schema_editor, to_state, constraint)

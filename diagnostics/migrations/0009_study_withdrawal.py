@@ -4,11 +4,10 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
-from config.concurrent_index import AddConstraintConcurrentlyOnPostgreSQL
-
 
 class Migration(migrations.Migration):
-    atomic = False  # CREATE INDEX CONCURRENTLY cannot run in a transaction
+    # Columns only, in one transaction: the index that follows them is built concurrently,
+    # apart (0010), so a build that fails leaves these either all in place or none.
 
     dependencies = [
         ('diagnostics', '0008_search_indexes'),
@@ -36,14 +35,5 @@ class Migration(migrations.Migration):
             model_name='study',
             name='withdrawn_by_key',
             field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='hospital.integrationkey'),
-        ),
-        # The looser rule is in place before the stricter one goes: no moment without one.
-        AddConstraintConcurrentlyOnPostgreSQL(
-            model_name='study',
-            constraint=models.UniqueConstraint(condition=models.Q(models.Q(('sop_instance_uid', ''), _negated=True), ('withdrawn_at__isnull', True)), fields=('hospital', 'sop_instance_uid'), name='one_filed_study_per_sop_instance_per_hospital'),
-        ),
-        migrations.RemoveConstraint(
-            model_name='study',
-            name='one_study_per_sop_instance_per_hospital',
         ),
     ]

@@ -80,12 +80,14 @@ FIRST_RELEASE = {"diagnostics": "0004"}
 
 def test_indexes_added_to_a_growing_table_after_the_first_release_are_built_concurrently():
     """0007 and 0008 built theirs with a plain CREATE INDEX, which made every upload, claim
-    and result wait until the index was built (code review)."""
-    from django.db.migrations import AddConstraint, AddIndex
+    and result wait until the index was built (code review). Removing one builds it when the
+    migration is reversed (diff review: 0009's RemoveConstraint)."""
+    from django.db.migrations import AddConstraint, AddIndex, RemoveConstraint, RemoveIndex
     from django.db.migrations.loader import MigrationLoader
 
     from config.concurrent_index import AddConstraintConcurrentlyOnPostgreSQL as ConcurrentConstraint
     from config.concurrent_index import AddIndexConcurrentlyOnPostgreSQL as ConcurrentIndex
+    from config.concurrent_index import RemoveConstraintConcurrentlyOnPostgreSQL as ConcurrentRemoval
 
     plain = []
     checked = 0
@@ -93,12 +95,13 @@ def test_indexes_added_to_a_growing_table_after_the_first_release_are_built_conc
         if app not in FIRST_RELEASE or name[:4] <= FIRST_RELEASE[app]:
             continue
         for operation in migration.operations:
-            if isinstance(operation, AddIndex | AddConstraint) and (app, operation.model_name) in GROWING_TABLES:
+            builds = AddIndex | AddConstraint | RemoveIndex | RemoveConstraint
+            if isinstance(operation, builds) and (app, operation.model_name) in GROWING_TABLES:
                 checked += 1
-                concurrent = isinstance(operation, ConcurrentIndex | ConcurrentConstraint)
+                concurrent = isinstance(operation, ConcurrentIndex | ConcurrentConstraint | ConcurrentRemoval)
                 if not concurrent or migration.atomic:
                     plain.append(f"{app}.{name}: {operation.describe()}")
-    assert checked == 5  # 0005, 0007, 0008's two, and 0009's
+    assert checked == 6  # 0005, 0007, 0008's two, and 0010's two
     assert plain == []
 
 
@@ -119,3 +122,49 @@ def test_the_concurrent_operations_write_what_the_plain_ones_would_on_postgresql
         "diagnostics_hospita_7a32a4_idx": "CREATE INDEX diagnostics_hospita_7a32a4_idx ON public.diagnostics_study "
         "USING btree (hospital_id, accession_number)",
     }
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("back_to_the_latest_schema")
+def test_the_filed_instance_rule_is_built_again_after_a_failed_build_and_reversed_concurrently():
+    """A build cancelled by a timeout left an INVALID index under its name and 0009's columns
+    committed: `migrate` could not be run again. Reversed, the old rule was built with a
+    plain CREATE UNIQUE INDEX (diff review)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("CONCURRENTLY and INVALID indexes are PostgreSQL's")
+    before, rule = [("diagnostics", "0009_study_withdrawal")], "one_filed_study_per_sop_instance_per_hospital"
+    migrate(before)
+    with connection.cursor() as cursor:
+        # What a cancelled CREATE INDEX CONCURRENTLY leaves: the index, marked invalid.
+        cursor.execute(f'CREATE UNIQUE INDEX "{rule}" ON diagnostics_study (hospital_id, sop_instance_uid)')
+        cursor.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = %s::regclass", [f'"{rule}"'])
+
+    migrate([("diagnostics", "0010_one_filed_study_per_sop_instance")])
+    built = _index_definitions()
+    migrate(before)
+    reversed_to = _index_definitions()
+
+    assert built == {
+        rule: (
+            f"CREATE UNIQUE INDEX {rule} ON public.diagnostics_study USING btree (hospital_id, sop_instance_uid) "
+            "WHERE ((NOT ((sop_instance_uid)::text = ''::text)) AND (withdrawn_at IS NULL))",
+            True,
+        )
+    }
+    assert reversed_to == {
+        "one_study_per_sop_instance_per_hospital": (
+            "CREATE UNIQUE INDEX one_study_per_sop_instance_per_hospital ON public.diagnostics_study USING btree "
+            "(hospital_id, sop_instance_uid) WHERE (NOT ((sop_instance_uid)::text = ''::text))",
+            True,
+        )
+    }
+
+
+def _index_definitions() -> dict[str, tuple[str, bool]]:
+    """The study table's SOP Instance UID rules: each one's definition, and whether valid."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, pg_get_indexdef(i.indexrelid), i.indisvalid FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname LIKE 'one_%%sop_instance_per_hospital'"
+        )
+        return {name: (definition, valid) for name, definition, valid in cursor.fetchall()}
