@@ -81,6 +81,22 @@ def test_a_second_upload_of_the_same_dicom_is_reported_as_already_received(clien
     assert Study.objects.count() == 1
 
 
+def test_a_withdrawn_instance_uploaded_again_is_said_to_be_withdrawn_and_how_to_file_it(client_for, doctor):
+    """ "Already received" linked the withdrawn study with no word that it was (withdrawal review)."""
+    from diagnostics.withdrawal import withdraw_study
+
+    client = client_for(doctor)
+    data = CR_DICOM.read_bytes()
+    client.post(UPLOAD, {"files": SimpleUploadedFile("a.dcm", data)}, **HX)
+    withdraw_study(Study.objects.get(), reason="A duplicate", user=doctor)
+
+    again = client.post(UPLOAD, {"files": SimpleUploadedFile("b.dcm", data)}, **HX).content.decode()
+
+    assert "<strong>Already received, and withdrawn</strong> as filed in error" in again
+    assert "Open the withdrawn study</a>" in again
+    assert Study.objects.count() == 1
+
+
 def test_without_javascript_several_files_post_at_once_and_each_gets_a_result(client_for, doctor):
     files = [jpeg(PNEUMONIA_JPEG, "one.jpeg"), jpeg(NORMAL_JPEG, "two.jpeg"), SimpleUploadedFile("x.txt", b"hello")]
     response = client_for(doctor).post(UPLOAD, {"files": files, "patient_id": "MRN-9"})
