@@ -45,6 +45,10 @@ OPERATIONAL_FIELDS = [
     "started_at",
     "completed_at",
     "updated_at",
+    # Who withdrew it and when; not why, free text that may name the patient.
+    "withdrawn_at",
+    "withdrawn_by",
+    "withdrawn_by_key",
 ]
 
 
@@ -55,7 +59,9 @@ class StudyAdmin(AuditedReadsAdmin):
     hospital_admin_permissions = frozenset({VIEW})
     superuser_permissions = frozenset({VIEW})
     list_display = ["code", "hospital", "status", "source", "modality", "original_format", "created_at"]
-    list_filter = ["status", "failure_code", "source", "original_format", "hospital"]
+    list_filter = [
+        "status", "failure_code", "source", "original_format", ("withdrawn_at", admin.EmptyFieldListFilter), "hospital",
+    ]  # fmt: skip
     list_select_related = ["hospital"]
     # By codes only: the admin searches by GET, so a term lands in URLs and browser history;
     # the portal's worklist searches accession numbers and patient IDs by POST.

@@ -10,6 +10,9 @@ from diagnostics.models import Label, Review, Study
 REVIEWED_CHOICES = [("", "Any"), ("yes", "Reviewed"), ("no", "Not reviewed")]
 
 
+WITHDRAWN = "withdrawn"
+
+
 class WorklistFilterForm(forms.Form):
     """Filters of the worklist. `q` (accession or patient ID) is PHI-bearing.
 
@@ -26,7 +29,13 @@ class WorklistFilterForm(forms.Form):
             attrs={"type": "search", "placeholder": "Exact accession or patient ID", "autocomplete": "off"}
         ),
     )
-    status = forms.ChoiceField(label="Status", required=False, choices=[("", "Any status"), *Study.Status.choices])
+    # Withdrawn studies are listed only when asked for: kept for the record, they were found
+    # nowhere but by their address (withdrawal review).
+    status = forms.ChoiceField(
+        label="Status",
+        required=False,
+        choices=[("", "Any status"), *Study.Status.choices, (WITHDRAWN, "Withdrawn (filed in error)")],
+    )
     label = forms.ChoiceField(label="Model says", required=False, choices=[("", "Any"), *Label.choices])
     # "Result" filtered on the model's label alone: a pneumonia a radiologist found where the
     # model said normal was missing from a search for pneumonia (portal review).
@@ -50,7 +59,9 @@ class WorklistFilterForm(forms.Form):
         data = self.cleaned_data if self.is_valid() else {}
         if q := (data.get("q") or "").strip():
             queryset = queryset.filter(Q(accession_number__iexact=q) | Q(patient_id__iexact=q))
-        if status := data.get("status"):
+        status = data.get("status")
+        queryset = queryset.filter(withdrawn_at__isnull=status != WITHDRAWN)
+        if status and status != WITHDRAWN:
             queryset = queryset.filter(status=status)
         if label := data.get("label"):
             queryset = queryset.filter(current_label=label)

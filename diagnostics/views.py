@@ -112,7 +112,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
         # No rows rather than every row: the controls would still show the filters asked for.
         template = "diagnostics/worklist.html#results" if request.htmx else "diagnostics/worklist.html"
         return render(request, template, {"form": form, "page": None}, status=400)
-    studies = form.apply(_worklist_queryset(request.hospital).filed())
+    studies = form.apply(_worklist_queryset(request.hospital))  # filed ones, unless withdrawn ones are asked for
     page = Paginator(studies, WORKLIST_PAGE_SIZE).get_page(form.cleaned_data.get("page"))
     audit.record(audit.Action.STUDY_LISTED, request=request, page=page.number, count=len(page.object_list))
     context = {

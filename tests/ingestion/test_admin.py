@@ -93,3 +93,23 @@ def test_the_study_admin_searches_codes_not_accession_numbers(client_for, hospit
     client = client_for(hospital_admin)
     assert list(client.get(LIST_URL, {"q": "ACC-OWN"}).context["cl"].result_list) == []
     assert list(client.get(LIST_URL, {"q": str(own.code)}).context["cl"].result_list) == [own]
+
+
+def test_the_study_admin_lists_withdrawn_studies_and_says_who_withdrew_them_not_why(
+    client_for, hospital_admin, doctor, studies
+):
+    """Withdrawn studies could be found nowhere but by their address (withdrawal review);
+    the reason is free text that may name the patient, which the admin leaves out."""
+    from diagnostics.withdrawal import withdraw_study
+
+    own, _ = studies
+    withdraw_study(own, reason="Film of MRN-OWN-1's brother", user=doctor)
+    client = client_for(hospital_admin)
+
+    withdrawn = client.get(LIST_URL, {"withdrawn_at__isempty": "0"})
+    filed = client.get(LIST_URL, {"withdrawn_at__isempty": "1"})
+    page = client.get(f"{LIST_URL}{own.pk}/change/").content.decode()
+
+    assert (list(withdrawn.context["cl"].result_list), list(filed.context["cl"].result_list)) == ([own], [])
+    assert doctor.email in page
+    assert "brother" not in page

@@ -153,3 +153,14 @@ def test_a_row_withdrawn_while_the_worklist_polls_it_leaves_the_list_and_the_pol
     assert 'hx-swap-oob="true"' not in body
     assert "MRN-POLL: withdrawn as filed in error. </div>" in body
     assert "hx-get" not in body  # nothing left to poll
+
+
+def test_withdrawn_studies_are_found_in_the_worklist_when_asked_for(client_for, doctor, study, make_study, hospital_a):
+    kept = make_study(hospital_a, label="normal", probability=0.1)
+    client = client_for(doctor)
+    withdraw(client, study)
+
+    listed = client.get(reverse("diagnostics:worklist"), {"status": "withdrawn"}).content.decode()
+
+    assert str(study.code) in listed and str(kept.code) not in listed
+    assert '<span class="badge badge--failed">Withdrawn</span>' in listed
