@@ -18,7 +18,8 @@ from django.http import HttpRequest
 _DATABASE_ID = re.compile(r"[0-9]{1,20}")
 _LOGGABLE_PARAMETERS = {
     "code": re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"),
-    "study_instance_uid": re.compile(r"(?=.{3,64}$)[0-9]+(\.[0-9]+)+"),
+    # DICOM's rule: no component but 0 starts with 0, so a dotted birth date (19.07.1970) is none.
+    "study_instance_uid": re.compile(r"(?=.{3,64}$)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+"),
     "object_id": _DATABASE_ID,
     "id": _DATABASE_ID,
     "content_type_id": _DATABASE_ID,

@@ -34,7 +34,7 @@ NUMERIC_PATIENT_ID = "0012345678"
 BIRTH_DATE = "19410307"
 # The portal's form always sends its two text fields, empty when not typed.
 NO_IDS = {"patient_id": "", "accession_number": ""}
-PHI = (FAMILY, GIVEN, DICOM_PATIENT_ID, TYPED_PATIENT_ID, BIRTH_DATE, "1941-03-07")
+PHI = (FAMILY, GIVEN, DICOM_PATIENT_ID, TYPED_PATIENT_ID, BIRTH_DATE, "1941-03-07", "07.03.1941")
 
 
 def _jpeg_with_phi_in_its_exif() -> bytes:
@@ -154,6 +154,8 @@ def test_a_patient_id_sent_where_a_code_belongs_never_reaches_the_logs(client, d
     assert emr.get(f"/api/v1/studies/{NUMERIC_PATIENT_ID}/heatmap/").status_code == 404
     dicom = "multipart/related; type=application/dicom; boundary=x"
     assert emr.post(f"/dicomweb/studies/{NUMERIC_PATIENT_ID}", b"", content_type=dicom).status_code == 400
+    # A birth date written with dots looked like a UID (diff review).
+    assert emr.post("/dicomweb/studies/07.03.1941", b"", content_type=dicom).status_code == 400
     assert emr.post("/dicomweb/studies/", b"x", content_type=f"application/x-{FAMILY}").status_code == 415
     client.force_login(doctor)
     assert client.get(f"/studies/{TYPED_PATIENT_ID}/").status_code == 404
@@ -166,6 +168,7 @@ def test_a_patient_id_sent_where_a_code_belongs_never_reaches_the_logs(client, d
     assert paths == [
         "/api/v1/studies/<not a code>/",
         "/api/v1/studies/<not a code>/heatmap/",
+        "/dicomweb/studies/<not a code>",
         "/dicomweb/studies/<not a code>",
         "/dicomweb/studies/",
         "/studies/… (a path Pleura does not serve)",
