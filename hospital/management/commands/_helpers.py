@@ -17,6 +17,16 @@ def hospital_by_slug(slug: str) -> Hospital:
     return hospital
 
 
+def superuser_by_email(email: str):
+    """The active superuser an operations command acts as, named in the trail it writes."""
+    from django.contrib.auth import get_user_model
+
+    operator = get_user_model().objects.filter(email=email.strip().lower(), is_active=True).first()
+    if operator is None or not operator.is_superuser:
+        raise CommandError(f"--actor must be the email of an active superuser, not {email!r}.")
+    return operator
+
+
 def validation_message(error: ValidationError) -> str:
     if hasattr(error, "error_dict"):
         return " ".join(f"{field}: {' '.join(messages)}" for field, messages in error.message_dict.items())

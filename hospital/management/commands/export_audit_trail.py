@@ -6,11 +6,10 @@ import os
 import zoneinfo
 from datetime import UTC, date, datetime, time, timedelta
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from hospital import audit
-from hospital.management.commands._helpers import hospital_by_slug
+from hospital.management.commands._helpers import hospital_by_slug, superuser_by_email
 from hospital.models import AuditEvent
 
 COLUMNS = ("time_utc", "action", "outcome", "actor", "actor_key", "target_type", "target_id", "client_ip", "detail")
@@ -31,9 +30,7 @@ class Command(BaseCommand):
         parser.add_argument("--actor", required=True, help="Email of the superuser exporting it, for the trail.")
 
     def handle(self, *args, hospital: str, out: str, since, until, actor: str, **options):
-        operator = get_user_model().objects.filter(email=actor.strip().lower(), is_active=True).first()
-        if operator is None or not operator.is_superuser:
-            raise CommandError(f"--actor must be the email of an active superuser, not {actor!r}.")
+        operator = superuser_by_email(actor)
         target = hospital_by_slug(hospital)
         if since and until and since > until:
             raise CommandError("--until is before --since.")

@@ -1,9 +1,8 @@
 from __future__ import annotations
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from hospital.management.commands._helpers import hospital_by_slug
+from hospital.management.commands._helpers import hospital_by_slug, superuser_by_email
 from hospital.models import IntegrationKey
 from hospital.services import revoke_integration_key
 
@@ -21,9 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--actor", required=True, help="Email of the superuser revoking it, for the audit trail.")
 
     def handle(self, *args, hospital: str, prefix: str, actor: str, **options):
-        operator = get_user_model().objects.filter(email=actor.strip().lower(), is_active=True).first()
-        if operator is None or not operator.is_superuser:
-            raise CommandError(f"--actor must be the email of an active superuser, not {actor!r}.")
+        operator = superuser_by_email(actor)
         target = hospital_by_slug(hospital)
         # As the admin shows it ("plr_AbCd1234…") or bare.
         key = IntegrationKey.objects.filter(hospital=target, prefix=prefix.strip().rstrip("…")).first()
