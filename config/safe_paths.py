@@ -10,6 +10,7 @@ import logging
 import re
 
 from django.http import HttpRequest
+from django.urls import Resolver404, resolve
 
 # What each URL parameter may hold to be logged as it is. A study's code is a UUID, and a
 # DICOM UID has a root and a suffix at least: a patient's ID is neither, even when it is all
@@ -33,7 +34,7 @@ def loggable_path(request: HttpRequest) -> str:
     study's code belongs) written as "<not a code>", and a path no route serves written as
     its first segment only: an EMR that put a patient's ID where a study's code belongs put
     it in every log line (security review)."""
-    match = getattr(request, "resolver_match", None)
+    match = getattr(request, "resolver_match", None) or _resolved(request.path_info)
     if match is None:
         first = request.path.strip("/").split("/", 1)[0]
         return f"/{first}/… {UNSERVED_PATH}" if first.isascii() and first.isalpha() else UNSERVED_PATH
@@ -43,6 +44,15 @@ def loggable_path(request: HttpRequest) -> str:
         if expected is None or not expected.fullmatch(str(value)):
             path = path.replace(str(value), "<not a code>")
     return path
+
+
+def _resolved(path: str):
+    """The route of a request refused before its view was chosen (the database down in a
+    middleware): "/" was written as a path Pleura does not serve."""
+    try:
+        return resolve(path)
+    except Resolver404:
+        return None
 
 
 class SafePathFilter(logging.Filter):
