@@ -121,7 +121,8 @@ def worklist(request: HttpRequest) -> HttpResponse:
         "public_params": form.public_params(),
         "public_query": urlencode(form.public_params()),
         "rows": _name_rows(page.object_list),
-        "pending_codes": [str(s.code) for s in page.object_list if s.status in PENDING],
+        # A withdrawn row (listed when asked for) is not followed: the updates take it off the page.
+        "pending_codes": [str(s.code) for s in page.object_list if s.status in PENDING and not s.withdrawn_at],
     }
     template = "diagnostics/worklist.html"
     if request.htmx and request.htmx.target == "worklist-results":

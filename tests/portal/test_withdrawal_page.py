@@ -164,3 +164,17 @@ def test_withdrawn_studies_are_found_in_the_worklist_when_asked_for(client_for, 
 
     assert str(study.code) in listed and str(kept.code) not in listed
     assert '<span class="badge badge--failed">Withdrawn</span>' in listed
+
+
+def test_a_withdrawn_study_still_waiting_is_listed_when_asked_for_and_not_polled(
+    client_for, doctor, make_study, hospital_a
+):
+    """Polled, the update took the row off the very list that asks for withdrawn studies."""
+    queued = make_study(hospital_a, status=Study.Status.QUEUED)
+    client = client_for(doctor)
+    withdraw(client, queued)
+
+    listed = client.get(reverse("diagnostics:worklist"), {"status": "withdrawn"}).content.decode()
+
+    assert str(queued.code) in listed
+    assert f"s={queued.code}" not in listed
