@@ -92,6 +92,14 @@
     var swapped = document.getElementById(event.detail.target.id) || event.detail.target;
     var invalid = swapped.querySelector && swapped.querySelector("[aria-invalid='true']");
     var target = invalid || (swapped.querySelector && swapped.querySelector("[data-focus-after-swap]"));
+    // A page of results replaced with the link that asked for it (Older, Newer): the focus
+    // fell to the page's top while the view stayed at the bottom (UX review). The new
+    // page's heading takes it, and is scrolled to.
+    var lost = !document.activeElement || document.activeElement === document.body;
+    if (!target && lost && swapped.hasAttribute && swapped.hasAttribute("data-results")) {
+      target = swapped.querySelector("h2");
+      if (target) { target.setAttribute("tabindex", "-1"); target.scrollIntoView({ block: "start" }); }
+    }
     if (target) target.focus();
   });
   document.addEventListener("htmx:sendError", function () {
