@@ -34,7 +34,19 @@ class AuditFilterForm(forms.Form):
     action = forms.ChoiceField(label="Action", required=False, choices=[("", "Any action"), *audit.Action.choices])
     # A study's public code (its page's address): "who opened this patient's film" is asked
     # of one study, whose code is no PHI (admin review). Its page's address pasted is taken.
-    study = forms.CharField(label="Study code", required=False, max_length=300)
+    # The filters travel in the URL: the browser refuses to send anything without a code in
+    # it, such as a patient's ID typed here by mistake.
+    study = forms.CharField(
+        label="Study code",
+        required=False,
+        max_length=300,
+        widget=forms.TextInput(
+            attrs={
+                "pattern": rf".*{_STUDY_CODE.pattern}.*",
+                "title": "A study's code, or the address of its page (…/studies/<code>/); never a patient ID.",
+            }
+        ),
+    )
     date_from = forms.DateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
     date_to = forms.DateField(label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}))
     page = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
