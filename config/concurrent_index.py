@@ -15,7 +15,8 @@ and gets the plain one.
 from __future__ import annotations
 
 from django.contrib.postgres.operations import AddIndexConcurrently
-from django.db import migrations
+from django.core.management.base import CommandError
+from django.db import IntegrityError, migrations
 from django.db.migrations.operations import AddIndex
 
 
@@ -36,8 +37,19 @@ def _build_constraint_concurrently(operation, app_label, schema_editor, state, c
     if not operation.allow_migrate_model(schema_editor.connection.alias, model):
         return
     _drop_invalid_leftover(schema_editor, constraint.name)
-    statement = constraint.create_sql(model, schema_editor)
-    schema_editor.execute(str(statement).replace("CREATE UNIQUE INDEX", "CREATE UNIQUE INDEX CONCURRENTLY", 1))
+    statement = str(constraint.create_sql(model, schema_editor))
+    # IF NOT EXISTS: a valid index of the name is the one a run before built.
+    statement = statement.replace("CREATE UNIQUE INDEX", "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS", 1)
+    try:
+        schema_editor.execute(statement)
+    except IntegrityError as exc:
+        _drop_invalid_leftover(schema_editor, constraint.name)
+        # manage.py prints a CommandError's words, not a traceback (operator review).
+        raise CommandError(
+            f"The rule {constraint.name} cannot be built: the table holds rows it forbids ({exc.__cause__ or exc}). "
+            "Migrating back past a release that allowed them loses data: restore the backup taken before the "
+            "upgrade instead (deploy/README, Upgrade and rollback)."
+        ) from exc
 
 
 def _drop_constraint_concurrently(operation, app_label, schema_editor, state, name: str) -> None:

@@ -153,7 +153,9 @@ class Study(models.Model):
     withdrawn_by_key = models.ForeignKey(
         "hospital.IntegrationKey", on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
     )
-    withdrawal_reason = models.CharField(max_length=300, blank=True)
+    # A default in the database too: the previous release, still serving while this one's
+    # migrations run, inserts studies without the column (operator review).
+    withdrawal_reason = models.CharField(max_length=300, blank=True, default="", db_default="")
 
     objects = StudyQuerySet.as_manager()
 

@@ -168,3 +168,50 @@ def _index_definitions() -> dict[str, tuple[str, bool]]:
             "JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname LIKE 'one_%%sop_instance_per_hospital'"
         )
         return {name: (definition, valid) for name, definition, valid in cursor.fetchall()}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("back_to_the_latest_schema")
+def test_the_previous_release_still_stores_studies_on_the_withdrawal_schema(hospital_a):
+    """deploy/README: the old pods serve on the new schema while it migrates. withdrawal_reason
+    had a default in Python only, and every upload of the previous release was a 500 (NOT NULL)
+    until the new pods took over (operator review)."""
+    migrate([("diagnostics", "0010_one_filed_study_per_sop_instance")])
+    previous = MigrationExecutor(connection).loader.project_state([("diagnostics", "0008_search_indexes")]).apps
+    Study = previous.get_model("diagnostics", "Study")
+
+    Study.objects.create(
+        hospital_id=hospital_a.pk, source="api", original_format="dcm", original_sha256="0" * 64, original_size=1,
+        original_file="studies/x/original.dcm",
+    )  # fmt: skip
+
+    from diagnostics.models import Study as Current
+
+    assert list(Current.objects.values_list("withdrawal_reason", "withdrawn_at")) == [("", None)]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("back_to_the_latest_schema")
+def test_reversing_the_filed_instance_rule_over_rows_it_forbids_says_so_and_leaves_no_invalid_index(hospital_a):
+    """A withdrawn instance filed again makes two studies of one SOP Instance UID: migrating
+    back printed seventy lines of traceback and left an invalid index (operator review)."""
+    from django.core.management.base import CommandError
+
+    if connection.vendor != "postgresql":
+        pytest.skip("CONCURRENTLY and INVALID indexes are PostgreSQL's")
+    from django.utils import timezone
+
+    from diagnostics.models import Study
+
+    for withdrawn_at in (timezone.now(), None):
+        Study.objects.create(
+            hospital=hospital_a, source="api", original_format="dcm", original_sha256="0" * 64, original_size=1,
+            original_file="studies/x/original.dcm", sop_instance_uid="1.2.3.4", withdrawn_at=withdrawn_at,
+        )  # fmt: skip
+
+    with pytest.raises(CommandError, match="cannot be built: the table holds rows it forbids") as refused:
+        migrate([("diagnostics", "0009_study_withdrawal")])
+
+    assert "restore the backup taken before the upgrade instead" in str(refused.value)
+    assert "one_study_per_sop_instance_per_hospital" not in _index_definitions()
+    Study.objects.all().delete()  # the latest schema again, for the tests after this one
