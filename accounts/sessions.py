@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import wraps
 
+from django.contrib.auth import SESSION_KEY as AUTH_SESSION_KEY
 from django.contrib.sessions.middleware import SessionMiddleware
 
 
@@ -33,3 +34,18 @@ class IdleSessionMiddleware(SessionMiddleware):
         if getattr(request, "keeps_session_idle", False) and session is not None and not session.modified:
             return response
         return super().process_response(request, response)
+
+
+class EndRefusedSessionsMiddleware:
+    """Ends a session whose account may no longer sign in (deactivated, or every membership
+    ended: accounts.backends). Django only treats such a request as signed out and keeps the
+    session, so restoring a membership, after a suspension or a suspected takeover, let the
+    old cookie in again without a new sign-in (diff review)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if AUTH_SESSION_KEY in request.session and not request.user.is_authenticated:
+            request.session.flush()
+        return self.get_response(request)

@@ -254,13 +254,18 @@ def test_a_person_whose_every_membership_was_ended_cannot_sign_in_and_the_try_is
     assert hospital_admin.failed_login_count == 2
 
 
-def test_a_session_whose_last_membership_ends_ends_at_its_next_request(client, doctor):
+def test_a_session_whose_last_membership_ends_ends_at_its_next_request_for_good(client, doctor):
+    """Only treated as signed out, the session came back when the membership was restored,
+    with no new sign-in (diff review)."""
     _login(client, doctor.email, PASSWORD)
     Membership.objects.filter(user=doctor).update(is_active=False)
 
     response = client.get("/")
+    Membership.objects.filter(user=doctor).update(is_active=True)
+    after_restoring = client.get("/")
 
     assert (response.status_code, response["Location"]) == (302, "/accounts/login/?next=/")
+    assert (after_restoring.status_code, after_restoring["Location"]) == (302, "/accounts/login/?next=/")
 
 
 def test_a_platform_operator_signing_in_at_the_portal_goes_to_the_admin(client, superuser):
