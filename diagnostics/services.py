@@ -80,8 +80,8 @@ def ingest_upload(
         if study_instance_uid and decoded.metadata.get("study_instance_uid") != study_instance_uid:
             raise imaging.OtherStudy
         _check_typed_patient(decoded, patient_id)
-        sent_before = request_sent_before or _existing(hospital, decoded, patient_id)
-        if sent_before is not None and not _same_instance(sent_before, decoded, patient_id):
+        sent_before = request_sent_before or _existing(hospital, decoded, patient_id, accession_number)
+        if sent_before is not None and not _same_instance(sent_before, decoded, patient_id, accession_number):
             raise imaging.InstanceConflict
         same_film = [] if sent_before is not None else _same_film_of_other_patients(hospital, decoded, patient_id)
         if same_film:
@@ -103,7 +103,9 @@ def ingest_upload(
     try:
         study, queued = _store_unless_sent_before(
             sent_before, build, data, audit_context, source=source, refreshed=refreshed,
-            same_instance=partial(_same_instance, decoded=decoded, typed_patient_id=patient_id),
+            same_instance=partial(
+                _same_instance, decoded=decoded, typed_patient_id=patient_id, typed_accession=accession_number
+            ),
             typed={"patient_id": patient_id, "accession_number": accession_number},
         )  # fmt: skip
     except (
@@ -205,7 +207,7 @@ def _check_typed_patient(decoded: DecodedImage, typed: str) -> None:
         raise imaging.PatientMismatch
 
 
-def _same_instance(study: Study, decoded: DecodedImage, typed_patient_id: str) -> bool:
+def _same_instance(study: Study, decoded: DecodedImage, typed_patient_id: str, typed_accession: str = "") -> bool:
     """Whether an upload with `study`'s SOP Instance UID is a copy of it: the same pixels,
     patient and study wherever both say. Colliding UIDs happen (a misconfigured modality,
     a tool that resets UIDs); answered with the study sent before, a copy of another
@@ -218,9 +220,12 @@ def _same_instance(study: Study, decoded: DecodedImage, typed_patient_id: str) -
         (study.study_instance_uid, header.get("study_instance_uid", "")),
     ]
     if study.is_withdrawn:
-        # Withdrawn, nothing is filled in any more: an identifier it lacked, now given, is
-        # the right patient's film filed anew, not the withdrawn record written over.
-        return all(stored == sent for stored, sent in pairs)
+        # Withdrawn, nothing is filled in any more: an identifier it lacked or another one
+        # (the right patient's, the right order's) is the film filed anew, not the withdrawn
+        # record written over; one left blank, as in the first message, is still a copy
+        # (diff review: an EMR repeating that message filed the error again).
+        accession = (study.accession_number, typed_accession or header.get("accession_number", ""))
+        return all(not sent or stored == sent for stored, sent in [*pairs, accession])
     return all(not stored or not sent or stored == sent for stored, sent in pairs)
 
 
@@ -308,7 +313,7 @@ def clean_identifier(value, name: str) -> str:
     return value
 
 
-def _existing(hospital: Hospital, decoded: DecodedImage, typed_patient_id: str) -> Study | None:
+def _existing(hospital: Hospital, decoded: DecodedImage, typed_patient_id: str, typed_accession: str) -> Study | None:
     """The hospital's study of this SOP Instance UID, if it was sent before: the one this
     upload is a copy of, filed or withdrawn (a withdrawn one is answered as it is, and an
     EMR sending it again does not file the error again), else the filed one, which it
@@ -327,7 +332,7 @@ def _existing(hospital: Hospital, decoded: DecodedImage, typed_patient_id: str) 
     if not sent_before.exists():
         return None
     studies = list(sent_before.order_by(F("withdrawn_at").desc(nulls_first=True), "-pk"))
-    copy = next((study for study in studies if _same_instance(study, decoded, typed_patient_id)), None)
+    copy = next((study for study in studies if _same_instance(study, decoded, typed_patient_id, typed_accession)), None)
     filed = next((study for study in studies if not study.is_withdrawn), None)
     return copy or filed
 

@@ -19,8 +19,8 @@ def test_simultaneous_uploads_of_one_instance_make_one_study(hospital_a, stored,
     both_checked = threading.Barrier(2, timeout=30)
     real_existing = services._existing
 
-    def existing_then_wait(hospital, decoded, typed_patient_id):
-        found = real_existing(hospital, decoded, typed_patient_id)
+    def existing_then_wait(hospital, decoded, typed_patient_id, typed_accession):
+        found = real_existing(hospital, decoded, typed_patient_id, typed_accession)
         both_checked.wait()  # both requests have seen "not stored yet"
         return found
 

@@ -123,7 +123,9 @@ def test_another_patients_instance_stored_meanwhile_is_still_refused(emr, stored
 
     assert post_dicom_body(emr, DX_CHEST.read_bytes()).status_code == 202
     files = stored()
-    monkeypatch.setattr(services, "_existing", lambda hospital, decoded, typed: None)  # checked before it landed
+    monkeypatch.setattr(
+        services, "_existing", lambda hospital, decoded, typed, accession: None
+    )  # checked before it landed
 
     response = post_dicom_body(emr, another_patients_instance_with_the_uid_of(DX_CHEST))
 

@@ -101,7 +101,7 @@ def test_a_study_queued_by_another_request_meanwhile_keeps_its_file_and_this_cop
     stale = Study.objects.get()
     Study.objects.update(status=Study.Status.QUEUED, failure_code="", failure_reason="", attempts=0)
     before = stored()
-    monkeypatch.setattr(services, "_existing", lambda hospital, decoded, typed: stale)
+    monkeypatch.setattr(services, "_existing", lambda hospital, decoded, typed, accession: stale)
 
     study, queued = services.ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source="api")
 
@@ -257,7 +257,9 @@ def test_a_copy_racing_the_first_upload_under_another_accession_number_is_409_to
     study was answered 200 with the typed accession number dropped (diff review)."""
     assert post_file(emr, CR_CHEST.read_bytes(), accession_number="ACC-FIRST").status_code == 202
     before = stored()
-    monkeypatch.setattr(services, "_existing", lambda hospital, decoded, typed: None)  # not yet seen: the race
+    monkeypatch.setattr(
+        services, "_existing", lambda hospital, decoded, typed, accession: None
+    )  # not yet seen: the race
 
     again = post_file(emr, CR_CHEST.read_bytes(), accession_number="ACC-OTHER")
 

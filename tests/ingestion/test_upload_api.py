@@ -290,7 +290,7 @@ def test_race_on_the_same_uid_returns_the_winner_and_removes_the_losers_files(ho
     data = CR_CHEST.read_bytes()
     winner, _ = ingest_upload(hospital=hospital_a, data=data, source=Study.Source.API)
     before = stored()
-    monkeypatch.setattr(services, "_existing", lambda hospital, decoded, typed: None)
+    monkeypatch.setattr(services, "_existing", lambda hospital, decoded, typed, accession: None)
     study, created = ingest_upload(hospital=hospital_a, data=data, source=Study.Source.API)
     assert created is False
     assert study.pk == winner.pk

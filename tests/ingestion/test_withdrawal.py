@@ -276,3 +276,43 @@ def test_two_films_of_one_picture_withdrawn_at_once_are_both_withdrawn(hospital_
 
     assert errors == []
     assert Study.objects.filter(withdrawn_at__isnull=False).count() == 2
+
+
+def test_an_instance_withdrawn_for_the_wrong_order_is_filed_anew_under_the_right_one(emr):
+    """Typed, the right accession number was refused as moving the study to another order
+    (409); in the header, the withdrawn study was answered and nothing filed (diff review)."""
+    import io
+
+    import pydicom
+
+    original = DX_CHEST.read_bytes()
+    assert post_file(emr, original, accession_number="ACC-WRONG").status_code == 202
+    withdraw(emr, Study.objects.get(), {"reason": "Wrong order"})
+
+    typed = post_file(emr, original, accession_number="ACC-RIGHT")
+    dataset = pydicom.dcmread(io.BytesIO(original))
+    dataset.AccessionNumber = "ACC-RIGHT-2"
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    withdraw(emr, Study.objects.get(code=typed.json()["id"]), {"reason": "Wrong order again"})
+    in_header = post_dicom_body(emr, buffer.getvalue())
+
+    assert (typed.status_code, typed.json()["accession_number"], typed.json()["withdrawn_at"]) == (
+        202, "ACC-RIGHT", None,
+    )  # fmt: skip
+    assert (in_header.status_code, in_header.json()["accession_number"]) == (202, "ACC-RIGHT-2")
+
+
+def test_an_emr_repeating_its_first_message_after_an_id_was_filled_in_gets_the_withdrawn_study(emr):
+    """A copy with a patient ID filled in the blank the first message left; withdrawn, the
+    first message repeated byte for byte was filed again as a new study (diff review)."""
+    first = make_dicom(a_picture(), PatientID="")
+    assert post_dicom_body(emr, first).status_code == 202
+    assert post_file(emr, first, patient_id="MRN-WRONG-9").status_code == 200  # filled in
+    study = Study.objects.get()
+    withdraw(emr, study)
+
+    repeated = post_dicom_body(emr, first)
+
+    assert (repeated.status_code, repeated.json()["id"]) == (200, str(study.code))
+    assert Study.objects.count() == 1
