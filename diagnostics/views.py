@@ -154,7 +154,8 @@ def worklist_updates(request: HttpRequest) -> HttpResponse:
         missing = codes - {study.code for study in rows}
         raise NotInThisHospital(Study, {"code__in": missing}, via="portal", words="No such study.")
     # A row withdrawn since the page showed it leaves it: kept, its result was announced as
-    # the patient's, whose film it may not be (withdrawal review).
+    # the patient's, whose film it may not be (withdrawal review). The announcement names
+    # no patient, so it reads nothing worth a trail (diff review: it did, unrecorded).
     withdrawn = [study for study in rows if study.is_withdrawn]
     rows = [study for study in rows if not study.is_withdrawn]
     pending = [str(s.code) for s in rows if s.status in PENDING]

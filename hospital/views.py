@@ -19,7 +19,8 @@ from hospital.models import AuditEvent, IntegrationKey, Role
 from hospital.tenancy import role_required
 
 AUDIT_PAGE_SIZE = 50
-_STUDY_CODE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# With its hyphens or without, as a UUID is written either way.
+_STUDY_CODE = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
 
 
 class AuditFilterForm(forms.Form):

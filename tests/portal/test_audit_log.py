@@ -197,9 +197,11 @@ def test_a_study_code_that_is_not_one_is_400_in_words_and_a_pasted_address_is_ta
 
     refused = client.get(AUDIT, {"study": "MRN-1234"}, **HX)
     pasted = client.get(AUDIT, {"study": f"https://pleura.example/studies/{study.code}/"}, **HX)
+    bare = client.get(AUDIT, {"study": study.code.hex}, **HX)
 
     assert refused.status_code == 400
     assert (
         "<p>Study code: Paste a study&#x27;s code, or the address of its page (…/studies/&lt;code&gt;/).</p>"
     ) in refused.content.decode()
     assert action_cells(pasted.content.decode()) == ["study.viewed"]
+    assert action_cells(bare.content.decode()) == ["study.viewed"]  # 32 hex digits, as a UUID may be written

@@ -151,7 +151,8 @@ def test_a_row_withdrawn_while_the_worklist_polls_it_leaves_the_list_and_the_pol
 
     assert f'<template><tr id="study-{queued.code}" hx-swap-oob="delete"></tr></template>' in body
     assert 'hx-swap-oob="true"' not in body
-    assert "MRN-POLL: withdrawn as filed in error. </div>" in body
+    assert "1 study on this page withdrawn as filed in error. </div>" in body
+    assert "MRN-POLL" not in body
     assert "hx-get" not in body  # nothing left to poll
 
 
