@@ -103,7 +103,9 @@ def test_create_user_refuses_bad_input(doctor, hospital, role, email, password, 
 
 def test_create_user_refuses_a_deactivated_hospital(hospital_a):
     Hospital.objects.filter(pk=hospital_a.pk).update(is_active=False)
-    with pytest.raises(CommandError, match=re.escape("The hospital 'st-marys' is deactivated.")):
+    with pytest.raises(
+        CommandError, match=re.escape("The hospital 'st-marys' is deactivated: reactivate it in the admin first.")
+    ):
         run(
             "create_user",
             "--hospital",
@@ -296,3 +298,53 @@ def test_an_operator_exports_one_hospitals_trail_for_the_days_asked_owner_only(
     )  # fmt: skip
     with pytest.raises(CommandError, match="exists already: name a new file"):
         call_command("export_audit_trail", "--hospital", "st-marys", "--out", str(out), "--actor", superuser.email)
+
+
+def test_a_leaked_key_given_whole_is_revoked_by_its_prefix_and_never_printed(hospital_a, key_a, superuser):
+    """The whole key was refused, and printed back in the refusal (operator review)."""
+    key, raw_key = key_a
+    out = StringIO()
+    call_command(
+        "revoke_api_key", "--hospital", "st-marys", "--prefix", raw_key, "--actor", superuser.email, stdout=out
+    )
+    with pytest.raises(CommandError) as refused:
+        call_command("revoke_api_key", "--hospital", "st-marys", "--prefix", "plr_" + "X" * 43,
+                     "--actor", superuser.email)  # fmt: skip
+
+    key.refresh_from_db()
+    assert key.revoked_at is not None
+    assert raw_key not in out.getvalue()
+    assert str(refused.value) == "St Mary's Hospital has no integration key with prefix 'plr_XXXXXXXX'."
+
+
+def test_a_deactivated_hospitals_trail_is_exported_and_its_keys_revoked(tmp_path, hospital_a, key_a, superuser, doctor):
+    """A hospital that left the service is the archive's very case (operator review)."""
+    import csv
+
+    from hospital import audit
+
+    key = key_a[0]
+    IntegrationKey.objects.filter(pk=key.pk).update(name="=HYPERLINK(1)")  # an admin's name for it
+    key.refresh_from_db()
+    audit.record(audit.Action.STUDY_LISTED, actor=doctor, hospital=hospital_a, count=1)
+    audit.record(audit.Action.STUDY_LISTED, key=key, hospital=hospital_a, count=2)
+    Hospital.objects.filter(pk=hospital_a.pk).update(is_active=False)
+    out = tmp_path / "trail.csv"
+
+    call_command("export_audit_trail", "--hospital", "st-marys", "--out", str(out), "--actor", superuser.email,
+                 stdout=StringIO())  # fmt: skip
+    call_command("revoke_api_key", "--hospital", "st-marys", "--prefix", key_a[0].prefix, "--actor", superuser.email,
+                 stdout=StringIO())  # fmt: skip
+
+    rows = list(csv.DictReader(out.open()))
+    assert [(row["actor"], row["actor_key"], row["detail"]) for row in rows] == [
+        (doctor.email, "", '{"count": 1}'),
+        ("", f"'=HYPERLINK(1) ({key.prefix})", '{"count": 2}'),  # text, never a spreadsheet formula
+    ]
+    assert not list(tmp_path.glob("*.partial-*"))
+
+
+def test_a_day_that_is_not_one_is_refused_in_words(tmp_path, superuser):
+    with pytest.raises(CommandError, match=re.escape("'2026-02-30' is not a day: write it YYYY-MM-DD.")):
+        call_command("export_audit_trail", "--hospital", "st-marys", "--out", str(tmp_path / "x.csv"),
+                     "--since", "2026-02-30", "--actor", superuser.email)  # fmt: skip

@@ -8,12 +8,14 @@ from django.core.management.base import CommandError
 from hospital.models import Hospital
 
 
-def hospital_by_slug(slug: str) -> Hospital:
+def hospital_by_slug(slug: str, *, deactivated_too: bool = False) -> Hospital:
+    """The hospital of `slug`; a deactivated one only where the command is for it too (its
+    trail's export, a leaked key's revocation before it comes back)."""
     hospital = Hospital.objects.filter(slug=slug).first()
     if hospital is None:
         raise CommandError(f"No hospital with slug {slug!r}. Create it first with create_hospital.")
-    if not hospital.is_active:
-        raise CommandError(f"The hospital {slug!r} is deactivated.")
+    if not hospital.is_active and not deactivated_too:
+        raise CommandError(f"The hospital {slug!r} is deactivated: reactivate it in the admin first.")
     return hospital
 
 

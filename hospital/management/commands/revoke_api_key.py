@@ -3,8 +3,10 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from hospital.management.commands._helpers import hospital_by_slug, superuser_by_email
-from hospital.models import IntegrationKey
+from hospital.models import KEY_PREFIX, IntegrationKey
 from hospital.services import revoke_integration_key
+
+PREFIX_LENGTH = len(KEY_PREFIX) + 8  # as IntegrationKey keeps it
 
 
 class Command(BaseCommand):
@@ -21,11 +23,14 @@ class Command(BaseCommand):
 
     def handle(self, *args, hospital: str, prefix: str, actor: str, **options):
         operator = superuser_by_email(actor)
-        target = hospital_by_slug(hospital)
-        # As the admin shows it ("plr_AbCd1234…") or bare.
-        key = IntegrationKey.objects.filter(hospital=target, prefix=prefix.strip().rstrip("…")).first()
+        target = hospital_by_slug(hospital, deactivated_too=True)  # revoked before it comes back
+        # As the admin shows it ("plr_AbCd1234…"), bare, or the whole leaked key: only its
+        # prefix is read, and only the prefix is ever written back (operator review: the
+        # whole key was printed in the refusal).
+        given = prefix.strip().rstrip("…")[:PREFIX_LENGTH]
+        key = IntegrationKey.objects.filter(hospital=target, prefix=given).first()
         if key is None:
-            raise CommandError(f"{target.name} has no integration key with prefix {prefix!r}.")
+            raise CommandError(f"{target.name} has no integration key with prefix {given!r}.")
         if not revoke_integration_key(key, actor=operator):
             self.stdout.write(
                 f"The key {key.name!r} ({key.prefix}) of {target.name} was already revoked, on "
