@@ -7,6 +7,7 @@ import uuid
 
 from django import forms
 from django.core.paginator import Paginator
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
@@ -27,7 +28,11 @@ class AuditFilterForm(forms.Form):
     """Filters carry public ids and action codes only, so they may live in the URL."""
 
     user = forms.ModelChoiceField(
-        label="User", required=False, queryset=User.objects.none(), to_field_name="code", empty_label="Anyone"
+        label="Person (by or about)",
+        required=False,
+        queryset=User.objects.none(),
+        to_field_name="code",
+        empty_label="Anyone",
     )
     key = forms.ModelChoiceField(
         label="EMR key", required=False, queryset=IntegrationKey.objects.none(), to_field_name="code", empty_label="Any"
@@ -76,8 +81,10 @@ class AuditFilterForm(forms.Form):
 
     def apply(self, events):
         data = self.cleaned_data
-        if data.get("user"):
-            events = events.filter(actor_user=data["user"])
+        if person := data.get("user"):
+            # What they did and what was done about them: a dismissed person's tries to sign
+            # back in are by no one (operator review: "nothing" answered that question).
+            events = events.filter(Q(actor_user=person) | Q(target_type="user", target_id=str(person.code)))
         if data.get("key"):
             events = events.filter(actor_key=data["key"])
         if data.get("study"):

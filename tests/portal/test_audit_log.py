@@ -205,3 +205,14 @@ def test_a_study_code_that_is_not_one_is_400_in_words_and_a_pasted_address_is_ta
     ) in refused.content.decode()
     assert action_cells(pasted.content.decode()) == ["study.viewed"]
     assert action_cells(bare.content.decode()) == ["study.viewed"]  # 32 hex digits, as a UUID may be written
+
+
+def test_a_person_filter_shows_what_was_done_about_them_too(client_for, hospital_admin, doctor, hospital_a):
+    """A dismissed doctor's tries to sign back in are by no one, about them: the filter by
+    person answered "nothing" (operator review)."""
+    audit.record(Action.LOGIN_FAILED, hospital=hospital_a, target=doctor, outcome="failure")
+    audit.record(Action.MEMBERSHIP_DEACTIVATED, actor=hospital_admin, hospital=hospital_a, target=doctor)
+
+    html = client_for(hospital_admin).get(AUDIT, {"user": str(doctor.code)}, **HX).content.decode()
+
+    assert action_cells(html) == ["membership.deactivated", "auth.login_failed"]
