@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import lru_cache
 
 from django.http import HttpRequest
-from django.urls import Resolver404, resolve
+from django.urls import Resolver404, get_resolver, resolve
 
 # What each URL parameter may hold to be logged as it is. A study's code is a UUID, and a
 # DICOM UID has a root and a suffix at least: a patient's ID is neither, even when it is all
@@ -36,8 +37,10 @@ def loggable_path(request: HttpRequest) -> str:
     it in every log line (security review)."""
     match = getattr(request, "resolver_match", None) or _resolved(request.path_info)
     if match is None:
+        # Its first segment only where it is one of Pleura's own: any word there ("/SmithJohn/")
+        # was written as it was (diff review).
         first = request.path.strip("/").split("/", 1)[0]
-        return f"/{first}/… {UNSERVED_PATH}" if first.isascii() and first.isalpha() else UNSERVED_PATH
+        return f"/{first}/… {UNSERVED_PATH}" if first in _own_first_segments() else UNSERVED_PATH
     path = request.path
     for name, value in match.kwargs.items():
         expected = _LOGGABLE_PARAMETERS.get(name)
@@ -48,11 +51,28 @@ def loggable_path(request: HttpRequest) -> str:
 
 def _resolved(path: str):
     """The route of a request refused before its view was chosen (the database down in a
-    middleware): "/" was written as a path Pleura does not serve."""
+    middleware): "/" was written as a path Pleura does not serve. Called while a line is
+    logged, it never raises: a URLconf that cannot be read is no route."""
     try:
         return resolve(path)
     except Resolver404:
         return None
+    except Exception:  # inside logging, where an exception would escape the caller's log call
+        return None
+
+
+@lru_cache(maxsize=1)
+def _own_first_segments() -> frozenset[str]:
+    """The first segments of Pleura's own routes ("api", "studies", "admin", ...)."""
+    segments, patterns = set(), list(get_resolver().url_patterns)
+    while patterns:
+        pattern = patterns.pop()
+        first = str(pattern.pattern).lstrip("^").strip("/").split("/", 1)[0]
+        if not first and hasattr(pattern, "url_patterns"):
+            patterns.extend(pattern.url_patterns)  # included at the root: its own routes' segments
+        elif first.isascii() and first.replace("-", "").replace("_", "").isalnum():
+            segments.add(first)
+    return frozenset(segments)
 
 
 class SafePathFilter(logging.Filter):

@@ -159,6 +159,7 @@ def test_a_patient_id_sent_where_a_code_belongs_never_reaches_the_logs(client, d
     assert emr.post("/dicomweb/studies/", b"x", content_type=f"application/x-{FAMILY}").status_code == 415
     client.force_login(doctor)
     assert client.get(f"/studies/{TYPED_PATIENT_ID}/").status_code == 404
+    assert client.get(f"/{FAMILY}/chest").status_code == 404  # a word first, where no route begins
     # Django's own warning of a refused CSRF check names the path (security review).
     anonymous = Client(enforce_csrf_checks=True)
     assert anonymous.post(f"/admin/diagnostics/study/{FAMILY}-{DICOM_PATIENT_ID}/change/").status_code == 403
@@ -172,6 +173,7 @@ def test_a_patient_id_sent_where_a_code_belongs_never_reaches_the_logs(client, d
         "/dicomweb/studies/<not a code>",
         "/dicomweb/studies/",
         "/studies/… (a path Pleura does not serve)",
+        "(a path Pleura does not serve)",
         "/admin/diagnostics/study/<not a code>/change/",
     ]
     csrf = next(record for record in caplog.records if record.name == "django.security.csrf")
