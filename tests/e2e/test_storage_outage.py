@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 
 from diagnostics.models import Study
 from tests.conftest import unreachable_media_root
-from tests.e2e.test_portal_journey import RADIOGRAPH, sign_in
+from tests.e2e.test_portal_journey import RADIOGRAPH, sign_in, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -73,5 +73,7 @@ def test_a_study_whose_images_cannot_be_read_says_so_and_shows_them_once_the_sto
     expect(notice).to_be_hidden()
     expect(page.locator("[data-image]")).to_be_visible()
     assert page.locator("[data-image]").evaluate("image => image.naturalWidth") == study.columns
-    assert page.locator("[data-heatmap]").evaluate("image => image.naturalWidth") > 0
+    # The heatmap is fetched lazily (7c539b7): it may arrive a moment after the radiograph.
+    heatmap = page.locator("[data-heatmap]")
+    wait_for(lambda: heatmap.evaluate("image => image.complete && image.naturalWidth > 0"), 10, what="heatmap loaded")
     screenshot(page, "14-study-images-back")
