@@ -7,7 +7,7 @@ into a form does not belong in the trail).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from django.contrib.auth.password_validation import validate_password
 from django.db import transaction
@@ -114,8 +114,22 @@ def hospitals_answering_for(user: User) -> list[Hospital]:
     return working or list(hospitals.filter(memberships__user=user))
 
 
-def record_about_user(action: str, user: User, *, actor=None, request=None, **fields) -> None:
-    """One event about `user`'s account in each hospital's trail (`hospitals_answering_for`)."""
+def record_about_user(
+    action: str, user: User, *, actor=None, request=None, detail_in: Callable[[Hospital], dict] | None = None, **fields
+) -> None:
+    """One event about `user`'s account in each hospital's trail (`hospitals_answering_for`),
+    each with `fields` and what `detail_in(hospital)` adds there."""
     hospitals = hospitals_answering_for(user) or [None]  # a platform account: the request's hospital, if any
-    events = [audit.build(action, request=request, actor=actor, hospital=h, target=user, **fields) for h in hospitals]
+    events = [
+        audit.build(
+            action,
+            request=request,
+            actor=actor,
+            hospital=h,
+            target=user,
+            **fields,
+            **(detail_in(h) if detail_in and h else {}),
+        )
+        for h in hospitals
+    ]
     audit.record_all(events)

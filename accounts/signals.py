@@ -26,23 +26,15 @@ def _opened_hospital(request, user):
 
 @receiver(user_logged_in)
 def _audit_login(sender, request, user, **kwargs) -> None:
-    from accounts.services import hospitals_answering_for
+    from accounts.services import record_about_user
 
     opened = _opened_hospital(request, user)
     # Each trail says whether the session opened in its own hospital, never which other one:
     # its admins would learn which other hospital employs their radiologist (diff review).
-    events = [
-        audit.build(
-            audit.Action.LOGIN,
-            request=request,
-            actor=user,
-            hospital=hospital,
-            target=user,
-            **({"opened": "this hospital" if hospital == opened else "another hospital"} if hospital else {}),
-        )
-        for hospital in hospitals_answering_for(user) or [opened]
-    ]
-    audit.record_all(events)
+    record_about_user(
+        audit.Action.LOGIN, user, actor=user, request=request,
+        detail_in=lambda hospital: {"opened": "this hospital" if hospital == opened else "another hospital"},
+    )  # fmt: skip
 
 
 @receiver(user_logged_out)

@@ -11,15 +11,17 @@ import re
 from functools import lru_cache
 
 from django.http import HttpRequest
-from django.urls import Resolver404, get_resolver, resolve
+from django.urls import get_resolver, resolve
 
 # What each URL parameter may hold to be logged as it is. A study's code is a UUID, and a
 # DICOM UID has a root and a suffix at least: a patient's ID is neither, even when it is all
 # digits, as many are (code review). The admin's ids are database keys, its app labels
 # names; any other parameter (the admin's catch-all `url`) is never written.
 _DATABASE_ID = re.compile(r"[0-9]{1,20}")
+# A UUID as text, with its hyphens or without: a study's code.
+UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
 _LOGGABLE_PARAMETERS = {
-    "code": re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"),
+    "code": UUID_TEXT,
     # DICOM's rule: no component but 0 starts with 0, so a dotted birth date (19.07.1970) is none.
     "study_instance_uid": re.compile(r"(?=.{3,64}$)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+"),
     "object_id": _DATABASE_ID,
@@ -55,9 +57,7 @@ def _resolved(path: str):
     logged, it never raises: a URLconf that cannot be read is no route."""
     try:
         return resolve(path)
-    except Resolver404:
-        return None
-    except Exception:  # inside logging, where an exception would escape the caller's log call
+    except Exception:  # Resolver404, or anything else inside logging, where it would escape the log call
         return None
 
 

@@ -125,8 +125,7 @@ def _with_counted_reviews(hospitals: QuerySet[Hospital] | None) -> QuerySet[Stud
     allowed = consenting_hospitals()
     if hospitals is not None:
         allowed = allowed.filter(pk__in=hospitals.values("pk"))
-    # A study withdrawn as filed in error labels nothing: its film may be another patient's.
-    return Study.objects.filed().filter(hospital__in=allowed, pk__in=counted_reviews().values("study"))
+    return Study.objects.filter(hospital__in=allowed, pk__in=counted_reviews().values("study"))
 
 
 def outside_intended_use(hospitals: QuerySet[Hospital] | None = None) -> int:

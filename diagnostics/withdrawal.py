@@ -75,10 +75,7 @@ def _lock_same_film(study: Study) -> None:
     films of one picture withdrawn at once each locked its own row, then waited for the
     other's to clear its warning, and PostgreSQL broke the deadlock with a 503 (withdrawal
     review)."""
-    rows = Study.objects.filter(pk=study.pk)
+    rows = Q(pk=study.pk)
     if study.pixel_sha256:
-        rows = Study.objects.filter(
-            Q(pk=study.pk)
-            | Q(hospital_id=study.hospital_id, pixel_sha256=study.pixel_sha256, withdrawn_at__isnull=True)
-        )
-    list(rows.select_for_update().order_by("pk").values_list("pk", flat=True))
+        rows |= Q(hospital_id=study.hospital_id, pixel_sha256=study.pixel_sha256, withdrawn_at__isnull=True)
+    list(Study.objects.filter(rows).select_for_update().order_by("pk").values_list("pk", flat=True))

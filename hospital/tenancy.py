@@ -173,6 +173,8 @@ def record_denied_all(request, refused: list[tuple[Hospital | None, Any]], **det
     """An `access.denied` event for each (hospital, target) refused, in one insert: a poll
     naming a page of another hospital's codes made three queries a code. A trail that
     cannot be written does not turn the refusal into a 500: nothing was shown or changed."""
+    # The trail is append-only: a patient's ID put in a URL could never leave it.
+    path = loggable_path(request)
     events = [
         audit.build(
             audit.Action.ACCESS_DENIED,
@@ -180,8 +182,7 @@ def record_denied_all(request, refused: list[tuple[Hospital | None, Any]], **det
             hospital=hospital,
             target=target,
             outcome=audit.Outcome.DENIED,
-            # The trail is append-only: a patient's ID put in a URL could never leave it.
-            path=loggable_path(request),
+            path=path,
             **detail,
         )
         for hospital, target in refused

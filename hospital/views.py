@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 
 from django import forms
@@ -15,13 +14,12 @@ from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 
 from accounts.models import User
+from config.safe_paths import UUID_TEXT
 from hospital import audit
 from hospital.models import AuditEvent, IntegrationKey, Role
 from hospital.tenancy import role_required
 
 AUDIT_PAGE_SIZE = 50
-# With its hyphens or without, as a UUID is written either way.
-_STUDY_CODE = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
 
 
 class AuditFilterForm(forms.Form):
@@ -48,7 +46,7 @@ class AuditFilterForm(forms.Form):
         max_length=300,
         widget=forms.TextInput(
             attrs={
-                "pattern": rf".*{_STUDY_CODE.pattern}.*",
+                "pattern": rf".*{UUID_TEXT.pattern}.*",
                 "title": "A study's code, or the address of its page (…/studies/<code>/); never a patient ID.",
             }
         ),
@@ -67,7 +65,7 @@ class AuditFilterForm(forms.Form):
         typed = self.cleaned_data.get("study", "").strip()
         if not typed:
             return None
-        found = _STUDY_CODE.search(typed)
+        found = UUID_TEXT.search(typed)
         if found is None:
             raise forms.ValidationError("Paste a study's code, or the address of its page (…/studies/<code>/).")
         return uuid.UUID(found.group(0))
