@@ -70,6 +70,9 @@ class StudyAdmin(AuditedReadsAdmin):
     fields = OPERATIONAL_FIELDS
     readonly_fields = OPERATIONAL_FIELDS
 
+    def listed_detail(self, rows) -> dict:
+        return {"studies": audit.study_codes(rows)}
+
     def get_fields(self, request, obj=None):
         # A hospital's admin matches a failure to the order by its accession number; a
         # platform operator, who belongs to no hospital, reads every hospital's studies

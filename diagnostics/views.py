@@ -114,7 +114,10 @@ def worklist(request: HttpRequest) -> HttpResponse:
         return render(request, template, {"form": form, "page": None}, status=400)
     studies = form.apply(_worklist_queryset(request.hospital))  # filed ones, unless withdrawn ones are asked for
     page = Paginator(studies, WORKLIST_PAGE_SIZE).get_page(form.cleaned_data.get("page"))
-    audit.record(audit.Action.STUDY_LISTED, request=request, page=page.number, count=len(page.object_list))
+    audit.record(
+        audit.Action.STUDY_LISTED, request=request, page=page.number, count=len(page.object_list),
+        studies=audit.study_codes(page.object_list),
+    )  # fmt: skip
     context = {
         "form": form,
         "page": page,
@@ -163,22 +166,28 @@ def worklist_updates(request: HttpRequest) -> HttpResponse:
     if settled:
         # A result reaches the page here: recorded as the worklist's own reading is. A
         # settled row leaves the poller, so each is recorded once.
-        audit.record(audit.Action.STUDY_LISTED, request=request, via="worklist update", count=len(settled))
+        audit.record(
+            audit.Action.STUDY_LISTED, request=request, via="worklist update", count=len(settled),
+            studies=audit.study_codes(settled),
+        )  # fmt: skip
     if first_seen := _first_polled_in_this_session(request, pending):
         # Rows still pending carry the patient's details too, and are re-sent every 3 s:
         # recorded once a session each, which does not bury the trail (security review:
         # a study's code alone read its patient's name and ID without a trace).
-        audit.record(audit.Action.STUDY_LISTED, request=request, via="worklist update, pending", count=first_seen)
+        audit.record(
+            audit.Action.STUDY_LISTED, request=request, via="worklist update, pending", count=len(first_seen),
+            studies=first_seen,
+        )  # fmt: skip
     context = {"rows": rows, "pending_codes": pending, "settled": settled, "withdrawn": withdrawn}
     return render(request, "diagnostics/worklist.html#updates", context)
 
 
-def _first_polled_in_this_session(request: HttpRequest, codes: list[str]) -> int:
-    """How many of `codes` this session's polls show for the first time, remembered in the
+def _first_polled_in_this_session(request: HttpRequest, codes: list[str]) -> list[str]:
+    """Those of `codes` this session's polls show for the first time, remembered in the
     cache (Redis in production): written to the session, a poll would extend it, and a
     page left open would never be signed out for idleness. Without the cache, each counts."""
     if not codes:
-        return 0
+        return []
     session = request.session.session_key or ""
     keys = [f"pleura:polled:{session}:{code}" for code in codes]
     cache = caches["default"]
@@ -186,9 +195,13 @@ def _first_polled_in_this_session(request: HttpRequest, codes: list[str]) -> int
         # One round trip for a poll that shows nothing new, as most do (one every 3 s for
         # each open page), not one per row; `add` claims each new row atomically.
         seen = cache.get_many(keys)
-        return sum(cache.add(key, 1, settings.SESSION_COOKIE_AGE) for key in keys if key not in seen)
+        return [
+            code
+            for code, key in zip(codes, keys, strict=True)
+            if key not in seen and cache.add(key, 1, settings.SESSION_COOKIE_AGE)
+        ]
     except Exception:  # the cache's client when Redis is down: the trail errs on recording
-        return len(codes)
+        return list(codes)
 
 
 @never_cache

@@ -19,7 +19,7 @@ pages are not scoped.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import defaultdict
 from datetime import timedelta
 
 from django import forms
@@ -550,20 +550,27 @@ class AuditedReadsAdmin(HospitalScopedAdmin):
         filed under the session's active hospital, a reading of one hospital's studies by
         someone who also works at another landed in the other's trail, not its own."""
         filters = sorted(request.GET)
-        shown = Counter(obj.hospital_id for obj in rows)
+        shown = defaultdict(list)
+        for obj in rows:
+            shown[obj.hospital_id].append(obj)
         if not shown:
             audit.record(self.listed_action, request=request, via="admin", count=0, filters=filters)
             return
         hospitals = Hospital.objects.in_bulk([pk for pk in shown if pk is not None])
-        for hospital_id, count in sorted(shown.items(), key=lambda item: (item[0] is None, item[0] or 0)):
+        for hospital_id, objs in sorted(shown.items(), key=lambda item: (item[0] is None, item[0] or 0)):
             audit.record(
                 self.listed_action,
                 request=request,
                 hospital=hospitals.get(hospital_id),
                 via="admin",
-                count=count,
+                count=len(objs),
                 filters=filters,
+                **self.listed_detail(objs),
             )
+
+    def listed_detail(self, rows) -> dict:
+        """What the listed event says of the rows one hospital's part of the page showed."""
+        return {}
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         response = super().change_view(request, object_id, form_url, extra_context)

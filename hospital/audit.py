@@ -155,6 +155,13 @@ def build(
     )
 
 
+def study_codes(studies) -> list[str]:
+    """The codes of the studies a list showed, for its event's `studies`: a count alone
+    could not answer "who saw patient X's study?" for a worklist page or an EMR's feed,
+    each row of which carries the patient's details and result."""
+    return [str(study.code) for study in studies]
+
+
 def _target_type(target: Any) -> str:
     if target is None:
         return ""

@@ -86,7 +86,13 @@ class AuditFilterForm(forms.Form):
         if data.get("key"):
             events = events.filter(actor_key=data["key"])
         if data.get("study"):
-            events = events.filter(target_type="study", target_id=str(data["study"]))
+            code = str(data["study"])
+            # Its own events, and the lists that showed it among others (a worklist page, an
+            # EMR's feed), which name their studies in `studies`.
+            events = events.filter(
+                Q(target_type="study", target_id=code)
+                | Q(action=audit.Action.STUDY_LISTED, detail__studies__icontains=code)
+            )
         if data.get("action"):
             events = events.filter(action=data["action"])
         if data.get("date_from"):
@@ -138,7 +144,11 @@ def audit_log(request: HttpRequest) -> HttpResponse:
     for event in page.object_list:
         # What the event's detail says (public ids, counts, labels: never PHI, hospital.audit):
         # a heatmap's viewing read as the image's, and an agreement as a disagreement (admin review).
-        event.detail_items = sorted((str(name), _detail_value(value)) for name, value in (event.detail or {}).items())
+        # A list's study codes are left out: its count says how many, and the study filter
+        # finds the lists that showed one.
+        event.detail_items = sorted(
+            (str(name), _detail_value(value)) for name, value in (event.detail or {}).items() if name != "studies"
+        )
     context = {
         "form": form,
         "page": page,

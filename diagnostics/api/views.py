@@ -302,6 +302,14 @@ class StudyQueryMixin(TenantAPIMixin):
             raise NotInThisHospital(Study, {"code": code}, via="api", words="No such study.")
         return study
 
+    def listed_response(self, page):
+        """A page of studies, its reading recorded with the codes it carries."""
+        audit.record(
+            Action.STUDY_LISTED, request=self.request, hospital=self.hospital, count=len(page),
+            studies=audit.study_codes(page),
+        )  # fmt: skip
+        return self.get_paginated_response(StudySerializer(page, many=True).data)
+
 
 class ChangesPagination(BasePagination):
     """`updated_since` reads: oldest change first, paged by a cursor after the last study read.
@@ -513,8 +521,7 @@ class StudyListCreateView(StudyQueryMixin, generics.GenericAPIView):
     )
     def get(self, request, *args, **kwargs):
         page = self.paginate_queryset(self.get_queryset())
-        audit.record(Action.STUDY_LISTED, request=request, hospital=self.hospital, count=len(page))
-        return self.get_paginated_response(StudySerializer(page, many=True).data)
+        return self.listed_response(page)
 
     @extend_schema(
         summary="Upload a radiograph (PNG, JPEG or DICOM)",
@@ -710,8 +717,7 @@ class StudySearchView(StudyQueryMixin, generics.GenericAPIView):
                 raise exceptions.ValidationError(f"{name} must be a string.")
         queryset = _filtered(self.base_queryset().order_by("-created_at", "-id"), filters)
         page = self.paginate_queryset(queryset)
-        audit.record(Action.STUDY_LISTED, request=request, hospital=self.hospital, count=len(page))
-        return self.get_paginated_response(StudySerializer(page, many=True).data)
+        return self.listed_response(page)
 
 
 class StudyDetailView(StudyQueryMixin, APIView):

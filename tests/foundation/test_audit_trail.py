@@ -119,7 +119,12 @@ def test_reading_studies_and_the_trail_in_the_admin_is_recorded_as_in_the_portal
     reads = AuditEvent.objects.filter(actor_user=reader, action__in=["study.listed", "study.viewed", "audit.viewed"])
     # Filed under the hospital whose rows were shown, a platform operator's reading too.
     assert [(e.action, e.hospital_id, e.target_id, e.detail) for e in reads.order_by("id")] == [
-        ("study.listed", hospital_a.pk, "", {"via": "admin", "count": 1, "filters": ["q"]}),
+        (
+            "study.listed",
+            hospital_a.pk,
+            "",
+            {"via": "admin", "count": 1, "filters": ["q"], "studies": [str(study.code)]},
+        ),
         ("study.viewed", hospital_a.pk, str(study.code), {"via": "admin"}),
         ("audit.viewed", hospital_a.pk, "", {"via": "admin", "count": 1, "filters": ["action"]}),
     ]
@@ -132,15 +137,16 @@ def test_an_admin_list_read_is_filed_under_each_hospital_whose_rows_it_showed(
     """St Mary's admin, also a doctor at Riverside (active there, first by name), listing
     St Mary's studies: the event went to Riverside's trail and St Mary's had nothing."""
     Membership.objects.create(user=hospital_admin, hospital=hospital_b, role=Role.DOCTOR)
-    make_study(hospital_a)
-    make_study(hospital_a)
+    older, newer = make_study(hospital_a), make_study(hospital_a)
     client = client_for(hospital_admin)
     client.post(reverse("accounts:switch_hospital"), {"hospital": str(hospital_b.code)})
 
     assert client.get("/admin/diagnostics/study/").status_code == 200
 
     listed = AuditEvent.objects.filter(action="study.listed", actor_user=hospital_admin)
-    assert [(e.hospital_id, e.detail["count"]) for e in listed] == [(hospital_a.pk, 2)]
+    assert [(e.hospital_id, e.detail["count"], sorted(e.detail["studies"])) for e in listed] == [
+        (hospital_a.pk, 2, sorted([str(older.code), str(newer.code)]))
+    ]
 
 
 def test_an_event_about_a_user_of_two_hospitals_is_in_both_trails(superuser, shared_radiologist):

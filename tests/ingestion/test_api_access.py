@@ -615,7 +615,11 @@ def test_every_read_is_audited_with_the_caller(caller, completed_a, key_a, docto
     caller("doctor").get(url(completed_a, "image"))
     caller("doctor").get(url(completed_a, "heatmap"))
     listed = AuditEvent.objects.get(action="study.listed")
-    assert (listed.actor_key, listed.hospital, listed.detail) == (key_a[0], completed_a.hospital, {"count": 1})
+    assert (listed.actor_key, listed.hospital, listed.detail) == (
+        key_a[0],
+        completed_a.hospital,
+        {"count": 1, "studies": [str(completed_a.code)]},
+    )
     viewed = AuditEvent.objects.get(action="study.viewed")
     assert (viewed.actor_key, viewed.target_id, viewed.detail) == (key_a[0], str(completed_a.code), {"via": "api"})
     images = AuditEvent.objects.filter(action="study.image_viewed").order_by("id")
@@ -695,7 +699,10 @@ def test_search_finds_studies_by_an_accession_number_that_never_enters_a_url(cal
         3, f"http://testserver{SEARCH_URL}?page=2", None,
     )  # fmt: skip
     listed = AuditEvent.objects.filter(action="study.listed").order_by("id")
-    assert [(event.hospital, event.detail["count"]) for event in listed] == [(hospital_a, 2), (hospital_a, 1)]
+    assert [(event.hospital, event.detail["count"], event.detail["studies"]) for event in listed] == [
+        (hospital_a, 2, [str(same[2].code), str(same[1].code)]),
+        (hospital_a, 1, [str(same[0].code)]),
+    ]
 
 
 @pytest.mark.parametrize("who", READERS)

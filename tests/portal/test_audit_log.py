@@ -8,6 +8,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from hospital import audit
 from hospital.audit import Action
@@ -216,3 +217,30 @@ def test_a_person_filter_shows_what_was_done_about_them_too(client_for, hospital
     html = client_for(hospital_admin).get(AUDIT, {"user": str(doctor.code)}, **HX).content.decode()
 
     assert action_cells(html) == ["membership.deactivated", "auth.login_failed"]
+
+
+def test_the_lists_that_showed_a_study_are_found_by_its_code(
+    client_for, hospital_admin, doctor, key_a, make_study, hospital_a
+):
+    """A worklist page, an EMR's page of results and the admin's list each carry the
+    patient's details and result of every row, and their events held only a count: "who saw
+    patient X's study?" missed every list that showed it (open at the twenty-fifth stop)."""
+    shown, other = make_study(hospital_a, accession_number="ACC-1"), make_study(hospital_a, accession_number="ACC-2")
+    client_for(doctor).get(reverse("diagnostics:worklist"))
+    emr = APIClient()
+    emr.credentials(HTTP_AUTHORIZATION=f"Bearer {key_a[1]}")
+    assert emr.get("/api/v1/studies/").status_code == 200
+    assert emr.post("/api/v1/studies/search/", {"accession_number": "ACC-2"}, format="json").json()["count"] == 1
+    admin = client_for(hospital_admin)
+    assert admin.get("/admin/diagnostics/study/").status_code == 200
+
+    html = admin.get(AUDIT, {"study": str(shown.code)}, **HX).content.decode()
+
+    # The worklist, the EMR's list and the admin's list; not the search that found the other.
+    assert action_cells(html) == ["study.listed", "study.listed", "study.listed"]
+    assert re.findall(r"Key: EMR St Mary&#x27;s|via</span> admin", html) == [
+        "via</span> admin",
+        "Key: EMR St Mary&#x27;s",
+    ]
+    assert '<span class="muted">count</span> 2' in html
+    assert str(other.code) not in html  # the codes stay out of the detail shown

@@ -239,14 +239,14 @@ def test_a_poll_records_a_result_once_and_a_pending_row_once_a_session(client_fo
 
     def listed_by_polls():
         events = AuditEvent.objects.filter(action="study.listed", detail__via__startswith="worklist update")
-        return [e.detail for e in events.order_by("id")]
+        return [{**e.detail, "studies": sorted(e.detail["studies"])} for e in events.order_by("id")]
 
     client.get(UPDATES, {"s": codes}, HTTP_HX_REQUEST="true")
     client.get(UPDATES, {"s": codes}, HTTP_HX_REQUEST="true")
-    assert listed_by_polls() == [{"via": "worklist update, pending", "count": 2}]
+    assert listed_by_polls() == [{"via": "worklist update, pending", "count": 2, "studies": sorted(codes)}]
     Study.objects.filter(pk=studies["processing"].pk).update(status=Study.Status.COMPLETED)
     client.get(UPDATES, {"s": codes}, HTTP_HX_REQUEST="true")
-    assert listed_by_polls()[1:] == [{"via": "worklist update", "count": 1}]
+    assert listed_by_polls()[1:] == [{"via": "worklist update", "count": 1, "studies": [codes[1]]}]
 
 
 def test_no_poller_when_nothing_is_pending(client_for, doctor, make_study, hospital_a):
@@ -318,7 +318,7 @@ def test_listing_is_audited_without_phi(client_for, doctor, studies):
     client_for(doctor).post(WORKLIST, {"q": studies["normal"].patient_id}, **HX)
     event = AuditEvent.objects.get(action=Action.STUDY_LISTED)
     assert event.actor_user == doctor
-    assert event.detail == {"page": 1, "count": 1}
+    assert event.detail == {"page": 1, "count": 1, "studies": [str(studies["normal"].code)]}
     assert studies["normal"].patient_id not in str(event.detail)
 
 
