@@ -367,6 +367,13 @@ def to_grayscale(ds: Dataset) -> np.ndarray:
             arr = pixel_array(ds, index=0, **_decoding_options(photometric))
     except Exception as exc:  # decoders raise anything from ValueError to RuntimeError
         raise RejectedUpload(422, f"The DICOM pixel data could not be decoded ({_encoding_name(ds)}).") from exc
+    except BaseException as exc:
+        # The RLE decoder (Rust, through pyo3) panics on some damaged frames with a
+        # PanicException, a BaseException: past `except Exception` it ended the gunicorn
+        # worker, unanswered and unaudited, once per retry (imaging review).
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise RejectedUpload(422, f"The DICOM pixel data could not be decoded ({_encoding_name(ds)}).") from exc
     if arr.ndim not in (2, 3):
         raise RejectedUpload(422, "The DICOM pixel data does not have the shape its attributes describe.")
     _check_finite_values(ds)

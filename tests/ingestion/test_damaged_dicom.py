@@ -59,6 +59,37 @@ def test_an_instance_with_broken_lookup_tables_is_refused_in_words(damage, emr, 
     assert stored() == before
 
 
+def rle_frame_missing_a_byte() -> bytes:
+    """A 12-bit RLE frame whose second segment lost its first byte (the frame's length
+    kept): the Rust RLE decoder panics on it rather than raise."""
+    from pydicom.encaps import encapsulate, generate_frames
+    from pydicom.uid import RLELossless
+
+    dataset = pydicom.dcmread(io.BytesIO(make_dicom(GRAY16 >> 4)))
+    dataset.compress(RLELossless)
+    frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
+    header = 64  # the RLE header: the segment count and 15 offsets
+    dataset.PixelData = encapsulate([frame[:header] + frame[header + 1 :] + b"\0"])
+    file = io.BytesIO()
+    dataset.save_as(file, enforce_file_format=True)
+    return file.getvalue()
+
+
+def test_a_damaged_rle_frame_is_refused_in_words_and_recorded(emr, stored):
+    """It ended the web worker that read it: the EMR got no answer and the trail no refusal,
+    and each retry ended another worker (imaging review)."""
+    before = stored()
+
+    response = post_dicom_body(emr, rle_frame_missing_a_byte())
+
+    assert (response.status_code, response.json()["detail"]) == (
+        422, "The DICOM pixel data could not be decoded (RLE Lossless).",
+    )  # fmt: skip
+    assert stored() == before
+    refused = AuditEvent.objects.get(action="study.upload_rejected")
+    assert (refused.outcome, refused.detail["status_code"]) == ("failure", 422)
+
+
 def test_one_broken_instance_in_a_stow_request_costs_only_itself(emr):
     first, broken, last = (
         make_dicom(GRAY8),
