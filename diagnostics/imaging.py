@@ -426,6 +426,22 @@ def _check_pixels(width: int, height: int) -> None:
 PNG_MAX_OTHER_CHUNKS = 1000
 
 
+# PNG colour types with more than a grey sample: RGB, grey + alpha, RGBA.
+_PNG_COLOUR_OR_ALPHA = frozenset({2, 4, 6})
+
+
+def _check_png_samples(bit_depth: int, colour_type: int) -> None:
+    """Pillow reads 16-bit colour or alpha PNGs at 8 bits, keeping each sample's high byte:
+    a 12-bit radiograph saved so came out nearly black, and a normal chest was labelled
+    pneumonia at 1.0 (imaging review). Pillow has no 16-bit colour mode to read them into."""
+    if bit_depth == 16 and colour_type in _PNG_COLOUR_OR_ALPHA:
+        raise RejectedUpload(
+            422,
+            "The PNG stores 16-bit colour or transparency, which Pleura can read only at 8 bits, losing most "
+            "of a radiograph's grey levels: export it as a 16-bit greyscale PNG without transparency, or as DICOM.",
+        )
+
+
 def _check_png_structure(data: bytes) -> None:
     """Walk the chunks: dimensions are checked before decoding, nothing may follow IEND,
     and chunks besides the image data are few."""
@@ -438,8 +454,9 @@ def _check_png_structure(data: bytes) -> None:
         if first:
             if chunk != b"IHDR" or length != 13 or offset + 16 > len(data):
                 raise RejectedUpload(422, "The PNG file is corrupt: it does not start with an image header.")
-            width, height = struct.unpack(">II", data[offset + 8 : offset + 16])
+            width, height, bit_depth, colour_type = struct.unpack(">IIBB", data[offset + 8 : offset + 18])
             _check_pixels(width, height)
+            _check_png_samples(bit_depth, colour_type)
         elif chunk == b"IHDR":
             raise RejectedUpload(422, "The PNG file is corrupt: it has more than one image header.")
         offset += 12 + length

@@ -48,6 +48,37 @@ def png_with_size(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + header + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + png_chunk(b"IEND", b"")
 
 
+def png_of_16_bit_samples(samples: np.ndarray, colour_type: int) -> bytes:
+    """A PNG of 16-bit samples (rows x columns x channels) written by hand: Pillow writes
+    no 16-bit colour PNG."""
+    rows, columns = samples.shape[:2]
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", columns, rows, 16, colour_type, 0, 0, 0))
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in samples.reshape(rows, -1))
+    return b"\x89PNG\r\n\x1a\n" + header + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(("colour_type", "channels"), [(2, 3), (4, 2), (6, 4)])
+def test_a_16_bit_colour_or_alpha_png_is_refused_in_words_not_read_at_8_bits(colour_type, channels, emr, stored):
+    """Pillow keeps only each sample's high byte: a 12-bit radiograph saved so was read as
+    values 0 to 15, and a normal chest came back pneumonia at 1.0 (imaging review)."""
+    twelve_bit = a_picture(dtype=np.uint16) >> 4
+    samples = np.repeat(twelve_bit[..., None], channels, axis=2)
+    if colour_type in (4, 6):
+        samples[..., -1] = 65535  # opaque
+    before = stored()
+
+    response = post_file(emr, png_of_16_bit_samples(samples, colour_type), "chest.png")
+
+    assert (response.status_code, response.json()["detail"]) == (
+        422,
+        "The PNG stores 16-bit colour or transparency, which Pleura can read only at 8 bits, losing most of a "
+        "radiograph's grey levels: export it as a 16-bit greyscale PNG without transparency, or as DICOM.",
+    )
+    assert stored() == before
+    grey = post_file(emr, png_of_16_bit_samples(twelve_bit[..., None], 0), "grey.png")
+    assert grey.status_code == 202  # 16-bit greyscale is read at its full depth
+
+
 def png_text_bomb() -> bytes:
     """A valid PNG whose zTXt chunk inflates to 64 MB."""
     data = PNEUMONIA_PNG.read_bytes()
