@@ -682,12 +682,16 @@ def test_a_picture_of_noise_is_refused_not_labelled(upload, emr, stored):
     assert stored() == before
 
 
-def test_no_radiograph_of_the_training_set_nor_a_noisy_small_one_is_taken_for_noise():
-    """The bound's margin, on every radiograph Pleura has (imaging.MAX_NEIGHBOUR_CHANGE)."""
-    from diagnostics.imaging import MAX_NEIGHBOUR_CHANGE, neighbour_change
+def test_no_radiograph_of_the_training_set_nor_a_noisy_small_one_is_taken_for_noise_or_darkness():
+    """The bounds' margins, on every radiograph Pleura has (imaging.MAX_NEIGHBOUR_CHANGE,
+    imaging.MIN_BRIGHT_LEVEL)."""
+    from diagnostics.imaging import MAX_NEIGHBOUR_CHANGE, MIN_BRIGHT_LEVEL, bright_level, neighbour_change
 
     films = sorted((SHARED_DATA / "chest_xray").rglob("*.jpeg")) + sorted(SHARED_DICOM.iterdir())
-    changes = {film.name: neighbour_change(decode_upload(film.read_bytes()).gray) for film in films}
+    changes, bright = {}, {}
+    for film in films:
+        gray = decode_upload(film.read_bytes()).gray
+        changes[film.name], bright[film.name] = neighbour_change(gray), bright_level(gray)
     film = decode_upload(PNEUMONIA_PNG.read_bytes()).gray.astype(float)
     rng = np.random.default_rng(0)
     for side in (64, 128, 224):
@@ -697,6 +701,7 @@ def test_no_radiograph_of_the_training_set_nor_a_noisy_small_one_is_taken_for_no
 
     assert len(changes) > 5000
     assert {name: change for name, change in changes.items() if change > MAX_NEIGHBOUR_CHANGE / 1.2} == {}
+    assert {name: level for name, level in bright.items() if level < MIN_BRIGHT_LEVEL * 4} == {}
 
 
 @pytest.mark.parametrize(

@@ -90,6 +90,24 @@ def test_a_damaged_rle_frame_is_refused_in_words_and_recorded(emr, stored):
     assert (refused.outcome, refused.detail["status_code"]) == ("failure", 422)
 
 
+def test_a_voi_lut_of_16_bits_holding_12_bit_values_is_refused_as_nearly_black(emr, stored):
+    """The table's output is read on its descriptor's 16-bit scale, so the picture came out
+    nearly black and a normal chest was labelled pneumonia at 1.0 (imaging review)."""
+    before = stored()
+    twelve_bit_table = lut([4096, 0, 16], np.arange(4096, dtype="<u2").tobytes())
+    upload = make_dicom(GRAY16 >> 4, BitsStored=12, HighBit=11, VOILUTSequence=twelve_bit_table)
+
+    response = post_dicom_body(emr, upload)
+
+    assert (response.status_code, response.json()["detail"]) == (
+        422,
+        "The image is nearly black: its brightest pixels reach 15 of 255, where a radiograph's bones and "
+        "mediastinum are bright. Its window or lookup table is likely wrong; check the export from the modality "
+        "or the PACS.",
+    )
+    assert stored() == before
+
+
 def test_one_broken_instance_in_a_stow_request_costs_only_itself(emr):
     first, broken, last = (
         make_dicom(GRAY8),
