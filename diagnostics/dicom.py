@@ -699,7 +699,9 @@ def _date(value: Any) -> date | None:
         return None
 
 
-# The model learned from radiographs of children aged 1 to 5 (see its model card).
+# The model learned from radiographs of children aged 1 to 5 (see its model card): from
+# the first birthday to the sixth.
+TRAINED_AGES_YEARS = (1, 6)
 ADULT_AGE_YEARS = 18
 _AGE_UNITS = {"D": 365.25, "W": 365.25 / 7, "M": 12.0, "Y": 1.0}
 
@@ -727,6 +729,10 @@ def intended_use_warnings(meta: dict[str, Any], age_years: float | None = None) 
         codes.append("not_radiograph")
     if age_years is not None and age_years >= ADULT_AGE_YEARS:
         codes.append("adult")
+    elif age_years is not None and not TRAINED_AGES_YEARS[0] <= age_years < TRAINED_AGES_YEARS[1]:
+        # An infant's or a schoolchild's film got no word, though the words for an adult's
+        # say the model learned from ages 1 to 5 only (test review).
+        codes.append("child_outside_trained_ages")
     # Only frontal films were learned: a lateral view was labelled with no word (ingestion review).
     if meta.get("view_position") and not meta["view_position"].startswith(FRONTAL_VIEWS):
         codes.append("not_frontal")

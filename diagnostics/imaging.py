@@ -49,6 +49,8 @@ WARNINGS = {
     "not_chest": "The body part examined is not the chest: the model is validated on chest radiographs only.",
     "not_radiograph": "The modality is not CR or DX: the model is validated on plain radiographs only.",
     "adult": "The patient is an adult: the model learned from children's chest radiographs (aged 1 to 5) only.",
+    "child_outside_trained_ages": "The patient is a child under 1 or over 5: the model learned from children's "
+    "chest radiographs (aged 1 to 5) only.",
     "not_frontal": "The view is not frontal (PA or AP): the model learned from frontal chest radiographs only.",
     "first_frame_only": "The DICOM holds several frames: only the first was analysed, and it is the one shown.",
     "same_film_other_patient": "The same image is filed under another patient ID of this hospital: check which "

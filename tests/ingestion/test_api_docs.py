@@ -84,7 +84,8 @@ def test_schema_documents_every_endpoint_with_examples_and_key_auth(db):
     warning = schema["components"]["schemas"]["Warning"]["properties"]["code"]
     assert warning["allOf"] == [{"$ref": "#/components/schemas/WarningCodeEnum"}]
     assert schema["components"]["schemas"]["WarningCodeEnum"]["enum"] == [
-        "not_chest", "not_radiograph", "adult", "not_frontal", "first_frame_only", "same_film_other_patient",
+        "not_chest", "not_radiograph", "adult", "child_outside_trained_ages", "not_frontal", "first_frame_only",
+        "same_film_other_patient",
     ]  # fmt: skip
     assert "* `not_frontal` - The view is not frontal (PA or AP)" in warning["description"]
 

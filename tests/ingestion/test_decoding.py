@@ -387,12 +387,25 @@ def test_patient_age_is_read_from_the_age_or_the_birth_and_study_dates(header, y
     assert patient_age_years(ds) == (pytest.approx(years) if years is not None else None)
 
 
-def test_a_child_is_not_flagged_and_an_adult_is():
-    child = {"body_part": "CHEST", "modality": "CR"}
-    assert intended_use_warnings(child, 4.0) == []
-    assert intended_use_warnings(child, 17.9) == []
-    assert intended_use_warnings(child, 18.0) == ["adult"]
-    assert intended_use_warnings(child, None) == []
+@pytest.mark.parametrize(
+    ("years", "warnings"),
+    [
+        (None, []),
+        (0.33, ["child_outside_trained_ages"]),  # 004M
+        (0.99, ["child_outside_trained_ages"]),
+        (1.0, []),
+        (4.0, []),
+        (5.99, []),
+        (6.0, ["child_outside_trained_ages"]),
+        (12.0, ["child_outside_trained_ages"]),
+        (17.9, ["child_outside_trained_ages"]),
+        (18.0, ["adult"]),
+    ],
+)
+def test_a_child_of_the_trained_ages_is_not_flagged_and_others_are(years, warnings):
+    """Only adults were flagged: a 4-month-old's or a 12-year-old's film got a result with no
+    word, though the model learned from ages 1 to 5 only (test review)."""
+    assert intended_use_warnings({"body_part": "CHEST", "modality": "CR"}, years) == warnings
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,8 @@ def expected_warnings(ds) -> list[str]:
     age = patient_age_years(ds)  # its own rules are tested in test_decoding.py
     if age is not None and age >= 18:
         codes.append("adult")
+    elif age is not None and not 1 <= age < 6:
+        codes.append("child_outside_trained_ages")
     view = str(ds.get("ViewPosition", "") or "").upper()
     if view and not view.startswith(("PA", "AP")):
         codes.append("not_frontal")
