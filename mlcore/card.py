@@ -13,7 +13,7 @@ LIMITATIONS = [
     "Trained only on pediatric (1-5 years) anterior-posterior chest radiographs from one centre in "
     "Guangzhou (Kermany et al., 2018); adult, lateral or portable ICU images are outside its intended use.",
     "Does not distinguish bacterial from viral pneumonia, and detects no other finding.",
-    "Training images were 224 x 224 and squashed to a square; fine detail below that resolution is not used.",
+    "Training images were {size} x {size} and squashed to a square; fine detail below that resolution is not used.",
     "Validation figures come from held-out patients of the same source; performance on other hospitals' "
     "equipment and populations must be checked with radiologist reviews before relying on it.",
 ]
@@ -22,6 +22,8 @@ FROM_SCRATCH = "Trained from scratch (no ImageNet weights were available offline
 
 def build_card(description: dict) -> dict:
     metrics = description["validation_metrics"]
+    # The input size is the model's own: the card said 224 for a model trained at 128 (test review).
+    limitations = [item.format(size=description["image_size"]) for item in LIMITATIONS]
     return {
         "name": description["name"],
         "architecture": description["architecture"],
@@ -29,9 +31,9 @@ def build_card(description: dict) -> dict:
         "intended_use": INTENDED_USE,
         # A fine-tune starts from its parent's weights (learning-loop review: its card said
         # "trained from scratch").
-        "limitations": LIMITATIONS
+        "limitations": limitations
         if description["hyperparameters"].get("init_weights")
-        else [*LIMITATIONS, FROM_SCRATCH],
+        else [*limitations, FROM_SCRATCH],
         "training_data": description["training_data"],
         "split": "by patient (file-name prefixes, duplicate files kept together), stratified, seeded; see split.json",
         "hyperparameters": description["hyperparameters"],

@@ -89,6 +89,11 @@ def test_model_card_states_use_limits_data_and_metrics(tiny_model):
     assert card["weights_sha256"] == description["weights_sha256"]
     assert "pediatric" in " ".join(card["limitations"]).lower()
     assert "Trained from scratch (no ImageNet weights were available offline)." in card["limitations"]
+    size = description["image_size"]  # the card said 224 for a model trained at 128 (test review)
+    assert (
+        f"Training images were {size} x {size} and squashed to a square; fine detail below that resolution is not used."
+        in card["limitations"]
+    )
     markdown = (tiny_model / "model_card.md").read_text()
     assert markdown.startswith(f"# Model card: {TINY_NAME}\n")
     assert "## Intended use" in markdown
