@@ -168,6 +168,26 @@ def test_the_right_patients_film_loses_the_same_film_warning_when_the_wrong_one_
     assert (later.status_code, later.json()["warnings"]) == (202, [])
 
 
+def test_the_same_film_at_another_hospital_neither_contradicts_nor_keeps_a_warning(emr, key_b, key_client):
+    """Each hospital's films are its own: unscoped, the lookup flagged Riverside's upload
+    with St Mary's patients, and the settling kept St Mary's warning for Riverside's patient
+    after the wrong film was withdrawn (test review: breaking either scope failed no test)."""
+    film = PNEUMONIA_JPEG.read_bytes()
+    riverside = key_client(key_b[1])
+    post_file(emr, film, patient_id="MRN-WRONG")
+    post_file(emr, film, patient_id="MRN-RIGHT")
+
+    elsewhere = post_file(riverside, film, patient_id="MRN-OTHER")
+    withdraw(emr, Study.objects.get(patient_id="MRN-WRONG"))
+
+    assert (elsewhere.status_code, elsewhere.json()["warnings"]) == (202, [])
+    assert sorted(Study.objects.values_list("hospital__slug", "patient_id", "warnings")) == [
+        ("riverside", "MRN-OTHER", []),
+        ("st-marys", "MRN-RIGHT", []),
+        ("st-marys", "MRN-WRONG", ["same_film_other_patient"]),
+    ]
+
+
 def test_a_film_filed_under_three_patients_keeps_its_warning_while_two_remain(emr):
     film = PNEUMONIA_JPEG.read_bytes()
     for patient in ("MRN-1", "MRN-2", "MRN-3"):
