@@ -90,7 +90,7 @@ def hospitals_left_without_admin(*, memberships: Iterable[int] = (), users: Iter
     leaving Pleura)."""
     memberships, users = set(memberships), set(users)
     _lock_hospitals_of(memberships, users)
-    admins = Membership.objects.active().filter(role=Role.HOSPITAL_ADMIN, user__is_active=True)
+    admins = Membership.objects.active().filter(role=Role.HOSPITAL_ADMIN)  # active(): accounts too
     losing = admins.filter(pk__in=memberships) | admins.filter(user__in=users)
     left_without = []
     for hospital in Hospital.objects.filter(pk__in=losing.values("hospital")).order_by("name"):

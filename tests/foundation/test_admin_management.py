@@ -452,6 +452,22 @@ def test_the_last_admin_cannot_demote_or_deactivate_their_own_membership(client_
     assert _events("membership.changed") + _events("membership.deactivated") == []
 
 
+def test_a_second_admin_whose_account_is_deactivated_does_not_keep_the_hospital_managed(
+    client_for, hospital_admin, second_admin
+):
+    """A deactivated account cannot sign in to manage anyone (test review: counting it
+    failed no test)."""
+    User.objects.filter(pk=second_admin.pk).update(is_active=False)
+    membership = hospital_admin.memberships.get()
+    url = f"/admin/hospital/membership/{membership.pk}/change/"
+    client = client_for(hospital_admin)
+
+    response = client.post(url, admin_form_data(client.get(url), role=Role.DOCTOR))
+
+    assert (response.status_code, response.context["adminform"].form.non_field_errors()) == (200, [LEFT_WITHOUT])
+    assert Membership.objects.get(pk=membership.pk).role == Role.HOSPITAL_ADMIN
+
+
 def test_with_a_second_admin_the_first_may_step_down(client_for, hospital_admin, second_admin):
     membership = hospital_admin.memberships.get()
     url = f"/admin/hospital/membership/{membership.pk}/change/"

@@ -67,6 +67,22 @@ def test_a_user_of_another_hospital_is_not_a_valid_filter(client_for, hospital_a
     assert action_cells(response.content.decode()) == []
 
 
+def test_another_hospitals_emr_key_is_neither_offered_nor_taken_as_a_filter(client_for, hospital_admin, key_a, key_b):
+    """Test review: offering every hospital's keys failed no test."""
+    client = client_for(hospital_admin)
+
+    page = client.get(AUDIT).content.decode()
+    refused = client.get(AUDIT, {"key": str(key_b[0].code)}, **HX)
+
+    offered = re.findall(
+        r'<option value="[0-9a-f-]+">([^<]+)</option>',
+        re.search(r'<select name="key".*?</select>', page, re.S).group(0),
+    )
+    assert [name.split(" (")[0] for name in offered] == ["EMR St Mary&#x27;s"]
+    assert refused.status_code == 400
+    assert "EMR Riverside" not in refused.content.decode()
+
+
 def test_viewing_the_log_is_audited(client_for, hospital_admin, events):
     client_for(hospital_admin).get(AUDIT, {"action": "review.saved"})
     event = AuditEvent.objects.filter(action=Action.AUDIT_VIEWED).get()

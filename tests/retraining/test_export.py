@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 
 from diagnostics import feedback
 from hospital.audit import Action
-from hospital.models import AuditEvent, Role
+from hospital.models import AuditEvent, Hospital, Role
 from mlcore.preprocessing import gray_to_png, load_grayscale_file
 from tests.conftest import storage_refuses, unreachable_media_root
 from tests.retraining.conftest import (
@@ -41,6 +41,18 @@ def _png(path) -> bytes:
 
 def _files(out_dir) -> list:
     return sorted(p for p in out_dir.rglob("*") if p.is_file())
+
+
+def test_a_deactivated_hospitals_reviews_are_not_exported(tmp_path, consenting, radiologist):
+    """A hospital that left Pleura consented while it was one (test review: dropping the
+    condition failed no test)."""
+    review(stored_study(consenting, REVIEW_IMAGES["pneumonia"][0]), radiologist, "pneumonia", verdict="agree")
+    Hospital.objects.filter(pk=consenting.pk).update(is_active=False)
+
+    result = feedback.export_training_set(tmp_path / "export", holdout_fraction=0)
+
+    assert (result.train, result.per_hospital) == ({}, {})
+    assert _files(tmp_path / "export") == [tmp_path / "export" / "manifest.json"]
 
 
 def test_label_rule_majority_wins_and_ties_are_left_out():
