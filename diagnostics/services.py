@@ -386,18 +386,20 @@ def _store(study: Study, data: bytes, audit_context: dict) -> Study:
     try:
         # The row and its audit event in one statement: one round trip, not four.
         insert_together(study, _uploaded_event(study, audit_context, source=study.source, created=True))
-        transaction.on_commit(partial(tasks.enqueue_prediction, study.pk))
     except IntegrityError as exc:
         media.remove_file(study.original_file.storage, study.original_file.name)
         if study.sop_instance_uid or study.idempotency_key:
             raise _DuplicateInstance from exc
         raise
-    except DatabaseError:
+    except BaseException:
+        # A database error, or the request ended mid-insert (gunicorn's timeout): the row
+        # may have committed all the same.
         _remove_unless_stored(study)
         raise
-    except BaseException:
-        media.remove_file(study.original_file.storage, study.original_file.name)
-        raise
+    # Outside the `try`: with no transaction around it, the queueing runs at once, and the
+    # request ended there (gunicorn's timeout, on a hung broker) removed the original of a
+    # study already filed, which then failed as "missing file" (reliability review).
+    transaction.on_commit(partial(tasks.enqueue_prediction, study.pk))
     return study
 
 

@@ -149,6 +149,29 @@ def test_a_write_cut_short_by_a_full_disk_leaves_no_part_of_the_file(hospital_a,
     assert stored_files(media_root) == frozenset()
 
 
+class RequestEnded(BaseException):
+    """What gunicorn's timeout raises in a worker (SystemExit), as a test may raise it."""
+
+
+@pytest.mark.django_db(transaction=True)  # no transaction around the upload: queued at once, as in production
+def test_a_request_ended_while_queueing_a_stored_study_keeps_its_original(hospital_a, media_root, monkeypatch):
+    """Queued inside the insert's `try`, a request ended there (gunicorn's timeout, on a
+    hung broker) removed the original of a study already filed, which then failed as
+    "missing file" (reliability review)."""
+
+    def hangs_until_the_request_ends(study_id):
+        raise RequestEnded
+
+    monkeypatch.setattr("diagnostics.tasks.enqueue_prediction", hangs_until_the_request_ends)
+
+    with pytest.raises(RequestEnded):
+        services.ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source=Study.Source.API)
+
+    study = Study.objects.get()
+    assert stored_files(media_root) == {study.original_file.name}
+    assert (study.status, study.queued_at is not None) == (Study.Status.QUEUED, True)  # the sweeper sends it
+
+
 @pytest.fixture
 def predicted(hospital_a, media_root) -> Study:
     """A completed study of hospital A with its heatmap; its portal picture is not drawn yet."""
