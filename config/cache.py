@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+
+import redis
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
+
+from config.fail_fast import FailFast
+
+# One per Redis location, shared by this process's threads (Django builds a cache object
+# per thread).
+unanswered: dict[str, FailFast] = {}
 
 
 class _ClientPerPool(RedisCacheClient):
@@ -39,6 +48,7 @@ class SharedClientRedisCache(RedisCache):
         super().__init__(server, params)
         self._class = _ClientPerPool
         self._count_script = None  # redis-py's Script: its digest, run through any client
+        self.unanswered = unanswered.setdefault(str(server), FailFast())
 
     def count_request(self, key: str, seconds: int) -> int:
         """`count_request` on Redis: one command, a script run by its digest (INCR, and
@@ -48,6 +58,29 @@ class SharedClientRedisCache(RedisCache):
         if self._count_script is None:
             self._count_script = client.register_script(self._COUNT_SCRIPT)  # no round trip
         return int(self._count_script(keys=[self.make_and_validate_key(key)], args=[seconds], client=client))
+
+
+def _skipped_while_unanswered(method):
+    """The cache's command, failing at once while Redis is skipped (config.fail_fast)."""
+
+    @functools.wraps(method)
+    def command(self, *args, **kwargs):
+        if self.unanswered.skipping():
+            raise redis.exceptions.ConnectionError("Redis did not answer a moment ago: not asked again yet")
+        try:
+            return method(self, *args, **kwargs)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            self.unanswered.failed()
+            raise
+
+    return command
+
+
+for _name in (
+    "add", "get", "set", "touch", "delete", "get_many", "has_key", "incr", "set_many", "delete_many", "clear",
+    "count_request",
+):  # fmt: skip
+    setattr(SharedClientRedisCache, _name, _skipped_while_unanswered(getattr(SharedClientRedisCache, _name)))
 
 
 def redis_cache_settings(url: str, timeout_seconds: float) -> dict:

@@ -34,7 +34,9 @@ FAILURE_REASONS = (REASON_UNDECODABLE, REASON_MISSING_FILE, REASON_INFERENCE_ERR
 # What put a batch back for a retry (the `reason` label of the retries): no study fails
 # for these, so they are not failures; counted as such, a retry that then succeeded
 # raised the failure rate the critical alert watches.
-RETRY_REASONS = ("database", "broker", "storage", "model_unavailable", "out_of_memory", "time_limit")
+RETRY_REASONS = (
+    "database", "broker", "storage", "model_unavailable", "out_of_memory", "time_limit", "unexpected_error",
+)  # fmt: skip
 
 STUDIES_RECEIVED = Counter("pleura_studies_received", "Studies stored and handed to the pipeline.", ["source"])
 QUEUE_WAIT = Histogram(
@@ -54,6 +56,12 @@ PREDICTIONS = Counter("pleura_predictions", "Predictions stored, by label and or
 FAILURES = Counter("pleura_prediction_failures", "Studies failed by the pipeline, by reason code.", ["reason"])
 RETRIES = Counter(
     "pleura_pipeline_retries", "Batches put back for a retry, by cause; no study fails for these.", ["reason"]
+)
+SWEPT = Counter(
+    "pleura_pipeline_swept",
+    "Studies the sweeper sent again, by what it found: processing (its worker lost or stalled) or queued "
+    "(its message lost).",
+    ["status"],
 )
 RETRIES_EXHAUSTED = Counter(
     "pleura_pipeline_retries_exhausted",

@@ -33,6 +33,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
 from config.celery import app as celery_app
+from config.fail_fast import FailFast
 from diagnostics import media, metrics
 from diagnostics.models import Prediction, Study
 from hospital import audit
@@ -211,11 +212,19 @@ def wake_a_worker(study_ids: list[int]) -> bool:
     return False
 
 
+# The broker, skipped for a few seconds after it failed to answer (config.fail_fast).
+broker_unanswered = FailFast()
+
+
 def publish(study_ids: list[int]) -> bool:
+    if broker_unanswered.skipping():
+        log.warning("broker unreachable a moment ago, %d studies stay queued for the sweeper", len(study_ids))
+        return False
     try:
         # retry=False: an upload must not hang on a dead broker.
         celery_app.send_task(PREDICT_TASK, args=[list(study_ids)], retry=False)
     except Exception as exc:  # whatever the broker raises, the sweeper recovers the study
+        broker_unanswered.failed()
         log.warning("broker unreachable, %d studies stay queued for the sweeper: %s", len(study_ids), exc)
         return False
     return True
@@ -317,6 +326,16 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
         for batch in held:
             _release(batch.claimed, batch.owner, restarted=isinstance(exc, RESTARTING_ERRORS))
         raise TransientPipelineError(postponed or requested, exc) from exc
+    except Exception:
+        # An error of no known kind (a row the database refuses, a defect): the batches
+        # held go back at once, as restarted, so each of their studies is next taken alone
+        # and one study's fault stays its own. Left `processing` under an acknowledged
+        # message, up to two batches waited for the sweeper and each study spent an
+        # attempt on another's fault, with nothing counted (reliability review).
+        for batch in held:
+            _release_to_any_worker(batch.claimed, batch.owner, restarted=True)
+        metrics.record_retry("unexpected_error")
+        raise
     return done
 
 
@@ -1163,6 +1182,7 @@ def sweep_stuck_studies(now=None) -> SweepResult:
         if study.status == STATUS.QUEUED:
             if _send_again(study, now):
                 requeued.append(study.pk)
+                metrics.SWEPT.labels(status=STATUS.QUEUED).inc()
         elif study.attempts >= settings.PIPELINE_MAX_ATTEMPTS:
             # Cut short once more, as a worker taking it over would count it: both ways,
             # it was tried PIPELINE_MAX_ATTEMPTS + 1 times (the first, and that many
@@ -1171,6 +1191,7 @@ def sweep_stuck_studies(now=None) -> SweepResult:
                 gave_up.append(study.pk)
         elif _requeue(study, now):
             requeued.append(study.pk)
+            metrics.SWEPT.labels(status=STATUS.PROCESSING).inc()
     for start in range(0, len(requeued), MAX_BATCH):
         publish(requeued[start : start + MAX_BATCH])
     if requeued or gave_up:

@@ -120,6 +120,19 @@ def _forget_studies_finished_in_earlier_tests():
     pipeline.finished_here.clear()
 
 
+@pytest.fixture(autouse=True)
+def _ask_redis_and_the_broker_again():
+    """A server one test found unanswering is skipped for seconds (config.fail_fast): not
+    by the tests after it."""
+    from config import cache
+    from diagnostics import pipeline
+
+    yield
+    pipeline.broker_unanswered.reset()
+    for skip in cache.unanswered.values():
+        skip.reset()
+
+
 @pytest.fixture
 def redis_url() -> str:
     return require_service(os.environ.get("REDIS_URL"), "Redis")

@@ -293,6 +293,10 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 REDIS_CACHE_TIMEOUT_SECONDS = env_int("REDIS_CACHE_TIMEOUT_SECONDS", 1)
+# After Redis (the cache) or the broker failed to answer, how long this process skips it
+# (config.fail_fast): the rate limit goes unapplied, and the studies stored meanwhile
+# are claimed by the next message a worker takes, or sent by the sweeper.
+UNANSWERED_SKIP_SECONDS = env_int("UNANSWERED_SKIP_SECONDS", 10)
 CACHES = {
     "default": (
         redis_cache_settings(REDIS_URL, REDIS_CACHE_TIMEOUT_SECONDS)

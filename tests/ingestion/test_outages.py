@@ -332,3 +332,25 @@ def test_the_redis_cache_gives_up_on_a_command_after_its_timeout(settings):
     pool = caches["default"]._cache._get_connection_pool(write=True)
 
     assert (pool.connection_kwargs["socket_connect_timeout"], pool.connection_kwargs["socket_timeout"]) == (1, 1)
+
+
+@pytest.mark.django_db(transaction=True)  # the upload runs in a thread, on a connection of its own
+def test_after_redis_failed_to_answer_the_next_commands_fail_at_once_for_a_while(settings):
+    """A Redis that hangs cost each upload every command's timeout in turn, about 8 s with
+    the broker's, and a 20-instance STOW ran past gunicorn's timeout (reliability review)."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        settings.CACHES = {"default": redis_cache_settings(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", 1)}
+        cache = caches["default"]
+        with pytest.raises(Exception) as first:
+            cache.get("pipeline:wake-up-waiting")
+        with pytest.raises(Exception) as second:
+            cache.add("pipeline:wake-up-waiting", 1)
+        cache.unanswered.reset()  # as UNANSWERED_SKIP_SECONDS later
+        with pytest.raises(Exception) as later:
+            cache.get("pipeline:wake-up-waiting")
+
+    assert (type(first.value).__name__, type(later.value).__name__) == ("TimeoutError", "TimeoutError")
+    assert (type(second.value).__name__, str(second.value)) == (
+        "ConnectionError", "Redis did not answer a moment ago: not asked again yet",
+    )  # fmt: skip
+    assert settings.UNANSWERED_SKIP_SECONDS == 10

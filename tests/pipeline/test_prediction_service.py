@@ -841,6 +841,57 @@ def test_the_sweeper_leaves_a_study_a_live_worker_claimed_after_it_was_found_stu
     assert Study.objects.filter(pk=study.pk, status=PROCESSING, claimed_by="alive", attempts=0).exists()
 
 
+def _counted(name: str, label: str) -> dict[str, float]:
+    from prometheus_client import REGISTRY
+
+    return {s.labels[label]: s.value for metric in REGISTRY.collect() for s in metric.samples if s.name == name}
+
+
+def _swept() -> dict[str, float]:
+    return _counted("pleura_pipeline_swept_total", "status")
+
+
+def test_an_unexpected_error_puts_the_batch_back_at_once_and_each_study_is_then_taken_alone(
+    hospital_a, tiny_model, _no_broker, monkeypatch
+):
+    """One study's row the database refused (any error of no known kind) left its batch
+    `processing` under an acknowledged message until the sweeper, each study spending an
+    attempt on another's fault, with nothing counted (reliability review)."""
+    studies = [store_study(hospital_a, image) for image in (NORMAL_IMAGE, PNEUMONIA_IMAGE, OTHER_IMAGES[0])]
+    poison = studies[1].pk
+    computed = pipeline._computed
+
+    def refused_for_one(study, version, result):
+        if study.pk == poison:
+            raise ValueError("a row the database refuses")
+        return computed(study, version, result)
+
+    monkeypatch.setattr(pipeline, "_computed", refused_for_one)
+    retries_before = _counted("pleura_pipeline_retries_total", "reason").get("unexpected_error", 0)
+
+    with pytest.raises(ValueError):
+        pipeline.predict_studies([s.pk for s in studies], claim="message-1")
+
+    ids = sorted(s.pk for s in studies)
+    assert sorted(Study.objects.values_list("pk", "status", "attempts", "claimed_by")) == [
+        (pk, QUEUED, 1, "") for pk in ids
+    ]
+    assert [sorted(published) for published in _no_broker] == [ids]  # a worker takes them now
+    assert _counted("pleura_pipeline_retries_total", "reason")["unexpected_error"] - retries_before == 1
+    # Taken again, each alone, as the messages come: the others complete, and the poison,
+    # failing on its own each time, is given up after the bound.
+    for message in range(2, 12):
+        try:
+            pipeline.predict_studies(sorted(_no_broker.pop()), claim=f"message-{message}")
+        except ValueError:
+            continue
+        if not _no_broker:
+            break
+    rows = dict(Study.objects.values_list("pk", "status"))
+    assert rows == {ids[0]: COMPLETED, poison: FAILED, ids[2]: COMPLETED}
+    assert Study.objects.get(pk=poison).failure_code == "gave_up"
+
+
 def test_sweeper_requeues_stuck_studies_and_gives_up_after_the_bound(hospital_a, _no_broker, settings):
     settings.PIPELINE_STUCK_SECONDS = 300
     settings.PIPELINE_MAX_ATTEMPTS = 3
@@ -853,9 +904,16 @@ def test_sweeper_requeues_stuck_studies_and_gives_up_after_the_bound(hospital_a,
     Study.objects.filter(pk=crashed.pk).update(status=PROCESSING, started_at=long_ago, claimed_by="dead")
     Study.objects.filter(pk=hopeless.pk).update(status=PROCESSING, started_at=long_ago, attempts=3)
 
+    swept_before = _swept()
+
     result = pipeline.sweep_stuck_studies()
 
     assert result == pipeline.SweepResult(requeued=[lost.pk, crashed.pk], gave_up=[hopeless.pk])
+    # Counted for monitoring: a worker lost again and again showed only as studies given up.
+    assert {status: _swept()[status] - swept_before.get(status, 0) for status in (QUEUED, PROCESSING)} == {
+        QUEUED: 1,
+        PROCESSING: 1,
+    }
     assert _no_broker == [[lost.pk, crashed.pk]]
     rows = {s.pk: s for s in Study.objects.all()}
     # No worker took it: its message went out again, and no attempt is counted.
@@ -914,6 +972,32 @@ def test_enqueue_never_raises_when_the_broker_is_unreachable(hospital_a, monkeyp
     assert Study.objects.get(pk=study.pk).status == QUEUED
     assert "broker unreachable, 1 studies stay queued for the sweeper" in caplog.text
     assert "MRN-4242" not in caplog.text and "Doe" not in caplog.text
+
+
+def test_after_the_broker_failed_the_next_uploads_do_not_ask_it_for_a_while(hospital_a, monkeypatch, caplog):
+    """Each upload paid the broker's timeout again while it hung (reliability review); the
+    studies stay queued, for the next message's claim or the sweeper."""
+    from config.celery import app
+    from tests.pipeline.conftest import point_publisher_at
+
+    monkeypatch.undo()  # the real publish, against a closed port
+    previous = (app.conf.broker_url, dict(app.conf.broker_transport_options or {}))
+    point_publisher_at("redis://127.0.0.1:9/0", {})
+    try:
+        first, second = store_study(hospital_a, NORMAL_IMAGE), store_study(hospital_a, PNEUMONIA_IMAGE)
+        outcomes = [pipeline.enqueue_prediction(first.pk), pipeline.enqueue_prediction(second.pk)]
+        pipeline.broker_unanswered.reset()  # as UNANSWERED_SKIP_SECONDS later
+        point_publisher_at(*previous)
+        outcomes.append(pipeline.enqueue_prediction(second.pk))
+    finally:
+        point_publisher_at(*previous)
+
+    assert outcomes == [False, False, True]
+    warnings = [r.getMessage().split(":")[0] for r in caplog.records if r.name == "diagnostics.pipeline"]
+    assert warnings == [
+        "broker unreachable, 1 studies stay queued for the sweeper",
+        "broker unreachable a moment ago, 1 studies stay queued for the sweeper",
+    ]
 
 
 def test_enqueue_gives_up_on_a_broker_that_accepts_but_never_answers(hospital_a, monkeypatch, caplog):
