@@ -932,6 +932,22 @@ def test_sweeper_requeues_stuck_studies_and_gives_up_after_the_bound(hospital_a,
     assert pipeline.sweep_stuck_studies() == pipeline.SweepResult(requeued=[], gave_up=[])
 
 
+@pytest.mark.parametrize("meanwhile", ["claimed by a worker", "sent again by another sweep"])
+def test_a_sweep_sends_no_message_for_a_study_that_changed_since_it_was_read(hospital_a, _no_broker, meanwhile):
+    """The sweep reads its stuck studies, then updates each: one claimed or sent again in
+    between is left alone (test review: an unconditional update failed no test)."""
+    study = store_study(hospital_a, NORMAL_IMAGE)
+    read_by_the_sweep = Study.objects.get(pk=study.pk)
+    if meanwhile == "claimed by a worker":
+        Study.objects.filter(pk=study.pk).update(status=PROCESSING, claimed_by="live", started_at=timezone.now())
+    else:
+        Study.objects.filter(pk=study.pk).update(resent_at=timezone.now())
+    before = Study.objects.values("status", "resent_at").get(pk=study.pk)
+
+    assert pipeline._send_again(read_by_the_sweep, timezone.now()) is False
+    assert Study.objects.values("status", "resent_at").get(pk=study.pk) == before
+
+
 def test_a_backlog_no_worker_takes_is_sent_again_but_never_given_up_and_then_predicted_in_batches(
     hospital_a, tiny_model, _no_broker, settings
 ):
