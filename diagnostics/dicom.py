@@ -361,10 +361,16 @@ def identifier_problem(ds: Dataset) -> str:
 def to_grayscale(ds: Dataset) -> np.ndarray:
     """The first frame as the 8-bit grayscale the model reads (and the portal displays)."""
     photometric = str(ds.get("PhotometricInterpretation", "") or "").upper()
+    options = _decoding_options(photometric)
+    if not photometric and str(ds.get("SamplesPerPixel") or 1) == "1":
+        # ACR-NEMA files, older than DICOM, may leave it out: one sample a pixel is grey,
+        # black at zero, as DICOM viewers read them. Refused as undecodable (imaging review).
+        photometric = "MONOCHROME2"
+        options = {**_decoding_options(photometric), "photometric_interpretation": photometric}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr = pixel_array(ds, index=0, **_decoding_options(photometric))
+            arr = pixel_array(ds, index=0, **options)
     except Exception as exc:  # decoders raise anything from ValueError to RuntimeError
         raise RejectedUpload(422, f"The DICOM pixel data could not be decoded ({_encoding_name(ds)}).") from exc
     except BaseException as exc:
@@ -425,7 +431,7 @@ def _display_values(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarra
     return 255 - gray if inverse else gray
 
 
-def _decoding_options(photometric: str) -> dict[str, bool]:
+def _decoding_options(photometric: str) -> dict[str, bool | str]:
     """Monochrome pixels: a read-only view of the file's own bytes where the encoding
     allows, their bits above Bits Stored left as they are.
 

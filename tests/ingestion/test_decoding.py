@@ -24,6 +24,7 @@ from tests.ingestion.conftest import (
     PNEUMONIA_JPEG,
     PNEUMONIA_PNG,
     TIBIA,
+    a_picture,
     decode_png,
     make_dicom,
     png_of,
@@ -530,3 +531,19 @@ def test_a_pixel_padding_range_covers_every_value_between_its_limits():
     assert (gray[:, :8] == 0).all()
     # The picture alone sets the range (1080 to 2260): with the padding in it, 1080 was 122.
     assert (gray[:, 8:].min(), gray[:, 8:].max()) == (0, 255)
+
+
+def test_an_acr_nema_file_without_a_photometric_interpretation_reads_as_monochrome2():
+    """Older than DICOM, such files may leave it out; they were refused as undecodable
+    (imaging review)."""
+    twelve_bit = a_picture(dtype=np.uint16) >> 4
+    named = make_dicom(twelve_bit, preamble=False, transfer_syntax="1.2.840.10008.1.2", BitsStored=12, HighBit=11)
+    dataset = pydicom.dcmread(io.BytesIO(named), force=True)
+    del dataset.PhotometricInterpretation
+    unnamed = io.BytesIO()
+    dataset.save_as(unnamed, implicit_vr=True, little_endian=True)
+
+    decoded = decode_upload(unnamed.getvalue())
+
+    np.testing.assert_array_equal(decoded.gray, decode_upload(named).gray)
+    assert decoded.metadata["photometric_interpretation"] == ""  # what the file says, not what was assumed
