@@ -60,3 +60,6 @@ def test_the_filters_apply_with_the_button_shown(chromium, live_server, hospital
     rows = page.locator("#audit-results tbody tr")
     expect(rows.filter(has_text="Studies listed")).to_have_count(2)  # the doctor's, and the admin's own landing
     expect(rows.filter(has_not_text="Studies listed")).to_have_count(0)
+    # The swap is read out to a screen reader: how many events the filters found.
+    expect(page.locator("#audit-announcer")).to_have_text("2 events.")
+    expect(page.locator("#audit-announcer")).to_have_attribute("aria-live", "polite")
