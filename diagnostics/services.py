@@ -399,22 +399,24 @@ def _store(study: Study, data: bytes, audit_context: dict) -> Study:
     # Outside the `try`: with no transaction around it, the queueing runs at once, and the
     # request ended there (gunicorn's timeout, on a hung broker) removed the original of a
     # study already filed, which then failed as "missing file" (reliability review).
-    transaction.on_commit(partial(tasks.enqueue_prediction, study.pk))
+    _queue_for_prediction(study)
     return study
 
 
-def _remove_unless_stored(study: Study) -> None:
-    """The database failed: remove the original unless its row was stored after all (an
-    insert that committed, then lost its connection before the answer came). Removed, that
-    study failed as "missing file", and the EMR's retry got it back as already stored. If
-    the database cannot say, the file stays: an orphan is better than a study without it."""
+def _remove_unless_stored(study: Study, name: str = "") -> None:
+    """The database failed, or the request ended: remove the original written (`name`, a
+    copy sent again to a failed study) unless its row holds it after all (a write that
+    committed, then lost its connection before the answer came). Removed, that study
+    failed as "missing file", and the EMR's retry got it back as already stored. If the
+    database cannot say, the file stays: an orphan is better than a study without it."""
+    stored_as = {"pk": study.pk, "original_file": name} if name else {"code": study.code}
     try:
-        stored = Study.objects.filter(code=study.code).exists()
+        stored = Study.objects.filter(**stored_as).exists()
     except DatabaseError:
         logger.warning("study %s: could not tell whether it was stored; its original is kept", study.code)
         return
     if not stored:
-        media.remove_file(study.original_file.storage, study.original_file.name)
+        media.remove_file(study.original_file.storage, name or study.original_file.name)
 
 
 # What a study takes from the file itself, and so takes anew from a copy sent again,
@@ -445,7 +447,6 @@ def _queue_again(failed: Study, resent: Study, data: bytes, audit_context: dict,
             queued = _queue_if_failed(failed, **fields, original_file=written, display_image="")
             if queued:
                 _audit_uploaded(failed, audit_context, source=resent.source, created=False, sent_again=True)
-                transaction.on_commit(partial(_remove_files, storage, replaced))
     except IntegrityError as exc:
         media.remove_file(storage, written)
         # The copy's Idempotency-Key was taken by another upload since it was looked up:
@@ -459,11 +460,17 @@ def _queue_again(failed: Study, resent: Study, data: bytes, audit_context: dict,
             raise imaging.IdempotencyKeyReused from exc
         raise
     except BaseException:
-        media.remove_file(storage, written)
+        # The request may have ended after the commit: the row would then hold the copy.
+        _remove_unless_stored(failed, name=written)
         raise
     if not queued:
         media.remove_file(storage, written)
         return False
+    # Outside the `try`, as in `_store`: queued at once where no transaction is open, a
+    # request ended there removed the copy the committed row held (diff review).
+    # The replaced files first: a request ended while queueing would leave them behind.
+    transaction.on_commit(partial(_remove_files, storage, replaced))
+    _queue_for_prediction(failed)
     failed.refresh_from_db()
     return True
 
@@ -490,22 +497,26 @@ def analyse_again(study: Study, *, request=None) -> bool:
         queued = _queue_if_failed(study)
         if queued:
             audit.record(Action.STUDY_ANALYSED_AGAIN, request=request, target=study, failure=study.failure_reason)
+            _queue_for_prediction(study)
     study.refresh_from_db()
     return queued
 
 
 def _queue_if_failed(study: Study, **changes) -> bool:
     """From failed to queued (a conditional update: one request wins), with no failure and
-    no attempts, and queued for prediction when the transaction commits."""
+    no attempts; the caller queues it for prediction (`_queue_for_prediction`)."""
     now = timezone.now()
     # Never a withdrawn study: withdrawn while this was asked, it stays as it was left.
     queued = Study.objects.filter(pk=study.pk, status=Study.Status.FAILED, withdrawn_at__isnull=True).update(
         **changes, status=Study.Status.QUEUED, failure_reason="", failure_code="", attempts=0, claimed_by="",
         queued_at=now, resent_at=None, started_at=None, completed_at=None, updated_at=now,
     )  # fmt: skip
-    if queued:
-        transaction.on_commit(partial(tasks.enqueue_prediction, study.pk))
     return bool(queued)
+
+
+def _queue_for_prediction(study: Study) -> None:
+    """Hand the study to the workers once the transaction commits (at once outside one)."""
+    transaction.on_commit(partial(tasks.enqueue_prediction, study.pk))
 
 
 def _remove_files(storage, names: list[str]) -> None:

@@ -172,6 +172,31 @@ def test_a_request_ended_while_queueing_a_stored_study_keeps_its_original(hospit
     assert (study.status, study.queued_at is not None) == (Study.Status.QUEUED, True)  # the sweeper sends it
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_request_ended_while_queueing_a_failed_study_sent_again_keeps_its_new_copy(
+    hospital_a, media_root, monkeypatch
+):
+    """The same on the path a failed study's copy takes, which every failure's words ask
+    for: the copy the committed row held was removed (diff review)."""
+    from tests.ingestion.test_sent_again import failed
+
+    first, _ = services.ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source=Study.Source.API)
+    first.original_file.storage.delete(first.original_file.name)
+    failed(first, Study.Failure.MISSING_FILE, "The stored image file is missing.")
+
+    def hangs_until_the_request_ends(study_id):
+        raise RequestEnded
+
+    monkeypatch.setattr("diagnostics.tasks.enqueue_prediction", hangs_until_the_request_ends)
+
+    with pytest.raises(RequestEnded):
+        services.ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source=Study.Source.API)
+
+    study = Study.objects.get()
+    assert (study.status, study.original_file.name != first.original_file.name) == (Study.Status.QUEUED, True)
+    assert stored_files(media_root) == {study.original_file.name}
+
+
 @pytest.fixture
 def predicted(hospital_a, media_root) -> Study:
     """A completed study of hospital A with its heatmap; its portal picture is not drawn yet."""

@@ -58,8 +58,7 @@ def test_a_failed_study_sent_again_gets_the_new_copy_and_is_queued_anew(
     with study.original_file.open("rb") as copy:
         assert copy.read() == CR_CHEST.read_bytes()
     assert stored().files == {study.original_file.name}
-    assert callbacks[0].func is tasks.enqueue_prediction
-    assert callbacks[0].args == (study.pk,)
+    assert [callback.args for callback in callbacks if callback.func is tasks.enqueue_prediction] == [(study.pk,)]
     event = AuditEvent.objects.filter(action="study.uploaded").latest("id")
     assert (event.target_id, event.actor_key_id) == (str(study.code), failed_study.uploaded_by_key_id)
     assert event.detail == {"source": "api", "created": False, "format": "dcm", "warnings": [], "sent_again": True}
