@@ -722,8 +722,23 @@ def patient_age_years(ds: Dataset) -> float | None:
         return float(age)
     born, taken = _date(ds.get("PatientBirthDate")), _date(ds.get("StudyDate"))
     if born and taken and taken >= born:
-        return (taken - born).days / 365.25
+        return _years_between(born, taken)
     return None
+
+
+def _years_between(born: date, taken: date) -> float:
+    """Whole years by the calendar, and the part of the year since the last birthday: in
+    days over 365.25, a child on their first birthday was 0.9993 and flagged as under 1
+    (diff review)."""
+    years = taken.year - born.year - (taken < _birthday(born, taken.year))
+    return years + (taken - _birthday(born, born.year + years)).days / 365.25
+
+
+def _birthday(born: date, year: int) -> date:
+    try:
+        return born.replace(year=year)
+    except ValueError:  # born on 29 February: the 28th in other years
+        return date(year, 2, 28)
 
 
 def intended_use_warnings(meta: dict[str, Any], age_years: float | None = None) -> list[str]:

@@ -375,7 +375,11 @@ def test_display_png_is_the_model_gray_downscaled_to_1024():
         ({"PatientAge": "018M"}, 1.5),
         ({"PatientAge": "026W"}, 26 * 7 / 365.25),
         ({"PatientAge": "081"}, 81.0),
-        ({"PatientBirthDate": "20200115", "StudyDate": "20240115"}, 1461 / 365.25),
+        ({"PatientBirthDate": "20200115", "StudyDate": "20240115"}, 4.0),
+        ({"PatientBirthDate": "20230115", "StudyDate": "20240115"}, 1.0),  # the first birthday, not 0.9993
+        ({"PatientBirthDate": "20230115", "StudyDate": "20240114"}, 364 / 365.25),
+        ({"PatientBirthDate": "20200229", "StudyDate": "20210228"}, 1.0),
+        ({"PatientBirthDate": "20200301", "StudyDate": "20240815"}, 4 + 167 / 365.25),
         ({"PatientBirthDate": "20200115"}, None),
         ({"PatientAge": "old"}, None),
         ({}, None),
