@@ -90,7 +90,7 @@ def _retry_reason(cause: BaseException) -> str:
     ):
         if isinstance(cause, kind):
             return reason
-    return "database"
+    return "database" if isinstance(cause, TRANSIENT_ERRORS) else "unexpected_error"
 
 
 class PermanentStudyError(Exception):
@@ -326,16 +326,19 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
         for batch in held:
             _release(batch.claimed, batch.owner, restarted=isinstance(exc, RESTARTING_ERRORS))
         raise TransientPipelineError(postponed or requested, exc) from exc
-    except Exception:
+    except Exception as exc:
         # An error of no known kind (a row the database refuses, a defect): the batches
-        # held go back at once, as restarted, so each of their studies is next taken alone
-        # and one study's fault stays its own. Left `processing` under an acknowledged
-        # message, up to two batches waited for the sweeper and each study spent an
-        # attempt on another's fault, with nothing counted (reliability review).
+        # held go back as restarted, so each of their studies is next taken alone and one
+        # study's fault stays its own, and the message is retried with backoff, a bounded
+        # number of times. Left `processing` under an acknowledged message, up to two
+        # batches waited for the sweeper and each study spent an attempt on another's
+        # fault, with nothing counted (reliability review). Sent again at once, a defect
+        # every study meets failed them all within seconds (diff review).
+        log.error("an unexpected %s in a batch: its studies go back, each to be taken alone", type(exc).__name__)
+        postponed = _claimed_by(held)
         for batch in held:
-            _release_to_any_worker(batch.claimed, batch.owner, restarted=True)
-        metrics.record_retry("unexpected_error")
-        raise
+            _release(batch.claimed, batch.owner, restarted=True)
+        raise TransientPipelineError(postponed or requested, exc) from exc
     return done
 
 
@@ -1178,11 +1181,11 @@ def sweep_stuck_studies(now=None) -> SweepResult:
         .order_by("pk")[:1000]
     )
     requeued, gave_up = [], []
+    stuck = list(stuck)
     for study in stuck:
         if study.status == STATUS.QUEUED:
             if _send_again(study, now):
                 requeued.append(study.pk)
-                metrics.SWEPT.labels(status=STATUS.QUEUED).inc()
         elif study.attempts >= settings.PIPELINE_MAX_ATTEMPTS:
             # Cut short once more, as a worker taking it over would count it: both ways,
             # it was tried PIPELINE_MAX_ATTEMPTS + 1 times (the first, and that many
@@ -1191,9 +1194,12 @@ def sweep_stuck_studies(now=None) -> SweepResult:
                 gave_up.append(study.pk)
         elif _requeue(study, now):
             requeued.append(study.pk)
-            metrics.SWEPT.labels(status=STATUS.PROCESSING).inc()
+    swept = {study.pk: study.status for study in stuck}
     for start in range(0, len(requeued), MAX_BATCH):
-        publish(requeued[start : start + MAX_BATCH])
+        sent = requeued[start : start + MAX_BATCH]
+        if publish(sent):  # counted when sent: while the broker is down, none is (diff review)
+            for status in (swept[pk] for pk in sent):
+                metrics.SWEPT.labels(status=status).inc()
     if requeued or gave_up:
         log.info("sweeper: %d studies re-queued, %d given up", len(requeued), len(gave_up))
     return SweepResult(requeued=requeued, gave_up=gave_up)

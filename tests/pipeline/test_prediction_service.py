@@ -851,45 +851,64 @@ def _swept() -> dict[str, float]:
     return _counted("pleura_pipeline_swept_total", "status")
 
 
-def test_an_unexpected_error_puts_the_batch_back_at_once_and_each_study_is_then_taken_alone(
-    hospital_a, tiny_model, _no_broker, monkeypatch
+def test_an_unexpected_error_puts_the_batch_back_for_a_retry_and_each_study_is_then_taken_alone(
+    hospital_a, tiny_model, _no_broker, monkeypatch, caplog
 ):
     """One study's row the database refused (any error of no known kind) left its batch
     `processing` under an acknowledged message until the sweeper, each study spending an
-    attempt on another's fault, with nothing counted (reliability review)."""
+    attempt on another's fault, with nothing counted (reliability review). Its message is
+    retried with backoff, as a transient error's is, not sent again at once: a defect every
+    study meets would fail them all in seconds (diff review)."""
     studies = [store_study(hospital_a, image) for image in (NORMAL_IMAGE, PNEUMONIA_IMAGE, OTHER_IMAGES[0])]
     poison = studies[1].pk
     computed = pipeline._computed
 
     def refused_for_one(study, version, result):
         if study.pk == poison:
-            raise ValueError("a row the database refuses")
+            raise ValueError("value of patient MRN-4242 refused")
         return computed(study, version, result)
 
     monkeypatch.setattr(pipeline, "_computed", refused_for_one)
-    retries_before = _counted("pleura_pipeline_retries_total", "reason").get("unexpected_error", 0)
 
-    with pytest.raises(ValueError):
+    with pytest.raises(pipeline.TransientPipelineError) as postponed:
         pipeline.predict_studies([s.pk for s in studies], claim="message-1")
 
     ids = sorted(s.pk for s in studies)
+    assert (sorted(postponed.value.study_ids), postponed.value.reason) == (ids, "unexpected_error")
     assert sorted(Study.objects.values_list("pk", "status", "attempts", "claimed_by")) == [
         (pk, QUEUED, 1, "") for pk in ids
     ]
-    assert [sorted(published) for published in _no_broker] == [ids]  # a worker takes them now
-    assert _counted("pleura_pipeline_retries_total", "reason")["unexpected_error"] - retries_before == 1
-    # Taken again, each alone, as the messages come: the others complete, and the poison,
-    # failing on its own each time, is given up after the bound.
+    assert _no_broker == []  # the retry's message takes them, after its backoff
+    assert "MRN-4242" not in caplog.text
+    # The retries, each claiming what the last put back: the others complete, each alone,
+    # and the poison, failing on its own each time, is given up after the bound.
+    requested = postponed.value.study_ids
     for message in range(2, 12):
         try:
-            pipeline.predict_studies(sorted(_no_broker.pop()), claim=f"message-{message}")
-        except ValueError:
+            pipeline.predict_studies(requested, claim=f"message-{message}")
+        except pipeline.TransientPipelineError as again:
+            requested = again.study_ids
             continue
-        if not _no_broker:
-            break
+        break
     rows = dict(Study.objects.values_list("pk", "status"))
     assert rows == {ids[0]: COMPLETED, poison: FAILED, ids[2]: COMPLETED}
     assert Study.objects.get(pk=poison).failure_code == "gave_up"
+
+
+def test_an_unexpected_error_is_counted_as_a_retry_and_logged_by_its_type_only(hospital_a, monkeypatch, caplog):
+    from diagnostics import tasks
+
+    study = store_study(hospital_a, NORMAL_IMAGE)
+    monkeypatch.setattr(pipeline, "retry_delay", lambda retries: 0)
+    monkeypatch.setattr(pipeline, "_begin", lambda *args, **kwargs: (_ for _ in ()).throw(KeyError("MRN-4242")))
+    retries_before = _counted("pleura_pipeline_retries_total", "reason").get("unexpected_error", 0)
+
+    tasks.predict_studies.apply(args=[[study.pk]])
+
+    retries = _counted("pleura_pipeline_retries_total", "reason")["unexpected_error"] - retries_before
+    assert retries == pipeline.MAX_RETRIES
+    assert "MRN-4242" not in caplog.text
+    assert "an unexpected KeyError in a batch" in caplog.text
 
 
 def test_sweeper_requeues_stuck_studies_and_gives_up_after_the_bound(hospital_a, _no_broker, settings):
@@ -946,6 +965,20 @@ def test_a_sweep_sends_no_message_for_a_study_that_changed_since_it_was_read(hos
 
     assert pipeline._send_again(read_by_the_sweep, timezone.now()) is False
     assert Study.objects.values("status", "resent_at").get(pk=study.pk) == before
+
+
+def test_a_sweep_whose_messages_could_not_be_sent_counts_none_as_swept(hospital_a, monkeypatch, settings):
+    """Counted before the publish, every study a sweep touched while the broker was down read
+    as sent again (diff review)."""
+    lost = store_study(hospital_a, NORMAL_IMAGE)
+    Study.objects.filter(pk=lost.pk).update(
+        queued_at=timezone.now() - timedelta(seconds=settings.PIPELINE_STUCK_SECONDS + 60)
+    )
+    monkeypatch.setattr(pipeline, "publish", lambda ids: False)  # the broker unreachable
+    swept_before = _swept()
+
+    assert pipeline.sweep_stuck_studies().requeued == [lost.pk]
+    assert _swept() == swept_before
 
 
 def test_a_backlog_no_worker_takes_is_sent_again_but_never_given_up_and_then_predicted_in_batches(
