@@ -11,7 +11,7 @@ from django.contrib import admin
 
 from diagnostics.models import Study
 from hospital import audit
-from hospital.admin import VIEW, AuditedReadsAdmin
+from hospital.admin import DATE_RANGES, VIEW, AuditedReadsAdmin
 
 OPERATIONAL_FIELDS = [
     "code",
@@ -61,12 +61,13 @@ class StudyAdmin(AuditedReadsAdmin):
     list_display = ["code", "hospital", "status", "source", "modality", "original_format", "created_at"]
     list_filter = [
         "status", "failure_code", "source", "original_format", ("withdrawn_at", admin.EmptyFieldListFilter), "hospital",
+        DATE_RANGES,
     ]  # fmt: skip
     list_select_related = ["hospital"]
     # By codes only: the admin searches by GET, so a term lands in URLs and browser history;
     # the portal's worklist searches accession numbers and patient IDs by POST.
     search_fields = ["=code", "=sop_instance_uid"]
-    date_hierarchy = "created_at"
+    show_full_result_count = False
     fields = OPERATIONAL_FIELDS
     readonly_fields = OPERATIONAL_FIELDS
 

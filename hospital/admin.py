@@ -146,7 +146,7 @@ class HospitalScopedAdmin(ReadableLookupsMixin, admin.ModelAdmin):
         queryset = super().get_queryset(request)
         if self.is_platform_admin(request):
             return queryset
-        return for_hospitals(queryset, self.admin_hospitals(request), self.hospital_lookup)
+        return for_hospitals(queryset, self.admin_hospital_ids(request), self.hospital_lookup)
 
     def in_scope(self, request, obj) -> bool:
         return self.is_platform_admin(request) or self.get_queryset(request).filter(pk=obj.pk).exists()
@@ -590,6 +590,25 @@ class AuditedReadsAdmin(HospitalScopedAdmin):
         return {}
 
 
+class ActionListFilter(admin.SimpleListFilter):
+    """The trail's actions from their list: Django's own filter asks the table for its
+    distinct values, 3 to 4.5 s over 3 million events (scale review)."""
+
+    title = "action"
+    parameter_name = "action"
+
+    def lookups(self, request, model_admin):
+        return audit.Action.choices
+
+    def queryset(self, request, queryset):
+        return queryset.filter(action=self.value()) if self.value() else queryset
+
+
+# Dates as a filter of ranges, not a drill-down: the drill-down asks the table for its
+# first and last dates and its distinct years, seconds each on a large hospital (scale review).
+DATE_RANGES = ("created_at", admin.DateFieldListFilter)
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(AuditedReadsAdmin):
     """Read-only for everyone, superusers included: the trail is append-only."""
@@ -609,10 +628,10 @@ class AuditEventAdmin(AuditedReadsAdmin):
         "target_type",
         "target_id",
     ]
-    list_filter = ["action", "outcome", "hospital"]
+    list_filter = [ActionListFilter, "outcome", "hospital", DATE_RANGES]
     search_fields = ["target_id", "actor_user__email"]
     list_select_related = ["actor_user", "actor_key", "hospital"]
-    date_hierarchy = "created_at"
+    show_full_result_count = False  # a second count of every event, for a filtered list's "of N"
     actions = None
     fields = [*list_display, "client_ip", "detail"]
     readonly_fields = fields

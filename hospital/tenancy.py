@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import DatabaseError, models, transaction
+from django.db.models.constants import LOOKUP_SEP
 from django.http import Http404, HttpResponse
 from django.shortcuts import render
 
@@ -83,7 +84,12 @@ def admin_hospitals(user) -> models.QuerySet[Hospital]:
 
 def for_hospitals(queryset: models.QuerySet, hospitals: Iterable[Hospital] | models.QuerySet, lookup: str = "hospital"):
     """Rows of any of `hospitals`, for models reached through `lookup` (e.g. users via
-    `memberships__hospital`). A subquery on the primary key keeps rows unique."""
+    `memberships__hospital`). Through a relation that may repeat rows, a subquery on the
+    primary key keeps them unique; a model's own hospital column is filtered directly: as
+    a subquery, every count and date query of the admin's audit event list read all of a
+    hospital's events again (13 to 18 s with 3 million; scale review)."""
+    if LOOKUP_SEP not in lookup:
+        return queryset.filter(**{f"{lookup}__in": hospitals})
     matching = queryset.model._default_manager.filter(**{f"{lookup}__in": hospitals}).values("pk")
     return queryset.filter(pk__in=matching)
 

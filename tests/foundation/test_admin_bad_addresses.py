@@ -14,8 +14,8 @@ REFUSED_ADDRESSES = [
     "/admin/diagnostics/study/?q=ACC%00",
     "/admin/hospital/auditevent/?action__exact=%00",
     "/admin/hospital/membership/?role__exact=%00",
-    "/admin/diagnostics/study/?created_at__year=9999&created_at__month=12&created_at__day=31",
-    "/admin/hospital/auditevent/?created_at__year=9999&created_at__month=12&created_at__day=31",
+    "/admin/diagnostics/study/?created_at__gte=99999-12-31",
+    "/admin/hospital/auditevent/?created_at__lt=2026-13-45",
     "/admin/accounts/user/?q=%00",
 ]
 

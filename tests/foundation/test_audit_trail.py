@@ -223,3 +223,21 @@ def test_opening_one_event_of_the_trail_in_the_admin_is_recorded(client_for, hos
 
     event = AuditEvent.objects.filter(actor_user=hospital_admin, action="audit.viewed").get()
     assert (event.hospital, event.detail) == (hospital_a, {"via": "admin", "event": read.pk})
+
+
+@pytest.mark.parametrize("path", ["/admin/hospital/auditevent/", "/admin/diagnostics/study/"])
+def test_the_admin_lists_of_events_and_studies_ask_no_whole_table_question(client_for, hospital_admin, path):
+    """Each of the events list's count, first and last date, distinct years and distinct
+    actions read all of a hospital's events through a subquery: 13 to 18 s with 3 million
+    (scale review). The lists filter on the hospital column and show ranges of dates."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = client_for(hospital_admin)
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(path).status_code == 200
+
+    table = "HOSPITAL_AUDITEVENT" if "auditevent" in path else "DIAGNOSTICS_STUDY"
+    listed = [q["sql"].upper() for q in queries.captured_queries if f'FROM "{table}"' in q["sql"].upper()]
+    whole_table = [sql for sql in listed if "DISTINCT" in sql or "MIN(" in sql or "MAX(" in sql or "IN (SELECT" in sql]
+    assert (len(listed) > 0, whole_table) == (True, [])
