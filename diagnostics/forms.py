@@ -6,6 +6,7 @@ from django import forms
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from diagnostics.models import Label, Review, Study
+from hospital.days import within_days
 
 REVIEWED_CHOICES = [("", "Any"), ("yes", "Reviewed"), ("no", "Not reviewed")]
 
@@ -72,11 +73,7 @@ class WorklistFilterForm(forms.Form):
             queryset = queryset.filter(Exists(Review.objects.filter(study=OuterRef("pk"))))
         elif data.get("reviewed") == "no":
             queryset = queryset.exclude(Exists(Review.objects.filter(study=OuterRef("pk"))))
-        if start := data.get("date_from"):
-            queryset = queryset.filter(created_at__date__gte=start)
-        if end := data.get("date_to"):
-            queryset = queryset.filter(created_at__date__lte=end)
-        return queryset
+        return within_days(queryset, data.get("date_from"), data.get("date_to"))
 
     def public_params(self) -> dict[str, str]:
         """The PHI-free filters, for pagination links."""

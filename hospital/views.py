@@ -16,6 +16,7 @@ from django.views.decorators.vary import vary_on_headers
 from accounts.models import User
 from config.safe_paths import UUID_TEXT
 from hospital import audit
+from hospital.days import within_days
 from hospital.models import AuditEvent, IntegrationKey, Role
 from hospital.tenancy import role_required
 
@@ -95,11 +96,7 @@ class AuditFilterForm(forms.Form):
             )
         if data.get("action"):
             events = events.filter(action=data["action"])
-        if data.get("date_from"):
-            events = events.filter(created_at__date__gte=data["date_from"])
-        if data.get("date_to"):
-            events = events.filter(created_at__date__lte=data["date_to"])
-        return events
+        return within_days(events, data.get("date_from"), data.get("date_to"))
 
     def public_params(self) -> dict[str, str]:
         if not self.is_valid():

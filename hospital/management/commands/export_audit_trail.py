@@ -5,11 +5,12 @@ import csv
 import json
 import os
 import zoneinfo
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date
 
 from django.core.management.base import BaseCommand, CommandError
 
 from hospital import audit
+from hospital.days import within_days
 from hospital.management.commands._helpers import hospital_by_slug, superuser_by_email
 from hospital.models import AuditEvent
 
@@ -37,11 +38,7 @@ class Command(BaseCommand):
             raise CommandError("--until is before --since.")
         events = AuditEvent.objects.for_hospital(target).select_related("actor_user", "actor_key").order_by("id")
         # Days as the hospital's pages show them (its own time zone), the last one whole.
-        zone = zoneinfo.ZoneInfo(target.time_zone)
-        if since:
-            events = events.filter(created_at__gte=datetime.combine(since, time.min, tzinfo=zone))
-        if until:
-            events = events.filter(created_at__lt=datetime.combine(until + timedelta(days=1), time.min, tzinfo=zone))
+        events = within_days(events, since, until, zone=zoneinfo.ZoneInfo(target.time_zone))
         if os.path.lexists(out):
             raise CommandError(f"{out} exists already: name a new file.")
         # Written beside it, then linked to its name only when whole: an export that failed
