@@ -102,3 +102,36 @@ class RemoveConstraintConcurrentlyOnPostgreSQL(migrations.RemoveConstraint):
         model_state = to_state.models[app_label, self.model_name_lower]
         constraint = model_state.get_constraint_by_name(self.name)
         _build_constraint_concurrently(self, app_label, schema_editor, to_state, constraint)
+
+
+class AddIndexConcurrentlyOnPostgreSQLOnly(migrations.operations.base.Operation):
+    """An index of a kind only PostgreSQL has (GIN over a JSON expression), built
+    concurrently there. Not in any model's state: SQLite, which has no such index, gets
+    none, and the queries it serves run there without it."""
+
+    reversible = True
+
+    def __init__(self, name: str, table: str, definition: str):
+        self.name, self.table, self.definition = name, table, definition
+
+    def deconstruct(self):
+        return self.__class__.__name__, [], {"name": self.name, "table": self.table, "definition": self.definition}
+
+    def state_forwards(self, app_label, state):
+        pass
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            return
+        _drop_invalid_leftover(schema_editor, self.name)
+        quote = schema_editor.quote_name
+        schema_editor.execute(
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {quote(self.name)} ON {quote(self.table)} {self.definition}"
+        )
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor == "postgresql":
+            schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {schema_editor.quote_name(self.name)}")
+
+    def describe(self):
+        return f"Create index {self.name} concurrently, on PostgreSQL only"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connections, models, router
+from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -260,6 +261,17 @@ class AuditEventQuerySet(models.QuerySet):
     def for_hospital(self, hospital: Hospital) -> AuditEventQuerySet:
         return self.filter(hospital=hospital)
 
+    def about_study(self, code: str) -> AuditEventQuerySet:
+        """Events of the study with this code, and the lists that showed it among others
+        (their `studies`). On PostgreSQL the codes are matched whole, as JSON, which a GIN
+        index of list events serves (hospital migration 0005): a text match read every
+        list event of the hospital, 9 to 10 s over 3 million events (scale review)."""
+        if connections[self.db].vendor == "postgresql":
+            listed = Q(detail__studies__contains=[code])
+        else:  # SQLite has no JSON containment; the codes are UUIDs, so a text match is exact
+            listed = Q(detail__studies__icontains=code)
+        return self.filter(Q(target_type="study", target_id=code) | Q(listed, action="study.listed"))
+
 
 class AuditEvent(models.Model):
     """Who did what, to which object, from where. Append-only; no PHI in `detail`."""
@@ -286,7 +298,14 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["hospital", "-created_at"])]
+        indexes = [
+            models.Index(fields=["hospital", "-created_at"]),
+            # "Who opened this study?" (AuditEventQuerySet.about_study); the lists are
+            # matched by a GIN index that PostgreSQL alone has (migration 0005).
+            models.Index(
+                fields=["hospital", "target_type", "target_id"], condition=~Q(target_id=""), name="audit_event_target"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} {self.outcome}"
