@@ -15,7 +15,7 @@ from datetime import date, timedelta
 
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
@@ -78,6 +78,12 @@ class ReviewedSet:
     reviewed_week: dict[int, date]
     conflicts: int
     reviews: int
+    # The reviewed studies, as a subquery: as a list of their ids, each of the page's
+    # prediction queries sent 30,000 literals (265 ms each; scale review).
+    studies: QuerySet | None = None
+
+    def predictions(self) -> QuerySet[Prediction]:
+        return Prediction.objects.filter(study_id__in=self.studies)
 
 
 def scope_hospitals(request: HttpRequest):
@@ -111,15 +117,16 @@ def reviewed_set(hospitals) -> ReviewedSet:
         else:
             labels[study_id] = label
     weeks = {study_id: day - timedelta(days=day.weekday()) for study_id, day in last.items()}
-    return ReviewedSet(labels=labels, reviewed_week=weeks, conflicts=conflicts, reviews=count)
+    return ReviewedSet(
+        labels=labels, reviewed_week=weeks, conflicts=conflicts, reviews=count, studies=reviews.values("study_id")
+    )
 
 
 def version_stats(reviewed: ReviewedSet) -> dict[int, VersionStats]:
     """One entry per model version that predicted a reviewed study, shadow or not."""
-    predictions = Prediction.objects.filter(study_id__in=list(reviewed.labels)).values_list(
-        "study_id", "model_version_id", "label"
-    )
-    rows = list(predictions)
+    predictions = reviewed.predictions().values_list("study_id", "model_version_id", "label")
+    # Studies whose reviewers split evenly have no reference label: left out.
+    rows = [row for row in predictions if row[0] in reviewed.labels]
     versions = ModelVersion.objects.in_bulk({row[1] for row in rows})
     stats: dict[int, VersionStats] = {}
     for study_id, version_id, label in rows:
@@ -135,12 +142,11 @@ def shadow_comparison(reviewed: ReviewedSet, active: ModelVersion | None) -> lis
     """Each shadow candidate against the active model on the same reviewed studies."""
     if active is None:
         return []
-    rows = Prediction.objects.filter(study_id__in=list(reviewed.labels)).filter(
-        Q(model_version=active, is_shadow=False) | Q(is_shadow=True)
-    )
+    rows = reviewed.predictions().filter(Q(model_version=active, is_shadow=False) | Q(is_shadow=True))
     by_version: dict[int, dict[int, str]] = defaultdict(dict)
     for study_id, version_id, label in rows.values_list("study_id", "model_version_id", "label"):
-        by_version[version_id][study_id] = label
+        if study_id in reviewed.labels:  # not one whose reviewers split evenly
+            by_version[version_id][study_id] = label
     active_labels = by_version.pop(active.pk, {})
     candidates = ModelVersion.objects.in_bulk(list(by_version))
     result = []
