@@ -59,7 +59,11 @@ class WorklistFilterForm(forms.Form):
         """Narrow an annotated worklist queryset (see `views._worklist_queryset`)."""
         data = self.cleaned_data if self.is_valid() else {}
         if q := (data.get("q") or "").strip():
-            queryset = queryset.filter(Q(accession_number__iexact=q) | Q(patient_id__iexact=q))
+            # The matches first, by their indexes (in any case), then the page: asked for the
+            # newest page at once, PostgreSQL walked every study of the hospital backwards by
+            # date (325 ms over 300,000; scale review).
+            found = queryset.filter(Q(accession_number__iexact=q) | Q(patient_id__iexact=q))
+            queryset = queryset.filter(pk__in=list(found.order_by().values_list("pk", flat=True)))
         status = data.get("status")
         queryset = queryset.filter(withdrawn_at__isnull=status != WITHDRAWN)
         if status and status != WITHDRAWN:

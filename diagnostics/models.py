@@ -5,7 +5,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
+from django.db.models.functions import Cast, Upper
 from django.utils import timezone
 
 from hospital.tenancy import TenantQuerySet
@@ -186,6 +187,12 @@ class Study(models.Model):
             # The API's search: by accession number, or by the DICOM study an EMR sent.
             models.Index(fields=["hospital", "accession_number"]),
             models.Index(fields=["hospital", "study_instance_uid"]),
+            # The worklist's search, in any case (`WorklistFilterForm`): without them it read
+            # every study of the hospital (325 ms over 300,000; scale review).
+            models.Index(
+                F("hospital"), Upper(Cast("accession_number", models.TextField())), name="study_accession_any_case"
+            ),
+            models.Index(F("hospital"), Upper(Cast("patient_id", models.TextField())), name="study_patient_any_case"),
         ]
 
     def __str__(self) -> str:

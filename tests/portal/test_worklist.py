@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.db.models import Q
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
@@ -401,3 +402,29 @@ def test_radiologists_who_split_are_counted_beside_the_correction(
     html = client_for(doctor).get(WORKLIST).content.decode()
     normal_row = re.search(rf'<tr id="study-{studies["normal"].code}".*?</tr>', html, re.S).group(0)
     assert 'Disputed</span> <span class="small">1 of 2 radiologists: <strong>Pneumonia</strong>' in normal_row
+
+
+def test_on_postgresql_a_search_finds_its_studies_by_their_indexes_in_any_case(client_for, doctor, studies):
+    """By UPPER(column) with no index of it, a search read every study of the hospital
+    (325 ms over 300,000; scale review)."""
+    from tests.conftest import needs_postgresql
+
+    needs_postgresql("expression indexes a search's plan uses")
+    wanted = studies["normal"]
+    found = row_codes(client_for(doctor).post(WORKLIST, {"q": wanted.patient_id.lower()}, **HX).content.decode())
+    Study.objects.bulk_create(  # a hospital some months in
+        Study(
+            hospital=wanted.hospital, patient_id=f"MRN-{n:06d}", accession_number=f"ACC-{n:06d}",
+            source=Study.Source.API, original_format=Study.Format.PNG, original_sha256=f"{n:064d}", original_size=1,
+        )
+        for n in range(5000)
+    )  # fmt: skip
+    search = Study.objects.filter(Q(accession_number__iexact="x") | Q(patient_id__iexact="y"), hospital=wanted.hospital)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE diagnostics_study")
+        sql, params = search.order_by().values("pk").query.sql_with_params()
+        cursor.execute(f"EXPLAIN {sql}", params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+
+    assert found == [str(wanted.code)]
+    assert ("study_accession_any_case" in plan, "study_patient_any_case" in plan) == (True, True)
