@@ -153,17 +153,23 @@ class RequestEnded(BaseException):
     """What gunicorn's timeout raises in a worker (SystemExit), as a test may raise it."""
 
 
-@pytest.mark.django_db(transaction=True)  # no transaction around the upload: queued at once, as in production
-def test_a_request_ended_while_queueing_a_stored_study_keeps_its_original(hospital_a, media_root, monkeypatch):
-    """Queued inside the insert's `try`, a request ended there (gunicorn's timeout, on a
-    hung broker) removed the original of a study already filed, which then failed as
-    "missing file" (reliability review)."""
+@pytest.fixture
+def request_ends_while_queueing(monkeypatch):
+    """The queueing of a study ends the request, as gunicorn's timeout does on a hung broker."""
 
     def hangs_until_the_request_ends(study_id):
         raise RequestEnded
 
     monkeypatch.setattr("diagnostics.tasks.enqueue_prediction", hangs_until_the_request_ends)
 
+
+@pytest.mark.django_db(transaction=True)  # no transaction around the upload: queued at once, as in production
+def test_a_request_ended_while_queueing_a_stored_study_keeps_its_original(
+    hospital_a, media_root, request_ends_while_queueing
+):
+    """Queued inside the insert's `try`, a request ended there (gunicorn's timeout, on a
+    hung broker) removed the original of a study already filed, which then failed as
+    "missing file" (reliability review)."""
     with pytest.raises(RequestEnded):
         services.ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source=Study.Source.API)
 
@@ -173,9 +179,7 @@ def test_a_request_ended_while_queueing_a_stored_study_keeps_its_original(hospit
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_request_ended_while_queueing_a_failed_study_sent_again_keeps_its_new_copy(
-    hospital_a, media_root, monkeypatch
-):
+def test_a_request_ended_while_queueing_a_failed_study_sent_again_keeps_its_new_copy(hospital_a, media_root, request):
     """The same on the path a failed study's copy takes, which every failure's words ask
     for: the copy the committed row held was removed (diff review)."""
     from tests.ingestion.test_sent_again import failed
@@ -183,11 +187,7 @@ def test_a_request_ended_while_queueing_a_failed_study_sent_again_keeps_its_new_
     first, _ = services.ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source=Study.Source.API)
     first.original_file.storage.delete(first.original_file.name)
     failed(first, Study.Failure.MISSING_FILE, "The stored image file is missing.")
-
-    def hangs_until_the_request_ends(study_id):
-        raise RequestEnded
-
-    monkeypatch.setattr("diagnostics.tasks.enqueue_prediction", hangs_until_the_request_ends)
+    request.getfixturevalue("request_ends_while_queueing")  # from here on
 
     with pytest.raises(RequestEnded):
         services.ingest_upload(hospital=hospital_a, data=CR_CHEST.read_bytes(), source=Study.Source.API)
