@@ -23,6 +23,6 @@ def within_days(
     zone = zone or timezone.get_current_timezone()
     if first:
         rows = rows.filter(**{f"{field}__gte": datetime.combine(first, time.min, tzinfo=zone)})
-    if last:
+    if last and last < date.max:  # the last day of the calendar has no day after it to end at (diff review)
         rows = rows.filter(**{f"{field}__lt": datetime.combine(last + timedelta(days=1), time.min, tzinfo=zone)})
     return rows
