@@ -13,6 +13,7 @@ import os
 import random
 import threading
 import time
+import traceback
 import uuid
 from collections import OrderedDict
 from collections.abc import Collection
@@ -75,9 +76,27 @@ class TransientPipelineError(Exception):
     retry, and what put them back as one of metrics.RETRY_REASONS."""
 
     def __init__(self, study_ids: list[int], cause: BaseException):
-        super().__init__(f"{len(study_ids)} studies postponed: {type(cause).__name__}")
+        # An unexpected error is named by the type it stands for (UnexpectedPipelineError).
+        self._cause_name = str(cause) if isinstance(cause, UnexpectedPipelineError) else type(cause).__name__
+        super().__init__(f"{len(study_ids)} studies postponed: {self._cause_name}")
         self.study_ids = study_ids
         self.reason = _retry_reason(cause)
+
+    def __reduce__(self):
+        # Celery pickles the exception of a retry that ran out: without this it logged an
+        # UnpickleableExceptionWrapper in its place (diff review).
+        return _postponed, (self.study_ids, self.reason, self._cause_name)
+
+
+def _postponed(study_ids: list[int], reason: str, cause_name: str) -> TransientPipelineError:
+    error = TransientPipelineError(study_ids, UnexpectedPipelineError(cause_name))
+    error.reason = reason
+    return error
+
+
+class UnexpectedPipelineError(Exception):
+    """An error of no known kind in a batch, named by its type only: its own words may quote
+    a row's values (a database's DETAIL), and Celery logs what a task raises."""
 
 
 def _retry_reason(cause: BaseException) -> str:
@@ -327,18 +346,26 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
             _release(batch.claimed, batch.owner, restarted=isinstance(exc, RESTARTING_ERRORS))
         raise TransientPipelineError(postponed or requested, exc) from exc
     except Exception as exc:
-        # An error of no known kind (a row the database refuses, a defect): the batches
-        # held go back as restarted, so each of their studies is next taken alone and one
-        # study's fault stays its own, and the message is retried with backoff, a bounded
-        # number of times. Left `processing` under an acknowledged message, up to two
-        # batches waited for the sweeper and each study spent an attempt on another's
-        # fault, with nothing counted (reliability review). Sent again at once, a defect
-        # every study meets failed them all within seconds (diff review).
-        log.error("an unexpected %s in a batch: its studies go back, each to be taken alone", type(exc).__name__)
+        # An error of no known kind (a row the database refuses, a defect). Where it is
+        # logged: its frames, not its words, which may quote a row's values.
+        unexpected = UnexpectedPipelineError(type(exc).__name__)
+        where = "".join(traceback.format_tb(exc.__traceback__))
+        log.error("an unexpected %s in a batch, at:\n%s", type(exc).__name__, where)
+        if any(batch.restarted for batch in held):
+            # A study taken alone, after a restart, met it again: it stays `processing`,
+            # and the sweeper, after PIPELINE_STUCK_SECONDS, is its backoff. Put back at
+            # once, a defect every study meets failed them all within seconds, each
+            # failure sending the next study alone (diff review).
+            metrics.record_retry("unexpected_error")
+            raise unexpected from None
+        # A batch: its studies go back as restarted, so each is next taken alone and one
+        # study's fault stays its own. Left `processing` under an acknowledged message,
+        # two batches waited for the sweeper and each study spent an attempt on another's
+        # fault, with nothing counted (reliability review).
         postponed = _claimed_by(held)
         for batch in held:
             _release(batch.claimed, batch.owner, restarted=True)
-        raise TransientPipelineError(postponed or requested, exc) from exc
+        raise TransientPipelineError(postponed or requested, unexpected) from None
     return done
 
 

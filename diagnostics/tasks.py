@@ -25,10 +25,9 @@ def predict_studies(self, study_ids: list[int]) -> int:
     except pipeline.TransientPipelineError as exc:
         metrics.record_retry(exc.reason, exhausted=self.request.retries >= self.max_retries)
         # Retry with the ids actually claimed: drained studies are not lost with the retry.
-        # An unexpected error's own words may quote a row's values (a database's DETAIL):
-        # Celery logs the retry's exception, so it is given this one's, which names its type.
-        shown = exc if exc.reason == "unexpected_error" else exc.__cause__ or exc
-        raise self.retry(args=[exc.study_ids], exc=shown, countdown=pipeline.retry_delay(self.request.retries)) from exc
+        raise self.retry(
+            args=[exc.study_ids], exc=exc.__cause__ or exc, countdown=pipeline.retry_delay(self.request.retries)
+        ) from exc
 
 
 @shared_task(name="diagnostics.sweep_stuck_studies", soft_time_limit=50, time_limit=60)

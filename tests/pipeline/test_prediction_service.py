@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import pickle
 import re
 import socket
 import threading
@@ -851,48 +852,74 @@ def _swept() -> dict[str, float]:
     return _counted("pleura_pipeline_swept_total", "status")
 
 
-def test_an_unexpected_error_puts_the_batch_back_for_a_retry_and_each_study_is_then_taken_alone(
-    hospital_a, tiny_model, _no_broker, monkeypatch, caplog
-):
-    """One study's row the database refused (any error of no known kind) left its batch
-    `processing` under an acknowledged message until the sweeper, each study spending an
-    attempt on another's fault, with nothing counted (reliability review). Its message is
-    retried with backoff, as a transient error's is, not sent again at once: a defect every
-    study meets would fail them all in seconds (diff review)."""
-    studies = [store_study(hospital_a, image) for image in (NORMAL_IMAGE, PNEUMONIA_IMAGE, OTHER_IMAGES[0])]
-    poison = studies[1].pk
-    computed = pipeline._computed
+def _run_every_message(first: list[int], published: list[list[int]], limit: int = 50) -> int:
+    """Run `first`, then every message the runs publish, as workers would take them; a
+    retry's message too. Returns how many ran."""
+    waiting, ran = [first], 0
+    while waiting and ran < limit:
+        ids = waiting.pop(0)
+        ran += 1
+        try:
+            pipeline.predict_studies(ids, claim=f"message-{ran}")
+        except pipeline.TransientPipelineError as postponed:
+            waiting.append(postponed.study_ids)  # Celery's retry, after its backoff
+        except pipeline.UnexpectedPipelineError:
+            pass  # the task fails; its study waits for the sweeper
+        waiting += published
+        published.clear()
+    return ran
 
-    def refused_for_one(study, version, result):
-        if study.pk == poison:
-            raise ValueError("value of patient MRN-4242 refused")
+
+def _refused_for(monkeypatch, refused: set[int] | None) -> None:
+    """Storing a prediction raises for these studies (None: for every study), as a row the
+    database refuses, or a defect, would."""
+    computed = pipeline._computed
+    patient = "MRN-4242"  # in the error's words only: the log shows its frames' code, not its words
+
+    def refuse(study, version, result):
+        if refused is None or study.pk in refused:
+            raise ValueError(f"value of patient {patient} refused")
         return computed(study, version, result)
 
-    monkeypatch.setattr(pipeline, "_computed", refused_for_one)
+    monkeypatch.setattr(pipeline, "_computed", refuse)
 
-    with pytest.raises(pipeline.TransientPipelineError) as postponed:
-        pipeline.predict_studies([s.pk for s in studies], claim="message-1")
 
-    ids = sorted(s.pk for s in studies)
-    assert (sorted(postponed.value.study_ids), postponed.value.reason) == (ids, "unexpected_error")
-    assert sorted(Study.objects.values_list("pk", "status", "attempts", "claimed_by")) == [
-        (pk, QUEUED, 1, "") for pk in ids
-    ]
-    assert _no_broker == []  # the retry's message takes them, after its backoff
+def test_one_studys_unexpected_error_costs_the_others_one_attempt_and_it_waits_for_the_sweeper(
+    hospital_a, tiny_model, _no_broker, monkeypatch, caplog, settings
+):
+    """One study's row the database refused left its batch `processing` under an acknowledged
+    message until the sweeper, each study spending an attempt on another's fault, with
+    nothing counted (reliability review). Now the batch goes back, each study is taken
+    alone, the others complete, and the one at fault waits for the sweeper, which gives it
+    up after the bound."""
+    settings.PIPELINE_MAX_ATTEMPTS = 3
+    studies = [store_study(hospital_a, image) for image in (NORMAL_IMAGE, PNEUMONIA_IMAGE, OTHER_IMAGES[0])]
+    poison = studies[1].pk
+    _refused_for(monkeypatch, {poison})
+
+    _run_every_message([s.pk for s in studies], _no_broker)
+
+    rows = {pk: (status, attempts) for pk, status, attempts in Study.objects.values_list("pk", "status", "attempts")}
+    assert rows == {studies[0].pk: (COMPLETED, 1), poison: (PROCESSING, 1), studies[2].pk: (COMPLETED, 1)}
     assert "MRN-4242" not in caplog.text
-    # The retries, each claiming what the last put back: the others complete, each alone,
-    # and the poison, failing on its own each time, is given up after the bound.
-    requested = postponed.value.study_ids
-    for message in range(2, 12):
-        try:
-            pipeline.predict_studies(requested, claim=f"message-{message}")
-        except pipeline.TransientPipelineError as again:
-            requested = again.study_ids
-            continue
-        break
-    rows = dict(Study.objects.values_list("pk", "status"))
-    assert rows == {ids[0]: COMPLETED, poison: FAILED, ids[2]: COMPLETED}
+    later = timezone.now()
+    for _ in range(4):
+        later += timedelta(seconds=settings.PIPELINE_STUCK_SECONDS + 1)
+        pipeline.sweep_stuck_studies(now=later)
+        _run_every_message([poison], _no_broker)
     assert Study.objects.get(pk=poison).failure_code == "gave_up"
+
+
+def test_a_defect_every_study_meets_does_not_fail_them_all_at_once(hospital_a, tiny_model, _no_broker, monkeypatch):
+    """Put back at once, each study taken alone after the batch failed sent the next one
+    alone on its failure: with a real worker, 20 studies gave up within 4 s (diff review).
+    Each meets it once, then waits for the sweeper."""
+    studies = [store_study(hospital_a, image) for image in (NORMAL_IMAGE, PNEUMONIA_IMAGE, *OTHER_IMAGES[:2])]
+    _refused_for(monkeypatch, None)
+
+    _run_every_message([s.pk for s in studies], _no_broker)
+
+    assert sorted(Study.objects.values_list("status", "attempts")) == [(PROCESSING, 1)] * 4
 
 
 def test_an_unexpected_error_is_counted_as_a_retry_and_logged_by_its_type_only(hospital_a, monkeypatch, caplog):
@@ -900,7 +927,12 @@ def test_an_unexpected_error_is_counted_as_a_retry_and_logged_by_its_type_only(h
 
     study = store_study(hospital_a, NORMAL_IMAGE)
     monkeypatch.setattr(pipeline, "retry_delay", lambda retries: 0)
-    monkeypatch.setattr(pipeline, "_begin", lambda *args, **kwargs: (_ for _ in ()).throw(KeyError("MRN-4242")))
+    patient = "MRN-4242"  # in the error's words only: the log shows its frames' code, not its words
+
+    def refused(*args, **kwargs):
+        raise KeyError(patient)
+
+    monkeypatch.setattr(pipeline, "_begin", refused)
     retries_before = _counted("pleura_pipeline_retries_total", "reason").get("unexpected_error", 0)
 
     tasks.predict_studies.apply(args=[[study.pk]])
@@ -908,7 +940,13 @@ def test_an_unexpected_error_is_counted_as_a_retry_and_logged_by_its_type_only(h
     retries = _counted("pleura_pipeline_retries_total", "reason")["unexpected_error"] - retries_before
     assert retries == pipeline.MAX_RETRIES
     assert "MRN-4242" not in caplog.text
-    assert "an unexpected KeyError in a batch" in caplog.text
+    assert "an unexpected KeyError in a batch, at:" in caplog.text
+    # A retry that ran out is pickled by Celery, as it is.
+    ran_out = pipeline.TransientPipelineError([7], pipeline.UnexpectedPipelineError("X"))
+    postponed = pickle.loads(pickle.dumps(ran_out))
+    assert (postponed.study_ids, postponed.reason, str(postponed)) == (
+        [7], "unexpected_error", "1 studies postponed: X",
+    )  # fmt: skip
 
 
 def test_sweeper_requeues_stuck_studies_and_gives_up_after_the_bound(hospital_a, _no_broker, settings):
