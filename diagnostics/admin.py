@@ -68,6 +68,7 @@ class StudyAdmin(AuditedReadsAdmin):
     # the portal's worklist searches accession numbers and patient IDs by POST.
     search_fields = ["=code", "=sop_instance_uid"]
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
     fields = OPERATIONAL_FIELDS
     readonly_fields = OPERATIONAL_FIELDS
 

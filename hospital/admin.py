@@ -632,6 +632,7 @@ class AuditEventAdmin(AuditedReadsAdmin):
     search_fields = ["target_id", "actor_user__email"]
     list_select_related = ["actor_user", "actor_key", "hospital"]
     show_full_result_count = False  # a second count of every event, for a filtered list's "of N"
+    show_facets = admin.ShowFacets.NEVER  # a count of every event for each filter's every choice
     actions = None
     fields = [*list_display, "client_ip", "detail"]
     readonly_fields = fields
