@@ -275,8 +275,18 @@ def test_a_day_filters_the_log_by_a_range_of_times_an_index_serves(client_for, h
 
 
 @pytest.mark.parametrize("path", [AUDIT, reverse("diagnostics:worklist")])
-def test_the_last_day_of_the_calendar_as_an_end_date_is_no_error(client_for, hospital_admin, doctor, path):
-    """Its day after overflowed: a 500 (diff review)."""
-    reader = hospital_admin if path == AUDIT else doctor
-    response = client_for(reader).get(path, {"date_from": "2026-01-01", "date_to": "9999-12-31"})
-    assert response.status_code == 200
+def test_the_first_and_last_days_of_the_calendar_as_bounds_are_no_error(
+    client_for, hospital_admin, doctor, hospital_a, path
+):
+    """The last one's day after overflowed, and so did the first one's start in UTC for a
+    hospital east of it: each a 500 (diff reviews)."""
+    hospital_a.time_zone = "Asia/Tokyo"
+    hospital_a.save()
+    client = client_for(hospital_admin if path == AUDIT else doctor)
+
+    answers = [
+        client.get(path, {"date_from": first, "date_to": last}).status_code
+        for first, last in [("2026-01-01", "9999-12-31"), ("0001-01-01", "2026-01-01"), ("0001-01-01", "9999-12-31")]
+    ]
+
+    assert answers == [200, 200, 200]
