@@ -349,14 +349,17 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
         # An error of no known kind (a row the database refuses, a defect). Where it is
         # logged: its frames, not its words, which may quote a row's values.
         unexpected = UnexpectedPipelineError(type(exc).__name__)
+        alone = any(batch.restarted for batch in held)
         where = "".join(traceback.format_tb(exc.__traceback__))
-        log.error("an unexpected %s in a batch, at:\n%s", type(exc).__name__, where)
-        if any(batch.restarted for batch in held):
-            # A study taken alone, after a restart, met it again: it stays `processing`,
-            # and the sweeper, after PIPELINE_STUCK_SECONDS, is its backoff. Put back at
-            # once, a defect every study meets failed them all within seconds, each
-            # failure sending the next study alone (diff review).
-            metrics.record_retry("unexpected_error")
+        log.error(
+            "an unexpected %s in %s of studies %s (ids), at:\n%s", type(exc).__name__,
+            "a study taken alone after a restart" if alone else "a batch", _claimed_by(held) or requested, where,
+        )  # fmt: skip
+        if alone:
+            # It met it again: it stays `processing`, and the sweeper, after
+            # PIPELINE_STUCK_SECONDS, is its backoff (counted there, as sent again or given
+            # up). Put back at once, a defect every study meets failed them all within
+            # seconds, each failure sending the next study alone (diff review).
             raise unexpected from None
         # A batch: its studies go back as restarted, so each is next taken alone and one
         # study's fault stays its own. Left `processing` under an acknowledged message,

@@ -902,6 +902,8 @@ def test_one_studys_unexpected_error_costs_the_others_one_attempt_and_it_waits_f
     rows = {pk: (status, attempts) for pk, status, attempts in Study.objects.values_list("pk", "status", "attempts")}
     assert rows == {studies[0].pk: (COMPLETED, 1), poison: (PROCESSING, 1), studies[2].pk: (COMPLETED, 1)}
     assert "MRN-4242" not in caplog.text
+    # An operator is told which study it is (ids are not PHI).
+    assert f"an unexpected ValueError in a study taken alone after a restart of studies [{poison}] (ids)" in caplog.text
     later = timezone.now()
     for _ in range(4):
         later += timedelta(seconds=settings.PIPELINE_STUCK_SECONDS + 1)
@@ -940,7 +942,7 @@ def test_an_unexpected_error_is_counted_as_a_retry_and_logged_by_its_type_only(h
     retries = _counted("pleura_pipeline_retries_total", "reason")["unexpected_error"] - retries_before
     assert retries == pipeline.MAX_RETRIES
     assert "MRN-4242" not in caplog.text
-    assert "an unexpected KeyError in a batch, at:" in caplog.text
+    assert f"an unexpected KeyError in a batch of studies [{study.pk}] (ids), at:" in caplog.text
     # A retry that ran out is pickled by Celery, as it is.
     ran_out = pipeline.TransientPipelineError([7], pipeline.UnexpectedPipelineError("X"))
     postponed = pickle.loads(pickle.dumps(ran_out))
