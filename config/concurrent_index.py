@@ -29,7 +29,11 @@ def _drop_invalid_leftover(schema_editor, name: str) -> None:
         )
         leftover = cursor.fetchone() is not None
     if leftover:
-        schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {schema_editor.quote_name(name)}")
+        _drop_index_concurrently(schema_editor, name)
+
+
+def _drop_index_concurrently(schema_editor, name: str) -> None:
+    schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {schema_editor.quote_name(name)}")
 
 
 def _build_constraint_concurrently(operation, app_label, schema_editor, state, constraint) -> None:
@@ -55,7 +59,7 @@ def _build_constraint_concurrently(operation, app_label, schema_editor, state, c
 def _drop_constraint_concurrently(operation, app_label, schema_editor, state, name: str) -> None:
     model = state.apps.get_model(app_label, operation.model_name)
     if operation.allow_migrate_model(schema_editor.connection.alias, model):
-        schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {schema_editor.quote_name(name)}")
+        _drop_index_concurrently(schema_editor, name)
 
 
 class AddIndexConcurrentlyOnPostgreSQL(AddIndexConcurrently):
@@ -131,7 +135,7 @@ class AddIndexConcurrentlyOnPostgreSQLOnly(migrations.operations.base.Operation)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         if schema_editor.connection.vendor == "postgresql":
-            schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {schema_editor.quote_name(self.name)}")
+            _drop_index_concurrently(schema_editor, self.name)
 
     def describe(self):
         return f"Create index {self.name} concurrently, on PostgreSQL only"

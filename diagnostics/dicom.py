@@ -361,23 +361,22 @@ def identifier_problem(ds: Dataset) -> str:
 def to_grayscale(ds: Dataset) -> np.ndarray:
     """The first frame as the 8-bit grayscale the model reads (and the portal displays)."""
     photometric = str(ds.get("PhotometricInterpretation", "") or "").upper()
-    options = _decoding_options(photometric)
+    assumed = {}
     if not photometric and str(ds.get("SamplesPerPixel") or 1) == "1":
         # ACR-NEMA files, older than DICOM, may leave it out: one sample a pixel is grey,
         # black at zero, as DICOM viewers read them. Refused as undecodable (imaging review).
         photometric = "MONOCHROME2"
-        options = {**_decoding_options(photometric), "photometric_interpretation": photometric}
+        assumed = {"photometric_interpretation": photometric}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr = pixel_array(ds, index=0, **options)
-    except Exception as exc:  # decoders raise anything from ValueError to RuntimeError
-        raise RejectedUpload(422, f"The DICOM pixel data could not be decoded ({_encoding_name(ds)}).") from exc
+            arr = pixel_array(ds, index=0, **_decoding_options(photometric), **assumed)
     except BaseException as exc:
-        # The RLE decoder (Rust, through pyo3) panics on some damaged frames with a
-        # PanicException, a BaseException: past `except Exception` it ended the gunicorn
-        # worker, unanswered and unaudited, once per retry (imaging review).
-        if type(exc).__name__ != "PanicException":
+        # Decoders raise anything from ValueError to RuntimeError; the RLE decoder (Rust,
+        # through pyo3) panics on some damaged frames with a PanicException, a BaseException:
+        # past `except Exception` it ended the gunicorn worker, unanswered and unaudited,
+        # once per retry (imaging review).
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
             raise
         raise RejectedUpload(422, f"The DICOM pixel data could not be decoded ({_encoding_name(ds)}).") from exc
     if arr.ndim not in (2, 3):
@@ -431,7 +430,7 @@ def _display_values(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarra
     return 255 - gray if inverse else gray
 
 
-def _decoding_options(photometric: str) -> dict[str, bool | str]:
+def _decoding_options(photometric: str) -> dict[str, bool]:
     """Monochrome pixels: a read-only view of the file's own bytes where the encoding
     allows, their bits above Bits Stored left as they are.
 

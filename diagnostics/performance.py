@@ -80,7 +80,7 @@ class ReviewedSet:
     reviews: int
     # The reviewed studies, as a subquery: as a list of their ids, each of the page's
     # prediction queries sent 30,000 literals (265 ms each; scale review).
-    studies: QuerySet | None = None
+    studies: QuerySet
 
     def predictions(self) -> QuerySet[Prediction]:
         return Prediction.objects.filter(study_id__in=self.studies)

@@ -341,10 +341,7 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
                 ahead = _begin([], claim, held, in_model=set())  # holding nothing
             batch, first = ahead, False
     except (*TRANSIENT_ERRORS, ModelUnavailable, StorageUnreachable, OutOfMemory) as exc:
-        postponed = _claimed_by(held)
-        for batch in held:
-            _release(batch.claimed, batch.owner, restarted=isinstance(exc, RESTARTING_ERRORS))
-        raise TransientPipelineError(postponed or requested, exc) from exc
+        raise _put_back(held, requested, exc, restarted=isinstance(exc, RESTARTING_ERRORS)) from exc
     except Exception as exc:
         # An error of no known kind (a row the database refuses, a defect). Where it is
         # logged: its frames, not its words, which may quote a row's values.
@@ -365,11 +362,17 @@ def predict_studies(study_ids: list[int], claim: str = "") -> list[int]:
         # study's fault stays its own. Left `processing` under an acknowledged message,
         # two batches waited for the sweeper and each study spent an attempt on another's
         # fault, with nothing counted (reliability review).
-        postponed = _claimed_by(held)
-        for batch in held:
-            _release(batch.claimed, batch.owner, restarted=True)
-        raise TransientPipelineError(postponed or requested, unexpected) from None
+        raise _put_back(held, requested, unexpected, restarted=True) from None
     return done
+
+
+def _put_back(held: list[_Batch], requested: list[int], cause: Exception, *, restarted: bool):
+    """Put the batches held back in the queue; the error that retries their message with
+    the ids they held (or those it asked for, if it held none)."""
+    postponed = _claimed_by(held)
+    for batch in held:
+        _release(batch.claimed, batch.owner, restarted=restarted)
+    return TransientPipelineError(postponed or requested, cause)
 
 
 @dataclass(eq=False)
